@@ -1,0 +1,19 @@
+"""Model-agnostic scheduling: the dynamic batcher and the step scheduler for decoding.
+
+Nothing here imports FastAPI, ONNX Runtime or `service`: callers hand in plain functions
+and receive plain results or the errors below.
+"""
+
+from batcher.dynamic import BatchConfig, BatchObserver, BatchStats, DynamicBatcher
+from batcher.errors import BatcherClosed, BatcherError, DeadlineExceeded, Overloaded
+
+__all__ = [
+    "BatchConfig",
+    "BatchObserver",
+    "BatchStats",
+    "BatcherClosed",
+    "BatcherError",
+    "DeadlineExceeded",
+    "DynamicBatcher",
+    "Overloaded",
+]

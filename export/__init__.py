@@ -1,0 +1,4 @@
+"""Offline tools: upstream checkpoints -> ONNX model packs (see service/packs.py for the format).
+
+Needs the `export` extra (torch, transformers, ...). The service never imports this package.
+"""

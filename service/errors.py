@@ -1,0 +1,134 @@
+"""One error hierarchy for the whole service, mapped to HTTP in one place (`install_handlers`).
+
+Every refusal a client can see is an `ApiError` subclass carrying its HTTP status and a
+stable machine-readable `code`; the message says what was wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from batcher import BatcherClosed, DeadlineExceeded, Overloaded
+
+log = logging.getLogger("audioserve.errors")
+
+
+class ApiError(Exception):
+    """Base of every error a client may see. Subclasses fix `status` and `code`."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(ApiError):
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class PayloadTooLarge(ApiError):
+    """Upload bytes, decoded seconds or text length over a configured limit."""
+
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMedia(ApiError):
+    """The upload is not audio we can decode."""
+
+    status, code = 415, "unsupported_media"
+
+
+class InvalidInput(ApiError):
+    """Well-formed but unusable input: too short, silent, bad labels, bad parameters."""
+
+    status, code = 422, "invalid_input"
+
+
+class ServiceOverloaded(ApiError):
+    status, code = 503, "overloaded"
+
+
+class ModelNotLoaded(ApiError):
+    status, code = 503, "model_not_loaded"
+
+
+class GatewayTimeout(ApiError):
+    status, code = 504, "timeout"
+
+
+class PackError(RuntimeError):
+    """A model pack is missing, partial or of another format version (fails start-up)."""
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def _response(request: Request, status: int, code: str, message: str,
+              headers: dict[str, str] | None = None) -> JSONResponse:
+    request_id = getattr(request.state, "request_id", None)
+    body = error_body(code, message, request_id=request_id)
+    formatter = getattr(request.state, "error_formatter", None)
+    if formatter is not None:  # e.g. the OpenAI-compatible routes use OpenAI's error shape
+        body = formatter(status, code, message)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def to_api_error(exc: Exception, retry_after_s: float = 1.0) -> ApiError | None:
+    """Translate the batcher's own (HTTP-agnostic) errors into API errors."""
+    if isinstance(exc, Overloaded):
+        return ServiceOverloaded(
+            str(exc), headers={"Retry-After": str(max(1, round(retry_after_s)))}
+        )
+    if isinstance(exc, DeadlineExceeded):
+        return GatewayTimeout(str(exc))
+    if isinstance(exc, BatcherClosed):
+        return ServiceOverloaded(
+            "the service is shutting down", headers={"Retry-After": "5"}
+        )
+    return None
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Map every error type to the JSON error shape `{"error": {"code", "message"}}`."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _response(request, exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return _response(request, 422, "invalid_input", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(Overloaded)
+    @app.exception_handler(DeadlineExceeded)
+    @app.exception_handler(BatcherClosed)
+    async def _batcher(request: Request, exc: Exception) -> JSONResponse:
+        api = to_api_error(exc)
+        assert api is not None
+        return _response(request, api.status, api.code, api.message, api.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
+        return _response(request, 500, "internal_error", "internal error; see the server log")

@@ -1,0 +1,92 @@
+"""All configuration, read once from `AUDIOSERVE_*` environment variables (or a .env file).
+
+The one `Settings` object is built in the app factory and passed down; nothing reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from batcher import BatchConfig
+
+Precision = Literal["fp32", "fp16", "int8", "auto"]
+Provider = Literal["auto", "cuda", "cpu"]
+LongAudioPolicy = Literal["reject", "truncate"]
+
+MODEL_NAMES = ("clap", "emotion2vec", "chattts")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AUDIOSERVE_", env_file=".env", extra="ignore")
+
+    # -- where models come from and how they run ------------------------------------
+    models_dir: Path = Path("models")
+    models: str = "auto"
+    """Comma-separated packs to load (`clap,emotion2vec,chattts`); `auto` loads whatever
+    packs exist in `models_dir`. A pack named here but missing fails start-up."""
+    provider: Provider = "auto"
+    """`auto`: CUDA when onnxruntime has it, else CPU (logged). `cuda`: fail without it."""
+    cuda_device_id: int = 0
+    intra_op_threads: int = 0
+    """ONNX Runtime threads per session on CPU; 0 lets ORT use every core."""
+    clap_precision: Precision = "auto"
+    emotion2vec_precision: Precision = "auto"
+    chattts_precision: Precision = "auto"
+    warmup: bool = True
+
+    # -- dynamic batching (defaults for every model) ----------------------------------
+    max_batch_size: int = Field(8, ge=1, le=256)
+    max_wait_ms: float = Field(5.0, ge=0, le=1000)
+    max_queue: int = Field(256, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    """Deadline for an item to start running; later -> 504, and it is never run."""
+    bucket_by_length: bool = True
+
+    # -- request limits ---------------------------------------------------------------
+    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    max_audio_seconds: float = Field(600.0, gt=0)
+    """Hard cap on decoded audio for any endpoint (413 beyond it)."""
+    classify_max_seconds: float = Field(120.0, gt=0)
+    classify_long_audio: LongAudioPolicy = "truncate"
+    max_labels: int = Field(256, ge=1)
+    max_label_chars: int = Field(200, ge=1)
+    emotion_max_seconds: float = Field(300.0, gt=0)
+    emotion_chunk_seconds: float = Field(30.0, gt=1)
+    tts_max_text_chars: int = Field(2000, ge=1)
+
+    # -- HTTP -------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: SecretStr | None = None
+    """When set, every route except health and metrics needs `Authorization: Bearer <key>`."""
+    log_level: str = "info"
+
+    def batch_config(self, **overrides: object) -> BatchConfig:
+        values: dict[str, object] = {
+            "max_batch_size": self.max_batch_size,
+            "max_wait_ms": self.max_wait_ms,
+            "max_queue": self.max_queue,
+            "timeout_s": self.request_timeout_s,
+            "bucket_by_length": self.bucket_by_length,
+        }
+        values.update(overrides)
+        return BatchConfig(**values)  # type: ignore[arg-type]
+
+    def precision_for(self, model: str) -> Precision:
+        precision: Precision = getattr(self, f"{model}_precision")
+        return precision
+
+    def wanted_models(self) -> list[str] | None:
+        """The packs named explicitly, or None for `auto`."""
+        if self.models.strip().lower() == "auto":
+            return None
+        names = [m.strip() for m in self.models.split(",") if m.strip()]
+        unknown = [m for m in names if m not in MODEL_NAMES]
+        if unknown:
+            raise ValueError(f"AUDIOSERVE_MODELS: unknown {unknown}; known: {list(MODEL_NAMES)}")
+        return names
