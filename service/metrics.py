@@ -1,0 +1,87 @@
+"""Prometheus metrics, one registry per app (so tests and several apps never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from batcher import BatchStats
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+
+
+class Metrics:
+    """Every metric the service exports; batchers report through `observer(queue)`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "audioserve_requests", "HTTP requests by route and status", ["route", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "audioserve_request_seconds", "HTTP request latency", ["route"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_depth = Gauge(
+            "audioserve_queue_depth", "Items waiting in a batcher queue", ["queue"], registry=r
+        )
+        self.batch_size = Histogram(
+            "audioserve_batch_size", "Items per executed batch", ["queue"],
+            buckets=_BATCH_BUCKETS, registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "audioserve_queue_wait_seconds", "Time an item waited before its batch ran",
+            ["queue"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.compute_seconds = Histogram(
+            "audioserve_batch_compute_seconds", "Time one batch took to run", ["queue"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.padding_fraction = Histogram(
+            "audioserve_batch_padding_fraction",
+            "Share of each executed batch that is padding", ["queue"],
+            buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0), registry=r,
+        )
+        self.batch_failures = Counter(
+            "audioserve_batch_failures", "Batches whose function raised", ["queue"], registry=r
+        )
+        self.rejections = Counter(
+            "audioserve_rejections", "Items refused by a batcher", ["queue", "reason"],
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "audioserve_stage_seconds", "Time per pipeline stage", ["model", "stage"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.cache_events = Counter(
+            "audioserve_cache_events", "Cache hits and misses", ["cache", "event"], registry=r
+        )
+
+    def observer(self, queue: str) -> QueueObserver:
+        return QueueObserver(self, queue)
+
+
+class QueueObserver:
+    """Implements `batcher.BatchObserver` for one named queue."""
+
+    def __init__(self, metrics: Metrics, queue: str) -> None:
+        self._m = metrics
+        self._queue = queue
+
+    def on_queue_depth(self, depth: int) -> None:
+        self._m.queue_depth.labels(self._queue).set(depth)
+
+    def on_batch(self, stats: BatchStats) -> None:
+        q = self._queue
+        self._m.batch_size.labels(q).observe(stats.size)
+        self._m.compute_seconds.labels(q).observe(stats.compute_s)
+        self._m.padding_fraction.labels(q).observe(stats.padding_fraction)
+        for wait in stats.queue_waits_s:
+            self._m.queue_wait_seconds.labels(q).observe(wait)
+        if stats.failed:
+            self._m.batch_failures.labels(q).inc()
+
+    def on_reject(self, reason: str) -> None:
+        self._m.rejections.labels(self._queue, reason).inc()

@@ -1,0 +1,44 @@
+"""What every model pipeline offers the app: load, start (warm-up), stop (drain), info.
+
+A pipeline owns its ONNX sessions (through `service.runtime`) and its batchers; routes
+only call its public coroutines. Only the batch functions touch a session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from service.metrics import Metrics
+from service.packs import ModelPack
+from service.runtime import RuntimeConfig
+from service.settings import Settings
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """Everything a pipeline needs to build itself."""
+
+    settings: Settings
+    runtime: RuntimeConfig
+    precision: str
+    """Resolved precision (fp32/fp16/int8), already checked to exist in the pack."""
+    metrics: Metrics
+
+
+class Pipeline(Protocol):
+    name: str
+    pack: ModelPack
+
+    async def start(self) -> None:
+        """Start batchers and warm every graph up; the service is ready after this."""
+
+    async def stop(self) -> None:
+        """Stop admitting work and drain what is queued."""
+
+    @property
+    def healthy(self) -> bool:
+        """False when a worker died: readiness goes down."""
+
+    def info(self) -> dict[str, Any]:
+        """For GET /v1/models: kind, precision, provider, demo flag, source, graphs."""
