@@ -1,4 +1,4 @@
-"""`python -m export <model> ...`: build a model pack. `python -m export demo` builds all tiny packs."""
+"""`python -m export <model> ...` builds a model pack; `python -m export demo` the tiny ones."""
 
 from __future__ import annotations
 

@@ -130,5 +130,6 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
+        request_id = getattr(request.state, "request_id", None)
+        log.exception("unhandled error (request %s)", request_id)
         return _response(request, 500, "internal_error", "internal error; see the server log")

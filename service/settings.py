@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     emotion2vec_precision: Precision = "auto"
     chattts_precision: Precision = "auto"
     warmup: bool = True
+    load_in_background: bool = True
+    """Serve /healthz (and a 503 /readyz) while packs load; False: load before serving."""
 
     # -- dynamic batching (defaults for every model) ----------------------------------
     max_batch_size: int = Field(8, ge=1, le=256)

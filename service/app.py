@@ -1,0 +1,105 @@
+"""The app factory: settings -> FastAPI app with lifespan, middleware, errors and routes."""
+
+from __future__ import annotations
+
+import hmac
+import importlib
+import importlib.util
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.errors import Unauthorized, install_handlers
+from service.metrics import Metrics
+from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.models import ModelLoader, packs_to_load
+from service.settings import Settings
+
+log = logging.getLogger("audioserve")
+
+ROUTE_MODULES = ("service.routes.clap", "service.routes.emotion", "service.routes.tts")
+_JSON_OVERHEAD_BYTES = 64 * 1024
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        packs = packs_to_load(settings)  # a broken pack fails start-up here, naming the file
+        loader = ModelLoader(packs, settings, metrics, app.state.pipelines)
+        app.state.loader = loader
+        if settings.load_in_background:  # serve /healthz and a 503 /readyz while warming
+            loader.start()
+        else:
+            await loader.run()
+        try:
+            yield
+        finally:
+            await loader.close()
+
+    app = FastAPI(title="audioserve", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.pipelines = {}
+
+    # base64 JSON is 4/3 of the audio; the exact audio limit is checked in service.uploads
+    body_limit = settings.max_upload_bytes * 4 // 3 + _JSON_OVERHEAD_BYTES
+    app.add_middleware(BodyLimitMiddleware, max_bytes=body_limit)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    install_handlers(app)
+    _add_health_routes(app)
+
+    protected = [Depends(require_api_key)]
+    app.add_api_route("/v1/models", list_models, methods=["GET"], dependencies=protected)
+    for module_name in ROUTE_MODULES:
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        app.include_router(importlib.import_module(module_name).router, dependencies=protected)
+    return app
+
+
+async def require_api_key(request: Request) -> None:
+    """Bearer-token check (constant-time) when AUDIOSERVE_API_KEY is set."""
+    key = request.app.state.settings.api_key
+    if key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    expected = key.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise Unauthorized(
+            "missing or wrong API key: send `Authorization: Bearer <key>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+async def list_models(request: Request) -> dict[str, Any]:
+    pipelines = request.app.state.pipelines
+    return {"object": "list", "data": [p.info() for p in pipelines.values()]}
+
+
+def _add_health_routes(app: FastAPI) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        """The process is alive (it may still be loading)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        """200 once every pack is loaded and warm and every worker is alive."""
+        loader: ModelLoader | None = getattr(request.app.state, "loader", None)
+        if loader is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        status = loader.status()
+        return JSONResponse(status.as_dict(), status_code=200 if status.ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint(request: Request) -> Response:
+        data = generate_latest(request.app.state.metrics.registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,175 @@
+"""Finding, loading and starting the model pipelines named by the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import importlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.errors import PackError
+from service.metrics import Metrics
+from service.packs import MANIFEST, ModelPack, load_pack
+from service.pipelines.base import LoadContext, Pipeline
+from service.runtime import RuntimeConfig, resolve_provider
+from service.settings import MODEL_NAMES, Settings
+
+log = logging.getLogger("audioserve.models")
+
+PIPELINE_CLASSES = {
+    "clap": "service.pipelines.clap:ClapPipeline",
+    "emotion2vec": "service.pipelines.emotion2vec:Emotion2vecPipeline",
+    "chattts": "service.pipelines.chattts:ChatTTSPipeline",
+}
+
+
+@dataclass(frozen=True)
+class PackToLoad:
+    kind: str
+    root: Path
+
+
+def packs_to_load(settings: Settings) -> list[PackToLoad]:
+    """`auto`: every model folder that holds a manifest; else exactly the named ones."""
+    wanted = settings.wanted_models()
+    if wanted is None:
+        found = [k for k in MODEL_NAMES if (settings.models_dir / k / MANIFEST).is_file()]
+        for kind in MODEL_NAMES:
+            folder = settings.models_dir / kind
+            if folder.is_dir() and kind not in found:
+                raise PackError(f"model pack {folder}: missing {folder / MANIFEST}")
+        return [PackToLoad(k, settings.models_dir / k) for k in found]
+    return [PackToLoad(k, settings.models_dir / k) for k in wanted]
+
+
+def resolve_precision(wanted: str, pack: ModelPack, provider: str) -> str:
+    """`auto` is fp16 on CUDA (when the pack has it) and fp32 otherwise."""
+    available = pack.common_precisions()
+    if wanted == "auto":
+        wanted = "fp16" if provider == "cuda" and "fp16" in available else "fp32"
+    if wanted not in available:
+        raise PackError(
+            f"{pack.root / MANIFEST}: precision {wanted} asked for, the pack has "
+            f"{', '.join(available) or 'none'} (build variants with `python -m quant`)"
+        )
+    return wanted
+
+
+def _pipeline_class(kind: str) -> Any:
+    module_name, class_name = PIPELINE_CLASSES[kind].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def load_pipeline(item: PackToLoad, settings: Settings, metrics: Metrics) -> Pipeline:
+    pack = load_pack(item.root, expected_kind=item.kind)
+    runtime = RuntimeConfig(
+        provider=settings.provider,
+        device_id=settings.cuda_device_id,
+        intra_op_threads=settings.intra_op_threads,
+    )
+    provider = resolve_provider(settings.provider)
+    precision = resolve_precision(settings.precision_for(item.kind), pack, provider)
+    context = LoadContext(settings=settings, runtime=runtime, precision=precision, metrics=metrics)
+    pipeline: Pipeline = _pipeline_class(item.kind).load(pack, context)
+    log.info("loaded %s from %s at %s on %s", item.kind, item.root, precision, provider)
+    return pipeline
+
+
+class LoadState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class LoaderStatus:
+    state: LoadState
+    models: list[str]
+    unhealthy: list[str]
+    error: str | None
+
+    @property
+    def ready(self) -> bool:
+        return self.state is LoadState.READY and not self.unhealthy
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "status": "ready" if self.ready else self.state.value,
+            "models": self.models,
+        }
+        if self.unhealthy:
+            body["unhealthy"] = self.unhealthy
+        if self.error:
+            body["error"] = self.error
+        return body
+
+
+class ModelLoader:
+    """Opens every pack's sessions (in a thread: slow), then starts and warms them up.
+
+    Pipelines are added to the shared `pipelines` dict as each becomes ready, so a route
+    of a loaded model works while another still loads; readiness waits for all of them.
+    """
+
+    def __init__(
+        self,
+        packs: list[PackToLoad],
+        settings: Settings,
+        metrics: Metrics,
+        pipelines: dict[str, Pipeline],
+    ) -> None:
+        self._packs = packs
+        self._settings = settings
+        self._metrics = metrics
+        self.pipelines = pipelines
+        self._state = LoadState.LOADING
+        self._error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run_logged())
+
+    async def run(self) -> None:
+        for item in self._packs:
+            pipeline = await asyncio.to_thread(
+                load_pipeline, item, self._settings, self._metrics
+            )
+            try:
+                await pipeline.start()
+            except BaseException:
+                await pipeline.stop()
+                raise
+            self.pipelines[item.kind] = pipeline
+        self._state = LoadState.READY
+        log.info("ready: %s", ", ".join(self.pipelines) or "no model packs loaded")
+
+    async def _run_logged(self) -> None:
+        try:
+            await self.run()
+        except Exception as exc:
+            self._state = LoadState.FAILED
+            self._error = str(exc)
+            log.critical("loading model packs failed: %s", exc, exc_info=exc)
+
+    def status(self) -> LoaderStatus:
+        return LoaderStatus(
+            state=self._state,
+            models=sorted(self.pipelines),
+            unhealthy=sorted(k for k, p in self.pipelines.items() if not p.healthy),
+            error=self._error,
+        )
+
+    async def close(self) -> None:
+        """Stop loading, then drain and stop every pipeline."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._state = LoadState.STOPPED
+        for pipeline in self.pipelines.values():
+            await pipeline.stop()
