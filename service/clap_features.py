@@ -1,0 +1,199 @@
+"""CLAP's audio front-end in numpy/scipy: 10 s windows and the log-mel of ClapFeatureExtractor.
+
+Design note (windowing)
+-----------------------
+The model sees exactly `max_length_samples` (10 s at 48 kHz) per forward pass.
+- A clip no longer than that is one window, padded as the extractor pads (`repeatpad`:
+  tiled `int(max / n)` times, then zero-padded; `repeat`: tiled and cut; `pad`: zeros).
+- A longer clip is cut into consecutive windows starting at 0, W, 2W, ... Where the clip
+  does not end on a window boundary, the last window is aligned to the clip's end, so it
+  overlaps its predecessor: every window is 10 s of real audio (no padding artefacts) and
+  the tail is never dropped. The extractor instead takes one random 10 s crop, which is
+  not reproducible; averaging every window's embedding covers the whole clip.
+- Windows whose RMS is below `SILENCE_DBFS` are skipped, unless every window is that quiet
+  (then all are used), so a long silent stretch does not dilute the clip's embedding.
+
+The log-mel is the extractor's (transformers `spectrogram` with `log_mel="dB"`): periodic
+Hann, reflect-centred frames, power spectrum, mel filter bank, floor 1e-10, 10*log10, and
+no top_db clipping. It is computed in float64 like the extractor (whose FFT output passes
+through complex64, mirrored here) and returned as float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.fft
+
+SILENCE_DBFS = -60.0
+"""A 10 s window whose RMS is below this is near-silence (-60 dBFS ~ 1e-3 full scale)."""
+
+
+@dataclass(frozen=True)
+class MelConfig:
+    sample_rate: int
+    n_fft: int
+    hop_length: int
+    n_mels: int
+    f_min: float
+    f_max: float
+    mel_scale: str
+    mel_norm: str | None
+    mel_floor: float
+    db_min_value: float
+    top_db: float | None
+    padding: str
+    max_length_samples: int
+    frames: int
+
+    @classmethod
+    def from_constants(cls, constants: Mapping[str, Any]) -> MelConfig:
+        """Read from a CLAP pack's manifest constants (KeyError names what is missing)."""
+        names = cls.__dataclass_fields__
+        return cls(**{name: constants[name] for name in names})
+
+
+@dataclass(frozen=True)
+class WindowSpan:
+    """One 10 s window of the clip: where it sits and whether it is near-silence."""
+
+    index: int
+    start: int
+    end: int
+    """Sample offsets in the clip (end - start < window only for a clip shorter than one)."""
+    start_s: float
+    end_s: float
+    silent: bool
+
+
+# -- mel scale and filter bank ----------------------------------------------------------
+
+def hz_to_mel(freq: np.ndarray, scale: str) -> np.ndarray:
+    freq = np.asarray(freq, dtype=np.float64)
+    if scale == "htk":
+        return 2595.0 * np.log10(1.0 + freq / 700.0)
+    if scale != "slaney":
+        raise ValueError(f"unknown mel scale {scale!r}")
+    # Slaney: linear below 1 kHz (3 mels per 200 Hz), logarithmic above.
+    logstep = 27.0 / np.log(6.4)
+    linear = 3.0 * freq / 200.0
+    log_part = 15.0 + np.log(np.maximum(freq, 1e-12) / 1000.0) * logstep
+    return np.where(freq >= 1000.0, log_part, linear)
+
+
+def mel_to_hz(mels: np.ndarray, scale: str) -> np.ndarray:
+    mels = np.asarray(mels, dtype=np.float64)
+    if scale == "htk":
+        return 700.0 * (np.power(10.0, mels / 2595.0) - 1.0)
+    if scale != "slaney":
+        raise ValueError(f"unknown mel scale {scale!r}")
+    logstep = np.log(6.4) / 27.0
+    return np.where(mels >= 15.0, 1000.0 * np.exp(logstep * (mels - 15.0)), 200.0 * mels / 3.0)
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filter_bank(n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_max: float,
+                    scale: str, norm: str | None) -> np.ndarray:
+    """Triangular filters [n_fft//2+1, n_mels] (float64), built once per configuration."""
+    bins = n_fft // 2 + 1
+    edges_mel = np.linspace(hz_to_mel(np.array(f_min), scale), hz_to_mel(np.array(f_max), scale),
+                            n_mels + 2)
+    edges_hz = mel_to_hz(edges_mel, scale)
+    fft_hz = np.linspace(0, sample_rate // 2, bins)
+    offsets = edges_hz[None, :] - fft_hz[:, None]
+    widths = np.diff(edges_hz)
+    rising = -offsets[:, :-2] / widths[:-1]
+    falling = offsets[:, 2:] / widths[1:]
+    bank = np.maximum(0.0, np.minimum(rising, falling))
+    if norm == "slaney":
+        bank *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[None, :]
+    elif norm is not None:
+        raise ValueError(f"unknown mel norm {norm!r}")
+    bank.setflags(write=False)
+    return bank
+
+
+@functools.lru_cache(maxsize=8)
+def _hann(n_fft: int) -> np.ndarray:
+    window = np.hanning(n_fft + 1)[:-1]  # periodic
+    window.setflags(write=False)
+    return window
+
+
+# -- log-mel ----------------------------------------------------------------------------
+
+def log_mel(waveform: np.ndarray, cfg: MelConfig) -> np.ndarray:
+    """float32 [frames, n_mels] log-mel (dB) of one waveform, as ClapFeatureExtractor has it."""
+    half = cfg.n_fft // 2
+    padded = np.pad(np.asarray(waveform, dtype=np.float64), (half, half), mode="reflect")
+    count = 1 + (padded.size - cfg.n_fft) // cfg.hop_length
+    frames = np.lib.stride_tricks.as_strided(
+        padded, shape=(count, cfg.n_fft),
+        strides=(padded.strides[0] * cfg.hop_length, padded.strides[0]), writeable=False,
+    )
+    spectrum = scipy.fft.rfft(frames * _hann(cfg.n_fft), axis=-1).astype(np.complex64)
+    power = np.abs(spectrum).astype(np.float64) ** 2
+    bank = mel_filter_bank(cfg.n_fft, cfg.n_mels, cfg.sample_rate, cfg.f_min, cfg.f_max,
+                           cfg.mel_scale, cfg.mel_norm)
+    mel = np.maximum(cfg.mel_floor, power @ bank)
+    db = 10.0 * np.log10(np.maximum(mel, cfg.db_min_value))
+    if cfg.top_db is not None:
+        db = np.maximum(db, db.max() - cfg.top_db)
+    return db.astype(np.float32)
+
+
+def pad_short(waveform: np.ndarray, cfg: MelConfig) -> np.ndarray:
+    """A clip shorter than one window, padded to it as the extractor's `padding` mode says."""
+    target, n = cfg.max_length_samples, waveform.shape[0]
+    if n >= target:
+        return waveform[:target]
+    if cfg.padding == "repeat":
+        return np.tile(waveform, target // n + 1)[:target]
+    if cfg.padding == "repeatpad":
+        waveform = np.tile(waveform, target // n)
+    elif cfg.padding != "pad":
+        raise ValueError(f"unknown padding mode {cfg.padding!r}")
+    return np.pad(waveform, (0, target - waveform.shape[0]))
+
+
+def window_starts(n_samples: int, window: int) -> list[int]:
+    """Start sample of each window: consecutive, the last one aligned to the clip's end."""
+    if n_samples <= window:
+        return [0]
+    starts = list(range(0, n_samples - window + 1, window))
+    if starts[-1] + window < n_samples:
+        starts.append(n_samples - window)
+    return starts
+
+
+def is_silent(segment: np.ndarray, threshold_dbfs: float = SILENCE_DBFS) -> bool:
+    rms = float(np.sqrt(np.mean(np.square(segment, dtype=np.float64)))) if segment.size else 0.0
+    return rms <= 10.0 ** (threshold_dbfs / 20.0)
+
+
+def plan_windows(samples: np.ndarray, cfg: MelConfig) -> list[WindowSpan]:
+    """Every 10 s window of a mono clip at `cfg.sample_rate`, silent ones flagged."""
+    if samples.ndim != 1 or samples.size == 0:
+        raise ValueError("expected a non-empty mono waveform")
+    size, rate = cfg.max_length_samples, cfg.sample_rate
+    spans = []
+    for index, start in enumerate(window_starts(samples.shape[0], size)):
+        end = min(start + size, samples.shape[0])
+        spans.append(WindowSpan(index=index, start=start, end=end, start_s=start / rate,
+                                end_s=end / rate, silent=is_silent(samples[start:end])))
+    return spans
+
+
+def select_windows(spans: list[WindowSpan]) -> list[WindowSpan]:
+    """The windows to embed: the non-silent ones, or all of them when every one is silent."""
+    loud = [w for w in spans if not w.silent]
+    return loud or spans
+
+
+def window_features(samples: np.ndarray, span: WindowSpan, cfg: MelConfig) -> np.ndarray:
+    """float32 [1, frames, n_mels]: one audio-graph item."""
+    return log_mel(pad_short(samples[span.start:span.end], cfg), cfg)[None, :, :]
