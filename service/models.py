@@ -8,7 +8,6 @@ import enum
 import importlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from service.errors import PackError
@@ -27,23 +26,14 @@ PIPELINE_CLASSES = {
 }
 
 
-@dataclass(frozen=True)
-class PackToLoad:
-    kind: str
-    root: Path
-
-
-def packs_to_load(settings: Settings) -> list[PackToLoad]:
-    """`auto`: every model folder that holds a manifest; else exactly the named ones."""
+def packs_to_load(settings: Settings) -> list[ModelPack]:
+    """Validate the packs to serve (cheap: manifests and file presence) so that a broken
+    one fails start-up naming the file. `auto`: every model folder present; else exactly
+    the named ones, which must exist."""
     wanted = settings.wanted_models()
     if wanted is None:
-        found = [k for k in MODEL_NAMES if (settings.models_dir / k / MANIFEST).is_file()]
-        for kind in MODEL_NAMES:
-            folder = settings.models_dir / kind
-            if folder.is_dir() and kind not in found:
-                raise PackError(f"model pack {folder}: missing {folder / MANIFEST}")
-        return [PackToLoad(k, settings.models_dir / k) for k in found]
-    return [PackToLoad(k, settings.models_dir / k) for k in wanted]
+        wanted = [k for k in MODEL_NAMES if (settings.models_dir / k).is_dir()]
+    return [load_pack(settings.models_dir / kind, expected_kind=kind) for kind in wanted]
 
 
 def resolve_precision(wanted: str, pack: ModelPack, provider: str) -> str:
@@ -64,18 +54,17 @@ def _pipeline_class(kind: str) -> Any:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def load_pipeline(item: PackToLoad, settings: Settings, metrics: Metrics) -> Pipeline:
-    pack = load_pack(item.root, expected_kind=item.kind)
+def load_pipeline(pack: ModelPack, settings: Settings, metrics: Metrics) -> Pipeline:
     runtime = RuntimeConfig(
         provider=settings.provider,
         device_id=settings.cuda_device_id,
         intra_op_threads=settings.intra_op_threads,
     )
     provider = resolve_provider(settings.provider)
-    precision = resolve_precision(settings.precision_for(item.kind), pack, provider)
+    precision = resolve_precision(settings.precision_for(pack.kind), pack, provider)
     context = LoadContext(settings=settings, runtime=runtime, precision=precision, metrics=metrics)
-    pipeline: Pipeline = _pipeline_class(item.kind).load(pack, context)
-    log.info("loaded %s from %s at %s on %s", item.kind, item.root, precision, provider)
+    pipeline: Pipeline = _pipeline_class(pack.kind).load(pack, context)
+    log.info("loaded %s from %s at %s on %s", pack.kind, pack.root, precision, provider)
     return pipeline
 
 
@@ -118,7 +107,7 @@ class ModelLoader:
 
     def __init__(
         self,
-        packs: list[PackToLoad],
+        packs: list[ModelPack],
         settings: Settings,
         metrics: Metrics,
         pipelines: dict[str, Pipeline],
@@ -135,16 +124,16 @@ class ModelLoader:
         self._task = asyncio.get_running_loop().create_task(self._run_logged())
 
     async def run(self) -> None:
-        for item in self._packs:
+        for pack in self._packs:
             pipeline = await asyncio.to_thread(
-                load_pipeline, item, self._settings, self._metrics
+                load_pipeline, pack, self._settings, self._metrics
             )
             try:
                 await pipeline.start()
             except BaseException:
                 await pipeline.stop()
                 raise
-            self.pipelines[item.kind] = pipeline
+            self.pipelines[pack.kind] = pipeline
         self._state = LoadState.READY
         log.info("ready: %s", ", ".join(self.pipelines) or "no model packs loaded")
 

@@ -1,0 +1,48 @@
+"""Shared fixtures: the real app with chosen settings, and the shared data folder."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data beside the repo; tests that need it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@contextmanager
+def running_app(**overrides: Any) -> Iterator[TestClient]:
+    """The real app through its lifespan, packs loaded before the first request."""
+    settings = Settings(_env_file=None, load_in_background=False, **overrides)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def wait_ready(client: TestClient, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not ready after {timeout_s} s: {client.get('/readyz').json()}")
+
+
+@pytest.fixture
+def app_client() -> Callable[..., Any]:
+    """`with app_client(models_dir=...) as client:` — the real app with settings overrides."""
+    return running_app

@@ -1,0 +1,139 @@
+"""The app's own surface: health, readiness, metrics, models, auth, errors, limits."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.errors import PackError
+from service.settings import Settings
+from tests.conftest import running_app, wait_ready
+
+
+def test_health_ready_models_metrics_without_packs(tmp_path: Path) -> None:
+    with running_app(models_dir=tmp_path) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["models"] == []
+        assert client.get("/v1/models").json() == {"object": "list", "data": []}
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200
+        assert 'audioserve_requests_total{route="/readyz",status="200"}' in metrics.text
+
+
+def test_request_id_is_echoed_or_made(tmp_path: Path) -> None:
+    with running_app(models_dir=tmp_path) as client:
+        assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers[
+            "x-request-id"
+        ] == "abc-123"
+        made = client.get("/healthz", headers={"X-Request-ID": "bad id\twith junk"})
+        assert made.headers["x-request-id"] != "bad id\twith junk"
+        assert len(made.headers["x-request-id"]) == 16
+
+
+def test_unknown_route_and_missing_model_use_the_error_shape(tmp_path: Path) -> None:
+    with running_app(models_dir=tmp_path) as client:
+        missing = client.get("/no/such/route")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "not_found"
+        assert missing.json()["error"]["request_id"] == missing.headers["x-request-id"]
+
+
+def test_api_key_guards_everything_but_health(tmp_path: Path) -> None:
+    with running_app(models_dir=tmp_path, api_key="s3cret") as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/metrics").status_code == 200
+        refused = client.get("/v1/models")
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "unauthorized"
+        assert refused.headers["www-authenticate"] == "Bearer"
+        wrong = client.get("/v1/models", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        ok = client.get("/v1/models", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+
+
+def test_no_api_key_means_open(tmp_path: Path) -> None:
+    with running_app(models_dir=tmp_path) as client:
+        assert client.get("/v1/models").status_code == 200
+
+
+def test_oversized_body_is_refused_before_reading(tmp_path: Path) -> None:
+    with running_app(models_dir=tmp_path, max_upload_bytes=4096) as client:
+        big = b"x" * 200_000
+        response = client.post(
+            "/v1/models", content=big, headers={"content-type": "application/octet-stream"}
+        )
+        assert response.status_code == 413
+        assert "limit" in response.json()["error"]["message"]
+
+
+def _write_manifest(folder: Path, **fields: object) -> None:
+    folder.mkdir(parents=True)
+    manifest = {
+        "format_version": 1,
+        "kind": folder.name,
+        "source": "test",
+        "graphs": {"audio": {"fp32": {"file": "audio.onnx", "inputs": ["x"], "outputs": ["y"]}}},
+    }
+    manifest.update(fields)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _start(models_dir: Path, **overrides: object) -> None:
+    settings = Settings(_env_file=None, models_dir=models_dir, load_in_background=False,
+                        **overrides)
+    with TestClient(create_app(settings)):
+        pass
+
+
+def test_pack_without_manifest_fails_startup_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "clap").mkdir()
+    with pytest.raises(PackError, match=r"clap/manifest\.json"):
+        _start(tmp_path)
+
+
+def test_pack_of_another_format_version_fails_startup(tmp_path: Path) -> None:
+    _write_manifest(tmp_path / "clap", format_version=99)
+    with pytest.raises(PackError, match="format_version 99"):
+        _start(tmp_path)
+
+
+def test_partial_pack_fails_startup_naming_the_missing_graph(tmp_path: Path) -> None:
+    _write_manifest(tmp_path / "clap")
+    with pytest.raises(PackError, match=r"audio\.onnx, which is missing"):
+        _start(tmp_path)
+
+
+def test_named_model_without_pack_fails_startup(tmp_path: Path) -> None:
+    with pytest.raises(PackError, match=r"emotion2vec/manifest\.json"):
+        _start(tmp_path, models="emotion2vec")
+
+
+def test_unloadable_graph_keeps_serving_health_and_reports_not_ready(tmp_path: Path) -> None:
+    _write_manifest(tmp_path / "clap")
+    (tmp_path / "clap" / "audio.onnx").write_bytes(b"not an onnx graph")
+    settings = Settings(_env_file=None, models_dir=tmp_path, load_in_background=True)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+        for _ in range(200):
+            body = client.get("/readyz").json()
+            if body["status"] != "loading":
+                break
+            time.sleep(0.05)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "failed"
+        assert ready.json()["error"]
+
+
+def test_wait_ready_helper_sees_an_empty_service_ready(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, models_dir=tmp_path, load_in_background=True)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client, timeout_s=10)
