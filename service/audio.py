@@ -1,0 +1,355 @@
+"""Decode uploaded audio (bytes in memory) to mono float32 at the rate a model wants.
+
+Design note. Headers cannot be trusted for length (a FLAC written to a pipe claims 2^63-1
+frames, an MP3 without a Xing header reports a guess, a WAV may claim 4 GB), and a few
+hundred KB of FLAC can expand to an hour of PCM. So every limit is enforced on what has
+actually been decoded, block by block: the loop stops as soon as `max_seconds` is passed
+(reject -> 413 at once, truncate -> keep the first `max_seconds`), and each block is
+downmixed before it is kept, so memory is bounded by `max_seconds` of mono audio whatever
+the file says about itself.
+
+Decoder choice (measured in ../shared/notes/audio-io.md): libsndfile (soundfile) is the
+fastest for WAV/FLAC and reads a capped window sample-exactly; PyAV (FFmpeg) for all else
+(MP3, Ogg Vorbis/Opus, AAC/M4A with the moov atom anywhere, WebM from browsers), fed from a
+seekable BytesIO. No temp files, no subprocess. Resampling is soxr HQ. Decoding is CPU
+work and synchronous: callers run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import av
+import numpy as np
+import soundfile as sf
+import soxr
+
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
+
+OnLong = Literal["reject", "truncate"]
+
+ACCEPTED_FORMATS = "WAV, FLAC, MP3, OGG (Vorbis or Opus), Opus, AAC/M4A, WebM (Opus)"
+MAX_CHANNELS = 64
+"""More channels than any real recording has: beyond it the upload is refused (415)."""
+MIN_SOURCE_RATE, MAX_SOURCE_RATE = 1_000, 768_000
+_BLOCK_FRAMES = 65_536
+_AV_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError, UnicodeDecodeError)
+_SF_ERRORS = (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError)
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    samples: np.ndarray
+    """Mono float32, 1-D, at `sample_rate`."""
+    sample_rate: int
+    source_rate: int
+    source_channels: int
+    container: str
+    """Short container name as the decoder saw it: wav, flac, mp3, ogg, mov, matroska..."""
+    codec: str
+    truncated: bool = False
+    """True when the audio went on past `max_seconds` and only the start was kept."""
+    original_duration_s: float | None = None
+    """Length of the whole upload: exact when not truncated; when truncated, the
+    container's own (unverified) claim, or None when it makes none."""
+    incomplete: bool = False
+    """The stream broke off with a decode error (e.g. a cut FLAC); `samples` holds what
+    decoded before it."""
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass
+class _Raw:
+    """What a decoder backend hands back, at the source rate."""
+
+    mono: np.ndarray
+    rate: int
+    channels: int
+    container: str
+    codec: str
+    truncated: bool
+    claimed_s: float | None
+    incomplete: bool
+
+
+class _Collector:
+    """Keeps decoded mono blocks until `max_seconds` of audio; the one place the cap lives."""
+
+    def __init__(self, max_seconds: float, on_long: OnLong) -> None:
+        self.max_seconds = max_seconds
+        self.on_long = on_long
+        self.blocks: list[np.ndarray] = []
+        self.frames = 0
+        self.cap = 0
+        self.truncated = False
+        self.claimed_s: float | None = None
+
+    def start(self, rate: int, claimed_s: float | None) -> None:
+        self.cap = math.floor(self.max_seconds * rate + 1e-6)
+        self.claimed_s = claimed_s
+
+    def add(self, mono: np.ndarray) -> bool:
+        """Keep a block; True when decoding should stop (cap reached in truncate mode)."""
+        room = self.cap - self.frames
+        if len(mono) > room:
+            if self.on_long == "reject":
+                raise self.too_long()
+            mono = mono[:room]
+            self.truncated = True
+        if len(mono):
+            self.blocks.append(mono)
+            self.frames += len(mono)
+        return self.truncated
+
+    def too_long(self) -> PayloadTooLarge:
+        claim = f" (the file says about {self.claimed_s:.0f} s)" if self.claimed_s else ""
+        return PayloadTooLarge(
+            f"audio is longer than the {self.max_seconds:g} s limit{claim}"
+        )
+
+    def samples(self) -> np.ndarray:
+        if not self.blocks:
+            return np.zeros(0, np.float32)
+        return np.concatenate(self.blocks).astype(np.float32, copy=False)
+
+
+def decode_audio(
+    data: bytes,
+    *,
+    target_rate: int,
+    max_seconds: float,
+    on_long: OnLong = "reject",
+    max_bytes: int | None = None,
+    min_seconds: float = 0.0,
+) -> DecodedAudio:
+    """Decode `data` to mono float32 at `target_rate`, enforcing every limit while decoding.
+
+    Raises PayloadTooLarge (bytes or seconds over the limit), UnsupportedMedia (not audio
+    we can decode), InvalidInput (empty, no samples, non-finite samples, too short).
+    """
+    if on_long not in ("reject", "truncate"):
+        raise ValueError(f"on_long must be 'reject' or 'truncate', not {on_long!r}")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise PayloadTooLarge(
+            f"upload is {len(data)} bytes; the limit is {max_bytes} bytes"
+        )
+    if not data:
+        raise InvalidInput("the upload is empty; send an audio file")
+    raw = _decode_native(data, max_seconds, on_long)
+    if len(raw.mono) == 0:
+        raise InvalidInput("the audio contains no samples")
+    if not np.isfinite(raw.mono).all():
+        raise InvalidInput("the audio contains non-finite (NaN or infinite) samples")
+    samples = resample(raw.mono, raw.rate, target_rate)
+    duration = len(samples) / target_rate
+    if duration < min_seconds:
+        raise InvalidInput(
+            f"audio is {duration:.2f} s long; the minimum is {min_seconds:g} s"
+        )
+    return DecodedAudio(
+        samples=samples,
+        sample_rate=target_rate,
+        source_rate=raw.rate,
+        source_channels=raw.channels,
+        container=raw.container,
+        codec=raw.codec,
+        truncated=raw.truncated,
+        original_duration_s=_original_duration(raw),
+        incomplete=raw.incomplete,
+    )
+
+
+def _original_duration(raw: _Raw) -> float | None:
+    decoded_s = len(raw.mono) / raw.rate
+    if not raw.truncated:
+        return decoded_s
+    # A claim shorter than what was already decoded is a lie: say we do not know.
+    if raw.claimed_s is not None and raw.claimed_s > decoded_s:
+        return raw.claimed_s
+    return None
+
+
+def _decode_native(data: bytes, max_seconds: float, on_long: OnLong) -> _Raw:
+    """libsndfile for WAV/FLAC, FFmpeg for the rest and for what libsndfile chokes on."""
+    if not _looks_like_sndfile(data):
+        return _decode_with_av(data, _Collector(max_seconds, on_long))
+    raw = _decode_with_soundfile(data, _Collector(max_seconds, on_long))
+    if raw is not None and not raw.incomplete:
+        return raw
+    # libsndfile drops the whole block that holds a decode error (a FLAC cut mid-stream
+    # loses up to 1.4 s); FFmpeg keeps every frame before the error, so it gets a go.
+    try:
+        rescued = _decode_with_av(data, _Collector(max_seconds, on_long))
+    except UnsupportedMedia:
+        if raw is None or len(raw.mono) == 0:
+            raise
+        return raw
+    if raw is not None and len(raw.mono) > len(rescued.mono):
+        return raw
+    rescued.incomplete = rescued.incomplete or raw is not None
+    return rescued
+
+
+def _looks_like_sndfile(data: bytes) -> bool:
+    """WAV/RF64/AIFF/FLAC by magic bytes; the rest goes to FFmpeg, which probes itself."""
+    head = data[:12]
+    if head[:4] in (b"RIFF", b"RF64"):
+        return head[8:12] == b"WAVE"
+    if head[:4] == b"FORM":
+        return head[8:12] in (b"AIFF", b"AIFC")
+    return head[:4] == b"fLaC"
+
+
+def _check_shape(channels: int, rate: int) -> None:
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise UnsupportedMedia(
+            f"audio has {channels} channels; between 1 and {MAX_CHANNELS} are accepted"
+        )
+    if not MIN_SOURCE_RATE <= rate <= MAX_SOURCE_RATE:
+        raise UnsupportedMedia(
+            f"audio sample rate {rate} Hz is outside {MIN_SOURCE_RATE}-{MAX_SOURCE_RATE} Hz"
+        )
+
+
+def _unsupported(detail: str = "") -> UnsupportedMedia:
+    why = f" ({detail})" if detail else ""
+    return UnsupportedMedia(f"could not decode the upload as audio{why}; accepted: "
+                            f"{ACCEPTED_FORMATS}")
+
+
+def _decode_with_soundfile(data: bytes, collector: _Collector) -> _Raw | None:
+    """libsndfile, block by block. None when it cannot open the file (FFmpeg may)."""
+    try:
+        f = sf.SoundFile(io.BytesIO(data))
+    except _SF_ERRORS:
+        return None
+    with f:
+        _check_shape(f.channels, f.samplerate)
+        claimed = f.frames / f.samplerate if 0 < f.frames < 2**62 else None
+        collector.start(f.samplerate, claimed)
+        incomplete = False
+        try:
+            while True:
+                block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                if len(block) == 0 or collector.add(_downmix(block.T)):
+                    break
+        except _SF_ERRORS:
+            incomplete = True
+        return _Raw(collector.samples(), f.samplerate, f.channels, f.format.lower(),
+                    f.subtype.lower(), collector.truncated, collector.claimed_s, incomplete)
+
+
+def _decode_with_av(data: bytes, collector: _Collector) -> _Raw:
+    try:
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+    except _AV_ERRORS as exc:
+        raise _unsupported() from exc
+    with container:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:
+            raise _unsupported("no audio stream found")
+        ctx = stream.codec_context
+        _check_shape(ctx.channels, ctx.sample_rate)
+        rate = ctx.sample_rate
+        collector.start(rate, _claimed_seconds(container, stream))
+        incomplete = _av_frames(container, stream, rate, collector)
+        return _Raw(collector.samples(), rate, ctx.channels,
+                    container.format.name.split(",")[0], ctx.name,
+                    collector.truncated, collector.claimed_s, incomplete)
+
+
+def _av_frames(container: av.container.InputContainer, stream: av.AudioStream, rate: int,
+               collector: _Collector) -> bool:
+    """Feed decoded frames to the collector; True when a decode error cut the stream."""
+    try:
+        for packet in container.demux(stream):
+            for frame in packet.decode():
+                mono = _frame_to_mono(frame)
+                if frame.sample_rate != rate:  # rare: a stream that changes rate midway
+                    mono = resample(mono, frame.sample_rate, rate)
+                if collector.add(mono):
+                    return False
+    except _AV_ERRORS as exc:
+        if collector.frames == 0:
+            raise _unsupported("the audio stream is corrupt or cut short") from exc
+        return True
+    return False
+
+
+def _claimed_seconds(container: av.container.InputContainer,
+                     stream: av.AudioStream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+_INT_SCALE = {"u8": 1 / 128, "s16": 1 / 2**15, "s32": 1 / 2**31, "s64": 1 / 2**63}
+
+
+def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
+    """Any FFmpeg sample format (packed or planar, int or float) -> mono float32."""
+    arr = frame.to_ndarray()
+    channels = frame.layout.nb_channels
+    if not frame.format.is_planar:
+        arr = arr.reshape(-1, channels).T
+    kind = frame.format.name.rstrip("p")
+    if kind in _INT_SCALE:
+        planes = arr.astype(np.float32)
+        if kind == "u8":
+            planes -= 128.0
+        return _downmix(planes) * np.float32(_INT_SCALE[kind])
+    return _downmix(arr.astype(np.float32, copy=False))
+
+
+def _downmix(planes: np.ndarray) -> np.ndarray:
+    """(channels, frames) -> (frames,): the mean, so a full-scale mono source stays in range."""
+    if planes.shape[0] == 1:
+        return np.array(planes[0], dtype=np.float32)
+    return planes.mean(axis=0, dtype=np.float32)
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """soxr HQ (alias-free to -130 dB); the result has exactly round(n * to / from) samples."""
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    if from_rate == to_rate:
+        return samples
+    want = round(len(samples) * to_rate / from_rate)
+    if len(samples) == 0:
+        return np.zeros(0, np.float32)
+    out = soxr.resample(samples, from_rate, to_rate, quality="HQ")
+    if len(out) > want:
+        out = out[:want]
+    elif len(out) < want:
+        out = np.pad(out, (0, want - len(out)))
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def rms_dbfs(samples: np.ndarray) -> float:
+    """RMS level in dB relative to full scale; -inf for empty or all-zero audio."""
+    if len(samples) == 0:
+        return -math.inf
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    return 20 * math.log10(rms) if rms > 0 else -math.inf
+
+
+def is_silent(samples: np.ndarray, threshold_db: float = -60.0) -> bool:
+    return rms_dbfs(samples) < threshold_db
+
+
+def require_audible(samples: np.ndarray, threshold_db: float = -60.0) -> None:
+    """For endpoints where silence is a client mistake (e.g. emotion of an empty room)."""
+    level = rms_dbfs(samples)
+    if level < threshold_db:
+        shown = "-inf" if math.isinf(level) else f"{level:.1f}"
+        raise InvalidInput(
+            f"the audio is silent ({shown} dBFS RMS; at least {threshold_db:g} dBFS needed)"
+        )
+
