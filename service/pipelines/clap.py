@@ -1,0 +1,352 @@
+"""LAION CLAP zero-shot classification and embeddings on ONNX Runtime.
+
+Design note. A request is decoded to 48 kHz mono, cut into 10 s windows (see
+`service.clap_features`), and each window's log-mel is one item for the audio batcher,
+so the windows of one long clip and the clips of concurrent requests share forward
+passes. Label prompts go through a second batcher for the text graph, behind an LRU cache
+(with in-flight de-duplication) so a repeated label set costs no inference. The clip's
+embedding is the normalised mean of its windows' embeddings; scores are cosine x the
+checkpoint's `logit_scale` (exp of `logit_scale_a`, as ClapModel's logits_per_audio),
+softmaxed over the labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from batcher import DynamicBatcher
+from service import clap_features as cf
+from service.audio import DecodedAudio, decode_audio
+from service.errors import InvalidInput
+from service.packs import ModelPack
+from service.pipelines.base import LoadContext
+from service.pipelines.clap_text import EmbeddingCache, PromptTokenizer, pad_batch
+from service.runtime import GraphRunner, create_session
+from service.settings import Settings
+
+TEXT_CACHE_SIZE = 4096
+"""Prompts whose embeddings are kept; at 512 floats each, 4096 are 8 MiB."""
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    probability: float
+    similarity: float
+    """Raw cosine similarity between the audio and the label's prompt."""
+
+
+@dataclass(frozen=True)
+class WindowScores:
+    index: int
+    start_s: float
+    end_s: float
+    silent: bool
+    used: bool
+    labels: list[LabelScore]
+
+
+@dataclass(frozen=True)
+class AudioEmbedding:
+    embedding: np.ndarray
+    """L2-normalised mean of the used windows' embeddings, float32 [D]."""
+    window_embeddings: np.ndarray
+    """float32 [windows_used, D], each L2-normalised."""
+    spans: list[cf.WindowSpan]
+    used: list[cf.WindowSpan]
+    duration_s: float
+    truncated: bool
+    original_duration_s: float | None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def windows_used(self) -> int:
+        return len(self.used)
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    labels: list[LabelScore]
+    """Sorted by probability, highest first (cut to top_k)."""
+    audio: AudioEmbedding
+    prompt_template: str
+    per_window: list[WindowScores] | None
+    timings_ms: dict[str, float]
+
+
+def validate_labels(labels: list[str], settings: Settings) -> list[str]:
+    """Stripped labels, or InvalidInput saying what is wrong with them."""
+    if not labels:
+        raise InvalidInput("no labels: send at least one label (`labels`)")
+    if len(labels) > settings.max_labels:
+        raise InvalidInput(
+            f"{len(labels)} labels; the limit is {settings.max_labels} (AUDIOSERVE_MAX_LABELS)"
+        )
+    cleaned = [label.strip() for label in labels]
+    for i, label in enumerate(cleaned):
+        if not label:
+            raise InvalidInput(f"label {i} is empty; every label needs some text")
+        if len(label) > settings.max_label_chars:
+            raise InvalidInput(
+                f"label {i} has {len(label)} characters; the limit is "
+                f"{settings.max_label_chars} (AUDIOSERVE_MAX_LABEL_CHARS)"
+            )
+    duplicates = sorted({label for label in cleaned if cleaned.count(label) > 1})
+    if duplicates:
+        raise InvalidInput(f"duplicate labels: {duplicates}; each label must appear once")
+    return cleaned
+
+
+def validate_template(template: str) -> str:
+    """The prompt template must contain `{label}` and nothing else in braces."""
+    if "{label}" not in template:
+        raise InvalidInput(
+            f"prompt_template {template!r} has no `{{label}}` placeholder, "
+            "e.g. 'This is a sound of {label}.'"
+        )
+    try:
+        template.format(label="x")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InvalidInput(
+            f"prompt_template {template!r} is not a valid template (only `{{label}}` may "
+            f"appear in braces; write `{{{{` for a literal brace): {exc}"
+        ) from None
+    return template
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _normalise(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 3)
+
+
+class ClapPipeline:
+    name = "clap"
+
+    def __init__(self, pack: ModelPack, ctx: LoadContext, audio: GraphRunner,
+                 text: GraphRunner, tokenizer: PromptTokenizer) -> None:
+        self.pack = pack
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.precision = ctx.precision
+        self.mel = cf.MelConfig.from_constants(pack.constants)
+        self.logit_scale = float(pack.constants["logit_scale"])
+        self.default_template = str(pack.constants["prompt_template"])
+        self._audio = audio
+        self._text = text
+        self.tokenizer = tokenizer
+        self.provider = audio.provider
+        self.cache = EmbeddingCache(TEXT_CACHE_SIZE)
+        self._inflight: dict[str, asyncio.Future[np.ndarray]] = {}
+        self._audio_batcher: DynamicBatcher[np.ndarray, np.ndarray] | None = None
+        self._text_batcher: DynamicBatcher[np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def load(cls, pack: ModelPack, ctx: LoadContext) -> ClapPipeline:
+        """Open both sessions and the tokenizer (slow, synchronous: called in a thread)."""
+        runners = []
+        for graph in ("audio", "text"):
+            path, _ = pack.graph(graph, ctx.precision)
+            session = create_session(path, ctx.runtime)
+            runners.append(GraphRunner(session, ctx.runtime.device_id))
+        c = pack.constants
+        tokenizer = PromptTokenizer(pack.file("tokenizer"), max_length=int(c["text_max_length"]),
+                                    pad_id=int(c["pad_token_id"]))
+        return cls(pack, ctx, runners[0], runners[1], tokenizer)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.ctx.settings.batch_config()
+        metrics = self.ctx.metrics
+        self._audio_batcher = DynamicBatcher(self._run_audio, config, name="clap_audio",
+                                             observer=metrics.observer("clap_audio"))
+        self._text_batcher = DynamicBatcher(self._run_text, config, name="clap_text",
+                                            observer=metrics.observer("clap_text"))
+        self._audio_batcher.start()
+        self._text_batcher.start()
+        if self.settings.warmup:
+            silence = np.zeros(self.mel.max_length_samples, np.float32)
+            span = cf.plan_windows(silence, self.mel)[0]
+            await self._audio_batcher.submit(cf.window_features(silence, span, self.mel))
+            await self._text_batcher.submit(self.tokenizer.encode(["warm-up"])[0])
+
+    async def stop(self) -> None:
+        for batcher in (self._audio_batcher, self._text_batcher):
+            if batcher is not None:
+                await batcher.close()
+
+    @property
+    def healthy(self) -> bool:
+        return all(b is not None and b.running for b in (self._audio_batcher, self._text_batcher))
+
+    def info(self) -> dict[str, Any]:
+        m = self.pack.manifest
+        return {
+            "id": "clap", "object": "model", "kind": "clap", "demo": m.demo,
+            "source": m.source, "precision": self.precision, "provider": self.provider,
+            "embed_dim": int(self.pack.constants["embed_dim"]),
+            "graphs": {g: sorted(v) for g, v in m.graphs.items()},
+            "endpoints": ["/classify", "/embed/audio", "/embed/text"],
+        }
+
+    # -- batch functions (worker threads) -------------------------------------------------
+
+    def _run_audio(self, items: list[np.ndarray]) -> list[np.ndarray]:
+        out = self._audio.run({"input_features": np.stack(items)})["audio_embeds"]
+        return list(out.astype(np.float32, copy=False))
+
+    def _run_text(self, items: list[np.ndarray]) -> list[np.ndarray]:
+        ids, mask = pad_batch(items, self.tokenizer.pad_id)
+        out = self._text.run({"input_ids": ids, "attention_mask": mask})["text_embeds"]
+        return list(out.astype(np.float32, copy=False))
+
+    # -- building blocks ----------------------------------------------------------------
+
+    def _observe(self, stage: str, ms: float) -> None:
+        self.ctx.metrics.stage_seconds.labels("clap", stage).observe(ms / 1000.0)
+
+    async def decode(self, data: bytes) -> DecodedAudio:
+        s = self.settings
+        return await asyncio.to_thread(
+            decode_audio, data, target_rate=self.mel.sample_rate,
+            max_seconds=min(s.classify_max_seconds, s.max_audio_seconds),
+            on_long=s.classify_long_audio, max_bytes=s.max_upload_bytes,
+        )
+
+    async def embed_audio(self, data: bytes) -> AudioEmbedding:
+        """Decode, window, log-mel and embed an upload; timings cover each stage."""
+        t0 = time.perf_counter()
+        audio = await self.decode(data)
+        timings = {"decode": _ms(t0)}
+        result = await self.embed_samples(audio.samples, timings)
+        return AudioEmbedding(
+            embedding=result.embedding, window_embeddings=result.window_embeddings,
+            spans=result.spans, used=result.used, duration_s=audio.duration_s,
+            truncated=audio.truncated, original_duration_s=audio.original_duration_s,
+            timings_ms=timings,
+        )
+
+    async def embed_samples(self, samples: np.ndarray,
+                            timings: dict[str, float] | None = None) -> AudioEmbedding:
+        """Embed mono float32 samples at the pack's sample rate (already decoded)."""
+        timings = {} if timings is None else timings
+        t0 = time.perf_counter()
+        spans = cf.plan_windows(samples, self.mel)
+        used = cf.select_windows(spans)
+        features = await asyncio.to_thread(
+            lambda: [cf.window_features(samples, span, self.mel) for span in used]
+        )
+        timings["features"] = _ms(t0)
+        t1 = time.perf_counter()
+        assert self._audio_batcher is not None, "pipeline not started"
+        rows = await asyncio.gather(*(self._audio_batcher.submit(f) for f in features))
+        timings["audio_embed"] = _ms(t1)
+        windows = np.stack(rows).astype(np.float32)
+        embedding = _normalise(windows.astype(np.float64).mean(axis=0)).astype(np.float32)
+        for stage in ("features", "audio_embed"):
+            self._observe(stage, timings[stage])
+        return AudioEmbedding(
+            embedding=embedding, window_embeddings=windows, spans=spans, used=used,
+            duration_s=samples.shape[0] / self.mel.sample_rate, truncated=False,
+            original_duration_s=None, timings_ms=timings,
+        )
+
+    async def embed_text(self, texts: list[str]) -> np.ndarray:
+        """float32 [N, D] L2-normalised embeddings; cached by exact text."""
+        cache_events = self.ctx.metrics.cache_events
+        results: dict[str, np.ndarray] = {}
+        missing: list[str] = []
+        for text in dict.fromkeys(texts):
+            hit = self.cache.get(text)
+            if hit is not None:
+                results[text] = hit
+            else:
+                missing.append(text)
+        cache_events.labels("clap_text", "hit").inc(len(texts) - len(missing))
+        cache_events.labels("clap_text", "miss").inc(len(missing))
+        if missing:
+            computed = await asyncio.gather(*(self._embed_one_text(t) for t in missing))
+            results.update(zip(missing, computed, strict=True))
+        return np.stack([results[t] for t in texts])
+
+    async def _embed_one_text(self, text: str) -> np.ndarray:
+        """One prompt through the text batcher; concurrent askers share one computation."""
+        pending = self._inflight.get(text)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._inflight[text] = future
+        try:
+            assert self._text_batcher is not None, "pipeline not started"
+            ids = self.tokenizer.encode([text])[0]
+            embedding = await self._text_batcher.submit(ids, length=len(ids))
+            self.cache.put(text, embedding)
+            future.set_result(self.cache.get(text))  # type: ignore[arg-type]
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._inflight[text]
+        return future.result()
+
+    # -- classification -------------------------------------------------------------------
+
+    def score(self, audio_embedding: np.ndarray, text_embeddings: np.ndarray,
+              labels: list[str], top_k: int) -> list[LabelScore]:
+        similarity = text_embeddings.astype(np.float64) @ audio_embedding.astype(np.float64)
+        probs = softmax(similarity * self.logit_scale)
+        order = np.argsort(-probs, kind="stable")[:top_k]
+        return [LabelScore(labels[i], float(probs[i]), float(similarity[i])) for i in order]
+
+    async def classify(self, data: bytes, labels: list[str], *, prompt_template: str | None = None,
+                       top_k: int | None = None, per_window: bool = False) -> ClassifyResult:
+        labels = validate_labels(labels, self.settings)
+        template = validate_template(prompt_template or self.default_template)
+        if top_k is not None and top_k < 1:
+            raise InvalidInput(f"top_k must be at least 1, not {top_k}")
+        k = min(top_k or len(labels), len(labels))
+        prompts = [template.format(label=label) for label in labels]
+
+        async def text_side() -> tuple[np.ndarray, float]:
+            t = time.perf_counter()
+            return await self.embed_text(prompts), _ms(t)
+
+        audio, (texts, text_ms) = await asyncio.gather(self.embed_audio(data), text_side())
+        timings = dict(audio.timings_ms)
+        timings["text_embed"] = text_ms
+        t0 = time.perf_counter()
+        ranked = self.score(audio.embedding, texts, labels, k)
+        timeline = self._timeline(audio, texts, labels, k) if per_window else None
+        timings["scores"] = _ms(t0)
+        for stage in ("decode", "text_embed", "scores"):
+            self._observe(stage, timings[stage])
+        return ClassifyResult(labels=ranked, audio=audio, prompt_template=template,
+                              per_window=timeline, timings_ms=timings)
+
+    def _timeline(self, audio: AudioEmbedding, texts: np.ndarray, labels: list[str],
+                  k: int) -> list[WindowScores]:
+        by_index = {span.index: row for span, row in zip(audio.used, audio.window_embeddings,
+                                                         strict=True)}
+        timeline = []
+        for span in audio.spans:
+            row = by_index.get(span.index)
+            scores = [] if row is None else self.score(row, texts, labels, k)
+            timeline.append(WindowScores(index=span.index, start_s=span.start_s,
+                                         end_s=span.end_s, silent=span.silent,
+                                         used=row is not None, labels=scores))
+        return timeline

@@ -1,0 +1,63 @@
+"""CLAP's text side outside the graph: prompt tokenising and the LRU cache of text embeddings.
+
+Zero-shot requests repeat the same label sets, so a prompt's embedding is computed once
+and then served from the cache; labels never change the audio side.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+
+class PromptTokenizer:
+    """Prompt -> int64 token ids (with `<s>`/`</s>`), truncated to the text graph's limit."""
+
+    def __init__(self, path: Path, *, max_length: int, pad_id: int) -> None:
+        self._tok = Tokenizer.from_file(str(path))
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length)
+        self.max_length = max_length
+        self.pad_id = pad_id
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.asarray(e.ids, dtype=np.int64) for e in self._tok.encode_batch(texts)]
+
+
+def pad_batch(items: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad id rows to the longest: (input_ids, attention_mask), both int64 [B,T]."""
+    width = max(len(ids) for ids in items)
+    ids = np.full((len(items), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(items), width), dtype=np.int64)
+    for row, item in enumerate(items):
+        ids[row, : len(item)] = item
+        mask[row, : len(item)] = 1
+    return ids, mask
+
+
+class EmbeddingCache:
+    """A bounded LRU map prompt -> embedding (read-only float32 vectors)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: str) -> np.ndarray | None:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        value = np.array(value, dtype=np.float32)
+        value.setflags(write=False)
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.capacity:
+            self._data.popitem(last=False)
