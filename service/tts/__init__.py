@@ -1,0 +1,1 @@
+"""ChatTTS text-to-speech: text and speaker preparation, sampling, the continuous-batching engine."""
