@@ -3,16 +3,24 @@
 Design note (batch forming)
 ---------------------------
 Items wait in one bounded FIFO. The loop forms a batch as soon as either `max_batch_size`
-items are queued or the oldest item has waited `max_wait_ms`. The oldest live item is
-always in the next batch (no starvation); the rest of the batch is filled with the queued
-items whose `length` is closest to it, so one batch holds similar lengths and the batch
-function pads little. Items whose caller went away (cancelled future) are dropped, and
-items whose deadline passed while queued fail with `DeadlineExceeded` without being run.
+items are queued or the oldest item has waited `max_wait_ms`; with `dispatch_when_idle`
+it also takes what is queued at once whenever the worker is free, so a lone request at low
+load pays no `max_wait_ms` and batches grow from what arrives while the previous batch
+computes. The oldest live item is always in the next batch (no starvation); the rest of
+the batch is filled with the queued items whose `length` is closest to it, so one batch
+holds similar lengths and the batch function pads little.
+
+Each item with a deadline holds one event-loop timer: if it fires before the item's batch
+has started, the item fails with `DeadlineExceeded` and is never run; once started, the
+item gets its result whatever the clock says. Items whose caller went away (cancelled
+future) are dropped when the loop next looks, or when their slot is needed for admission.
 
 The batch function is synchronous and runs in this batcher's own worker thread, so the
 event loop never blocks; while a batch runs, the next one accumulates. Its outputs are
 handed back in input order. An exception fails exactly the futures of that batch and the
-loop goes on. `close()` stops admission and, by default, drains what is queued.
+loop goes on; observer errors are logged and never stop serving. If the loop itself dies,
+every queued and running item fails with `BatcherClosed` (no caller waits forever) and
+`running` turns False. `close()` stops admission and, by default, drains what is queued.
 """
 
 from __future__ import annotations
@@ -23,13 +31,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from batcher.errors import BatcherClosed, DeadlineExceeded, Overloaded
 
 T = TypeVar("T")
 R = TypeVar("R")
+V = TypeVar("V")
 
 log = logging.getLogger("audioserve.batcher")
 
@@ -42,6 +51,9 @@ class BatchConfig:
     timeout_s: float | None = 30.0
     """Default per-item deadline, counted from `submit` (None: no deadline)."""
     bucket_by_length: bool = True
+    dispatch_when_idle: bool = False
+    """Run what is queued as soon as the worker is free instead of waiting `max_wait_ms`:
+    lower latency at low load, smaller batches (more compute) under moderate load."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
@@ -77,7 +89,8 @@ class _Pending(Generic[T, R]):
     future: asyncio.Future[R]
     enqueued_at: float
     deadline: float | None
-    started: bool = field(default=False)
+    started: bool = False
+    timer: asyncio.TimerHandle | None = None
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -96,6 +109,7 @@ class DynamicBatcher(Generic[T, R]):
         self._batch_fn = batch_fn
         self._observer = observer
         self._queue: list[_Pending[T, R]] = []
+        self._running_batch: list[_Pending[T, R]] = []
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-worker")
         self._task: asyncio.Task[None] | None = None
@@ -122,14 +136,14 @@ class DynamicBatcher(Generic[T, R]):
         """Stop admitting items; run what is queued (drain) or fail it with BatcherClosed."""
         self._closing = True
         if not drain:
-            for pending in self._queue:
-                if not pending.future.done():
-                    pending.future.set_exception(BatcherClosed(f"{self.name} closed"))
+            self._fail_all(self._queue, f"{self.name} closed")
             self._queue.clear()
         self._wakeup.set()
         if self._task is not None:
-            await self._task
-        self._executor.shutdown(wait=True)
+            await asyncio.wait({self._task})  # a dead loop's error was logged when it died
+            if not self._task.cancelled():
+                self._task.exception()
+        await asyncio.to_thread(self._executor.shutdown, True)
 
     # -- submission ------------------------------------------------------------------
 
@@ -143,14 +157,16 @@ class DynamicBatcher(Generic[T, R]):
         if self._closing or not self.running:
             raise BatcherClosed(f"{self.name} is not accepting work")
         if len(self._queue) >= self.config.max_queue:
-            self._report_reject("queue_full")
-            raise Overloaded(
-                f"{self.name} queue is full ({self.config.max_queue} waiting)",
-                retry_after_s=self.retry_after_s(),
-            )
+            self._drop_dead()  # callers that went away still hold slots until dropped
+            if len(self._queue) >= self.config.max_queue:
+                self._report_reject("queue_full")
+                raise Overloaded(
+                    f"{self.name} queue is full ({self.config.max_queue} waiting)",
+                    retry_after_s=self.retry_after_s(),
+                )
         timeout = self.config.timeout_s if timeout_s == -1.0 else timeout_s
-        now = time.monotonic()
         loop = asyncio.get_running_loop()
+        now = time.monotonic()
         pending: _Pending[T, R] = _Pending(
             item=item,
             length=length,
@@ -158,39 +174,48 @@ class DynamicBatcher(Generic[T, R]):
             enqueued_at=now,
             deadline=None if timeout is None else now + timeout,
         )
+        if timeout is not None:
+            pending.timer = loop.call_later(max(0.0, timeout), self._expire, pending)
         self._queue.append(pending)
         self._report_depth()
         self._wakeup.set()
         try:
-            if timeout is None:
-                return await pending.future
-            try:
-                return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
-            except TimeoutError:
-                if pending.started:  # already computing: the result is near, take it
-                    return await pending.future
-                pending.future.cancel()
-                self._report_reject("deadline")
-                raise DeadlineExceeded(
-                    f"{self.name}: not started within the {timeout:g} s deadline"
-                ) from None
-        except asyncio.CancelledError:
-            pending.future.cancel()  # the caller went away: the loop will skip the item
-            raise
+            return await pending.future
+        finally:
+            pending.future.cancel()  # no-op when done; if the caller went away, skip it
+            if pending.timer is not None:
+                pending.timer.cancel()
 
     def retry_after_s(self) -> float:
         """A rough wait until the queue has room: the queued batches times a batch's time."""
         batches = len(self._queue) / self.config.max_batch_size
         return max(1.0, batches * self._mean_batch_s)
 
+    def _expire(self, pending: _Pending[T, R]) -> None:
+        """Deadline timer: fail the item unless its batch has already started."""
+        if pending.started or pending.future.done():
+            return
+        pending.future.set_exception(
+            DeadlineExceeded(f"{self.name}: not started within the item's deadline")
+        )
+        self._report_reject("deadline")
+
     # -- the loop --------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        while True:
-            batch = await self._next_batch()
-            if batch is None:
-                return
-            await self._run(batch)
+        try:
+            while True:
+                batch = await self._next_batch()
+                if batch is None:
+                    return
+                await self._run(batch)
+        except BaseException:
+            log.exception("%s: batch loop died", self.name)
+            raise
+        finally:  # whatever ended the loop, nobody is left waiting
+            self._closing = True
+            self._fail_all(self._running_batch + self._queue, f"{self.name} stopped")
+            self._queue.clear()
 
     async def _next_batch(self) -> list[_Pending[T, R]] | None:
         """Wait until a batch is due, then cut it. None: closing and nothing is left."""
@@ -205,7 +230,12 @@ class DynamicBatcher(Generic[T, R]):
                 continue
             oldest_wait = time.monotonic() - self._queue[0].enqueued_at
             remaining = cfg.max_wait_ms / 1000.0 - oldest_wait
-            if len(self._queue) >= cfg.max_batch_size or remaining <= 0 or self._closing:
+            if (
+                len(self._queue) >= cfg.max_batch_size
+                or remaining <= 0
+                or self._closing
+                or cfg.dispatch_when_idle
+            ):
                 return self._cut()
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
@@ -216,15 +246,10 @@ class DynamicBatcher(Generic[T, R]):
         now = time.monotonic()
         live = []
         for pending in self._queue:
-            if pending.future.done():
-                continue
             if pending.deadline is not None and now >= pending.deadline:
-                pending.future.set_exception(
-                    DeadlineExceeded(f"{self.name}: deadline passed while queued")
-                )
-                self._report_reject("deadline")
-                continue
-            live.append(pending)
+                self._expire(pending)  # its timer may lag; never run a late item
+            if not pending.future.done():
+                live.append(pending)
         if len(live) != len(self._queue):
             self._queue = live
             self._report_depth()
@@ -250,11 +275,11 @@ class DynamicBatcher(Generic[T, R]):
         started_at = time.monotonic()
         for pending in batch:
             pending.started = True
-        items = [p.item for p in batch]
+        self._running_batch = batch
         failed = False
         try:
             results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._batch_fn, items
+                self._executor, self._batch_fn, [p.item for p in batch]
             )
             if len(results) != len(batch):
                 raise RuntimeError(
@@ -270,26 +295,46 @@ class DynamicBatcher(Generic[T, R]):
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
+        self._running_batch = []
         compute_s = time.monotonic() - started_at
         self._mean_batch_s = 0.8 * self._mean_batch_s + 0.2 * compute_s
         self.batches_run += 1
-        if self._observer is not None:
-            lengths = [p.length for p in batch]
-            padded = max(lengths) * len(lengths)
-            self._observer.on_batch(
-                BatchStats(
-                    size=len(batch),
-                    queue_waits_s=tuple(started_at - p.enqueued_at for p in batch),
-                    compute_s=compute_s,
-                    padding_fraction=(1.0 - sum(lengths) / padded) if padded else 0.0,
-                    failed=failed,
-                )
-            )
+        self._report_batch(batch, started_at, compute_s, failed)
+
+    # -- reporting -------------------------------------------------------------------
+
+    def _fail_all(self, pendings: list[_Pending[T, R]], message: str) -> None:
+        for pending in pendings:
+            if not pending.future.done():
+                pending.future.set_exception(BatcherClosed(message))
+
+    def _report_batch(
+        self, batch: list[_Pending[T, R]], started_at: float, compute_s: float, failed: bool
+    ) -> None:
+        if self._observer is None:
+            return
+        lengths = [p.length for p in batch]
+        padded = max(lengths) * len(lengths)
+        stats = BatchStats(
+            size=len(batch),
+            queue_waits_s=tuple(started_at - p.enqueued_at for p in batch),
+            compute_s=compute_s,
+            padding_fraction=(1.0 - sum(lengths) / padded) if padded else 0.0,
+            failed=failed,
+        )
+        self._notify(self._observer.on_batch, stats)
 
     def _report_depth(self) -> None:
         if self._observer is not None:
-            self._observer.on_queue_depth(len(self._queue))
+            self._notify(self._observer.on_queue_depth, len(self._queue))
 
     def _report_reject(self, reason: str) -> None:
         if self._observer is not None:
-            self._observer.on_reject(reason)
+            self._notify(self._observer.on_reject, reason)
+
+    def _notify(self, hook: Callable[[V], None], value: V) -> None:
+        """Metrics must never take serving down: log an observer's error and go on."""
+        try:
+            hook(value)
+        except Exception:
+            log.exception("%s: observer %s failed", self.name, hook.__name__)
