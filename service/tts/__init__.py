@@ -1,1 +1,1 @@
-"""ChatTTS text-to-speech: text and speaker preparation, sampling, the continuous-batching engine."""
+"""ChatTTS text-to-speech: text and speakers, sampling, the continuous-batching engine."""

@@ -1,0 +1,450 @@
+"""The continuous-batching engine: ChatTTS's GPT decoded step by step for many requests.
+
+Design note
+-----------
+One engine thread owns the `gpt`/`embed_*`/`head_text` sessions, the step scheduler
+(`batcher.steps`) and the batch's KV cache; the event loop only posts commands (add,
+abort) to its inbox and awaits futures, so ORT never runs on the event loop. Each step:
+
+1. `plan = scheduler.schedule()`: aborted rows are evicted from the cache, new sequences
+   admitted (FIFO, up to `max_active` rows);
+2. one batched decode step for the rows that were already running: embed each row's last
+   token (`embed_code` for audio rows, `embed_text` for refine rows, so both passes share
+   the batch), run `gpt` with the cache's left-padded past and per-row positions, sample
+   every row with its own seeded generator;
+3. each admitted sequence is prefilled alone (B=1: prefill is exact and needs no
+   padding), its first token sampled, and its cache rows joined below the batch;
+4. `scheduler.update` turns tokens into events; finished rows leave the cache at once and
+   their future gets the tokens plus the hidden states that predicted them (audio
+   decoding happens outside, in the pipeline's decode batcher).
+
+Exactness: a row's inputs (its own past, mask, positions, seeded RNG) never depend on its
+batch-mates, so with fp32 graphs its tokens are those of a solo run. A failed step fails
+the sequences in the cache (its state is unknown) and the loop goes on; if the thread
+itself dies, `healthy` goes False and every waiting future fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from batcher import BatcherClosed, Overloaded
+from batcher.steps import (
+    Admission,
+    FinishReason,
+    ScheduledSeq,
+    SeqOutput,
+    SeqRequest,
+    StepConfig,
+    StepEvent,
+    StepScheduler,
+)
+from service.tts.kv_cache import BatchKVCache, PreallocatedKVCache, RowCache
+from service.tts.model import TTSGraphs
+from service.tts.sampling import SamplingParams, sample
+
+log = logging.getLogger("audioserve.tts.engine")
+
+NON_EMPTY_REDRAWS = 16
+"""Upstream regenerates when the first token is EOS (`ensure_non_empty`); we redraw it."""
+
+
+class PassKind(Enum):
+    CODE = "code"
+    """Audio tokens: 4 codebooks per step, stops when any samples the audio EOS."""
+    TEXT = "text"
+    """Refine pass: text ids from `head_text`, stops at `[Ebreak]`."""
+
+
+class KVCacheKind(Enum):
+    PRESENT = "present"
+    PREALLOCATED = "preallocated"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    step: StepConfig = field(default_factory=StepConfig)
+    max_waiting: int = 256
+    static_wait_ms: float = 50.0
+    """STATIC admission only: how long an idle engine waits for a batch to fill."""
+    kv_cache: KVCacheKind = KVCacheKind.PRESENT
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    request_id: str
+    kind: PassKind
+    prompt_ids: np.ndarray
+    """int64 [T]."""
+    spk_emb: np.ndarray | None
+    """float32 [spk_emb_dim], or None (the prompt then has no `[spk_emb]`)."""
+    params: SamplingParams
+    max_new_tokens: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    request_id: str
+    tokens: np.ndarray
+    """CODE: int64 [N, 4]; TEXT: int64 [N]. The EOS token is not included."""
+    hidden: np.ndarray | None
+    """CODE: float32 [N, H], the hidden state that predicted each token."""
+    finish: FinishReason
+    queued_s: float
+    generate_s: float
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    steps: int
+    decode_steps: int
+    decode_rows: int
+    decode_s: float
+    prefill_s: float
+    cache_copies: int
+
+
+@dataclass(eq=False)
+class _Live:
+    job: GenerationJob
+    future: asyncio.Future[GenerationResult]
+    loop: asyncio.AbstractEventLoop
+    submitted_at: float
+    rng: np.random.Generator
+    tokens: list[np.ndarray] = field(default_factory=list)
+    hiddens: list[np.ndarray] = field(default_factory=list)
+    admitted_at: float = 0.0
+
+    @property
+    def prompt_len(self) -> int:
+        return int(self.job.prompt_ids.shape[0])
+
+    def history(self) -> np.ndarray:
+        """Generated ids as [rows, t]: 4 codebook rows (CODE) or 1 (TEXT)."""
+        rows = 4 if self.job.kind == PassKind.CODE else 1
+        if not self.tokens:
+            return np.zeros((rows, 0), np.int64)
+        return np.stack(self.tokens, axis=1).reshape(rows, -1)
+
+    def resolve(self, result: GenerationResult | None, error: BaseException | None) -> None:
+        def _set() -> None:
+            if self.future.done():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)  # type: ignore[arg-type]
+
+        self._call(_set)
+
+    def cancel(self) -> None:
+        self._call(self.future.cancel)
+
+    def _call(self, fn: Callable[[], object]) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            self.loop.call_soon_threadsafe(fn)
+
+
+@dataclass(frozen=True)
+class _Add:
+    live: _Live
+
+
+@dataclass(frozen=True)
+class _Abort:
+    request_id: str
+
+
+class _Stop:
+    pass
+
+
+class GenerationEngine:
+    """Continuous batching of ChatTTS's GPT; `await generate(job)` from the event loop."""
+
+    def __init__(self, graphs: TTSGraphs, config: EngineConfig | None = None,
+                 *, name: str = "tts_engine") -> None:
+        self.graphs = graphs
+        self.config = config or EngineConfig()
+        self.name = name
+        self.scheduler = StepScheduler(self.config.step)
+        self.cache = self._new_cache()
+        self._inbox: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
+        self._live: dict[str, _Live] = {}
+        self._thread: threading.Thread | None = None
+        self._accepting = False
+        self._outstanding = 0
+        self._lock = threading.Lock()
+        self._stats = {"steps": 0, "decode_steps": 0, "decode_rows": 0}
+        self._times = {"decode": 0.0, "prefill": 0.0}
+
+    def _new_cache(self) -> BatchKVCache:
+        c = self.graphs.c
+        if self.config.kv_cache == KVCacheKind.PREALLOCATED:
+            return PreallocatedKVCache(c.num_layers, c.num_heads, c.head_dim,
+                                       self.config.step.max_active,
+                                       self.config.step.max_seq_len + 1)
+        return BatchKVCache(c.num_layers, c.num_heads, c.head_dim)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._accepting = True
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    @property
+    def healthy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    async def stop(self) -> None:
+        """Refuse new jobs, let the admitted ones finish, then end the thread."""
+        self._accepting = False
+        if self._thread is not None:
+            self._inbox.put(_Stop())
+            await asyncio.to_thread(self._thread.join)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            steps=self._stats["steps"], decode_steps=self._stats["decode_steps"],
+            decode_rows=self._stats["decode_rows"], decode_s=self._times["decode"],
+            prefill_s=self._times["prefill"], cache_copies=self.cache.copies,
+        )
+
+    # -- the event loop's side -------------------------------------------------------
+
+    async def generate(self, job: GenerationJob) -> GenerationResult:
+        """Queue a job and wait for its tokens. Cancelling the caller aborts the sequence."""
+        if not self._accepting or not self.healthy:
+            raise BatcherClosed(f"{self.name} is not accepting work")
+        with self._lock:
+            if self._outstanding >= self.config.max_waiting + self.config.step.max_active:
+                raise Overloaded(f"{self.name}: {self._outstanding} sequences queued",
+                                 retry_after_s=2.0)
+            self._outstanding += 1
+        loop = asyncio.get_running_loop()
+        live = _Live(job, loop.create_future(), loop, time.perf_counter(),
+                     np.random.default_rng(job.seed))
+        self._inbox.put(_Add(live))
+        try:
+            return await live.future
+        except asyncio.CancelledError:
+            self._inbox.put(_Abort(job.request_id))
+            raise
+        finally:
+            with self._lock:
+                self._outstanding -= 1
+
+    def abort(self, request_id: str) -> None:
+        """Thread-safe: the sequence leaves at the engine's next step."""
+        self._inbox.put(_Abort(request_id))
+
+    # -- the engine thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            stopping = False
+            while not (stopping and not self.scheduler.has_requests()):
+                stopping |= self._drain_inbox(block=not self.scheduler.has_requests())
+                if self._static_should_wait(stopping):
+                    continue
+                if self.scheduler.has_requests():
+                    self._step()
+        except BaseException as exc:  # the thread must not die silently
+            log.critical("%s: engine thread died", self.name, exc_info=exc)
+            for live in self._live.values():
+                live.resolve(None, exc)
+            self._live.clear()
+            raise
+        for live in self._live.values():
+            live.resolve(None, BatcherClosed(f"{self.name} stopped"))
+
+    def _drain_inbox(self, block: bool) -> bool:
+        """Apply queued commands; True when asked to stop."""
+        stop = False
+        try:
+            command = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            while True:
+                stop |= self._apply(command)
+                command = self._inbox.get_nowait()
+        except queue.Empty:
+            return stop
+
+    def _apply(self, command: _Add | _Abort | _Stop) -> bool:
+        if isinstance(command, _Stop):
+            return True
+        if isinstance(command, _Abort):
+            live = self._live.get(command.request_id)
+            if live is not None and self.scheduler.abort(command.request_id):
+                if live.admitted_at == 0.0:  # waiting: gone now; running: at next step
+                    self._live.pop(command.request_id)
+                live.cancel()
+            return False
+        live = command.live
+        job = live.job
+        try:
+            self.scheduler.add(SeqRequest(job.request_id, live.prompt_len, job.max_new_tokens))
+        except ValueError as exc:
+            live.resolve(None, exc)
+            return False
+        self._live[job.request_id] = live
+        return False
+
+    def _static_should_wait(self, stopping: bool) -> bool:
+        """STATIC mode: an idle engine waits a little for its batch to fill."""
+        cfg = self.config
+        waiting = self.scheduler.num_waiting
+        if (cfg.step.admission != Admission.STATIC or stopping or self.scheduler.num_running
+                or waiting == 0 or waiting >= cfg.step.max_active):
+            return False
+        oldest = min(v.submitted_at for v in self._live.values() if v.admitted_at == 0.0)
+        remaining = cfg.static_wait_ms / 1000.0 - (time.perf_counter() - oldest)
+        if remaining <= 0:
+            return False
+        time.sleep(min(remaining, 0.005))
+        return True
+
+    def _step(self) -> None:
+        plan = self.scheduler.schedule()
+        for rid in plan.evicted:
+            self._live.pop(rid, None)
+        self.cache.remove(plan.evicted)
+        try:
+            outputs = self._decode(plan.decode) if plan.decode else {}
+            t0 = time.perf_counter()
+            rows = []
+            for scheduled in plan.prefill:
+                output, row = self._prefill(scheduled)
+                outputs[scheduled.request_id] = output
+                rows.append(row)
+            self.cache.join(rows)
+            self._times["prefill"] += time.perf_counter() - t0
+            events = self.scheduler.update(plan, outputs)
+        except Exception as exc:
+            log.exception("%s: step %d failed", self.name, plan.step)
+            self._fail_batch(plan.scheduled, exc)
+            return
+        self._stats["steps"] += 1
+        finished = [e for e in events if e.finished]
+        self.cache.remove([e.request_id for e in finished])
+        for event in finished:
+            self._complete(event)
+
+    def _fail_batch(self, scheduled: tuple[ScheduledSeq, ...], exc: Exception) -> None:
+        doomed = {s.request_id for s in scheduled} | set(self.cache.ids)
+        for rid in doomed:
+            self.scheduler.abort(rid)
+            live = self._live.pop(rid, None)
+            if live is not None:
+                live.resolve(None, exc)
+        self.cache.remove(list(self.cache.ids))
+
+    # -- model work (engine thread) ----------------------------------------------------
+
+    def _decode(self, decode: tuple[ScheduledSeq, ...]) -> dict[str, SeqOutput]:
+        t0 = time.perf_counter()
+        g, cache = self.graphs, self.cache
+        if {s.request_id for s in decode} != set(cache.ids):
+            raise RuntimeError("decode plan and KV cache disagree")
+        lives = [self._live[rid] for rid in cache.ids]
+        embeds = self._last_token_embeds(lives)
+        positions = np.array(
+            [[live.prompt_len + len(live.tokens) - 1] for live in lives], np.int64
+        )
+        mask = cache.step_mask()
+        out = g.gpt(embeds, mask, positions, cache.past())
+        cache.advance(out.presents, mask)
+        hidden = out.hidden[:, -1]
+        text_rows = [i for i, live in enumerate(lives) if live.job.kind == PassKind.TEXT]
+        text_logits = g.head_text(hidden[text_rows]) if text_rows else None
+        outputs = {}
+        for i, live in enumerate(lives):
+            if live.job.kind == PassKind.CODE:
+                outputs[live.job.request_id] = self._sample(live, out.code_logits[i], hidden[i])
+            else:
+                assert text_logits is not None
+                logits = text_logits[text_rows.index(i)][None]
+                outputs[live.job.request_id] = self._sample(live, logits, None)
+        self._stats["decode_steps"] += 1
+        self._stats["decode_rows"] += len(lives)
+        self._times["decode"] += time.perf_counter() - t0
+        return outputs
+
+    def _last_token_embeds(self, lives: list[_Live]) -> np.ndarray:
+        g = self.graphs
+        embeds = np.empty((len(lives), 1, g.c.hidden_size), np.float32)
+        code = [i for i, live in enumerate(lives) if live.job.kind == PassKind.CODE]
+        text = [i for i, live in enumerate(lives) if live.job.kind == PassKind.TEXT]
+        if code:
+            codes = np.stack([lives[i].tokens[-1] for i in code])[:, None, :]
+            embeds[code] = g.embed_code(codes)
+        if text:
+            ids = np.array([[int(lives[i].tokens[-1][0])] for i in text], np.int64)
+            embeds[text] = g.embed_text(ids, np.zeros((len(text), g.c.spk_emb_dim), np.float32))
+        return embeds
+
+    def _prefill(self, scheduled: ScheduledSeq) -> tuple[SeqOutput, RowCache]:
+        g = self.graphs
+        live = self._live[scheduled.request_id]
+        live.admitted_at = time.perf_counter()
+        job = live.job
+        ids = job.prompt_ids.astype(np.int64)[None]
+        spk = (np.zeros(g.c.spk_emb_dim, np.float32) if job.spk_emb is None
+               else job.spk_emb.astype(np.float32))
+        embeds = g.embed_text(ids, spk[None])
+        length = ids.shape[1]
+        out = g.gpt(embeds, np.ones((1, length), np.int64),
+                    np.arange(length, dtype=np.int64)[None], g.empty_past(1))
+        hidden = out.hidden[0, -1]
+        if job.kind == PassKind.CODE:
+            output = self._sample(live, out.code_logits[0], hidden)
+        else:
+            output = self._sample(live, g.head_text(hidden[None]), None)
+        return output, RowCache(job.request_id, tuple(out.presents))
+
+    def _sample(self, live: _Live, logits: np.ndarray, hidden: np.ndarray | None) -> SeqOutput:
+        job = live.job
+        eos_id = (self.graphs.c.audio_eos if job.kind == PassKind.CODE
+                  else self.graphs.c.refine_eos_token_id)
+        history = live.history()
+        step = len(live.tokens)
+        ids = sample(logits, history, job.params, live.rng, step=step, eos_id=eos_id)
+        redraws = 0 if job.params.greedy or step > 0 else NON_EMPTY_REDRAWS
+        while redraws and (ids == eos_id).any():
+            ids = sample(logits, history, job.params, live.rng, step=step, eos_id=eos_id)
+            redraws -= 1
+        live.tokens.append(ids)
+        if hidden is not None:
+            live.hiddens.append(np.array(hidden, np.float32))
+        return SeqOutput(token=ids, eos=bool((ids == eos_id).any()))
+
+    def _complete(self, event: StepEvent) -> None:
+        live = self._live.pop(event.request_id, None)
+        if live is None:
+            return
+        assert event.finish is not None
+        kept = len(live.tokens) - (1 if event.finish == FinishReason.EOS else 0)
+        if live.job.kind == PassKind.CODE:
+            tokens = np.stack(live.tokens[:kept]) if kept else np.zeros((0, 4), np.int64)
+            hidden = (np.stack(live.hiddens[:kept]) if kept
+                      else np.zeros((0, self.graphs.c.hidden_size), np.float32))
+        else:
+            tokens = np.array([int(t[0]) for t in live.tokens[:kept]], np.int64)
+            hidden = None
+        now = time.perf_counter()
+        live.resolve(GenerationResult(
+            request_id=event.request_id, tokens=tokens, hidden=hidden, finish=event.finish,
+            queued_s=live.admitted_at - live.submitted_at, generate_s=now - live.admitted_at,
+        ), None)

@@ -1,0 +1,174 @@
+"""The decode batch's KV cache: one left-padded [rows, heads, P, head_dim] array per layer.
+
+Design note (what is copied, and when)
+--------------------------------------
+The `gpt` graph takes the past as `[B, h, P, d]` per layer and returns the full present
+`[B, h, P+1, d]` (its Concat is the one copy the graph contract imposes). The cheapest
+cache that contract allows is to feed each step's present back as the next step's past,
+unchanged: in steady state numpy copies nothing at all. A preallocated
+`[L, 2, max_active, h, max_len, d]` buffer with in-place column writes looks cheaper but is
+not here: `[n, h, 0:P, d]` is not contiguous for n > 1, so ORT would get a fresh copy of
+the whole used cache every step (on top of the graph's own Concat); `bench/bench_tts_engine.py`
+measures both (`PreallocatedKVCache` below is that alternative).
+
+Copies happen only when the batch's membership changes, at most twice per step and
+batched over every row that joins or leaves in it:
+- join: new rows (each prefilled alone, so prefill is exact) are left-padded to the
+  batch's length (or the batch to theirs) and stacked under it;
+- leave: finished or aborted rows are dropped with one `take`, and leading columns that
+  are padding in every remaining row are trimmed at the same time.
+Left padding keeps each row's own positions (`position_ids` count real tokens) and the
+mask hides the pad columns, so a row's logits do not depend on its batch-mates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RowCache:
+    """One sequence's cache straight from its prefill: 2L arrays [1, h, p, d]."""
+
+    request_id: str
+    layers: tuple[np.ndarray, ...]
+
+    @property
+    def length(self) -> int:
+        return int(self.layers[0].shape[2])
+
+
+def _left_pad(array: np.ndarray, columns: int) -> np.ndarray:
+    if columns == 0:
+        return array
+    pad = np.zeros((*array.shape[:2], columns, array.shape[3]), dtype=array.dtype)
+    return np.concatenate([pad, array], axis=2)
+
+
+class BatchKVCache:
+    """Rows in batch order; `feeds` and `advance` form one decode step's round trip."""
+
+    def __init__(self, num_layers: int, num_heads: int, head_dim: int) -> None:
+        self.num_layers = num_layers
+        self._shape = (num_heads, head_dim)
+        self.ids: list[str] = []
+        self.layers: list[np.ndarray] = []
+        self.mask = np.zeros((0, 0), dtype=np.int64)
+        self.copies = 0
+        """Whole-cache copies made so far (joins and leaves), for the benchmark."""
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+    @property
+    def length(self) -> int:
+        return int(self.mask.shape[1])
+
+    def row(self, request_id: str) -> int:
+        return self.ids.index(request_id)
+
+    def past(self) -> list[np.ndarray]:
+        return self.layers
+
+    def step_mask(self) -> np.ndarray:
+        """Attention mask for one decode step: the past's mask plus the new token."""
+        return np.concatenate([self.mask, np.ones((self.size, 1), np.int64)], axis=1)
+
+    def advance(self, presents: Sequence[np.ndarray], step_mask: np.ndarray) -> None:
+        """Adopt a decode step's presents as the cache (no copy)."""
+        self.layers = list(presents)
+        self.mask = step_mask
+
+    def join(self, rows: Sequence[RowCache]) -> None:
+        """Append prefilled rows below the batch, left-padding whichever side is shorter."""
+        if not rows:
+            return
+        length = max([self.length, *(r.length for r in rows)])
+        if self.size:
+            self.copies += 1
+        masks = [_left_pad(self.mask[:, None, :, None], length - self.length)[:, 0, :, 0]]
+        for r in rows:
+            masks.append(np.concatenate(
+                [np.zeros((1, length - r.length), np.int64), np.ones((1, r.length), np.int64)],
+                axis=1,
+            ))
+        new_layers = []
+        for i in range(2 * self.num_layers):
+            parts = [] if self.size == 0 else [_left_pad(self.layers[i], length - self.length)]
+            parts += [_left_pad(r.layers[i], length - r.length) for r in rows]
+            new_layers.append(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0))
+        self.layers = new_layers
+        self.mask = np.concatenate(masks, axis=0)
+        self.ids += [r.request_id for r in rows]
+
+    def remove(self, request_ids: Sequence[str]) -> None:
+        """Drop rows; trim leading columns that are padding in every remaining row."""
+        gone = set(request_ids) & set(self.ids)
+        if not gone:
+            return
+        keep = [i for i, rid in enumerate(self.ids) if rid not in gone]
+        self.ids = [self.ids[i] for i in keep]
+        if not keep:
+            self.layers, self.mask = [], np.zeros((0, 0), np.int64)
+            return
+        mask = self.mask[keep]
+        used = np.flatnonzero(mask.any(axis=0))
+        start = int(used[0]) if used.size else mask.shape[1]
+        self.mask = np.ascontiguousarray(mask[:, start:])
+        self.layers = [np.ascontiguousarray(a[keep, :, start:]) for a in self.layers]
+        self.copies += 1
+
+
+class PreallocatedKVCache(BatchKVCache):
+    """The alternative measured by the benchmark: a fixed buffer, new columns written in place.
+
+    Rows live in columns [start, cursor) of a `[2L, max_rows, h, max_len, d]` buffer; a step
+    writes only its new key/value column at `cursor` (compacting to column 0 when the
+    buffer's end is reached). But `past()` must hand ORT contiguous `[n, h, P, d]` arrays,
+    which for n > 1 means copying the used part of the buffer every step.
+    """
+
+    def __init__(self, num_layers: int, num_heads: int, head_dim: int,
+                 max_rows: int, max_len: int) -> None:
+        super().__init__(num_layers, num_heads, head_dim)
+        self._buffer = np.zeros((2 * num_layers, max_rows, num_heads, max_len, head_dim),
+                                np.float32)
+        self._cursor = 0
+
+    def past(self) -> list[np.ndarray]:
+        n, start = self.size, self._cursor - self.length
+        return [np.ascontiguousarray(self._buffer[i, :n, :, start:self._cursor])
+                for i in range(2 * self.num_layers)]
+
+    def advance(self, presents: Sequence[np.ndarray], step_mask: np.ndarray) -> None:
+        n = self.size
+        if self._cursor == self._buffer.shape[3]:
+            self._store(self.past())  # compaction: the used columns move to the front
+        for i, present in enumerate(presents):
+            self._buffer[i, :n, :, self._cursor] = present[:, :, -1]
+        self._cursor += 1
+        self.mask = step_mask
+
+    def _store(self, layers: Sequence[np.ndarray]) -> None:
+        n, p = self.size, self.length
+        if p > self._buffer.shape[3]:
+            raise RuntimeError("preallocated KV cache is full")
+        for i, layer in enumerate(layers):
+            self._buffer[i, :n, :, :p] = layer
+        self._cursor = p
+
+    def join(self, rows: Sequence[RowCache]) -> None:
+        self.layers = self.past() if self.size else []
+        super().join(rows)
+        self._store(self.layers)
+        self.layers = []
+
+    def remove(self, request_ids: Sequence[str]) -> None:
+        self.layers = self.past()
+        super().remove(request_ids)
+        self._store(self.layers)
+        self.layers = []

@@ -1,0 +1,144 @@
+"""The ChatTTS pack's graphs behind typed calls, and its constants from the manifest.
+
+Only this module and the engine's worker threads touch these sessions. Names and shapes
+follow docs/chattts-pack.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.packs import ModelPack
+from service.runtime import GraphRunner, RuntimeConfig, create_session
+from service.tts.sampling import SamplingParams
+
+GRAPHS = ("embed_text", "embed_code", "gpt", "head_text", "decoder", "vocos")
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+    repetition_window: int
+    max_new_token: int
+    min_new_token: int
+
+    @classmethod
+    def from_manifest(cls, raw: dict[str, Any]) -> SamplingDefaults:
+        return cls(
+            temperature=float(raw["temperature"]), top_p=float(raw["top_p"]),
+            top_k=int(raw["top_k"]), repetition_penalty=float(raw["repetition_penalty"]),
+            repetition_window=int(raw.get("repetition_window", 16)),
+            max_new_token=int(raw["max_new_token"]), min_new_token=int(raw["min_new_token"]),
+        )
+
+    def params(self, *, temperature: float | None = None, top_p: float | None = None,
+               top_k: int | None = None, greedy: bool = False) -> SamplingParams:
+        return SamplingParams(
+            temperature=self.temperature if temperature is None else temperature,
+            top_p=self.top_p if top_p is None else top_p,
+            top_k=self.top_k if top_k is None else top_k,
+            repetition_penalty=self.repetition_penalty, window=self.repetition_window,
+            min_new_tokens=self.min_new_token, greedy=greedy,
+        )
+
+
+@dataclass(frozen=True)
+class TTSConstants:
+    sample_rate: int
+    samples_per_token: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    num_vq: int
+    num_audio_tokens: int
+    audio_eos: int
+    spk_emb_dim: int
+    max_position_embeddings: int
+    refine_eos_token_id: int
+    code: SamplingDefaults
+    refine: SamplingDefaults
+
+    @classmethod
+    def from_manifest(cls, c: dict[str, Any]) -> TTSConstants:
+        return cls(
+            sample_rate=int(c["sample_rate"]),
+            samples_per_token=int(c.get("samples_per_token", 2 * int(c["hop_length"]))),
+            hidden_size=int(c["hidden_size"]), num_layers=int(c["num_layers"]),
+            num_heads=int(c["num_heads"]), head_dim=int(c["head_dim"]),
+            num_vq=int(c["num_vq"]), num_audio_tokens=int(c["num_audio_tokens"]),
+            audio_eos=int(c["audio_eos"]), spk_emb_dim=int(c["spk_emb_dim"]),
+            max_position_embeddings=int(c["max_position_embeddings"]),
+            refine_eos_token_id=int(c["refine_eos_token_id"]),
+            code=SamplingDefaults.from_manifest(c["sampling"]["code"]),
+            refine=SamplingDefaults.from_manifest(c["sampling"]["refine"]),
+        )
+
+
+@dataclass(frozen=True)
+class GptOutput:
+    hidden: np.ndarray
+    """[B, T, H] final hidden states."""
+    code_logits: np.ndarray
+    """[B, 4, 626] from the last position."""
+    presents: list[np.ndarray]
+    """2L arrays [B, h, P+T, d]: key 0, value 0, key 1, ..."""
+
+
+class TTSGraphs:
+    """Typed calls into the pack's ONNX sessions."""
+
+    def __init__(self, runners: dict[str, GraphRunner], constants: TTSConstants) -> None:
+        self.runners = runners
+        self.c = constants
+        self.provider = runners["gpt"].provider
+        layers = range(constants.num_layers)
+        self.past_names = [n for i in layers for n in (f"past_key_{i}", f"past_value_{i}")]
+        self.present_names = [
+            n for i in layers for n in (f"present_key_{i}", f"present_value_{i}")
+        ]
+
+    @classmethod
+    def open(cls, pack: ModelPack, precision: str, runtime: RuntimeConfig) -> TTSGraphs:
+        runners = {}
+        for name in GRAPHS:
+            path, _ = pack.graph(name, precision if precision in pack.precisions(name)
+                                 else "fp32")
+            runners[name] = GraphRunner(create_session(path, runtime), runtime.device_id)
+        return cls(runners, TTSConstants.from_manifest(pack.constants))
+
+    def embed_text(self, input_ids: np.ndarray, spk_emb: np.ndarray) -> np.ndarray:
+        out = self.runners["embed_text"].run(
+            {"input_ids": input_ids.astype(np.int64), "spk_emb": spk_emb.astype(np.float32)}
+        )
+        return out["inputs_embeds"]
+
+    def embed_code(self, codes: np.ndarray) -> np.ndarray:
+        return self.runners["embed_code"].run({"codes": codes.astype(np.int64)})["inputs_embeds"]
+
+    def empty_past(self, batch: int) -> list[np.ndarray]:
+        shape = (batch, self.c.num_heads, 0, self.c.head_dim)
+        return [np.zeros(shape, np.float32) for _ in self.past_names]
+
+    def gpt(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
+            past: Sequence[np.ndarray]) -> GptOutput:
+        feeds = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
+        feeds.update(zip(self.past_names, past, strict=True))
+        out = self.runners["gpt"].run(feeds)
+        return GptOutput(out["hidden"], out["code_logits"],
+                         [out[n] for n in self.present_names])
+
+    def head_text(self, hidden: np.ndarray) -> np.ndarray:
+        return self.runners["head_text"].run({"hidden": hidden})["text_logits"]
+
+    def waveform(self, hidden: np.ndarray) -> np.ndarray:
+        """[B, N, H] hidden states of N audio tokens -> [B, samples] (decoder, then vocos)."""
+        mel = self.runners["decoder"].run({"hidden": hidden.astype(np.float32)})["mel"]
+        return self.runners["vocos"].run({"mel": mel})["waveform"]
