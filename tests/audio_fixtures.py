@@ -33,11 +33,12 @@ _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
 def make_tone(seconds: float, rate: int = 48000, channels: int = 1,
               amplitude: float = 0.5) -> np.ndarray:
-    """(frames, channels) float32: channel k is a sine at 440 * (1 + k/2) Hz with a slow
-    amplitude wobble, so a lag or a channel mix-up cannot go unnoticed."""
+    """(frames, channels) float32: channel k glides up from 440 * (1 + k/2) Hz by 25 % a
+    second, with a slow amplitude wobble, so that no lag, gap or channel mix-up can pass
+    for a match (a steady sine matches itself one period later)."""
     t = np.arange(round(seconds * rate)) / rate
     wobble = 0.75 + 0.25 * np.sin(2 * np.pi * 3 * t)
-    cols = [amplitude * wobble * np.sin(2 * np.pi * 440 * (1 + k / 2) * t)
+    cols = [amplitude * wobble * np.sin(2 * np.pi * 440 * (1 + k / 2) * (t + 0.125 * t**2))
             for k in range(channels)]
     return np.stack(cols, axis=1).astype(np.float32)
 
@@ -159,13 +160,15 @@ def compare(ref: np.ndarray, got: np.ndarray, max_lag: int = 0) -> Similarity:
 
 
 def best_lag(ref: np.ndarray, got: np.ndarray, max_lag: int) -> int:
-    """Lag of the cross-correlation peak, computed with FFTs (fast for large windows)."""
+    """Lag of the cross-correlation peak (per overlapping sample, so a long overlap does
+    not win by its length alone), computed with FFTs."""
     n = min(len(ref), len(got))
     size = 1 << (2 * n).bit_length()
     spec = np.fft.rfft(got[:n], size) * np.conj(np.fft.rfft(ref[:n], size))
     xc = np.fft.irfft(spec, size)
     lags = np.r_[np.arange(0, max_lag + 1), np.arange(-max_lag, 0)]
-    return int(lags[np.argmax(xc[lags])])
+    overlap = n - np.abs(lags)
+    return int(lags[np.argmax(xc[lags] / overlap)])
 
 
 # -- broken and hostile inputs --------------------------------------------------------
