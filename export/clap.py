@@ -15,6 +15,9 @@ import argparse
 import logging
 import math
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,10 +124,15 @@ def tiny_config() -> ClapConfig:
     return ClapConfig(text_config=TINY_TEXT, audio_config=TINY_AUDIO, projection_dim=16)
 
 
+def tiny_model() -> ClapModel:
+    """The seeded random-weight tiny ClapModel (the same weights on every call)."""
+    torch.manual_seed(TINY_SEED)
+    return ClapModel(tiny_config()).eval()
+
+
 def build_tiny(out: Path) -> None:
     """The seeded tiny pack (seconds to build; identical for identical library versions)."""
-    torch.manual_seed(TINY_SEED)
-    model = ClapModel(tiny_config()).eval()
+    model = tiny_model()
     tok = clap_tokenizer.train_tiny(TINY_TEXT["vocab_size"])
     extractor = ClapFeatureExtractor(**HUB_UNFUSED_PREPROCESSOR)
     _write_pack(model, tok, extractor, out, source=f"tiny(seed={TINY_SEED})", demo=True)
@@ -224,9 +232,17 @@ def _write_pack(model: ClapModel, tok: Any, extractor: ClapFeatureExtractor, out
     log.info("clap pack (%s) written to %s in %.1f s", source, out, time.monotonic() - started)
 
 
+@contextmanager
+def _quiet_tracer() -> Iterator[None]:
+    """HTSAT's shape checks trip TracerWarnings; they are expected (shapes are fixed)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
+
+
 def export_audio(model: ClapModel, path: Path, *, frames: int, mels: int) -> None:
     example = torch.randn(2, 1, frames, mels, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_tracer():
         torch.onnx.export(
             AudioEmbedder(model).eval(), (example,), str(path), dynamo=False, opset_version=17,
             input_names=["input_features"], output_names=["audio_embeds"],
@@ -237,7 +253,7 @@ def export_audio(model: ClapModel, path: Path, *, frames: int, mels: int) -> Non
 def export_text(model: ClapModel, path: Path, *, pad_id: int) -> None:
     ids = torch.tensor([[0, 5, 6, 7, 2], [0, 8, 2, pad_id, pad_id]], dtype=torch.int64)
     mask = (ids != pad_id).to(torch.int64)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_tracer():
         torch.onnx.export(
             TextEmbedder(model).eval(), (ids, mask), str(path), dynamo=False, opset_version=17,
             input_names=["input_ids", "attention_mask"], output_names=["text_embeds"],
