@@ -209,7 +209,10 @@ class DynamicBatcher(Generic[T, R]):
                 if batch is None:
                     return
                 await self._run(batch)
-        except BaseException:
+        except asyncio.CancelledError:
+            log.warning("%s: batch loop cancelled", self.name)
+            raise
+        except Exception:
             log.exception("%s: batch loop died", self.name)
             raise
         finally:  # whatever ended the loop, nobody is left waiting
