@@ -11,7 +11,7 @@ set -euo pipefail
 PIP="${1:-.venv/bin/pip}"
 "$PIP" install --no-deps chattts==0.2.5 vocos==0.1.0 encodec==0.1.1 torchaudio==2.11.0 \
     vector_quantize_pytorch==1.32.0 torch-einops-utils==0.2.0
-"$PIP" install einops einx loguru pybase16384 numba tqdm pyyaml huggingface_hub scipy
+"$PIP" install einops einx loguru pybase16384 numba tqdm pyyaml huggingface_hub scipy requests
 SITE="$("$(dirname "$PIP")/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 rm -f "$SITE"/torchaudio/lib/*.so
 "$(dirname "$PIP")/python" -c "import ChatTTS, vocos; print('chattts ok')"

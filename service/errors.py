@@ -7,6 +7,7 @@ stable machine-readable `code`; the message says what was wrong and what is allo
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -91,12 +92,11 @@ def _response(request: Request, status: int, code: str, message: str,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def to_api_error(exc: Exception, retry_after_s: float = 1.0) -> ApiError | None:
+def to_api_error(exc: Exception) -> ApiError | None:
     """Translate the batcher's own (HTTP-agnostic) errors into API errors."""
     if isinstance(exc, Overloaded):
-        return ServiceOverloaded(
-            str(exc), headers={"Retry-After": str(max(1, round(retry_after_s)))}
-        )
+        retry_after = max(1, math.ceil(exc.retry_after_s))
+        return ServiceOverloaded(str(exc), headers={"Retry-After": str(retry_after)})
     if isinstance(exc, DeadlineExceeded):
         return GatewayTimeout(str(exc))
     if isinstance(exc, BatcherClosed):
