@@ -1,0 +1,96 @@
+"""`python -m quant <pack> --to fp16|int8 [...]` and `python -m quant report <pack>`.
+
+Examples::
+
+    python -m quant models/clap --to fp16
+    python -m quant models/clap --to int8 --calibration ~/clips     # static QDQ (default)
+    python -m quant models/chattts --to int8 --bits 4               # weight-only, 4-bit
+    python -m quant models/emotion2vec --to int8 --method dynamic   # batch-DEPENDENT
+    python -m quant report models/clap
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from quant.calibration import AudioSource, prompts_from
+from quant.recipes import Method
+
+
+def _variant_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m quant",
+                                description="fp16 / int8 variants of a model pack")
+    p.add_argument("pack", type=Path, help="pack folder (holds manifest.json)")
+    p.add_argument("--to", required=True, choices=["fp16", "int8"])
+    p.add_argument("--method", choices=[m.value for m in Method],
+                   help="int8 method (default per graph: static for CLAP and Emotion2Vec+, "
+                        "weight-only for ChatTTS); dynamic is batch-dependent")
+    p.add_argument("--bits", type=int, choices=[8, 4], default=8,
+                   help="weight-only bits (4 is recorded under the int8 precision)")
+    _source_arguments(p, "calibration", items=16, seed=0)
+    return p
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m quant report",
+                                description="size, CPU latency, parity and batch invariance "
+                                            "of every precision of a pack")
+    p.add_argument("pack", type=Path)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per latency figure")
+    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
+    p.add_argument("--graphs", help="comma-separated graphs to report (default: all)")
+    p.add_argument("--no-write", action="store_true", help="print only, no QUANT_REPORT.md")
+    _source_arguments(p, "inputs", items=8, seed=1)
+    return p
+
+
+def _source_arguments(p: argparse.ArgumentParser, name: str, *, items: int, seed: int) -> None:
+    p.add_argument(f"--{name}", type=Path, dest="folder", metavar="DIR",
+                   help="folder of audio files (decoded as the service does); "
+                        "default: generated signals")
+    p.add_argument("--prompts", type=Path, help="text file, one prompt per line")
+    p.add_argument("--items", type=int, default=items, help="how many items")
+    p.add_argument("--seconds", type=float, default=3.0, help="longest audio item, seconds")
+    p.add_argument("--seed", type=int, default=seed, help="seed of generated signals")
+
+
+def _source(args: argparse.Namespace) -> AudioSource:
+    return AudioSource(folder=args.folder, count=args.items, seconds=args.seconds,
+                       seed=args.seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("root").setLevel(logging.ERROR)  # the quantizer's per-tensor chatter
+    if argv[:1] == ["report"]:
+        from quant.report import ReportOptions, write_report
+
+        args = _report_parser().parse_args(argv[1:])
+        options = ReportOptions(source=_source(args), prompts=tuple(prompts_from(args.prompts)),
+                                repeats=args.repeats, threads=args.threads,
+                                graphs=tuple(args.graphs.split(",")) if args.graphs else (),
+                                write=not args.no_write)
+        print(write_report(args.pack, options))
+        return 0
+    from quant.variants import VariantRequest, make_variants
+
+    args = _variant_parser().parse_args(argv)
+    if args.to == "fp16" and args.method:
+        raise SystemExit("--method applies to --to int8 only")
+    request = VariantRequest(precision=args.to,
+                             method=Method(args.method) if args.method else None,
+                             bits=args.bits, source=_source(args),
+                             prompts=tuple(prompts_from(args.prompts)))
+    for graph, entry in make_variants(args.pack, request).items():
+        q = entry["quantization"]
+        flag = "" if entry["batch_invariant"] else "  (batch-DEPENDENT)"
+        print(f"{graph}: {entry['file']} [{q['method']}]{flag}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

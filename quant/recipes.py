@@ -1,0 +1,93 @@
+"""Per-model defaults: how each graph of each pack kind is turned into fp16 and int8.
+
+The service promises that batching never changes a result, so each graph's DEFAULT int8
+method must be batch-invariant: static QDQ (fixed, calibrated activation scales) for the
+encoders of CLAP and Emotion2Vec+, weight-only MatMulNBits for the ChatTTS graphs (an
+autoregressive GPT whose activations the calibration set cannot cover). Dynamic int8
+computes activation scales per batch, so an item's result depends on its batch-mates: it
+is an opt-in, flagged `batch_invariant: false` in the manifest. (Measured facts behind
+these choices: ../shared/notes/{clap,emotion2vec,chattts}.md.)
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Method(enum.Enum):
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+    WEIGHT_ONLY = "weight-only"
+
+    @property
+    def batch_invariant(self) -> bool:
+        return self is not Method.DYNAMIC
+
+
+class Compare(enum.Enum):
+    """How an output is compared with fp32 in the report."""
+
+    EMBEDDING = "embedding"  # max abs diff + cosine of centred rows
+    LOGITS = "logits"  # max abs diff + top-1 agreement along the last axis
+    VALUES = "values"  # max abs diff only
+
+
+# Reductions whose fp16 sums can overflow or lose the small differences that matter:
+# waveform normalisation (mean/variance over a whole clip), masked mean pooling, norms.
+FRAGILE_REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceL2", "Pow", "Sqrt")
+
+
+@dataclass(frozen=True)
+class GraphRecipe:
+    int8_method: Method
+    compare: dict[str, Compare]
+    """Outputs with a fixed per-item shape, compared in the report (others are skipped)."""
+    int8_op_types: tuple[str, ...] = ("MatMul", "Gemm")
+    int8_keep_nodes: tuple[str, ...] = ()
+    """Node-name substrings kept float in int8 (e.g. the output projection: on random
+    weights its activation rounding alone swamps the input-dependent part of the embedding)."""
+    fp16_keep_ops: tuple[str, ...] = ()
+    """Op types kept in fp32 on top of onnxruntime's default fp16 block list."""
+    pad_values: dict[str, float] = field(default_factory=dict)
+    """Per input: the value that pads it along ragged axes when items are batched."""
+
+
+RECIPES: dict[str, dict[str, GraphRecipe]] = {
+    "clap": {
+        # Conv is the patch embedding only; LayerNorm/Softmax stay float (not in op types).
+        "audio": GraphRecipe(Method.STATIC, {"audio_embeds": Compare.EMBEDDING},
+                             int8_op_types=("MatMul", "Gemm", "Conv"),
+                             int8_keep_nodes=("/audio_projection/",),
+                             fp16_keep_ops=("ReduceL2",)),
+        "text": GraphRecipe(Method.STATIC, {"text_embeds": Compare.EMBEDDING},
+                            int8_keep_nodes=("/text_projection/",),
+                            fp16_keep_ops=("ReduceL2",),
+                            pad_values={"input_ids": 1, "attention_mask": 0}),
+    },
+    "emotion2vec": {
+        # ConvInteger/QDQ Conv on the CNN front-end is less accurate and slower on CPU
+        # (notes/emotion2vec.md): MatMul only.
+        "model": GraphRecipe(Method.STATIC,
+                             {"logits": Compare.LOGITS, "embedding": Compare.EMBEDDING},
+                             fp16_keep_ops=FRAGILE_REDUCTIONS,
+                             pad_values={"waveform": 0.0}),
+    },
+    "chattts": {
+        "embed_text": GraphRecipe(Method.WEIGHT_ONLY, {}),
+        "embed_code": GraphRecipe(Method.WEIGHT_ONLY, {}),
+        "gpt": GraphRecipe(Method.WEIGHT_ONLY, {"code_logits": Compare.LOGITS},
+                           fp16_keep_ops=FRAGILE_REDUCTIONS),
+        "head_text": GraphRecipe(Method.WEIGHT_ONLY, {"text_logits": Compare.LOGITS}),
+        "decoder": GraphRecipe(Method.WEIGHT_ONLY, {"mel": Compare.VALUES}),
+        "dvae_decode": GraphRecipe(Method.WEIGHT_ONLY, {"mel": Compare.VALUES}),
+        "vocos": GraphRecipe(Method.WEIGHT_ONLY, {"waveform": Compare.VALUES}),
+    },
+}
+
+GENERIC = GraphRecipe(Method.STATIC, {})
+
+
+def recipe(kind: str, graph: str) -> GraphRecipe:
+    """The defaults for one graph; an unknown graph gets generic ones (compare nothing)."""
+    return RECIPES.get(kind, {}).get(graph, GENERIC)

@@ -1,0 +1,109 @@
+"""Write fp16 / int8 variants of every graph of a pack and record them in its manifest.
+
+Each variant entry keeps the fp32 entry's inputs and outputs and adds `quantization`:
+method and settings, the calibration set (description, item count, sha256), the source
+graph's sha256, and the onnx / onnxruntime versions that made it. `batch_invariant` is
+false for dynamic int8 only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime
+
+from export.pack import read_manifest, update_manifest
+from quant import fp16, int8
+from quant.calibration import AudioSource, ItemReader, graph_items, items_hash
+from quant.recipes import Method, recipe
+from service.packs import load_pack
+
+log = logging.getLogger("audioserve.quant")
+
+
+@dataclass(frozen=True)
+class VariantRequest:
+    precision: str  # fp16 | int8
+    method: Method | None = None
+    """int8 only; None: each graph's recipe default."""
+    bits: int = 8
+    source: AudioSource = field(default_factory=AudioSource)
+    prompts: tuple[str, ...] = ()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def make_variants(root: Path, request: VariantRequest) -> dict[str, dict[str, Any]]:
+    """Every graph of the pack at `root` -> `<graph>.<precision>.onnx`; returns new entries."""
+    pack = load_pack(root)
+    manifest = read_manifest(root)
+    entries: dict[str, dict[str, Any]] = {}
+    for graph, variants in manifest["graphs"].items():
+        base = variants.get("fp32")
+        if base is None:
+            raise SystemExit(f"{root}: graph {graph!r} has no fp32 variant to start from")
+        started = time.monotonic()
+        entry = _variant(pack, graph, base, request)
+        entries[graph] = entry
+        variants[request.precision] = entry
+        log.info("%s/%s %s (%s) in %.1f s", pack.kind, graph, request.precision,
+                 entry["quantization"]["method"], time.monotonic() - started)
+    update_manifest(root, manifest)
+    load_pack(root)  # the result must still be a valid pack
+    return entries
+
+
+def _variant(pack: Any, graph: str, base: dict[str, Any],
+             request: VariantRequest) -> dict[str, Any]:
+    rec = recipe(pack.kind, graph)
+    src = pack.root / base["file"]
+    dst_name = f"{graph}.{request.precision}.onnx"
+    dst = pack.root / dst_name
+    info: dict[str, Any]
+    invariant = True
+    if request.precision == "fp16":
+        info = fp16.convert(src, dst, keep_ops=rec.fp16_keep_ops)
+    else:
+        method = request.method or rec.int8_method
+        op_types = ("MatMul",) if method is Method.WEIGHT_ONLY else rec.int8_op_types
+        if int8.count_ops(src, op_types) == 0:
+            # Nothing to quantize (e.g. an embedding lookup): the int8 entry names the
+            # fp32 file, so every graph has an int8 entry and the service can pick int8.
+            return {**base, "batch_invariant": base.get("batch_invariant", True),
+                    "quantization": {"method": "none", "reason": f"no {'/'.join(op_types)} "
+                                     "nodes: kept fp32", "tools": tool_versions()}}
+        reader = None
+        if method is Method.STATIC:
+            items = graph_items(pack, graph, request.source, list(request.prompts))
+            reader = ItemReader(items)
+            calibration = {"source": request.source.describe(), "items": len(items),
+                           "sha256": items_hash(items)}
+        info = int8.quantize(src, dst, method, op_types=op_types, reader=reader,
+                             bits=request.bits, keep_nodes=rec.int8_keep_nodes)
+        if reader is not None:
+            info["calibration"] = calibration
+        invariant = method.batch_invariant
+        if request.precision == "int8" and method is Method.WEIGHT_ONLY and request.bits == 4:
+            info["note"] = "4-bit weights recorded under int8"
+    info.update(source_file=base["file"], source_sha256=file_sha256(src),
+                tools=tool_versions())
+    entry = {k: v for k, v in base.items() if k not in ("file", "quantization")}
+    entry.update(file=dst_name, batch_invariant=invariant and base.get("batch_invariant", True),
+                 quantization=info)
+    return entry
