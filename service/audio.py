@@ -251,9 +251,9 @@ def _decode_with_av(data: bytes, collector: _Collector) -> _Raw:
     except _AV_ERRORS as exc:
         raise _unsupported() from exc
     with container:
-        stream = next((s for s in container.streams if s.type == "audio"), None)
-        if stream is None:
+        if not container.streams.audio:
             raise _unsupported("no audio stream found")
+        stream = container.streams.audio[0]
         ctx = stream.codec_context
         _check_shape(ctx.channels, ctx.sample_rate)
         rate = ctx.sample_rate
