@@ -1,0 +1,196 @@
+"""The continuous-batching TTS engine on a real tiny ChatTTS pack (ORT, fp32).
+
+Batch invariance: requests that join a running batch at different steps produce exactly
+the tokens of their solo runs; cancellation frees the slot at the next step; both KV-cache
+strategies agree; the whole ORT pipeline equals the package's PyTorch pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batcher.steps import FinishReason, StepConfig
+from service.packs import load_pack
+from service.runtime import RuntimeConfig
+from service.tts.engine import (
+    EngineConfig,
+    GenerationEngine,
+    GenerationJob,
+    GenerationResult,
+    KVCacheKind,
+    PassKind,
+)
+from service.tts.model import TTSGraphs
+from service.tts.sampling import SamplingParams
+
+
+@pytest.fixture(scope="session")
+def tiny_pack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    export = pytest.importorskip("export.chattts")
+    out = tmp_path_factory.mktemp("chattts") / "chattts"
+    export.build_tiny(out)
+    return out
+
+TEXTS = ["hello world", "a much longer sentence, to speak here.", "hi", "one two three",
+         "x y z"]
+
+
+@pytest.fixture(scope="module")
+def graphs(tiny_pack_dir: Path) -> TTSGraphs:
+    pack = load_pack(tiny_pack_dir, expected_kind="chattts")
+    return TTSGraphs.open(pack, "fp32", RuntimeConfig(provider="cpu", intra_op_threads=1))
+
+
+def prompt_ids(graphs: TTSGraphs, seed: int, length: int) -> np.ndarray:
+    """A code-pass-shaped prompt of random text ids (the engine does not care what they say)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(5, 2000, size=length).astype(np.int64)
+
+
+def make_job(graphs: TTSGraphs, i: int, max_new: int, *, temperature: float = 1.0,
+             kind: PassKind = PassKind.CODE) -> GenerationJob:
+    params = SamplingParams(temperature=temperature, top_p=0.9, top_k=50,
+                            repetition_penalty=1.05)
+    spk = np.random.default_rng(100 + i).standard_normal(graphs.c.spk_emb_dim).astype(np.float32)
+    return GenerationJob(
+        request_id=f"req{i}", kind=kind, prompt_ids=prompt_ids(graphs, i, 4 + 3 * i),
+        spk_emb=spk, params=params, max_new_tokens=max_new, seed=1000 + i,
+    )
+
+
+async def with_engine(graphs: TTSGraphs, config: EngineConfig,
+                      body: Callable[[GenerationEngine], Awaitable[object]]) -> object:
+    engine = GenerationEngine(graphs, config)
+    engine.start()
+    try:
+        return await body(engine)
+    finally:
+        await engine.stop()
+
+
+async def wait_steps(engine: GenerationEngine, steps: int) -> None:
+    while engine.stats().steps < steps:
+        await asyncio.sleep(0.0005)
+
+
+def run(coro: Awaitable[object]) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def solo_results(graphs: TTSGraphs, jobs: list[GenerationJob]) -> list[GenerationResult]:
+    async def body(engine: GenerationEngine) -> list[GenerationResult]:
+        return [await engine.generate(job) for job in jobs]
+
+    return run(with_engine(graphs, EngineConfig(step=StepConfig(max_active=1)), body))  # type: ignore[return-value]
+
+
+def staggered(graphs: TTSGraphs, jobs: list[GenerationJob], config: EngineConfig,
+              join_every: int = 6) -> tuple[list[GenerationResult], object]:
+    """Job i is submitted once the engine has run i * join_every steps: mid-flight joins."""
+
+    async def body(engine: GenerationEngine) -> tuple[list[GenerationResult], object]:
+        tasks = []
+        for i, job in enumerate(jobs):
+            await wait_steps(engine, i * join_every)
+            tasks.append(asyncio.create_task(engine.generate(job)))
+        results = await asyncio.gather(*tasks)
+        return list(results), engine.stats()
+
+    return run(with_engine(graphs, config, body))  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def jobs(graphs: TTSGraphs) -> list[GenerationJob]:
+    return [make_job(graphs, i, max_new=24 + 9 * i) for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def solo(graphs: TTSGraphs, jobs: list[GenerationJob]) -> list[GenerationResult]:
+    return solo_results(graphs, jobs)
+
+
+@pytest.mark.parametrize("kv_cache", [KVCacheKind.PRESENT, KVCacheKind.PREALLOCATED])
+def test_joining_mid_flight_gives_solo_outputs(
+    graphs: TTSGraphs, jobs: list[GenerationJob], solo: list[GenerationResult],
+    kv_cache: KVCacheKind,
+) -> None:
+    config = EngineConfig(step=StepConfig(max_active=8), kv_cache=kv_cache)
+    batched, stats = staggered(graphs, jobs, config)
+    assert stats.decode_rows > 1.5 * stats.decode_steps  # really ran as a batch
+    assert stats.cache_copies > 0
+    lengths = {r.tokens.shape[0] for r in solo}
+    assert len(lengths) > 1, "the test needs requests of different lengths"
+    for alone, together in zip(solo, batched, strict=True):
+        assert alone.finish == together.finish
+        np.testing.assert_array_equal(alone.tokens, together.tokens)
+        # Hidden states agree to float32 rounding: GEMMs of another batch size may add in
+        # another order (~1e-8 here); they never flip a sampled token.
+        np.testing.assert_allclose(alone.hidden, together.hidden, rtol=0, atol=1e-5)
+
+
+def test_tokens_follow_the_seed_and_respect_max_tokens(
+    graphs: TTSGraphs, jobs: list[GenerationJob], solo: list[GenerationResult]
+) -> None:
+    for job, result in zip(jobs, solo, strict=True):
+        assert result.tokens.shape[1] == 4 and result.hidden.shape == (
+            result.tokens.shape[0], graphs.c.hidden_size)
+        if result.finish == FinishReason.MAX_TOKENS:
+            assert result.tokens.shape[0] == job.max_new_tokens
+        assert (result.tokens < graphs.c.audio_eos).all()  # EOS never part of the codes
+    other_seed = GenerationJob(**{**jobs[3].__dict__, "seed": 7})
+    again = solo_results(graphs, [jobs[3], other_seed])
+    np.testing.assert_array_equal(again[0].tokens, solo[3].tokens)
+    assert not np.array_equal(again[1].tokens, solo[3].tokens)
+
+
+def test_refine_and_code_passes_share_a_batch(graphs: TTSGraphs) -> None:
+    mixed = [make_job(graphs, 0, 30), make_job(graphs, 1, 20, kind=PassKind.TEXT),
+             make_job(graphs, 2, 25)]
+    alone = solo_results(graphs, mixed)
+    together, stats = staggered(graphs, mixed, EngineConfig(step=StepConfig(max_active=4)),
+                                join_every=3)
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert together[1].tokens.ndim == 1 and together[1].hidden is None
+
+
+def test_cancellation_frees_the_slot_at_the_next_step(graphs: TTSGraphs) -> None:
+    async def body(engine: GenerationEngine) -> None:
+        long_job = make_job(graphs, 0, max_new=2000, temperature=0.3)
+        long_job = GenerationJob(**{**long_job.__dict__, "params": SamplingParams(
+            min_new_tokens=2000)})  # no early EOS: it would hold the only slot for ages
+        blocked = make_job(graphs, 1, max_new=5)
+        first = asyncio.create_task(engine.generate(long_job))
+        await wait_steps(engine, 3)
+        second = asyncio.create_task(engine.generate(blocked))
+        await wait_steps(engine, 6)
+        assert not second.done() and engine.scheduler.num_waiting == 1
+        steps_at_cancel = engine.stats().steps
+        first.cancel()
+        result = await asyncio.wait_for(second, 10)
+        assert result.tokens.shape[0] == 5 or result.finish == FinishReason.EOS
+        # the next step prefilled the waiting one: it ran <= its 5 tokens (+1 in flight)
+        assert engine.stats().steps - steps_at_cancel <= 7
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert engine.cache.size == 0 and not engine.scheduler.has_requests()
+
+    run(with_engine(graphs, EngineConfig(step=StepConfig(max_active=1)), body))
+
+
+def test_bad_job_fails_alone(graphs: TTSGraphs) -> None:
+    async def body(engine: GenerationEngine) -> None:
+        too_long = GenerationJob(**{**make_job(graphs, 0, 10).__dict__,
+                                    "max_new_tokens": 10_000})
+        with pytest.raises(ValueError, match="exceed"):
+            await engine.generate(too_long)
+        ok = await engine.generate(make_job(graphs, 1, 3))
+        assert ok.tokens.shape[0] <= 3
+
+    run(with_engine(graphs, EngineConfig(step=StepConfig(max_active=2, max_seq_len=512)),
+                    body))
