@@ -154,6 +154,7 @@ def test_refine_and_code_passes_share_a_batch(graphs: TTSGraphs) -> None:
     alone = solo_results(graphs, mixed)
     together, stats = staggered(graphs, mixed, EngineConfig(step=StepConfig(max_active=4)),
                                 join_every=3)
+    assert stats.decode_rows > stats.decode_steps
     for a, b in zip(alone, together, strict=True):
         np.testing.assert_array_equal(a.tokens, b.tokens)
     assert together[1].tokens.ndim == 1 and together[1].hidden is None
