@@ -1,0 +1,113 @@
+"""Closed-loop load with wrk (`bench/wrk/post_bodies.lua`) and the result type every load
+generator of the bench returns.
+
+Closed loop: each of `c` connections sends its next request when the last one returns, so
+the offered load adapts to the server — right for throughput at a given concurrency, wrong
+for tail latency under overload (coordinated omission: see bench/openloop.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+WRK_SCRIPT = Path(__file__).resolve().parent / "wrk" / "post_bodies.lua"
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """One load run against one endpoint."""
+
+    endpoint: str
+    mode: str  # "closed" (wrk, fixed concurrency) or "open" (fixed arrival rate)
+    concurrency: int  # connections (closed) or 0 (open)
+    rate: float  # offered requests/s (open) or 0 (closed)
+    duration_s: float
+    requests: int
+    status: dict[int, int]
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    retry_after_503: int = 0
+    socket_errors: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> int:
+        return sum(n for s, n in self.status.items() if 200 <= s < 300)
+
+    @property
+    def ok_rps(self) -> float:
+        return self.ok / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def shed(self) -> int:
+        return self.status.get(503, 0) + self.status.get(504, 0)
+
+    @property
+    def server_errors(self) -> int:
+        """5xx other than the intended shedding (503 overloaded, 504 deadline)."""
+        return sum(n for s, n in self.status.items() if s >= 500 and s not in (503, 504))
+
+    def non_2xx(self) -> dict[int, int]:
+        return {s: n for s, n in sorted(self.status.items()) if not 200 <= s < 300}
+
+
+def ensure_wrk() -> str:
+    """Path to wrk, installing Debian's package when it is missing (the bench's setup)."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    apt = shutil.which("apt-get")
+    if apt is None:
+        raise RuntimeError("wrk is not installed and apt-get is not available: install wrk")
+    subprocess.run([apt, "install", "-y", "wrk"], check=False)
+    found = shutil.which("wrk")
+    if found is None:
+        subprocess.run([apt, "update"], check=False)
+        subprocess.run([apt, "install", "-y", "wrk"], check=True)
+        found = shutil.which("wrk")
+    if found is None:
+        raise RuntimeError("could not install wrk (apt-get install -y wrk)")
+    return found
+
+
+def parse_wrk_output(stdout: str, endpoint: str, concurrency: int) -> LoadResult:
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no WRK_JSON line:\n{stdout[-2000:]}")
+    data = json.loads(line.removeprefix("WRK_JSON "))
+    lat = {k: float(v) for k, v in data["latency_ms"].items()}
+    ok_latencies = data["requests"] > 0
+    return LoadResult(
+        endpoint=endpoint, mode="closed", concurrency=concurrency, rate=0.0,
+        duration_s=float(data["duration_s"]), requests=int(data["requests"]),
+        status={int(k): int(v) for k, v in data["status"].items()},
+        p50_ms=lat["p50"] if ok_latencies else float("nan"),
+        p90_ms=lat["p90"] if ok_latencies else float("nan"),
+        p99_ms=lat["p99"] if ok_latencies else float("nan"),
+        max_ms=lat["max"] if ok_latencies else float("nan"),
+        retry_after_503=int(data["retry_after_503"]),
+        socket_errors=sum(int(v) for v in data["socket_errors"].values()),
+    )
+
+
+def run_wrk(url: str, bodies_dir: Path, endpoint: str, concurrency: int, duration_s: float,
+            *, threads: int = 2, timeout_s: float = 60.0) -> LoadResult:
+    """One closed-loop point. wrk's own timeout is raised from 2 s so slow answers are
+    measured instead of dropped; the subprocess is bounded by duration + timeout."""
+    if not url.startswith("http://127.0.0.1"):
+        raise ValueError("the bench loads loopback only")
+    wrk = ensure_wrk()
+    threads = max(1, min(threads, concurrency))
+    cmd = [wrk, f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s",
+           f"--timeout={int(timeout_s)}s", "-s", str(WRK_SCRIPT), url, "--", str(bodies_dir)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                         timeout=duration_s + timeout_s + 30)
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr[-2000:]}")
+    return parse_wrk_output(out.stdout, endpoint, concurrency)
