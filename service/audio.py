@@ -108,7 +108,9 @@ class _Collector:
         return self.truncated
 
     def too_long(self) -> PayloadTooLarge:
-        claim = f" (the file says about {self.claimed_s:.0f} s)" if self.claimed_s else ""
+        claimed = self.claimed_s
+        claim = (f" (the file says about {claimed:.0f} s)"
+                 if claimed is not None and claimed > self.max_seconds else "")
         return PayloadTooLarge(
             f"audio is longer than the {self.max_seconds:g} s limit{claim}"
         )
