@@ -22,5 +22,22 @@ def convert(src: Path, dst: Path, *, keep_ops: tuple[str, ...] = ()) -> dict[str
     converted = convert_float_to_float16(
         model, keep_io_types=True, op_block_list=block, disable_shape_infer=False
     )
+    _drop_duplicate_nodes(converted.graph)
     onnx.save(converted, str(dst))
     return {"method": "fp16", "keep_io_types": True, "kept_fp32_ops": sorted(keep_ops)}
+
+
+def _drop_duplicate_nodes(graph: onnx.GraphProto) -> None:
+    """The converter inserts one identical Cast per consumer when an initializer feeds
+    several blocked nodes (dynamo graphs share constants such as RMSNorm's exponent 2):
+    same name, same output, which ORT rejects. Keep the first of each."""
+    seen: set[bytes] = set()
+    keep = []
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            keep.append(node)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)

@@ -20,7 +20,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -112,13 +114,47 @@ def _weight_only(src: Path, dst: Path, bits: int, excluded: list[str]) -> dict[s
         block_size=WEIGHT_ONLY_BLOCK, is_symmetric=True, bits=bits,
         op_types_to_quantize=("MatMul",),
     )
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config,
+    model = onnx.load(str(src))
+    gemms = gemm_to_matmul(model.graph)
+    quantizer = MatMulNBitsQuantizer(model, algo_config=config,
                                      nodes_to_exclude=excluded)
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
     return {"method": Method.WEIGHT_ONLY.value, "op": "MatMulNBits", "bits": bits,
             "block_size": WEIGHT_ONLY_BLOCK, "symmetric": True, "algorithm": "RTN",
-            "activations": "float", "kept_float_nodes": excluded}
+            "activations": "float", "kept_float_nodes": excluded,
+            "gemm_rewritten_as_matmul": gemms}
+
+
+def gemm_to_matmul(graph: onnx.GraphProto) -> int:
+    """Rewrite `Gemm(A, W[, C])` with a constant W (alpha = beta = 1, A not transposed) as
+    `MatMul(A, W') + C`, since MatMulNBits only takes MatMul (Linear layers on 2-D inputs,
+    like ChatTTS's heads, export as Gemm). Returns how many were rewritten."""
+    weights = {init.name: init for init in graph.initializer}
+    nodes, count = [], 0
+    for node in graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        rewritable = (node.op_type == "Gemm" and node.input[1] in weights
+                      and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+                      and not attrs.get("transA", 0))
+        if not rewritable:
+            nodes.append(node)
+            continue
+        w = onnx.numpy_helper.to_array(weights[node.input[1]])
+        w_name = f"{node.input[1]}__matmul_{count}"
+        graph.initializer.append(onnx.numpy_helper.from_array(
+            np.ascontiguousarray(w.T if attrs.get("transB", 0) else w), w_name))
+        has_bias = len(node.input) > 2 and node.input[2]
+        product = f"{node.output[0]}__matmul" if has_bias else node.output[0]
+        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], w_name], [product],
+                                           name=f"{node.name}__matmul"))
+        if has_bias:
+            nodes.append(onnx.helper.make_node("Add", [product, node.input[2]],
+                                               [node.output[0]], name=f"{node.name}__bias"))
+        count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count
 
 
 def count_ops(path: Path, op_types: tuple[str, ...]) -> int:

@@ -74,8 +74,8 @@ RECIPES: dict[str, dict[str, GraphRecipe]] = {
                              pad_values={"waveform": 0.0}),
     },
     "chattts": {
-        "embed_text": GraphRecipe(Method.WEIGHT_ONLY, {}),
-        "embed_code": GraphRecipe(Method.WEIGHT_ONLY, {}),
+        "embed_text": GraphRecipe(Method.WEIGHT_ONLY, {"inputs_embeds": Compare.VALUES}),
+        "embed_code": GraphRecipe(Method.WEIGHT_ONLY, {"inputs_embeds": Compare.VALUES}),
         "gpt": GraphRecipe(Method.WEIGHT_ONLY, {"code_logits": Compare.LOGITS},
                            fp16_keep_ops=FRAGILE_REDUCTIONS),
         "head_text": GraphRecipe(Method.WEIGHT_ONLY, {"text_logits": Compare.LOGITS}),

@@ -81,7 +81,7 @@ def _variant(pack: Any, graph: str, base: dict[str, Any],
         info = fp16.convert(src, dst, keep_ops=rec.fp16_keep_ops)
     else:
         method = request.method or rec.int8_method
-        op_types = ("MatMul",) if method is Method.WEIGHT_ONLY else rec.int8_op_types
+        op_types = ("MatMul", "Gemm") if method is Method.WEIGHT_ONLY else rec.int8_op_types
         if int8.count_ops(src, op_types) == 0:
             # Nothing to quantize (e.g. an embedding lookup): the int8 entry names the
             # fp32 file, so every graph has an int8 entry and the service can pick int8.

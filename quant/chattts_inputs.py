@@ -1,0 +1,151 @@
+"""ChatTTS evaluation inputs, and greedy code agreement through the GPT graph.
+
+Every graph is fed what the one before it produces at fp32, starting from the code-pass
+prompts (`[Stts][empty_spk][speed_5]{text}[Ptts]`, left-padded to one length as the engine
+pads them): embed_text -> gpt (prefill, empty cache) -> head_text / decoder -> vocos;
+embed_code and dvae_decode get seeded random codes. Equal lengths make each item a row
+of the batch, so batch invariance is checked without padding effects.
+
+Token agreement is measured on the GPT graph directly (the engine's fixed-seed sampling
+run is not used): 16 greedy decode steps of the whole prompt batch, free-running (each
+precision follows its own argmax) and teacher-forced (each step fed fp32's codes).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from service.packs import ModelPack
+from service.runtime import RuntimeConfig, create_session
+
+Feed = dict[str, np.ndarray]
+STEPS = 16
+CPU = RuntimeConfig(provider="cpu")
+
+
+def _session(pack: ModelPack, graph: str, precision: str = "fp32") -> object:
+    path, _ = pack.graph(graph, precision)
+    return create_session(path, CPU)
+
+
+def _out(session: object, feeds: Feed, name: str) -> np.ndarray:
+    return session.run([name], feeds)[0]  # type: ignore[attr-defined]
+
+
+def prompt_ids(pack: ModelPack, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded code-pass prompt ids and their mask, int64 [N, T]."""
+    c = pack.constants
+    tok = Tokenizer.from_file(str(pack.file("tokenizer")))
+    tok.no_padding()
+    tok.no_truncation()
+    texts = [c["code_prompt_template"].format(speaker=c["no_speaker_token"], txt_smp="",
+                                              speed=c["default_speed_token"], text=p)
+             for p in prompts]
+    rows = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), int(c["pad_token_id"]), np.int64)
+    mask = np.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = r
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def _positions(mask: np.ndarray) -> np.ndarray:
+    """Upstream's rule: cumsum(mask) - 1, padded positions set to 1."""
+    pos = np.cumsum(mask, axis=1) - 1
+    return np.where(mask == 0, 1, pos).astype(np.int64)
+
+
+def _empty_cache(pack: ModelPack, batch: int) -> Feed:
+    c = pack.constants
+    shape = (batch, int(c["num_heads"]), 0, int(c["head_dim"]))
+    return {f"past_{kv}_{i}": np.zeros(shape, np.float32)
+            for i in range(int(c["num_layers"])) for kv in ("key", "value")}
+
+
+def gpt_prefill_feeds(pack: ModelPack, prompts: list[str]) -> Feed:
+    ids, mask = prompt_ids(pack, prompts)
+    spk = np.zeros((len(ids), int(pack.constants["spk_emb_dim"])), np.float32)
+    embeds = _out(_session(pack, "embed_text"), {"input_ids": ids, "spk_emb": spk},
+                  "inputs_embeds")
+    return {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": _positions(mask),
+            **_empty_cache(pack, len(ids))}
+
+
+@lru_cache(maxsize=4)
+def _chain(root: Path, prompts: tuple[str, ...], count: int, seed: int) -> dict[str, Feed]:
+    """Batched fp32 feeds for every graph (rows = items)."""
+    from service.packs import load_pack
+
+    pack = load_pack(root)
+    c = pack.constants
+    prompts = (prompts * (count // len(prompts) + 1))[:count]
+    ids, _ = prompt_ids(pack, list(prompts))
+    gpt = gpt_prefill_feeds(pack, list(prompts))
+    hidden = _out(_session(pack, "gpt"), gpt, "hidden")
+    mel = _out(_session(pack, "decoder"), {"hidden": hidden}, "mel")
+    codes = np.random.default_rng(seed).integers(
+        0, int(c["audio_eos"]), (count, ids.shape[1], int(c["num_vq"])), dtype=np.int64)
+    return {
+        "embed_text": {"input_ids": ids,
+                       "spk_emb": np.zeros((count, int(c["spk_emb_dim"])), np.float32)},
+        "embed_code": {"codes": codes},
+        "gpt": gpt,
+        "head_text": {"hidden": np.ascontiguousarray(hidden[:, -1])},
+        "decoder": {"hidden": hidden},
+        "dvae_decode": {"codes": codes},
+        "vocos": {"mel": mel},
+    }
+
+
+def chattts_items(pack: ModelPack, graph: str, prompts: list[str], *, count: int,
+                  seed: int) -> list[Feed]:
+    batch = _chain(pack.root.resolve(), tuple(prompts), count, seed)[graph]
+    return [{k: v[i: i + 1] for k, v in batch.items()} for i in range(count)]
+
+
+def greedy_codes(pack: ModelPack, precision: str, prefill: Feed,
+                 forced: np.ndarray | None = None) -> np.ndarray:
+    """[B, STEPS, num_vq] argmax codes; with `forced`, step t+1 is fed forced[:, t]."""
+    gpt, embed = _session(pack, "gpt", precision), _session(pack, "embed_code", precision)
+    layers = int(pack.constants["num_layers"])
+    names = ["code_logits"] + [f"present_{kv}_{i}" for i in range(layers)
+                               for kv in ("key", "value")]
+    feeds, mask = dict(prefill), prefill["attention_mask"]
+    out = []
+    for step in range(STEPS):
+        logits, *present = gpt.run(names, feeds)  # type: ignore[attr-defined]
+        codes = logits.argmax(axis=-1)
+        out.append(codes)
+        fed = codes if forced is None else forced[:, step]
+        mask = np.concatenate([mask, np.ones((len(mask), 1), np.int64)], axis=1)
+        feeds = {"inputs_embeds": _out(embed, {"codes": fed[:, None, :]}, "inputs_embeds"),
+                 "attention_mask": mask,
+                 "position_ids": feeds["position_ids"][:, -1:] + 1,
+                 **{n.replace("present_", "past_"): v
+                    for n, v in zip(names[1:], present, strict=True)}}
+    return np.stack(out, axis=1)
+
+
+def greedy_agreement_lines(pack: ModelPack, options: object) -> list[str]:
+    from quant.calibration import PROMPTS
+
+    prompts = list(getattr(options, "prompts", ()) or PROMPTS)[:8]
+    prefill = gpt_prefill_feeds(pack, prompts)
+    precisions = [p for p in pack.precisions("gpt") if p in pack.precisions("embed_code")]
+    ref = greedy_codes(pack, "fp32", prefill)
+    lines = [f"Greedy code agreement with fp32 over {STEPS} GPT decode steps ({len(prompts)} "
+             "prompts x 4 codebooks; measured through the gpt graph directly, not the engine):",
+             ""]
+    for p in precisions:
+        if p == "fp32":
+            continue
+        free = float(np.mean(greedy_codes(pack, p, prefill) == ref))
+        forced = float(np.mean(greedy_codes(pack, p, prefill, forced=ref) == ref))
+        lines.append(f"- {p}: free-running {free:.3f}, teacher-forced {forced:.3f}")
+    return lines + [""]
