@@ -8,10 +8,12 @@ import pytest
 from service.tts.sampling import (
     SamplingParams,
     apply_repetition_penalty,
-    draw,
+    draw_rows,
     filter_logits,
+    filter_rows,
     probabilities,
     sample,
+    sample_rows,
 )
 
 torch = pytest.importorskip("torch")
@@ -85,7 +87,7 @@ def test_eos_is_penalised_like_upstream() -> None:
     """The quirk: upstream's size check tests rows, so the EOS column is penalised too."""
     logits = np.full((4, CODE_VOCAB), 2.0, dtype=np.float32)
     history = np.full((4, 3), EOS)
-    ours = apply_repetition_penalty(logits, history, 1.05)
+    ours = apply_repetition_penalty(logits, list(history), np.full(4, 1.05, np.float32))
     assert ours[0, EOS] == pytest.approx(2.0 / 1.05**3)
     theirs = upstream_filter(
         logits, history, SamplingParams(temperature=1.0, top_p=None, top_k=None),
@@ -110,7 +112,7 @@ def test_min_new_tokens_masks_eos() -> None:
 
 def test_draws_follow_the_distribution_and_never_pick_filtered_tokens() -> None:
     probs = np.array([[0.0, 0.2, 0.0, 0.8, 0.0]], dtype=np.float32).repeat(4000, axis=0)
-    picks = draw(probs, np.random.default_rng(0))
+    picks = draw_rows(probs, np.random.default_rng(0).random(len(probs)))
     assert set(np.unique(picks)) == {1, 3}
     assert abs((picks == 3).mean() - 0.8) < 0.03
 
@@ -143,3 +145,25 @@ def test_invalid_params_rejected() -> None:
         SamplingParams(top_p=1.5)
     with pytest.raises(ValueError):
         SamplingParams(top_k=0)
+
+
+def test_rows_of_a_batch_are_filtered_and_drawn_as_if_alone() -> None:
+    """Requests with different settings and histories share one call; no row sees another."""
+    rng = np.random.default_rng(21)
+    logits = (rng.standard_normal((6, CODE_VOCAB)) * 3).astype(np.float32)
+    params = [SamplingParams(), SamplingParams(temperature=1.0, top_p=0.9, top_k=100),
+              SamplingParams(repetition_penalty=1.5, top_p=None), SamplingParams(top_k=None),
+              SamplingParams(greedy=True), SamplingParams(min_new_tokens=5)]
+    histories = [rng.integers(0, 30, size=n) for n in (0, 3, 16, 40, 7, 2)]
+    steps = [len(h) for h in histories]
+    uniforms = rng.random(6)
+    together = filter_rows(logits, histories, params, steps, eos_id=EOS)
+    ids = sample_rows(logits, histories, params, steps, uniforms, eos_id=EOS)
+    for r in range(6):
+        alone = filter_rows(logits[r:r + 1], histories[r:r + 1], params[r:r + 1], steps[r:r + 1],
+                            eos_id=EOS)
+        np.testing.assert_array_equal(together[r:r + 1], alone)
+        one = sample_rows(logits[r:r + 1], histories[r:r + 1], params[r:r + 1],
+                          steps[r:r + 1], uniforms[r:r + 1], eos_id=EOS)
+        assert ids[r] == one[0]
+    assert ids[4] == together[4].argmax()

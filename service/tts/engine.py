@@ -51,7 +51,7 @@ from batcher.steps import (
 )
 from service.tts.kv_cache import BatchKVCache, PreallocatedKVCache, RowCache
 from service.tts.model import TTSGraphs
-from service.tts.sampling import SamplingParams, sample
+from service.tts.sampling import SamplingParams, sample_rows
 
 log = logging.getLogger("audioserve.tts.engine")
 
@@ -131,11 +131,13 @@ class _Live:
         return int(self.job.prompt_ids.shape[0])
 
     def history(self) -> np.ndarray:
-        """Generated ids as [rows, t]: 4 codebook rows (CODE) or 1 (TEXT)."""
+        """The ids the repetition penalty looks at, as [rows, t]: 4 codebook rows (CODE)
+        or 1 (TEXT), at most the penalty's window."""
         rows = 4 if self.job.kind == PassKind.CODE else 1
         if not self.tokens:
             return np.zeros((rows, 0), np.int64)
-        return np.stack(self.tokens, axis=1).reshape(rows, -1)
+        recent = self.tokens[-self.job.params.window:]
+        return np.stack(recent, axis=1).reshape(rows, -1)
 
     def resolve(self, result: GenerationResult | None, error: BaseException | None) -> None:
         def _set() -> None:
@@ -367,16 +369,20 @@ class GenerationEngine:
         out = g.gpt(embeds, mask, positions, cache.past())
         cache.advance(out.presents, mask)
         hidden = out.hidden[:, -1]
-        text_rows = [i for i, live in enumerate(lives) if live.job.kind == PassKind.TEXT]
-        text_logits = g.head_text(hidden[text_rows]) if text_rows else None
+        code = [i for i, live in enumerate(lives) if live.job.kind == PassKind.CODE]
+        text = [i for i, live in enumerate(lives) if live.job.kind == PassKind.TEXT]
         outputs = {}
-        for i, live in enumerate(lives):
-            if live.job.kind == PassKind.CODE:
-                outputs[live.job.request_id] = self._sample(live, out.code_logits[i], hidden[i])
-            else:
-                assert text_logits is not None
-                logits = text_logits[text_rows.index(i)][None]
-                outputs[live.job.request_id] = self._sample(live, logits, None)
+        if code:
+            rows = [lives[i] for i in code]
+            logits = out.code_logits[code].reshape(len(code) * g.c.num_vq, -1)
+            for live, ids, h in zip(rows, self._sample_rows(rows, logits), hidden[code],
+                                    strict=True):
+                outputs[live.job.request_id] = self._record(live, ids, h)
+        if text:
+            rows = [lives[i] for i in text]
+            for live, ids in zip(rows, self._sample_rows(rows, g.head_text(hidden[text])),
+                                 strict=True):
+                outputs[live.job.request_id] = self._record(live, ids, None)
         self._stats["decode_steps"] += 1
         self._stats["decode_rows"] += len(lives)
         self._times["decode"] += time.perf_counter() - t0
@@ -409,26 +415,44 @@ class GenerationEngine:
                     np.arange(length, dtype=np.int64)[None], g.empty_past(1))
         hidden = out.hidden[0, -1]
         if job.kind == PassKind.CODE:
-            output = self._sample(live, out.code_logits[0], hidden)
+            output = self._record(live, self._sample_first(live, out.code_logits[0]), hidden)
         else:
-            output = self._sample(live, g.head_text(hidden[None]), None)
+            ids = self._sample_first(live, g.head_text(hidden[None]))
+            output = self._record(live, ids, None)
         return output, RowCache(job.request_id, tuple(out.presents))
 
-    def _sample(self, live: _Live, logits: np.ndarray, hidden: np.ndarray | None) -> SeqOutput:
-        job = live.job
-        eos_id = (self.graphs.c.audio_eos if job.kind == PassKind.CODE
-                  else self.graphs.c.refine_eos_token_id)
-        history = live.history()
-        step = len(live.tokens)
-        ids = sample(logits, history, job.params, live.rng, step=step, eos_id=eos_id)
-        redraws = 0 if job.params.greedy or step > 0 else NON_EMPTY_REDRAWS
+    def _eos(self, kind: PassKind) -> int:
+        c = self.graphs.c
+        return c.audio_eos if kind == PassKind.CODE else c.refine_eos_token_id
+
+    def _sample_rows(self, lives: list[_Live], logits: np.ndarray) -> list[np.ndarray]:
+        """One vectorised sampler call for sequences of one kind; a row per codebook."""
+        per = logits.shape[0] // len(lives)
+        histories, params, steps, uniforms = [], [], [], []
+        for live in lives:
+            histories += list(live.history())
+            params += [live.job.params] * per
+            steps += [len(live.tokens)] * per
+            uniforms.append(np.zeros(per) if live.job.params.greedy else live.rng.random(per))
+        ids = sample_rows(logits, histories, params, steps, np.concatenate(uniforms),
+                          eos_id=self._eos(lives[0].job.kind))
+        return list(ids.reshape(len(lives), per))
+
+    def _sample_first(self, live: _Live, logits: np.ndarray) -> np.ndarray:
+        """The first token; drawn again while it is EOS, as upstream's `ensure_non_empty`."""
+        eos_id = self._eos(live.job.kind)
+        ids = self._sample_rows([live], logits)[0]
+        redraws = 0 if live.job.params.greedy else NON_EMPTY_REDRAWS
         while redraws and (ids == eos_id).any():
-            ids = sample(logits, history, job.params, live.rng, step=step, eos_id=eos_id)
+            ids = self._sample_rows([live], logits)[0]
             redraws -= 1
+        return ids
+
+    def _record(self, live: _Live, ids: np.ndarray, hidden: np.ndarray | None) -> SeqOutput:
         live.tokens.append(ids)
         if hidden is not None:
             live.hiddens.append(np.array(hidden, np.float32))
-        return SeqOutput(token=ids, eos=bool((ids == eos_id).any()))
+        return SeqOutput(token=ids, eos=bool((ids == self._eos(live.job.kind)).any()))
 
     def _complete(self, event: StepEvent) -> None:
         live = self._live.pop(event.request_id, None)

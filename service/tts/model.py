@@ -39,13 +39,15 @@ class SamplingDefaults:
         )
 
     def params(self, *, temperature: float | None = None, top_p: float | None = None,
-               top_k: int | None = None, greedy: bool = False) -> SamplingParams:
+               top_k: int | None = None, min_new_tokens: int | None = None,
+               greedy: bool = False) -> SamplingParams:
         return SamplingParams(
             temperature=self.temperature if temperature is None else temperature,
             top_p=self.top_p if top_p is None else top_p,
             top_k=self.top_k if top_k is None else top_k,
             repetition_penalty=self.repetition_penalty, window=self.repetition_window,
-            min_new_tokens=self.min_new_token, greedy=greedy,
+            min_new_tokens=self.min_new_token if min_new_tokens is None else min_new_tokens,
+            greedy=greedy,
         )
 
 

@@ -18,6 +18,7 @@ else shares the batch. Everything is float32 like upstream's tensors.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,25 +49,27 @@ class SamplingParams:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
 
-def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
-    return logits / np.float32(temperature)
+def _row_values(params: Sequence[SamplingParams], attr: str, off: float) -> np.ndarray:
+    return np.array([off if getattr(p, attr) is None else getattr(p, attr) for p in params],
+                    dtype=np.float32)
 
 
 def apply_repetition_penalty(
-    logits: np.ndarray, history: np.ndarray, penalty: float, window: int = REPETITION_WINDOW
+    logits: np.ndarray, histories: Sequence[np.ndarray], penalties: np.ndarray,
+    window: int = REPETITION_WINDOW,
 ) -> np.ndarray:
     """Scale each token's logit by penalty**count, count over the row's last `window` ids.
 
-    `history` is [rows, t] (t may be 0). Negative logits are multiplied, others divided,
-    as upstream does (EOS included: see the module note).
+    `histories[r]` holds row r's generated ids (any length). Negative logits are
+    multiplied, others divided, as upstream does (EOS included: see the module note).
     """
-    if penalty == 1.0 or history.shape[1] == 0:
+    recent = [np.asarray(h[-window:], dtype=np.int64) for h in histories]
+    rows = np.repeat(np.arange(len(recent)), [len(h) for h in recent])
+    if rows.size == 0 or np.all(penalties == 1.0):
         return logits
-    recent = history[:, -window:]
-    rows, vocab = logits.shape
-    freq = np.zeros((rows, vocab), dtype=np.int64)
-    np.add.at(freq, (np.repeat(np.arange(rows), recent.shape[1]), recent.reshape(-1)), 1)
-    alpha = np.power(np.float32(penalty), freq.astype(np.float32)).astype(np.float32)
+    freq = np.zeros(logits.shape, dtype=np.float32)
+    np.add.at(freq, (rows, np.concatenate(recent)), 1.0)
+    alpha = np.power(penalties[:, None], freq).astype(np.float32)
     return np.where(logits < 0, logits * alpha, logits / alpha).astype(np.float32)
 
 
@@ -76,43 +79,52 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def apply_top_p(logits: np.ndarray, top_p: float, keep: int = MIN_TOKENS_TO_KEEP) -> np.ndarray:
-    """Drop the least likely tokens whose cumulative probability stays <= 1 - top_p."""
-    order = np.argsort(logits, axis=-1, kind="stable")  # ascending, like upstream
-    sorted_logits = np.take_along_axis(logits, order, axis=-1)
-    cumulative = np.cumsum(_softmax(sorted_logits), axis=-1, dtype=np.float32)
-    remove_sorted = cumulative <= np.float32(1.0 - top_p)
-    remove_sorted[..., -keep:] = False
-    remove = np.zeros_like(remove_sorted)
-    np.put_along_axis(remove, order, remove_sorted, axis=-1)
-    return np.where(remove, np.float32(-np.inf), logits).astype(np.float32)
+def apply_top_p_top_k(logits: np.ndarray, top_p: np.ndarray, top_k: np.ndarray,
+                      keep: int = MIN_TOKENS_TO_KEEP) -> np.ndarray:
+    """Top-p then top-k (both keep >= `keep`), per row, in one sort.
+
+    Top-p drops the least likely tokens whose cumulative probability (ascending) stays
+    <= 1 - top_p; top-k then keeps the k best of what is left (ties with the k-th kept).
+    `top_p` 1.0 and `top_k` >= vocab switch them off.
+    """
+    rows, vocab = logits.shape
+    order = np.argsort(logits, axis=-1)  # ascending, like upstream's torch.sort
+    ranked = np.take_along_axis(logits, order, axis=-1)
+    cumulative = np.cumsum(_softmax(ranked), axis=-1, dtype=np.float32)
+    drop = cumulative <= (np.float32(1.0) - top_p)[:, None]
+    drop[:, vocab - keep:] = False
+    ranked = np.where(drop, np.float32(-np.inf), ranked)
+    k = np.minimum(np.maximum(top_k.astype(np.int64), keep), vocab)
+    kth = ranked[np.arange(rows), vocab - k][:, None]
+    ranked = np.where(ranked < kth, np.float32(-np.inf), ranked)
+    out = np.empty_like(logits)
+    np.put_along_axis(out, order, ranked, axis=-1)
+    return out
 
 
-def apply_top_k(logits: np.ndarray, top_k: int, keep: int = MIN_TOKENS_TO_KEEP) -> np.ndarray:
-    """Keep the k best tokens (ties with the k-th kept), k >= `keep`."""
-    k = min(max(top_k, keep), logits.shape[-1])
-    kth = -np.partition(-logits, k - 1, axis=-1)[..., k - 1 : k]
-    return np.where(logits < kth, np.float32(-np.inf), logits).astype(np.float32)
-
-
-def filter_logits(
+def filter_rows(
     logits: np.ndarray,
-    history: np.ndarray,
-    params: SamplingParams,
+    histories: Sequence[np.ndarray],
+    params: Sequence[SamplingParams],
+    steps: Sequence[int],
     *,
-    step: int,
     eos_id: int,
 ) -> np.ndarray:
-    """Upstream's processing chain on [rows, vocab] float32 logits for generated step `step`."""
-    out = apply_temperature(logits.astype(np.float32, copy=False), params.temperature)
-    out = apply_repetition_penalty(out, history, params.repetition_penalty, params.window)
-    if params.top_p is not None:
-        out = apply_top_p(out, params.top_p)
-    if params.top_k is not None:
-        out = apply_top_k(out, params.top_k)
-    if step < params.min_new_tokens:
-        out = out.copy()
-        out[:, eos_id] = -np.inf
+    """Upstream's chain on [rows, vocab] logits; row r has its own params and history.
+
+    Every operation is row-wise, so a row's result does not depend on the other rows.
+    """
+    out = logits.astype(np.float32, copy=True)
+    out /= _row_values(params, "temperature", 1.0)[:, None]
+    window = params[0].window if params else REPETITION_WINDOW
+    out = apply_repetition_penalty(out, histories,
+                                   _row_values(params, "repetition_penalty", 1.0), window)
+    top_p = _row_values(params, "top_p", 1.0)
+    top_k = _row_values(params, "top_k", float(out.shape[-1]))
+    if np.any(top_p < 1.0) or np.any(top_k < out.shape[-1]):
+        out = apply_top_p_top_k(out, top_p, top_k)
+    no_eos = np.array([s < p.min_new_tokens for s, p in zip(steps, params, strict=True)])
+    out[no_eos, eos_id] = -np.inf
     return out
 
 
@@ -120,12 +132,41 @@ def probabilities(filtered: np.ndarray) -> np.ndarray:
     return _softmax(filtered)
 
 
-def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def draw_rows(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     """One token per row by inverse CDF: a token with probability 0 is never chosen."""
     cdf = np.cumsum(probs.astype(np.float64), axis=-1)
-    targets = rng.random(probs.shape[0]) * cdf[:, -1]
+    targets = uniforms * cdf[:, -1]
     chosen = (cdf <= targets[:, None]).sum(axis=-1)
     return np.minimum(chosen, probs.shape[-1] - 1).astype(np.int64)
+
+
+def sample_rows(
+    logits: np.ndarray,
+    histories: Sequence[np.ndarray],
+    params: Sequence[SamplingParams],
+    steps: Sequence[int],
+    uniforms: np.ndarray,
+    *,
+    eos_id: int,
+) -> np.ndarray:
+    """Next id of every row; `uniforms[r]` in [0, 1) comes from row r's request RNG
+    (ignored for greedy rows)."""
+    filtered = filter_rows(logits, histories, params, steps, eos_id=eos_id)
+    ids = draw_rows(probabilities(filtered), uniforms)
+    greedy = np.array([p.greedy for p in params])
+    if greedy.any():
+        ids[greedy] = filtered[greedy].argmax(axis=-1)
+    return ids
+
+
+# -- one request's rows (all rows share params and the step) -------------------------
+
+def filter_logits(
+    logits: np.ndarray, history: np.ndarray, params: SamplingParams, *, step: int, eos_id: int
+) -> np.ndarray:
+    """[rows, vocab] logits, [rows, t] history (t may be 0) -> filtered logits."""
+    rows = logits.shape[0]
+    return filter_rows(logits, list(history), [params] * rows, [step] * rows, eos_id=eos_id)
 
 
 def sample(
@@ -137,8 +178,8 @@ def sample(
     step: int,
     eos_id: int,
 ) -> np.ndarray:
-    """Next token of each row: [rows, vocab] logits, [rows, t] history -> [rows] ids."""
-    filtered = filter_logits(logits, history, params, step=step, eos_id=eos_id)
-    if params.greedy:
-        return filtered.argmax(axis=-1).astype(np.int64)
-    return draw(probabilities(filtered), rng)
+    """Next token of each row of one request, drawing from its generator."""
+    rows = logits.shape[0]
+    uniforms = np.zeros(rows) if params.greedy else rng.random(rows)
+    return sample_rows(logits, list(history), [params] * rows, [step] * rows, uniforms,
+                       eos_id=eos_id)
