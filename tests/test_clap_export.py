@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 
 from export import clap as export_clap
 from export import clap_tokenizer
-from service.packs import ModelPack
+from service.packs import ModelPack, load_pack
 from service.pipelines.clap_text import PromptTokenizer
 from tests.clap_fixtures import (
     SR,
@@ -126,3 +126,43 @@ def test_served_probabilities_match_pytorch(clap_models_dir: Path, clap_pack: Mo
     served = {s["label"]: s for s in body["labels"]}
     np.testing.assert_allclose([served[x]["probability"] for x in LABELS], probs, atol=1e-4, rtol=0)
     np.testing.assert_allclose([served[x]["similarity"] for x in LABELS], sims, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("tokenizer_files", ["tokenizer.json", "vocab+merges"])
+def test_export_from_a_checkpoint_folder(tmp_path: Path, tokenizer_files: str) -> None:
+    """The `--checkpoint` path (from_pretrained) on a local folder saved by transformers:
+    weights, preprocessor config and tokenizer all come from the folder."""
+    from transformers import ClapFeatureExtractor, PreTrainedTokenizerFast, RobertaTokenizer
+
+    folder, out = tmp_path / "checkpoint", tmp_path / "pack"
+    text_config = dict(export_clap.TINY_TEXT)
+    if tokenizer_files == "vocab+merges":
+        if not (ROBERTA / "vocab.json").is_file():
+            pytest.skip(f"real RoBERTa tokenizer files not found in {ROBERTA}")
+        reference = RobertaTokenizer(vocab=str(ROBERTA / "vocab.json"),
+                                     merges=str(ROBERTA / "merges.txt"))
+        text_config["vocab_size"] = len(reference)
+    else:
+        reference = PreTrainedTokenizerFast(tokenizer_object=clap_tokenizer.train_tiny(512),
+                                            pad_token="<pad>")
+    torch.manual_seed(5)
+    config = export_clap.ClapConfig(text_config=text_config, audio_config=export_clap.TINY_AUDIO,
+                                    projection_dim=16, logit_scale_init_value=20.0)
+    model = export_clap.ClapModel(config).eval()
+    model.save_pretrained(folder)
+    reference.save_pretrained(folder)
+    # a preprocessor config unlike the class defaults and the hub's, to see it is read
+    ClapFeatureExtractor(**{**export_clap.HUB_UNFUSED_PREPROCESSOR, "frequency_min": 30,
+                            "frequency_max": 16000}).save_pretrained(folder)
+
+    export_clap.build_from_checkpoint(str(folder), out)
+
+    pack = load_pack(out, expected_kind="clap")
+    c = pack.constants
+    assert (pack.manifest.demo, pack.manifest.source) == (False, str(folder))
+    assert (c["f_min"], c["f_max"]) == (30.0, 16000.0)
+    assert c["logit_scale"] == pytest.approx(20.0)
+    ours = PromptTokenizer(pack.file("tokenizer"), max_length=c["text_max_length"], pad_id=1)
+    texts = ["This is a sound of dog barking.", "rain on a tin roof"]
+    assert [ids.tolist() for ids in ours.encode(texts)] == [
+        reference(t)["input_ids"] for t in texts]
