@@ -27,22 +27,15 @@ from service.tts.engine import (
 )
 from service.tts.model import TTSGraphs
 from service.tts.sampling import SamplingParams
-
-
-@pytest.fixture(scope="session")
-def tiny_pack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    export = pytest.importorskip("export.chattts")
-    out = tmp_path_factory.mktemp("chattts") / "chattts"
-    export.build_tiny(out)
-    return out
+from tests.chattts_fixtures import chattts_models_dir, chattts_pack_dir  # noqa: F401
 
 TEXTS = ["hello world", "a much longer sentence, to speak here.", "hi", "one two three",
          "x y z"]
 
 
 @pytest.fixture(scope="module")
-def graphs(tiny_pack_dir: Path) -> TTSGraphs:
-    pack = load_pack(tiny_pack_dir, expected_kind="chattts")
+def graphs(chattts_pack_dir: Path) -> TTSGraphs:  # noqa: F811
+    pack = load_pack(chattts_pack_dir, expected_kind="chattts")
     return TTSGraphs.open(pack, "fp32", RuntimeConfig(provider="cpu", intra_op_threads=1))
 
 
