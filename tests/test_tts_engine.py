@@ -188,3 +188,45 @@ def test_bad_job_fails_alone(graphs: TTSGraphs) -> None:
 
     run(with_engine(graphs, EngineConfig(step=StepConfig(max_active=2, max_seq_len=512)),
                     body))
+
+
+def test_ort_engine_matches_the_package_pytorch_pipeline(
+    graphs: TTSGraphs, chattts_pack_dir: Path  # noqa: F811
+) -> None:
+    """Greedy decoding: upstream's `_infer_code` + `_decode_to_wavs` vs ORT engine + graphs.
+
+    Upstream samples with torch.multinomial; a near-zero temperature makes its draw the
+    argmax of the penalised logits, which is what the engine's greedy mode picks.
+    """
+    torch = pytest.importorskip("torch")
+    from ChatTTS import Chat
+
+    from tests.chattts_fixtures import reference_chat
+
+    chat = reference_chat(chattts_pack_dir)
+    torch.manual_seed(4)
+    spk = chat.speaker.sample_random()
+    text, max_new = "hello world, this is a test.", 40
+    params = Chat.InferCodeParams(spk_emb=spk, temperature=1e-6, max_new_token=max_new,
+                                  ensure_non_empty=False, show_tqdm=False)
+    with torch.no_grad():
+        ref = next(chat._infer_code([text], stream=False, device=torch.device("cpu"),
+                                    return_hidden=True, params=params))
+        ref_wave = chat._decode_to_wavs(ref.hiddens, use_decoder=True)[0]
+    ref_codes = ref.ids[0].numpy()
+
+    prompt = chat.speaker.decorate_code_prompts([text], params.prompt, None, spk)
+    input_ids, _, _ = chat.tokenizer.encode(prompt, 4)
+    job = GenerationJob(
+        request_id="parity", kind=PassKind.CODE, prompt_ids=input_ids[0, :, 0].numpy(),
+        spk_emb=chat.speaker._decode(spk).astype(np.float32),
+        params=SamplingParams(temperature=0.3, top_p=0.7, top_k=20, repetition_penalty=1.05,
+                              greedy=True),
+        max_new_tokens=max_new, seed=0,
+    )
+    ours = solo_results(graphs, [job])[0]
+    assert ours.tokens.shape[0] > 5
+    np.testing.assert_array_equal(ours.tokens, ref_codes)
+    wave = graphs.waveform(ours.hidden[None])[0]
+    assert wave.shape == ref_wave.shape
+    np.testing.assert_allclose(wave, ref_wave, rtol=0, atol=1e-4)
