@@ -13,6 +13,7 @@ softmaxed over the labels.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,7 +151,7 @@ class ClapPipeline:
         self.tokenizer = tokenizer
         self.provider = audio.provider
         self.cache = EmbeddingCache(TEXT_CACHE_SIZE)
-        self._inflight: dict[str, asyncio.Future[np.ndarray]] = {}
+        self._inflight: dict[str, asyncio.Task[np.ndarray]] = {}
         self._audio_batcher: DynamicBatcher[np.ndarray, np.ndarray] | None = None
         self._text_batcher: DynamicBatcher[np.ndarray, np.ndarray] | None = None
 
@@ -284,25 +285,27 @@ class ClapPipeline:
         return np.stack([results[t] for t in texts])
 
     async def _embed_one_text(self, text: str) -> np.ndarray:
-        """One prompt through the text batcher; concurrent askers share one computation."""
-        pending = self._inflight.get(text)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._inflight[text] = future
-        try:
-            assert self._text_batcher is not None, "pipeline not started"
-            ids = self.tokenizer.encode([text])[0]
-            embedding = await self._text_batcher.submit(ids, length=len(ids))
-            self.cache.put(text, embedding)
-            future.set_result(self.cache.get(text))  # type: ignore[arg-type]
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: nobody else may be waiting
-            raise
-        finally:
-            del self._inflight[text]
-        return future.result()
+        """One prompt through the text batcher. The work runs as its own task, shared by
+        every concurrent asker and unaffected by any one of them going away."""
+        task = self._inflight.get(text)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._compute_text(text))
+            self._inflight[text] = task
+            task.add_done_callback(functools.partial(self._forget, text))
+        return await asyncio.shield(task)
+
+    async def _compute_text(self, text: str) -> np.ndarray:
+        assert self._text_batcher is not None, "pipeline not started"
+        ids = self.tokenizer.encode([text])[0]
+        embedding = await self._text_batcher.submit(ids, length=len(ids))
+        self.cache.put(text, embedding)
+        cached = self.cache.get(text)
+        return embedding if cached is None else cached
+
+    def _forget(self, key: str, done: asyncio.Task[np.ndarray]) -> None:
+        self._inflight.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here: every asker may have gone away
 
     # -- classification -------------------------------------------------------------------
 
