@@ -52,7 +52,8 @@ def _source_arguments(p: argparse.ArgumentParser, name: str, *, items: int, seed
                    help="folder of audio files (decoded as the service does); "
                         "default: generated signals")
     p.add_argument("--prompts", type=Path, help="text file, one prompt per line")
-    p.add_argument("--items", type=int, default=items, help="how many items")
+    p.add_argument("--items", type=int, default=items,
+                   help="how many items (audio clips, or prompts, cycled if fewer)")
     p.add_argument("--seconds", type=float, default=3.0, help="longest audio item, seconds")
     p.add_argument("--seed", type=int, default=seed, help="seed of generated signals")
 

@@ -113,7 +113,7 @@ def graph_items(pack: ModelPack, graph: str, source: AudioSource,
     if key == ("clap", "audio"):
         return clap_audio_items(pack, source)
     if key == ("clap", "text"):
-        return clap_text_items(pack, prompts)
+        return clap_text_items(pack, (prompts * source.count)[: source.count])
     if key == ("emotion2vec", "model"):
         return emotion2vec_items(pack, source)
     if pack.kind == "chattts":

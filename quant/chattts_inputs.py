@@ -148,4 +148,4 @@ def greedy_agreement_lines(pack: ModelPack, options: object) -> list[str]:
         free = float(np.mean(greedy_codes(pack, p, prefill) == ref))
         forced = float(np.mean(greedy_codes(pack, p, prefill, forced=ref) == ref))
         lines.append(f"- {p}: free-running {free:.3f}, teacher-forced {forced:.3f}")
-    return lines + [""]
+    return [*lines, ""]
