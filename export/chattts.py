@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import ChatTTS
 import numpy as np
 import torch
 from tokenizers import Tokenizer
@@ -54,6 +56,8 @@ PARITY_TOLERANCE = 1e-4
 OPSET = 18
 SPK_STAT_FILE = "spk_stat.npy"
 EXPORTERS = ("torchscript", "dynamo")
+HOMOPHONES_FILE = "homophones.json"
+HOMOPHONES_SOURCE = Path(ChatTTS.__file__).parent / "res" / "homophones_map.json"
 
 # Upstream's defaults (ChatTTS 0.2.5 core.py RefineTextParams / InferCodeParams,
 # model/processors.py: window 16, min_tokens_to_keep 3).
@@ -222,12 +226,16 @@ def write_pack(m: ChatTTSModules, tok: Tokenizer, out: Path, *, source: str, dem
                                             list(spec["outputs"]), exporter=exporter)}
     write_tokenizer(tok, out)
     np.save(out / SPK_STAT_FILE, m.spk_stat.astype(np.float16))
+    extra_files = {}
+    if HOMOPHONES_SOURCE.is_file():  # data of the installed package, not of this repo
+        shutil.copyfile(HOMOPHONES_SOURCE, out / HOMOPHONES_FILE)
+        extra_files["homophones"] = HOMOPHONES_FILE
     diffs = check_pack_parity(m, files, spk_emb_id, PARITY_TOLERANCE)
     for name, diff in diffs.items():
         print(f"parity {name:12s} max|ORT - chattts| = {diff:.2e}")
     write_manifest(
         out, kind="chattts", source=source, demo=demo, graphs=graphs,
-        files={"tokenizer": TOKENIZER_FILE, "spk_stat": SPK_STAT_FILE},
+        files={"tokenizer": TOKENIZER_FILE, "spk_stat": SPK_STAT_FILE, **extra_files},
         constants=pack_constants(m, tok, tokenizer_source),
         config=m.sizes.to_json(), parity={"tolerance": PARITY_TOLERANCE, "max_abs_diff": diffs},
     )
