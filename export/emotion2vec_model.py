@@ -78,6 +78,11 @@ class Emotion2vecConfig:
         if audio.get("learned_alibi", False):
             raise ValueError("learned_alibi=true is not supported (emotion2vec+ does not use it)")
         heads = int(conf["num_heads"])
+        alibi_heads = audio.get("num_alibi_heads")
+        if not isinstance(alibi_heads, int):  # unset, or an OmegaConf `${...num_heads}` left as is
+            alibi_heads = heads
+        if alibi_heads != heads:
+            raise ValueError(f"num_alibi_heads {alibi_heads} != num_heads {heads}: not supported")
         return cls(
             embed_dim=int(conf["embed_dim"]),
             depth=int(conf["depth"]),
@@ -98,7 +103,7 @@ class Emotion2vecConfig:
             use_alibi_encoder=bool(audio.get("use_alibi_encoder", False)),
             learned_alibi_scale_per_layer=bool(audio.get("learned_alibi_scale_per_layer", False)),
             learned_alibi_scale_per_head=bool(audio.get("learned_alibi_scale_per_head", False)),
-            num_alibi_heads=int(audio.get("num_alibi_heads") or heads),
+            num_alibi_heads=alibi_heads,
             num_classes=num_classes,
         )
 

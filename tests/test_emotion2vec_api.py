@@ -159,8 +159,9 @@ def test_trim_silence_finds_the_voiced_part(client: TestClient) -> None:
     assert body["analysed"]["start_s"] == pytest.approx(0.9, abs=0.03)
     assert body["analysed"]["end_s"] == pytest.approx(2.1, abs=0.03)
     assert body["frames"]["times_s"][0] == pytest.approx(body["analysed"]["start_s"], abs=1e-4)
+    assert body["analysed"]["trimmed"] is True
     untrimmed = _post(client, wav_bytes(clip)).json()["analysed"]
-    assert (untrimmed["start_s"], untrimmed["end_s"]) == (0.0, 3.0)
+    assert (untrimmed["start_s"], untrimmed["end_s"], untrimmed["trimmed"]) == (0.0, 3.0, False)
 
 
 @pytest.mark.parametrize(("data", "fields", "status", "needle"), [

@@ -91,7 +91,7 @@ def emotion_body(pipeline: Emotion2vecPipeline, result: EmotionResult,
         "duration_s": round(result.duration_s, 4),
         "analysed": {"start_s": round(result.analysed.start / rate, 4),
                      "end_s": round(result.analysed.end / rate, 4),
-                     "trimmed": options.trim_silence},
+                     "trimmed": result.analysed.length < round(result.duration_s * rate)},
         "chunks": result.chunks,
     })
     if result.chunks > 1:
