@@ -21,6 +21,7 @@ from bench import openloop, prom
 from bench.bodies import Endpoint
 from bench.openloop import Phase, Sample
 from bench.server import ServerProcess
+from bench.sweep import settle
 from bench.wrk_load import LoadResult, run_wrk
 
 RECOVERY_TARGET_S = 5.0
@@ -81,6 +82,7 @@ def run_overload(server: ServerProcess, ep: Endpoint, *, deadline_s: float, fact
                        capacity_seconds).ok_rps
     if capacity <= 0:
         raise RuntimeError(f"capacity measurement on {ep.name} gave no successful request")
+    settle(server)
     base_s, over_s, rec_s = phase_seconds
     phases = [Phase("baseline", capacity / 2, base_s), Phase("overload", capacity * factor, over_s),
               Phase("recovery", capacity / 2, rec_s)]

@@ -8,6 +8,7 @@ Only 127.0.0.1 is ever used.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -132,15 +133,22 @@ class ServerProcess:
         status, body = http_get(self.url + "/metrics")
         return body.decode() if status == 200 else ""
 
-    def stop(self, grace_s: float = 15.0) -> None:
+    def stop(self, grace_s: float = 20.0) -> None:
+        """SIGINT to the server itself (uvicorn drains, Ray's driver shuts its cluster down),
+        then SIGKILL whatever of its process tree is left, stragglers in other sessions too."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGINT)
+        tree = process_tree(self.proc.pid)
+        self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(grace_s)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.kill()
             self.proc.wait(5)
+        time.sleep(0.5)
+        for pid in tree[1:]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     def __enter__(self) -> ServerProcess:
         return self

@@ -18,6 +18,7 @@ from bench import openloop
 from bench.bodies import Endpoint
 from bench.openloop import Phase
 from bench.server import ServerProcess
+from bench.sweep import settle
 from bench.wrk_load import run_wrk
 
 RSS_GROWTH_TARGET_MB = 50.0
@@ -82,7 +83,7 @@ def run_soak(server: ServerProcess, endpoints: list[Endpoint], minutes: float, *
              load: float = 0.5, capacity_seconds: float = 5.0) -> SoakResult:
     """On a started server: capacity, warm-up, RSS start, soak, RSS end."""
     rate = mixed_rate(server, endpoints, load, capacity_seconds)  # doubles as the warm-up
-    time.sleep(1.0)
+    settle(server)
     rss_start = server.rss_mb()
     sampler = RssSampler(server)
     sampler.start()

@@ -5,6 +5,7 @@ with the server's own batch figures for every point (metrics after - before)."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,7 +52,26 @@ class SweepPlan:
 Log = Callable[[str], None]
 
 
+def settle(server: ServerProcess, timeout_s: float = 30.0) -> None:
+    """Wait for the work a finished load left behind: wrk closes its connections at the
+    end of a point, but the requests in flight still run, and would be charged to the
+    next point. audioserve: until every batcher queue is empty twice in a row; peers
+    (no /metrics): a fixed pause."""
+    text = server.metrics_text()
+    if "audioserve_queue_depth" not in text:
+        time.sleep(2.0)
+        return
+    deadline, calm = time.monotonic() + timeout_s, 0
+    while time.monotonic() < deadline and calm < 2:
+        depth = sum(v for (m, _), v in prom.snapshot(text).items() if m == "audioserve_queue_depth")
+        calm = calm + 1 if depth == 0 else 0
+        time.sleep(0.25)
+        text = server.metrics_text()
+    time.sleep(0.5)  # the last batch's post-processing
+
+
 def measure_point(server: ServerProcess, ep: Endpoint, run: Callable[[], LoadResult]) -> Point:
+    settle(server)
     before = server.metrics_text()
     load = run()
     return Point(load, prom.all_queue_figures(before, server.metrics_text()))

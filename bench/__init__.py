@@ -1,0 +1,1 @@
+"""Load tests, micro-benchmarks and their reports (see bench/run.py)."""

@@ -1,0 +1,46 @@
+"""Peer servers for the CLAP audio graph (LitServe, Ray Serve), started like audioserve:
+as separate processes on a free loopback port, with the same pack, batch size, wait,
+deadline and ORT threads. They need the `bench` extra (litserve, ray[serve])."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.server import REPO, ServerProcess, free_port
+
+PEERS = {
+    "litserve": ("bench.peers.litserve_clap", "litserve", "/health"),
+    "rayserve": ("bench.peers.rayserve_clap", "ray.serve", "/-/healthz"),
+}
+
+
+@dataclass(frozen=True)
+class PeerTuning:
+    max_batch: int
+    wait_ms: float
+    threads: int
+    timeout_s: float
+    max_queue: int
+
+
+def installed(peer: str) -> bool:
+    try:
+        return importlib.util.find_spec(PEERS[peer][1]) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def peer_server(peer: str, pack_dir: Path, tuning: PeerTuning, log_dir: Path) -> ServerProcess:
+    module, _, ready = PEERS[peer]
+    port = free_port()
+    cmd = [sys.executable, "-m", module, "--pack", str(pack_dir.resolve()), "--port", str(port),
+           "--max-batch", str(tuning.max_batch), "--wait-ms", str(tuning.wait_ms),
+           "--threads", str(tuning.threads), "--timeout-s", str(tuning.timeout_s)]
+    if peer == "rayserve":
+        cmd += ["--max-ongoing", str(tuning.max_queue)]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return ServerProcess(peer, cmd, port, {"PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"},
+                         cwd=REPO, ready_path=ready, log_path=log_dir / f"{peer}.log")

@@ -1,0 +1,256 @@
+"""The run's report: `bench/results/<stamp>.md`, PNG plots and the raw figures as JSON.
+
+Every comparison is a ratio between figures taken in the same run on the same machine:
+batching on vs off, audioserve vs the raw ORT ceiling, audioserve vs its peers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.overload import OverloadResult
+from bench.raw_ceiling import CeilingPoint
+from bench.soak import SoakResult
+from bench.sweep import ConfigResult, Point
+
+CLAP_CEILING_TARGET = 0.85
+CLAP_BATCHING_TARGET = 1.2
+TARGET_CONCURRENCY = 32
+
+
+@dataclass(frozen=True)
+class RunResult:
+    info: dict[str, Any]
+    configs: list[ConfigResult]
+    ceilings: dict[str, list[CeilingPoint]]
+    units: dict[str, tuple[str, float]]  # endpoint -> (ceiling unit, units per request)
+    max_batch_size: int
+    overload: OverloadResult | None = None
+    soak: SoakResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def config(self, key: str) -> ConfigResult | None:
+        return next((c for c in self.configs if c.key == key and c.sweep), None)
+
+    def endpoints(self) -> list[str]:
+        return list(dict.fromkeys(p.load.endpoint for c in self.configs for p in c.sweep))
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "-" if value is None or math.isnan(value) or math.isinf(value) else f"{value:.{digits}f}"
+
+
+def ratio(a: float | None, b: float | None) -> float:
+    return a / b if a is not None and b and not math.isnan(b) else math.nan
+
+
+def _statuses(counts: dict[int, int]) -> str:
+    return ", ".join(f"{s or 'no answer'}: {n}" for s, n in counts.items()) or "-"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+def _queue_cells(point: Point) -> tuple[str, str, str]:
+    main = [q for q in point.queues if not q.queue.endswith("_text")] or point.queues
+    if not main:
+        return "-", "-", "-"
+    q = max(main, key=lambda x: x.items)
+    hist = " ".join(f"≤{k}:{v}" for k, v in q.batch_histogram.items())
+    return f"{fmt(q.mean_batch, 2)} ({q.queue})", hist or "-", fmt(q.mean_wait_ms)
+
+
+def ceiling_at(points: list[CeilingPoint], batch: int) -> CeilingPoint | None:
+    """The ceiling at the service's batch size (or the largest measured below it)."""
+    below = [p for p in points if p.batch <= batch]
+    return max(below, key=lambda p: p.batch) if below else None
+
+
+def summary_rows(run: RunResult) -> list[list[str]]:
+    on, off = run.config("on"), run.config("off")
+    peers = [run.config(k) for k in ("litserve", "rayserve")]
+    rows = []
+    for ep in run.endpoints():
+        base = on or off
+        assert base is not None
+        for point in base.points(ep):
+            c = point.load.concurrency
+            a = on.at(ep, c) if on else None
+            b = off.at(ep, c) if off else None
+            cells = [ep, str(c), fmt(a.load.ok_rps if a else math.nan),
+                     fmt(a.load.p50_ms if a else math.nan), fmt(a.load.p99_ms if a else math.nan),
+                     fmt(b.load.ok_rps if b else math.nan), fmt(b.load.p99_ms if b else math.nan),
+                     fmt(ratio(a.load.ok_rps if a else None, b.load.ok_rps if b else None), 2),
+                     fmt(ceiling_ratio(run, ep, a), 2)]
+            for peer in peers:
+                pp = peer.at(ep, c) if peer else None
+                cells.append(f"{fmt(pp.load.ok_rps)} / {fmt(pp.load.p99_ms)}" if pp else "-")
+            rows.append(cells)
+    return rows
+
+
+def ceiling_ratio(run: RunResult, endpoint: str, point: Point | None) -> float:
+    model = {"classify": "clap", "emotion": "emotion2vec"}.get(endpoint)
+    if point is None or model not in run.ceilings or endpoint not in run.units:
+        return math.nan
+    ceiling = ceiling_at(run.ceilings[model], run.max_batch_size)
+    if ceiling is None:
+        return math.nan
+    _, per_request = run.units[endpoint]
+    return point.load.ok_rps * per_request / ceiling.items_per_s
+
+
+def summary_section(run: RunResult) -> list[str]:
+    header = ["endpoint", "c", "on req/s", "on P50 ms", "on P99 ms", "off req/s", "off P99 ms",
+              "on/off", "on/raw ceiling", "LitServe req/s / P99", "Ray Serve req/s / P99"]
+    lines = ["## Summary (closed loop, wrk)", "",
+             f"`on`: dynamic batching (max batch {run.max_batch_size}); `off`: "
+             "AUDIOSERVE_MAX_BATCH_SIZE=1. `on/raw ceiling`: service work rate (req/s x "
+             "units per request) over the raw ORT graph rate at the same batch size. "
+             "Latency in ms; `-`: not measured.", ""]
+    return lines + _table(header, summary_rows(run))
+
+
+def targets_section(run: RunResult) -> list[str]:
+    on, off = run.config("on"), run.config("off")
+    lines = ["## Targets", ""]
+    a = on.at("classify", TARGET_CONCURRENCY) if on else None
+    b = off.at("classify", TARGET_CONCURRENCY) if off else None
+    rows = []
+    if a is not None:
+        r = ceiling_ratio(run, "classify", a)
+        rows.append([f"CLAP /classify c={TARGET_CONCURRENCY}: on / raw ceiling",
+                     f">= {CLAP_CEILING_TARGET}", fmt(r, 2), _verdict(r >= CLAP_CEILING_TARGET)])
+    if a is not None and b is not None:
+        r = ratio(a.load.ok_rps, b.load.ok_rps)
+        rows.append([f"CLAP /classify c={TARGET_CONCURRENCY}: on / off",
+                     f">= {CLAP_BATCHING_TARGET}", fmt(r, 2), _verdict(r >= CLAP_BATCHING_TARGET)])
+    for key, name in (("litserve", "LitServe"), ("rayserve", "Ray Serve")):
+        peer = run.config(key)
+        p = peer.at("classify", TARGET_CONCURRENCY) if peer else None
+        if a is not None and p is not None:
+            faster = a.load.ok_rps > p.load.ok_rps
+            lower = a.load.p99_ms < p.load.p99_ms
+            rows.append([f"c={TARGET_CONCURRENCY}: audioserve vs {name} (req/s, P99)",
+                         "higher req/s, lower P99",
+                         f"{fmt(ratio(a.load.ok_rps, p.load.ok_rps), 2)}x req/s, P99 "
+                         f"{fmt(a.load.p99_ms)} vs {fmt(p.load.p99_ms)} ms",
+                         _verdict(faster and lower)])
+    if not rows:
+        return [*lines, "No target could be evaluated in this run.", ""]
+    return lines + _table(["target", "wanted", "measured", "verdict"], rows)
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def config_section(cfg: ConfigResult) -> list[str]:
+    lines = [f"### {cfg.title}", ""]
+    if cfg.settings:
+        lines += ["Settings: " + ", ".join(f"`{k}={v}`" for k, v in cfg.settings.items()), ""]
+    if cfg.error:
+        lines += [f"**Failed:** {cfg.error}", ""]
+    lines += [f"RSS after warm-up {fmt(cfg.rss_after_warmup_mb)} MB, peak (VmHWM, process "
+              f"tree) {fmt(cfg.peak_rss_mb)} MB.", ""]
+    header = ["endpoint", "load", "ok req/s", "P50", "P90", "P99", "max", "non-2xx",
+              "mean batch", "batch sizes (≤bucket:batches)", "mean queue wait ms"]
+    rows = []
+    for point in [*cfg.sweep, *cfg.open_loop]:
+        lo = point.load
+        load = f"c={lo.concurrency}" if lo.mode == "closed" else f"open {lo.rate:.1f}/s"
+        mean_batch, hist, wait = _queue_cells(point)
+        rows.append([lo.endpoint, load, fmt(lo.ok_rps, 2), fmt(lo.p50_ms), fmt(lo.p90_ms),
+                     fmt(lo.p99_ms), fmt(lo.max_ms), _statuses(lo.non_2xx()), mean_batch, hist,
+                     wait])
+    return lines + _table(header, rows)
+
+
+def ceiling_section(run: RunResult) -> list[str]:
+    if not run.ceilings:
+        return []
+    lines = ["## Raw ONNX Runtime ceiling (plain loop, no HTTP/decode/batcher)", ""]
+    rows = [[p.model, str(p.batch), fmt(p.items_per_s), p.unit]
+            for points in run.ceilings.values() for p in points]
+    lines += _table(["model", "batch", "rate", "unit"], rows)
+    for ep, (unit, per) in run.units.items():
+        lines.append(f"- `{ep}`: {per:.2f} {unit} per request on average (the bodies' mix).")
+    return [*lines, ""]
+
+
+def overload_section(o: OverloadResult | None) -> list[str]:
+    if o is None:
+        return []
+    lines = ["## Overload (open loop, Poisson arrivals)", "",
+             f"Endpoint `{o.endpoint}`; capacity {o.capacity_rps:.2f} req/s (closed loop); "
+             f"overload at {o.factor:g}x = {o.capacity_rps * o.factor:.2f} req/s; deadline "
+             f"(AUDIOSERVE_REQUEST_TIMEOUT_S) {o.deadline_s:g} s; normal latency for recovery: "
+             f"<= {fmt(o.normal_latency_ms)} ms.", ""]
+    rows = []
+    for name, r in (("baseline", o.baseline), ("overload", o.overload),
+                    ("recovery", o.recovery)):
+        rows.append([name, fmt(r.rate, 2), str(r.requests), fmt(r.ok_rps, 2), fmt(r.p50_ms),
+                     fmt(r.p99_ms), _statuses(r.non_2xx()), str(r.retry_after_503),
+                     fmt(r.extra.get("shed_p99_ms", math.nan))])
+    lines += _table(["phase", "offered req/s", "sent", "ok req/s", "ok P50 ms", "ok P99 ms",
+                     "non-2xx", "503 with Retry-After", "shed P99 ms"], rows)
+    lines += [f"Recovery after the overload stopped: {fmt(o.recovery_s, 2)} s "
+              "(`-`: not back to normal within the recovery phase).",
+              f"Rejections counted by the service: {o.rejections or '-'}.", ""]
+    lines += _table(["check", "verdict"], [[k, _verdict(v)] for k, v in o.checks.items()])
+    return lines
+
+
+def soak_section(s: SoakResult | None) -> list[str]:
+    if s is None:
+        return []
+    lines = ["## Soak (mixed open-loop traffic)", "",
+             f"{s.minutes:g} min over {', '.join(s.endpoints)} at {s.rate:.2f} req/s (Poisson): "
+             f"{s.requests} requests, {s.ok} valid 2xx, {s.shed} shed (503/504), "
+             f"{s.errors} errors ({_statuses(s.error_statuses)}; invalid 2xx bodies: "
+             f"{s.invalid_2xx}).", "",
+             f"RSS (process tree): start {s.rss_start_mb:.1f} MB (after warm-up), end "
+             f"{s.rss_end_mb:.1f} MB, growth {s.rss_growth_mb:+.1f} MB, peak "
+             f"{s.rss_peak_mb:.1f} MB.", ""]
+    rows = [[ep, fmt(s.p50_ms[ep]), fmt(s.p99_ms[ep])] for ep in s.endpoints]
+    lines += _table(["endpoint", "P50 ms", "P99 ms"], rows)
+    lines += _table(["check", "verdict"], [[k, _verdict(v)] for k, v in s.checks.items()])
+    return lines
+
+
+def header_section(run: RunResult, plots: list[Path], md_path: Path) -> list[str]:
+    i = run.info
+    lines = [f"# audioserve load test — {i['started']}", "",
+             f"- Machine: {i['machine']}", f"- Commit: `{i['commit']}`",
+             f"- Command: `{i['command']}`", f"- Packs: {i['packs']}",
+             f"- Bodies: {i['bodies']}", f"- Plan: {i['plan']}"]
+    lines += [f"- Note: {n}" for n in run.notes]
+    lines.append("")
+    lines += [f"![{p.stem}]({p.relative_to(md_path.parent)})" for p in plots]
+    return [*lines, ""]
+
+
+def write(run: RunResult, results_dir: Path, stem: str) -> Path:
+    from bench.plots import make_plots  # matplotlib only when writing
+
+    md_path = results_dir / f"{stem}.md"
+    assets = results_dir / stem
+    assets.mkdir(parents=True, exist_ok=True)
+    plots = make_plots(run, assets)
+    lines = header_section(run, plots, md_path)
+    lines += summary_section(run) + targets_section(run)
+    lines += ["## Each configuration", ""]
+    for cfg in run.configs:
+        lines += config_section(cfg)
+    lines += ceiling_section(run) + overload_section(run.overload) + soak_section(run.soak)
+    md_path.write_text("\n".join(lines))
+    (assets / "results.json").write_text(json.dumps(dataclasses.asdict(run), indent=1,
+                                                    default=str))
+    return md_path
