@@ -2,11 +2,10 @@
 fixed batch size, with the session options the service uses — no HTTP, no decode, no
 batcher. Service throughput is reported as a ratio to this.
 
-Units: CLAP counts 10 s windows (one audio-graph row each), Emotion2Vec audio seconds
-through 5 s clips (issue 4's ceiling setting), so the service's mixed-length bodies compare.
-Prefers the model helpers' micro-benchmarks (`bench/bench_clap_raw.py`,
-`bench/bench_emotion_raw.py`) when they expose `ceiling(pack_dir, batch_sizes, seconds,
-threads)`; otherwise measures here.
+The loops are the model helpers' micro-benchmarks (`bench/bench_clap_raw.py`,
+`bench/bench_emotion_raw.py`); this module only puts their figures in one unit per
+endpoint: CLAP counts 10 s windows (one audio-graph row each), Emotion2Vec audio seconds
+through 5 s clips (issue 4's setting), so the service's mixed-length bodies compare.
 
 Run alone: .venv/bin/python -m bench.raw_ceiling models/clap [--batch 1 4 8 16]
 """
@@ -14,13 +13,10 @@ Run alone: .venv/bin/python -m bench.raw_ceiling models/clap [--batch 1 4 8 16]
 from __future__ import annotations
 
 import argparse
-import importlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from bench import bench_clap_raw, bench_emotion_raw
 from service.packs import load_pack
 from service.runtime import GraphRunner, RuntimeConfig, create_session
 
@@ -33,65 +29,31 @@ class CeilingPoint:
     unit: str
 
 
-def _time_loop(run: object, feeds: dict[str, np.ndarray], batch: int,
-               seconds: float) -> float:
-    call = run.run  # type: ignore[attr-defined]
-    call(feeds)  # warm-up: first call allocates
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or done < 3:
-        call(feeds)
-        done += 1
-    return batch * done / (time.perf_counter() - started)
-
-
-def clap_feeds(pack_dir: Path, batch: int) -> dict[str, np.ndarray]:
-    c = load_pack(pack_dir, expected_kind="clap").constants
+def clap_ceiling(pack_dir: Path, batch_sizes: list[int], seconds: float,
+                 threads: int) -> list[CeilingPoint]:
+    pack = load_pack(pack_dir, expected_kind="clap")
+    c = pack.constants
     frames = int(c["max_length_samples"]) // int(c["hop_length"]) + 1
-    rng = np.random.default_rng(0)
-    shape = (batch, 1, frames, int(c["n_mels"]))
-    return {"input_features": rng.standard_normal(shape).astype(np.float32) * 10 - 40}
+    runner = GraphRunner(create_session(pack.graph("audio", "fp32")[0],
+                                        RuntimeConfig("auto", 0, threads)))
+    return [CeilingPoint("clap", b, bench_clap_raw.measure(runner, b, frames, int(c["n_mels"]),
+                                                           seconds, 3)[0], "windows")
+            for b in batch_sizes]
 
 
-def emotion_feeds(pack_dir: Path, batch: int, clip_seconds: float = 5.0) -> dict[str, np.ndarray]:
-    c = load_pack(pack_dir, expected_kind="emotion2vec").constants
-    n = int(clip_seconds * int(c["sample_rate"]))
-    rng = np.random.default_rng(0)
-    wav = (0.1 * rng.standard_normal((batch, n))).astype(np.float32)
-    return {"waveform": wav, "lengths": np.full(batch, n, np.int64)}
+def emotion_ceiling(pack_dir: Path, batch_sizes: list[int], seconds: float,
+                    threads: int) -> list[CeilingPoint]:
+    rows = bench_emotion_raw.ceiling(pack_dir, batch_sizes, seconds, threads)
+    return [CeilingPoint("emotion2vec", b, clips * bench_emotion_raw.CLIP_S, "audio_s")
+            for b, clips in rows]
 
 
-EMOTION_CLIP_S = 5.0
-# graph, feeds, unit, unit per graph row (emotion: audio seconds, to compare with mixed lengths)
-GRAPHS = {"clap": ("audio", clap_feeds, "windows", 1.0),
-          "emotion2vec": ("model", emotion_feeds, "audio_s", EMOTION_CLIP_S)}
-HELPERS = {"clap": "bench.bench_clap_raw", "emotion2vec": "bench.bench_emotion_raw"}
-
-
-def _from_helper(model: str, pack_dir: Path, batch_sizes: list[int], seconds: float,
-                 threads: int) -> list[CeilingPoint] | None:
-    try:
-        module = importlib.import_module(HELPERS[model])
-    except ImportError:
-        return None
-    fn = getattr(module, "ceiling", None)
-    if fn is None:
-        return None
-    rows = fn(pack_dir, batch_sizes, seconds, threads)
-    _, _, unit, scale = GRAPHS[model]
-    return [CeilingPoint(model, int(b), float(v) * scale, unit) for b, v in rows]
+CEILINGS = {"clap": clap_ceiling, "emotion2vec": emotion_ceiling}
 
 
 def ceiling(model: str, pack_dir: Path, batch_sizes: list[int], seconds: float = 3.0,
             threads: int = 0) -> list[CeilingPoint]:
-    helped = _from_helper(model, pack_dir, batch_sizes, seconds, threads)
-    if helped is not None:
-        return helped
-    graph, feeds_for, unit, scale = GRAPHS[model]
-    pack = load_pack(pack_dir, expected_kind=model)
-    path, _ = pack.graph(graph, "fp32")
-    runner = GraphRunner(create_session(path, RuntimeConfig("auto", 0, threads)))
-    return [CeilingPoint(model, b, scale * _time_loop(runner, feeds_for(pack_dir, b), b, seconds),
-                         unit) for b in batch_sizes]
+    return CEILINGS[model](pack_dir, batch_sizes, seconds, threads)
 
 
 def main() -> None:

@@ -205,7 +205,7 @@ def measure_ceilings(args: argparse.Namespace, models_dir: Path,
     batches = sorted({1, 4, 8, 16, args.batch_size})
     for ep in endpoints:
         model = ENDPOINT_MODEL[ep]
-        if model not in raw_ceiling.GRAPHS:
+        if model not in raw_ceiling.CEILINGS:
             continue
         log(f"raw ORT ceiling of {model} at batch {batches} ...")
         out[model] = raw_ceiling.ceiling(model, models_dir / model, batches, preset.ceiling_s,
