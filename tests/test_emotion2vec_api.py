@@ -143,6 +143,8 @@ def test_concurrent_requests_match_requests_alone(client: TestClient,
         got = {s["label"]: s["score"] for s in body["scores"]}
         assert max(got.values()) == pytest.approx(float(expected.max()), abs=1e-4)
         assert sorted(got.values()) == pytest.approx(sorted(expected.tolist()), abs=1e-4)
+    metrics = client.get("/metrics").text  # the batcher reported its padding for this queue
+    assert 'audioserve_batch_padding_fraction_count{queue="emotion2vec"}' in metrics
 
 
 def test_json_base64_with_embedding(client: TestClient) -> None:

@@ -3,6 +3,7 @@ ONNX graph vs the PyTorch definition on padded batches of mixed lengths."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 from pathlib import Path
 
@@ -107,6 +108,15 @@ def test_build_tiny_is_reproducible(tmp_path: Path, emotion_models_dir: Path) ->
         digest = [hashlib.sha256((root / name).read_bytes()).hexdigest()
                   for root in (first, tmp_path / "again")]
         assert digest[0] == digest[1], name
+
+
+def test_cli_tiny(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    exp.add_arguments(parser)
+    assert exp.run(parser.parse_args(["--tiny", "--out", str(tmp_path / "p")])) == 0
+    assert read_manifest(tmp_path / "p")["source"] == "tiny(seed=0)"
+    with pytest.raises(SystemExit):  # exactly one source
+        parser.parse_args(["--tiny", "--random-real", "base"])
 
 
 def test_export_from_folder_fails_on_a_missing_key(tmp_path: Path) -> None:
