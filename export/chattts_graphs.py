@@ -28,7 +28,13 @@ def fold_weight_norm(head: nn.Module) -> nn.Linear:
 
 
 class EmbedText(nn.Module):
-    """Text embedding; `[spk_emb]` positions take the L2-normalised speaker embedding."""
+    """Text embedding; `[spk_emb]` positions take the L2-normalised speaker embedding.
+
+    Upstream always holds the speaker as float16 (decoded from its string form) and
+    normalises it in float16 arithmetic (`F.normalize` on a half tensor: the norm and the
+    quotient each rounded to half). That rounding is reproduced here so an ORT pipeline
+    matches the package's bit for bit; a zero row (no speaker) stays zero.
+    """
 
     def __init__(self, embed: Embed, spk_emb_id: int) -> None:
         super().__init__()
@@ -37,7 +43,9 @@ class EmbedText(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, spk_emb: torch.Tensor) -> torch.Tensor:
         emb = self.emb_text(input_ids)
-        speaker = F.normalize(spk_emb, p=2.0, dim=1, eps=1e-12).unsqueeze(1)
+        spk = spk_emb.half().float()
+        norm = torch.linalg.vector_norm(spk, dim=1, keepdim=True).half().float()
+        speaker = (spk / norm.clamp_min(1e-12)).half().float().unsqueeze(1)
         is_speaker = (input_ids == self.spk_emb_id).unsqueeze(-1)
         return torch.where(is_speaker, speaker.expand_as(emb), emb)
 

@@ -32,7 +32,7 @@ def ref_embed_text(m: ChatTTSModules, spk_emb_id: int, feeds: Arrays) -> Arrays:
     for row in range(ids.shape[0]):
         row_ids = ids[row : row + 1].unsqueeze(-1).expand(-1, -1, NUM_VQ)
         emb = m.embed(row_ids, torch.ones(row_ids.shape[:2], dtype=torch.bool)).clone()
-        spk = _t(feeds["spk_emb"][row])
+        spk = _t(feeds["spk_emb"][row]).half()  # upstream decodes speakers to float16
         if bool((row_ids[..., 0] == spk_emb_id).any()):
             speaker = Speaker(m.sizes.hidden_size, spk_stat_string(m.spk_stat))
             emb = speaker.apply(emb, spk, row_ids, spk_emb_id, torch.device("cpu"), inplace=False)
