@@ -77,35 +77,41 @@ def gpt_prefill_feeds(pack: ModelPack, prompts: list[str]) -> Feed:
             **_empty_cache(pack, len(ids))}
 
 
-@lru_cache(maxsize=4)
-def _chain(root: Path, prompts: tuple[str, ...], count: int, seed: int) -> dict[str, Feed]:
-    """Batched fp32 feeds for every graph (rows = items)."""
+@lru_cache(maxsize=2)
+def _prefill_hidden(root: Path, prompts: tuple[str, ...]) -> np.ndarray:
     from service.packs import load_pack
 
     pack = load_pack(root)
+    return _out(_session(pack, "gpt"), gpt_prefill_feeds(pack, list(prompts)), "hidden")
+
+
+def _batched(pack: ModelPack, graph: str, prompts: tuple[str, ...], seed: int) -> Feed:
+    """fp32 feeds for one graph, rows = items; only the graphs it depends on are run."""
     c = pack.constants
-    prompts = (prompts * (count // len(prompts) + 1))[:count]
-    ids, _ = prompt_ids(pack, list(prompts))
-    gpt = gpt_prefill_feeds(pack, list(prompts))
-    hidden = _out(_session(pack, "gpt"), gpt, "hidden")
-    mel = _out(_session(pack, "decoder"), {"hidden": hidden}, "mel")
-    codes = np.random.default_rng(seed).integers(
-        0, int(c["audio_eos"]), (count, ids.shape[1], int(c["num_vq"])), dtype=np.int64)
-    return {
-        "embed_text": {"input_ids": ids,
-                       "spk_emb": np.zeros((count, int(c["spk_emb_dim"])), np.float32)},
-        "embed_code": {"codes": codes},
-        "gpt": gpt,
-        "head_text": {"hidden": np.ascontiguousarray(hidden[:, -1])},
-        "decoder": {"hidden": hidden},
-        "dvae_decode": {"codes": codes},
-        "vocos": {"mel": mel},
-    }
+    if graph in ("embed_text", "gpt"):
+        ids, _ = prompt_ids(pack, list(prompts))
+        if graph == "gpt":
+            return gpt_prefill_feeds(pack, list(prompts))
+        return {"input_ids": ids,
+                "spk_emb": np.zeros((len(ids), int(c["spk_emb_dim"])), np.float32)}
+    if graph in ("embed_code", "dvae_decode"):
+        ids, _ = prompt_ids(pack, list(prompts))
+        return {"codes": np.random.default_rng(seed).integers(
+            0, int(c["audio_eos"]), (len(ids), ids.shape[1], int(c["num_vq"])), dtype=np.int64)}
+    hidden = _prefill_hidden(pack.root.resolve(), prompts)
+    if graph == "head_text":
+        return {"hidden": np.ascontiguousarray(hidden[:, -1])}
+    if graph == "decoder":
+        return {"hidden": hidden}
+    if graph == "vocos":
+        return {"mel": _out(_session(pack, "decoder"), {"hidden": hidden}, "mel")}
+    raise SystemExit(f"no evaluation inputs known for chattts/{graph}")
 
 
 def chattts_items(pack: ModelPack, graph: str, prompts: list[str], *, count: int,
                   seed: int) -> list[Feed]:
-    batch = _chain(pack.root.resolve(), tuple(prompts), count, seed)[graph]
+    cycled = tuple((prompts * (count // max(1, len(prompts)) + 1))[:count])
+    batch = _batched(pack, graph, cycled, seed)
     return [{k: v[i: i + 1] for k, v in batch.items()} for i in range(count)]
 
 

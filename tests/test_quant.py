@@ -165,16 +165,17 @@ def test_report_writes_its_table(quant_models: Path, tmp_path: Path, kind: str) 
     for graph in pack.manifest.graphs:
         for precision in ("fp32", "fp16", "int8"):
             assert (graph, precision) in rows, f"no row for {graph} {precision}"
-    # columns: graph, precision, method, flag, size, B=1, B=8, max diff, cos, top-1, batch
+    # columns: graph, precision, method, flag, size, B=1, B=8, speed-up, max diff, cos,
+    # top-1, batch
     main = {"clap": "audio", "emotion2vec": "model", "chattts": "gpt"}[kind]
-    fp16_diff = float(rows[(main, "fp16")][7])
-    int8_diff = float(rows[(main, "int8")][7])
+    fp16_diff = float(rows[(main, "fp16")][8])
+    int8_diff = float(rows[(main, "int8")][8])
     assert 0 < fp16_diff < int8_diff < 0.1  # fp16 is closer to fp32 than int8, both close
     if kind == "clap":
-        assert float(rows[("audio", "fp16")][8]) > 0.999
-        assert float(rows[("audio", "int8")][8]) > 0.95
+        assert float(rows[("audio", "fp16")][9]) > 0.999
+        assert float(rows[("audio", "int8")][9]) > 0.95
         assert "Zero-shot classify top-1 agreement" in text
     if kind == "emotion2vec":
-        assert float(rows[("model", "fp16")][9]) == 1.0
+        assert float(rows[("model", "fp16")][10]) == 1.0
     if kind == "chattts":
         assert "teacher-forced" in text

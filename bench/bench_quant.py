@@ -1,0 +1,156 @@
+"""Precision bench: fp16 and int8 of the heavy graphs at the real sizes (random weights).
+
+The quant report's columns (size, CPU latency at batch 1 and 8, speed-up vs fp32 in the
+same run, parity, batch invariance) for the graphs that dominate serving cost: the CLAP
+audio tower, Emotion2Vec+ base, and the ChatTTS GPT (with its two small embedding graphs,
+which the greedy code-agreement run needs). Only those graphs are exported (a full
+random-real CLAP pack adds a 478 MB text graph nobody times here). Each export runs in its
+own interpreter so torch's memory is gone before ONNX Runtime starts.
+
+Run from the repository root (minutes per model on 2 cores)::
+
+    .venv/bin/python -m bench.bench_quant [--models clap,emotion2vec,chattts]
+        [--out /tmp/quant-bench] [--tiny] [--with-dynamic] [--results bench/results/quant.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ("clap", "emotion2vec", "chattts")
+TIMED_GRAPH = {"clap": "audio", "emotion2vec": "model", "chattts": "gpt"}
+
+
+def export_subset(model: str, out: Path, tiny: bool) -> None:
+    """Write a pack holding only the benchmarked graphs (runs in a child interpreter)."""
+    if model == "emotion2vec":
+        from export.emotion2vec import build_random
+
+        build_random(out, "tiny" if tiny else "base", seed=0)
+    elif model == "clap":
+        _export_clap_audio(out, tiny)
+    else:
+        _export_chattts_gpt(out, tiny)
+
+
+def _export_clap_audio(out: Path, tiny: bool) -> None:
+    import torch
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
+
+    from export import clap
+    from export.pack import graph_entry, write_manifest
+
+    torch.manual_seed(clap.TINY_SEED)
+    model = clap.tiny_model() if tiny else ClapModel(ClapConfig()).eval()
+    pre = clap.preprocessing_constants(ClapFeatureExtractor(**clap.HUB_UNFUSED_PREPROCESSOR))
+    out.mkdir(parents=True, exist_ok=True)
+    clap.export_audio(model, out / clap.AUDIO_GRAPH, frames=pre["frames"], mels=pre["n_mels"])
+    write_manifest(
+        out, kind="clap", source=f"{'tiny' if tiny else 'random-real'}(seed=0), audio only",
+        demo=True,
+        graphs={"audio": {"fp32": graph_entry(clap.AUDIO_GRAPH, ["input_features"],
+                                              ["audio_embeds"])}},
+        files={}, constants={**pre, "embed_dim": int(model.config.projection_dim)},
+    )
+
+
+def _export_chattts_gpt(out: Path, tiny: bool) -> None:
+    from export import chattts
+    from export.chattts_modules import ChatTTSSizes, build_random
+    from export.chattts_parity import random_feeds
+    from export.chattts_tokenizer import TOKENIZER_FILE, build_tiny_tokenizer, write_tokenizer
+    from export.pack import graph_entry, write_manifest
+
+    tok = build_tiny_tokenizer()
+    sizes = ChatTTSSizes.tiny(tok.get_vocab_size()) if tiny else ChatTTSSizes(
+        **{**ChatTTSSizes.real().__dict__, "text_vocab_size": tok.get_vocab_size()})
+    modules = build_random(sizes, chattts.TINY_SEED)
+    spk_emb_id = chattts.special_token_ids(tok)["[spk_emb]"]
+    specs = chattts.graph_specs(modules, spk_emb_id)
+    feeds = random_feeds(modules, spk_emb_id, seed=1)
+    out.mkdir(parents=True, exist_ok=True)
+    graphs = {}
+    for name in ("embed_text", "embed_code", "gpt"):
+        spec = specs[name]
+        path = out / f"{name}.fp32.onnx"
+        chattts.export_graph(name, spec, feeds[name], path)
+        graphs[name] = {"fp32": graph_entry(path.name, list(spec["inputs"]),
+                                            list(spec["outputs"]))}
+    write_tokenizer(tok, out)
+    write_manifest(out, kind="chattts", demo=True, graphs=graphs,
+                   source=f"{'tiny' if tiny else 'random-real'}(seed=0), GPT + embeddings",
+                   files={"tokenizer": TOKENIZER_FILE},
+                   constants=chattts.pack_constants(modules, tok, "tiny-wordpiece"))
+
+
+def _python(*args: str) -> None:
+    subprocess.run([sys.executable, *args], cwd=REPO, check=True)
+
+
+def bench_model(model: str, root: Path, args: argparse.Namespace) -> str:
+    pack = root / model
+    started = time.monotonic()
+    if not (pack / "manifest.json").is_file():
+        _python("-m", "bench.bench_quant", "--export-only", model, "--out", str(root),
+                *(["--tiny"] if args.tiny else []))
+    exported = time.monotonic()
+    calibration = ["--items", str(args.calibration_items), "--seconds", str(args.seconds)]
+    for precision in ("fp16", "int8"):
+        _python("-m", "quant", str(pack), "--to", precision, *calibration)
+    quantized = time.monotonic()
+    report = ["--repeats", str(args.repeats), "--seconds", str(args.seconds),
+              "--threads", str(args.threads), "--graphs", TIMED_GRAPH[model]]
+    out = subprocess.run([sys.executable, "-m", "quant", "report", str(pack), *report],
+                         cwd=REPO, check=True, capture_output=True, text=True).stdout
+    sections = [out.strip()]
+    if args.with_dynamic and model != "chattts":
+        dynamic = root / f"{model}-dynamic"
+        shutil.rmtree(dynamic, ignore_errors=True)
+        shutil.copytree(pack, dynamic)
+        _python("-m", "quant", str(dynamic), "--to", "int8", "--method", "dynamic")
+        out = subprocess.run([sys.executable, "-m", "quant", "report", str(dynamic), *report],
+                             cwd=REPO, check=True, capture_output=True, text=True).stdout
+        rows = [line for line in out.splitlines() if "| int8 |" in line]
+        sections.append("Dynamic int8 (opt-in, batch-dependent), same inputs:\n\n"
+                        + "\n".join(rows))
+    sections.append(f"_export {exported - started:.0f} s, fp16 + int8 "
+                    f"{quantized - exported:.0f} s, report {time.monotonic() - quantized:.0f} s_")
+    text = "\n\n".join(sections)
+    print(text, flush=True)
+    return text
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--out", type=Path, default=Path("/tmp/quant-bench"))
+    p.add_argument("--tiny", action="store_true", help="tiny configs (a quick dry run)")
+    p.add_argument("--with-dynamic", action="store_true",
+                   help="also time dynamic int8 (CLAP, Emotion2Vec+)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=3.0, help="audio item length")
+    p.add_argument("--calibration-items", type=int, default=8)
+    p.add_argument("--results", type=Path, help="also write the tables to this markdown file")
+    p.add_argument("--export-only", choices=MODELS, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.export_only:
+        export_subset(args.export_only, args.out / args.export_only, args.tiny)
+        return 0
+    sections = [bench_model(m.strip(), args.out, args) for m in args.models.split(",")
+                if m.strip()]
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text("# Precision bench (random weights, CPU)\n\n"
+                                + "\n\n".join(sections) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
