@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from batcher import DynamicBatcher
 from service import clap_features as cf
-from service.audio import DecodedAudio, decode_audio
+from service.audio import decode_audio
 from service.errors import InvalidInput
 from service.packs import ModelPack
 from service.pipelines.base import LoadContext
@@ -50,6 +50,19 @@ class WindowScores:
     silent: bool
     used: bool
     labels: list[LabelScore]
+
+
+@dataclass(frozen=True)
+class PreparedAudio:
+    """An upload after the CPU stages: windows and their log-mel features."""
+
+    spans: list[cf.WindowSpan]
+    used: list[cf.WindowSpan]
+    features: list[np.ndarray]
+    duration_s: float
+    truncated: bool = False
+    original_duration_s: float | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -220,50 +233,55 @@ class ClapPipeline:
     def _observe(self, stage: str, ms: float) -> None:
         self.ctx.metrics.stage_seconds.labels("clap", stage).observe(ms / 1000.0)
 
-    async def decode(self, data: bytes) -> DecodedAudio:
+    def prepare(self, data: bytes) -> PreparedAudio:
+        """Decode, window and log-mel an upload: all the CPU work, in one worker-thread hop
+        (two hops would queue every request's second step behind everyone's first)."""
+        t0 = time.perf_counter()
         s = self.settings
-        return await asyncio.to_thread(
-            decode_audio, data, target_rate=self.mel.sample_rate,
+        audio = decode_audio(
+            data, target_rate=self.mel.sample_rate,
             max_seconds=min(s.classify_max_seconds, s.max_audio_seconds),
             on_long=s.classify_long_audio, max_bytes=s.max_upload_bytes,
         )
+        decode_ms = _ms(t0)
+        prepared = self.prepare_samples(audio.samples)
+        return replace(prepared, truncated=audio.truncated,
+                       original_duration_s=audio.original_duration_s,
+                       timings_ms={"decode": decode_ms, **prepared.timings_ms})
 
-    async def embed_audio(self, data: bytes) -> AudioEmbedding:
-        """Decode, window, log-mel and embed an upload; timings cover each stage."""
-        t0 = time.perf_counter()
-        audio = await self.decode(data)
-        timings = {"decode": _ms(t0)}
-        result = await self.embed_samples(audio.samples, timings)
-        return AudioEmbedding(
-            embedding=result.embedding, window_embeddings=result.window_embeddings,
-            spans=result.spans, used=result.used, duration_s=audio.duration_s,
-            truncated=audio.truncated, original_duration_s=audio.original_duration_s,
-            timings_ms=timings,
-        )
-
-    async def embed_samples(self, samples: np.ndarray,
-                            timings: dict[str, float] | None = None) -> AudioEmbedding:
-        """Embed mono float32 samples at the pack's sample rate (already decoded)."""
-        timings = {} if timings is None else timings
+    def prepare_samples(self, samples: np.ndarray) -> PreparedAudio:
+        """Window and log-mel mono float32 samples at the pack's rate."""
         t0 = time.perf_counter()
         spans = cf.plan_windows(samples, self.mel)
         used = cf.select_windows(spans)
-        features = await asyncio.to_thread(
-            lambda: [cf.window_features(samples, span, self.mel) for span in used]
-        )
-        timings["features"] = _ms(t0)
-        t1 = time.perf_counter()
+        features = [cf.window_features(samples, span, self.mel) for span in used]
+        return PreparedAudio(spans=spans, used=used, features=features,
+                             duration_s=samples.shape[0] / self.mel.sample_rate,
+                             timings_ms={"features": _ms(t0)})
+
+    async def embed_audio(self, data: bytes) -> AudioEmbedding:
+        """Decode, window, log-mel and embed an upload; timings cover each stage."""
+        return await self.embed_prepared(await asyncio.to_thread(self.prepare, data))
+
+    async def embed_samples(self, samples: np.ndarray) -> AudioEmbedding:
+        """Embed already decoded samples (mono float32 at the pack's sample rate)."""
+        return await self.embed_prepared(await asyncio.to_thread(self.prepare_samples, samples))
+
+    async def embed_prepared(self, prepared: PreparedAudio) -> AudioEmbedding:
+        """Every used window through the audio batcher, then their normalised mean."""
+        timings = dict(prepared.timings_ms)
+        t0 = time.perf_counter()
         assert self._audio_batcher is not None, "pipeline not started"
-        rows = await asyncio.gather(*(self._audio_batcher.submit(f) for f in features))
-        timings["audio_embed"] = _ms(t1)
+        rows = await asyncio.gather(*(self._audio_batcher.submit(f) for f in prepared.features))
+        timings["audio_embed"] = _ms(t0)
         windows = np.stack(rows).astype(np.float32)
         embedding = _normalise(windows.astype(np.float64).mean(axis=0)).astype(np.float32)
-        for stage in ("features", "audio_embed"):
-            self._observe(stage, timings[stage])
+        for stage, ms in timings.items():
+            self._observe(stage, ms)
         return AudioEmbedding(
-            embedding=embedding, window_embeddings=windows, spans=spans, used=used,
-            duration_s=samples.shape[0] / self.mel.sample_rate, truncated=False,
-            original_duration_s=None, timings_ms=timings,
+            embedding=embedding, window_embeddings=windows, spans=prepared.spans,
+            used=prepared.used, duration_s=prepared.duration_s, truncated=prepared.truncated,
+            original_duration_s=prepared.original_duration_s, timings_ms=timings,
         )
 
     async def embed_text(self, texts: list[str]) -> np.ndarray:
@@ -336,7 +354,7 @@ class ClapPipeline:
         ranked = self.score(audio.embedding, texts, labels, k)
         timeline = self._timeline(audio, texts, labels, k) if per_window else None
         timings["scores"] = _ms(t0)
-        for stage in ("decode", "text_embed", "scores"):
+        for stage in ("text_embed", "scores"):
             self._observe(stage, timings[stage])
         return ClassifyResult(labels=ranked, audio=audio, prompt_template=template,
                               per_window=timeline, timings_ms=timings)
