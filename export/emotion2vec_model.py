@@ -340,7 +340,7 @@ class Emotion2vec(nn.Module):
         keep = frame_mask.to(x.dtype)[:, :, None]
         x = x + self._positions(x * keep, keep)
 
-        bias = self._attention_bias(n_frames, frame_mask, x.dtype)
+        alibi, key_mask = self._attention_bias(n_frames, frame_mask, x.dtype)
         scales = self._alibi_scales()
         n_extra = self.cfg.num_extra_tokens
         if n_extra > 0:
@@ -350,7 +350,8 @@ class Emotion2vec(nn.Module):
             x = ctx.norm(x)
         layers = [*ctx.blocks, *self.blocks]
         for i, block in enumerate(layers):
-            x = block(x, bias if scales is None else bias * scales[i])
+            # the mask is added after scaling: -inf x a scale clamped to 0 would be NaN
+            x = block(x, key_mask if scales is None else alibi * scales[i] + key_mask)
         if self.norm is not None:
             x = self.norm(x)
 
@@ -378,22 +379,19 @@ class Emotion2vec(nn.Module):
         return h.transpose(1, 2)
 
     def _attention_bias(self, n_frames: int, frame_mask: torch.Tensor, dtype: torch.dtype
-                        ) -> torch.Tensor:
-        """[B, H, N, N]: ALiBi over frames (zero for extra tokens) + -inf on padded keys."""
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ALiBi [1, H, N, N] over frames (zero rows/columns for the extra tokens), and the
+        key padding mask [B, 1, 1, N]: 0 for valid keys, -inf for padded frames."""
         n_extra = self.cfg.num_extra_tokens
-        heads = self.cfg.num_heads
-        b = frame_mask.shape[0]
-        if self.cfg.use_alibi_encoder:
-            pos = torch.arange(n_frames, device=frame_mask.device)
-            dist = -(pos[None, :] - pos[:, None]).abs().to(dtype)
-            alibi = self.slopes.to(dtype)[:, None, None] * dist[None]  # [H, F, F]
-            alibi = F.pad(alibi, (n_extra, 0, n_extra, 0))[None]
-        else:
-            alibi = torch.zeros(1, heads, n_frames + n_extra, n_frames + n_extra, dtype=dtype)
-        key_ok = torch.cat(
-            [torch.ones(b, n_extra, dtype=torch.bool, device=frame_mask.device), frame_mask], 1
-        )
-        return alibi.masked_fill(~key_ok[:, None, None, :], float("-inf"))
+        pos = torch.arange(n_frames, device=frame_mask.device)
+        dist = -(pos[None, :] - pos[:, None]).abs().to(dtype)
+        alibi = self.slopes.to(dtype)[:, None, None] * dist[None]  # [H, F, F]
+        alibi = F.pad(alibi, (n_extra, 0, n_extra, 0))[None]
+        key_ok = torch.cat([torch.ones(frame_mask.shape[0], n_extra, dtype=torch.bool,
+                                       device=frame_mask.device), frame_mask], 1)
+        key_mask = torch.zeros(key_ok.shape, dtype=dtype, device=key_ok.device)
+        key_mask = key_mask.masked_fill(~key_ok, float("-inf"))[:, None, None, :]
+        return alibi, key_mask
 
     def _alibi_scales(self) -> list[torch.Tensor] | None:
         """Per block [1, H|1, 1, 1] scale, clamped at 0 as upstream; None without ALiBi."""

@@ -36,8 +36,10 @@ def _variant(name: str) -> dict[str, Any]:
 def _funasr_model(cls: Any, conf: dict[str, Any]) -> torch.nn.Module:
     torch.manual_seed(0)
     model = cls(model_conf=copy.deepcopy(conf), vocab_size=9).eval()
-    with torch.no_grad():  # non-trivial per-head/per-layer ALiBi scales
-        model.modality_encoders["AUDIO"].alibi_scale.uniform_(0.5, 1.5)
+    with torch.no_grad():  # non-trivial per-head/per-layer ALiBi scales, one clamped to 0
+        scale = model.modality_encoders["AUDIO"].alibi_scale
+        scale.uniform_(0.5, 1.5)
+        scale.view(-1)[0] = -0.25
     return model
 
 
@@ -78,6 +80,8 @@ def test_strict_loading_names_missing_and_unexpected_keys() -> None:
 
 def test_padded_batch_equals_items_in_torch() -> None:
     model = random_model(model_conf("tiny"), seed=3)
+    with torch.no_grad():  # a scale that upstream clamps to 0: masking must not turn NaN
+        model.audio.alibi_scale[0, 0, 0] = -1.0
     gen = torch.Generator().manual_seed(1)
     items = [0.1 * torch.randn(n, generator=gen) for n in (16_000, 9_001, 401)]
     batch = torch.zeros(len(items), 16_000)
@@ -92,6 +96,7 @@ def test_padded_batch_equals_items_in_torch() -> None:
             assert torch.allclose(padded.logits[i], alone.logits[0], atol=1e-5, rtol=0)
             assert torch.allclose(padded.feats[i, :n], alone.feats[0], atol=1e-5, rtol=0)
             assert torch.all(padded.feats[i, n:] == 0)
+    assert not torch.isnan(padded.frame_logits).any()
 
 
 def test_unmasked_padding_would_change_results() -> None:
