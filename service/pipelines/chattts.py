@@ -1,0 +1,277 @@
+"""ChatTTS text-to-speech: prompt -> continuous-batching GPT -> Decoder + Vocos -> audio.
+
+Design note. Preprocessing (normalise, tokenise, speaker embedding) runs in a thread; the
+GPT runs in the engine's own thread (`service.tts.engine`), batched per step with every
+other request. A finished sequence's hidden states go through `DynamicBatcher` to the
+decoder and vocos graphs, grouped by token count: only equal-length sequences share a
+forward, because zero-padding a shorter one would change its last ~40 frames (the
+convolutions see the padding), and a request's audio must not depend on who else
+finished at the same time. With `refine_text` the text first goes through the refine
+pass (same engine, `head_text`), as upstream does, and the refined text is spoken.
+
+Post-processing: upstream's `infer()` deletes every sample with |x| <= 1e-5 anywhere in
+the wave, which shortens silences unpredictably and breaks timing; a service keeps them.
+The wave is attenuated to a 0.95 peak only when it would clip (quiet output is not
+amplified), then resampled with soxr to the requested rate and encoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from batcher import DynamicBatcher
+from batcher.steps import Admission, StepConfig
+from service.audio import resample
+from service.audio_encode import encode_audio
+from service.errors import InvalidInput
+from service.packs import ModelPack
+from service.pipelines.base import LoadContext
+from service.settings import Settings
+from service.tts import speaker as speakers
+from service.tts import text as texts
+from service.tts.engine import (
+    EngineConfig,
+    GenerationEngine,
+    GenerationJob,
+    GenerationResult,
+    KVCacheKind,
+    PassKind,
+)
+from service.tts.model import TTSGraphs
+
+PEAK = 0.95
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    text: str
+    seed: int | None = None
+    spk_emb: str | None = None
+    sampling_seed: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_new_tokens: int | None = None
+    min_new_tokens: int | None = None
+    refine_text: bool = False
+    format: str = "wav"
+    sample_rate: int = 24000
+    greedy: bool = False
+    """Argmax sampling (tests and parity checks; not exposed over HTTP)."""
+
+
+@dataclass(frozen=True)
+class SpeechResult:
+    audio: bytes
+    samples: np.ndarray
+    """float32 mono at `sample_rate`, after post-processing."""
+    sample_rate: int
+    duration_s: float
+    tokens: int
+    codes: np.ndarray
+    finish_reason: str
+    sampling_seed: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def peak_limit(wave: np.ndarray, peak: float = PEAK) -> np.ndarray:
+    """Scale down to `peak` only if the wave would exceed it; never clip, never amplify."""
+    top = float(np.max(np.abs(wave))) if wave.size else 0.0
+    if top <= peak or not np.isfinite(top):
+        return wave.astype(np.float32, copy=False)
+    return (wave * (peak / top)).astype(np.float32)
+
+
+def engine_config(settings: Settings, max_seq_len: int) -> EngineConfig:
+    """The TTS settings (with defaults until every field exists in `Settings`)."""
+    mode = str(getattr(settings, "tts_scheduling", "continuous"))
+    max_active = int(getattr(settings, "tts_max_active", 8))
+    admission = Admission.STATIC if mode == "static" else Admission.CONTINUOUS
+    if mode == "sequential":
+        max_active = 1
+    return EngineConfig(
+        step=StepConfig(max_active=max_active, max_seq_len=max_seq_len, admission=admission,
+                        max_prefills_per_step=int(getattr(settings, "tts_max_prefills", 4))),
+        max_waiting=int(getattr(settings, "tts_max_waiting", settings.max_queue)),
+        static_wait_ms=float(getattr(settings, "tts_static_wait_ms", 50.0)),
+        kv_cache=KVCacheKind(str(getattr(settings, "tts_kv_cache", "present"))),
+    )
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+class ChatTTSPipeline:
+    name = "chattts"
+
+    def __init__(self, pack: ModelPack, ctx: LoadContext, graphs: TTSGraphs,
+                 config: EngineConfig | None = None) -> None:
+        self.pack = pack
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.precision = ctx.precision
+        self.graphs = graphs
+        self.c = graphs.c
+        self.prompts = texts.PromptBuilder.from_pack(pack)
+        self.spk_stat = speakers.load_spk_stat(pack)
+        self.engine = GenerationEngine(
+            graphs, config or engine_config(ctx.settings, self.c.max_position_embeddings)
+        )
+        self._decoder: DynamicBatcher[np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def load(cls, pack: ModelPack, ctx: LoadContext) -> ChatTTSPipeline:
+        """Open every session (slow, synchronous: called in a thread)."""
+        return cls(pack, ctx, TTSGraphs.open(pack, ctx.precision, ctx.runtime))
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.engine.start()
+        self._decoder = DynamicBatcher(
+            self._decode_batch, self.settings.batch_config(timeout_s=None),
+            name="chattts_decode", observer=self.ctx.metrics.observer("chattts_decode"),
+        )
+        self._decoder.start()
+        if self.settings.warmup:
+            await self.synthesize(SpeechRequest(text="warm up", seed=0, max_new_tokens=2))
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+        if self._decoder is not None:
+            await self._decoder.close()
+
+    @property
+    def healthy(self) -> bool:
+        return self.engine.healthy and self._decoder is not None and self._decoder.running
+
+    def info(self) -> dict[str, Any]:
+        m = self.pack.manifest
+        cfg = self.engine.config.step
+        return {
+            "id": "chattts", "object": "model", "kind": "chattts", "demo": m.demo,
+            "source": m.source, "precision": self.precision, "provider": self.graphs.provider,
+            "sample_rate": self.c.sample_rate, "max_active": cfg.max_active,
+            "scheduling": cfg.admission.value if cfg.max_active > 1 else "sequential",
+            "graphs": {g: sorted(v) for g, v in m.graphs.items()},
+            "endpoints": ["/tts"],
+        }
+
+    # -- the request's way ------------------------------------------------------------
+
+    async def synthesize(self, req: SpeechRequest) -> SpeechResult:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        spk = await asyncio.to_thread(self._speaker, req)
+        sampling_seed = self._sampling_seed(req)
+        text = await asyncio.to_thread(self.prompts.normalize, req.text)
+        if not text.strip():
+            raise InvalidInput("the text has nothing the model can speak after normalisation")
+        if req.refine_text:
+            t1 = time.perf_counter()
+            text = await self._refine(text, sampling_seed, req.greedy)
+            timings["refine"] = _ms(t1)
+        prompt = await asyncio.to_thread(
+            self.prompts.code_prompt_ids, text, spk is not None, normalize=False
+        )
+        timings["prepare"] = _ms(t0) - timings.get("refine", 0.0)
+        result = await self.engine.generate(self._code_job(req, prompt, spk, sampling_seed))
+        timings["queue"] = result.queued_s * 1000.0
+        timings["generate"] = result.generate_s * 1000.0
+        t2 = time.perf_counter()
+        wave = await self._waveform(result)
+        timings["decode"] = _ms(t2)
+        t3 = time.perf_counter()
+        samples, audio = await asyncio.to_thread(self._postprocess, wave, req)
+        timings["encode"] = _ms(t3)
+        timings["total"] = _ms(t0)
+        for stage in ("generate", "decode", "encode"):
+            self.ctx.metrics.stage_seconds.labels("chattts", stage).observe(timings[stage] / 1e3)
+        return SpeechResult(
+            audio=audio, samples=samples, sample_rate=req.sample_rate,
+            duration_s=len(samples) / req.sample_rate, tokens=int(result.tokens.shape[0]),
+            codes=result.tokens, finish_reason=result.finish.value,
+            sampling_seed=sampling_seed, timings_ms=timings,
+        )
+
+    def _speaker(self, req: SpeechRequest) -> np.ndarray | None:
+        if req.spk_emb is not None:
+            try:
+                return speakers.decode_spk_emb(req.spk_emb, self.c.spk_emb_dim)
+            except ValueError as exc:
+                raise InvalidInput(f"spk_emb is not a valid speaker string: {exc}") from None
+        if req.seed is not None:
+            return speakers.sample_speaker(self.spk_stat, req.seed)
+        return None
+
+    @staticmethod
+    def _sampling_seed(req: SpeechRequest) -> int:
+        if req.sampling_seed is not None:
+            return req.sampling_seed
+        if req.seed is not None:
+            return req.seed
+        return secrets.randbits(63)
+
+    def _code_job(self, req: SpeechRequest, prompt: np.ndarray, spk: np.ndarray | None,
+                  seed: int) -> GenerationJob:
+        defaults = self.c.code
+        max_new = req.max_new_tokens or defaults.max_new_token
+        room = self.c.max_position_embeddings - len(prompt)
+        if max_new > room:
+            raise InvalidInput(
+                f"max_new_tokens {max_new} does not fit: the prompt takes {len(prompt)} of "
+                f"the model's {self.c.max_position_embeddings} positions"
+            )
+        return GenerationJob(
+            request_id=uuid.uuid4().hex, kind=PassKind.CODE, prompt_ids=prompt, spk_emb=spk,
+            params=defaults.params(temperature=req.temperature, top_p=req.top_p,
+                                   top_k=req.top_k, min_new_tokens=req.min_new_tokens,
+                                   greedy=req.greedy),
+            max_new_tokens=max_new, seed=seed,
+        )
+
+    async def _refine(self, text: str, seed: int, greedy: bool) -> str:
+        prompt = await asyncio.to_thread(self.prompts.refine_prompt_ids, text, normalize=False)
+        job = GenerationJob(
+            request_id=uuid.uuid4().hex, kind=PassKind.TEXT, prompt_ids=prompt, spk_emb=None,
+            params=self.c.refine.params(greedy=greedy),
+            max_new_tokens=self.c.refine.max_new_token, seed=seed,
+        )
+        result = await self.engine.generate(job)
+        refined = self.prompts.refined_text(result.tokens)
+        return refined if refined.strip() else text
+
+    async def _waveform(self, result: GenerationResult) -> np.ndarray:
+        assert result.hidden is not None and self._decoder is not None
+        if result.hidden.shape[0] == 0:
+            return np.zeros(0, np.float32)
+        return await self._decoder.submit(result.hidden, length=int(result.hidden.shape[0]))
+
+    def _decode_batch(self, items: list[np.ndarray]) -> list[np.ndarray]:
+        """Decoder + vocos, one forward per distinct token count (see the design note)."""
+        out: list[np.ndarray | None] = [None] * len(items)
+        by_length: dict[int, list[int]] = {}
+        for i, hidden in enumerate(items):
+            by_length.setdefault(int(hidden.shape[0]), []).append(i)
+        for n, idx in by_length.items():
+            waves = self.graphs.waveform(np.stack([items[i] for i in idx]))
+            keep = self.c.samples_per_token * n - self.c.samples_per_token // 2
+            for row, i in enumerate(idx):
+                out[i] = np.ascontiguousarray(waves[row, :keep], dtype=np.float32)
+        return [w for w in out if w is not None]
+
+    def _postprocess(self, wave: np.ndarray, req: SpeechRequest) -> tuple[np.ndarray, bytes]:
+        samples = resample(peak_limit(wave), self.c.sample_rate, req.sample_rate)
+        return samples, encode_audio(samples, req.sample_rate, req.format)
+
+
+ChattsPipeline = ChatTTSPipeline
+"""The name the issue uses."""

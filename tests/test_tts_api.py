@@ -1,0 +1,119 @@
+"""POST /tts through the real app (lifespan, pack loading, engine thread) on a tiny pack."""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+
+from service.audio import decode_audio
+from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
+from tests.conftest import running_app
+
+MAX_CHARS = 60
+
+
+@pytest.fixture(scope="module")
+def client(chattts_models_dir: Path) -> Iterator[TestClient]:  # noqa: F811
+    with running_app(models_dir=chattts_models_dir, models="chattts",
+                     tts_max_text_chars=MAX_CHARS, intra_op_threads=1) as c:
+        yield c
+
+
+def tts(client: TestClient, **body: object):  # type: ignore[no-untyped-def]
+    payload = {"text": "hello world", "seed": 3, "max_new_tokens": 12, **body}
+    return client.post("/tts", json=payload)
+
+
+def test_wav_with_headers(client: TestClient) -> None:
+    r = tts(client)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "audio/wav"
+    assert r.headers["x-audioserve-demo"] == "true"
+    tokens = int(r.headers["x-audioserve-tokens"])
+    assert 1 <= tokens <= 12
+    samples, rate = sf.read(io.BytesIO(r.content), dtype="float32")
+    assert rate == 24000
+    assert len(samples) == 512 * tokens - 256  # vocos: hop * (2N - 1)
+    assert float(r.headers["x-audioserve-duration-s"]) == pytest.approx(len(samples) / rate,
+                                                                         abs=1e-3)
+    assert {"generate", "decode", "encode", "total"} <= {
+        part.split("=")[0] for part in r.headers["x-audioserve-timings-ms"].split(";")}
+    assert np.max(np.abs(samples)) <= 0.95 + 1e-3  # peak-limited, never clipped
+    assert np.max(np.abs(samples)) > 0
+
+
+def test_same_seed_same_audio_other_seed_other_audio(client: TestClient) -> None:
+    a, b, c = tts(client, seed=5), tts(client, seed=5), tts(client, seed=6)
+    assert a.content == b.content
+    assert a.headers["x-audioserve-sampling-seed"] == "5"
+    assert a.content != c.content
+
+
+@pytest.mark.parametrize(("fmt", "media"), [("flac", "audio/flac"), ("mp3", "audio/mpeg"),
+                                            ("opus", "audio/ogg"), ("pcm", "audio/pcm")])
+def test_formats(client: TestClient, fmt: str, media: str) -> None:
+    r = tts(client, format=fmt)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == media
+    duration = float(r.headers["x-audioserve-duration-s"])
+    if fmt == "pcm":
+        tokens = int(r.headers["x-audioserve-tokens"])
+        assert len(r.content) == 2 * (512 * tokens - 256)  # 16-bit mono at 24 kHz
+        return
+    decoded = decode_audio(r.content, target_rate=24000, max_seconds=60, on_long="reject",
+                           max_bytes=10**7)
+    assert decoded.duration_s == pytest.approx(duration, abs=0.08)  # codec padding
+
+
+def test_resampled_output(client: TestClient) -> None:
+    r = tts(client, sample_rate=16000)
+    assert r.status_code == 200
+    assert struct.unpack("<I", r.content[24:28])[0] == 16000
+    assert r.headers["x-audioserve-sample-rate"] == "16000"
+
+
+def test_speaker_string_and_refine(client: TestClient) -> None:
+    from service.tts import speaker
+
+    spk = speaker.encode_spk_emb(np.random.default_rng(0).standard_normal(32))
+    r = tts(client, seed=None, spk_emb=spk, refine_text=True, sampling_seed=1)
+    assert r.status_code == 200, r.text
+    assert "refine" in r.headers["x-audioserve-timings-ms"]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"text": ""}, "empty"),
+        ({"text": "   "}, "empty"),
+        ({"text": "x" * (MAX_CHARS + 1)}, "limit"),
+        ({"format": "ogg"}, "format"),
+        ({"format": "aac"}, "format"),
+        ({"spk_emb": "not a speaker"}, "seed"),
+        ({"seed": None, "spk_emb": "not a speaker"}, "spk_emb"),
+        ({"temperature": 0}, "temperature"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"sample_rate": 1000}, "sample_rate"),
+        ({"voice": "x"}, "voice"),
+    ],
+)
+def test_invalid_requests_get_422(client: TestClient, body: dict[str, object],
+                                  fragment: str) -> None:
+    r = tts(client, **body)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "invalid_input"
+    assert fragment in error["message"]
+
+
+def test_listed_as_demo_model(client: TestClient) -> None:
+    models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert models["chattts"]["demo"] is True
+    assert "/tts" in models["chattts"]["endpoints"]
