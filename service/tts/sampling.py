@@ -180,6 +180,6 @@ def sample(
 ) -> np.ndarray:
     """Next token of each row of one request, drawing from its generator."""
     rows = logits.shape[0]
-    uniforms = np.zeros(rows) if params.greedy else rng.random(rows)
+    uniforms = np.zeros(rows) if params.greedy else np.asarray(rng.random(rows))
     return sample_rows(logits, list(history), [params] * rows, [step] * rows, uniforms,
                        eos_id=eos_id)
