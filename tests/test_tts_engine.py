@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -190,10 +191,21 @@ def test_bad_job_fails_alone(graphs: TTSGraphs) -> None:
                     body))
 
 
-def test_ort_engine_matches_the_package_pytorch_pipeline(
-    graphs: TTSGraphs, chattts_pack_dir: Path  # noqa: F811
-) -> None:
-    """Greedy decoding: upstream's `_infer_code` + `_decode_to_wavs` vs ORT engine + graphs.
+@dataclass(frozen=True)
+class Reference:
+    text: str
+    spk_emb: str
+    max_new: int
+    prompt_ids: np.ndarray
+    codes: np.ndarray
+    wave: np.ndarray
+    """Upstream's whole `_infer` (normalise, code pass, decoder, vocos), before its
+    silence stripping."""
+
+
+@pytest.fixture(scope="module")
+def reference(chattts_pack_dir: Path) -> Reference:  # noqa: F811
+    """Upstream's PyTorch pipeline with greedy decoding on the tiny weights.
 
     Upstream samples with torch.multinomial; a near-zero temperature makes its draw the
     argmax of the penalised logits, which is what the engine's greedy mode picks.
@@ -210,23 +222,65 @@ def test_ort_engine_matches_the_package_pytorch_pipeline(
     params = Chat.InferCodeParams(spk_emb=spk, temperature=1e-6, max_new_token=max_new,
                                   ensure_non_empty=False, show_tqdm=False)
     with torch.no_grad():
-        ref = next(chat._infer_code([text], stream=False, device=torch.device("cpu"),
-                                    return_hidden=True, params=params))
-        ref_wave = chat._decode_to_wavs(ref.hiddens, use_decoder=True)[0]
-    ref_codes = ref.ids[0].numpy()
-
+        codes = next(chat._infer_code([text], stream=False, device=torch.device("cpu"),
+                                      return_hidden=True, params=params)).ids[0].numpy()
+        wave = next(chat._infer(
+            [text], stream=False, lang=None, skip_refine_text=True, refine_text_only=False,
+            use_decoder=True, do_text_normalization=True, do_homophone_replacement=True,
+            split_text=False, max_split_batch=4, params_refine_text=Chat.RefineTextParams(),
+            params_infer_code=params,
+        ))[0]
     prompt = chat.speaker.decorate_code_prompts([text], params.prompt, None, spk)
     input_ids, _, _ = chat.tokenizer.encode(prompt, 4)
+    return Reference(text, spk, max_new, input_ids[0, :, 0].numpy(), codes, wave)
+
+
+def test_ort_engine_matches_the_package_pytorch_pipeline(
+    graphs: TTSGraphs, reference: Reference
+) -> None:
+    """The engine on upstream's own prompt ids and speaker: same codes, same waveform."""
+    from service.tts.speaker import decode_spk_emb
+
     job = GenerationJob(
-        request_id="parity", kind=PassKind.CODE, prompt_ids=input_ids[0, :, 0].numpy(),
-        spk_emb=chat.speaker._decode(spk).astype(np.float32),
+        request_id="parity", kind=PassKind.CODE, prompt_ids=reference.prompt_ids,
+        spk_emb=decode_spk_emb(reference.spk_emb, graphs.c.spk_emb_dim),
         params=SamplingParams(temperature=0.3, top_p=0.7, top_k=20, repetition_penalty=1.05,
                               greedy=True),
-        max_new_tokens=max_new, seed=0,
+        max_new_tokens=reference.max_new, seed=0,
     )
     ours = solo_results(graphs, [job])[0]
     assert ours.tokens.shape[0] > 5
-    np.testing.assert_array_equal(ours.tokens, ref_codes)
+    np.testing.assert_array_equal(ours.tokens, reference.codes)
     wave = graphs.waveform(ours.hidden[None])[0]
-    assert wave.shape == ref_wave.shape
-    np.testing.assert_allclose(wave, ref_wave, rtol=0, atol=1e-4)
+    assert wave.shape == reference.wave.shape
+    np.testing.assert_allclose(wave, reference.wave, rtol=0, atol=1e-4)
+
+
+def test_whole_service_pipeline_matches_the_package(
+    graphs: TTSGraphs, chattts_pack_dir: Path, reference: Reference  # noqa: F811
+) -> None:
+    """Text and speaker string in, as a client sends them: the service's normaliser, prompt,
+    speaker decoding, engine, decode batcher and post-processing against upstream."""
+    from service.metrics import Metrics
+    from service.pipelines.base import LoadContext
+    from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest, peak_limit
+    from service.settings import Settings
+
+    settings = Settings(_env_file=None, warmup=False)
+    ctx = LoadContext(settings=settings, runtime=RuntimeConfig(provider="cpu"),
+                      precision="fp32", metrics=Metrics())
+    pipeline = ChatTTSPipeline(load_pack(chattts_pack_dir), ctx, graphs)
+
+    async def body() -> object:
+        await pipeline.start()
+        try:
+            return await pipeline.synthesize(SpeechRequest(
+                text=reference.text, spk_emb=reference.spk_emb,
+                max_new_tokens=reference.max_new, greedy=True))
+        finally:
+            await pipeline.stop()
+
+    result = run(body())
+    np.testing.assert_array_equal(result.codes, reference.codes)  # type: ignore[attr-defined]
+    expected = peak_limit(reference.wave)
+    np.testing.assert_allclose(result.samples, expected, rtol=0, atol=1e-4)  # type: ignore[attr-defined]

@@ -123,7 +123,8 @@ class ChatTTSPipeline:
         self.prompts = texts.PromptBuilder.from_pack(pack)
         self.spk_stat = speakers.load_spk_stat(pack)
         self.engine = GenerationEngine(
-            graphs, config or engine_config(ctx.settings, self.c.max_position_embeddings)
+            graphs, config or engine_config(ctx.settings, self.c.max_position_embeddings),
+            name="chattts_gpt", observer=ctx.metrics.observer("chattts_gpt"),
         )
         self._decoder: DynamicBatcher[np.ndarray, np.ndarray] | None = None
 

@@ -38,7 +38,7 @@ from enum import Enum
 
 import numpy as np
 
-from batcher import BatcherClosed, Overloaded
+from batcher import BatcherClosed, BatchObserver, BatchStats, Overloaded
 from batcher.steps import (
     Admission,
     FinishReason,
@@ -176,8 +176,9 @@ class GenerationEngine:
     """Continuous batching of ChatTTS's GPT; `await generate(job)` from the event loop."""
 
     def __init__(self, graphs: TTSGraphs, config: EngineConfig | None = None,
-                 *, name: str = "tts_engine") -> None:
+                 *, name: str = "tts_engine", observer: BatchObserver | None = None) -> None:
         self.graphs = graphs
+        self._observer = observer
         self.config = config or EngineConfig()
         self.name = name
         self.scheduler = StepScheduler(self.config.step)
@@ -319,6 +320,7 @@ class GenerationEngine:
         return True
 
     def _step(self) -> None:
+        started = time.perf_counter()
         plan = self.scheduler.schedule()
         for rid in plan.evicted:
             self._live.pop(rid, None)
@@ -339,10 +341,29 @@ class GenerationEngine:
             self._fail_batch(plan.scheduled, exc)
             return
         self._stats["steps"] += 1
+        self._report(plan.decode, plan.prefill, time.perf_counter() - started)
         finished = [e for e in events if e.finished]
         self.cache.remove([e.request_id for e in finished])
         for event in finished:
             self._complete(event)
+
+    def _report(self, decode: tuple[ScheduledSeq, ...], prefill: tuple[ScheduledSeq, ...],
+                seconds: float) -> None:
+        """One step as a batch for metrics: rows decoded, admissions' queue waits, and the
+        share of the KV cache that is left padding."""
+        if self._observer is None:
+            return
+        waits = []
+        for s in prefill:
+            live = self._live.get(s.request_id)
+            if live is not None:
+                waits.append(live.admitted_at - live.submitted_at)
+        mask = self.cache.mask
+        padding = 1.0 - float(mask.mean()) if mask.size else 0.0
+        self._observer.on_batch(BatchStats(size=len(decode) + len(prefill),
+                                           queue_waits_s=tuple(waits), compute_s=seconds,
+                                           padding_fraction=padding, failed=False))
+        self._observer.on_queue_depth(self.scheduler.num_waiting)
 
     def _fail_batch(self, scheduled: tuple[ScheduledSeq, ...], exc: Exception) -> None:
         doomed = {s.request_id for s in scheduled} | set(self.cache.ids)
