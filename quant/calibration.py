@@ -54,8 +54,9 @@ def generated_signal(rate: int, seconds: float, rng: np.random.Generator) -> np.
     envelope = 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.5, 6) * t)
     noise = rng.standard_normal(t.size) * rng.uniform(0.02, 0.5)
     burst = np.zeros_like(t)
-    start = rng.integers(0, max(1, t.size // 2))
-    burst[start: start + t.size // 4] = rng.standard_normal(min(t.size // 4, t.size - start))
+    start = int(rng.integers(0, max(1, t.size // 2)))
+    width = min(t.size // 4, t.size - start)
+    burst[start: start + width] = rng.standard_normal(width)
     gain = 10 ** (rng.uniform(-30, -3) / 20)
     return (gain * (envelope * voice / 3 + noise + 0.5 * burst)).astype(np.float32)
 

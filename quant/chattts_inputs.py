@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from service.packs import ModelPack
@@ -27,13 +28,14 @@ STEPS = 16
 CPU = RuntimeConfig(provider="cpu")
 
 
-def _session(pack: ModelPack, graph: str, precision: str = "fp32") -> object:
+def _session(pack: ModelPack, graph: str, precision: str = "fp32") -> ort.InferenceSession:
     path, _ = pack.graph(graph, precision)
     return create_session(path, CPU)
 
 
-def _out(session: object, feeds: Feed, name: str) -> np.ndarray:
-    return session.run([name], feeds)[0]  # type: ignore[attr-defined]
+def _out(session: ort.InferenceSession, feeds: Feed, name: str) -> np.ndarray:
+    out: np.ndarray = session.run([name], feeds)[0]
+    return out
 
 
 def prompt_ids(pack: ModelPack, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +127,7 @@ def greedy_codes(pack: ModelPack, precision: str, prefill: Feed,
     feeds, mask = dict(prefill), prefill["attention_mask"]
     out = []
     for step in range(STEPS):
-        logits, *present = gpt.run(names, feeds)  # type: ignore[attr-defined]
+        logits, *present = gpt.run(names, feeds)
         codes = logits.argmax(axis=-1)
         out.append(codes)
         fed = codes if forced is None else forced[:, step]
@@ -138,10 +140,10 @@ def greedy_codes(pack: ModelPack, precision: str, prefill: Feed,
     return np.stack(out, axis=1)
 
 
-def greedy_agreement_lines(pack: ModelPack, options: object) -> list[str]:
+def greedy_agreement_lines(pack: ModelPack, prompts: list[str]) -> list[str]:
     from quant.calibration import PROMPTS
 
-    prompts = list(getattr(options, "prompts", ()) or PROMPTS)[:8]
+    prompts = (prompts or PROMPTS)[:8]
     prefill = gpt_prefill_feeds(pack, prompts)
     precisions = [p for p in pack.precisions("gpt") if p in pack.precisions("embed_code")]
     ref = greedy_codes(pack, "fp32", prefill)

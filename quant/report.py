@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
+import onnxruntime as ort
 
 from quant.calibration import AudioSource, Feed, collate, graph_items
 from quant.recipes import Compare, recipe
@@ -65,8 +66,8 @@ class GraphRun:
     solo: dict[str, list[Feed]] = field(default_factory=dict)
 
 
-def _median_ms(session: object, feeds: Feed, repeats: int) -> float:
-    run = session.run  # type: ignore[attr-defined]
+def _median_ms(session: ort.InferenceSession, feeds: Feed, repeats: int) -> float:
+    run = session.run
     run(None, feeds)  # warm-up
     times = []
     for _ in range(max(1, repeats)):
@@ -76,9 +77,9 @@ def _median_ms(session: object, feeds: Feed, repeats: int) -> float:
     return float(np.median(times))
 
 
-def _run(session: object, feeds: Feed) -> Feed:
-    names = [o.name for o in session.get_outputs()]  # type: ignore[attr-defined]
-    return dict(zip(names, session.run(names, feeds), strict=True))  # type: ignore[attr-defined]
+def _run(session: ort.InferenceSession, feeds: Feed) -> Feed:
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
 
 
 def centred_cosines(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
@@ -241,7 +242,7 @@ def _task_lines(pack: ModelPack, runs: dict[str, GraphRun],
     if pack.kind == "chattts":
         from quant.chattts_inputs import greedy_agreement_lines
 
-        return greedy_agreement_lines(pack, options)
+        return greedy_agreement_lines(pack, list(options.prompts))
     return []
 
 

@@ -179,3 +179,17 @@ def test_report_writes_its_table(quant_models: Path, tmp_path: Path, kind: str) 
         assert float(rows[("model", "fp16")][10]) == 1.0
     if kind == "chattts":
         assert "teacher-forced" in text
+
+
+def test_weight_only_4_bit_gpt(quant_models: Path, tmp_path: Path) -> None:
+    pack_dir = tmp_path / "chattts"
+    shutil.copytree(_pack_dir(quant_models, "chattts"), pack_dir)
+    eight_bit = (pack_dir / "gpt.int8.onnx").stat().st_size
+    assert quant_main([str(pack_dir), "--to", "int8", "--bits", "4"]) == 0
+    pack = load_pack(pack_dir)
+    gpt = pack.manifest.graphs["gpt"]["int8"]
+    assert (gpt.quantization["method"], gpt.quantization["bits"]) == ("weight-only", 4)
+    assert gpt.batch_invariant
+    assert (pack_dir / gpt.file).stat().st_size < eight_bit
+    items = graph_items(pack, "gpt", AudioSource(count=8, seed=5), [])
+    assert batch_invariance(pack, "gpt", "int8", items) <= INVARIANT_TOLERANCE
