@@ -150,6 +150,21 @@ def test_text_cache_counts_hits(client: TestClient, short_wav: bytes) -> None:
     assert hits() == before + 2
 
 
+def test_concurrent_askers_share_one_text_computation(client: TestClient) -> None:
+    def text_items() -> float:
+        text = client.get("/metrics").text
+        match = re.search(r'audioserve_batch_size_sum\{queue="clap_text"\} (\S+)', text)
+        return float(match.group(1)) if match else 0.0
+
+    before = text_items()
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        bodies = list(pool.map(
+            lambda _: client.post("/embed/text", json={"input": "a brand new prompt"}).json(),
+            range(6)))
+    assert text_items() - before == 1  # one item through the text graph for six askers
+    assert all(b["data"] == bodies[0]["data"] for b in bodies)
+
+
 # -- refusals -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
