@@ -20,8 +20,7 @@ $(VENV)/.installed: $(PY) pyproject.toml export/install_chattts.sh
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -q -e ".[cpu,export,dev]"
-	$(PIP) install -q funasr==1.4.16
+	$(PIP) install -q -e ".[cpu,export,dev,test]"
 	touch $@
 
 install: $(VENV)/.installed
