@@ -132,7 +132,7 @@ def collate(items: list[Feed], pad_values: dict[str, float]) -> Feed:
     for name in items[0]:
         arrays = [item[name] for item in items]
         shape = np.max([a.shape for a in arrays], axis=0)
-        pad = pad_values.get(name, 0)
+        pad = pad_values.get(name, 0.0)
         padded = []
         for a in arrays:
             widths = [(0, int(s - d)) for s, d in zip(shape, a.shape, strict=True)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class Method(enum.Enum):
@@ -49,8 +50,9 @@ class GraphRecipe:
     weights its activation rounding alone swamps the input-dependent part of the embedding)."""
     fp16_keep_ops: tuple[str, ...] = ()
     """Op types kept in fp32 on top of onnxruntime's default fp16 block list."""
-    pad_values: dict[str, float] = field(default_factory=dict)
-    """Per input: the value that pads it along ragged axes when items are batched."""
+    pad_constants: dict[str, str] = field(default_factory=dict)
+    """Per input: the manifest constant holding its padding value when items are batched
+    (inputs not named pad with 0)."""
 
 
 RECIPES: dict[str, dict[str, GraphRecipe]] = {
@@ -63,15 +65,14 @@ RECIPES: dict[str, dict[str, GraphRecipe]] = {
         "text": GraphRecipe(Method.STATIC, {"text_embeds": Compare.EMBEDDING},
                             int8_keep_nodes=("/text_projection/",),
                             fp16_keep_ops=("ReduceL2",),
-                            pad_values={"input_ids": 1, "attention_mask": 0}),
+                            pad_constants={"input_ids": "pad_token_id"}),
     },
     "emotion2vec": {
         # ConvInteger/QDQ Conv on the CNN front-end is less accurate and slower on CPU
         # (notes/emotion2vec.md): MatMul only.
         "model": GraphRecipe(Method.STATIC,
                              {"logits": Compare.LOGITS, "embedding": Compare.EMBEDDING},
-                             fp16_keep_ops=FRAGILE_REDUCTIONS,
-                             pad_values={"waveform": 0.0}),
+                             fp16_keep_ops=FRAGILE_REDUCTIONS),
     },
     "chattts": {
         "embed_text": GraphRecipe(Method.WEIGHT_ONLY, {"inputs_embeds": Compare.VALUES}),
@@ -84,6 +85,10 @@ RECIPES: dict[str, dict[str, GraphRecipe]] = {
         "vocos": GraphRecipe(Method.WEIGHT_ONLY, {"waveform": Compare.VALUES}),
     },
 }
+
+def pad_values(rec: GraphRecipe, constants: dict[str, Any]) -> dict[str, float]:
+    return {name: float(constants[key]) for name, key in rec.pad_constants.items()}
+
 
 GENERIC = GraphRecipe(Method.STATIC, {})
 

@@ -24,7 +24,7 @@ import onnxruntime
 import onnxruntime as ort
 
 from quant.calibration import AudioSource, Feed, collate, graph_items
-from quant.recipes import Compare, recipe
+from quant.recipes import Compare, pad_values, recipe
 from service.packs import ModelPack, load_pack
 from service.runtime import RuntimeConfig, create_session
 
@@ -125,14 +125,15 @@ def batch_invariance(pack: ModelPack, graph: str, precision: str, items: list[Fe
     path, _ = pack.graph(graph, precision)
     session = create_session(path, RuntimeConfig(provider="cpu", intra_op_threads=threads))
     solo = [_run(session, item) for item in items[:BATCH]]
-    return _batch_diff(rec.compare, solo, _run(session, collate(items[:BATCH], rec.pad_values)))
+    batch = collate(items[:BATCH], pad_values(rec, pack.constants))
+    return _batch_diff(rec.compare, solo, _run(session, batch))
 
 
 def _graph_rows(pack: ModelPack, graph: str, items: list[Feed], options: ReportOptions,
                 run: GraphRun) -> list[Row]:
     rec = recipe(pack.kind, graph)
     runtime = RuntimeConfig(provider="cpu", intra_op_threads=options.threads)
-    batch = collate(items[:BATCH], rec.pad_values)
+    batch = collate(items[:BATCH], pad_values(rec, pack.constants))
     rows = []
     for precision in pack.precisions(graph):
         path, variant = pack.graph(graph, precision)
