@@ -184,3 +184,48 @@ def test_real_tokenizer_loads_without_padding(tmp_path: Path) -> None:
     upstream = Tokenizer(str(real))
     want = upstream._tokenizer(text, add_special_tokens=False)["input_ids"]
     assert ids == want
+
+
+def test_graphs_reproduce_package_pipeline_teacher_forced(chattts_pack: ModelPack,
+                                                          chattts_pack_dir: Path) -> None:
+    """Upstream's code pass (`Chat._infer_code`, seeded speaker string, its own sampling) and
+    audio decode, replayed through the pack with the service's prompt and speaker code:
+    same hidden state at every step and the same waveform."""
+    from ChatTTS import Chat
+
+    from service.tts.speaker import decode_spk_emb
+    from service.tts.text import PromptBuilder
+    from tests.chattts_fixtures import reference_chat
+
+    chat = reference_chat(chattts_pack_dir)
+    torch.manual_seed(5)
+    spk_string = chat.sample_random_speaker()
+    text = "你好，世界。Hello world."
+    params = Chat.InferCodeParams(spk_emb=spk_string, max_new_token=10, manual_seed=3,
+                                  show_tqdm=False)
+    result = next(chat._infer_code([text], False, torch.device("cpu"), True, params))
+    codes = result.ids[0].numpy()
+    want_hidden = result.hiddens[0].numpy().copy()
+    want_wave = chat._decode_to_wavs([result.hiddens[0].clone()], True)[0]
+
+    c = chattts_pack.constants
+    ids = PromptBuilder.from_pack(chattts_pack).code_prompt_ids(text, True, normalize=False)
+    spk = decode_spk_emb(spk_string, c["spk_emb_dim"])
+    embeds = session(chattts_pack, "embed_text").run(None, {"input_ids": ids[None],
+                                                            "spk_emb": spk[None]})[0]
+    gpt, embed_code = session(chattts_pack, "gpt"), session(chattts_pack, "embed_code")
+    empty = np.zeros((1, c["num_heads"], 0, c["head_dim"]), dtype=np.float32)
+    past = {f"past_{kv}_{i}": empty for i in range(c["num_layers"]) for kv in ("key", "value")}
+    mask = np.ones((1, len(ids)), dtype=np.int64)
+    hidden = []
+    for step in range(len(codes)):
+        out = _gpt_step(gpt, embeds, mask, past)
+        hidden.append(out["hidden"][0, -1])
+        past = {k.replace("present", "past"): v for k, v in out.items() if k.startswith("present")}
+        embeds = embed_code.run(None, {"codes": codes[None, step : step + 1]})[0]
+        mask = np.ones((1, mask.shape[1] + 1), dtype=np.int64)
+    np.testing.assert_allclose(np.stack(hidden), want_hidden, atol=TOL, rtol=0)
+    mel = session(chattts_pack, "decoder").run(None, {"hidden": np.stack(hidden)[None]})[0]
+    wave = session(chattts_pack, "vocos").run(None, {"mel": mel})[0][0]
+    assert wave.shape == want_wave.shape == (256 * (2 * len(codes) - 1),)
+    np.testing.assert_allclose(wave, want_wave, atol=TOL, rtol=0)
