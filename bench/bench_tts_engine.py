@@ -39,13 +39,8 @@ from service.packs import ModelPack, load_pack
 from service.pipelines.base import LoadContext
 from service.runtime import RuntimeConfig
 from service.settings import Settings
-from service.tts.engine import (
-    EngineConfig,
-    GenerationEngine,
-    GenerationJob,
-    KVCacheKind,
-    PassKind,
-)
+from service.tts.engine import EngineConfig, GenerationEngine, KVCacheKind
+from service.tts.jobs import GenerationJob, PassKind
 from service.tts.model import TTSGraphs
 from service.tts.sampling import SamplingParams
 

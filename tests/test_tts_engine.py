@@ -15,17 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batcher.steps import FinishReason, StepConfig
+from batcher.steps import FinishReason, SeqStatus, StepConfig
 from service.packs import load_pack
 from service.runtime import RuntimeConfig
-from service.tts.engine import (
-    EngineConfig,
-    GenerationEngine,
-    GenerationJob,
-    GenerationResult,
-    KVCacheKind,
-    PassKind,
-)
+from service.tts.engine import EngineConfig, GenerationEngine, KVCacheKind
+from service.tts.jobs import EngineStats, GenerationJob, GenerationResult, PassKind
 from service.tts.model import TTSGraphs
 from service.tts.sampling import SamplingParams
 from tests.chattts_fixtures import chattts_models_dir, chattts_pack_dir  # noqa: F401
@@ -68,8 +62,15 @@ async def with_engine(graphs: TTSGraphs, config: EngineConfig,
 
 
 async def wait_steps(engine: GenerationEngine, steps: int) -> None:
+    await asyncio.sleep(0)  # let tasks created just before start
     while engine.stats().steps < steps:
         await asyncio.sleep(0.0005)
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.0005)
 
 
 def run(coro: Awaitable[object]) -> object:
@@ -84,14 +85,18 @@ def solo_results(graphs: TTSGraphs, jobs: list[GenerationJob]) -> list[Generatio
 
 
 def staggered(graphs: TTSGraphs, jobs: list[GenerationJob], config: EngineConfig,
-              join_every: int = 6) -> tuple[list[GenerationResult], object]:
-    """Job i is submitted once the engine has run i * join_every steps: mid-flight joins."""
+              join_every: int = 6) -> tuple[list[GenerationResult], EngineStats]:
+    """Each job is submitted `join_every` steps after the previous one was admitted, so
+    every job joins a running batch at its own step."""
 
-    async def body(engine: GenerationEngine) -> tuple[list[GenerationResult], object]:
+    async def body(engine: GenerationEngine) -> tuple[list[GenerationResult], EngineStats]:
         tasks = []
-        for i, job in enumerate(jobs):
-            await wait_steps(engine, i * join_every)
-            tasks.append(asyncio.create_task(engine.generate(job)))
+        for job in jobs:
+            task = asyncio.create_task(engine.generate(job))
+            tasks.append(task)
+            await wait_for(lambda j=job, t=task: t.done() or  # type: ignore[misc]
+                           engine.scheduler.status(j.request_id) == SeqStatus.RUNNING)
+            await wait_steps(engine, engine.stats().steps + join_every)
         results = await asyncio.gather(*tasks)
         return list(results), engine.stats()
 
@@ -163,8 +168,9 @@ def test_cancellation_frees_the_slot_at_the_next_step(graphs: TTSGraphs) -> None
         first = asyncio.create_task(engine.generate(long_job))
         await wait_steps(engine, 3)
         second = asyncio.create_task(engine.generate(blocked))
-        await wait_steps(engine, 6)
-        assert not second.done() and engine.scheduler.num_waiting == 1
+        await wait_for(lambda: engine.scheduler.num_waiting == 1)
+        await wait_steps(engine, engine.stats().steps + 3)
+        assert not second.done() and engine.scheduler.num_waiting == 1  # no free slot
         steps_at_cancel = engine.stats().steps
         first.cancel()
         result = await asyncio.wait_for(second, 10)

@@ -36,14 +36,8 @@ from service.pipelines.base import LoadContext
 from service.settings import Settings
 from service.tts import speaker as speakers
 from service.tts import text as texts
-from service.tts.engine import (
-    EngineConfig,
-    GenerationEngine,
-    GenerationJob,
-    GenerationResult,
-    KVCacheKind,
-    PassKind,
-)
+from service.tts.engine import EngineConfig, GenerationEngine, KVCacheKind
+from service.tts.jobs import GenerationJob, GenerationResult, PassKind
 from service.tts.model import TTSGraphs
 
 PEAK = 0.95

@@ -27,12 +27,10 @@ itself dies, `healthy` goes False and every waiting future fails.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -49,21 +47,21 @@ from batcher.steps import (
     StepEvent,
     StepScheduler,
 )
+from service.tts.jobs import (
+    EngineStats,
+    GenerationJob,
+    GenerationResult,
+    LiveSequence,
+    PassKind,
+)
 from service.tts.kv_cache import BatchKVCache, PreallocatedKVCache, RowCache
 from service.tts.model import TTSGraphs
-from service.tts.sampling import SamplingParams, sample_rows
+from service.tts.sampling import sample_rows
 
 log = logging.getLogger("audioserve.tts.engine")
 
 NON_EMPTY_REDRAWS = 16
 """Upstream regenerates when the first token is EOS (`ensure_non_empty`); we redraw it."""
-
-
-class PassKind(Enum):
-    CODE = "code"
-    """Audio tokens: 4 codebooks per step, stops when any samples the audio EOS."""
-    TEXT = "text"
-    """Refine pass: text ids from `head_text`, stops at `[Ebreak]`."""
 
 
 class KVCacheKind(Enum):
@@ -80,87 +78,10 @@ class EngineConfig:
     kv_cache: KVCacheKind = KVCacheKind.PRESENT
 
 
-@dataclass(frozen=True)
-class GenerationJob:
-    request_id: str
-    kind: PassKind
-    prompt_ids: np.ndarray
-    """int64 [T]."""
-    spk_emb: np.ndarray | None
-    """float32 [spk_emb_dim], or None (the prompt then has no `[spk_emb]`)."""
-    params: SamplingParams
-    max_new_tokens: int
-    seed: int
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    request_id: str
-    tokens: np.ndarray
-    """CODE: int64 [N, 4]; TEXT: int64 [N]. The EOS token is not included."""
-    hidden: np.ndarray | None
-    """CODE: float32 [N, H], the hidden state that predicted each token."""
-    finish: FinishReason
-    queued_s: float
-    generate_s: float
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    steps: int
-    decode_steps: int
-    decode_rows: int
-    decode_s: float
-    prefill_s: float
-    cache_copies: int
-
-
-@dataclass(eq=False)
-class _Live:
-    job: GenerationJob
-    future: asyncio.Future[GenerationResult]
-    loop: asyncio.AbstractEventLoop
-    submitted_at: float
-    rng: np.random.Generator
-    tokens: list[np.ndarray] = field(default_factory=list)
-    hiddens: list[np.ndarray] = field(default_factory=list)
-    admitted_at: float = 0.0
-
-    @property
-    def prompt_len(self) -> int:
-        return int(self.job.prompt_ids.shape[0])
-
-    def history(self) -> np.ndarray:
-        """The ids the repetition penalty looks at, as [rows, t]: 4 codebook rows (CODE)
-        or 1 (TEXT), at most the penalty's window."""
-        rows = 4 if self.job.kind == PassKind.CODE else 1
-        if not self.tokens:
-            return np.zeros((rows, 0), np.int64)
-        recent = self.tokens[-self.job.params.window:]
-        return np.stack(recent, axis=1).reshape(rows, -1)
-
-    def resolve(self, result: GenerationResult | None, error: BaseException | None) -> None:
-        def _set() -> None:
-            if self.future.done():
-                return
-            if error is not None:
-                self.future.set_exception(error)
-            else:
-                self.future.set_result(result)  # type: ignore[arg-type]
-
-        self._call(_set)
-
-    def cancel(self) -> None:
-        self._call(self.future.cancel)
-
-    def _call(self, fn: Callable[[], object]) -> None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-            self.loop.call_soon_threadsafe(fn)
-
 
 @dataclass(frozen=True)
 class _Add:
-    live: _Live
+    live: LiveSequence
 
 
 @dataclass(frozen=True)
@@ -184,7 +105,7 @@ class GenerationEngine:
         self.scheduler = StepScheduler(self.config.step)
         self.cache = self._new_cache()
         self._inbox: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, LiveSequence] = {}
         self._thread: threading.Thread | None = None
         self._accepting = False
         self._outstanding = 0
@@ -238,7 +159,7 @@ class GenerationEngine:
                                  retry_after_s=2.0)
             self._outstanding += 1
         loop = asyncio.get_running_loop()
-        live = _Live(job, loop.create_future(), loop, time.perf_counter(),
+        live = LiveSequence(job, loop.create_future(), loop, time.perf_counter(),
                      np.random.default_rng(job.seed))
         self._inbox.put(_Add(live))
         try:
@@ -409,7 +330,7 @@ class GenerationEngine:
         self._times["decode"] += time.perf_counter() - t0
         return outputs
 
-    def _last_token_embeds(self, lives: list[_Live]) -> np.ndarray:
+    def _last_token_embeds(self, lives: list[LiveSequence]) -> np.ndarray:
         g = self.graphs
         embeds = np.empty((len(lives), 1, g.c.hidden_size), np.float32)
         code = [i for i, live in enumerate(lives) if live.job.kind == PassKind.CODE]
@@ -446,7 +367,7 @@ class GenerationEngine:
         c = self.graphs.c
         return c.audio_eos if kind == PassKind.CODE else c.refine_eos_token_id
 
-    def _sample_rows(self, lives: list[_Live], logits: np.ndarray) -> list[np.ndarray]:
+    def _sample_rows(self, lives: list[LiveSequence], logits: np.ndarray) -> list[np.ndarray]:
         """One vectorised sampler call for sequences of one kind; a row per codebook."""
         per = logits.shape[0] // len(lives)
         histories, params, steps, uniforms = [], [], [], []
@@ -459,7 +380,7 @@ class GenerationEngine:
                           eos_id=self._eos(lives[0].job.kind))
         return list(ids.reshape(len(lives), per))
 
-    def _sample_first(self, live: _Live, logits: np.ndarray) -> np.ndarray:
+    def _sample_first(self, live: LiveSequence, logits: np.ndarray) -> np.ndarray:
         """The first token; drawn again while it is EOS, as upstream's `ensure_non_empty`."""
         eos_id = self._eos(live.job.kind)
         ids = self._sample_rows([live], logits)[0]
@@ -469,7 +390,7 @@ class GenerationEngine:
             redraws -= 1
         return ids
 
-    def _record(self, live: _Live, ids: np.ndarray, hidden: np.ndarray | None) -> SeqOutput:
+    def _record(self, live: LiveSequence, ids: np.ndarray, hidden: np.ndarray | None) -> SeqOutput:
         live.tokens.append(ids)
         if hidden is not None:
             live.hiddens.append(np.array(hidden, np.float32))

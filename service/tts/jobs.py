@@ -1,0 +1,101 @@
+"""What crosses the engine's boundary: jobs, results, statistics, and a sequence in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from batcher.steps import FinishReason
+from service.tts.sampling import SamplingParams
+
+
+class PassKind(Enum):
+    CODE = "code"
+    """Audio tokens: 4 codebooks per step, stops when any samples the audio EOS."""
+    TEXT = "text"
+    """Refine pass: text ids from `head_text`, stops at `[Ebreak]`."""
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    request_id: str
+    kind: PassKind
+    prompt_ids: np.ndarray
+    """int64 [T]."""
+    spk_emb: np.ndarray | None
+    """float32 [spk_emb_dim], or None (the prompt then has no `[spk_emb]`)."""
+    params: SamplingParams
+    max_new_tokens: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    request_id: str
+    tokens: np.ndarray
+    """CODE: int64 [N, 4]; TEXT: int64 [N]. The EOS token is not included."""
+    hidden: np.ndarray | None
+    """CODE: float32 [N, H], the hidden state that predicted each token."""
+    finish: FinishReason
+    queued_s: float
+    generate_s: float
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    steps: int
+    decode_steps: int
+    decode_rows: int
+    decode_s: float
+    prefill_s: float
+    cache_copies: int
+
+
+@dataclass(eq=False)
+class LiveSequence:
+    """Engine-thread state of one sequence; its future belongs to the caller's loop."""
+
+    job: GenerationJob
+    future: asyncio.Future[GenerationResult]
+    loop: asyncio.AbstractEventLoop
+    submitted_at: float
+    rng: np.random.Generator
+    tokens: list[np.ndarray] = field(default_factory=list)
+    hiddens: list[np.ndarray] = field(default_factory=list)
+    admitted_at: float = 0.0
+
+    @property
+    def prompt_len(self) -> int:
+        return int(self.job.prompt_ids.shape[0])
+
+    def history(self) -> np.ndarray:
+        """The ids the repetition penalty looks at, as [rows, t]: 4 codebook rows (CODE)
+        or 1 (TEXT), at most the penalty's window."""
+        rows = 4 if self.job.kind == PassKind.CODE else 1
+        if not self.tokens:
+            return np.zeros((rows, 0), np.int64)
+        recent = self.tokens[-self.job.params.window:]
+        return np.stack(recent, axis=1).reshape(rows, -1)
+
+    def resolve(self, result: GenerationResult | None, error: BaseException | None) -> None:
+        def _set() -> None:
+            if self.future.done():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)  # type: ignore[arg-type]
+
+        self._call(_set)
+
+    def cancel(self) -> None:
+        self._call(self.future.cancel)
+
+    def _call(self, fn: Callable[[], object]) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            self.loop.call_soon_threadsafe(fn)
