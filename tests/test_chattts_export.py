@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +230,35 @@ def test_graphs_reproduce_package_pipeline_teacher_forced(chattts_pack: ModelPac
     wave = session(chattts_pack, "vocos").run(None, {"mel": mel})[0][0]
     assert wave.shape == want_wave.shape == (256 * (2 * len(codes) - 1),)
     np.testing.assert_allclose(wave, want_wave, atol=TOL, rtol=0)
+
+
+slow = pytest.mark.skipif(not os.environ.get("AUDIOSERVE_SLOW_TESTS"),
+                          reason="slow: set AUDIOSERVE_SLOW_TESTS=1")
+
+
+@pytest.mark.slow
+@slow
+def test_dynamo_exporter_gives_the_same_gpt(tmp_path: Path, chattts_pack: ModelPack) -> None:
+    from export.chattts import export_graph, graph_specs
+
+    m = tiny_modules()
+    spk_id = chattts_pack.constants["special_tokens"]["[spk_emb]"]
+    spec = graph_specs(m, spk_id)["gpt"]
+    export_graph("gpt", spec, parity.random_feeds(m, spk_id, seed=1)["gpt"],
+                 tmp_path / "gpt.onnx", exporter="dynamo")
+    feeds = parity.random_feeds(m, spk_id, seed=5)["gpt"]
+    graph = ort.InferenceSession(str(tmp_path / "gpt.onnx"))
+    assert parity.max_abs_diff(graph, feeds, parity.ref_gpt(m, feeds)) <= TOL
+
+
+@pytest.mark.slow
+@slow
+def test_random_real_pack_exports_with_parity(tmp_path: Path) -> None:
+    """Real sizes (GPT 20 x 768, 1 GB of graphs, ~2 min); parity is enforced inside."""
+    from export.chattts import build_random_real
+
+    build_random_real(tmp_path / "chattts")
+    manifest = json.loads((tmp_path / "chattts" / "manifest.json").read_text())
+    c = manifest["constants"]
+    assert (c["hidden_size"], c["num_layers"], c["num_heads"]) == (768, 20, 12)
+    assert max(manifest["parity"]["max_abs_diff"].values()) <= TOL
