@@ -1,10 +1,11 @@
 """ChatTTS engine: decode-step throughput and the service-level batching comparison.
 
 1. Decode steps: tokens/s with 1, 2, 4, 8 active sequences (no EOS: every row runs the
-   same number of steps), for both KV-cache strategies (`present`: each step's present is
-   the next past, copies only when rows join/leave; `preallocated`: a fixed buffer with
-   in-place column writes, which must copy the used cache into a contiguous past every
-   step). Real-time factor = compute time / audio time, one token = 512 samples = 21.3 ms.
+   same number of steps), for the KV-cache strategies (`present`: each step's present is
+   the next past, copies only when rows join/leave; `device`: the same through IO binding
+   with OrtValues, the CUDA path, here on CPU; `preallocated`: a fixed buffer with in-place
+   column writes, which must copy the used cache into a contiguous past every step).
+   Real-time factor = compute time / audio time; one token = 512 samples = 21.3 ms.
 2. Service level (the pipeline in-process: prompt, engine, decoder + vocos batcher,
    post-processing, WAV encode; no HTTP): C closed-loop clients (8 and 32) each sending
    requests of mixed text lengths back to back. Continuous batching vs one request at a
@@ -171,7 +172,7 @@ async def main_async(args: argparse.Namespace, pack_dir: Path) -> None:
     decode_rows = []
     await decode_run(graphs, 2, 8, KVCacheKind.PRESENT)  # warm-up
     for active in (1, 2, 4, 8):
-        for cache in (KVCacheKind.PRESENT, KVCacheKind.PREALLOCATED):
+        for cache in (KVCacheKind.PRESENT, KVCacheKind.DEVICE, KVCacheKind.PREALLOCATED):
             # best of `repeats` (interleaved): other processes only ever add time
             runs = [await decode_run(graphs, active, args.steps, cache, args.prompt_len)
                     for _ in range(args.repeats)]

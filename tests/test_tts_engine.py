@@ -113,7 +113,9 @@ def solo(graphs: TTSGraphs, jobs: list[GenerationJob]) -> list[GenerationResult]
     return solo_results(graphs, jobs)
 
 
-@pytest.mark.parametrize("kv_cache", [KVCacheKind.PRESENT, KVCacheKind.PREALLOCATED])
+@pytest.mark.parametrize(
+    "kv_cache", [KVCacheKind.PRESENT, KVCacheKind.DEVICE, KVCacheKind.PREALLOCATED]
+)
 def test_joining_mid_flight_gives_solo_outputs(
     graphs: TTSGraphs, jobs: list[GenerationJob], solo: list[GenerationResult],
     kv_cache: KVCacheKind,

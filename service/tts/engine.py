@@ -54,7 +54,12 @@ from service.tts.jobs import (
     LiveSequence,
     PassKind,
 )
-from service.tts.kv_cache import BatchKVCache, PreallocatedKVCache, RowCache
+from service.tts.kv_cache import (
+    BatchKVCache,
+    DeviceKVCache,
+    PreallocatedKVCache,
+    RowCache,
+)
 from service.tts.model import TTSGraphs
 from service.tts.sampling import sample_rows
 
@@ -65,8 +70,14 @@ NON_EMPTY_REDRAWS = 16
 
 
 class KVCacheKind(Enum):
+    AUTO = "auto"
+    """DEVICE on CUDA, PRESENT on CPU."""
     PRESENT = "present"
+    """Host numpy arrays; each step's presents become the next past (kv_cache.py)."""
+    DEVICE = "device"
+    """OrtValues where the session runs, through IO binding."""
     PREALLOCATED = "preallocated"
+    """A fixed buffer with in-place column writes: measured, not recommended."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,7 @@ class EngineConfig:
     max_waiting: int = 256
     static_wait_ms: float = 50.0
     """STATIC admission only: how long an idle engine waits for a batch to fill."""
-    kv_cache: KVCacheKind = KVCacheKind.PRESENT
+    kv_cache: KVCacheKind = KVCacheKind.AUTO
 
 
 
@@ -115,10 +126,16 @@ class GenerationEngine:
 
     def _new_cache(self) -> BatchKVCache:
         c = self.graphs.c
-        if self.config.kv_cache == KVCacheKind.PREALLOCATED:
+        kind = self.config.kv_cache
+        if kind == KVCacheKind.AUTO:
+            kind = KVCacheKind.DEVICE if self.graphs.provider == "cuda" else KVCacheKind.PRESENT
+        if kind == KVCacheKind.PREALLOCATED:
             return PreallocatedKVCache(c.num_layers, c.num_heads, c.head_dim,
                                        self.config.step.max_active,
                                        self.config.step.max_seq_len + 1)
+        if kind == KVCacheKind.DEVICE:
+            return DeviceKVCache(c.num_layers, c.num_heads, c.head_dim,
+                                 self.graphs.provider, self.graphs.device_id)
         return BatchKVCache(c.num_layers, c.num_heads, c.head_dim)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -307,16 +324,14 @@ class GenerationEngine:
         positions = np.array(
             [[live.prompt_len + len(live.tokens) - 1] for live in lives], np.int64
         )
-        mask = cache.step_mask()
-        out = g.gpt(embeds, mask, positions, cache.past())
-        cache.advance(out.presents, mask)
-        hidden = out.hidden[:, -1]
+        hidden_all, code_logits = cache.decode(g, embeds, positions)
+        hidden = hidden_all[:, -1]
         code = [i for i, live in enumerate(lives) if live.job.kind == PassKind.CODE]
         text = [i for i, live in enumerate(lives) if live.job.kind == PassKind.TEXT]
         outputs = {}
         if code:
             rows = [lives[i] for i in code]
-            logits = out.code_logits[code].reshape(len(code) * g.c.num_vq, -1)
+            logits = code_logits[code].reshape(len(code) * g.c.num_vq, -1)
             for live, ids, h in zip(rows, self._sample_rows(rows, logits), hidden[code],
                                     strict=True):
                 outputs[live.job.request_id] = self._record(live, ids, h)

@@ -25,8 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import onnxruntime as ort
+
+if TYPE_CHECKING:
+    from service.tts.model import TTSGraphs
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,14 @@ class BatchKVCache:
         """Adopt a decode step's presents as the cache (no copy)."""
         self.layers = list(presents)
         self.mask = step_mask
+
+    def decode(self, graphs: TTSGraphs, embeds: np.ndarray,
+               positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One batched decode step over this cache: (hidden [n, 1, H], code logits)."""
+        mask = self.step_mask()
+        out = graphs.gpt(embeds, mask, positions, self.past())
+        self.advance(out.presents, mask)
+        return out.hidden, out.code_logits
 
     def join(self, rows: Sequence[RowCache]) -> None:
         """Append prefilled rows below the batch, left-padding whichever side is shorter."""
@@ -172,3 +185,46 @@ class PreallocatedKVCache(BatchKVCache):
         super().remove(request_ids)
         self._store(self.layers)
         self.layers = []
+
+
+class DeviceKVCache(BatchKVCache):
+    """For CUDA: the cache lives on the device as OrtValues and each step's presents are
+    bound as the next step's past (IO binding), so steady-state decode moves no cache
+    between host and device. A join or leave brings the cache to the host once, edits it
+    with the numpy code above and uploads it at the next step (batched per step)."""
+
+    def __init__(self, num_layers: int, num_heads: int, head_dim: int, device: str,
+                 device_id: int = 0) -> None:
+        super().__init__(num_layers, num_heads, head_dim)
+        self.device = device
+        self.device_id = device_id
+        self._values: list[ort.OrtValue] | None = None
+
+    def decode(self, graphs: TTSGraphs, embeds: np.ndarray,
+               positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mask = self.step_mask()
+        if self._values is None:
+            self._values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a),
+                                                             self.device, self.device_id)
+                            for a in self.layers]
+            self.layers = []
+        hidden, logits, self._values = graphs.gpt_bound(embeds, mask, positions,
+                                                        self._values, self.device,
+                                                        self.device_id)
+        self.mask = mask
+        return hidden, logits
+
+    def _to_host(self) -> None:
+        if self._values is not None:
+            self.layers = [np.array(v.numpy()) for v in self._values]
+            self._values = None
+
+    def join(self, rows: Sequence[RowCache]) -> None:
+        if rows:
+            self._to_host()
+        super().join(rows)
+
+    def remove(self, request_ids: Sequence[str]) -> None:
+        if set(request_ids) & set(self.ids):
+            self._to_host()
+        super().remove(request_ids)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from service.packs import ModelPack
 from service.runtime import GraphRunner, RuntimeConfig, create_session
@@ -101,6 +102,7 @@ class TTSGraphs:
         self.runners = runners
         self.c = constants
         self.provider = runners["gpt"].provider
+        self.device_id = runners["gpt"].device_id
         layers = range(constants.num_layers)
         self.past_names = [n for i in layers for n in (f"past_key_{i}", f"past_value_{i}")]
         self.present_names = [
@@ -136,6 +138,27 @@ class TTSGraphs:
         out = self.runners["gpt"].run(feeds)
         return GptOutput(out["hidden"], out["code_logits"],
                          [out[n] for n in self.present_names])
+
+    def gpt_bound(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
+                  past: Sequence[ort.OrtValue], device: str,
+                  device_id: int = 0) -> tuple[np.ndarray, np.ndarray, list[ort.OrtValue]]:
+        """`gpt` through IO binding: the past is bound where it lives and the presents stay
+        on `device` as OrtValues, so a CUDA decode step moves no cache over PCIe; only the
+        new embeddings in and the hidden state and logits out."""
+        session = self.runners["gpt"].session
+        binding = session.io_binding()
+        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, np.float32))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(mask, np.int64))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions, np.int64))
+        for name, value in zip(self.past_names, past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("hidden", "cpu")
+        binding.bind_output("code_logits", "cpu")
+        for name in self.present_names:
+            binding.bind_output(name, device, device_id)
+        session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()  # in binding order
+        return outputs[0].numpy(), outputs[1].numpy(), list(outputs[2:])
 
     def head_text(self, hidden: np.ndarray) -> np.ndarray:
         return self.runners["head_text"].run({"hidden": hidden})["text_logits"]

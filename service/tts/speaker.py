@@ -20,6 +20,7 @@ ChatTTS users.
 from __future__ import annotations
 
 import lzma
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,3 +112,32 @@ def decode_spk_emb(text: str, dim: int) -> np.ndarray:
     if not np.all(np.isfinite(spk)):
         raise ValueError("speaker embedding holds non-finite values")
     return spk
+
+
+_MIX_TERM = re.compile(r"^\s*([\w.\-]+)\s*(?:\(\s*([0-9]*\.?[0-9]+)\s*\))?\s*$")
+
+
+def parse_voice_mix(spec: str) -> list[tuple[str, float]]:
+    """`"alice(2)+bob(1)"` -> `[("alice", 2.0), ("bob", 1.0)]`; a bare name weighs 1.
+    ValueError on anything else (the caller maps it to a 4xx)."""
+    terms: list[tuple[str, float]] = []
+    for part in spec.split("+"):
+        match = _MIX_TERM.match(part)
+        if match is None:
+            raise ValueError(f"bad voice term {part.strip()!r}: expected name or name(weight)")
+        weight = float(match.group(2)) if match.group(2) else 1.0
+        if not weight > 0:
+            raise ValueError(f"voice {match.group(1)!r}: weight must be > 0")
+        terms.append((match.group(1), weight))
+    return terms
+
+
+def mix_speakers(parts: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    """Weighted mean of speaker embeddings, rounded to float16 like every upstream speaker.
+    (The model L2-normalises the speaker, so only the weights' ratios matter.)"""
+    if not parts:
+        raise ValueError("no speakers to mix")
+    weights = np.array([w for _, w in parts], dtype=np.float64)
+    stack = np.stack([np.asarray(s, dtype=np.float64) for s, _ in parts])
+    mixed = (weights[:, None] * stack).sum(0) / weights.sum()
+    return mixed.astype(np.float16).astype(np.float32)
