@@ -109,3 +109,21 @@ def test_load_spk_stat_from_pack(chattts_pack: ModelPack) -> None:
     stats = load_spk_stat(chattts_pack)
     assert stats.dim == chattts_pack.constants["spk_emb_dim"]
     assert stats.std.dtype == np.float16 and np.all(stats.std > 0)
+
+
+def test_voice_mix_parse_and_mix() -> None:
+    from service.tts.speaker import mix_speakers, parse_voice_mix
+
+    assert parse_voice_mix("alice(2)+bob(1)") == [("alice", 2.0), ("bob", 1.0)]
+    assert parse_voice_mix(" alice + bob(0.5) ") == [("alice", 1.0), ("bob", 0.5)]
+    for bad in ("", "alice(0)", "alice(-1)", "a(b)", "alice++bob", "alice(2"):
+        with pytest.raises(ValueError):
+            parse_voice_mix(bad)
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=32).astype(np.float32), rng.normal(size=32).astype(np.float32)
+    mixed = mix_speakers([(a, 2.0), (b, 1.0)])
+    np.testing.assert_allclose(mixed, (2 * a + b) / 3, rtol=1e-3, atol=1e-3)
+    assert np.array_equal(mixed, mixed.astype(np.float16).astype(np.float32))
+    assert np.array_equal(mix_speakers([(a, 5.0)]), a.astype(np.float16).astype(np.float32))
+    with pytest.raises(ValueError):
+        mix_speakers([])
