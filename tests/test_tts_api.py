@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,3 +119,36 @@ def test_listed_as_demo_model(client: TestClient) -> None:
     models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
     assert models["chattts"]["demo"] is True
     assert "/tts" in models["chattts"]["endpoints"]
+
+
+def test_disconnect_cancels_generation_and_frees_the_slot(client: TestClient) -> None:
+    """The route's watcher against a client that goes away after 0.3 s, on the app's own
+    loop and engine: the synthesis is cancelled and its sequence leaves the engine."""
+    from service.pipelines.chattts import SpeechRequest
+    from service.routes.tts import ClientGone, cancel_on_disconnect
+
+    pipeline = client.app.state.pipelines["chattts"]  # type: ignore[attr-defined]
+    engine = pipeline.engine
+
+    class GoneAfter:
+        def __init__(self, seconds: float) -> None:
+            self.deadline = time.monotonic() + seconds
+
+        async def is_disconnected(self) -> bool:
+            return time.monotonic() > self.deadline
+
+    async def scenario() -> tuple[bool, int, float]:
+        endless = SpeechRequest(text="hello", seed=1, max_new_tokens=3000, min_new_tokens=3000)
+        t0 = time.monotonic()
+        with pytest.raises(ClientGone):
+            await cancel_on_disconnect(GoneAfter(0.3), pipeline.synthesize(endless))
+        waited = time.monotonic() - t0
+        for _ in range(500):
+            if not engine.scheduler.has_requests() and engine.cache.size == 0:
+                break
+            await asyncio.sleep(0.01)
+        return engine.scheduler.has_requests(), engine.cache.size, waited
+
+    busy, rows, waited = client.portal.call(scenario)  # type: ignore[union-attr]
+    assert (busy, rows) == (False, 0)
+    assert waited < 2.0  # 3000 tokens would take far longer

@@ -1,11 +1,15 @@
 """`POST /tts`: text in, audio bytes out (ChatTTS through the continuous-batching engine).
 
 A client that disconnects while its request is generating frees its engine slot at the
-next step: Starlette cancels the handler, which cancels the engine future, which aborts
-the sequence.
+next step: Starlette does not cancel a handler whose client went away, so the handler
+watches for the disconnect and cancels the synthesis, which aborts the engine sequence.
 """
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -17,6 +21,40 @@ from service.errors import InvalidInput
 from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest, SpeechResult
 
 router = APIRouter(tags=["tts"])
+
+T = TypeVar("T")
+DISCONNECT_POLL_S = 0.1
+CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, logs do
+
+
+class Disconnectable(Protocol):
+    async def is_disconnected(self) -> bool: ...
+
+
+class ClientGone(Exception):
+    """The client disconnected; its work was cancelled."""
+
+
+async def cancel_on_disconnect(request: Disconnectable, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it as soon as the client disconnects (polled)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while not task.done():
+            if await request.is_disconnected():
+                task.cancel()
+                return
+            await asyncio.sleep(DISCONNECT_POLL_S)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            raise ClientGone() from None
+        raise
+    finally:
+        watcher.cancel()
 
 FORMATS = (AudioFormat.WAV, AudioFormat.FLAC, AudioFormat.MP3, AudioFormat.OPUS,
            AudioFormat.PCM)
@@ -81,12 +119,16 @@ async def tts(body: TTSBody, request: Request) -> Response:
     settings = get_settings(request)
     _validate(body, settings.tts_max_text_chars)
     pipeline: ChatTTSPipeline = get_pipeline(request, "chattts")
-    result = await pipeline.synthesize(SpeechRequest(
+    speech = SpeechRequest(
         text=body.text, seed=body.seed, spk_emb=body.spk_emb, sampling_seed=body.sampling_seed,
         temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
         max_new_tokens=body.max_new_tokens, refine_text=body.refine_text,
         format=body.format.lower(), sample_rate=body.sample_rate,
-    ))
+    )
+    try:
+        result = await cancel_on_disconnect(request, pipeline.synthesize(speech))
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)
     return Response(
         content=result.audio, media_type=MEDIA_TYPES[body.format.lower()],
         headers=_headers(result, pipeline.pack.manifest.demo),
