@@ -28,6 +28,12 @@ from torch import nn
 from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
 
 from export import clap_tokenizer
+from export.clap_fused import (
+    FUSED_AUDIO_INPUTS,
+    HUB_FUSED_PREPROCESSOR,
+    export_fused_audio,
+    reference_embeds,
+)
 from export.pack import graph_entry, write_manifest
 
 log = logging.getLogger("audioserve.export.clap")
@@ -103,16 +109,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="random weights at the real size (benchmarks)")
     parser.add_argument("--out", type=Path, default=Path("models/clap"))
     parser.add_argument("--fused", action="store_true",
-                        help="export the fusion variant (not implemented: unfused only)")
+                        help="with --tiny/--random-real: the fusion variant (a --checkpoint "
+                             "is fused or not by its own config)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.fused:
-        raise SystemExit("clap: --fused is not implemented yet; export the unfused variant")
     if args.tiny:
-        build_tiny(args.out)
+        build_tiny(args.out, fused=args.fused)
     elif args.random_real:
-        build_random_real(args.out)
+        build_random_real(args.out, fused=args.fused)
     else:
         build_from_checkpoint(args.checkpoint, args.out)
     return 0
@@ -120,40 +125,43 @@ def run(args: argparse.Namespace) -> int:
 
 # -- sources ----------------------------------------------------------------------------
 
-def tiny_config() -> ClapConfig:
-    return ClapConfig(text_config=TINY_TEXT, audio_config=TINY_AUDIO, projection_dim=16)
+FUSION = {"enable_fusion": True, "fusion_type": "aff_2d"}
 
 
-def tiny_model() -> ClapModel:
+def tiny_config(fused: bool = False) -> ClapConfig:
+    audio = {**TINY_AUDIO, **FUSION} if fused else TINY_AUDIO
+    return ClapConfig(text_config=TINY_TEXT, audio_config=audio, projection_dim=16)
+
+
+def tiny_model(fused: bool = False) -> ClapModel:
     """The seeded random-weight tiny ClapModel (the same weights on every call)."""
     torch.manual_seed(TINY_SEED)
-    return ClapModel(tiny_config()).eval()
+    return ClapModel(tiny_config(fused)).eval()
 
 
-def build_tiny(out: Path) -> None:
+def _hub_extractor(fused: bool) -> ClapFeatureExtractor:
+    return ClapFeatureExtractor(**(HUB_FUSED_PREPROCESSOR if fused else HUB_UNFUSED_PREPROCESSOR))
+
+
+def build_tiny(out: Path, fused: bool = False) -> None:
     """The seeded tiny pack (seconds to build; identical for identical library versions)."""
-    model = tiny_model()
+    model = tiny_model(fused)
     tok = clap_tokenizer.train_tiny(TINY_TEXT["vocab_size"])
-    extractor = ClapFeatureExtractor(**HUB_UNFUSED_PREPROCESSOR)
-    _write_pack(model, tok, extractor, out, source=f"tiny(seed={TINY_SEED})", demo=True)
+    source = f"tiny(seed={TINY_SEED}{', fused' if fused else ''})"
+    _write_pack(model, tok, _hub_extractor(fused), out, source=source, demo=True)
 
 
-def build_random_real(out: Path) -> None:
+def build_random_real(out: Path, fused: bool = False) -> None:
     """Random weights at `laion/clap-htsat-unfused`'s size: for benchmarks, never for answers."""
     torch.manual_seed(TINY_SEED)
-    model = ClapModel(ClapConfig()).eval()
+    model = ClapModel(ClapConfig(audio_config=FUSION if fused else None)).eval()
     tok = clap_tokenizer.train_tiny(512)  # ids < 512 are valid for the 50k vocab too
-    extractor = ClapFeatureExtractor(**HUB_UNFUSED_PREPROCESSOR)
-    _write_pack(model, tok, extractor, out, source=f"random-real(seed={TINY_SEED})", demo=True)
+    source = f"random-real(seed={TINY_SEED}{', fused' if fused else ''})"
+    _write_pack(model, tok, _hub_extractor(fused), out, source=source, demo=True)
 
 
 def build_from_checkpoint(checkpoint: str, out: Path) -> None:
     model = ClapModel.from_pretrained(checkpoint).eval()
-    if model.config.audio_config.enable_fusion:
-        raise SystemExit(
-            f"{checkpoint} is a fused checkpoint; only unfused export is implemented "
-            f"(use {DEFAULT_CHECKPOINT})"
-        )
     extractor = ClapFeatureExtractor.from_pretrained(checkpoint)
     tok = clap_tokenizer.export_checkpoint_tokenizer(checkpoint)
     _write_pack(model, tok, extractor, out, source=checkpoint, demo=False)
@@ -200,7 +208,12 @@ def _write_pack(model: ClapModel, tok: Any, extractor: ClapFeatureExtractor, out
     pre = preprocessing_constants(extractor)
     tok_info = clap_tokenizer.save(tok, out)
     extractor.to_json_file(str(out / "preprocessor_config.json"))
-    export_audio(model, out / AUDIO_GRAPH, frames=pre["frames"], mels=pre["n_mels"])
+    fused = bool(model.config.audio_config.enable_fusion)
+    if fused:
+        with torch.no_grad(), _quiet_tracer():
+            export_fused_audio(model, out / AUDIO_GRAPH, frames=pre["frames"], mels=pre["n_mels"])
+    else:
+        export_audio(model, out / AUDIO_GRAPH, frames=pre["frames"], mels=pre["n_mels"])
     export_text(model, out / TEXT_GRAPH, pad_id=tok_info.pad_token_id)
     text_cfg = model.config.text_config
     constants = {
@@ -214,6 +227,8 @@ def _write_pack(model: ClapModel, tok: Any, extractor: ClapFeatureExtractor, out
         "bos_token_id": tok_info.bos_token_id,
         "eos_token_id": tok_info.eos_token_id,
         "embed_dim": int(model.config.projection_dim),
+        # fused: one [4, frames, mels] item per clip (see service/clap_features.py)
+        "fusion": fused,
     }
     write_manifest(
         out,
@@ -221,7 +236,9 @@ def _write_pack(model: ClapModel, tok: Any, extractor: ClapFeatureExtractor, out
         source=source,
         demo=demo,
         graphs={
-            "audio": {"fp32": graph_entry(AUDIO_GRAPH, ["input_features"], ["audio_embeds"])},
+            "audio": {"fp32": graph_entry(
+                AUDIO_GRAPH, FUSED_AUDIO_INPUTS if fused else ["input_features"],
+                ["audio_embeds"])},
             "text": {"fp32": graph_entry(TEXT_GRAPH, ["input_ids", "attention_mask"],
                                          ["text_embeds"])},
         },
@@ -265,8 +282,7 @@ def export_text(model: ClapModel, path: Path, *, pad_id: int) -> None:
 
 def check_parity(model: ClapModel, out: Path, *, frames: int, mels: int, tok: Any) -> float:
     """ORT vs PyTorch on a few inputs; raises above PARITY_TOLERANCE. Returns the max diff."""
-    gen = torch.Generator().manual_seed(2)
-    features = torch.randn(3, 1, frames, mels, generator=gen) * 20 - 40  # dB-like range
+    audio_diff = _audio_parity(model, out / AUDIO_GRAPH, frames=frames, mels=mels)
     prompts = ["This is a sound of dog.", "This is a sound of rain on a tin roof.", "a"]
     pad_id = tok.token_to_id(clap_tokenizer.PAD)
     encoded = [tok.encode(p).ids for p in prompts]
@@ -275,16 +291,37 @@ def check_parity(model: ClapModel, out: Path, *, frames: int, mels: int, tok: An
     mask = (torch.arange(width)[None, :] < torch.tensor([len(e) for e in encoded])[:, None])
     mask = mask.to(torch.int64)
     with torch.no_grad():
-        ref_audio = AudioEmbedder(model)(features).numpy()
         ref_text = TextEmbedder(model)(ids, mask).numpy()
-    audio = _ort(out / AUDIO_GRAPH).run(None, {"input_features": features.numpy()})[0]
     text = _ort(out / TEXT_GRAPH).run(
         None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
     )[0]
-    diff = max(float(np.abs(audio - ref_audio).max()), float(np.abs(text - ref_text).max()))
+    diff = max(audio_diff, float(np.abs(text - ref_text).max()))
     print(f"clap parity ORT vs PyTorch: max abs diff {diff:.2e} (tolerance {PARITY_TOLERANCE:g})")
     if not diff <= PARITY_TOLERANCE:
         raise RuntimeError(f"clap export parity failed: max abs diff {diff:.3e}")
+    return diff
+
+
+def _audio_parity(model: ClapModel, path: Path, *, frames: int, mels: int) -> float:
+    """Unfused: 3 random feature maps. Fused: the same with mixed, all-false and all-true
+    `is_longer`, against upstream's own data-dependent branch."""
+    gen = torch.Generator().manual_seed(2)
+    session = _ort(path)
+    if not model.config.audio_config.enable_fusion:
+        features = torch.randn(3, 1, frames, mels, generator=gen) * 20 - 40  # dB-like range
+        with torch.no_grad():
+            ref = AudioEmbedder(model)(features).numpy()
+        return float(np.abs(session.run(None, {"input_features": features.numpy()})[0] - ref)
+                     .max())
+    features = torch.randn(3, 4, frames, mels, generator=gen) * 20 - 40
+    diff = 0.0
+    for rows in ([True, False, True], [False] * 3, [True] * 3):
+        is_longer = torch.tensor(rows).reshape(-1, 1)
+        with torch.no_grad():
+            ref = reference_embeds(model, features, is_longer).numpy()
+        got = session.run(None, {"input_features": features.numpy(),
+                                 "is_longer": is_longer.numpy()})[0]
+        diff = max(diff, float(np.abs(got - ref).max()))
     return diff
 
 

@@ -13,6 +13,15 @@ The model sees exactly `max_length_samples` (10 s at 48 kHz) per forward pass.
 - Windows whose RMS is below `SILENCE_DBFS` are skipped, unless every window is that quiet
   (then all are used), so a long silent stretch does not dilute the clip's embedding.
 
+Fused checkpoints (`truncation="fusion"`) take one [4, frames, mels] item per clip
+instead: a clip of at most 10 s is padded and its log-mel repeated 4 times
+(is_longer=False); a longer clip's item is its whole log-mel shrunk to 10 s (bilinear, as
+the extractor's torch interpolate) plus three 10 s crops, one from each third of the clip
+(is_longer=True). The extractor picks each crop at random; here each is the middle start
+of its third, so the answer is reproducible. (The extractor also flags a random clip of a
+batch as longer when none is: a training device that would make a clip's answer depend
+on its batch neighbours, not copied.)
+
 The log-mel is the extractor's (transformers `spectrogram` with `log_mel="dB"`): periodic
 Hann, reflect-centred frames, power spectrum, mel filter bank, floor 1e-10, 10*log10, and
 no top_db clipping. It is computed in float64 like the extractor (whose FFT output passes
@@ -50,11 +59,14 @@ class MelConfig:
     max_length_samples: int
     frames: int
 
+    fusion: bool = False
+
     @classmethod
     def from_constants(cls, constants: Mapping[str, Any]) -> MelConfig:
         """Read from a CLAP pack's manifest constants (KeyError names what is missing)."""
-        names = cls.__dataclass_fields__
-        return cls(**{name: constants[name] for name in names})
+        names = [n for n in cls.__dataclass_fields__ if n != "fusion"]
+        return cls(**{name: constants[name] for name in names},
+                   fusion=bool(constants.get("fusion", False)))
 
 
 @dataclass(frozen=True)
@@ -188,6 +200,15 @@ def plan_windows(samples: np.ndarray, cfg: MelConfig) -> list[WindowSpan]:
     return spans
 
 
+def whole_clip_span(samples: np.ndarray, cfg: MelConfig) -> WindowSpan:
+    """The one span of a fused checkpoint's item: the whole clip."""
+    if samples.ndim != 1 or samples.size == 0:
+        raise ValueError("expected a non-empty mono waveform")
+    n = samples.shape[0]
+    return WindowSpan(index=0, start=0, end=n, start_s=0.0, end_s=n / cfg.sample_rate,
+                      silent=is_silent(samples))
+
+
 def select_windows(spans: list[WindowSpan]) -> list[WindowSpan]:
     """The windows to embed: the non-silent ones, or all of them when every one is silent."""
     loud = [w for w in spans if not w.silent]
@@ -197,3 +218,41 @@ def select_windows(spans: list[WindowSpan]) -> list[WindowSpan]:
 def window_features(samples: np.ndarray, span: WindowSpan, cfg: MelConfig) -> np.ndarray:
     """float32 [1, frames, n_mels]: one audio-graph item."""
     return log_mel(pad_short(samples[span.start:span.end], cfg), cfg)[None, :, :]
+
+
+# -- fused checkpoints ------------------------------------------------------------------
+
+def fusion_crop_starts(total_frames: int, chunk_frames: int) -> list[int]:
+    """The start frame of each of the 3 crops: the middle candidate of each third."""
+    thirds = np.array_split(np.arange(total_frames - chunk_frames + 1), 3)
+    return [int(third[len(third) // 2]) if len(third) else 0 for third in thirds]
+
+
+def shrink_time(mel: np.ndarray, frames: int) -> np.ndarray:
+    """[T, mels] -> [frames, mels] by linear interpolation along time with half-pixel
+    centres: torch's bilinear `interpolate(align_corners=False)`; the mel axis keeps its
+    size, so it is untouched. torch (on the extractor's float32 mel) takes the scale and
+    the source positions in float32, the latter from a fused multiply-add: mirrored here,
+    else the weights drift by up to 3e-3 dB."""
+    total = mel.shape[0]
+    scale = np.float32(total) / np.float32(frames)
+    src = (np.float64(scale) * (np.arange(frames) + 0.5) - 0.5).astype(np.float32)
+    src = np.maximum(src, np.float32(0.0))
+    lo = np.minimum(np.floor(src).astype(np.int64), total - 1)
+    hi = np.minimum(lo + 1, total - 1)
+    weight = np.clip(src - lo.astype(np.float32), 0.0, 1.0).astype(np.float64)[:, None]
+    return (1.0 - weight) * mel[lo] + weight * mel[hi]
+
+
+def fusion_features(samples: np.ndarray, cfg: MelConfig) -> tuple[np.ndarray, bool]:
+    """float32 [4, frames, n_mels] and is_longer for a fused checkpoint (whole clip)."""
+    if samples.shape[0] <= cfg.max_length_samples:
+        mel = log_mel(pad_short(samples, cfg), cfg)
+        return np.stack([mel] * 4), False
+    mel = log_mel(samples, cfg)
+    if mel.shape[0] == cfg.frames:  # within one hop of 10 s: the extractor keeps it whole
+        return np.stack([mel] * 4), False
+    starts = fusion_crop_starts(mel.shape[0], cfg.frames)
+    parts = [shrink_time(mel.astype(np.float64), cfg.frames)]
+    parts += [mel[start:start + cfg.frames] for start in starts]
+    return np.stack(parts).astype(np.float32), True

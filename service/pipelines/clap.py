@@ -53,12 +53,21 @@ class WindowScores:
 
 
 @dataclass(frozen=True)
+class AudioItem:
+    """One audio-graph item: [1, frames, mels] (unfused) or [4, frames, mels] (fused)."""
+
+    features: np.ndarray
+    is_longer: bool = False
+    """Fused graphs only: the item is a long clip's shrunk mel plus 3 crops."""
+
+
+@dataclass(frozen=True)
 class PreparedAudio:
     """An upload after the CPU stages: windows and their log-mel features."""
 
     spans: list[cf.WindowSpan]
     used: list[cf.WindowSpan]
-    features: list[np.ndarray]
+    items: list[AudioItem]
     duration_s: float
     truncated: bool = False
     original_duration_s: float | None = None
@@ -165,7 +174,8 @@ class ClapPipeline:
         self.provider = audio.provider
         self.cache = EmbeddingCache(TEXT_CACHE_SIZE)
         self._inflight: dict[str, asyncio.Task[np.ndarray]] = {}
-        self._audio_batcher: DynamicBatcher[np.ndarray, np.ndarray] | None = None
+        self.fused = self.mel.fusion
+        self._audio_batcher: DynamicBatcher[AudioItem, np.ndarray] | None = None
         self._text_batcher: DynamicBatcher[np.ndarray, np.ndarray] | None = None
 
     @classmethod
@@ -194,8 +204,7 @@ class ClapPipeline:
         self._text_batcher.start()
         if self.settings.warmup:
             silence = np.zeros(self.mel.max_length_samples, np.float32)
-            span = cf.plan_windows(silence, self.mel)[0]
-            await self._audio_batcher.submit(cf.window_features(silence, span, self.mel))
+            await self._audio_batcher.submit(self.prepare_samples(silence).items[0])
             await self._text_batcher.submit(self.tokenizer.encode(["warm-up"])[0])
 
     async def stop(self) -> None:
@@ -219,8 +228,11 @@ class ClapPipeline:
 
     # -- batch functions (worker threads) -------------------------------------------------
 
-    def _run_audio(self, items: list[np.ndarray]) -> list[np.ndarray]:
-        out = self._audio.run({"input_features": np.stack(items)})["audio_embeds"]
+    def _run_audio(self, items: list[AudioItem]) -> list[np.ndarray]:
+        feeds = {"input_features": np.stack([item.features for item in items])}
+        if self.fused:
+            feeds["is_longer"] = np.array([[item.is_longer] for item in items], dtype=bool)
+        out = self._audio.run(feeds)["audio_embeds"]
         return list(out.astype(np.float32, copy=False))
 
     def _run_text(self, items: list[np.ndarray]) -> list[np.ndarray]:
@@ -252,10 +264,15 @@ class ClapPipeline:
     def prepare_samples(self, samples: np.ndarray) -> PreparedAudio:
         """Window and log-mel mono float32 samples at the pack's rate."""
         t0 = time.perf_counter()
-        spans = cf.plan_windows(samples, self.mel)
-        used = cf.select_windows(spans)
-        features = [cf.window_features(samples, span, self.mel) for span in used]
-        return PreparedAudio(spans=spans, used=used, features=features,
+        if self.fused:  # one item for the whole clip (see service.clap_features)
+            spans = used = [cf.whole_clip_span(samples, self.mel)]
+            features, is_longer = cf.fusion_features(samples, self.mel)
+            items = [AudioItem(features, is_longer)]
+        else:
+            spans = cf.plan_windows(samples, self.mel)
+            used = cf.select_windows(spans)
+            items = [AudioItem(cf.window_features(samples, span, self.mel)) for span in used]
+        return PreparedAudio(spans=spans, used=used, items=items,
                              duration_s=samples.shape[0] / self.mel.sample_rate,
                              timings_ms={"features": _ms(t0)})
 
@@ -272,7 +289,7 @@ class ClapPipeline:
         timings = dict(prepared.timings_ms)
         t0 = time.perf_counter()
         assert self._audio_batcher is not None, "pipeline not started"
-        rows = await asyncio.gather(*(self._audio_batcher.submit(f) for f in prepared.features))
+        rows = await asyncio.gather(*(self._audio_batcher.submit(i) for i in prepared.items))
         timings["audio_embed"] = _ms(t0)
         windows = np.stack(rows).astype(np.float32)
         embedding = _normalise(windows.astype(np.float64).mean(axis=0)).astype(np.float32)
@@ -338,6 +355,9 @@ class ClapPipeline:
                        top_k: int | None = None, per_window: bool = False) -> ClassifyResult:
         labels = validate_labels(labels, self.settings)
         template = validate_template(prompt_template or self.default_template)
+        if per_window and self.fused:
+            raise InvalidInput("per_window needs an unfused CLAP pack: a fused one embeds "
+                               "the whole clip at once")
         if top_k is not None and top_k < 1:
             raise InvalidInput(f"top_k must be at least 1, not {top_k}")
         k = min(top_k or len(labels), len(labels))
