@@ -20,7 +20,7 @@ from service.tts.text import (
 from tests.chattts_fixtures import shared_tokenizer_dir
 
 pytest_plugins = ("tests.chattts_fixtures",)
-pytestmark = pytest.mark.filterwarnings("ignore:.*reflected list.*")  # the package's numba
+pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # package numba
 
 TEXTS = [
     "你好，世界。今天天气怎么样？",
