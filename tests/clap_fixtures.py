@@ -83,3 +83,19 @@ def reference_windows(n_samples: int) -> list[int]:
     if starts[-1] + WINDOW < n_samples:
         starts.append(n_samples - WINDOW)
     return starts
+
+
+@pytest.fixture(scope="session")
+def clap_fused_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models dir holding the tiny *fused* CLAP pack at `<dir>/clap`."""
+    from export.clap import build_tiny
+
+    root = tmp_path_factory.mktemp("clap_fused_models")
+    build_tiny(root / "clap", fused=True)
+    return root
+
+
+def middle_choice(candidates: Any) -> Any:
+    """Stands in for np.random.choice inside ClapFeatureExtractor's fusion crops: the
+    middle candidate, the service's deterministic rule."""
+    return candidates[len(candidates) // 2]
