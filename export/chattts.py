@@ -9,6 +9,7 @@ The pack's layout and every constant are documented in docs/chattts-pack.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shutil
 import time
@@ -106,8 +107,7 @@ def build_tiny(out: Path, seed: int = TINY_SEED, exporter: str = EXPORTERS[0]) -
 def build_random_real(out: Path, seed: int = TINY_SEED, exporter: str = EXPORTERS[0]) -> None:
     """Real-size random weights; the tiny tokenizer (21,194 ids vs 21,178) stands in."""
     tok = build_tiny_tokenizer()
-    sizes = ChatTTSSizes.real()
-    sizes = ChatTTSSizes(**{**sizes.__dict__, "text_vocab_size": tok.get_vocab_size()})
+    sizes = dataclasses.replace(ChatTTSSizes.real(), text_vocab_size=tok.get_vocab_size())
     modules = build_random(sizes, seed)
     write_pack(modules, tok, out, source=f"random-real(seed={seed})", demo=True,
                tokenizer_source="tiny-wordpiece", exporter=exporter)
@@ -238,6 +238,8 @@ def write_pack(m: ChatTTSModules, tok: Tokenizer, out: Path, *, source: str, dem
         files={"tokenizer": TOKENIZER_FILE, "spk_stat": SPK_STAT_FILE, **extra_files},
         constants=pack_constants(m, tok, tokenizer_source),
         config=m.sizes.to_json(), parity={"tolerance": PARITY_TOLERANCE, "max_abs_diff": diffs},
+        weights_licence=("random weights (no licence attached)" if demo
+                         else "CC BY-NC 4.0 (2Noise/ChatTTS assets)"),
     )
     log.info("ChatTTS pack written to %s", out)
     return diffs
