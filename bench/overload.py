@@ -40,6 +40,7 @@ class OverloadResult:
     recovery_s: float  # inf: not back to normal within the recovery phase
     rejections: dict[str, int]
     batch_queues: list[prom.QueueFigures]
+    stage_mean_ms: dict[str, float]  # service-side mean per pipeline stage, whole run
 
     @property
     def checks(self) -> dict[str, bool]:
@@ -76,10 +77,12 @@ def recovery_seconds(samples: list[Sample], overload_end_s: float, normal_ms: fl
 def run_overload(server: ServerProcess, ep: Endpoint, *, deadline_s: float, factor: float = 4.0,
                  capacity_concurrency: int = 32, capacity_seconds: float = 10.0,
                  phase_seconds: tuple[float, float, float] = (10.0, 15.0, 15.0),
-                 client_timeout_s: float = 60.0) -> OverloadResult:
-    """Run on a started server; returns the figures (the caller stops the server)."""
-    capacity = run_wrk(server.url, ep.folder, ep.name, capacity_concurrency,
-                       capacity_seconds).ok_rps
+                 client_timeout_s: float = 60.0, known_capacity: float = 0.0) -> OverloadResult:
+    """Run on a started server; returns the figures (the caller stops the server).
+    Capacity: the closed-loop measurement here, or `known_capacity` (the best req/s of
+    the sweep) when that is higher — a short closed-loop run underestimates it."""
+    capacity = max(known_capacity, run_wrk(server.url, ep.folder, ep.name,
+                                           capacity_concurrency, capacity_seconds).ok_rps)
     if capacity <= 0:
         raise RuntimeError(f"capacity measurement on {ep.name} gave no successful request")
     settle(server)
@@ -106,4 +109,20 @@ def run_overload(server: ServerProcess, ep: Endpoint, *, deadline_s: float, fact
         recovery=results["recovery"], normal_latency_ms=normal,
         recovery_s=recovery_seconds(samples, base_s + over_s, normal),
         rejections=rejections, batch_queues=[prom.queue_figures(d, q) for q in prom.queues(d)],
+        stage_mean_ms=stage_means(d),
     )
+
+
+def stage_means(d: dict[prom.Key, float]) -> dict[str, float]:
+    """Mean ms per `audioserve_stage_seconds` stage: where the time went (decode and
+    features run before the batcher, so its deadline does not cover them)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for (metric, labels), value in d.items():
+        lab = dict(labels)
+        key = f"{lab.get('model')}.{lab.get('stage')}"
+        if metric == "audioserve_stage_seconds_sum":
+            sums[key] = value
+        elif metric == "audioserve_stage_seconds_count":
+            counts[key] = value
+    return {k: 1000 * sums[k] / counts[k] for k in sums if counts.get(k)}

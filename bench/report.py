@@ -201,9 +201,17 @@ def overload_section(o: OverloadResult | None) -> list[str]:
                      fmt(r.extra.get("shed_p99_ms", math.nan))])
     lines += _table(["phase", "offered req/s", "sent", "ok req/s", "ok P50 ms", "ok P99 ms",
                      "non-2xx", "503 with Retry-After", "shed P99 ms"], rows)
-    lines += [f"Recovery after the overload stopped: {fmt(o.recovery_s, 2)} s "
+    served = o.overload.ok_rps / (o.capacity_rps * o.factor) if o.capacity_rps else math.nan
+    lines += [f"During the overload the service answered {fmt(served * 100, 0)} % of the offered "
+              "load with a 2xx (near 100 %: the capacity was underestimated, not an overload).",
+              f"Recovery after the overload stopped: {fmt(o.recovery_s, 2)} s "
               "(`-`: not back to normal within the recovery phase).",
-              f"Rejections counted by the service: {o.rejections or '-'}.", ""]
+              f"Rejections counted by the service: {o.rejections or '-'}.", "",
+              "Where the time went (service side, whole run): " + (", ".join(
+                  f"{k} {v:.0f} ms" for k, v in o.stage_mean_ms.items()) or "-") + "; "
+              + ("; ".join(f"{q.queue}: mean batch {fmt(q.mean_batch, 2)}, mean queue wait "
+                           f"{fmt(q.mean_wait_ms)} ms" for q in o.batch_queues) or "-") + ".",
+              ""]
     lines += _table(["check", "verdict"], [[k, _verdict(v)] for k, v in o.checks.items()])
     return lines
 

@@ -54,8 +54,8 @@ class Preset:
     ceiling_s: float
 
 
-FULL = Preset(15, (1, 8, 32, 64, 128), 15, 3, (10, 15, 15), 10, 3)
-QUICK = Preset(3, (1, 8, 32), 4, 1, (4, 6, 6), 3, 1)
+FULL = Preset(15, (1, 8, 32, 64, 128), 15, 3, (10, 20, 15), 15, 3)
+QUICK = Preset(3, (1, 8, 32), 4, 1, (4, 8, 8), 5, 1)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -79,10 +79,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                    help="LitServe and Ray Serve on the CLAP graph, when installed")
     p.add_argument("--no-ceiling", action="store_true")
+    p.add_argument("--no-sweep", action="store_true",
+                   help="skip the sweeps and peers (e.g. only --overload / --soak-minutes)")
     p.add_argument("--overload", action="store_true", help="4x-capacity shedding test")
     p.add_argument("--overload-factor", type=float, default=4.0)
     p.add_argument("--overload-deadline-s", type=float, default=5.0)
     p.add_argument("--overload-endpoint", default="classify")
+    p.add_argument("--overload-max-queue", type=int,
+                   help="AUDIOSERVE_MAX_QUEUE for the overload run (default: --max-queue)")
     p.add_argument("--soak-minutes", type=float, default=0.0)
     p.add_argument("--soak-load", type=float, default=0.5, help="share of mixed capacity")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -236,12 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     endpoints = prepare(args, models_dir, log_dir, notes)
     info["packs"] = f"{flavour} ({models_dir}): " + ", ".join(ENDPOINT_MODEL[e] for e in endpoints)
     ceilings = measure_ceilings(args, models_dir, endpoints, preset)
-    configs = measure_configs(args, models_dir, endpoints, plan, log_dir)
-    configs += measure_peers(args, models_dir, endpoints, plan, log_dir, notes)
+    configs = []
+    if not args.no_sweep:
+        configs = measure_configs(args, models_dir, endpoints, plan, log_dir)
+        configs += measure_peers(args, models_dir, endpoints, plan, log_dir, notes)
     overload = soak = None
     models = [ENDPOINT_MODEL[e] for e in endpoints]
     if args.overload:
-        overload = _overload(args, models_dir, endpoints, models, preset, log_dir, notes)
+        overload = _overload(args, models_dir, endpoints, models, preset, log_dir, notes,
+                             configs)
     if args.soak_minutes > 0:
         soak = _soak(args, models_dir, endpoints, models, preset, log_dir, notes)
     run = RunResult(info, configs, ceilings,
@@ -255,9 +262,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _overload(args: argparse.Namespace, models_dir: Path,
               endpoints: dict[str, bodies_mod.Endpoint], models: list[str], preset: Preset,
-              log_dir: Path, notes: list[str]) -> object:
+              log_dir: Path, notes: list[str], configs: list[ConfigResult]) -> object:
     name = args.overload_endpoint if args.overload_endpoint in endpoints else next(iter(endpoints))
-    settings = service_settings(args, models, request_timeout_s=args.overload_deadline_s)
+    on = next((c for c in configs if c.key == "on"), None)
+    known = max((p.load.ok_rps for p in on.points(name)), default=0.0) if on else 0.0
+    settings = service_settings(args, models, request_timeout_s=args.overload_deadline_s,
+                                max_queue=args.overload_max_queue or args.max_queue)
     log(f"overload on /{name} at {args.overload_factor:g}x capacity: {settings}")
     server = audioserve("audioserve-overload", models_dir, settings, log_dir=log_dir,
                         service_root=args.service_root)
@@ -267,7 +277,7 @@ def _overload(args: argparse.Namespace, models_dir: Path,
                               factor=args.overload_factor,
                               capacity_concurrency=max(args.concurrency or preset.concurrency),
                               capacity_seconds=preset.capacity_s,
-                              phase_seconds=preset.overload_phases)
+                              phase_seconds=preset.overload_phases, known_capacity=known)
         log(f"  checks: {result.checks}; recovery {result.recovery_s:.2f} s")
         return result
     except Exception as exc:  # keep the rest of the report
