@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +16,16 @@ from service.app import create_app
 from service.settings import Settings
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`@pytest.mark.slow` tests (real-size exports) run only with AUDIOSERVE_SLOW_TESTS=1."""
+    if os.environ.get("AUDIOSERVE_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set AUDIOSERVE_SLOW_TESTS=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
