@@ -85,14 +85,29 @@ class ServiceRow:
     clients: int
     requests: int
     wall_s: float
+    cpu_s: float
+    """Process CPU time (every thread: engine, ORT, decode batcher, event loop)."""
     audio_s: float
-    p50_s: float
-    p99_s: float
+    latencies: tuple[float, ...]
     mean_batch: float
 
     @property
     def audio_per_wall(self) -> float:
         return self.audio_s / self.wall_s
+
+    @property
+    def audio_per_cpu(self) -> float:
+        return self.audio_s / self.cpu_s
+
+
+def merge(rows: list[ServiceRow]) -> ServiceRow:
+    """Rounds of one (mode, clients) point: median wall and CPU, pooled latencies."""
+    walls = sorted(rows, key=lambda r: r.wall_s)
+    mid = walls[len(walls) // 2]
+    return ServiceRow(mid.mode, mid.clients, mid.requests, mid.wall_s,
+                      float(np.median([r.cpu_s for r in rows])), mid.audio_s,
+                      tuple(x for r in rows for x in r.latencies),
+                      float(np.mean([r.mean_batch for r in rows])))
 
 
 def texts_for(client: int, count: int) -> list[str]:
@@ -130,13 +145,12 @@ async def service_run(pack: ModelPack, graphs: TTSGraphs, mode: str, clients: in
             latencies.append(time.perf_counter() - t0)
             audio += result.duration_s
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client(c) for c in range(clients)))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     stats = pipeline.engine.stats()
     await pipeline.stop()
-    return ServiceRow(mode, clients, len(latencies), wall, audio,
-                      percentile(latencies, 50), percentile(latencies, 99),
+    return ServiceRow(mode, clients, len(latencies), wall, cpu, audio, tuple(latencies),
                       stats.decode_rows / max(stats.decode_steps, 1))
 
 
@@ -151,16 +165,18 @@ def print_decode(rows: list[DecodeRow]) -> None:
 
 
 def print_service(rows: list[ServiceRow]) -> None:
-    print("\n## Service level (closed-loop clients, mixed text lengths)")
+    print("\n## Service level (closed-loop clients, mixed text lengths; median of rounds)")
     print("| clients | mode | requests | wall s | audio s / wall s | vs sequential | "
-          "P50 s | P99 s | mean decode batch |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    base = {r.clients: r.audio_per_wall for r in rows if r.mode == "sequential"}
+          "audio s / CPU s | vs sequential | P50 s | P99 s | mean decode batch |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    base = {r.clients: r for r in rows if r.mode == "sequential"}
     for r in rows:
-        ratio = r.audio_per_wall / base[r.clients] if r.clients in base else float("nan")
+        b = base[r.clients]
+        lat = list(r.latencies)
         print(f"| {r.clients} | {r.mode} | {r.requests} | {r.wall_s:.2f} | "
-              f"{r.audio_per_wall:.2f} | {ratio:.2f}x | {r.p50_s:.2f} | {r.p99_s:.2f} | "
-              f"{r.mean_batch:.2f} |")
+              f"{r.audio_per_wall:.2f} | {r.audio_per_wall / b.audio_per_wall:.2f}x | "
+              f"{r.audio_per_cpu:.2f} | {r.audio_per_cpu / b.audio_per_cpu:.2f}x | "
+              f"{percentile(lat, 50):.2f} | {percentile(lat, 99):.2f} | {r.mean_batch:.2f} |")
 
 
 async def main_async(args: argparse.Namespace, pack_dir: Path) -> None:
@@ -173,18 +189,23 @@ async def main_async(args: argparse.Namespace, pack_dir: Path) -> None:
     await decode_run(graphs, 2, 8, KVCacheKind.PRESENT)  # warm-up
     for active in (1, 2, 4, 8):
         for cache in (KVCacheKind.PRESENT, KVCacheKind.DEVICE, KVCacheKind.PREALLOCATED):
-            # best of `repeats` (interleaved): other processes only ever add time
-            runs = [await decode_run(graphs, active, args.steps, cache, args.prompt_len)
-                    for _ in range(args.repeats)]
-            decode_rows.append(min(runs, key=lambda r: r.step_ms))
+            # best of `repeats`: other processes only ever add time
+            trials = [await decode_run(graphs, active, args.steps, cache, args.prompt_len)
+                      for _ in range(args.repeats)]
+            decode_rows.append(min(trials, key=lambda r: r.step_ms))
     print_decode(decode_rows)
     if args.decode_only:
         return
+    print(f"service level: {args.rounds} rounds, ORT threads {args.threads or 'all'}")
     service_rows = []
+    modes = ["continuous", "sequential", "static"]
     for clients, per_client in ((8, args.per_client), (32, max(1, args.per_client // 2))):
-        for mode in ("continuous", "sequential", "static"):
-            service_rows.append(await service_run(pack, graphs, mode, clients, per_client,
-                                                  args.tokens_per_char))
+        runs: dict[str, list[ServiceRow]] = {m: [] for m in modes}
+        for round_ in range(args.rounds):  # interleaved, order rotated: load drifts
+            for mode in modes[round_ % 3:] + modes[:round_ % 3]:
+                runs[mode].append(await service_run(pack, graphs, mode, clients, per_client,
+                                                    args.tokens_per_char))
+        service_rows += [merge(runs[m]) for m in modes]
     print_service(service_rows)
 
 
@@ -193,8 +214,11 @@ def main() -> None:
     parser.add_argument("--pack", type=Path, help="a chattts pack (default: build the tiny one)")
     parser.add_argument("--steps", type=int, default=128, help="decode steps per run")
     parser.add_argument("--repeats", type=int, default=3, help="decode runs per point (best)")
-    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads")
-    parser.add_argument("--per-client", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="ORT intra-op threads (1: steadier on a shared machine)")
+    parser.add_argument("--rounds", type=int, default=3, help="service runs per point")
+    parser.add_argument("--per-client", type=int, default=4,
+                        help="requests per client at 8 clients (half that at 32)")
     parser.add_argument("--tokens-per-char", type=int, default=3,
                         help="token budget per text character (see the module note)")
     parser.add_argument("--prompt-len", type=int, default=24,
@@ -206,7 +230,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args = argparse.Namespace(**{**vars(args), "steps": 32, "per_client": 2,
-                                     "repeats": 1})
+                                     "repeats": 1, "rounds": 1})
     if args.pack is not None:
         asyncio.run(main_async(args, args.pack))
         return
