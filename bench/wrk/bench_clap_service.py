@@ -104,7 +104,8 @@ def batch_counters(port: int) -> tuple[float, float]:
 
 def run_wrk(port: int, body_file: Path, concurrency: int, seconds: float) -> dict[str, float]:
     env = {**os.environ, "BODY_FILE": str(body_file), "BOUNDARY": BOUNDARY}
-    cmd = ["wrk", "-t", str(min(concurrency, 2)), "-c", str(concurrency), "-d", f"{max(1, round(seconds))}s",
+    duration = f"{max(1, round(seconds))}s"
+    cmd = ["wrk", "-t", str(min(concurrency, 2)), "-c", str(concurrency), "-d", duration,
            "--timeout", "120s", "-s", str(LUA), f"http://127.0.0.1:{port}/classify"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("{"))

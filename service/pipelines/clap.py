@@ -26,9 +26,14 @@ from service.audio import decode_audio
 from service.errors import InvalidInput
 from service.packs import ModelPack
 from service.pipelines.base import LoadContext
-from service.pipelines.clap_text import EmbeddingCache, PromptTokenizer, pad_batch
+from service.pipelines.clap_text import (
+    EmbeddingCache,
+    PromptTokenizer,
+    pad_batch,
+    validate_labels,
+    validate_template,
+)
 from service.runtime import GraphRunner, create_session
-from service.settings import Settings
 
 TEXT_CACHE_SIZE = 4096
 """Prompts whose embeddings are kept; at 512 floats each, 4096 are 8 MiB."""
@@ -100,46 +105,6 @@ class ClassifyResult:
     prompt_template: str
     per_window: list[WindowScores] | None
     timings_ms: dict[str, float]
-
-
-def validate_labels(labels: list[str], settings: Settings) -> list[str]:
-    """Stripped labels, or InvalidInput saying what is wrong with them."""
-    if not labels:
-        raise InvalidInput("no labels: send at least one label (`labels`)")
-    if len(labels) > settings.max_labels:
-        raise InvalidInput(
-            f"{len(labels)} labels; the limit is {settings.max_labels} (AUDIOSERVE_MAX_LABELS)"
-        )
-    cleaned = [label.strip() for label in labels]
-    for i, label in enumerate(cleaned):
-        if not label:
-            raise InvalidInput(f"label {i} is empty; every label needs some text")
-        if len(label) > settings.max_label_chars:
-            raise InvalidInput(
-                f"label {i} has {len(label)} characters; the limit is "
-                f"{settings.max_label_chars} (AUDIOSERVE_MAX_LABEL_CHARS)"
-            )
-    duplicates = sorted({label for label in cleaned if cleaned.count(label) > 1})
-    if duplicates:
-        raise InvalidInput(f"duplicate labels: {duplicates}; each label must appear once")
-    return cleaned
-
-
-def validate_template(template: str) -> str:
-    """The prompt template must contain `{label}` and nothing else in braces."""
-    if "{label}" not in template:
-        raise InvalidInput(
-            f"prompt_template {template!r} has no `{{label}}` placeholder, "
-            "e.g. 'This is a sound of {label}.'"
-        )
-    try:
-        template.format(label="x")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise InvalidInput(
-            f"prompt_template {template!r} is not a valid template (only `{{label}}` may "
-            f"appear in braces; write `{{{{` for a literal brace): {exc}"
-        ) from None
-    return template
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

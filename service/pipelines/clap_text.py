@@ -1,4 +1,4 @@
-"""CLAP's text side outside the graph: prompt tokenising and the LRU cache of text embeddings.
+"""CLAP's text side outside the graph: label checks, prompt tokenising, the LRU cache.
 
 Zero-shot requests repeat the same label sets, so a prompt's embedding is computed once
 and then served from the cache; labels never change the audio side.
@@ -11,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from service.errors import InvalidInput
+from service.settings import Settings
 
 
 class PromptTokenizer:
@@ -61,3 +64,43 @@ class EmbeddingCache:
         self._data.move_to_end(key)
         while len(self._data) > self.capacity:
             self._data.popitem(last=False)
+
+
+def validate_labels(labels: list[str], settings: Settings) -> list[str]:
+    """Stripped labels, or InvalidInput saying what is wrong with them."""
+    if not labels:
+        raise InvalidInput("no labels: send at least one label (`labels`)")
+    if len(labels) > settings.max_labels:
+        raise InvalidInput(
+            f"{len(labels)} labels; the limit is {settings.max_labels} (AUDIOSERVE_MAX_LABELS)"
+        )
+    cleaned = [label.strip() for label in labels]
+    for i, label in enumerate(cleaned):
+        if not label:
+            raise InvalidInput(f"label {i} is empty; every label needs some text")
+        if len(label) > settings.max_label_chars:
+            raise InvalidInput(
+                f"label {i} has {len(label)} characters; the limit is "
+                f"{settings.max_label_chars} (AUDIOSERVE_MAX_LABEL_CHARS)"
+            )
+    duplicates = sorted({label for label in cleaned if cleaned.count(label) > 1})
+    if duplicates:
+        raise InvalidInput(f"duplicate labels: {duplicates}; each label must appear once")
+    return cleaned
+
+
+def validate_template(template: str) -> str:
+    """The prompt template must contain `{label}` and nothing else in braces."""
+    if "{label}" not in template:
+        raise InvalidInput(
+            f"prompt_template {template!r} has no `{{label}}` placeholder, "
+            "e.g. 'This is a sound of {label}.'"
+        )
+    try:
+        template.format(label="x")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InvalidInput(
+            f"prompt_template {template!r} is not a valid template (only `{{label}}` may "
+            f"appear in braces; write `{{{{` for a literal brace): {exc}"
+        ) from None
+    return template
