@@ -4,7 +4,9 @@ batched vs unbatched answers."""
 from __future__ import annotations
 
 import base64
+import json
 import re
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.errors import PackError
 from tests.clap_fixtures import make_clip, wav_bytes
 from tests.conftest import running_app
 
@@ -217,6 +220,17 @@ def test_undecodable_audio_is_415(client: TestClient) -> None:
 )
 def test_embed_text_refusals(client: TestClient, body: dict[str, Any], pattern: str) -> None:
     _error(client.post("/embed/text", json=body), 422, pattern)
+
+
+def test_pack_missing_a_constant_fails_start_up_naming_it(clap_models_dir: Path,
+                                                           tmp_path: Path) -> None:
+    shutil.copytree(clap_models_dir / "clap", tmp_path / "clap")
+    manifest = tmp_path / "clap" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["constants"]["hop_length"]
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(PackError, match="hop_length"), running_app(models_dir=tmp_path):
+        pass
 
 
 # -- batching does not change answers -------------------------------------------------------

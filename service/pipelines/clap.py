@@ -7,7 +7,8 @@ passes. Label prompts go through a second batcher for the text graph, behind an 
 (with in-flight de-duplication) so a repeated label set costs no inference. The clip's
 embedding is the normalised mean of its windows' embeddings; scores are cosine x the
 checkpoint's `logit_scale` (exp of `logit_scale_a`, as ClapModel's logits_per_audio),
-softmaxed over the labels.
+softmaxed over the labels. A fused pack (`constants.fusion`) takes one [4, frames, mels]
+item per clip instead of windows.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import numpy as np
 from batcher import DynamicBatcher
 from service import clap_features as cf
 from service.audio import decode_audio
-from service.errors import InvalidInput
-from service.packs import ModelPack
+from service.errors import InvalidInput, PackError
+from service.packs import MANIFEST, ModelPack
 from service.pipelines.base import LoadContext
 from service.pipelines.clap_text import (
     EmbeddingCache,
@@ -122,6 +123,8 @@ def _ms(started: float) -> float:
 
 
 class ClapPipeline:
+    """Owns the two ONNX sessions, their batchers and the text cache (see the note above)."""
+
     name = "clap"
 
     def __init__(self, pack: ModelPack, ctx: LoadContext, audio: GraphRunner,
@@ -152,9 +155,14 @@ class ClapPipeline:
             session = create_session(path, ctx.runtime)
             runners.append(GraphRunner(session, ctx.runtime.device_id))
         c = pack.constants
-        tokenizer = PromptTokenizer(pack.file("tokenizer"), max_length=int(c["text_max_length"]),
-                                    pad_id=int(c["pad_token_id"]))
-        return cls(pack, ctx, runners[0], runners[1], tokenizer)
+        try:
+            tokenizer = PromptTokenizer(pack.file("tokenizer"),
+                                        max_length=int(c["text_max_length"]),
+                                        pad_id=int(c["pad_token_id"]))
+            return cls(pack, ctx, runners[0], runners[1], tokenizer)
+        except KeyError as exc:
+            raise PackError(f"{pack.root / MANIFEST}: constants lack {exc}; re-export the "
+                            "pack with `python -m export clap`") from exc
 
     # -- lifecycle ----------------------------------------------------------------------
 
