@@ -177,7 +177,7 @@ class GenerationEngine:
             self._outstanding += 1
         loop = asyncio.get_running_loop()
         live = LiveSequence(job, loop.create_future(), loop, time.perf_counter(),
-                     np.random.default_rng(job.seed))
+                            np.random.default_rng(job.seed))
         self._inbox.put(_Add(live))
         try:
             return await live.future
