@@ -167,7 +167,10 @@ def config_section(cfg: ConfigResult) -> list[str]:
         lo = point.load
         load = f"c={lo.concurrency}" if lo.mode == "closed" else f"open {lo.rate:.1f}/s"
         mean_batch, hist, wait = _queue_cells(point)
-        rows.append([lo.endpoint, load, fmt(lo.ok_rps, 2), fmt(lo.p50_ms), fmt(lo.p90_ms),
+        few = lo.mode == "closed" and lo.requests < 2 * lo.concurrency
+        rate = fmt(lo.ok_rps, 2) + (f" (only {lo.requests} done: lengthen --duration)" if few
+                                    else "")
+        rows.append([lo.endpoint, load, rate, fmt(lo.p50_ms), fmt(lo.p90_ms),
                      fmt(lo.p99_ms), fmt(lo.max_ms), _statuses(lo.non_2xx()), mean_batch, hist,
                      wait])
     return lines + _table(header, rows)
