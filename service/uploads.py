@@ -20,6 +20,8 @@ from service.errors import BadRequest, InvalidInput, PayloadTooLarge, Unsupporte
 from service.settings import Settings
 
 _MAX_FORM_FIELDS = 1024
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class AudioInput:
     """Every other field, as lists (multipart fields can repeat; JSON lists stay lists)."""
     filename: str | None = None
     content_type: str | None = None
+    json_lists: frozenset[str] = frozenset()
+    """Fields sent as JSON lists (a multipart client repeats a field instead)."""
 
     def first(self, name: str, default: Any = None) -> Any:
         values = self.fields.get(name)
@@ -36,6 +40,18 @@ class AudioInput:
 
     def all(self, name: str) -> list[Any]:
         return list(self.fields.get(name, []))
+
+    def flag(self, name: str) -> bool:
+        """A boolean field: JSON true/false, or 1/0, true/false, yes/no, on/off as text."""
+        raw = self.first(name, False)
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise InvalidInput(f"{name} must be true or false, not {raw!r}")
 
 
 async def read_audio_input(request: Request, settings: Settings) -> AudioInput:
@@ -97,4 +113,5 @@ async def _from_json(request: Request) -> AudioInput:
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput(f"`audio` is not valid base64: {exc}") from exc
     fields = {k: v if isinstance(v, list) else [v] for k, v in body.items() if v is not None}
-    return AudioInput(data=data, fields=fields)
+    lists = frozenset(k for k, v in body.items() if isinstance(v, list))
+    return AudioInput(data=data, fields=fields, json_lists=lists)

@@ -88,6 +88,15 @@ def test_classify_json_base64(client: TestClient, short_wav: bytes) -> None:
     assert body["labels"] == multipart["labels"][:2]
 
 
+def test_json_label_list_items_keep_their_commas(client: TestClient, short_wav: bytes) -> None:
+    audio = base64.b64encode(short_wav).decode()
+    listed = client.post("/classify", json={"audio": audio, "labels": ["dog, barking"]})
+    assert listed.status_code == 200, listed.text
+    assert [s["label"] for s in listed.json()["labels"]] == ["dog, barking"]
+    split = client.post("/classify", json={"audio": audio, "labels": "dog, barking"})
+    assert sorted(s["label"] for s in split.json()["labels"]) == ["barking", "dog"]
+
+
 def test_prompt_template_changes_the_text_side(client: TestClient, short_wav: bytes) -> None:
     default = _classify(client, short_wav, labels=LABELS).json()
     custom = _classify(client, short_wav, labels=LABELS,

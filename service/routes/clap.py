@@ -26,9 +26,6 @@ from service.uploads import AudioInput, read_audio_input
 
 router = APIRouter(tags=["clap"])
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
 
 class EmbedTextRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -41,11 +38,12 @@ class EmbedTextRequest(BaseModel):
 # -- field parsing --------------------------------------------------------------------
 
 def parse_labels(form: AudioInput) -> list[str]:
-    """Repeated fields are taken as they are; a single field is split on commas."""
+    """Repeated fields and JSON lists are taken as they are; one text field is split on
+    commas (a JSON string too, but never the items of a JSON list)."""
     values = form.all("labels")
     if any(not isinstance(v, str) for v in values):
         raise InvalidInput("`labels` must be strings (a list, or one comma-separated string)")
-    if len(values) == 1:
+    if len(values) == 1 and "labels" not in form.json_lists:
         return values[0].split(",")
     return values
 
@@ -65,18 +63,6 @@ def parse_top_k(form: AudioInput) -> int | None:
     if value < 1:
         raise InvalidInput(f"top_k must be at least 1, not {value}")
     return value
-
-
-def parse_flag(form: AudioInput, name: str) -> bool:
-    raw = form.first(name, False)
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise InvalidInput(f"{name} must be true or false, not {raw!r}")
 
 
 def parse_template(form: AudioInput) -> str | None:
@@ -140,7 +126,7 @@ async def classify(request: Request) -> dict[str, Any]:
     form = await read_audio_input(request, get_settings(request))
     result = await pipeline.classify(
         form.data, parse_labels(form), prompt_template=parse_template(form),
-        top_k=parse_top_k(form), per_window=parse_flag(form, "per_window"),
+        top_k=parse_top_k(form), per_window=form.flag("per_window"),
     )
     return classify_body(pipeline, result)
 

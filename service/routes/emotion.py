@@ -26,8 +26,6 @@ from service.uploads import AudioInput, read_audio_input
 
 router = APIRouter(tags=["emotion"])
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 _GRANULARITIES = ", ".join(g.value for g in Granularity)
 
 
@@ -38,20 +36,8 @@ def parse_options(form: AudioInput) -> EmotionOptions:
     except ValueError:
         raise InvalidInput(f"granularity must be one of {_GRANULARITIES}, not {raw!r}") from None
     return EmotionOptions(granularity=granularity,
-                          return_embedding=_flag(form, "return_embedding"),
-                          trim_silence=_flag(form, "trim_silence"))
-
-
-def _flag(form: AudioInput, name: str) -> bool:
-    raw = form.first(name, False)
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise InvalidInput(f"{name} must be true or false, not {raw!r}")
+                          return_embedding=form.flag("return_embedding"),
+                          trim_silence=form.flag("trim_silence"))
 
 
 def _frames_body(frames: FrameScores, result: EmotionResult, frame_rate: float
