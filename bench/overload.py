@@ -41,6 +41,7 @@ class OverloadResult:
     rejections: dict[str, int]
     batch_queues: list[prom.QueueFigures]
     stage_mean_ms: dict[str, float]  # service-side mean per pipeline stage, whole run
+    server_time: prom.RouteTime  # the route's time inside the server, whole run
 
     @property
     def checks(self) -> dict[str, bool]:
@@ -109,7 +110,7 @@ def run_overload(server: ServerProcess, ep: Endpoint, *, deadline_s: float, fact
         recovery=results["recovery"], normal_latency_ms=normal,
         recovery_s=recovery_seconds(samples, base_s + over_s, normal),
         rejections=rejections, batch_queues=[prom.queue_figures(d, q) for q in prom.queues(d)],
-        stage_mean_ms=stage_means(d),
+        stage_mean_ms=stage_means(d), server_time=prom.route_time(d, ep.path),
     )
 
 

@@ -42,13 +42,34 @@ class QueueFigures:
     rejections: dict[str, int]
 
 
-def _histogram(d: dict[Key, float], name: str, queue: str) -> list[tuple[float, float]]:
+def _histogram(d: dict[Key, float], name: str, value: str,
+               label: str = "queue") -> list[tuple[float, float]]:
     rows = []
-    for (metric, labels), value in d.items():
+    for (metric, labels), count in d.items():
         lab = dict(labels)
-        if metric == f"{name}_bucket" and lab.get("queue") == queue:
-            rows.append((float(lab["le"]), value))
+        if metric == f"{name}_bucket" and lab.get(label) == value:
+            rows.append((float(lab["le"]), count))
     return sorted(rows)
+
+
+@dataclass(frozen=True)
+class RouteTime:
+    """Server-side request time of one route (RequestContextMiddleware), over one run."""
+
+    route: str
+    requests: int
+    mean_ms: float
+    p99_bound_ms: float  # upper bound of the bucket holding the 99th percentile
+
+
+def route_time(d: dict[Key, float], route: str) -> RouteTime:
+    count = sum(v for (m, lab), v in d.items()
+                if m == "audioserve_request_seconds_count" and dict(lab).get("route") == route)
+    total = sum(v for (m, lab), v in d.items()
+                if m == "audioserve_request_seconds_sum" and dict(lab).get("route") == route)
+    buckets = _histogram(d, "audioserve_request_seconds", route, label="route")
+    return RouteTime(route, round(count), 1000 * total / count if count else math.nan,
+                     1000 * _quantile_bound(buckets, 0.99))
 
 
 def _scalar(d: dict[Key, float], name: str, queue: str) -> float:

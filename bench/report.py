@@ -214,6 +214,12 @@ def overload_section(o: OverloadResult | None) -> list[str]:
                   f"{k} {v:.0f} ms" for k, v in o.stage_mean_ms.items()) or "-") + "; "
               + ("; ".join(f"{q.queue}: mean batch {fmt(q.mean_batch, 2)}, mean queue wait "
                            f"{fmt(q.mean_wait_ms)} ms" for q in o.batch_queues) or "-") + ".",
+              "",
+              f"Time inside the server for `{o.server_time.route}` (middleware to last byte, "
+              f"every status, whole run): {o.server_time.requests} requests, mean "
+              f"{fmt(o.server_time.mean_ms)} ms, P99 <= {fmt(o.server_time.p99_bound_ms)} ms. "
+              "Client-side latency far above this is time spent before the app saw the "
+              "request (accept backlog, a starved event loop, or the load generator itself).",
               ""]
     lines += _table(["check", "verdict"], [[k, _verdict(v)] for k, v in o.checks.items()])
     return lines
