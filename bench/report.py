@@ -170,9 +170,11 @@ def config_section(cfg: ConfigResult) -> list[str]:
         few = lo.mode == "closed" and lo.requests < 2 * lo.concurrency
         rate = fmt(lo.ok_rps, 2) + (f" (only {lo.requests} done: lengthen --duration)" if few
                                     else "")
+        bad = _statuses(lo.non_2xx())
+        if lo.extra.get("invalid_2xx"):
+            bad += f"; **{lo.extra['invalid_2xx']:.0f} 2xx with an invalid body**"
         rows.append([lo.endpoint, load, rate, fmt(lo.p50_ms), fmt(lo.p90_ms),
-                     fmt(lo.p99_ms), fmt(lo.max_ms), _statuses(lo.non_2xx()), mean_batch, hist,
-                     wait])
+                     fmt(lo.p99_ms), fmt(lo.max_ms), bad, mean_batch, hist, wait])
     return lines + _table(header, rows)
 
 
