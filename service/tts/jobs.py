@@ -54,6 +54,8 @@ class EngineStats:
     decode_s: float
     prefill_s: float
     cache_copies: int
+    cache_s: float
+    """Time spent moving KV-cache data outside the graph (joins, leaves, contiguous pasts)."""
 
 
 @dataclass(eq=False)

@@ -23,7 +23,9 @@ mask hides the pad columns, so a row's logits do not depend on its batch-mates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -64,6 +66,16 @@ class BatchKVCache:
         self.mask = np.zeros((0, 0), dtype=np.int64)
         self.copies = 0
         """Whole-cache copies made so far (joins and leaves), for the benchmark."""
+        self.copy_s = 0.0
+        """Seconds spent moving cache data in numpy (or to and from the device)."""
+
+    @contextmanager
+    def _timed(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.copy_s += time.perf_counter() - t0
 
     @property
     def size(self) -> int:
@@ -100,6 +112,10 @@ class BatchKVCache:
         """Append prefilled rows below the batch, left-padding whichever side is shorter."""
         if not rows:
             return
+        with self._timed():
+            self._join(rows)
+
+    def _join(self, rows: Sequence[RowCache]) -> None:
         length = max([self.length, *(r.length for r in rows)])
         if self.size:
             self.copies += 1
@@ -123,6 +139,10 @@ class BatchKVCache:
         gone = set(request_ids) & set(self.ids)
         if not gone:
             return
+        with self._timed():
+            self._remove(gone)
+
+    def _remove(self, gone: set[str]) -> None:
         keep = [i for i, rid in enumerate(self.ids) if rid not in gone]
         self.ids = [self.ids[i] for i in keep]
         if not keep:
@@ -154,15 +174,17 @@ class PreallocatedKVCache(BatchKVCache):
 
     def past(self) -> list[np.ndarray]:
         n, start = self.size, self._cursor - self.length
-        return [np.ascontiguousarray(self._buffer[i, :n, :, start:self._cursor])
-                for i in range(2 * self.num_layers)]
+        with self._timed():
+            return [np.ascontiguousarray(self._buffer[i, :n, :, start:self._cursor])
+                    for i in range(2 * self.num_layers)]
 
     def advance(self, presents: Sequence[np.ndarray], step_mask: np.ndarray) -> None:
         n = self.size
         if self._cursor == self._buffer.shape[3]:
             self._store(self.past())  # compaction: the used columns move to the front
-        for i, present in enumerate(presents):
-            self._buffer[i, :n, :, self._cursor] = present[:, :, -1]
+        with self._timed():
+            for i, present in enumerate(presents):
+                self._buffer[i, :n, :, self._cursor] = present[:, :, -1]
         self._cursor += 1
         self.mask = step_mask
 
@@ -170,8 +192,9 @@ class PreallocatedKVCache(BatchKVCache):
         n, p = self.size, self.length
         if p > self._buffer.shape[3]:
             raise RuntimeError("preallocated KV cache is full")
-        for i, layer in enumerate(layers):
-            self._buffer[i, :n, :, :p] = layer
+        with self._timed():
+            for i, layer in enumerate(layers):
+                self._buffer[i, :n, :, :p] = layer
         self._cursor = p
 
     def join(self, rows: Sequence[RowCache]) -> None:
@@ -204,9 +227,10 @@ class DeviceKVCache(BatchKVCache):
                positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mask = self.step_mask()
         if self._values is None:
-            self._values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a),
-                                                             self.device, self.device_id)
-                            for a in self.layers]
+            with self._timed():
+                self._values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a),
+                                                                 self.device, self.device_id)
+                                for a in self.layers]
             self.layers = []
         hidden, logits, self._values = graphs.gpt_bound(embeds, mask, positions,
                                                         self._values, self.device,
@@ -216,7 +240,8 @@ class DeviceKVCache(BatchKVCache):
 
     def _to_host(self) -> None:
         if self._values is not None:
-            self.layers = [np.array(v.numpy()) for v in self._values]
+            with self._timed():
+                self.layers = [np.array(v.numpy()) for v in self._values]
             self._values = None
 
     def join(self, rows: Sequence[RowCache]) -> None:
