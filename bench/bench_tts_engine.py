@@ -59,7 +59,9 @@ class DecodeRow:
     rtf_stream: float
     rtf_aggregate: float
     cache_ms: float
-    """KV-cache data movement outside the graph per decode step."""
+    """KV-cache data movement outside the graph per decode step (steady state)."""
+    membership_ms: float
+    """KV-cache data movement when the rows joined and left (whole run)."""
 
 
 async def decode_run(graphs: TTSGraphs, active: int, steps: int, cache: KVCacheKind,
@@ -78,7 +80,8 @@ async def decode_run(graphs: TTSGraphs, active: int, steps: int, cache: KVCacheK
     step_s = stats.decode_s / max(stats.decode_steps, 1)
     return DecodeRow(cache.value, active, step_s * 1e3, stats.decode_rows / stats.decode_s,
                      step_s / TOKEN_S, step_s / (active * TOKEN_S),
-                     stats.cache_s * 1e3 / max(stats.decode_steps, 1))
+                     stats.cache_step_s * 1e3 / max(stats.decode_steps, 1),
+                     stats.cache_membership_s * 1e3)
 
 
 @dataclass(frozen=True)
@@ -159,11 +162,12 @@ async def service_run(pack: ModelPack, graphs: TTSGraphs, mode: str, clients: in
 def print_decode(rows: list[DecodeRow]) -> None:
     print("\n## Decode steps (tokens/s of batched decode steps)")
     print("| kv cache | active | step ms | tokens/s | RTF per stream | RTF aggregate | "
-          "cache ms / step |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "cache ms / step | join+leave ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r.cache} | {r.active} | {r.step_ms:.2f} | {r.tokens_per_s:.0f} | "
-              f"{r.rtf_stream:.3f} | {r.rtf_aggregate:.3f} | {r.cache_ms:.2f} |")
+              f"{r.rtf_stream:.3f} | {r.rtf_aggregate:.3f} | {r.cache_ms:.2f} | "
+              f"{r.membership_ms:.1f} |")
 
 
 def print_service(rows: list[ServiceRow]) -> None:

@@ -162,7 +162,8 @@ class GenerationEngine:
             steps=self._stats["steps"], decode_steps=self._stats["decode_steps"],
             decode_rows=self._stats["decode_rows"], decode_s=self._times["decode"],
             prefill_s=self._times["prefill"], cache_copies=self.cache.copies,
-            cache_s=self.cache.copy_s,
+            cache_step_s=self.cache.copy_s["step"],
+            cache_membership_s=self.cache.copy_s["membership"],
         )
 
     # -- the event loop's side -------------------------------------------------------

@@ -54,8 +54,10 @@ class EngineStats:
     decode_s: float
     prefill_s: float
     cache_copies: int
-    cache_s: float
-    """Time spent moving KV-cache data outside the graph (joins, leaves, contiguous pasts)."""
+    cache_step_s: float
+    """KV-cache data moved outside the graph in decode steps (0 for the default cache)."""
+    cache_membership_s: float
+    """KV-cache data moved when rows join or leave."""
 
 
 @dataclass(eq=False)

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from service.tts.model import TTSGraphs
 
 
+STEP, MEMBERSHIP = "step", "membership"
+
+
 @dataclass(frozen=True)
 class RowCache:
     """One sequence's cache straight from its prefill: 2L arrays [1, h, p, d]."""
@@ -66,16 +69,17 @@ class BatchKVCache:
         self.mask = np.zeros((0, 0), dtype=np.int64)
         self.copies = 0
         """Whole-cache copies made so far (joins and leaves), for the benchmark."""
-        self.copy_s = 0.0
-        """Seconds spent moving cache data in numpy (or to and from the device)."""
+        self.copy_s = {STEP: 0.0, MEMBERSHIP: 0.0}
+        """Seconds spent moving cache data outside the graph: in every decode step, and
+        when rows join or leave (including uploads to the device after a change)."""
 
     @contextmanager
-    def _timed(self) -> Iterator[None]:
+    def _timed(self, bucket: str = MEMBERSHIP) -> Iterator[None]:
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self.copy_s += time.perf_counter() - t0
+            self.copy_s[bucket] += time.perf_counter() - t0
 
     @property
     def size(self) -> int:
@@ -172,17 +176,20 @@ class PreallocatedKVCache(BatchKVCache):
                                 np.float32)
         self._cursor = 0
 
-    def past(self) -> list[np.ndarray]:
+    def _used(self) -> list[np.ndarray]:
         n, start = self.size, self._cursor - self.length
-        with self._timed():
-            return [np.ascontiguousarray(self._buffer[i, :n, :, start:self._cursor])
-                    for i in range(2 * self.num_layers)]
+        return [np.ascontiguousarray(self._buffer[i, :n, :, start:self._cursor])
+                for i in range(2 * self.num_layers)]
+
+    def past(self) -> list[np.ndarray]:
+        with self._timed(STEP):
+            return self._used()
 
     def advance(self, presents: Sequence[np.ndarray], step_mask: np.ndarray) -> None:
         n = self.size
         if self._cursor == self._buffer.shape[3]:
-            self._store(self.past())  # compaction: the used columns move to the front
-        with self._timed():
+            self._store(self._used())  # compaction: the used columns move to the front
+        with self._timed(STEP):
             for i, present in enumerate(presents):
                 self._buffer[i, :n, :, self._cursor] = present[:, :, -1]
         self._cursor += 1
@@ -198,13 +205,15 @@ class PreallocatedKVCache(BatchKVCache):
         self._cursor = p
 
     def join(self, rows: Sequence[RowCache]) -> None:
-        self.layers = self.past() if self.size else []
+        with self._timed():
+            self.layers = self._used() if self.size else []
         super().join(rows)
         self._store(self.layers)
         self.layers = []
 
     def remove(self, request_ids: Sequence[str]) -> None:
-        self.layers = self.past()
+        with self._timed():
+            self.layers = self._used()
         super().remove(request_ids)
         self._store(self.layers)
         self.layers = []
