@@ -187,10 +187,11 @@ def print_service(rows: list[ServiceRow]) -> None:
 
 async def main_async(args: argparse.Namespace, pack_dir: Path) -> None:
     pack = load_pack(pack_dir, expected_kind="chattts")
-    graphs = TTSGraphs.open(pack, "fp32",
+    graphs = TTSGraphs.open(pack, args.precision,
                             RuntimeConfig(provider="cpu", intra_op_threads=args.threads))
+    gpt_precision = args.precision if args.precision in pack.precisions("gpt") else "fp32"
     print(f"pack {pack_dir} ({pack.manifest.source}): hidden {graphs.c.hidden_size}, "
-          f"{graphs.c.num_layers} layers")
+          f"{graphs.c.num_layers} layers, gpt {gpt_precision}")
     decode_rows = []
     await decode_run(graphs, 2, 8, KVCacheKind.PRESENT)  # warm-up
     for active in (1, 2, 4, 8):
@@ -220,6 +221,8 @@ def main() -> None:
     parser.add_argument("--pack", type=Path, help="a chattts pack (default: build the tiny one)")
     parser.add_argument("--steps", type=int, default=128, help="decode steps per run")
     parser.add_argument("--repeats", type=int, default=3, help="decode runs per point (best)")
+    parser.add_argument("--precision", default="fp32",
+                        help="graph variant (e.g. int8 from `python -m quant`); fp32 where absent")
     parser.add_argument("--threads", type=int, default=1,
                         help="ORT intra-op threads (1: steadier on a shared machine)")
     parser.add_argument("--rounds", type=int, default=3, help="service runs per point")
