@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from bench.report import RunResult
 
 STYLE = {"on": ("audioserve, batching on", "-o"), "off": ("audioserve, max_batch_size=1", "--s"),
+         "on-clap": ("audioserve, batching on, CLAP only", "-D"),
          "litserve": ("LitServe", ":^"), "rayserve": ("Ray Serve", "-.v")}
 
 

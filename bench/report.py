@@ -75,7 +75,7 @@ def ceiling_at(points: list[CeilingPoint], batch: int) -> CeilingPoint | None:
 
 def summary_rows(run: RunResult) -> list[list[str]]:
     on, off = run.config("on"), run.config("off")
-    peers = [run.config(k) for k in ("litserve", "rayserve")]
+    peers = [run.config(k) for k in ("on-clap", "litserve", "rayserve")]
     rows = []
     for ep in run.endpoints():
         base = on or off
@@ -109,12 +109,15 @@ def ceiling_ratio(run: RunResult, endpoint: str, point: Point | None) -> float:
 
 def summary_section(run: RunResult) -> list[str]:
     header = ["endpoint", "c", "on req/s", "on P50 ms", "on P99 ms", "off req/s", "off P99 ms",
-              "on/off", "on/raw ceiling", "LitServe req/s / P99", "Ray Serve req/s / P99"]
+              "on/off", "on/raw ceiling", "on, CLAP only: req/s / P99", "LitServe req/s / P99",
+              "Ray Serve req/s / P99"]
     lines = ["## Summary (closed loop, wrk)", "",
              f"`on`: dynamic batching (max batch {run.max_batch_size}); `off`: "
              "AUDIOSERVE_MAX_BATCH_SIZE=1. `on/raw ceiling`: service work rate (req/s x "
              "units per request) over the raw ORT graph rate at the same batch size. "
-             "Latency in ms; `-`: not measured.", ""]
+             "`on, CLAP only`: batching on with only the CLAP pack loaded, as the peers "
+             "serve it (measured when other packs are in the run). Latency in ms; `-`: "
+             "not measured.", ""]
     return lines + _table(header, summary_rows(run))
 
 
@@ -132,6 +135,9 @@ def targets_section(run: RunResult) -> list[str]:
         r = ratio(a.load.ok_rps, b.load.ok_rps)
         rows.append([f"CLAP /classify c={TARGET_CONCURRENCY}: on / off",
                      f">= {CLAP_BATCHING_TARGET}", fmt(r, 2), _verdict(r >= CLAP_BATCHING_TARGET)])
+    alone = run.config("on-clap")
+    if alone is not None:  # audioserve with the CLAP pack only, as the peers serve it
+        a = alone.at("classify", TARGET_CONCURRENCY)
     for key, name in (("litserve", "LitServe"), ("rayserve", "Ray Serve")):
         peer = run.config(key)
         p = peer.at("classify", TARGET_CONCURRENCY) if peer else None

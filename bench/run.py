@@ -186,6 +186,14 @@ def measure_peers(args: argparse.Namespace, models_dir: Path,
     tuning = peers.PeerTuning(args.batch_size, args.max_wait_ms, args.threads, args.deadline_s,
                               args.max_queue)
     results = []
+    if len(endpoints) > 1:  # the peers serve CLAP alone: so does audioserve for the comparison
+        settings = service_settings(args, ["clap"])
+        log(f"configuration on-clap (for the peers): {settings}")
+        server = audioserve("audioserve-on-clap", models_dir, settings, log_dir=log_dir,
+                            service_root=args.service_root)
+        results.append(run_config("on-clap", "audioserve, batching on, CLAP pack only (the "
+                                  "peers' baseline)", settings, server,
+                                  {"classify": endpoints["classify"]}, plan, log))
     for key, title in (("litserve", "LitServe"), ("rayserve", "Ray Serve")):
         if not peers.installed(key):
             notes.append(f"{title} not installed (`pip install litserve \"ray[serve]\"`): "
