@@ -292,3 +292,26 @@ def test_whole_service_pipeline_matches_the_package(
     np.testing.assert_array_equal(result.codes, reference.codes)  # type: ignore[attr-defined]
     expected = peak_limit(reference.wave)
     np.testing.assert_allclose(result.samples, expected, rtol=0, atol=1e-4)  # type: ignore[attr-defined]
+
+
+def test_int8_weight_only_keeps_batch_invariance(
+    chattts_pack_dir: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    """Weight-only int8 (quant's ChatTTS default) has no activation scales shared across
+    rows, so joining mid-flight still reproduces the solo tokens."""
+    import shutil
+
+    from quant.__main__ import main as quantize
+
+    pack_dir = tmp_path / "chattts"
+    shutil.copytree(chattts_pack_dir, pack_dir)
+    assert quantize([str(pack_dir), "--to", "int8"]) == 0
+    pack = load_pack(pack_dir, expected_kind="chattts")
+    assert pack.graph("gpt", "int8")[1].quantization  # really the quantised graph
+    graphs = TTSGraphs.open(pack, "int8", RuntimeConfig(provider="cpu", intra_op_threads=1))
+    jobs = [make_job(graphs, i, max_new=20 + 7 * i) for i in range(4)]
+    alone = solo_results(graphs, jobs)
+    together, _ = staggered(graphs, jobs, EngineConfig(step=StepConfig(max_active=4)),
+                            join_every=4)
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a.tokens, b.tokens)
