@@ -115,7 +115,7 @@ def _weight_only(src: Path, dst: Path, bits: int, excluded: list[str]) -> dict[s
         op_types_to_quantize=("MatMul",),
     )
     model = onnx.load(str(src))
-    gemms = gemm_to_matmul(model.graph)
+    gemms = gemm_to_matmul(model.graph, excluded)
     quantizer = MatMulNBitsQuantizer(model, algo_config=config,
                                      nodes_to_exclude=excluded)
     quantizer.process()
@@ -126,7 +126,7 @@ def _weight_only(src: Path, dst: Path, bits: int, excluded: list[str]) -> dict[s
             "gemm_rewritten_as_matmul": gemms}
 
 
-def gemm_to_matmul(graph: onnx.GraphProto) -> int:
+def gemm_to_matmul(graph: onnx.GraphProto, skip: list[str]) -> int:
     """Rewrite `Gemm(A, W[, C])` with a constant W (alpha = beta = 1, A not transposed) as
     `MatMul(A, W') + C`, since MatMulNBits only takes MatMul (Linear layers on 2-D inputs,
     like ChatTTS's heads, export as Gemm). Returns how many were rewritten."""
@@ -134,7 +134,8 @@ def gemm_to_matmul(graph: onnx.GraphProto) -> int:
     nodes, count = [], 0
     for node in graph.node:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        rewritable = (node.op_type == "Gemm" and node.input[1] in weights
+        rewritable = (node.op_type == "Gemm" and node.name not in skip
+                      and node.input[1] in weights
                       and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
                       and not attrs.get("transA", 0))
         if not rewritable:

@@ -1,12 +1,20 @@
 """Per-model defaults: how each graph of each pack kind is turned into fp16 and int8.
 
 The service promises that batching never changes a result, so each graph's DEFAULT int8
-method must be batch-invariant: static QDQ (fixed, calibrated activation scales) for the
-encoders of CLAP and Emotion2Vec+, weight-only MatMulNBits for the ChatTTS graphs (an
-autoregressive GPT whose activations the calibration set cannot cover). Dynamic int8
-computes activation scales per batch, so an item's result depends on its batch-mates: it
-is an opt-in, flagged `batch_invariant: false` in the manifest. (Measured facts behind
-these choices: ../shared/notes/{clap,emotion2vec,chattts}.md.)
+must be batch-invariant. Two methods are:
+- static QDQ (calibrated, fixed activation scales) -- exactly, but only for graphs whose
+  items all have ONE shape (CLAP audio: every item is a 10 s log-mel). With padded,
+  variable-length items, fp32 reductions over the padded axis (the waveform norm's sum,
+  masked pooling) differ between "alone" and "in a batch" by ~1e-7, and a fixed-scale
+  QuantizeLinear turns such a difference into a whole quantization step when a value sits
+  on a rounding boundary: Emotion2Vec+ base, static int8, item alone vs in a batch of 8:
+  up to 4e-2 in the logits (measured here), as bad as dynamic int8 (2e-2).
+- weight-only (MatMulNBits, 8-bit blocks): activations stay float, so batching moves
+  results by fp32 noise only (1.9e-6 on the same Emotion2Vec+ test, and more accurate).
+  The default for every graph fed padded items (CLAP text, Emotion2Vec+, ChatTTS).
+Dynamic int8 computes activation scales per batch, so an item's result depends on its
+batch-mates by design: opt-in only, flagged `batch_invariant: false` in the manifest.
+(Further measured facts: ../shared/notes/{clap,emotion2vec,chattts}.md.)
 """
 
 from __future__ import annotations
@@ -62,16 +70,18 @@ RECIPES: dict[str, dict[str, GraphRecipe]] = {
                              int8_op_types=("MatMul", "Gemm", "Conv"),
                              int8_keep_nodes=("/audio_projection/",),
                              fp16_keep_ops=("ReduceL2",)),
-        "text": GraphRecipe(Method.STATIC, {"text_embeds": Compare.EMBEDDING},
+        "text": GraphRecipe(Method.WEIGHT_ONLY, {"text_embeds": Compare.EMBEDDING},
                             int8_keep_nodes=("/text_projection/",),
                             fp16_keep_ops=("ReduceL2",),
                             pad_constants={"input_ids": "pad_token_id"}),
     },
     "emotion2vec": {
-        # ConvInteger/QDQ Conv on the CNN front-end is less accurate and slower on CPU
-        # (notes/emotion2vec.md): MatMul only.
-        "model": GraphRecipe(Method.STATIC,
+        # For --method static: ConvInteger/QDQ Conv on the CNN front-end is less accurate
+        # and slower on CPU (notes/emotion2vec.md), so MatMul/Gemm only, and the head on
+        # the pooled embedding (a padded-axis sum) stays float.
+        "model": GraphRecipe(Method.WEIGHT_ONLY,
                              {"logits": Compare.LOGITS, "embedding": Compare.EMBEDDING},
+                             int8_keep_nodes=("/model/proj/",),
                              fp16_keep_ops=FRAGILE_REDUCTIONS),
     },
     "chattts": {
