@@ -21,7 +21,7 @@ reports per sequence only "this token, and was it an end-of-sequence".
 - A sequence leaves in the `update` that finishes it (EOS or max tokens): its slot is free
   for the very next `schedule`. `abort` removes a waiting sequence at once; a running one
   is dropped at the next `schedule`, whose `plan.evicted` tells the engine which cache
-  rows to drop.
+  rows to drop, and that plan's `update` reports it finished with reason ABORTED.
 - `Admission.STATIC` (wait until the running set is empty, then admit a whole batch) exists
   as a baseline for benchmarks; one-request-at-a-time is `max_active=1`.
 
@@ -97,8 +97,12 @@ class StepPlan:
     """Admitted this step: run their prompt; each yields its first token."""
     decode: tuple[ScheduledSeq, ...]
     """Running since an earlier step: one batched decode step, one token each."""
-    evicted: tuple[str, ...]
+    evicted: tuple[ScheduledSeq, ...]
     """Running sequences aborted since the last plan: drop their cache rows now."""
+
+    @property
+    def evicted_ids(self) -> tuple[str, ...]:
+        return tuple(s.request_id for s in self.evicted)
 
     @property
     def empty(self) -> bool:
@@ -241,8 +245,10 @@ class StepScheduler:
         return StepPlan(self._step, prefill, decode, evicted)
 
     def update(self, plan: StepPlan, outputs: Mapping[str, SeqOutput]) -> list[StepEvent]:
-        """Append each scheduled sequence's token; finished ones leave now."""
-        events = []
+        """Append each scheduled sequence's token; finished ones leave now. The plan's
+        evicted sequences are reported first, finished with reason ABORTED."""
+        events = [StepEvent(s.request_id, None, s.num_generated, FinishReason.ABORTED)
+                  for s in plan.evicted]
         for scheduled in plan.scheduled:
             seq = self._running.get(scheduled.request_id)
             if seq is None or seq.aborted:
@@ -288,11 +294,11 @@ class StepScheduler:
             tokens += prompt
         return admitted
 
-    def _evict_aborted(self) -> tuple[str, ...]:
+    def _evict_aborted(self) -> tuple[ScheduledSeq, ...]:
         gone = [seq for seq in self._running.values() if seq.aborted]
         for seq in gone:
             self._release(seq)
-        return tuple(seq.request.request_id for seq in gone)
+        return tuple(seq.scheduled() for seq in gone)
 
     def _release(self, seq: _Seq) -> None:
         seq.status = SeqStatus.FINISHED

@@ -96,9 +96,12 @@ def test_abort_waiting_and_running() -> None:
     assert sched.abort("a")
     assert not sched.abort("a") and not sched.abort("zzz")
     plan = sched.schedule()
-    assert plan.evicted == ("a",)  # the running one is dropped at the next step...
+    assert plan.evicted_ids == ("a",)  # the running one is dropped at the next step...
     assert ids(plan.prefill) == ["c"]  # ...and its slot is reused in that same step
     assert not plan.decode
+    events = sched.update(plan, {"c": SeqOutput(token=0)})
+    assert [(e.request_id, e.finish, e.num_generated) for e in events] == [
+        ("a", FinishReason.ABORTED, 1), ("c", None, 1)]
 
 
 def test_abort_during_step_skips_its_output() -> None:
@@ -107,7 +110,7 @@ def test_abort_during_step_skips_its_output() -> None:
     plan = sched.schedule()
     sched.abort("a")
     assert sched.update(plan, {"a": SeqOutput(token=1)}) == []
-    assert sched.schedule().evicted == ("a",)
+    assert sched.schedule().evicted_ids == ("a",)
     assert not sched.has_requests()
 
 

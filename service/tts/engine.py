@@ -262,9 +262,9 @@ class GenerationEngine:
     def _step(self) -> None:
         started = time.perf_counter()
         plan = self.scheduler.schedule()
-        for rid in plan.evicted:
-            self._live.pop(rid, None)
-        self.cache.remove(plan.evicted)
+        for rid in plan.evicted_ids:
+            self._live.pop(rid, None)  # its caller was told (cancelled) when it aborted
+        self.cache.remove(plan.evicted_ids)
         try:
             outputs = self._decode(plan.decode) if plan.decode else {}
             t0 = time.perf_counter()
@@ -282,7 +282,7 @@ class GenerationEngine:
             return
         self._stats["steps"] += 1
         self._report(plan.decode, plan.prefill, time.perf_counter() - started)
-        finished = [e for e in events if e.finished]
+        finished = [e for e in events if e.finished and e.finish != FinishReason.ABORTED]
         self.cache.remove([e.request_id for e in finished])
         for event in finished:
             self._complete(event)
