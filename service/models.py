@@ -59,6 +59,7 @@ def load_pipeline(pack: ModelPack, settings: Settings, metrics: Metrics) -> Pipe
         provider=settings.provider,
         device_id=settings.cuda_device_id,
         intra_op_threads=settings.intra_op_threads,
+        intra_op_spinning=settings.intra_op_spinning,
     )
     provider = resolve_provider(settings.provider)
     precision = resolve_precision(settings.precision_for(pack.kind), pack, provider)

@@ -26,6 +26,7 @@ class RuntimeConfig:
     provider: str = "auto"  # auto | cuda | cpu
     device_id: int = 0
     intra_op_threads: int = 0
+    intra_op_spinning: bool = False
 
 
 def resolve_provider(wanted: str) -> str:
@@ -68,6 +69,8 @@ def create_session(path: Path, config: RuntimeConfig) -> ort.InferenceSession:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = config.intra_op_threads
     options.inter_op_num_threads = 1
+    spinning = "1" if config.intra_op_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
     options.log_severity_level = 3  # errors only: ORT warns about every unused initializer
     try:
         session = ort.InferenceSession(

@@ -17,6 +17,8 @@ from batcher import BatchConfig
 Precision = Literal["fp32", "fp16", "int8", "auto"]
 Provider = Literal["auto", "cuda", "cpu"]
 LongAudioPolicy = Literal["reject", "truncate"]
+TtsScheduling = Literal["continuous", "static", "sequential"]
+KvCache = Literal["auto", "present", "device", "preallocated"]
 
 MODEL_NAMES = ("clap", "emotion2vec", "chattts")
 
@@ -34,6 +36,9 @@ class Settings(BaseSettings):
     cuda_device_id: int = 0
     intra_op_threads: int = 0
     """ONNX Runtime threads per session on CPU; 0 lets ORT use every core."""
+    intra_op_spinning: bool = False
+    """Let idle ORT threads spin. Off: several models share the cores, and spinning
+    threads of one session slowed the others 3-5x on a 2-core machine."""
     clap_precision: Precision = "auto"
     emotion2vec_precision: Precision = "auto"
     chattts_precision: Precision = "auto"
@@ -64,6 +69,20 @@ class Settings(BaseSettings):
     emotion_max_seconds: float = Field(300.0, gt=0)
     emotion_chunk_seconds: float = Field(30.0, gt=1)
     tts_max_text_chars: int = Field(2000, ge=1)
+
+    # -- TTS engine (docs/tts-engine.md) -----------------------------------------------
+    tts_scheduling: TtsScheduling = "continuous"
+    """`continuous`: sequences join and leave between decoding steps; `static` (wait for
+    a batch, run it to completion) and `sequential` (one at a time) are baselines."""
+    tts_max_active: int = Field(8, ge=1, le=256)
+    """Sequences decoded together in one step."""
+    tts_max_prefills: int = Field(4, ge=1)
+    """New sequences prefilled per step (bounds the step time of the running ones)."""
+    tts_max_waiting: int | None = Field(None, ge=1)
+    """Sequences waiting for a slot before 503; default: max_queue."""
+    tts_static_wait_ms: float = Field(50.0, ge=0)
+    tts_kv_cache: KvCache = "auto"
+    """`auto`: on the device through IO binding on CUDA, host arrays on CPU."""
 
     # -- HTTP -------------------------------------------------------------------------
     host: str = "127.0.0.1"

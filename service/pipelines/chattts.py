@@ -84,18 +84,15 @@ def peak_limit(wave: np.ndarray, peak: float = PEAK) -> np.ndarray:
 
 
 def engine_config(settings: Settings, max_seq_len: int) -> EngineConfig:
-    """The TTS settings (with defaults until every field exists in `Settings`)."""
-    mode = str(getattr(settings, "tts_scheduling", "continuous"))
-    max_active = int(getattr(settings, "tts_max_active", 8))
+    mode = settings.tts_scheduling
     admission = Admission.STATIC if mode == "static" else Admission.CONTINUOUS
-    if mode == "sequential":
-        max_active = 1
+    max_active = 1 if mode == "sequential" else settings.tts_max_active
     return EngineConfig(
         step=StepConfig(max_active=max_active, max_seq_len=max_seq_len, admission=admission,
-                        max_prefills_per_step=int(getattr(settings, "tts_max_prefills", 4))),
-        max_waiting=int(getattr(settings, "tts_max_waiting", settings.max_queue)),
-        static_wait_ms=float(getattr(settings, "tts_static_wait_ms", 50.0)),
-        kv_cache=KVCacheKind(str(getattr(settings, "tts_kv_cache", "present"))),
+                        max_prefills_per_step=settings.tts_max_prefills),
+        max_waiting=settings.tts_max_waiting or settings.max_queue,
+        static_wait_ms=settings.tts_static_wait_ms,
+        kv_cache=KVCacheKind(settings.tts_kv_cache),
     )
 
 
