@@ -109,17 +109,20 @@ def bench_model(model: str, root: Path, args: argparse.Namespace) -> str:
     out = subprocess.run([sys.executable, "-m", "quant", "report", str(pack), *report],
                          cwd=REPO, check=True, capture_output=True, text=True).stdout
     sections = [out.strip()]
-    for method in [m for m in args.also.split(",") if m]:
+    for choice in [m for m in args.also.split(",") if m]:
+        method, _, bits = choice.partition(":")
         if model == "chattts" and method != "weight-only":
             continue  # the GPT's activations cannot be calibrated over a generation
-        other = root / f"{model}-{method}"
+        other = root / f"{model}-{method}{bits}"
         shutil.rmtree(other, ignore_errors=True)
         shutil.copytree(pack, other)
-        _python("-m", "quant", str(other), "--to", "int8", "--method", method, *calibration)
+        _python("-m", "quant", str(other), "--to", "int8", "--method", method,
+                "--bits", bits or "8", *calibration)
         out = subprocess.run([sys.executable, "-m", "quant", "report", str(other), *report],
                              cwd=REPO, check=True, capture_output=True, text=True).stdout
         rows = [line for line in out.splitlines() if line.startswith("| ") and "int8" in line]
-        sections.append(f"int8 by `--method {method}` instead (its own fp32 run for the "
+        flag = f" --bits {bits}" if bits else ""
+        sections.append(f"int8 by `--method {method}{flag}` instead (its own fp32 run for the "
                         "speed-up), same inputs:\n\n" + "\n".join(rows))
         shutil.rmtree(other, ignore_errors=True)
     sections.append(f"_export {exported - started:.0f} s, fp16 + int8 "
@@ -136,7 +139,7 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true", help="tiny configs (a quick dry run)")
     p.add_argument("--also", default="",
                    help="comma-separated other int8 methods to time too "
-                        "(static, dynamic, weight-only)")
+                        "(static, dynamic, weight-only, weight-only:4 for 4-bit)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=3.0, help="audio item length")
