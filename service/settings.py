@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     emotion_max_seconds: float = Field(300.0, gt=0)
     emotion_chunk_seconds: float = Field(30.0, gt=1)
     tts_max_text_chars: int = Field(2000, ge=1)
+    """Longer text -> 413 (the text is well-formed, just more than this server takes)."""
 
     # -- TTS engine (docs/tts-engine.md) -----------------------------------------------
     tts_scheduling: TtsScheduling = "continuous"
@@ -83,6 +84,24 @@ class Settings(BaseSettings):
     tts_static_wait_ms: float = Field(50.0, ge=0)
     tts_kv_cache: KvCache = "auto"
     """`auto`: on the device through IO binding on CUDA, host arrays on CPU."""
+
+    # -- TTS as users call it (docs/tts-api.md) ----------------------------------------
+    tts_piece_max_chars: int = Field(200, ge=8)
+    """Long text is cut at sentence, then clause marks, then spaces into pieces of at
+    most this many characters, each generated as its own sequence in the same batch
+    (~45 s of speech stays under ChatTTS's 2,048-token budget)."""
+    tts_crossfade_ms: float = Field(10.0, ge=0, le=200)
+    """Linear crossfade between the audio of consecutive pieces."""
+    tts_stream_chunk_tokens: int = Field(24, ge=1)
+    """A streamed response sends audio every this many new tokens (21.3 ms each)."""
+    tts_stream_context_tokens: int | None = Field(None, ge=0)
+    """Tokens decoded left of each streamed window; default: the pack's decoder + vocos
+    receptive field (exact seams)."""
+    tts_stream_lookahead_tokens: int | None = Field(None, ge=1)
+    """Tokens a streamed window waits for right of what it sends; default: the receptive
+    field (exact seams). Smaller: earlier audio, a measured seam error."""
+    voices_dir: Path = Path("voices")
+    """Saved voices (`POST /v1/voices`), one JSON file each."""
 
     # -- HTTP -------------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -36,11 +36,13 @@ from service.pipelines.base import LoadContext
 from service.settings import Settings
 from service.tts import speaker as speakers
 from service.tts import text as texts
+from service.tts.chunking import split_long_text
 from service.tts.engine import EngineConfig, GenerationEngine, KVCacheKind
 from service.tts.jobs import GenerationJob, GenerationResult, PassKind
 from service.tts.model import TTSGraphs
-
-PEAK = 0.95
+from service.tts.streaming import PEAK, receptive_field_tokens, stitch
+from service.tts.stretch import time_stretch
+from service.tts.voices import VoiceStore
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,10 @@ class SpeechRequest:
     refine_text: bool = False
     format: str = "wav"
     sample_rate: int = 24000
+    voice: str | None = None
+    """A voice name, a mix `a(2)+b(1)` or an `spk_emb` string (see service/tts/voices.py)."""
+    speed: float = 1.0
+    """0.25-4.0, by time-stretching each piece (service/tts/stretch.py)."""
     greedy: bool = False
     """Argmax sampling (tests and parity checks; not exposed over HTTP)."""
 
@@ -73,6 +79,16 @@ class SpeechResult:
     finish_reason: str
     sampling_seed: int
     timings_ms: dict[str, float] = field(default_factory=dict)
+    pieces: int = 1
+
+
+@dataclass(frozen=True)
+class PreparedSpeech:
+    """A request made ready for the engine: one audio-code job per piece of the text."""
+
+    jobs: tuple[GenerationJob, ...]
+    sampling_seed: int
+    timings_ms: dict[str, float]
 
 
 def peak_limit(wave: np.ndarray, peak: float = PEAK) -> np.ndarray:
@@ -118,6 +134,13 @@ class ChatTTSPipeline:
             name="chattts_gpt", observer=ctx.metrics.observer("chattts_gpt"),
         )
         self._decoder: DynamicBatcher[np.ndarray, np.ndarray] | None = None
+        self.voices = VoiceStore(self.settings.voices_dir, self.spk_stat)
+        config = getattr(pack.manifest, "model_extra", None) or {}
+        radius = receptive_field_tokens(config.get("config", {}))
+        self.stream_context = self.settings.tts_stream_context_tokens or radius
+        self.stream_lookahead = (radius if self.settings.tts_stream_lookahead_tokens is None
+                                 else self.settings.tts_stream_lookahead_tokens)
+        self.crossfade = int(self.c.sample_rate * self.settings.tts_crossfade_ms / 1000)
 
     @classmethod
     def load(cls, pack: ModelPack, ctx: LoadContext) -> ChatTTSPipeline:
@@ -154,47 +177,75 @@ class ChatTTSPipeline:
             "sample_rate": self.c.sample_rate, "max_active": cfg.max_active,
             "scheduling": cfg.admission.value if cfg.max_active > 1 else "sequential",
             "graphs": {g: sorted(v) for g, v in m.graphs.items()},
-            "endpoints": ["/tts"],
+            "endpoints": ["/tts", "/v1/audio/speech", "/v1/voices"],
+            "stream": {"chunk_tokens": self.settings.tts_stream_chunk_tokens,
+                       "context_tokens": self.stream_context,
+                       "lookahead_tokens": self.stream_lookahead},
         }
 
     # -- the request's way ------------------------------------------------------------
 
-    async def synthesize(self, req: SpeechRequest) -> SpeechResult:
-        timings: dict[str, float] = {}
+    async def prepare(self, req: SpeechRequest) -> PreparedSpeech:
+        """Speaker, seeds, pieces of the text (long text: sentence/clause cuts), optional
+        refine pass, prompt ids: one code job per piece, all run in the same batch."""
         t0 = time.perf_counter()
+        timings: dict[str, float] = {}
         spk = await asyncio.to_thread(self._speaker, req)
         sampling_seed = self._sampling_seed(req)
-        text = await asyncio.to_thread(self.prompts.normalize, req.text)
-        if not text.strip():
-            raise InvalidInput("the text has nothing the model can speak after normalisation")
+        pieces = await asyncio.to_thread(self._pieces, req.text)
         if req.refine_text:
             t1 = time.perf_counter()
-            text = await self._refine(text, sampling_seed, req.greedy)
+            pieces = list(await asyncio.gather(*(
+                self._refine(p, (sampling_seed + i) % 2**63, req.greedy)
+                for i, p in enumerate(pieces))))
             timings["refine"] = _ms(t1)
-        prompt = await asyncio.to_thread(
-            self.prompts.code_prompt_ids, text, spk is not None, normalize=False
-        )
+        jobs = []
+        for i, piece in enumerate(pieces):
+            prompt = await asyncio.to_thread(
+                self.prompts.code_prompt_ids, piece, spk is not None, normalize=False
+            )
+            jobs.append(self._code_job(req, prompt, spk, (sampling_seed + i) % 2**63))
         timings["prepare"] = _ms(t0) - timings.get("refine", 0.0)
-        result = await self.engine.generate(self._code_job(req, prompt, spk, sampling_seed))
-        timings["queue"] = result.queued_s * 1000.0
-        timings["generate"] = result.generate_s * 1000.0
+        return PreparedSpeech(tuple(jobs), sampling_seed, timings)
+
+    def _pieces(self, text: str) -> list[str]:
+        pieces = [self.prompts.normalize(p)
+                  for p in split_long_text(text, self.settings.tts_piece_max_chars)]
+        pieces = [p for p in pieces if p.strip()]
+        if not pieces:
+            raise InvalidInput("the text has nothing the model can speak after normalisation")
+        return pieces
+
+    async def synthesize(self, req: SpeechRequest) -> SpeechResult:
+        t0 = time.perf_counter()
+        prepared = await self.prepare(req)
+        timings = dict(prepared.timings_ms)
+        results = await asyncio.gather(*(self.engine.generate(j) for j in prepared.jobs))
+        timings["queue"] = max(r.queued_s for r in results) * 1000.0
+        timings["generate"] = max(r.queued_s + r.generate_s for r in results) * 1000.0
+        timings["generate"] -= timings["queue"]
         t2 = time.perf_counter()
-        wave = await self._waveform(result)
+        waves = await asyncio.gather(*(self._waveform(r) for r in results))
         timings["decode"] = _ms(t2)
         t3 = time.perf_counter()
-        samples, audio = await asyncio.to_thread(self._postprocess, wave, req)
+        samples, audio = await asyncio.to_thread(self._postprocess, list(waves), req)
         timings["encode"] = _ms(t3)
         timings["total"] = _ms(t0)
         for stage in ("generate", "decode", "encode"):
             self.ctx.metrics.stage_seconds.labels("chattts", stage).observe(timings[stage] / 1e3)
+        finish = ("max_tokens" if any(r.finish.value == "max_tokens" for r in results)
+                  else results[-1].finish.value)
         return SpeechResult(
             audio=audio, samples=samples, sample_rate=req.sample_rate,
-            duration_s=len(samples) / req.sample_rate, tokens=int(result.tokens.shape[0]),
-            codes=result.tokens, finish_reason=result.finish.value,
-            sampling_seed=sampling_seed, timings_ms=timings,
+            duration_s=len(samples) / req.sample_rate,
+            tokens=sum(int(r.tokens.shape[0]) for r in results),
+            codes=np.concatenate([r.tokens for r in results]), finish_reason=finish,
+            sampling_seed=prepared.sampling_seed, timings_ms=timings, pieces=len(results),
         )
 
     def _speaker(self, req: SpeechRequest) -> np.ndarray | None:
+        if req.voice is not None:
+            return self.voices.resolve(req.voice)
         if req.spk_emb is not None:
             try:
                 return speakers.decode_spk_emb(req.spk_emb, self.c.spk_emb_dim)
@@ -242,10 +293,15 @@ class ChatTTSPipeline:
         return refined if refined.strip() else text
 
     async def _waveform(self, result: GenerationResult) -> np.ndarray:
-        assert result.hidden is not None and self._decoder is not None
-        if result.hidden.shape[0] == 0:
+        assert result.hidden is not None
+        return await self.decode_hidden(result.hidden)
+
+    async def decode_hidden(self, hidden: np.ndarray) -> np.ndarray:
+        """Hidden states of N tokens -> 512 N - 256 samples, through the decode batcher."""
+        assert self._decoder is not None
+        if hidden.shape[0] == 0:
             return np.zeros(0, np.float32)
-        return await self._decoder.submit(result.hidden, length=int(result.hidden.shape[0]))
+        return await self._decoder.submit(hidden, length=int(hidden.shape[0]))
 
     def _decode_batch(self, items: list[np.ndarray]) -> list[np.ndarray]:
         """Decoder + vocos, one forward per distinct token count (see the design note)."""
@@ -260,7 +316,12 @@ class ChatTTSPipeline:
                 out[i] = np.ascontiguousarray(waves[row, :keep], dtype=np.float32)
         return [w for w in out if w is not None]
 
-    def _postprocess(self, wave: np.ndarray, req: SpeechRequest) -> tuple[np.ndarray, bytes]:
+    def piece_wave(self, wave: np.ndarray, speed: float) -> np.ndarray:
+        return time_stretch(wave, speed) if speed != 1.0 else wave
+
+    def _postprocess(self, waves: list[np.ndarray], req: SpeechRequest
+                     ) -> tuple[np.ndarray, bytes]:
+        wave = stitch([self.piece_wave(w, req.speed) for w in waves], self.crossfade)
         samples = resample(peak_limit(wave), self.c.sample_rate, req.sample_rate)
         return samples, encode_audio(samples, req.sample_rate, req.format)
 

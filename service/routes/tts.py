@@ -3,22 +3,30 @@
 A client that disconnects while its request is generating frees its engine slot at the
 next step: Starlette does not cancel a handler whose client went away, so the handler
 watches for the disconnect and cancels the synthesis, which aborts the engine sequence.
+With `stream: true` the audio is sent as it is generated (`stream_audio`); the same
+watcher then closes the stream, whose engine sequences are aborted.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable
 from typing import Protocol, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.audio_encode import MEDIA_TYPES, AudioFormat
 from service.deps import get_pipeline, get_settings
-from service.errors import InvalidInput
+from service.errors import InvalidInput, PayloadTooLarge
 from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest, SpeechResult
+from service.pipelines.chattts_stream import SpeechStream, open_stream
+from service.tts.stretch import MAX_SPEED, MIN_SPEED
+
+log = logging.getLogger("audioserve.tts")
 
 router = APIRouter(tags=["tts"])
 
@@ -56,8 +64,51 @@ async def cancel_on_disconnect(request: Disconnectable, work: Awaitable[T]) -> T
     finally:
         watcher.cancel()
 
+async def stream_audio(request: Disconnectable, stream: SpeechStream
+                       ) -> AsyncIterator[bytes]:
+    """The stream's bytes; stops (and aborts generation) as soon as the client is gone,
+    even between chunks, when nothing is being sent that could fail."""
+    chunks = aiter(stream)
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while not gone.is_set():
+            if await request.is_disconnected():
+                gone.set()
+                return
+            await asyncio.sleep(DISCONNECT_POLL_S)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(chunks))
+            waiter = asyncio.create_task(gone.wait())
+            await asyncio.wait({step, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if not step.done():
+                step.cancel()
+                with contextlib.suppress(BaseException):
+                    await step
+                log.info("client gone: stream cancelled")
+                return
+            try:
+                yield step.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        gone.set()
+        watcher.cancel()
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def streaming_response(request: Request, stream: SpeechStream,
+                       headers: dict[str, str]) -> StreamingResponse:
+    return StreamingResponse(stream_audio(request, stream), media_type=stream.media_type,
+                             headers=headers)
+
+
 FORMATS = (AudioFormat.WAV, AudioFormat.FLAC, AudioFormat.MP3, AudioFormat.OPUS,
-           AudioFormat.PCM)
+           AudioFormat.AAC, AudioFormat.PCM)
 
 
 class TTSBody(BaseModel):
@@ -77,23 +128,33 @@ class TTSBody(BaseModel):
     refine_text: bool = False
     format: str = "wav"
     sample_rate: int = Field(24000, ge=8000, le=48000)
+    voice: str | None = None
+    """A saved or default voice name, a mix `a(2)+b(1)`, or an `spk_emb` string."""
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
+    stream: bool = False
+    """Send the audio as it is generated (chunked; WAV with 0xFFFFFFFF sizes)."""
+
+
+def check_text(text: str, max_chars: int) -> None:
+    """Empty -> 422. Over the limit -> 413: the request is valid, only larger than this
+    server is configured to take (the same class as an upload over its byte limit)."""
+    if not text.strip():
+        raise InvalidInput("text is empty; send some text to speak")
+    if len(text) > max_chars:
+        raise PayloadTooLarge(
+            f"text has {len(text)} characters; the limit is {max_chars} "
+            "(AUDIOSERVE_TTS_MAX_TEXT_CHARS); split it over several requests"
+        )
 
 
 def _validate(body: TTSBody, max_chars: int) -> None:
-    text = body.text.strip()
-    if not text:
-        raise InvalidInput("text is empty; send some text to speak")
-    if len(body.text) > max_chars:
-        raise InvalidInput(
-            f"text has {len(body.text)} characters; the limit is {max_chars} "
-            "(AUDIOSERVE_TTS_MAX_TEXT_CHARS)"
-        )
+    check_text(body.text, max_chars)
     if body.format.lower() not in FORMATS:
         raise InvalidInput(
             f"format {body.format!r} is not supported; use one of {', '.join(FORMATS)}"
         )
-    if body.seed is not None and body.spk_emb is not None:
-        raise InvalidInput("send either `seed` or `spk_emb`, not both")
+    if sum(x is not None for x in (body.seed, body.spk_emb, body.voice)) > 1:
+        raise InvalidInput("send one of `seed`, `spk_emb` or `voice`, not several")
 
 
 def _headers(result: SpeechResult, demo: bool) -> dict[str, str]:
@@ -105,11 +166,25 @@ def _headers(result: SpeechResult, demo: bool) -> dict[str, str]:
         "X-Audioserve-Sample-Rate": str(result.sample_rate),
         "X-Audioserve-Sampling-Seed": str(result.sampling_seed),
         "X-Audioserve-Timings-Ms": timings,
+        "X-Audioserve-Pieces": str(result.pieces),
         "Server-Timing": ", ".join(
             f"{k};dur={v:.1f}" for k, v in result.timings_ms.items()
         ),
     }
     if demo:
+        headers["X-Audioserve-Demo"] = "true"
+    return headers
+
+
+def stream_headers(pipeline: ChatTTSPipeline, stream: SpeechStream) -> dict[str, str]:
+    headers = {
+        "X-Audioserve-Sample-Rate": str(stream.req.sample_rate),
+        "X-Audioserve-Sampling-Seed": str(stream.prepared.sampling_seed),
+        "X-Audioserve-Pieces": str(len(stream.prepared.jobs)),
+        "X-Audioserve-Stream-Chunk-Tokens": str(pipeline.settings.tts_stream_chunk_tokens),
+        "Cache-Control": "no-store",
+    }
+    if pipeline.pack.manifest.demo:
         headers["X-Audioserve-Demo"] = "true"
     return headers
 
@@ -123,8 +198,12 @@ async def tts(body: TTSBody, request: Request) -> Response:
         text=body.text, seed=body.seed, spk_emb=body.spk_emb, sampling_seed=body.sampling_seed,
         temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
         max_new_tokens=body.max_new_tokens, refine_text=body.refine_text,
-        format=body.format.lower(), sample_rate=body.sample_rate,
+        format=body.format.lower(), sample_rate=body.sample_rate, voice=body.voice,
+        speed=body.speed,
     )
+    if body.stream:
+        stream = await open_stream(pipeline, speech)
+        return streaming_response(request, stream, stream_headers(pipeline, stream))
     try:
         result = await cancel_on_disconnect(request, pipeline.synthesize(speech))
     except ClientGone:

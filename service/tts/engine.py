@@ -31,6 +31,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -48,6 +49,7 @@ from batcher.steps import (
     StepScheduler,
 )
 from service.tts.jobs import (
+    CodeStep,
     EngineStats,
     GenerationJob,
     GenerationResult,
@@ -170,6 +172,42 @@ class GenerationEngine:
 
     async def generate(self, job: GenerationJob) -> GenerationResult:
         """Queue a job and wait for its tokens. Cancelling the caller aborts the sequence."""
+        live = self._submit(job, None)
+        try:
+            return await live.future
+        except asyncio.CancelledError:
+            self._inbox.put(_Abort(job.request_id))
+            raise
+        finally:
+            self._release()
+
+    async def stream(self, job: GenerationJob) -> AsyncIterator[CodeStep | GenerationResult]:
+        """Queue a CODE job and yield each audio token as it is sampled, then the result.
+
+        Closing the iterator early (a client that went away) aborts the sequence: it
+        leaves the batch at the engine's next step."""
+        if job.kind != PassKind.CODE:
+            raise ValueError("only audio-code jobs stream")
+        steps: asyncio.Queue[CodeStep | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def on_token(step: CodeStep) -> None:  # engine thread
+            loop.call_soon_threadsafe(steps.put_nowait, step)
+
+        live = self._submit(job, on_token)
+        # Futures run their callbacks through call_soon, after every token already posted.
+        live.future.add_done_callback(lambda _: steps.put_nowait(None))
+        try:
+            while (step := await steps.get()) is not None:
+                yield step
+            yield live.future.result()
+        finally:
+            if not live.future.done():
+                self._inbox.put(_Abort(job.request_id))
+            self._release()
+
+    def _submit(self, job: GenerationJob, on_token: Callable[[CodeStep], None] | None
+                ) -> LiveSequence:
         if not self._accepting or not self.healthy:
             raise BatcherClosed(f"{self.name} is not accepting work")
         with self._lock:
@@ -179,16 +217,18 @@ class GenerationEngine:
             self._outstanding += 1
         loop = asyncio.get_running_loop()
         live = LiveSequence(job, loop.create_future(), loop, time.perf_counter(),
-                            np.random.default_rng(job.seed))
+                            np.random.default_rng(job.seed), on_token=on_token)
         self._inbox.put(_Add(live))
-        try:
-            return await live.future
-        except asyncio.CancelledError:
-            self._inbox.put(_Abort(job.request_id))
-            raise
-        finally:
-            with self._lock:
-                self._outstanding -= 1
+        return live
+
+    def _release(self) -> None:
+        with self._lock:
+            self._outstanding -= 1
+
+    @property
+    def active(self) -> int:
+        """Sequences admitted or waiting (tests and benchmarks watch it drain)."""
+        return self.scheduler.num_running + self.scheduler.num_waiting
 
     def abort(self, request_id: str) -> None:
         """Thread-safe: the sequence leaves at the engine's next step."""
@@ -409,9 +449,12 @@ class GenerationEngine:
 
     def _record(self, live: LiveSequence, ids: np.ndarray, hidden: np.ndarray | None) -> SeqOutput:
         live.tokens.append(ids)
+        eos = bool((ids == self._eos(live.job.kind)).any())
         if hidden is not None:
             live.hiddens.append(np.array(hidden, np.float32))
-        return SeqOutput(token=ids, eos=bool((ids == self._eos(live.job.kind)).any()))
+            if live.on_token is not None and not eos:
+                live.on_token(CodeStep(token=ids, hidden=live.hiddens[-1]))
+        return SeqOutput(token=ids, eos=eos)
 
     def _complete(self, event: StepEvent) -> None:
         live = self._live.pop(event.request_id, None)

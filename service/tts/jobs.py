@@ -47,6 +47,16 @@ class GenerationResult:
 
 
 @dataclass(frozen=True)
+class CodeStep:
+    """One audio token as soon as it is sampled (streaming); EOS tokens are never sent."""
+
+    token: np.ndarray
+    """int64 [num_vq]."""
+    hidden: np.ndarray
+    """float32 [H], the hidden state that predicted it (what the decoder needs)."""
+
+
+@dataclass(frozen=True)
 class EngineStats:
     steps: int
     decode_steps: int
@@ -72,6 +82,8 @@ class LiveSequence:
     tokens: list[np.ndarray] = field(default_factory=list)
     hiddens: list[np.ndarray] = field(default_factory=list)
     admitted_at: float = 0.0
+    on_token: Callable[[CodeStep], None] | None = None
+    """Called in the engine thread for each kept audio token (streaming requests)."""
 
     @property
     def prompt_len(self) -> int:

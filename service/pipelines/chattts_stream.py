@@ -1,0 +1,158 @@
+"""Streamed ChatTTS speech: audio bytes while the engine is still generating.
+
+Design note. Every piece of the text is one engine sequence, all submitted at once so a
+long request fills the batch with itself. A task per piece reads the engine's per-token
+events and, every `tts_stream_chunk_tokens` tokens, decodes an overlapping window
+(`service.tts.streaming.WindowPlanner`: exact seams) through the shared decode batcher;
+windows of many streams have the same token count and share forwards. The response
+drains the pieces IN ORDER (later pieces buffer while earlier ones play), joins them with
+the same crossfade as the one-shot path, limits peaks with a running gain, resamples
+with a streaming soxr and encodes with `StreamingEncoder`. With `speed` != 1 a piece is
+stretched whole when it ends (a phase vocoder over windows would leave seams), so audio
+then comes per piece. Closing the iterator (client gone) cancels the piece tasks, which
+closes their engine streams and aborts the sequences at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import soxr
+
+from service.audio_encode import StreamingEncoder
+from service.pipelines.chattts import ChatTTSPipeline, PreparedSpeech, SpeechRequest
+from service.tts.jobs import CodeStep, GenerationJob
+from service.tts.streaming import RunningLimiter, Stitcher, WindowPlanner
+
+log = logging.getLogger("audioserve.tts.stream")
+
+_END = object()
+
+
+@dataclass
+class StreamStats:
+    """Filled in while the stream runs (the benchmark and logs read it)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    first_audio_s: float | None = None
+    tokens: int = 0
+    samples: int = 0
+    chunks: int = 0
+
+
+class SpeechStream:
+    """Async iterator of encoded audio bytes for one prepared request."""
+
+    def __init__(self, pipeline: ChatTTSPipeline, req: SpeechRequest,
+                 prepared: PreparedSpeech) -> None:
+        self.pipeline = pipeline
+        self.req = req
+        self.prepared = prepared
+        self.encoder = StreamingEncoder(req.format, req.sample_rate)
+        self.media_type = self.encoder.media_type
+        self.stats = StreamStats()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._bytes()
+
+    async def samples(self) -> AsyncIterator[np.ndarray]:
+        """float32 chunks at the pack's rate after stitching and limiting (before
+        resampling and encoding): what tests compare with the one-shot output."""
+        queues: list[asyncio.Queue[object]] = [asyncio.Queue() for _ in self.prepared.jobs]
+        tasks = [asyncio.create_task(self._piece(job, q))
+                 for job, q in zip(self.prepared.jobs, queues, strict=True)]
+        stitcher = Stitcher(self.pipeline.crossfade)
+        limiter = RunningLimiter()
+        try:
+            for q in queues:
+                stitcher.start_piece()
+                while (item := await q.get()) is not _END:
+                    if isinstance(item, BaseException):
+                        raise item
+                    assert isinstance(item, np.ndarray)
+                    if (out := stitcher.feed(item, piece_done=False)).size:
+                        yield limiter(out)
+                if (out := stitcher.feed(np.zeros(0, np.float32), piece_done=True)).size:
+                    yield limiter(out)
+            if (out := stitcher.finish()).size:
+                yield limiter(out)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _bytes(self) -> AsyncIterator[bytes]:
+        rate = self.pipeline.c.sample_rate
+        resampler = (None if self.req.sample_rate == rate else
+                     soxr.ResampleStream(rate, self.req.sample_rate, 1, dtype="float32",
+                                         quality="HQ"))
+        async for chunk in self.samples():
+            if resampler is not None:
+                chunk = resampler.resample_chunk(chunk, last=False)
+            data = self.encoder.write(chunk)
+            self.stats.samples += len(chunk)
+            if data:
+                self._first_audio()
+                self.stats.chunks += 1
+                yield data
+        tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True) if resampler else None
+        data = (self.encoder.write(tail) if tail is not None and tail.size else b"")
+        data += self.encoder.flush()
+        if data:
+            self._first_audio()
+            yield data
+        log.info("stream done: %d pieces, %d tokens, %.2f s audio, first audio %.1f ms",
+                 len(self.prepared.jobs), self.stats.tokens,
+                 self.stats.samples / self.req.sample_rate,
+                 1000 * (self.stats.first_audio_s or 0.0))
+
+    def _first_audio(self) -> None:
+        if self.stats.first_audio_s is None:
+            self.stats.first_audio_s = time.perf_counter() - self.stats.started
+            self.pipeline.ctx.metrics.stage_seconds.labels("chattts", "first_audio").observe(
+                self.stats.first_audio_s)
+
+    async def _piece(self, job: GenerationJob, out: asyncio.Queue[object]) -> None:
+        try:
+            await self._run_piece(job, out)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # handed to the reader, who raises it
+            out.put_nowait(exc)
+
+    async def _run_piece(self, job: GenerationJob, out: asyncio.Queue[object]) -> None:
+        p = self.pipeline
+        planner = WindowPlanner(p.c.samples_per_token, p.settings.tts_stream_chunk_tokens,
+                                p.stream_context, p.stream_lookahead)
+        hidden: list[np.ndarray] = []
+        stretch = self.req.speed != 1.0
+        async with contextlib.aclosing(p.engine.stream(job)) as events:
+            async for event in events:
+                if not isinstance(event, CodeStep):
+                    break
+                hidden.append(event.hidden)
+                self.stats.tokens += 1
+                if not stretch and (window := planner.next(len(hidden), finished=False)):
+                    wave = await p.decode_hidden(np.stack(hidden[window.start : window.stop]))
+                    out.put_nowait(planner.cut(window, wave))
+        if stretch:
+            wave = await p.decode_hidden(np.stack(hidden) if hidden
+                                         else np.zeros((0, p.c.hidden_size), np.float32))
+            out.put_nowait(await asyncio.to_thread(p.piece_wave, wave, self.req.speed))
+        elif (window := planner.next(len(hidden), finished=True)) is not None:
+            wave = await p.decode_hidden(np.stack(hidden[window.start : window.stop]))
+            out.put_nowait(planner.cut(window, wave))
+        out.put_nowait(_END)
+
+
+async def open_stream(pipeline: ChatTTSPipeline, req: SpeechRequest) -> SpeechStream:
+    """Validate and prepare now (errors become normal 4xx before any audio is sent)."""
+    return SpeechStream(pipeline, req, await pipeline.prepare(req))
