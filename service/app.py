@@ -22,7 +22,8 @@ from service.settings import Settings
 
 log = logging.getLogger("audioserve")
 
-ROUTE_MODULES = ("service.routes.clap", "service.routes.emotion", "service.routes.tts")
+ROUTE_MODULES = ("service.routes.clap", "service.routes.emotion", "service.routes.tts",
+                 "service.routes.openai_speech", "service.routes.voices")
 _JSON_OVERHEAD_BYTES = 64 * 1024
 
 

@@ -79,6 +79,7 @@ async def stream_audio(request: Disconnectable, stream: SpeechStream
             await asyncio.sleep(DISCONNECT_POLL_S)
 
     watcher = asyncio.create_task(watch())
+    step: asyncio.Future[bytes] | None = None
     try:
         while True:
             step = asyncio.ensure_future(anext(chunks))
@@ -86,9 +87,6 @@ async def stream_audio(request: Disconnectable, stream: SpeechStream
             await asyncio.wait({step, waiter}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             if not step.done():
-                step.cancel()
-                with contextlib.suppress(BaseException):
-                    await step
                 log.info("client gone: stream cancelled")
                 return
             try:
@@ -98,6 +96,10 @@ async def stream_audio(request: Disconnectable, stream: SpeechStream
     finally:
         gone.set()
         watcher.cancel()
+        if step is not None and not step.done():  # disconnected, or we were cancelled
+            step.cancel()
+            with contextlib.suppress(BaseException):
+                await step
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
@@ -157,7 +159,7 @@ def _validate(body: TTSBody, max_chars: int) -> None:
         raise InvalidInput("send one of `seed`, `spk_emb` or `voice`, not several")
 
 
-def _headers(result: SpeechResult, demo: bool) -> dict[str, str]:
+def response_headers(result: SpeechResult, demo: bool) -> dict[str, str]:
     timings = ";".join(f"{k}={v:.1f}" for k, v in result.timings_ms.items())
     headers = {
         "X-Audioserve-Duration-S": f"{result.duration_s:.3f}",
@@ -210,5 +212,5 @@ async def tts(body: TTSBody, request: Request) -> Response:
         return Response(status_code=CLIENT_CLOSED)
     return Response(
         content=result.audio, media_type=MEDIA_TYPES[body.format.lower()],
-        headers=_headers(result, pipeline.pack.manifest.demo),
+        headers=response_headers(result, pipeline.pack.manifest.demo),
     )

@@ -123,7 +123,7 @@ class GenerationEngine:
         self._accepting = False
         self._outstanding = 0
         self._lock = threading.Lock()
-        self._stats = {"steps": 0, "decode_steps": 0, "decode_rows": 0}
+        self._stats = {"steps": 0, "decode_steps": 0, "decode_rows": 0, "aborted": 0}
         self._times = {"decode": 0.0, "prefill": 0.0}
 
     def _new_cache(self) -> BatchKVCache:
@@ -166,6 +166,7 @@ class GenerationEngine:
             prefill_s=self._times["prefill"], cache_copies=self.cache.copies,
             cache_step_s=self.cache.copy_s["step"],
             cache_membership_s=self.cache.copy_s["membership"],
+            aborted=self._stats["aborted"],
         )
 
     # -- the event loop's side -------------------------------------------------------
@@ -271,6 +272,7 @@ class GenerationEngine:
         if isinstance(command, _Abort):
             live = self._live.get(command.request_id)
             if live is not None and self.scheduler.abort(command.request_id):
+                self._stats["aborted"] += 1
                 if live.admitted_at == 0.0:  # waiting: gone now; running: at next step
                     self._live.pop(command.request_id)
                 live.cancel()

@@ -68,6 +68,8 @@ class EngineStats:
     """KV-cache data moved outside the graph in decode steps (0 for the default cache)."""
     cache_membership_s: float
     """KV-cache data moved when rows join or leave."""
+    aborted: int = 0
+    """Sequences aborted (cancelled callers, disconnected clients)."""
 
 
 @dataclass(eq=False)

@@ -1,0 +1,129 @@
+"""OpenAI-compatible `POST /v1/audio/speech` (what openai's client, Kokoro-FastAPI and
+openedai-speech users call), on the same ChatTTS pipeline as `/tts`.
+
+Differences from OpenAI, on purpose: `voice` also takes saved voices, mixes `a(2)+b(1)`
+and raw `spk_emb` strings; `speed` is met by time-stretching (service/tts/stretch.py);
+`instructions` is accepted and ignored (ChatTTS takes no style prompt); `stream` (as
+Kokoro-FastAPI) defaults to true, so audio is sent as it is generated, as OpenAI does.
+Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}`: a route class
+sets the per-request formatter before anything else runs, so even an unreadable JSON
+body is answered in that shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.audio_encode import MEDIA_TYPES
+from service.deps import get_pipeline, get_settings
+from service.errors import InvalidInput
+from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest
+from service.pipelines.chattts_stream import SpeechStream, open_stream
+from service.routes.tts import (
+    CLIENT_CLOSED,
+    ClientGone,
+    cancel_on_disconnect,
+    check_text,
+    response_headers,
+    stream_audio,
+    stream_headers,
+)
+from service.tts.stretch import MAX_SPEED, MIN_SPEED
+
+MODEL_NAMES = ("chattts", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+"""OpenAI's model names are accepted as aliases: clients hard-code them."""
+DEFAULT_VOICE = "alloy"
+_PARAMS = ("model", "input", "voice", "response_format", "speed", "stream_format", "stream",
+           "instructions", "seed")
+_PARAM_AT_START = re.compile(r"^`?(\w+)`?\b")
+
+
+def openai_error(status: int, code: str, message: str) -> dict[str, Any]:
+    match = _PARAM_AT_START.match(message)
+    param = match.group(1) if match and match.group(1) in _PARAMS else None
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    if status in (429, 503) and code == "overloaded":
+        kind = "rate_limit_error" if status == 429 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class OpenAIRoute(APIRoute):
+    """Sets OpenAI's error shape for the request before body parsing can fail."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            request.state.error_formatter = openai_error
+            return await handler(request)
+
+        return route
+
+
+router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
+
+
+class SpeechBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    input: str
+    voice: str = DEFAULT_VOICE
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
+    stream_format: Literal["audio", "sse"] = "audio"
+    stream: bool = True
+    instructions: str | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    """Sampling seed (an extension): the same seed and voice give the same audio."""
+
+
+def _speech_request(body: SpeechBody) -> SpeechRequest:
+    if body.model not in MODEL_NAMES:
+        raise InvalidInput(f"model {body.model!r} is not served here; use one of "
+                           f"{', '.join(MODEL_NAMES)}")
+    if not body.voice.strip():
+        raise InvalidInput("voice is empty; GET /v1/voices lists the voices")
+    return SpeechRequest(text=body.input, voice=body.voice, speed=body.speed,
+                         sampling_seed=body.seed, format=body.response_format)
+
+
+async def _sse(request: Request, stream: SpeechStream) -> AsyncIterator[bytes]:
+    """OpenAI's `stream_format: "sse"` events: audio deltas (base64), then done."""
+    async for chunk in stream_audio(request, stream):
+        event = {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()}
+        yield f"data: {json.dumps(event)}\n\n".encode()
+    tokens = stream.stats.tokens
+    done = {"type": "speech.audio.done",
+            "usage": {"input_tokens": 0, "output_tokens": tokens, "total_tokens": tokens}}
+    yield f"data: {json.dumps(done)}\n\n".encode()
+
+
+@router.post("/v1/audio/speech", response_class=Response)
+async def speech(body: SpeechBody, request: Request) -> Response:
+    check_text(body.input, get_settings(request).tts_max_text_chars)
+    pipeline: ChatTTSPipeline = get_pipeline(request, "chattts")
+    req = _speech_request(body)
+    if body.stream or body.stream_format == "sse":
+        stream = await open_stream(pipeline, req)
+        headers = stream_headers(pipeline, stream)
+        if body.stream_format == "sse":
+            return StreamingResponse(_sse(request, stream), media_type="text/event-stream",
+                                     headers=headers)
+        return StreamingResponse(stream_audio(request, stream), media_type=stream.media_type,
+                                 headers=headers)
+    try:
+        result = await cancel_on_disconnect(request, pipeline.synthesize(req))
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)
+    return Response(content=result.audio, media_type=MEDIA_TYPES[req.format],
+                    headers=response_headers(result, pipeline.pack.manifest.demo))
