@@ -25,6 +25,7 @@ from service.runtime import RuntimeConfig, create_session
 
 Feed = dict[str, np.ndarray]
 STEPS = 16
+DECODE_PAST = 128
 CPU = RuntimeConfig(provider="cpu")
 
 
@@ -138,6 +139,40 @@ def greedy_codes(pack: ModelPack, precision: str, prefill: Feed,
                  **{n.replace("present_", "past_"): v
                     for n, v in zip(names[1:], present, strict=True)}}
     return np.stack(out, axis=1)
+
+
+def decode_step_feeds(pack: ModelPack, batch: int, past: int, seed: int = 0) -> Feed:
+    """One decode step (T = 1) on a random past of `past` positions."""
+    c = pack.constants
+    rng = np.random.default_rng(seed)
+    heads, dim, hidden = int(c["num_heads"]), int(c["head_dim"]), int(c["hidden_size"])
+    feeds: Feed = {
+        "inputs_embeds": rng.standard_normal((batch, 1, hidden)).astype(np.float32),
+        "attention_mask": np.ones((batch, past + 1), np.int64),
+        "position_ids": np.full((batch, 1), past, np.int64),
+    }
+    for i in range(int(c["num_layers"])):
+        for kv in ("key", "value"):
+            feeds[f"past_{kv}_{i}"] = rng.standard_normal(
+                (batch, heads, past, dim)).astype(np.float32)
+    return feeds
+
+
+def decode_step_lines(pack: ModelPack, repeats: int, threads: int,
+                      past: int = DECODE_PAST) -> list[str]:
+    """Decode-step latency per precision (what generation pays per token), interleaved."""
+    from quant.report import interleaved_ms
+
+    runtime = RuntimeConfig(provider="cpu", intra_op_threads=threads)
+    sessions = {p: create_session(pack.graph("gpt", p)[0], runtime)
+                for p in pack.precisions("gpt")}
+    timed = {b: interleaved_ms(sessions, decode_step_feeds(pack, b, past), repeats)
+             for b in (1, 8)}
+    lines = ["| precision | B=1 ms | B=8 ms | B=8 speed-up vs fp32 |", "| --- | --- | --- | --- |"]
+    for p in sessions:
+        lines.append(f"| {p} | {timed[1][p]:.1f} | {timed[8][p]:.1f} | "
+                     f"{timed[8]['fp32'] / timed[8][p]:.2f}x |")
+    return [f"GPT decode step (T = 1, past {past}), median of {repeats}:", "", *lines, ""]
 
 
 def greedy_agreement_lines(pack: ModelPack, prompts: list[str]) -> list[str]:

@@ -66,7 +66,7 @@ class GraphRun:
     solo: dict[str, list[Feed]] = field(default_factory=dict)
 
 
-def _interleaved_ms(sessions: dict[str, ort.InferenceSession], feeds: Feed,
+def interleaved_ms(sessions: dict[str, ort.InferenceSession], feeds: Feed,
                     repeats: int) -> dict[str, float]:
     """Median ms per session, timed in rounds that visit every session in turn, so load
     from other processes on a shared machine hits every precision alike."""
@@ -140,8 +140,8 @@ def _graph_rows(pack: ModelPack, graph: str, items: list[Feed], options: ReportO
     batch = collate(items[:BATCH], pad_values(rec, pack.constants))
     sessions = {p: create_session(pack.graph(graph, p)[0], runtime)
                 for p in pack.precisions(graph)}
-    b1 = _interleaved_ms(sessions, items[0], options.repeats)
-    b8 = _interleaved_ms(sessions, batch, options.repeats)
+    b1 = interleaved_ms(sessions, items[0], options.repeats)
+    b8 = interleaved_ms(sessions, batch, options.repeats)
     rows = []
     for precision, session in sessions.items():
         path, variant = pack.graph(graph, precision)
@@ -248,9 +248,12 @@ def _task_lines(pack: ModelPack, runs: dict[str, GraphRun],
     if pack.kind == "emotion2vec":
         return ["Emotion top-1 agreement with fp32: the `top-1 agree` column (logits).", ""]
     if pack.kind == "chattts":
-        from quant.chattts_inputs import greedy_agreement_lines
+        from quant.chattts_inputs import decode_step_lines, greedy_agreement_lines
 
-        return greedy_agreement_lines(pack, list(options.prompts))
+        lines = greedy_agreement_lines(pack, list(options.prompts))
+        if not options.graphs or "gpt" in options.graphs:
+            lines += decode_step_lines(pack, options.repeats, options.threads)
+        return lines
     return []
 
 

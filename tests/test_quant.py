@@ -179,7 +179,7 @@ def test_report_writes_its_table(quant_models: Path, tmp_path: Path, kind: str) 
     if kind == "emotion2vec":
         assert float(rows[("model", "fp16")][10]) == 1.0
     if kind == "chattts":
-        assert "teacher-forced" in text
+        assert "teacher-forced" in text and "GPT decode step" in text
 
 
 def test_weight_only_4_bit_gpt(quant_models: Path, tmp_path: Path) -> None:
