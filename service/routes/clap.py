@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
-from service.deps import get_pipeline, get_settings
+from service.deps import admit, get_pipeline, get_settings
 from service.errors import InvalidInput
 from service.pipelines.clap import (
     AudioEmbedding,
@@ -123,11 +123,12 @@ def classify_body(pipeline: ClapPipeline, result: ClassifyResult) -> dict[str, A
 async def classify(request: Request) -> dict[str, Any]:
     """Zero-shot classification of an audio upload against free-text labels."""
     pipeline: ClapPipeline = get_pipeline(request, "clap")
-    form = await read_audio_input(request, get_settings(request))
-    result = await pipeline.classify(
-        form.data, parse_labels(form), prompt_template=parse_template(form),
-        top_k=parse_top_k(form), per_window=form.flag("per_window"),
-    )
+    async with admit(request, "clap"):
+        form = await read_audio_input(request, get_settings(request))
+        result = await pipeline.classify(
+            form.data, parse_labels(form), prompt_template=parse_template(form),
+            top_k=parse_top_k(form), per_window=form.flag("per_window"),
+        )
     return classify_body(pipeline, result)
 
 
@@ -135,8 +136,9 @@ async def classify(request: Request) -> dict[str, Any]:
 async def embed_audio(request: Request) -> dict[str, Any]:
     """The clip's L2-normalised CLAP embedding (mean over its 10 s windows)."""
     pipeline: ClapPipeline = get_pipeline(request, "clap")
-    form = await read_audio_input(request, get_settings(request))
-    audio = await pipeline.embed_audio(form.data)
+    async with admit(request, "clap"):
+        form = await read_audio_input(request, get_settings(request))
+        audio = await pipeline.embed_audio(form.data)
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": 0, "embedding": audio.embedding.tolist()}],
@@ -164,7 +166,8 @@ async def embed_text(request: Request, body: EmbedTextRequest) -> dict[str, Any]
         if len(text) > settings.max_label_chars:
             raise InvalidInput(f"input {i} has {len(text)} characters; the limit is "
                                f"{settings.max_label_chars} (AUDIOSERVE_MAX_LABEL_CHARS)")
-    embeddings = await pipeline.embed_text(texts)
+    async with admit(request, "clap"):
+        embeddings = await pipeline.embed_text(texts)
     tokens = sum(len(ids) for ids in pipeline.tokenizer.encode(texts))
     return {
         "object": "list",

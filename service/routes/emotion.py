@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from service.deps import get_pipeline, get_settings
+from service.deps import admit, get_pipeline, get_settings
 from service.errors import InvalidInput
 from service.pipelines import emotion2vec_post as post
 from service.pipelines.emotion2vec import (
@@ -94,7 +94,8 @@ def emotion_body(pipeline: Emotion2vecPipeline, result: EmotionResult,
 async def emotion(request: Request) -> dict[str, Any]:
     """The speech emotion of an upload: top emotion, all scores, optional frame timeline."""
     pipeline: Emotion2vecPipeline = get_pipeline(request, "emotion2vec")
-    form = await read_audio_input(request, get_settings(request))
-    options = parse_options(form)
-    result = await pipeline.analyse(form.data, options)
+    async with admit(request, "emotion2vec"):
+        form = await read_audio_input(request, get_settings(request))
+        options = parse_options(form)
+        result = await pipeline.analyse(form.data, options)
     return emotion_body(pipeline, result, options)

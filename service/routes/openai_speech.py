@@ -49,7 +49,9 @@ _PARAM_AT_START = re.compile(r"^`?(\w+)`?\b")
 
 def openai_error(status: int, code: str, message: str) -> dict[str, Any]:
     match = _PARAM_AT_START.match(message)
-    param = match.group(1) if match and match.group(1) in _PARAMS else None
+    field = match.group(1) if match else None
+    # validation messages start "field: ..."; ours start with the parameter's name
+    param = field if field in _PARAMS or message.startswith(f"{field}:") else None
     kind = "invalid_request_error" if status < 500 else "server_error"
     if status in (429, 503) and code == "overloaded":
         kind = "rate_limit_error" if status == 429 else "server_error"
@@ -110,7 +112,7 @@ async def _sse(request: Request, stream: SpeechStream) -> AsyncIterator[bytes]:
 
 @router.post("/v1/audio/speech", response_class=Response)
 async def speech(body: SpeechBody, request: Request) -> Response:
-    check_text(body.input, get_settings(request).tts_max_text_chars)
+    check_text(body.input, get_settings(request).tts_max_text_chars, field="input")
     pipeline: ChatTTSPipeline = get_pipeline(request, "chattts")
     req = _speech_request(body)
     if body.stream or body.stream_format == "sse":

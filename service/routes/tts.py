@@ -137,14 +137,14 @@ class TTSBody(BaseModel):
     """Send the audio as it is generated (chunked; WAV with 0xFFFFFFFF sizes)."""
 
 
-def check_text(text: str, max_chars: int) -> None:
+def check_text(text: str, max_chars: int, field: str = "text") -> None:
     """Empty -> 422. Over the limit -> 413: the request is valid, only larger than this
     server is configured to take (the same class as an upload over its byte limit)."""
     if not text.strip():
-        raise InvalidInput("text is empty; send some text to speak")
+        raise InvalidInput(f"{field} is empty; send some text to speak")
     if len(text) > max_chars:
         raise PayloadTooLarge(
-            f"text has {len(text)} characters; the limit is {max_chars} "
+            f"{field} has {len(text)} characters; the limit is {max_chars} "
             "(AUDIOSERVE_TTS_MAX_TEXT_CHARS); split it over several requests"
         )
 
