@@ -147,12 +147,21 @@ class DynamicBatcher(Generic[T, R]):
 
     # -- submission ------------------------------------------------------------------
 
-    async def submit(self, item: T, *, length: int = 0, timeout_s: float | None = -1.0) -> R:
+    async def submit(
+        self,
+        item: T,
+        *,
+        length: int = 0,
+        timeout_s: float | None = -1.0,
+        deadline: float | None = None,
+    ) -> R:
         """Queue one item and wait for its result.
 
-        `timeout_s` overrides the config's deadline (None disables it). Raises `Overloaded`
-        when the queue is full, `DeadlineExceeded` when the deadline passes before the item
-        is run, `BatcherClosed` during shutdown, or whatever the batch function raised.
+        `timeout_s` overrides the config's deadline (None disables it); `deadline`, an
+        absolute `time.monotonic()` value (e.g. the request's, set when it arrived),
+        tightens it further. Raises `Overloaded` when the queue is full, `DeadlineExceeded`
+        when the deadline passes before the item is run, `BatcherClosed` during shutdown,
+        or whatever the batch function raised.
         """
         if self._closing or not self.running:
             raise BatcherClosed(f"{self.name} is not accepting work")
@@ -167,6 +176,8 @@ class DynamicBatcher(Generic[T, R]):
         timeout = self.config.timeout_s if timeout_s == -1.0 else timeout_s
         loop = asyncio.get_running_loop()
         now = time.monotonic()
+        if deadline is not None:
+            timeout = deadline - now if timeout is None else min(timeout, deadline - now)
         pending: _Pending[T, R] = _Pending(
             item=item,
             length=length,

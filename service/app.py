@@ -14,11 +14,12 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.admission import AdmissionGate, CpuWorkers
 from service.errors import Unauthorized, install_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.models import ModelLoader, packs_to_load
-from service.settings import Settings
+from service.settings import MODEL_NAMES, Settings
 
 log = logging.getLogger("audioserve")
 
@@ -30,11 +31,12 @@ _JSON_OVERHEAD_BYTES = 64 * 1024
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
+    cpu = CpuWorkers(settings.cpu_threads or None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         packs = packs_to_load(settings)  # a broken pack fails start-up here, naming the file
-        loader = ModelLoader(packs, settings, metrics, app.state.pipelines)
+        loader = ModelLoader(packs, settings, metrics, app.state.pipelines, cpu)
         app.state.loader = loader
         if settings.load_in_background:  # serve /healthz and a 503 /readyz while warming
             loader.start()
@@ -44,11 +46,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await loader.close()
+            cpu.shutdown()
 
     app = FastAPI(title="audioserve", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.pipelines = {}
+    app.state.admission = {
+        kind: AdmissionGate(kind, max_in_flight=settings.max_in_flight,
+                            timeout_s=settings.request_timeout_s, metrics=metrics)
+        for kind in MODEL_NAMES
+    }
 
     # base64 JSON is 4/3 of the audio; the exact audio limit is checked in service.uploads
     body_limit = settings.max_upload_bytes * 4 // 3 + _JSON_OVERHEAD_BYTES

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import Request
 
+from service.admission import AdmissionGate
 from service.errors import ModelNotLoaded
 from service.metrics import Metrics
 from service.settings import Settings
@@ -33,3 +35,10 @@ def get_pipeline(request: Request, kind: str) -> Any:
             f"`python -m export {kind} ...`"
         )
     return pipeline
+
+
+def admit(request: Request, kind: str) -> AbstractAsyncContextManager[float]:
+    """`async with admit(request, kind):` holds an in-flight slot and sets the deadline;
+    refuses at once (503 + Retry-After) when the model cannot take more."""
+    gate: AdmissionGate = request.app.state.admission[kind]
+    return gate.admit()

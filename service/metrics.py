@@ -51,6 +51,9 @@ class Metrics:
             "audioserve_rejections", "Items refused by a batcher", ["queue", "reason"],
             registry=r,
         )
+        self.in_flight = Gauge(
+            "audioserve_in_flight", "Admitted requests not yet answered", ["model"], registry=r
+        )
         self.stage_seconds = Histogram(
             "audioserve_stage_seconds", "Time per pipeline stage", ["model", "stage"],
             buckets=_LATENCY_BUCKETS, registry=r,

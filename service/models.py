@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from service.admission import CpuWorkers
 from service.errors import PackError
 from service.metrics import Metrics
 from service.packs import MANIFEST, ModelPack, load_pack
@@ -54,7 +55,9 @@ def _pipeline_class(kind: str) -> Any:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def load_pipeline(pack: ModelPack, settings: Settings, metrics: Metrics) -> Pipeline:
+def load_pipeline(
+    pack: ModelPack, settings: Settings, metrics: Metrics, cpu: CpuWorkers
+) -> Pipeline:
     runtime = RuntimeConfig(
         provider=settings.provider,
         device_id=settings.cuda_device_id,
@@ -63,7 +66,9 @@ def load_pipeline(pack: ModelPack, settings: Settings, metrics: Metrics) -> Pipe
     )
     provider = resolve_provider(settings.provider)
     precision = resolve_precision(settings.precision_for(pack.kind), pack, provider)
-    context = LoadContext(settings=settings, runtime=runtime, precision=precision, metrics=metrics)
+    context = LoadContext(
+        settings=settings, runtime=runtime, precision=precision, metrics=metrics, cpu=cpu
+    )
     pipeline: Pipeline = _pipeline_class(pack.kind).load(pack, context)
     log.info("loaded %s from %s at %s on %s", pack.kind, pack.root, precision, provider)
     return pipeline
@@ -112,10 +117,12 @@ class ModelLoader:
         settings: Settings,
         metrics: Metrics,
         pipelines: dict[str, Pipeline],
+        cpu: CpuWorkers,
     ) -> None:
         self._packs = packs
         self._settings = settings
         self._metrics = metrics
+        self._cpu = cpu
         self.pipelines = pipelines
         self._state = LoadState.LOADING
         self._error: str | None = None
@@ -127,7 +134,7 @@ class ModelLoader:
     async def run(self) -> None:
         for pack in self._packs:
             pipeline = await asyncio.to_thread(
-                load_pipeline, pack, self._settings, self._metrics
+                load_pipeline, pack, self._settings, self._metrics, self._cpu
             )
             try:
                 await pipeline.start()

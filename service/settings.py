@@ -51,7 +51,12 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_queue: int = Field(256, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
-    """Deadline for an item to start running; later -> 504, and it is never run."""
+    """A request's deadline, from admission: work not started by then is never started
+    (504); requests whose predicted wait exceeds it are refused at once (503)."""
+    max_in_flight: int = Field(128, ge=1)
+    """Admitted requests per model; more -> 503 + Retry-After before any work is done."""
+    cpu_threads: int = Field(0, ge=0)
+    """Threads for decoding/features/encoding; 0: one per core (at least 2)."""
     bucket_by_length: bool = True
     dispatch_when_idle: bool = False
     """Run whatever is queued as soon as the worker is free instead of waiting up to

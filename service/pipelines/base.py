@@ -6,9 +6,10 @@ only call its public coroutines. Only the batch functions touch a session.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from service.admission import CpuWorkers
 from service.metrics import Metrics
 from service.packs import ModelPack
 from service.runtime import RuntimeConfig
@@ -24,6 +25,8 @@ class LoadContext:
     precision: str
     """Resolved precision (fp32/fp16/int8), already checked to exist in the pack."""
     metrics: Metrics
+    cpu: CpuWorkers = field(default_factory=CpuWorkers)
+    """The shared, deadline-aware pool for decode/feature/encode work."""
 
 
 class Pipeline(Protocol):

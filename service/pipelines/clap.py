@@ -14,6 +14,7 @@ item per clip instead of windows.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import time
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,7 @@ import numpy as np
 
 from batcher import DynamicBatcher
 from service import clap_features as cf
+from service.admission import request_deadline
 from service.audio import decode_audio
 from service.errors import InvalidInput, PackError
 from service.packs import MANIFEST, ModelPack
@@ -251,18 +253,21 @@ class ClapPipeline:
 
     async def embed_audio(self, data: bytes) -> AudioEmbedding:
         """Decode, window, log-mel and embed an upload; timings cover each stage."""
-        return await self.embed_prepared(await asyncio.to_thread(self.prepare, data))
+        return await self.embed_prepared(await self.ctx.cpu.run(self.prepare, data))
 
     async def embed_samples(self, samples: np.ndarray) -> AudioEmbedding:
         """Embed already decoded samples (mono float32 at the pack's sample rate)."""
-        return await self.embed_prepared(await asyncio.to_thread(self.prepare_samples, samples))
+        return await self.embed_prepared(await self.ctx.cpu.run(self.prepare_samples, samples))
 
     async def embed_prepared(self, prepared: PreparedAudio) -> AudioEmbedding:
         """Every used window through the audio batcher, then their normalised mean."""
         timings = dict(prepared.timings_ms)
         t0 = time.perf_counter()
         assert self._audio_batcher is not None, "pipeline not started"
-        rows = await asyncio.gather(*(self._audio_batcher.submit(i) for i in prepared.items))
+        batcher, deadline = self._audio_batcher, request_deadline()
+        rows = await asyncio.gather(
+            *(batcher.submit(item, deadline=deadline) for item in prepared.items)
+        )
         timings["audio_embed"] = _ms(t0)
         windows = np.stack(rows).astype(np.float32)
         embedding = _normalise(windows.astype(np.float64).mean(axis=0)).astype(np.float32)
@@ -297,7 +302,10 @@ class ClapPipeline:
         every concurrent asker and unaffected by any one of them going away."""
         task = self._inflight.get(text)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._compute_text(text))
+            # a fresh context: the shared work must not inherit one asker's deadline
+            task = asyncio.get_running_loop().create_task(
+                self._compute_text(text), context=contextvars.Context()
+            )
             self._inflight[text] = task
             task.add_done_callback(functools.partial(self._forget, text))
         return await asyncio.shield(task)

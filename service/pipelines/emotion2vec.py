@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from batcher import DynamicBatcher
+from service.admission import request_deadline
 from service.audio import decode_audio
 from service.errors import InvalidInput, PackError
 from service.packs import ModelPack
@@ -173,11 +175,11 @@ class Emotion2vecPipeline:
     async def analyse(self, data: bytes, options: EmotionOptions) -> EmotionResult:
         t0 = time.perf_counter()
         s, c = self.settings, self.constants
-        audio = await asyncio.to_thread(
+        audio = await self.ctx.cpu.run(functools.partial(
             decode_audio, data, target_rate=c.sample_rate,
             max_seconds=min(s.emotion_max_seconds, s.max_audio_seconds), on_long="reject",
             max_bytes=s.max_upload_bytes,
-        )
+        ))
         timings = {"decode": _ms(t0)}
         result = await self.analyse_samples(audio.samples, options, timings)
         timings["total"] = _ms(t0)
@@ -203,9 +205,10 @@ class Emotion2vecPipeline:
         timings["trim"] = _ms(t)
         t = time.perf_counter()
         assert self._batcher is not None, "pipeline not started"
-        batcher = self._batcher
+        batcher, deadline = self._batcher, request_deadline()
         chunks = list(await asyncio.gather(*(
-            batcher.submit(clip[sp.start : sp.end], length=sp.length) for sp in spans)))
+            batcher.submit(clip[sp.start : sp.end], length=sp.length, deadline=deadline)
+            for sp in spans)))
         timings["inference"] = _ms(t)
         t = time.perf_counter()
         probs, embedding = post.merge_utterance(chunks, self.head)
