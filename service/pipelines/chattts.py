@@ -135,8 +135,8 @@ class ChatTTSPipeline:
         )
         self._decoder: DynamicBatcher[np.ndarray, np.ndarray] | None = None
         self.voices = VoiceStore(self.settings.voices_dir, self.spk_stat)
-        config = getattr(pack.manifest, "model_extra", None) or {}
-        radius = receptive_field_tokens(config.get("config", {}))
+        extra = getattr(pack.manifest, "model_extra", None) or {}
+        radius = receptive_field_tokens(extra.get("config", {}))
         self.stream_context = self.settings.tts_stream_context_tokens or radius
         self.stream_lookahead = (radius if self.settings.tts_stream_lookahead_tokens is None
                                  else self.settings.tts_stream_lookahead_tokens)

@@ -36,7 +36,7 @@ def _store(request: Request) -> VoiceStore:
 @router.get("/v1/voices")
 @router.get("/voices", include_in_schema=False)
 async def list_voices(request: Request) -> dict[str, Any]:
-    voices = await asyncio.to_thread(_store(request).list)
+    voices = await asyncio.to_thread(_store(request).all)
     return {"object": "list", "data": [v.public() for v in voices],
             "voices": [v.name for v in voices]}
 

@@ -31,7 +31,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -182,7 +182,8 @@ class GenerationEngine:
         finally:
             self._release()
 
-    async def stream(self, job: GenerationJob) -> AsyncIterator[CodeStep | GenerationResult]:
+    async def stream(self, job: GenerationJob
+                     ) -> AsyncGenerator[CodeStep | GenerationResult, None]:
         """Queue a CODE job and yield each audio token as it is sampled, then the result.
 
         Closing the iterator early (a client that went away) aborts the sequence: it

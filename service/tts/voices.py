@@ -74,7 +74,7 @@ class VoiceStore:
             for name, seed in DEFAULT_VOICE_SEEDS.items()
         }
 
-    def list(self) -> list[Voice]:
+    def all(self) -> list[Voice]:
         saved = {v.name: v for v in self._saved()}
         return [*self._defaults.values(),
                 *(saved[n] for n in sorted(saved) if n not in self._defaults)]
@@ -84,7 +84,7 @@ class VoiceStore:
             return self._defaults[name]
         path = self.root / f"{check_name(name)}.json"
         if not path.is_file():
-            known = ", ".join(v.name for v in self.list())
+            known = ", ".join(v.name for v in self.all())
             raise NotFound(f"voice {name!r} is not known; known voices: {known}")
         return _read(path)
 
