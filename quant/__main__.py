@@ -66,7 +66,9 @@ def _source(args: argparse.Namespace) -> AudioSource:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("root").setLevel(logging.ERROR)  # the quantizer's per-tensor chatter
+    # the quantizers' per-tensor and per-node chatter
+    logging.getLogger("root").setLevel(logging.ERROR)
+    logging.getLogger("onnxruntime").setLevel(logging.WARNING)
     if argv[:1] == ["report"]:
         from quant.report import ReportOptions, write_report
 

@@ -71,6 +71,7 @@ def quantize(
     reader: CalibrationDataReader | None = None,
     bits: int = 8,
     keep_nodes: tuple[str, ...] = (),
+    accuracy_level: int | None = None,
 ) -> dict[str, object]:
     """Write the int8 variant of `src` to `dst`; returns what the manifest records."""
     src, dst = src.resolve(), dst.resolve()
@@ -96,7 +97,7 @@ def quantize(
             return {"method": method.value, "op_types": list(op_types), "per_channel": True,
                     "weights": "int8", "activations": "uint8 (scales per batch)",
                     "kept_float_nodes": excluded}
-        return _weight_only(clean, dst, bits, excluded)
+        return _weight_only(clean, dst, bits, excluded, accuracy_level)
 
 
 def nodes_matching(path: Path, patterns: tuple[str, ...]) -> list[str]:
@@ -107,12 +108,13 @@ def nodes_matching(path: Path, patterns: tuple[str, ...]) -> list[str]:
     return [n.name for n in model.graph.node if any(p in n.name for p in patterns)]
 
 
-def _weight_only(src: Path, dst: Path, bits: int, excluded: list[str]) -> dict[str, object]:
+def _weight_only(src: Path, dst: Path, bits: int, excluded: list[str],
+                 accuracy_level: int | None) -> dict[str, object]:
     if bits not in (4, 8):
         raise ValueError(f"weight-only quantization takes 4 or 8 bits, not {bits}")
     config = DefaultWeightOnlyQuantConfig(
         block_size=WEIGHT_ONLY_BLOCK, is_symmetric=True, bits=bits,
-        op_types_to_quantize=("MatMul",),
+        accuracy_level=accuracy_level, op_types_to_quantize=("MatMul",),
     )
     model = onnx.load(str(src))
     gemms = gemm_to_matmul(model.graph, excluded)
@@ -122,7 +124,10 @@ def _weight_only(src: Path, dst: Path, bits: int, excluded: list[str]) -> dict[s
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
     return {"method": Method.WEIGHT_ONLY.value, "op": "MatMulNBits", "bits": bits,
             "block_size": WEIGHT_ONLY_BLOCK, "symmetric": True, "algorithm": "RTN",
-            "activations": "float", "kept_float_nodes": excluded,
+            "accuracy_level": accuracy_level,
+            "activations": "float" if accuracy_level is None
+            else "int8 per row and block (accuracy_level 4; CPU)",
+            "kept_float_nodes": excluded,
             "gemm_rewritten_as_matmul": gemms}
 
 

@@ -95,7 +95,8 @@ def _variant(pack: Any, graph: str, base: dict[str, Any],
             calibration = {"source": request.source.describe(), "items": len(items),
                            "sha256": items_hash(items)}
         info = int8.quantize(src, dst, method, op_types=op_types, reader=reader,
-                             bits=request.bits, keep_nodes=rec.int8_keep_nodes)
+                             bits=request.bits, keep_nodes=rec.int8_keep_nodes,
+                             accuracy_level=rec.int8_accuracy_level)
         if reader is not None:
             info["calibration"] = calibration
         invariant = method.batch_invariant
