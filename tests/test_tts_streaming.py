@@ -24,6 +24,7 @@ from service.tts.streaming import (
 )
 from service.tts.stretch import time_stretch
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
+from tests.conftest import running_app
 from tests.tts_server import RunningServer, serve_app
 
 CHUNK_TOKENS = 8
@@ -225,3 +226,14 @@ def test_time_stretch_keeps_pitch_and_meets_duration(speed: float) -> None:
     spectrum = np.abs(np.fft.rfft(out))
     peak_hz = np.fft.rfftfreq(len(out), 1 / rate)[np.argmax(spectrum)]
     assert peak_hz == pytest.approx(300, abs=rate / len(out) + 1)
+
+
+def test_stream_over_capacity_is_refused_before_audio(chattts_models_dir: Path) -> None:  # noqa: F811
+    with running_app(models_dir=chattts_models_dir, models="chattts", intra_op_threads=1,
+                     tts_max_active=1, tts_max_waiting=1, tts_piece_max_chars=20,
+                     warmup=False) as client:
+        r = client.post("/tts", json={"text": LONG_TEXT, "seed": 1, "max_new_tokens": 8,
+                                      "stream": True})
+        assert r.status_code == 503  # 5 pieces, room for 2 sequences: refused as a whole
+        assert r.json()["error"]["code"] == "overloaded"
+        assert "retry-after" in r.headers

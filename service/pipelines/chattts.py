@@ -21,8 +21,9 @@ import asyncio
 import secrets
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -43,6 +44,8 @@ from service.tts.model import TTSGraphs
 from service.tts.streaming import PEAK, receptive_field_tokens, stitch
 from service.tts.stretch import time_stretch
 from service.tts.voices import VoiceStore
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,18 @@ def engine_config(settings: Settings, max_seq_len: int) -> EngineConfig:
         static_wait_ms=settings.tts_static_wait_ms,
         kv_cache=KVCacheKind(settings.tts_kv_cache),
     )
+
+
+async def gather_or_cancel(*aws: Awaitable[T]) -> list[T]:
+    """`asyncio.gather`, but the first failure cancels the rest (a failed piece must not
+    leave its siblings generating for nobody)."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 def _ms(started: float) -> float:
@@ -195,7 +210,7 @@ class ChatTTSPipeline:
         pieces = await asyncio.to_thread(self._pieces, req.text)
         if req.refine_text:
             t1 = time.perf_counter()
-            pieces = list(await asyncio.gather(*(
+            pieces = list(await gather_or_cancel(*(
                 self._refine(p, (sampling_seed + i) % 2**63, req.greedy)
                 for i, p in enumerate(pieces))))
             timings["refine"] = _ms(t1)
@@ -220,12 +235,13 @@ class ChatTTSPipeline:
         t0 = time.perf_counter()
         prepared = await self.prepare(req)
         timings = dict(prepared.timings_ms)
-        results = await asyncio.gather(*(self.engine.generate(j) for j in prepared.jobs))
+        self.engine.check_capacity(len(prepared.jobs))
+        results = await gather_or_cancel(*(self.engine.generate(j) for j in prepared.jobs))
         timings["queue"] = max(r.queued_s for r in results) * 1000.0
         timings["generate"] = max(r.queued_s + r.generate_s for r in results) * 1000.0
         timings["generate"] -= timings["queue"]
         t2 = time.perf_counter()
-        waves = await asyncio.gather(*(self._waveform(r) for r in results))
+        waves = await gather_or_cancel(*(self._waveform(r) for r in results))
         timings["decode"] = _ms(t2)
         t3 = time.perf_counter()
         samples, audio = await asyncio.to_thread(self._postprocess, list(waves), req)

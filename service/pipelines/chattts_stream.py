@@ -155,4 +155,6 @@ class SpeechStream:
 
 async def open_stream(pipeline: ChatTTSPipeline, req: SpeechRequest) -> SpeechStream:
     """Validate and prepare now (errors become normal 4xx before any audio is sent)."""
-    return SpeechStream(pipeline, req, await pipeline.prepare(req))
+    prepared = await pipeline.prepare(req)
+    pipeline.engine.check_capacity(len(prepared.jobs))
+    return SpeechStream(pipeline, req, prepared)

@@ -208,14 +208,20 @@ class GenerationEngine:
                 self._inbox.put(_Abort(job.request_id))
             self._release()
 
-    def _submit(self, job: GenerationJob, on_token: Callable[[CodeStep], None] | None
-                ) -> LiveSequence:
+    def check_capacity(self, sequences: int = 1) -> None:
+        """Raise now what `generate`/`stream` would raise for `sequences` more jobs, so a
+        stream is refused with a 503 before its response starts, not in the middle."""
         if not self._accepting or not self.healthy:
             raise BatcherClosed(f"{self.name} is not accepting work")
+        limit = self.config.max_waiting + self.config.step.max_active
+        if self._outstanding + sequences > limit:
+            raise Overloaded(f"{self.name}: {self._outstanding} sequences queued",
+                             retry_after_s=2.0)
+
+    def _submit(self, job: GenerationJob, on_token: Callable[[CodeStep], None] | None
+                ) -> LiveSequence:
         with self._lock:
-            if self._outstanding >= self.config.max_waiting + self.config.step.max_active:
-                raise Overloaded(f"{self.name}: {self._outstanding} sequences queued",
-                                 retry_after_s=2.0)
+            self.check_capacity()
             self._outstanding += 1
         loop = asyncio.get_running_loop()
         live = LiveSequence(job, loop.create_future(), loop, time.perf_counter(),
