@@ -98,7 +98,10 @@ class Settings(BaseSettings):
     tts_crossfade_ms: float = Field(10.0, ge=0, le=200)
     """Linear crossfade between the audio of consecutive pieces."""
     tts_stream_chunk_tokens: int = Field(24, ge=1)
-    """A streamed response sends audio every this many new tokens (21.3 ms each)."""
+    """A streamed response sends its first audio after this many tokens (21.3 ms each)."""
+    tts_stream_max_chunk_tokens: int = Field(96, ge=1)
+    """Later chunks double up to this size: each chunk decodes context + chunk +
+    lookahead tokens, so longer chunks waste less decoder work."""
     tts_stream_context_tokens: int | None = Field(None, ge=0)
     """Tokens decoded left of each streamed window; default: the pack's decoder + vocos
     receptive field (exact seams)."""

@@ -169,17 +169,19 @@ def test_receptive_field_of_real_and_tiny_packs() -> None:
 
 
 def test_window_planner_sends_every_sample_once() -> None:
-    planner = WindowPlanner(512, chunk_tokens=5, context=3, lookahead=4)
+    planner = WindowPlanner(512, chunk_tokens=5, context=3, lookahead=4, max_chunk_tokens=20)
     sent = []
-    for n in range(1, 40):
+    for n in range(1, 100):
         if (w := planner.next(n, finished=False)) is not None:
             assert w.start <= max(0, w.send_from // 512 - 3)
             assert w.send_to <= 512 * (n - 4)
             sent.append((w.send_from, w.send_to))
-    last = planner.next(40, finished=True)
+    last = planner.next(100, finished=True)
     assert last is not None
     sent.append((last.send_from, last.send_to))
-    assert sent[0][0] == 0 and sent[-1][1] == 512 * 40 - 256
+    assert sent[0] == (0, 512 * 5)  # the first chunk is sent as soon as it is clear
+    assert [(b - a) // 512 for a, b in sent[:5]] == [5, 10, 20, 20, 20]  # doubling, capped
+    assert sent[-1][1] == 512 * 100 - 256
     assert all(a[1] == b[0] for a, b in itertools.pairwise(sent))
 
 

@@ -131,7 +131,8 @@ class SpeechStream:
     async def _run_piece(self, job: GenerationJob, out: asyncio.Queue[object]) -> None:
         p = self.pipeline
         planner = WindowPlanner(p.c.samples_per_token, p.settings.tts_stream_chunk_tokens,
-                                p.stream_context, p.stream_lookahead)
+                                p.stream_context, p.stream_lookahead,
+                                p.settings.tts_stream_max_chunk_tokens)
         hidden: list[np.ndarray] = []
         stretch = self.req.speed != 1.0
         async with contextlib.aclosing(p.engine.stream(job)) as events:

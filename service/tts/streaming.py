@@ -6,10 +6,13 @@ radius R of s / hop (`receptive_field_tokens`: 52 tokens at real size, 13 for th
 pack). A window decoded over tokens [a, b) therefore gives exactly the full decode's
 samples for tokens [a + R, b - R) (the same zero padding at a real start or end of the
 sequence makes the edges exact too). `WindowPlanner` emits audio every `chunk_tokens`
-new tokens once `lookahead` more tokens exist, decoding tokens from `context` before the
-first unsent sample to the newest token: with context and lookahead >= R the streamed
-samples equal the one-shot decode up to float rounding (~1e-7); a smaller lookahead buys
-time to first audio at the price of a seam error, which the benchmark measures.
+new tokens once `lookahead` more tokens exist (the chunk doubles after each send up to
+`max_chunk_tokens`: a small first chunk for early audio, then longer ones so the
+overlap's extra decoding, (context + chunk + lookahead) / chunk, shrinks), decoding
+tokens from `context` before the first unsent sample to the newest token: with context
+and lookahead >= R the streamed samples equal the one-shot decode up to float rounding
+(~1e-7); a smaller lookahead buys time to first audio at the price of a seam error,
+which the benchmark measures.
 
 Pieces (long text is generated as several sequences) are joined by `Stitcher`: a short
 linear crossfade of the last `k = min(crossfade, len(out), len(piece))` samples. The
@@ -55,9 +58,10 @@ class WindowPlanner:
     """When to decode which window of a sequence's tokens while it is being generated."""
 
     def __init__(self, samples_per_token: int, chunk_tokens: int, context: int,
-                 lookahead: int) -> None:
+                 lookahead: int, max_chunk_tokens: int | None = None) -> None:
         self.spt = samples_per_token
         self.chunk = max(1, chunk_tokens)
+        self.max_chunk = max(self.chunk, max_chunk_tokens or self.chunk)
         self.context = max(0, context)
         self.lookahead = max(1, lookahead)  # the last token's audio is half a token short
         self.sent = 0
@@ -76,6 +80,7 @@ class WindowPlanner:
         start = max(0, self.sent // self.spt - self.context)
         window = Window(start=start, stop=tokens, send_from=self.sent, send_to=end)
         self.sent = end
+        self.chunk = min(2 * self.chunk, self.max_chunk)
         return window
 
     def cut(self, window: Window, wave: np.ndarray) -> np.ndarray:
