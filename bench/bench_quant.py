@@ -16,11 +16,14 @@ Run from the repository root (minutes per model on 2 cores)::
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from quant.recipes import recipe
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("clap", "emotion2vec", "chattts")
@@ -111,8 +114,11 @@ def bench_model(model: str, root: Path, args: argparse.Namespace) -> str:
     sections = [out.strip()]
     for choice in [m for m in args.also.split(",") if m]:
         method, _, bits = choice.partition(":")
-        if model == "chattts" and method != "weight-only":
-            continue  # the GPT's activations cannot be calibrated over a generation
+        if (model == "chattts") != (method == "weight-only" and bits == "4"):
+            continue  # GPT: only 4-bit is an alternative (static cannot calibrate a
+            # generation); others: 4-bit weight-only is not offered
+        if not bits and method == recipe(model, TIMED_GRAPH[model]).int8_method.value:
+            continue  # already the default, timed above
         other = root / f"{model}-{method}{bits}"
         shutil.rmtree(other, ignore_errors=True)
         shutil.copytree(pack, other)
@@ -120,7 +126,8 @@ def bench_model(model: str, root: Path, args: argparse.Namespace) -> str:
                 "--bits", bits or "8", *calibration)
         out = subprocess.run([sys.executable, "-m", "quant", "report", str(other), *report],
                              cwd=REPO, check=True, capture_output=True, text=True).stdout
-        rows = [line for line in out.splitlines() if line.startswith("| ") and "int8" in line]
+        rows = [line if line.count("|") > 5 else f"| decode step (B=1, B=8 ms, speed-up) {line}"
+                for line in out.splitlines() if line.startswith("| ") and "int8" in line]
         flag = f" --bits {bits}" if bits else ""
         sections.append(f"int8 by `--method {method}{flag}` instead (its own fp32 run for the "
                         "speed-up), same inputs:\n\n" + "\n".join(rows))
@@ -150,12 +157,17 @@ def main() -> int:
     if args.export_only:
         export_subset(args.export_only, args.out / args.export_only, args.tiny)
         return 0
+    load = os.getloadavg()[0]
     sections = [bench_model(m.strip(), args.out, args) for m in args.models.split(",")
                 if m.strip()]
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text("# Precision bench (random weights, CPU)\n\n"
-                                + "\n\n".join(sections) + "\n", encoding="utf-8")
+        head = (f"# Precision bench (random weights, CPU)\n\n`python -m bench.bench_quant "
+                f"--also {args.also or '-'} --repeats {args.repeats}` on {os.cpu_count()} "
+                f"cores shared with other work (load average {load:.1f} at the start, "
+                f"{os.getloadavg()[0]:.1f} at the end): compare speed-ups within a table, "
+                "not absolute times across tables.\n\n")
+        args.results.write_text(head + "\n\n".join(sections) + "\n", encoding="utf-8")
     return 0
 
 
