@@ -27,6 +27,7 @@ itself dies, `healthy` goes False and every waiting future fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -106,6 +107,13 @@ class _Stop:
     pass
 
 
+def _run_deliveries(items: list[tuple[LiveSequence, CodeStep]]) -> None:
+    """On the event loop: each stream's token callback, in order."""
+    for live, step in items:
+        if live.on_token is not None:
+            live.on_token(step)
+
+
 class GenerationEngine:
     """Continuous batching of ChatTTS's GPT; `await generate(job)` from the event loop."""
 
@@ -125,6 +133,7 @@ class GenerationEngine:
         self._lock = threading.Lock()
         self._stats = {"steps": 0, "decode_steps": 0, "decode_rows": 0, "aborted": 0}
         self._times = {"decode": 0.0, "prefill": 0.0}
+        self._deliveries: list[tuple[LiveSequence, CodeStep]] = []
 
     def _new_cache(self) -> BatchKVCache:
         c = self.graphs.c
@@ -191,12 +200,7 @@ class GenerationEngine:
         if job.kind != PassKind.CODE:
             raise ValueError("only audio-code jobs stream")
         steps: asyncio.Queue[CodeStep | None] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-
-        def on_token(step: CodeStep) -> None:  # engine thread
-            loop.call_soon_threadsafe(steps.put_nowait, step)
-
-        live = self._submit(job, on_token)
+        live = self._submit(job, steps.put_nowait)
         # Futures run their callbacks through call_soon, after every token already posted.
         live.future.add_done_callback(lambda _: steps.put_nowait(None))
         try:
@@ -327,12 +331,14 @@ class GenerationEngine:
             events = self.scheduler.update(plan, outputs)
         except Exception as exc:
             log.exception("%s: step %d failed", self.name, plan.step)
+            self._deliveries.clear()
             self._fail_batch(plan.scheduled, exc)
             return
         self._stats["steps"] += 1
         self._report(plan.decode, plan.prefill, time.perf_counter() - started)
         finished = [e for e in events if e.finished and e.finish != FinishReason.ABORTED]
         self.cache.remove([e.request_id for e in finished])
+        self._deliver()  # before completions: a stream's tokens precede its result
         for event in finished:
             self._complete(event)
 
@@ -462,8 +468,19 @@ class GenerationEngine:
         if hidden is not None:
             live.hiddens.append(np.array(hidden, np.float32))
             if live.on_token is not None and not eos:
-                live.on_token(CodeStep(token=ids, hidden=live.hiddens[-1]))
+                self._deliveries.append((live, CodeStep(token=ids, hidden=live.hiddens[-1])))
         return SeqOutput(token=ids, eos=eos)
+
+    def _deliver(self) -> None:
+        """Hand this step's tokens to the streams: one wake-up per event loop per step,
+        not one per token (32 streams would otherwise cost 32 cross-thread calls)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[LiveSequence, CodeStep]]] = {}
+        for live, step in self._deliveries:
+            by_loop.setdefault(live.loop, []).append((live, step))
+        self._deliveries.clear()
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening
+                loop.call_soon_threadsafe(_run_deliveries, items)
 
     def _complete(self, event: StepEvent) -> None:
         live = self._live.pop(event.request_id, None)

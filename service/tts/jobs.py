@@ -85,7 +85,8 @@ class LiveSequence:
     hiddens: list[np.ndarray] = field(default_factory=list)
     admitted_at: float = 0.0
     on_token: Callable[[CodeStep], None] | None = None
-    """Called in the engine thread for each kept audio token (streaming requests)."""
+    """Called on `loop` for each kept audio token (streaming requests); the engine batches
+    a step's calls into one cross-thread wake-up per loop."""
 
     @property
     def prompt_len(self) -> int:
