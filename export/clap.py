@@ -30,7 +30,6 @@ from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
 from export import clap_tokenizer
 from export.clap_fused import (
     FUSED_AUDIO_INPUTS,
-    HUB_FUSED_PREPROCESSOR,
     export_fused_audio,
     reference_embeds,
 )
@@ -61,6 +60,8 @@ HUB_UNFUSED_PREPROCESSOR: dict[str, Any] = {
     "truncation": "rand_trunc",
     "padding": "repeatpad",
 }
+# `laion/clap-htsat-fused` differs only in its truncation mode (fusion: HTK mels, no norm).
+HUB_FUSED_PREPROCESSOR: dict[str, Any] = {**HUB_UNFUSED_PREPROCESSOR, "truncation": "fusion"}
 
 TINY_AUDIO = {
     "spec_size": 256, "num_mel_bins": 64, "window_size": 8, "patch_size": 4,

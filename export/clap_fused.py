@@ -18,21 +18,6 @@ import torch
 from torch import nn
 from transformers import ClapModel
 
-# As `laion/clap-htsat-fused`'s preprocessor config has it: fusion mode uses HTK mels.
-HUB_FUSED_PREPROCESSOR: dict[str, Any] = {
-    "feature_size": 64,
-    "sampling_rate": 48_000,
-    "hop_length": 480,
-    "max_length_s": 10,
-    "fft_window_size": 1024,
-    "padding_value": 0.0,
-    "return_attention_mask": False,
-    "frequency_min": 50,
-    "frequency_max": 14_000,
-    "top_db": None,
-    "truncation": "fusion",
-    "padding": "repeatpad",
-}
 FUSED_AUDIO_INPUTS = ["input_features", "is_longer"]
 
 
