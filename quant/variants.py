@@ -99,7 +99,13 @@ def _variant(pack: Any, graph: str, base: dict[str, Any],
                              accuracy_level=rec.int8_accuracy_level)
         if reader is not None:
             info["calibration"] = calibration
-        invariant = method.batch_invariant
+        quantized_activations = method is Method.STATIC or (
+            method is Method.WEIGHT_ONLY and rec.int8_accuracy_level is not None)
+        invariant = method.batch_invariant and not (rec.padded_items and quantized_activations)
+        if not invariant:
+            info["batch_dependent_because"] = (
+                "activation scales per batch" if method is Method.DYNAMIC else
+                "padded items: fp32 last-bit differences become quantization steps")
         if request.precision == "int8" and method is Method.WEIGHT_ONLY and request.bits == 4:
             info["note"] = "4-bit weights recorded under int8"
     info.update(source_file=base["file"], source_sha256=file_sha256(src),

@@ -197,3 +197,16 @@ def test_weight_only_4_bit_gpt(quant_models: Path, tmp_path: Path) -> None:
     assert (pack_dir / gpt.file).stat().st_size < eight_bit
     items = graph_items(pack, "gpt", AudioSource(count=8, seed=5), [])
     assert batch_invariance(pack, "gpt", "int8", items) <= INVARIANT_TOLERANCE
+
+
+def test_static_int8_on_padded_items_is_flagged(quant_models: Path, tmp_path: Path) -> None:
+    """Static scales on padded items are not batch-invariant at the real size (see
+    quant/recipes.py); the manifest must say so rather than promise it."""
+    pack_dir = tmp_path / "emotion2vec"
+    shutil.copytree(_pack_dir(quant_models, "emotion2vec"), pack_dir)
+    assert quant_main([str(pack_dir), "--to", "int8", "--method", "static",
+                       *CALIBRATION]) == 0
+    model = load_pack(pack_dir).manifest.graphs["model"]["int8"]
+    assert model.quantization["method"] == "static"
+    assert model.batch_invariant is False
+    assert "padded" in model.quantization["batch_dependent_because"]
