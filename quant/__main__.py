@@ -3,8 +3,9 @@
 Examples::
 
     python -m quant models/clap --to fp16
-    python -m quant models/clap --to int8 --calibration ~/clips     # static QDQ (default)
+    python -m quant models/clap --to int8 --calibration ~/clips     # per-graph defaults
     python -m quant models/chattts --to int8 --bits 4               # weight-only, 4-bit
+    python -m quant models/clap --to int8 --method weight-only      # every graph alike
     python -m quant models/emotion2vec --to int8 --method dynamic   # batch-DEPENDENT
     python -m quant report models/clap
 """
@@ -26,8 +27,9 @@ def _variant_parser() -> argparse.ArgumentParser:
     p.add_argument("pack", type=Path, help="pack folder (holds manifest.json)")
     p.add_argument("--to", required=True, choices=["fp16", "int8"])
     p.add_argument("--method", choices=[m.value for m in Method],
-                   help="int8 method (default per graph: static for CLAP and Emotion2Vec+, "
-                        "weight-only for ChatTTS); dynamic is batch-dependent")
+                   help="int8 method for every graph (default per graph: static for CLAP "
+                        "audio, weight-only elsewhere; see quant/recipes.py); dynamic is "
+                        "batch-dependent")
     p.add_argument("--bits", type=int, choices=[8, 4], default=8,
                    help="weight-only bits (4 is recorded under the int8 precision)")
     _source_arguments(p, "calibration", items=16, seed=0)

@@ -1,10 +1,10 @@
 """fp32 graph -> int8 graph: static QDQ, weight-only MatMulNBits, or dynamic.
 
 - static: activation scales fixed by a calibration pass (MinMax), QDQ format, per-channel
-  int8 weights, uint8 activations. Fixed scales make an item's result independent of its
-  batch-mates. Only `op_types` are quantized: norms and softmax stay float.
-- weight-only: MatMul weights in 8 (or 4) bit blocks of 32 (MatMulNBits); activations stay
-  float, so nothing depends on the batch. The right choice for an autoregressive GPT.
+  int8 weights, uint8 activations; only `op_types` are quantized (norms and softmax stay
+  float). Fixed scales ignore batch-mates, but see quant/recipes.py for padded items.
+- weight-only: MatMul (and constant-weight Gemm) weights in 8- or 4-bit blocks of 32
+  (MatMulNBits); activations float, or int8 per row and block (`accuracy_level` 4).
 - dynamic: per-batch activation scales -> batch-dependent results (opt-in only).
 
 The quantizers write uuid-named external-data files into the working directory, so they

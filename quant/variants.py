@@ -22,7 +22,7 @@ from export.pack import read_manifest, update_manifest
 from quant import fp16, int8
 from quant.calibration import AudioSource, ItemReader, graph_items, items_hash
 from quant.recipes import Method, recipe
-from service.packs import load_pack
+from service.packs import ModelPack, load_pack
 
 log = logging.getLogger("audioserve.quant")
 
@@ -69,16 +69,14 @@ def make_variants(root: Path, request: VariantRequest) -> dict[str, dict[str, An
     return entries
 
 
-def _variant(pack: Any, graph: str, base: dict[str, Any],
+def _variant(pack: ModelPack, graph: str, base: dict[str, Any],
              request: VariantRequest) -> dict[str, Any]:
     rec = recipe(pack.kind, graph)
     src = pack.root / base["file"]
     dst_name = f"{graph}.{request.precision}.onnx"
-    dst = pack.root / dst_name
-    info: dict[str, Any]
-    invariant = True
     if request.precision == "fp16":
-        info = fp16.convert(src, dst, keep_ops=rec.fp16_keep_ops)
+        info = fp16.convert(src, pack.root / dst_name, keep_ops=rec.fp16_keep_ops)
+        invariant = True
     else:
         method = request.method or rec.int8_method
         op_types = ("MatMul", "Gemm") if method is Method.WEIGHT_ONLY else rec.int8_op_types
@@ -88,29 +86,39 @@ def _variant(pack: Any, graph: str, base: dict[str, Any],
             return {**base, "batch_invariant": base.get("batch_invariant", True),
                     "quantization": {"method": "none", "reason": f"no {'/'.join(op_types)} "
                                      "nodes: kept fp32", "tools": tool_versions()}}
-        reader = None
-        if method is Method.STATIC:
-            items = graph_items(pack, graph, request.source, list(request.prompts))
-            reader = ItemReader(items)
-            calibration = {"source": request.source.describe(), "items": len(items),
-                           "sha256": items_hash(items)}
-        info = int8.quantize(src, dst, method, op_types=op_types, reader=reader,
-                             bits=request.bits, keep_nodes=rec.int8_keep_nodes,
-                             accuracy_level=rec.int8_accuracy_level)
-        if reader is not None:
-            info["calibration"] = calibration
-        quantized_activations = method is Method.STATIC or (
-            method is Method.WEIGHT_ONLY and rec.int8_accuracy_level is not None)
-        invariant = method.batch_invariant and not (rec.padded_items and quantized_activations)
-        if not invariant:
-            info["batch_dependent_because"] = (
-                "activation scales per batch" if method is Method.DYNAMIC else
-                "padded items: fp32 last-bit differences become quantization steps")
-        if request.precision == "int8" and method is Method.WEIGHT_ONLY and request.bits == 4:
-            info["note"] = "4-bit weights recorded under int8"
+        info, invariant = _int8(pack, graph, src, pack.root / dst_name, method, op_types,
+                                request)
     info.update(source_file=base["file"], source_sha256=file_sha256(src),
                 tools=tool_versions())
     entry = {k: v for k, v in base.items() if k not in ("file", "quantization")}
     entry.update(file=dst_name, batch_invariant=invariant and base.get("batch_invariant", True),
                  quantization=info)
     return entry
+
+
+def _int8(pack: ModelPack, graph: str, src: Path, dst: Path, method: Method,
+          op_types: tuple[str, ...], request: VariantRequest) -> tuple[dict[str, Any], bool]:
+    """Quantize one graph; returns the manifest's quantization record and whether the
+    result is batch-invariant (see quant/recipes.py for when it is not)."""
+    rec = recipe(pack.kind, graph)
+    reader, calibration = None, None
+    if method is Method.STATIC:
+        items = graph_items(pack, graph, request.source, list(request.prompts))
+        reader = ItemReader(items)
+        calibration = {"source": request.source.describe(), "items": len(items),
+                       "sha256": items_hash(items)}
+    info: dict[str, Any] = int8.quantize(
+        src, dst, method, op_types=op_types, reader=reader, bits=request.bits,
+        keep_nodes=rec.int8_keep_nodes, accuracy_level=rec.int8_accuracy_level)
+    if calibration is not None:
+        info["calibration"] = calibration
+    if method is Method.WEIGHT_ONLY and request.bits == 4:
+        info["note"] = "4-bit weights recorded under int8"
+    quantized_activations = method is Method.STATIC or (
+        method is Method.WEIGHT_ONLY and rec.int8_accuracy_level is not None)
+    invariant = method.batch_invariant and not (rec.padded_items and quantized_activations)
+    if not invariant:
+        info["batch_dependent_because"] = (
+            "activation scales per batch" if method is Method.DYNAMIC else
+            "padded items: fp32 last-bit differences become quantization steps")
+    return info, invariant
