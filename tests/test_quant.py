@@ -210,3 +210,19 @@ def test_static_int8_on_padded_items_is_flagged(quant_models: Path, tmp_path: Pa
     assert model.quantization["method"] == "static"
     assert model.batch_invariant is False
     assert "padded" in model.quantization["batch_dependent_because"]
+
+
+def test_calibration_from_an_audio_folder(quant_models: Path, tmp_path: Path,
+                                          shared_data: Path) -> None:
+    """Real speech clips decoded by the service's decoder calibrate CLAP's audio tower
+    (48 kHz log-mel windows); the manifest names the folder and hashes what it saw."""
+    pack_dir = tmp_path / "clap"
+    shutil.copytree(_pack_dir(quant_models, "clap"), pack_dir)
+    generated = load_pack(pack_dir).manifest.graphs["audio"]["int8"].quantization
+    speech = shared_data / "speech"
+    assert quant_main([str(pack_dir), "--to", "int8", "--calibration", str(speech),
+                       "--items", "3", "--seconds", "2"]) == 0
+    calibration = load_pack(pack_dir).manifest.graphs["audio"]["int8"].quantization[
+        "calibration"]
+    assert str(speech) in calibration["source"] and calibration["items"] == 3
+    assert calibration["sha256"] != generated["calibration"]["sha256"]
