@@ -32,6 +32,9 @@ def _variant_parser() -> argparse.ArgumentParser:
                         "batch-dependent")
     p.add_argument("--bits", type=int, choices=[8, 4], default=8,
                    help="weight-only bits (4 is recorded under the int8 precision)")
+    p.add_argument("--accuracy-level", type=int, choices=[4],
+                   help="weight-only: int8 activations inside MatMulNBits (faster on CPU; "
+                        "batch-dependent on padded graphs, flagged so)")
     _source_arguments(p, "calibration", items=16, seed=0)
     return p
 
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--method applies to --to int8 only")
     request = VariantRequest(precision=args.to,
                              method=Method(args.method) if args.method else None,
-                             bits=args.bits, source=_source(args),
+                             bits=args.bits, accuracy_level=args.accuracy_level,
+                             source=_source(args),
                              prompts=tuple(prompts_from(args.prompts)))
     for graph, entry in make_variants(args.pack, request).items():
         q = entry["quantization"]

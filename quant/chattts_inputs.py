@@ -185,10 +185,27 @@ def greedy_agreement_lines(pack: ModelPack, prompts: list[str]) -> list[str]:
     lines = [f"Greedy code agreement with fp32 over {STEPS} GPT decode steps ({len(prompts)} "
              "prompts x 4 codebooks; measured through the gpt graph directly, not the engine):",
              ""]
+    batched = {"fp32": ref}
     for p in precisions:
         if p == "fp32":
             continue
-        free = float(np.mean(greedy_codes(pack, p, prefill) == ref))
+        batched[p] = greedy_codes(pack, p, prefill)
+        free = float(np.mean(batched[p] == ref))
         forced = float(np.mean(greedy_codes(pack, p, prefill, forced=ref) == ref))
         lines.append(f"- {p}: free-running {free:.3f}, teacher-forced {forced:.3f}")
+    lines += ["", "Batch invariance of generation: greedy codes of the prompts batched "
+              "(left-padded) vs each prompt alone, same precision:", ""]
+    for p, codes in batched.items():
+        lines.append(f"- {p}: {batched_vs_alone(pack, p, prompts, codes):.3f}")
     return [*lines, ""]
+
+
+def batched_vs_alone(pack: ModelPack, precision: str, prompts: list[str],
+                     batched: np.ndarray | None = None) -> float:
+    """Fraction of greedy codes that are the same batched (left-padded, as the engine
+    pads) and alone; 1.0 is what the service promises."""
+    if batched is None:
+        batched = greedy_codes(pack, precision, gpt_prefill_feeds(pack, prompts))
+    alone = np.concatenate([greedy_codes(pack, precision, gpt_prefill_feeds(pack, [p]))
+                            for p in prompts])
+    return float(np.mean(batched == alone))

@@ -126,7 +126,7 @@ def _weight_only(src: Path, dst: Path, bits: int, excluded: list[str],
             "block_size": WEIGHT_ONLY_BLOCK, "symmetric": True, "algorithm": "RTN",
             "accuracy_level": accuracy_level,
             "activations": "float" if accuracy_level is None
-            else "int8 per row and block (accuracy_level 4; CPU)",
+            else f"int8 per row and block (accuracy_level {accuracy_level})",
             "kept_float_nodes": excluded,
             "gemm_rewritten_as_matmul": gemms}
 

@@ -33,6 +33,8 @@ class VariantRequest:
     method: Method | None = None
     """int8 only; None: each graph's recipe default."""
     bits: int = 8
+    accuracy_level: int | None = None
+    """Weight-only compute override (4: int8 activations); None: the recipe's."""
     source: AudioSource = field(default_factory=AudioSource)
     prompts: tuple[str, ...] = ()
 
@@ -107,15 +109,16 @@ def _int8(pack: ModelPack, graph: str, src: Path, dst: Path, method: Method,
         reader = ItemReader(items)
         calibration = {"source": request.source.describe(), "items": len(items),
                        "sha256": items_hash(items)}
+    level = request.accuracy_level or rec.int8_accuracy_level
     info: dict[str, Any] = int8.quantize(
         src, dst, method, op_types=op_types, reader=reader, bits=request.bits,
-        keep_nodes=rec.int8_keep_nodes, accuracy_level=rec.int8_accuracy_level)
+        keep_nodes=rec.int8_keep_nodes, accuracy_level=level)
     if calibration is not None:
         info["calibration"] = calibration
     if method is Method.WEIGHT_ONLY and request.bits == 4:
         info["note"] = "4-bit weights recorded under int8"
     quantized_activations = method is Method.STATIC or (
-        method is Method.WEIGHT_ONLY and rec.int8_accuracy_level is not None)
+        method is Method.WEIGHT_ONLY and level is not None)
     invariant = method.batch_invariant and not (rec.padded_items and quantized_activations)
     if not invariant:
         info["batch_dependent_because"] = (

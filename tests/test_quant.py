@@ -86,11 +86,10 @@ def test_every_graph_gets_recorded_variants(quant_models: Path, kind: str) -> No
             assert len(q["calibration"]["sha256"]) == 64
         # a quantized graph is smaller than its fp32 source, or at least not the same file
         assert (pack.root / int8.file).read_bytes() != (pack.root / fp32.file).read_bytes()
-    if kind == "chattts":  # int8 activations per row: the GPT's rows are exact in fp32
-        gpt = pack.manifest.graphs["gpt"]["int8"].quantization
-        assert (gpt["method"], gpt["accuracy_level"]) == ("weight-only", 4)
-    if kind == "emotion2vec":  # padded items: float compute keeps batching exact
-        assert pack.manifest.graphs["model"]["int8"].quantization["accuracy_level"] is None
+    if kind != "clap":  # weight-only with float compute: batching stays exact
+        main = "gpt" if kind == "chattts" else "model"
+        q = pack.manifest.graphs[main]["int8"].quantization
+        assert (q["method"], q["accuracy_level"]) == ("weight-only", None)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
@@ -183,6 +182,7 @@ def test_report_writes_its_table(quant_models: Path, tmp_path: Path, kind: str) 
         assert float(rows[("model", "fp16")][10]) == 1.0
     if kind == "chattts":
         assert "teacher-forced" in text and "GPT decode step" in text
+        assert "- int8: 1.000" in text.split("Batch invariance of generation")[1]
 
 
 def test_weight_only_4_bit_gpt(quant_models: Path, tmp_path: Path) -> None:
@@ -226,3 +226,26 @@ def test_calibration_from_an_audio_folder(quant_models: Path, tmp_path: Path,
         "calibration"]
     assert str(speech) in calibration["source"] and calibration["items"] == 3
     assert calibration["sha256"] != generated["calibration"]["sha256"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_chattts_greedy_codes_batched_equal_alone(quant_models: Path, precision: str) -> None:
+    """Prompts of different lengths, left-padded into one batch as the engine pads them,
+    generate the same greedy codes as each prompt alone, at fp32 and the default int8."""
+    from quant.chattts_inputs import batched_vs_alone, prompt_ids
+
+    pack = load_pack(_pack_dir(quant_models, "chattts"))
+    prompts = ["a", "a longer prompt than that", "hello there", "one two three four five"]
+    _, mask = prompt_ids(pack, prompts)
+    assert len(set(mask.sum(axis=1).tolist())) > 1  # really padded
+    assert batched_vs_alone(pack, precision, prompts) == 1.0
+
+
+def test_int8_compute_is_flagged_on_the_gpt(quant_models: Path, tmp_path: Path) -> None:
+    pack_dir = tmp_path / "chattts"
+    shutil.copytree(_pack_dir(quant_models, "chattts"), pack_dir)
+    assert quant_main([str(pack_dir), "--to", "int8", "--accuracy-level", "4"]) == 0
+    graphs = load_pack(pack_dir).manifest.graphs
+    assert graphs["gpt"]["int8"].quantization["accuracy_level"] == 4
+    assert graphs["gpt"]["int8"].batch_invariant is False  # rows see left-padded keys
+    assert graphs["head_text"]["int8"].batch_invariant is True  # one row per item
