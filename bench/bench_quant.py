@@ -10,7 +10,8 @@ its own interpreter so torch's memory is gone before ONNX Runtime starts.
 Run from the repository root (minutes per model on 2 cores)::
 
     .venv/bin/python -m bench.bench_quant [--models clap,emotion2vec,chattts]
-        [--out /tmp/quant-bench] [--tiny] [--also static,dynamic] [--results bench/results/quant.md]
+        [--out /tmp/quant-bench] [--tiny] [--also static,dynamic,...]
+        [--results bench/results/quant.md]
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ from quant.recipes import recipe
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("clap", "emotion2vec", "chattts")
+ALTERNATIVES = {
+    "static": ["--method", "static"], "dynamic": ["--method", "dynamic"],
+    "weight-only": ["--method", "weight-only"],
+    "weight-only:4": ["--method", "weight-only", "--bits", "4"],
+    "int8-compute": ["--method", "weight-only", "--accuracy-level", "4"],
+}
+GPT_ALTERNATIVES = ("weight-only:4", "int8-compute")
 TIMED_GRAPHS = {"clap": ("audio", "text"), "emotion2vec": ("model",), "chattts": ("gpt",)}
 
 
@@ -97,24 +105,24 @@ def bench_model(model: str, root: Path, args: argparse.Namespace) -> str:
                          cwd=REPO, check=True, capture_output=True, text=True).stdout
     sections = [out.strip()]
     for choice in [m for m in args.also.split(",") if m]:
-        method, _, bits = choice.partition(":")
-        if (model == "chattts") != (method == "weight-only" and bits == "4"):
-            continue  # GPT: only 4-bit is an alternative (static cannot calibrate a
-            # generation); others: 4-bit weight-only is not offered
-        if not bits and all(method == recipe(model, g).int8_method.value
-                            for g in TIMED_GRAPHS[model]):
+        flags = ALTERNATIVES[choice]
+        if (model == "chattts") != (choice in GPT_ALTERNATIVES):
+            continue  # static cannot calibrate a generation; 4-bit etc. only for the GPT
+        if all(["--method", recipe(model, g).int8_method.value] == flags
+               for g in TIMED_GRAPHS[model]):
             continue  # already the default, timed above
-        other = root / f"{model}-{method}{bits}"
+        other = root / f"{model}-{choice.replace(':', '')}"
         shutil.rmtree(other, ignore_errors=True)
         shutil.copytree(pack, other)
-        _python("-m", "quant", str(other), "--to", "int8", "--method", method,
-                "--bits", bits or "8", *calibration)
+        _python("-m", "quant", str(other), "--to", "int8", *flags, *calibration)
         out = subprocess.run([sys.executable, "-m", "quant", "report", str(other), *report],
                              cwd=REPO, check=True, capture_output=True, text=True).stdout
         rows = [line if line.count("|") > 5 else f"| decode step (B=1, B=8 ms, speed-up) {line}"
                 for line in out.splitlines() if line.startswith("| ") and "int8" in line]
-        flag = f" --bits {bits}" if bits else ""
-        sections.append(f"int8 by `--method {method}{flag}` instead (its own fp32 run for the "
+        greedy = [line for line in out.splitlines() if line.startswith("- int8")]
+        labels = ("greedy codes vs fp32", "greedy codes batched vs alone")
+        rows += [f"\n{label}: {line[2:]}" for label, line in zip(labels, greedy, strict=False)]
+        sections.append(f"int8 by `{' '.join(flags)}` instead (its own fp32 run for the "
                         "speed-up), same inputs:\n\n" + "\n".join(rows))
         shutil.rmtree(other, ignore_errors=True)
     sections.append(f"_export {exported - started:.0f} s, fp16 + int8 "
@@ -130,8 +138,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("/tmp/quant-bench"))
     p.add_argument("--tiny", action="store_true", help="tiny configs (a quick dry run)")
     p.add_argument("--also", default="",
-                   help="comma-separated other int8 methods to time too "
-                        "(static, dynamic, weight-only, weight-only:4 for 4-bit)")
+                   help=f"comma-separated other int8 recipes to time too: {list(ALTERNATIVES)}")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=3.0, help="audio item length")
