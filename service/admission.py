@@ -4,8 +4,10 @@ Design note. Under overload the expensive part of a request is not the batched f
 pass but everything queued before it: decoding and features in worker threads. A gate per
 model therefore admits a request only while (a) fewer than `max_in_flight` requests of
 that model are in flight and (b) the wait predicted from the recent completion rate
-(in-flight / completions per second) fits in the deadline; otherwise it answers at once
-with `Overloaded` (503 + Retry-After) instead of letting the request pile up and fail late.
+(in-flight / completions per second) fits in `wait_fraction` of the deadline; otherwise it
+answers at once with `Overloaded` (503 + Retry-After) instead of letting the request pile
+up and fail late. The fraction leaves headroom for the estimate's error and for the work
+itself, and bounds the backlog left to drain when a burst ends (recovery time).
 
 An admitted request carries one deadline, set when it was admitted, in a context variable
 (asyncio tasks and `run_in_executor` with a copied context inherit it). Every later queue
@@ -47,11 +49,18 @@ class AdmissionGate:
     """Bounded, deadline-aware admission for one model (see the design note)."""
 
     def __init__(
-        self, name: str, *, max_in_flight: int, timeout_s: float, metrics: Metrics | None = None
+        self,
+        name: str,
+        *,
+        max_in_flight: int,
+        timeout_s: float,
+        wait_fraction: float = 0.5,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
         self.max_in_flight = max_in_flight
         self.timeout_s = timeout_s
+        self.max_predicted_wait_s = wait_fraction * timeout_s
         self.in_flight = 0
         self._metrics = metrics
         self._completions: deque[float] = deque()
@@ -83,9 +92,10 @@ class AdmissionGate:
         if self.in_flight >= self.max_in_flight:
             raise self._refuse(f"{self.in_flight} requests in flight", "in_flight_full")
         wait = self.predicted_wait_s(now)
-        if wait is not None and self.in_flight > 0 and wait > self.timeout_s:
+        if wait is not None and self.in_flight > 0 and wait > self.max_predicted_wait_s:
             raise self._refuse(
-                f"predicted wait {wait:.1f} s exceeds the {self.timeout_s:g} s deadline",
+                f"predicted wait {wait:.1f} s; admitting up to {self.max_predicted_wait_s:.1f} s "
+                f"of a {self.timeout_s:g} s deadline",
                 "predicted_wait",
             )
         deadline = now + self.timeout_s

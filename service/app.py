@@ -54,7 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.pipelines = {}
     app.state.admission = {
         kind: AdmissionGate(kind, max_in_flight=settings.max_in_flight,
-                            timeout_s=settings.request_timeout_s, metrics=metrics)
+                            timeout_s=settings.request_timeout_s,
+                            wait_fraction=settings.admission_wait_fraction, metrics=metrics)
         for kind in MODEL_NAMES
     }
 

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     (504); requests whose predicted wait exceeds it are refused at once (503)."""
     max_in_flight: int = Field(128, ge=1)
     """Admitted requests per model; more -> 503 + Retry-After before any work is done."""
+    admission_wait_fraction: float = Field(0.5, gt=0, le=1)
+    """Refuse (503) when the predicted wait exceeds this share of request_timeout_s."""
     cpu_threads: int = Field(0, ge=0)
     """Threads for decoding/features/encoding; 0: one per core (at least 2)."""
     bucket_by_length: bool = True

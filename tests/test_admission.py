@@ -36,11 +36,11 @@ def test_gate_refuses_beyond_max_in_flight_and_frees_slots() -> None:
 
 def test_gate_refuses_when_the_predicted_wait_exceeds_the_deadline() -> None:
     async def scenario() -> None:
-        gate = AdmissionGate("m", max_in_flight=1000, timeout_s=1.0)
+        gate = AdmissionGate("m", max_in_flight=1000, timeout_s=2.0, wait_fraction=0.5)
         for _ in range(5):  # five requests, each 50 ms: about 20 completions per second
             async with gate.admit():
                 await asyncio.sleep(0.05)
-        held = [gate.admit() for _ in range(40)]  # 40 in flight at ~20/s: a 2 s wait
+        held = [gate.admit() for _ in range(40)]  # 40 in flight at ~20/s: a 2 s wait > 1 s
         entered = 0
         with pytest.raises(Overloaded, match="predicted wait"):
             for cm in held:
