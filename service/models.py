@@ -69,6 +69,12 @@ def load_pipeline(
     context = LoadContext(
         settings=settings, runtime=runtime, precision=precision, metrics=metrics, cpu=cpu
     )
+    dependent = [g for g, v in pack.manifest.graphs.items()
+                 if precision in v and not v[precision].batch_invariant]
+    if dependent:
+        log.warning("%s at %s: graphs %s are NOT batch-invariant (a result may depend on its "
+                    "batch-mates); choose another precision for exact answers",
+                    pack.kind, precision, ", ".join(dependent))
     pipeline: Pipeline = _pipeline_class(pack.kind).load(pack, context)
     log.info("loaded %s from %s at %s on %s", pack.kind, pack.root, precision, provider)
     return pipeline
