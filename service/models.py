@@ -63,6 +63,7 @@ def load_pipeline(
         device_id=settings.cuda_device_id,
         intra_op_threads=settings.intra_op_threads,
         intra_op_spinning=settings.intra_op_spinning,
+        cpu_arena=settings.cpu_arena,
     )
     provider = resolve_provider(settings.provider)
     precision = resolve_precision(settings.precision_for(pack.kind), pack, provider)

@@ -27,6 +27,7 @@ class RuntimeConfig:
     device_id: int = 0
     intra_op_threads: int = 0
     intra_op_spinning: bool = False
+    cpu_arena: bool = True
 
 
 def resolve_provider(wanted: str) -> str:
@@ -69,6 +70,10 @@ def create_session(path: Path, config: RuntimeConfig) -> ort.InferenceSession:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = config.intra_op_threads
     options.inter_op_num_threads = 1
+    # ORT's CPU arena keeps its high-water mark resident for good; without it large
+    # tensors go back to the system when freed, but CLAP's audio graph ran 20 % slower at
+    # batch 8 here (524 vs 429 ms). On by default; the CUDA arena is unaffected.
+    options.enable_cpu_mem_arena = config.cpu_arena
     spinning = "1" if config.intra_op_spinning else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
     options.log_severity_level = 3  # errors only: ORT warns about every unused initializer
