@@ -4,10 +4,12 @@ Design note. Under overload the expensive part of a request is not the batched f
 pass but everything queued before it: decoding and features in worker threads. A gate per
 model therefore admits a request only while (a) fewer than `max_in_flight` requests of
 that model are in flight and (b) the wait predicted from the recent completion rate
-(in-flight / completions per second) fits in `wait_fraction` of the deadline; otherwise it
+(in-flight / completions per busy second) fits in `wait_fraction` of the deadline; otherwise it
 answers at once with `Overloaded` (503 + Retry-After) instead of letting the request pile
 up and fail late. The fraction leaves headroom for the estimate's error and for the work
-itself, and bounds the backlog left to drain when a burst ends (recovery time).
+itself, and bounds the backlog left to drain when a burst ends (recovery time). The rate
+counts only time with work in flight (both sums decay with a 10 s time constant): idle
+time must not make a fresh request look slow to serve.
 
 An admitted request carries one deadline, set when it was admitted, in a context variable
 (asyncio tasks and `run_in_executor` with a copied context inherit it). Every later queue
@@ -22,7 +24,6 @@ import contextvars
 import math
 import os
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -37,7 +38,7 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "audioserve_request_deadline", default=None
 )
 
-_RATE_WINDOW_S = 10.0
+_RATE_TIME_CONSTANT_S = 10.0
 
 
 def request_deadline() -> float | None:
@@ -63,17 +64,25 @@ class AdmissionGate:
         self.max_predicted_wait_s = wait_fraction * timeout_s
         self.in_flight = 0
         self._metrics = metrics
-        self._completions: deque[float] = deque()
         self._mean_latency_s = 1.0
+        self._last_event = time.monotonic()
+        self._busy_s = 0.0
+        self._done = 0.0
+
+    def _advance(self, now: float) -> None:
+        """Decay both sums to `now`, adding the busy time since the last event."""
+        elapsed = max(0.0, now - self._last_event)
+        decay = math.exp(-elapsed / _RATE_TIME_CONSTANT_S)
+        self._busy_s = self._busy_s * decay + (elapsed if self.in_flight > 0 else 0.0)
+        self._done *= decay
+        self._last_event = now
 
     def completion_rate(self, now: float) -> float | None:
-        """Requests finished per second over the last few seconds (None: no data yet)."""
-        while self._completions and now - self._completions[0] > _RATE_WINDOW_S:
-            self._completions.popleft()
-        if len(self._completions) < 2:
+        """Requests finished per busy second, recently (None: too little data yet)."""
+        self._advance(now)
+        if self._done < 2.0 or self._busy_s <= 1e-3:
             return None
-        span = max(now - self._completions[0], 1e-3)
-        return len(self._completions) / span
+        return self._done / self._busy_s
 
     def predicted_wait_s(self, now: float) -> float | None:
         rate = self.completion_rate(now)
@@ -100,14 +109,16 @@ class AdmissionGate:
             )
         deadline = now + self.timeout_s
         token = _deadline.set(deadline)
+        self._advance(now)
         self._set_in_flight(self.in_flight + 1)
         try:
             yield deadline
         finally:
             _deadline.reset(token)
-            self._set_in_flight(self.in_flight - 1)
             done = time.monotonic()
-            self._completions.append(done)
+            self._advance(done)
+            self._done += 1.0
+            self._set_in_flight(self.in_flight - 1)
             self._mean_latency_s = 0.8 * self._mean_latency_s + 0.2 * (done - now)
 
     def _set_in_flight(self, value: int) -> None:

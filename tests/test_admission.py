@@ -54,6 +54,25 @@ def test_gate_refuses_when_the_predicted_wait_exceeds_the_deadline() -> None:
     asyncio.run(scenario())
 
 
+def test_idle_time_does_not_make_the_service_look_slow() -> None:
+    """The rate counts busy time only: a pause between bursts must not cause refusals."""
+
+    async def scenario() -> None:
+        gate = AdmissionGate("m", max_in_flight=1000, timeout_s=2.0, wait_fraction=0.5)
+        for _ in range(3):  # about 20 completions per busy second
+            async with gate.admit():
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.5)  # idle: a wall-clock rate would fall to ~2 per second
+        held = [gate.admit() for _ in range(8)]  # 8 at ~20/s: 0.4 s, under the 1 s bound
+        for cm in held:
+            await cm.__aenter__()
+        for cm in held:
+            await cm.__aexit__(None, None, None)
+        assert gate.in_flight == 0
+
+    asyncio.run(scenario())
+
+
 def test_deadline_is_visible_inside_the_request_only() -> None:
     async def scenario() -> None:
         gate = AdmissionGate("m", max_in_flight=4, timeout_s=3.0)
