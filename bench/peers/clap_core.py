@@ -9,6 +9,7 @@ per prompt, as the service's LRU cache does once warm.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,15 @@ def labels_from_form(values: list[Any]) -> list[str]:
     """Repeated `labels` fields as they are; one field split on commas (as the service)."""
     texts = [str(v) for v in values]
     return texts[0].split(",") if len(texts) == 1 else texts
+
+
+def peer_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The options every peer server takes, so that both are tuned alike."""
+    p = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    p.add_argument("--pack", type=Path, required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--wait-ms", type=float, default=5.0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--timeout-s", type=float, default=30.0)
+    return p

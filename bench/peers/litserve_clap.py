@@ -14,7 +14,6 @@ bytes + strings in the API process before it is queued (`_plain_form`).
 """
 
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import litserve.server as ls_server
 from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 
-from bench.peers.clap_core import ClapCore, Prepared, labels_from_form
+from bench.peers.clap_core import ClapCore, Prepared, labels_from_form, peer_arguments
 
 _original_prepare = ls_server.BaseRequestHandler._prepare_request
 
@@ -66,13 +65,7 @@ class ClapLitAPI(ls.LitAPI):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pack", type=Path, required=True)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--wait-ms", type=float, default=5.0)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--timeout-s", type=float, default=30.0)
+    p = peer_arguments(__doc__)
     args = p.parse_args()
     api = ClapLitAPI(args.pack, args.threads, max_batch_size=args.max_batch,
                      batch_timeout=args.wait_ms / 1000.0, api_path="/classify")

@@ -10,7 +10,6 @@ call, as audioserve does them before its batcher. Ready when GET /-/healthz answ
 """
 
 # no `from __future__ import annotations`: Ray Serve inspects signatures at run time
-import argparse
 import asyncio
 import signal
 import threading
@@ -21,7 +20,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from bench.peers.clap_core import ClapCore, Prepared, labels_from_form
+from bench.peers.clap_core import ClapCore, Prepared, labels_from_form, peer_arguments
 
 
 def build_app(pack: Path, threads: int, max_batch: int, wait_ms: float,
@@ -48,13 +47,7 @@ def build_app(pack: Path, threads: int, max_batch: int, wait_ms: float,
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pack", type=Path, required=True)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--wait-ms", type=float, default=5.0)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--timeout-s", type=float, default=30.0)
+    p = peer_arguments(__doc__)
     p.add_argument("--max-ongoing", type=int, default=256)
     args = p.parse_args()
     import ray
