@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
+from service.audio import is_silent
+
 SILENCE_DBFS = -60.0
 """A 10 s window whose RMS is below this is near-silence (-60 dBFS ~ 1e-3 full scale)."""
 
@@ -186,11 +188,6 @@ def window_starts(n_samples: int, window: int) -> list[int]:
     return starts
 
 
-def is_silent(segment: np.ndarray, threshold_dbfs: float = SILENCE_DBFS) -> bool:
-    rms = float(np.sqrt(np.mean(np.square(segment, dtype=np.float64)))) if segment.size else 0.0
-    return rms <= 10.0 ** (threshold_dbfs / 20.0)
-
-
 def plan_windows(samples: np.ndarray, cfg: MelConfig) -> list[WindowSpan]:
     """Every 10 s window of a mono clip at `cfg.sample_rate`, silent ones flagged."""
     if samples.ndim != 1 or samples.size == 0:
@@ -199,8 +196,9 @@ def plan_windows(samples: np.ndarray, cfg: MelConfig) -> list[WindowSpan]:
     spans = []
     for index, start in enumerate(window_starts(samples.shape[0], size)):
         end = min(start + size, samples.shape[0])
+        silent = is_silent(samples[start:end], SILENCE_DBFS)
         spans.append(WindowSpan(index=index, start=start, end=end, start_s=start / rate,
-                                end_s=end / rate, silent=is_silent(samples[start:end])))
+                                end_s=end / rate, silent=silent))
     return spans
 
 
@@ -210,7 +208,7 @@ def whole_clip_span(samples: np.ndarray, cfg: MelConfig) -> WindowSpan:
         raise ValueError("expected a non-empty mono waveform")
     n = samples.shape[0]
     return WindowSpan(index=0, start=0, end=n, start_s=0.0, end_s=n / cfg.sample_rate,
-                      silent=is_silent(samples))
+                      silent=is_silent(samples, SILENCE_DBFS))
 
 
 def select_windows(spans: list[WindowSpan]) -> list[WindowSpan]:
