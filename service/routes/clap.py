@@ -22,6 +22,7 @@ from service.pipelines.clap import (
     LabelScore,
     WindowScores,
 )
+from service.routes.common import model_fields
 from service.uploads import AudioInput, read_audio_input
 
 router = APIRouter(tags=["clap"])
@@ -77,12 +78,7 @@ def parse_template(form: AudioInput) -> str | None:
 # -- responses ------------------------------------------------------------------------
 
 def _model_fields(pipeline: ClapPipeline) -> dict[str, Any]:
-    info = pipeline.info()
-    body = {"model": "clap", "source": info["source"], "demo": info["demo"],
-            "precision": info["precision"], "provider": info["provider"]}
-    if info["demo"]:
-        body["warning"] = "demo pack: random weights, the scores mean nothing"
-    return body
+    return model_fields(pipeline.info(), "clap", "scores")
 
 
 def _audio_fields(audio: AudioEmbedding) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from service.pipelines.emotion2vec import (
     FrameScores,
     Granularity,
 )
+from service.routes.common import model_fields
 from service.uploads import AudioInput, read_audio_input
 
 router = APIRouter(tags=["emotion"])
@@ -64,12 +65,8 @@ def emotion_body(pipeline: Emotion2vecPipeline, result: EmotionResult,
     info = pipeline.info()
     ranked = result.ranked()
     rate = pipeline.constants.sample_rate
-    body: dict[str, Any] = {
-        "object": "emotion", "model": "emotion2vec", "source": info["source"],
-        "demo": info["demo"], "precision": info["precision"], "provider": info["provider"],
-    }
-    if info["demo"]:
-        body["warning"] = "demo pack: random weights, the emotions mean nothing"
+    body: dict[str, Any] = {"object": "emotion",
+                            **model_fields(info, "emotion2vec", "emotions")}
     body.update({
         "granularity": options.granularity.value,
         "emotion": ranked[0][0].as_dict(ranked[0][1]),
