@@ -18,6 +18,7 @@ amplified), then resampled with soxr to the requested rate and encoded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 import uuid
@@ -205,9 +206,9 @@ class ChatTTSPipeline:
         refine pass, prompt ids: one code job per piece, all run in the same batch."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        spk = await asyncio.to_thread(self._speaker, req)
+        spk = await self.ctx.cpu.run(self._speaker, req)
         sampling_seed = self._sampling_seed(req)
-        pieces = await asyncio.to_thread(self._pieces, req.text)
+        pieces = await self.ctx.cpu.run(self._pieces, req.text)
         if req.refine_text:
             t1 = time.perf_counter()
             pieces = list(await gather_or_cancel(*(
@@ -216,9 +217,9 @@ class ChatTTSPipeline:
             timings["refine"] = _ms(t1)
         jobs = []
         for i, piece in enumerate(pieces):
-            prompt = await asyncio.to_thread(
+            prompt = await self.ctx.cpu.run(functools.partial(
                 self.prompts.code_prompt_ids, piece, spk is not None, normalize=False
-            )
+            ))
             jobs.append(self._code_job(req, prompt, spk, (sampling_seed + i) % 2**63))
         timings["prepare"] = _ms(t0) - timings.get("refine", 0.0)
         return PreparedSpeech(tuple(jobs), sampling_seed, timings)
@@ -244,7 +245,7 @@ class ChatTTSPipeline:
         waves = await gather_or_cancel(*(self._waveform(r) for r in results))
         timings["decode"] = _ms(t2)
         t3 = time.perf_counter()
-        samples, audio = await asyncio.to_thread(self._postprocess, list(waves), req)
+        samples, audio = await self.ctx.cpu.run(self._postprocess, list(waves), req)
         timings["encode"] = _ms(t3)
         timings["total"] = _ms(t0)
         for stage in ("generate", "decode", "encode"):
@@ -298,7 +299,9 @@ class ChatTTSPipeline:
         )
 
     async def _refine(self, text: str, seed: int, greedy: bool) -> str:
-        prompt = await asyncio.to_thread(self.prompts.refine_prompt_ids, text, normalize=False)
+        prompt = await self.ctx.cpu.run(
+            functools.partial(self.prompts.refine_prompt_ids, text, normalize=False)
+        )
         job = GenerationJob(
             request_id=uuid.uuid4().hex, kind=PassKind.TEXT, prompt_ids=prompt, spk_emb=None,
             params=self.c.refine.params(greedy=greedy),

@@ -147,7 +147,7 @@ class SpeechStream:
         if stretch:
             wave = await p.decode_hidden(np.stack(hidden) if hidden
                                          else np.zeros((0, p.c.hidden_size), np.float32))
-            out.put_nowait(await asyncio.to_thread(p.piece_wave, wave, self.req.speed))
+            out.put_nowait(await p.ctx.cpu.run(p.piece_wave, wave, self.req.speed))
         elif (window := planner.next(len(hidden), finished=True)) is not None:
             wave = await p.decode_hidden(np.stack(hidden[window.start : window.stop]))
             out.put_nowait(planner.cut(window, wave))
