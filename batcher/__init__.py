@@ -6,10 +6,12 @@ and receive plain results or the errors below.
 
 from batcher.dynamic import BatchConfig, BatchObserver, BatchStats, DynamicBatcher
 from batcher.errors import BatcherClosed, BatcherError, DeadlineExceeded, Overloaded
+from batcher.sizing import BatchSizer
 
 __all__ = [
     "BatchConfig",
     "BatchObserver",
+    "BatchSizer",
     "BatchStats",
     "BatcherClosed",
     "BatcherError",

@@ -2,9 +2,10 @@
 
 Design note (batch forming)
 ---------------------------
-Items wait in one bounded FIFO. The loop forms a batch as soon as either `max_batch_size`
-items are queued or the oldest item has waited `max_wait_ms`; with `dispatch_when_idle`
-it also takes what is queued at once whenever the worker is free, so a lone request at low
+Items wait in one bounded FIFO. The loop forms a batch as soon as either the size limit
+(`max_batch_size`, or the adaptive cap) is queued or the oldest item has waited
+`max_wait_ms`; with `dispatch_when_idle` it also takes what is queued at once whenever a
+worker is free, so a lone request at low
 load pays no `max_wait_ms` and batches grow from what arrives while the previous batch
 computes. The oldest live item is always in the next batch (no starvation); the rest of
 the batch is filled with the queued items whose `length` is closest to it, so one batch
@@ -15,9 +16,12 @@ has started, the item fails with `DeadlineExceeded` and is never run; once start
 item gets its result whatever the clock says. Items whose caller went away (cancelled
 future) are dropped when the loop next looks, or when their slot is needed for admission.
 
-The batch function is synchronous and runs in this batcher's own worker thread, so the
-event loop never blocks; while a batch runs, the next one accumulates. Its outputs are
-handed back in input order. An exception fails exactly the futures of that batch and the
+The batch function is synchronous and runs in this batcher's own worker threads
+(`workers` of them: that many batches may run at once, like Triton's instance count), so
+the event loop never blocks; while batches run, the next one accumulates. Its outputs are
+handed back in input order. With `adaptive_size`, a `BatchSizer` caps batches at the size
+that measured the most items per second (see `batcher/sizing.py`); `calibrate` seeds it
+before serving. An exception fails exactly the futures of that batch and the
 loop goes on; observer errors are logged and never stop serving. If the loop itself dies,
 every queued and running item fails with `BatcherClosed` (no caller waits forever) and
 `running` turns False. `close()` stops admission and, by default, drains what is queued.
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from batcher.errors import BatcherClosed, DeadlineExceeded, Overloaded
+from batcher.sizing import BatchSizer
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -52,11 +57,17 @@ class BatchConfig:
     """Default per-item deadline, counted from `submit` (None: no deadline)."""
     bucket_by_length: bool = True
     dispatch_when_idle: bool = False
-    """Run what is queued as soon as the worker is free instead of waiting `max_wait_ms`:
+    """Run what is queued as soon as a worker is free instead of waiting `max_wait_ms`:
     lower latency at low load, smaller batches (more compute) under moderate load."""
+    workers: int = 1
+    """Batches that may run at once. One per GPU stream; on CPU two single-threaded
+    batches overlap better than one batch on two threads (bench/results/batch-sizing)."""
+    adaptive_size: bool = False
+    """Cap batches at the measured best size instead of always filling `max_batch_size`."""
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
+        if (self.max_batch_size < 1 or self.max_queue < 1 or self.max_wait_ms < 0
+                or self.workers < 1):
             raise ValueError(f"invalid batch config: {self}")
 
 
@@ -70,6 +81,8 @@ class BatchStats:
     padding_fraction: float
     """Share of the padded batch (size x longest length) that is padding."""
     failed: bool
+    limit: int = 0
+    """The batch-size cap in force when the batch was cut (the adaptive one, if learnt)."""
 
 
 class BatchObserver(Protocol):
@@ -109,9 +122,11 @@ class DynamicBatcher(Generic[T, R]):
         self._batch_fn = batch_fn
         self._observer = observer
         self._queue: list[_Pending[T, R]] = []
-        self._running_batch: list[_Pending[T, R]] = []
+        self._running: dict[int, list[_Pending[T, R]]] = {}
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-worker")
+        self._executor = ThreadPoolExecutor(max_workers=self.config.workers,
+                                            thread_name_prefix=f"{name}-worker")
+        self.sizer = BatchSizer(self.config.max_batch_size) if self.config.adaptive_size else None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._mean_batch_s = 0.05
@@ -131,6 +146,41 @@ class DynamicBatcher(Generic[T, R]):
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    @property
+    def size_limit(self) -> int:
+        """The most items the next batch takes."""
+        return self.sizer.limit if self.sizer is not None else self.config.max_batch_size
+
+    def describe(self) -> dict[str, object]:
+        """The batching in force, for GET /v1/models."""
+        return {"max_batch_size": self.config.max_batch_size, "workers": self.config.workers,
+                "adaptive": self.sizer is not None, "size_limit": self.size_limit}
+
+    async def calibrate(self, item: T, *, length: int = 0) -> dict[int, float]:
+        """Run `item` repeated at every rung of the size ladder, before serving.
+
+        Each shape runs once untimed (first runs allocate and plan) and once timed, which
+        seeds the adaptive sizer; it also brings the runtime's memory pools to the
+        largest batch's high-water mark at start rather than under the first load.
+        Returns seconds per batch by size.
+        """
+        loop = asyncio.get_running_loop()
+        sizes = self.sizer.rungs if self.sizer is not None else [self.config.max_batch_size]
+        timings: dict[int, float] = {}
+        for size in sizes:
+            batch = [item] * size
+            await loop.run_in_executor(self._executor, self._batch_fn, batch)
+            t0 = time.perf_counter()
+            await loop.run_in_executor(self._executor, self._batch_fn, batch)
+            timings[size] = time.perf_counter() - t0
+            if self.sizer is not None:
+                self.sizer.observe(size, size * max(length, 1), timings[size])
+        if self.sizer is not None:
+            log.info("%s: batch cap %d of %d after calibration (ms per batch: %s)", self.name,
+                     self.sizer.limit, self.config.max_batch_size,
+                     ", ".join(f"{s}: {t * 1000:.1f}" for s, t in timings.items()))
+        return timings
 
     async def close(self, drain: bool = True) -> None:
         """Stop admitting items; run what is queued (drain) or fail it with BatcherClosed."""
@@ -199,7 +249,7 @@ class DynamicBatcher(Generic[T, R]):
 
     def retry_after_s(self) -> float:
         """A rough wait until the queue has room: the queued batches times a batch's time."""
-        batches = len(self._queue) / self.config.max_batch_size
+        batches = len(self._queue) / (self.size_limit * self.config.workers)
         return max(1.0, batches * self._mean_batch_s)
 
     def _expire(self, pending: _Pending[T, R]) -> None:
@@ -214,12 +264,19 @@ class DynamicBatcher(Generic[T, R]):
     # -- the loop --------------------------------------------------------------------
 
     async def _loop(self) -> None:
+        free = asyncio.Semaphore(self.config.workers)
+        tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
+                await free.acquire()
                 batch = await self._next_batch()
                 if batch is None:
-                    return
-                await self._run(batch)
+                    break
+                task = asyncio.get_running_loop().create_task(self._run(batch))
+                tasks.add(task)
+                task.add_done_callback(lambda t: (tasks.discard(t), free.release()))
+            if tasks:
+                await asyncio.wait(tasks)
         except asyncio.CancelledError:
             log.warning("%s: batch loop cancelled", self.name)
             raise
@@ -228,7 +285,8 @@ class DynamicBatcher(Generic[T, R]):
             raise
         finally:  # whatever ended the loop, nobody is left waiting
             self._closing = True
-            self._fail_all(self._running_batch + self._queue, f"{self.name} stopped")
+            running = [p for batch in self._running.values() for p in batch]
+            self._fail_all(running + self._queue, f"{self.name} stopped")
             self._queue.clear()
 
     async def _next_batch(self) -> list[_Pending[T, R]] | None:
@@ -245,7 +303,7 @@ class DynamicBatcher(Generic[T, R]):
             oldest_wait = time.monotonic() - self._queue[0].enqueued_at
             remaining = cfg.max_wait_ms / 1000.0 - oldest_wait
             if (
-                len(self._queue) >= cfg.max_batch_size
+                len(self._queue) >= self.size_limit
                 or remaining <= 0
                 or self._closing
                 or cfg.dispatch_when_idle
@@ -270,7 +328,8 @@ class DynamicBatcher(Generic[T, R]):
 
     def _cut(self) -> list[_Pending[T, R]]:
         """The oldest item plus the queued items closest to it in length."""
-        size = self.config.max_batch_size
+        queued = len(self._queue)
+        size = self.sizer.size_for(queued) if self.sizer is not None else self.size_limit
         if not self.config.bucket_by_length or len(self._queue) <= size:
             batch, self._queue = self._queue[:size], self._queue[size:]
         else:
@@ -287,9 +346,10 @@ class DynamicBatcher(Generic[T, R]):
 
     async def _run(self, batch: list[_Pending[T, R]]) -> None:
         started_at = time.monotonic()
+        limit = self.size_limit
         for pending in batch:
             pending.started = True
-        self._running_batch = batch
+        self._running[id(batch)] = batch
         failed = False
         try:
             results = await asyncio.get_running_loop().run_in_executor(
@@ -309,11 +369,14 @@ class DynamicBatcher(Generic[T, R]):
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
-        self._running_batch = []
+        del self._running[id(batch)]
         compute_s = time.monotonic() - started_at
         self._mean_batch_s = 0.8 * self._mean_batch_s + 0.2 * compute_s
         self.batches_run += 1
-        self._report_batch(batch, started_at, compute_s, failed)
+        if self.sizer is not None and not failed:
+            longest = max(p.length for p in batch)
+            self.sizer.observe(len(batch), len(batch) * max(longest, 1), compute_s)
+        self._report_batch(batch, started_at, compute_s, failed, limit)
 
     # -- reporting -------------------------------------------------------------------
 
@@ -323,7 +386,8 @@ class DynamicBatcher(Generic[T, R]):
                 pending.future.set_exception(BatcherClosed(message))
 
     def _report_batch(
-        self, batch: list[_Pending[T, R]], started_at: float, compute_s: float, failed: bool
+        self, batch: list[_Pending[T, R]], started_at: float, compute_s: float, failed: bool,
+        limit: int,
     ) -> None:
         if self._observer is None:
             return
@@ -335,6 +399,7 @@ class DynamicBatcher(Generic[T, R]):
             compute_s=compute_s,
             padding_fraction=(1.0 - sum(lengths) / padded) if padded else 0.0,
             failed=failed,
+            limit=limit,
         )
         self._notify(self._observer.on_batch, stats)
 
