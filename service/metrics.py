@@ -31,6 +31,10 @@ class Metrics:
             "audioserve_batch_size", "Items per executed batch", ["queue"],
             buckets=_BATCH_BUCKETS, registry=r,
         )
+        self.batch_size_limit = Gauge(
+            "audioserve_batch_size_limit",
+            "Batch-size cap in force (the adaptive one, when learnt)", ["queue"], registry=r,
+        )
         self.queue_wait_seconds = Histogram(
             "audioserve_queue_wait_seconds", "Time an item waited before its batch ran",
             ["queue"], buckets=_LATENCY_BUCKETS, registry=r,
@@ -79,6 +83,7 @@ class QueueObserver:
     def on_batch(self, stats: BatchStats) -> None:
         q = self._queue
         self._m.batch_size.labels(q).observe(stats.size)
+        self._m.batch_size_limit.labels(q).set(stats.limit)
         self._m.compute_seconds.labels(q).observe(stats.compute_s)
         self._m.padding_fraction.labels(q).observe(stats.padding_fraction)
         for wait in stats.queue_waits_s:

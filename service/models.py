@@ -7,6 +7,7 @@ import contextlib
 import enum
 import importlib
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,20 +56,45 @@ def _pipeline_class(kind: str) -> Any:
     return getattr(importlib.import_module(module_name), class_name)
 
 
+def cpu_cores() -> int:
+    """Cores this process may use (a container's CPU set, not the host's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parallelism(settings: Settings, provider: str, concurrent: bool) -> tuple[int, int]:
+    """(batch workers, ORT intra-op threads per session) for one model.
+
+    On CUDA one worker feeds the GPU's stream. On CPU two workers with half the cores each
+    keep the cores busier than one batch on all of them (ORT's intra-op parallelism leaves
+    cores idle in the many small ops between the large ones).
+    """
+    cores = cpu_cores()
+    workers = settings.batch_workers or (2 if provider == "cpu" and cores >= 2 else 1)
+    if not concurrent:
+        workers = 1
+    threads = settings.intra_op_threads
+    if provider == "cpu" and threads == 0 and workers > 1:
+        threads = max(1, cores // workers)
+    return workers, threads
+
+
 def load_pipeline(
     pack: ModelPack, settings: Settings, metrics: Metrics, cpu: CpuWorkers
 ) -> Pipeline:
+    provider = resolve_provider(settings.provider)
+    cls = _pipeline_class(pack.kind)
+    workers, threads = parallelism(settings, provider, cls.concurrent_batches)
     runtime = RuntimeConfig(
         provider=settings.provider,
         device_id=settings.cuda_device_id,
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=threads,
         intra_op_spinning=settings.intra_op_spinning,
         cpu_arena=settings.cpu_arena,
     )
-    provider = resolve_provider(settings.provider)
     precision = resolve_precision(settings.precision_for(pack.kind), pack, provider)
     context = LoadContext(
-        settings=settings, runtime=runtime, precision=precision, metrics=metrics, cpu=cpu
+        settings=settings, runtime=runtime, precision=precision, metrics=metrics,
+        batch=settings.batch_config(workers=workers), cpu=cpu,
     )
     dependent = [g for g, v in pack.manifest.graphs.items()
                  if precision in v and not v[precision].batch_invariant]
@@ -76,8 +102,9 @@ def load_pipeline(
         log.warning("%s at %s: graphs %s are NOT batch-invariant (a result may depend on its "
                     "batch-mates); choose another precision for exact answers",
                     pack.kind, precision, ", ".join(dependent))
-    pipeline: Pipeline = _pipeline_class(pack.kind).load(pack, context)
-    log.info("loaded %s from %s at %s on %s", pack.kind, pack.root, precision, provider)
+    pipeline: Pipeline = cls.load(pack, context)
+    log.info("loaded %s from %s at %s on %s (%d batch worker(s), %s intra-op threads)",
+             pack.kind, pack.root, precision, provider, workers, threads or "all")
     return pipeline
 
 

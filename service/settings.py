@@ -35,13 +35,15 @@ class Settings(BaseSettings):
     """`auto`: CUDA when onnxruntime has it, else CPU (logged). `cuda`: fail without it."""
     cuda_device_id: int = 0
     intra_op_threads: int = 0
-    """ONNX Runtime threads per session on CPU; 0 lets ORT use every core."""
+    """ONNX Runtime threads per session on CPU; 0: the cores shared out among the
+    model's batch workers (every core for one worker)."""
     intra_op_spinning: bool = False
-    cpu_arena: bool = True
-    """ORT's CPU memory arena: 20 % faster on CLAP at batch 8 here, but it holds its
-    high-water mark forever; turn it off where steady memory matters more than speed."""
     """Let idle ORT threads spin. Off: several models share the cores, and spinning
     threads of one session slowed the others 3-5x on a 2-core machine."""
+    cpu_arena: bool = True
+    """ORT's CPU memory arena: 20 % faster on CLAP at batch 8 here, but it holds its
+    high-water mark forever (reached at start-up by the warm-up at every batch size);
+    turn it off where steady memory matters more than speed."""
     clap_precision: Precision = "auto"
     emotion2vec_precision: Precision = "auto"
     chattts_precision: Precision = "auto"
@@ -62,6 +64,13 @@ class Settings(BaseSettings):
     """Refuse (503) when the predicted wait exceeds this share of request_timeout_s."""
     cpu_threads: int = Field(0, ge=0)
     """Threads for decoding/features/encoding; 0: one per core (at least 2)."""
+    batch_workers: int = Field(0, ge=0, le=16)
+    """Batches of one model that may run at once; 0: one on CUDA, two on a multi-core
+    CPU, where two single-threaded batches beat one two-threaded batch (CLAP, 2 cores:
+    17.1 vs 13.9 windows/s, bench/results/batch-sizing.md). ChatTTS's step loop is one."""
+    adaptive_batch_size: bool = True
+    """Cap batches at the size measured to give the most items per second (batcher/
+    sizing.py) instead of always filling max_batch_size; results are the same."""
     bucket_by_length: bool = True
     dispatch_when_idle: bool = False
     """Run whatever is queued as soon as the worker is free instead of waiting up to
@@ -131,6 +140,7 @@ class Settings(BaseSettings):
             "timeout_s": self.request_timeout_s,
             "bucket_by_length": self.bucket_by_length,
             "dispatch_when_idle": self.dispatch_when_idle,
+            "adaptive_size": self.adaptive_batch_size,
         }
         values.update(overrides)
         return BatchConfig(**values)  # type: ignore[arg-type]

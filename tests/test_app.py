@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service import models
 from service.app import create_app
 from service.errors import PackError
 from service.settings import Settings
@@ -137,3 +138,20 @@ def test_wait_ready_helper_sees_an_empty_service_ready(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, models_dir=tmp_path, load_in_background=True)
     with TestClient(create_app(settings)) as client:
         wait_ready(client, timeout_s=10)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "provider", "concurrent", "expected"),
+    [
+        ({}, "cpu", True, (2, 1)),  # two single-threaded workers on the 2-core default
+        ({}, "cuda", True, (1, 0)),
+        ({}, "cpu", False, (1, 0)),  # ChatTTS: one step loop with every core
+        ({"batch_workers": 3, "intra_op_threads": 4}, "cpu", True, (3, 4)),
+    ],
+)
+def test_batch_workers_and_threads_per_model(monkeypatch: pytest.MonkeyPatch,
+                                             overrides: dict[str, int], provider: str,
+                                             concurrent: bool, expected: tuple[int, int]) -> None:
+    monkeypatch.setattr(models, "cpu_cores", lambda: 2)
+    settings = Settings(_env_file=None, **overrides)
+    assert models.parallelism(settings, provider, concurrent) == expected

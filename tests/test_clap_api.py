@@ -31,7 +31,8 @@ LABELS = ["dog", "rain", "speech", "music"]
 def client(clap_models_dir: Path) -> Iterator[TestClient]:
     with running_app(models_dir=clap_models_dir, models="clap", max_labels=MAX_LABELS,
                      max_label_chars=MAX_LABEL_CHARS, max_wait_ms=30.0,
-                     max_batch_size=8) as c:
+                     max_batch_size=8, adaptive_batch_size=False) as c:
+        # a fixed cap: the burst test below must see batches form on any machine
         yield c
 
 
@@ -273,3 +274,15 @@ def test_same_answer_alone_and_inside_a_concurrent_burst(client: TestClient) -> 
             np.testing.assert_allclose([s[key] for s in burst["labels"]],
                                        [s[key] for s in alone["labels"]],
                                        rtol=0, atol=0 if exact else 1e-6)
+
+
+def test_models_and_metrics_show_the_batching_in_force(clap_models_dir: Path) -> None:
+    with running_app(models_dir=clap_models_dir, models="clap", max_batch_size=4,
+                     batch_workers=2) as c:
+        audio = c.get("/v1/models").json()["data"][0]["batching"]["audio"]
+        assert audio["max_batch_size"] == 4 and audio["workers"] == 2 and audio["adaptive"]
+        assert audio["size_limit"] in (1, 2, 4)  # calibrated at start-up
+        assert _classify(c, wav_bytes(make_clip(2.0, seed=5)), labels=LABELS).status_code == 200
+        limit = re.search(r'audioserve_batch_size_limit\{queue="clap_audio"\} (\S+)',
+                          c.get("/metrics").text)
+        assert limit and float(limit.group(1)) == audio["size_limit"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from batcher import BatchConfig
 from service.admission import CpuWorkers
 from service.metrics import Metrics
 from service.packs import ModelPack
@@ -25,6 +26,8 @@ class LoadContext:
     precision: str
     """Resolved precision (fp32/fp16/int8), already checked to exist in the pack."""
     metrics: Metrics
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    """The settings' batching, with the batch workers resolved for this model."""
     cpu: CpuWorkers = field(default_factory=CpuWorkers)
     """The shared, deadline-aware pool for decode/feature/encode work."""
 
@@ -32,6 +35,8 @@ class LoadContext:
 class Pipeline(Protocol):
     name: str
     pack: ModelPack
+    concurrent_batches: bool
+    """Whether batches of this model may run in parallel (`batch_workers`)."""
 
     async def start(self) -> None:
         """Start batchers and warm every graph up; the service is ready after this."""

@@ -23,7 +23,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -134,6 +134,8 @@ def _ms(started: float) -> float:
 
 class ChatTTSPipeline:
     name = "chattts"
+    concurrent_batches = False
+    """The decoding steps run one after another (the step scheduler is the batching)."""
 
     def __init__(self, pack: ModelPack, ctx: LoadContext, graphs: TTSGraphs,
                  config: EngineConfig | None = None) -> None:
@@ -168,7 +170,7 @@ class ChatTTSPipeline:
     async def start(self) -> None:
         self.engine.start()
         self._decoder = DynamicBatcher(
-            self._decode_batch, self.settings.batch_config(timeout_s=None),
+            self._decode_batch, replace(self.ctx.batch, timeout_s=None),
             name="chattts_decode", observer=self.ctx.metrics.observer("chattts_decode"),
         )
         self._decoder.start()

@@ -128,6 +128,7 @@ class ClapPipeline:
     """Owns the two ONNX sessions, their batchers and the text cache (see the note above)."""
 
     name = "clap"
+    concurrent_batches = True
 
     def __init__(self, pack: ModelPack, ctx: LoadContext, audio: GraphRunner,
                  text: GraphRunner, tokenizer: PromptTokenizer) -> None:
@@ -169,7 +170,7 @@ class ClapPipeline:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        config = self.ctx.settings.batch_config()
+        config = self.ctx.batch
         metrics = self.ctx.metrics
         self._audio_batcher = DynamicBatcher(self._run_audio, config, name="clap_audio",
                                              observer=metrics.observer("clap_audio"))
@@ -179,8 +180,9 @@ class ClapPipeline:
         self._text_batcher.start()
         if self.settings.warmup:
             silence = np.zeros(self.mel.max_length_samples, np.float32)
-            await self._audio_batcher.submit(self.prepare_samples(silence).items[0])
-            await self._text_batcher.submit(self.tokenizer.encode(["warm-up"])[0])
+            await self._audio_batcher.calibrate(self.prepare_samples(silence).items[0])
+            ids = self.tokenizer.encode(["This is a sound of warm-up."])[0]
+            await self._text_batcher.calibrate(ids, length=len(ids))
 
     async def stop(self) -> None:
         for batcher in (self._audio_batcher, self._text_batcher):
@@ -197,6 +199,8 @@ class ClapPipeline:
             "id": "clap", "object": "model", "kind": "clap", "demo": m.demo,
             "source": m.source, "precision": self.precision, "provider": self.provider,
             "embed_dim": int(self.pack.constants["embed_dim"]),
+            "batching": {name: b.describe() for name, b in
+                         (("audio", self._audio_batcher), ("text", self._text_batcher)) if b},
             "graphs": {g: sorted(v) for g, v in m.graphs.items()},
             "endpoints": ["/classify", "/embed/audio", "/embed/text"],
         }

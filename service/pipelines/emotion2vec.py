@@ -99,6 +99,7 @@ def _ms(started: float) -> float:
 
 class Emotion2vecPipeline:
     name = "emotion2vec"
+    concurrent_batches = True
 
     def __init__(self, pack: ModelPack, ctx: LoadContext, runner: GraphRunner,
                  head: np.ndarray) -> None:
@@ -128,13 +129,14 @@ class Emotion2vecPipeline:
 
     async def start(self) -> None:
         self._batcher = DynamicBatcher(
-            self._run_batch, self.settings.batch_config(), name="emotion2vec",
+            self._run_batch, self.ctx.batch, name="emotion2vec",
             observer=self.ctx.metrics.observer("emotion2vec"),
         )
         self._batcher.start()
         if self.settings.warmup:
             noise = np.random.default_rng(0).standard_normal(self.constants.sample_rate)
-            await self._batcher.submit(0.1 * noise.astype(np.float32))
+            clip = 0.1 * noise.astype(np.float32)
+            await self._batcher.calibrate(clip, length=len(clip))
 
     async def stop(self) -> None:
         if self._batcher is not None:
@@ -152,6 +154,7 @@ class Emotion2vecPipeline:
             "labels": [label.en for label in self.constants.labels],
             "sample_rate": self.constants.sample_rate, "frame_rate": self.constants.frame_rate,
             "graphs": {g: sorted(v) for g, v in m.graphs.items()},
+            "batching": self._batcher.describe() if self._batcher else None,
             "endpoints": ["/emotion"],
         }
 
