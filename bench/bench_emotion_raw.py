@@ -69,17 +69,6 @@ def measure(runner: GraphRunner, batch: int, budget_s: float, min_calls: int = 3
     return times
 
 
-def ceiling(pack_dir: Path, batch_sizes: list[int], seconds: float, threads: int
-            ) -> list[tuple[int, float]]:
-    """(batch, 5 s clips per second) for each batch size: the interface raw_ceiling uses."""
-    runner = open_runner(pack_dir, threads)
-    rows = []
-    for batch in batch_sizes:
-        times = measure(runner, batch, seconds)
-        rows.append((batch, batch * len(times) / sum(times)))
-    return rows
-
-
 def print_pack(name: str, pack_dir: Path, args: argparse.Namespace) -> None:
     runner = open_runner(pack_dir, args.threads, args.provider)
     base_rate = 0.0

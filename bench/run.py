@@ -74,7 +74,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-queue", type=int, default=256)
     p.add_argument("--deadline-s", type=float, default=30.0,
                    help="AUDIOSERVE_REQUEST_TIMEOUT_S for the sweeps")
-    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="ORT intra-op threads per session (0: the service's default)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="batches run at once, AUDIOSERVE_BATCH_WORKERS (0: the service's "
+                        "default); the raw ceiling and the peers get the same")
+    p.add_argument("--fixed-size", action="store_true",
+                   help="AUDIOSERVE_ADAPTIVE_BATCH_SIZE=false: always fill --batch-size")
     p.add_argument("--no-off", action="store_true", help="skip the max_batch_size=1 config")
     p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                    help="LitServe and Ray Serve on the CLAP graph, when installed")
@@ -130,11 +136,24 @@ def commit() -> str:
                                                   else "")
 
 
+def resolve_parallelism(args: argparse.Namespace) -> None:
+    """Fix --workers and --threads to what the service would choose on this machine, so the
+    service, the raw ceiling and the peers all run the same parallelism."""
+    from service.models import parallelism
+    from service.runtime import resolve_provider
+    from service.settings import Settings
+
+    settings = Settings(_env_file=None, batch_workers=args.workers,
+                        intra_op_threads=args.threads)
+    args.workers, args.threads = parallelism(settings, resolve_provider("auto"), True)
+
+
 def service_settings(args: argparse.Namespace, models: list[str], **over: object) -> dict[str, str]:
     s: dict[str, object] = {"models": ",".join(models), "max_batch_size": args.batch_size,
                             "max_wait_ms": args.max_wait_ms, "max_queue": args.max_queue,
                             "request_timeout_s": args.deadline_s,
-                            "intra_op_threads": args.threads}
+                            "intra_op_threads": args.threads, "batch_workers": args.workers,
+                            "adaptive_batch_size": not args.fixed_size}
     s.update(over)
     return {k: str(v) for k, v in s.items()}
 
@@ -183,8 +202,8 @@ def measure_peers(args: argparse.Namespace, models_dir: Path,
                   notes: list[str]) -> list[ConfigResult]:
     if not args.peers or "classify" not in endpoints:
         return []
-    tuning = peers.PeerTuning(args.batch_size, args.max_wait_ms, args.threads, args.deadline_s,
-                              args.max_queue)
+    tuning = peers.PeerTuning(args.batch_size, args.max_wait_ms, args.threads, args.workers,
+                              args.deadline_s, args.max_queue)
     results = []
     if len(endpoints) > 1:  # the peers serve CLAP alone: so does audioserve for the comparison
         settings = service_settings(args, ["clap"])
@@ -201,7 +220,8 @@ def measure_peers(args: argparse.Namespace, models_dir: Path,
             continue
         server = peers.peer_server(key, models_dir / "clap", tuning, log_dir)
         settings = {"max_batch_size": str(args.batch_size), "wait_ms": str(args.max_wait_ms),
-                    "threads": str(args.threads), "timeout_s": str(args.deadline_s)}
+                    "threads": str(args.threads), "workers": str(args.workers),
+                    "timeout_s": str(args.deadline_s)}
         log(f"peer {key}: {settings}")
         results.append(run_config(key, f"{title} (same CLAP graph, decode and mel)", settings,
                                   server, {"classify": endpoints["classify"]}, plan, log))
@@ -221,13 +241,14 @@ def measure_ceilings(args: argparse.Namespace, models_dir: Path,
             continue
         log(f"raw ORT ceiling of {model} at batch {batches} ...")
         out[model] = raw_ceiling.ceiling(model, models_dir / model, batches, preset.ceiling_s,
-                                         args.threads)
+                                         args.threads, args.workers)
         log("  " + ", ".join(f"b{p.batch}: {p.items_per_s:.1f} {p.unit}/s" for p in out[model]))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    resolve_parallelism(args)
     preset = QUICK if args.quick else FULL
     plan = SweepPlan(list(args.concurrency or preset.concurrency),
                      args.duration or preset.duration_s, open_seconds=preset.open_seconds,

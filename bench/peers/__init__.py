@@ -1,6 +1,7 @@
 """Peer servers for the CLAP audio graph (LitServe, Ray Serve), started like audioserve:
 as separate processes on a free loopback port, with the same pack, batch size, wait,
-deadline and ORT threads. They need the `bench` extra (litserve, ray[serve])."""
+deadline, ORT threads and parallel workers (LitServe's workers per device, Ray Serve's
+replicas, audioserve's batch workers). They need the `bench` extra (litserve, ray[serve])."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class PeerTuning:
     max_batch: int
     wait_ms: float
     threads: int
+    workers: int
     timeout_s: float
     max_queue: int
 
@@ -38,7 +40,8 @@ def peer_server(peer: str, pack_dir: Path, tuning: PeerTuning, log_dir: Path) ->
     port = free_port()
     cmd = [sys.executable, "-m", module, "--pack", str(pack_dir.resolve()), "--port", str(port),
            "--max-batch", str(tuning.max_batch), "--wait-ms", str(tuning.wait_ms),
-           "--threads", str(tuning.threads), "--timeout-s", str(tuning.timeout_s)]
+           "--threads", str(tuning.threads), "--workers", str(tuning.workers),
+           "--timeout-s", str(tuning.timeout_s)]
     if peer == "rayserve":
         cmd += ["--max-ongoing", str(tuning.max_queue)]
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -106,5 +106,6 @@ def peer_arguments(doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--wait-ms", type=float, default=5.0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="server processes / replicas")
     p.add_argument("--timeout-s", type=float, default=30.0)
     return p

@@ -2,11 +2,12 @@
 
 `python -m bench.peers.rayserve_clap --pack models/clap --port 8102 --max-batch 8 --wait-ms 5`
 
-One replica; `@serve.batch(max_batch_size, batch_wait_timeout_s)` set to audioserve's
-`max_batch_size` and `max_wait_ms`; `max_ongoing_requests` raised from Ray's default (5,
-which would cap every batch at 5) to audioserve's queue size; the request timeout to its
-deadline; the same ORT threads. Decode + log-mel run in a worker thread before the batched
-call, as audioserve does them before its batcher. Ready when GET /-/healthz answers 200.
+`--workers` replicas (audioserve's batch workers); `@serve.batch(max_batch_size,
+batch_wait_timeout_s)` set to audioserve's `max_batch_size` and `max_wait_ms`;
+`max_ongoing_requests` raised from Ray's default (5, which would cap every batch at 5) to
+audioserve's queue size; the request timeout to its deadline; the same ORT threads. Decode
++ log-mel run in a worker thread before the batched call, as audioserve does them before
+its batcher. Ready when GET /-/healthz answers 200.
 """
 
 # no `from __future__ import annotations`: Ray Serve inspects signatures at run time
@@ -24,8 +25,8 @@ from bench.peers.clap_core import ClapCore, Prepared, labels_from_form, peer_arg
 
 
 def build_app(pack: Path, threads: int, max_batch: int, wait_ms: float,
-              max_ongoing: int) -> Any:
-    @serve.deployment(num_replicas=1, max_ongoing_requests=max_ongoing,
+              max_ongoing: int, replicas: int) -> Any:
+    @serve.deployment(num_replicas=replicas, max_ongoing_requests=max_ongoing,
                       ray_actor_options={"num_cpus": 0})
     class ClapDeployment:
         def __init__(self) -> None:
@@ -57,7 +58,7 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": args.port,
                               "request_timeout_s": args.timeout_s})
     app = build_app(args.pack.resolve(), args.threads, args.max_batch, args.wait_ms,
-                    args.max_ongoing)
+                    args.max_ongoing, args.workers)
     serve.run(app, route_prefix="/classify", blocking=False)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # the bench stops us with SIGINT
