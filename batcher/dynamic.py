@@ -266,15 +266,23 @@ class DynamicBatcher(Generic[T, R]):
     async def _loop(self) -> None:
         free = asyncio.Semaphore(self.config.workers)
         tasks: set[asyncio.Task[None]] = set()
+
+        def done(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            free.release()
+
         try:
             while True:
                 await free.acquire()
                 batch = await self._next_batch()
                 if batch is None:
                     break
+                for pending in batch:  # from here the item runs, whatever the clock says
+                    pending.started = True
+                self._running[id(batch)] = batch  # counted busy before the next cut
                 task = asyncio.get_running_loop().create_task(self._run(batch))
                 tasks.add(task)
-                task.add_done_callback(lambda t: (tasks.discard(t), free.release()))
+                task.add_done_callback(done)
             if tasks:
                 await asyncio.wait(tasks)
         except asyncio.CancelledError:
@@ -330,6 +338,10 @@ class DynamicBatcher(Generic[T, R]):
         """The oldest item plus the queued items closest to it in length."""
         queued = len(self._queue)
         size = self.sizer.size_for(queued) if self.sizer is not None else self.size_limit
+        # Share a short queue among the idle workers: two items on two idle workers finish
+        # sooner than one batch of two on one worker (a lone multi-window request, say).
+        idle = self.config.workers - len(self._running)
+        size = min(size, -(-queued // max(idle, 1)))
         if not self.config.bucket_by_length or len(self._queue) <= size:
             batch, self._queue = self._queue[:size], self._queue[size:]
         else:
@@ -347,9 +359,6 @@ class DynamicBatcher(Generic[T, R]):
     async def _run(self, batch: list[_Pending[T, R]]) -> None:
         started_at = time.monotonic()
         limit = self.size_limit
-        for pending in batch:
-            pending.started = True
-        self._running[id(batch)] = batch
         failed = False
         try:
             results = await asyncio.get_running_loop().run_in_executor(

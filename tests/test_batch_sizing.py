@@ -182,3 +182,20 @@ def test_a_batch_failing_in_one_worker_leaves_the_other_serving() -> None:
 def test_worker_count_must_be_positive() -> None:
     with pytest.raises(ValueError):
         BatchConfig(workers=0)
+
+
+def test_a_short_queue_is_shared_among_idle_workers() -> None:
+    """Two windows of one lone request run side by side, not as one batch on one worker;
+    once every worker is busy, batches fill up as usual."""
+    model = FakeModel(delay_s=0.05)
+    observer = RecordingObserver()
+
+    async def scenario(b: DynamicBatcher[Seq, Out]):
+        lone = await asyncio.gather(*(submit(b, make_seq(i, 4)) for i in range(2)))
+        busy = await asyncio.gather(*(submit(b, make_seq(10 + i, 4)) for i in range(12)))
+        return lone + busy
+
+    got = run_with(model, scenario, observer, max_batch_size=8, max_wait_ms=20, workers=2)
+    assert [o.id for o in got] == [0, 1, *range(10, 22)]
+    assert model.batches[:2] == [[0], [1]]
+    assert max(len(batch) for batch in model.batches[2:]) >= 4
