@@ -36,7 +36,7 @@ from service.pipelines.clap_text import (
     validate_labels,
     validate_template,
 )
-from service.runtime import GraphRunner, create_session
+from service.runtime import GraphRunner, open_graph
 
 TEXT_CACHE_SIZE = 4096
 """Prompts whose embeddings are kept; at 512 floats each, 4096 are 8 MiB."""
@@ -152,17 +152,15 @@ class ClapPipeline:
     @classmethod
     def load(cls, pack: ModelPack, ctx: LoadContext) -> ClapPipeline:
         """Open both sessions and the tokenizer (slow, synchronous: called in a thread)."""
-        runners = []
-        for graph in ("audio", "text"):
-            path, _ = pack.graph(graph, ctx.precision)
-            session = create_session(path, ctx.runtime)
-            runners.append(GraphRunner(session, ctx.runtime.device_id))
+        audio = open_graph(pack.graph("audio", ctx.precision)[0],
+                           replace(ctx.runtime, fixed_shapes=True))  # [B, 1, 1001, 64]
+        text = open_graph(pack.graph("text", ctx.precision)[0], ctx.runtime)
         c = pack.constants
         try:
             tokenizer = PromptTokenizer(pack.file("tokenizer"),
                                         max_length=int(c["text_max_length"]),
                                         pad_id=int(c["pad_token_id"]))
-            return cls(pack, ctx, runners[0], runners[1], tokenizer)
+            return cls(pack, ctx, audio, text, tokenizer)
         except KeyError as exc:
             raise PackError(f"{pack.root / MANIFEST}: constants lack {exc}; re-export the "
                             "pack with `python -m export clap`") from exc

@@ -31,7 +31,7 @@ from service.errors import InvalidInput, PackError
 from service.packs import ModelPack
 from service.pipelines import emotion2vec_post as post
 from service.pipelines.base import LoadContext
-from service.runtime import GraphRunner, create_session
+from service.runtime import GraphRunner, open_graph
 
 MERGE_RULE = "frame-weighted mean of chunk embeddings, then the classification head"
 
@@ -117,7 +117,7 @@ class Emotion2vecPipeline:
     def load(cls, pack: ModelPack, ctx: LoadContext) -> Emotion2vecPipeline:
         """Open the session and read the head (synchronous: called in a thread)."""
         path, _ = pack.graph("model", ctx.precision)
-        runner = GraphRunner(create_session(path, ctx.runtime), ctx.runtime.device_id)
+        runner = open_graph(path, ctx.runtime)
         head = np.load(pack.file("head")).astype(np.float32)
         labels = len(pack.constants.get("labels", []))
         if head.ndim != 2 or head.shape[0] != labels:

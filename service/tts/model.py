@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.packs import ModelPack
-from service.runtime import GraphRunner, RuntimeConfig, create_session
+from service.runtime import GraphRunner, RuntimeConfig, open_graph
 from service.tts.sampling import SamplingParams
 
 GRAPHS = ("embed_text", "embed_code", "gpt", "head_text", "decoder", "vocos")
@@ -115,7 +115,7 @@ class TTSGraphs:
         for name in GRAPHS:
             path, _ = pack.graph(name, precision if precision in pack.precisions(name)
                                  else "fp32")
-            runners[name] = GraphRunner(create_session(path, runtime), runtime.device_id)
+            runners[name] = open_graph(path, runtime)
         return cls(runners, TTSConstants.from_manifest(pack.constants))
 
     def embed_text(self, input_ids: np.ndarray, spk_emb: np.ndarray) -> np.ndarray:
