@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.overload import OverloadResult
+from bench.prom import QueueFigures
 from bench.raw_ceiling import CeilingPoint
 from bench.soak import SoakResult
 from bench.sweep import ConfigResult, Point
@@ -59,19 +60,29 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _queue_cells(point: Point) -> tuple[str, str, str]:
-    main = [q for q in point.queues if not q.queue.endswith("_text")] or point.queues
-    if not main:
+    q = main_queue(point)
+    if q is None:
         return "-", "-", "-"
-    q = max(main, key=lambda x: x.items)
     hist = " ".join(f"≤{k}:{v}" for k, v in q.batch_histogram.items())
     return f"{fmt(q.mean_batch, 2)} ({q.queue})", hist or "-", fmt(q.mean_wait_ms)
 
 
-def ceiling_at(points: list[CeilingPoint], batch: int) -> CeilingPoint | None:
-    """The best raw rate at any batch size the service may use (up to its maximum): the
-    adaptive cap picks among them, so the ceiling is the fastest of them."""
-    allowed = [p for p in points if p.batch <= batch]
+def ceiling_at(points: list[CeilingPoint], batch: float) -> CeilingPoint | None:
+    """The ceiling measured at the batch size nearest `batch`."""
+    return min(points, key=lambda p: abs(p.batch - batch)) if points else None
+
+
+def best_ceiling(points: list[CeilingPoint], max_batch: int) -> CeilingPoint | None:
+    """The best raw rate at any batch size the service may use: the stricter comparison,
+    since the adaptive cap picks among them."""
+    allowed = [p for p in points if p.batch <= max_batch]
     return max(allowed, key=lambda p: p.items_per_s) if allowed else None
+
+
+def main_queue(point: Point) -> QueueFigures | None:
+    """The model's own queue at this point (not the CLAP text side), the busiest one."""
+    main = [q for q in point.queues if not q.queue.endswith("_text")] or point.queues
+    return max(main, key=lambda x: x.items) if main else None
 
 
 def summary_rows(run: RunResult) -> list[list[str]]:
@@ -97,11 +108,21 @@ def summary_rows(run: RunResult) -> list[list[str]]:
     return rows
 
 
-def ceiling_ratio(run: RunResult, endpoint: str, point: Point | None) -> float:
+def ceiling_ratio(run: RunResult, endpoint: str, point: Point | None,
+                  best: bool = False) -> float:
+    """Service work rate over the raw rate at the batch size it ran (its mean batch), or,
+    with `best`, over the best raw rate at any allowed batch size."""
     model = {"classify": "clap", "emotion": "emotion2vec"}.get(endpoint)
     if point is None or model not in run.ceilings or endpoint not in run.units:
         return math.nan
-    ceiling = ceiling_at(run.ceilings[model], run.max_batch_size)
+    points = run.ceilings[model]
+    queue = main_queue(point)
+    if best:
+        ceiling = best_ceiling(points, run.max_batch_size)
+    elif queue is not None and not math.isnan(queue.mean_batch):
+        ceiling = ceiling_at(points, queue.mean_batch)
+    else:
+        ceiling = ceiling_at(points, run.max_batch_size)
     if ceiling is None:
         return math.nan
     _, per_request = run.units[endpoint]
@@ -115,8 +136,8 @@ def summary_section(run: RunResult) -> list[str]:
     lines = ["## Summary (closed loop, wrk)", "",
              f"`on`: dynamic batching (max batch {run.max_batch_size}); `off`: "
              "AUDIOSERVE_MAX_BATCH_SIZE=1. `on/raw ceiling`: service work rate (req/s x "
-             "units per request) over the best raw ORT graph rate at any batch size up to the "
-             "service's maximum, with the same workers and threads. "
+             "units per request) over the raw ORT graph rate at the batch size it ran (its mean "
+             "batch, nearest measured), with the same workers and threads. "
              "`on, CLAP only`: batching on with only the CLAP pack loaded, as the peers "
              "serve it (measured when other packs are in the run). Latency in ms; `-`: "
              "not measured.", ""]
@@ -131,7 +152,10 @@ def targets_section(run: RunResult) -> list[str]:
     rows = []
     if a is not None:
         r = ceiling_ratio(run, "classify", a)
-        rows.append([f"CLAP /classify c={TARGET_CONCURRENCY}: on / raw ceiling",
+        rows.append([f"CLAP /classify c={TARGET_CONCURRENCY}: on / raw ceiling at its batch size",
+                     f">= {CLAP_CEILING_TARGET}", fmt(r, 2), _verdict(r >= CLAP_CEILING_TARGET)])
+        r = ceiling_ratio(run, "classify", a, best=True)
+        rows.append([f"(stricter) on / best raw rate at any batch size <= {run.max_batch_size}",
                      f">= {CLAP_CEILING_TARGET}", fmt(r, 2), _verdict(r >= CLAP_CEILING_TARGET)])
     if a is not None and b is not None:
         r = ratio(a.load.ok_rps, b.load.ok_rps)

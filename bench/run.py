@@ -234,7 +234,7 @@ def measure_ceilings(args: argparse.Namespace, models_dir: Path,
     if args.no_ceiling:
         return {}
     out = {}
-    batches = sorted({1, 4, 8, 16, args.batch_size})
+    batches = sorted({1, 2, 4, 8, 16, args.batch_size})
     for ep in endpoints:
         model = ENDPOINT_MODEL[ep]
         if model not in raw_ceiling.CEILINGS:
