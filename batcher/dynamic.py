@@ -154,8 +154,14 @@ class DynamicBatcher(Generic[T, R]):
 
     def describe(self) -> dict[str, object]:
         """The batching in force, for GET /v1/models."""
-        return {"max_batch_size": self.config.max_batch_size, "workers": self.config.workers,
-                "adaptive": self.sizer is not None, "size_limit": self.size_limit}
+        described: dict[str, object] = {
+            "max_batch_size": self.config.max_batch_size, "workers": self.config.workers,
+            "adaptive": self.sizer is not None, "size_limit": self.size_limit,
+        }
+        if self.sizer is not None:  # what the cap was chosen from
+            described["ms_per_unit"] = {str(size): round(cost * 1000, 4)
+                                        for size, cost in self.sizer.costs().items()}
+        return described
 
     async def calibrate(self, item: T, *, length: int = 0) -> dict[int, float]:
         """Run `item` repeated at every rung of the size ladder, before serving.
@@ -171,9 +177,7 @@ class DynamicBatcher(Generic[T, R]):
         for size in sizes:
             batch = [item] * size
             await loop.run_in_executor(self._executor, self._batch_fn, batch)
-            t0 = time.perf_counter()
-            await loop.run_in_executor(self._executor, self._batch_fn, batch)
-            timings[size] = time.perf_counter() - t0
+            _, timings[size] = await loop.run_in_executor(self._executor, self._timed_call, batch)
             if self.sizer is not None:
                 self.sizer.observe(size, size * max(length, 1), timings[size])
         if self.sizer is not None:
@@ -360,9 +364,10 @@ class DynamicBatcher(Generic[T, R]):
         started_at = time.monotonic()
         limit = self.size_limit
         failed = False
+        compute_s = 0.0
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._batch_fn, [p.item for p in batch]
+            results, compute_s = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._timed_call, [p.item for p in batch]
             )
             if len(results) != len(batch):
                 raise RuntimeError(
@@ -379,13 +384,20 @@ class DynamicBatcher(Generic[T, R]):
                 if not pending.future.done():
                     pending.future.set_exception(exc)
         del self._running[id(batch)]
-        compute_s = time.monotonic() - started_at
-        self._mean_batch_s = 0.8 * self._mean_batch_s + 0.2 * compute_s
+        self._mean_batch_s = 0.8 * self._mean_batch_s + 0.2 * (time.monotonic() - started_at)
         self.batches_run += 1
         if self.sizer is not None and not failed:
             longest = max(p.length for p in batch)
             self.sizer.observe(len(batch), len(batch) * max(longest, 1), compute_s)
         self._report_batch(batch, started_at, compute_s, failed, limit)
+
+    def _timed_call(self, items: list[T]) -> tuple[Sequence[R], float]:
+        """The batch function and its own duration, timed in the worker thread: timed from
+        the event loop, each batch would also carry the loop's lag in resuming it (tens of
+        ms under load), which made small batches look dearer per item than they are."""
+        t0 = time.perf_counter()
+        results = self._batch_fn(items)
+        return results, time.perf_counter() - t0
 
     # -- reporting -------------------------------------------------------------------
 
