@@ -2,8 +2,11 @@
 
 One open-loop run of three adjacent phases on one endpoint — baseline at half the
 measured capacity, overload at `factor` x capacity, then recovery at half again — so the
-recovery phase starts the instant the overload stops. Capacity is the closed-loop req/s
-at the highest swept concurrency, measured on the same server just before.
+recovery phase starts the instant the overload stops. Capacity is the best closed-loop
+req/s of the sweep, or measured on the same server just before, after a warm-up, at a
+concurrency the service admits whole (32). At 128 connections the closed loop measured
+20 req/s where the overload phase then served 65: refused requests come back at once
+and re-sent, so the closed loop measures shedding, not capacity.
 
 Checks (issue 8): 503s carry Retry-After; admitted (2xx) requests keep P99 under the
 configured deadline (AUDIOSERVE_REQUEST_TIMEOUT_S); no 5xx other than 503/504 and no
@@ -82,6 +85,8 @@ def run_overload(server: ServerProcess, ep: Endpoint, *, deadline_s: float, fact
     """Run on a started server; returns the figures (the caller stops the server).
     Capacity: the closed-loop measurement here, or `known_capacity` (the best req/s of
     the sweep) when that is higher — a short closed-loop run underestimates it."""
+    run_wrk(server.url, ep.folder, ep.name, capacity_concurrency, capacity_seconds / 2)
+    settle(server)  # the warm-up above: caches, first-shape allocations, the admission rate
     capacity = max(known_capacity, run_wrk(server.url, ep.folder, ep.name,
                                            capacity_concurrency, capacity_seconds).ok_rps)
     if capacity <= 0:

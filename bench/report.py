@@ -240,7 +240,9 @@ def overload_section(o: OverloadResult | None) -> list[str]:
                      "non-2xx", "503 with Retry-After", "shed P99 ms"], rows)
     served = o.overload.ok_rps / (o.capacity_rps * o.factor) if o.capacity_rps else math.nan
     lines += [f"During the overload the service answered {fmt(served * 100, 0)} % of the offered "
-              "load with a 2xx (near 100 %: the capacity was underestimated, not an overload).",
+              f"load with a 2xx, {fmt(o.overload.ok_rps / o.capacity_rps, 2)}x the measured "
+              "capacity (near 100 % of the offered load would mean the capacity was "
+              "underestimated and this was no overload).",
               f"Recovery after the overload stopped: {fmt(o.recovery_s, 2)} s "
               "(`-`: not back to normal within the recovery phase).",
               f"Rejections counted by the service: {o.rejections or '-'}.", "",
@@ -267,9 +269,10 @@ def soak_section(s: SoakResult | None) -> list[str]:
              f"{s.requests} requests, {s.ok} valid 2xx, {s.shed} shed (503/504), "
              f"{s.errors} errors ({_statuses(s.error_statuses)}; invalid 2xx bodies: "
              f"{s.invalid_2xx}).", "",
-             f"RSS (process tree): start {s.rss_start_mb:.1f} MB (after warm-up), end "
-             f"{s.rss_end_mb:.1f} MB, growth {s.rss_growth_mb:+.1f} MB, peak "
-             f"{s.rss_peak_mb:.1f} MB.", ""]
+             f"RSS (process tree), read idle: start {s.rss_start_mb:.1f} MB (after a 1 min "
+             f"warm-up of the same traffic), end {s.rss_end_mb:.1f} MB, growth "
+             f"{s.rss_growth_mb:+.1f} MB, peak {s.rss_peak_mb:.1f} MB; the plot shows it "
+             "under load.", ""]
     rows = [[ep, fmt(s.p50_ms[ep]), fmt(s.p99_ms[ep])] for ep in s.endpoints]
     lines += _table(["endpoint", "P50 ms", "P99 ms"], rows)
     lines += _table(["check", "verdict"], [[k, _verdict(v)] for k, v in s.checks.items()])

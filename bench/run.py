@@ -304,7 +304,8 @@ def _overload(args: argparse.Namespace, models_dir: Path,
         server.start()
         result = run_overload(server, endpoints[name], deadline_s=args.overload_deadline_s,
                               factor=args.overload_factor,
-                              capacity_concurrency=max(args.concurrency or preset.concurrency),
+                              capacity_concurrency=min(32, max(args.concurrency
+                                                               or preset.concurrency)),
                               capacity_seconds=preset.capacity_s,
                               phase_seconds=preset.overload_phases, known_capacity=known)
         log(f"  checks: {result.checks}; recovery {result.recovery_s:.2f} s")

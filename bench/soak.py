@@ -3,7 +3,11 @@
 The rate is `load` x the mixed capacity (each endpoint's closed-loop req/s at concurrency
 8, combined for an even mix), so the service is busy but not overloaded: any 503/504 is
 counted as shedding, anything else that is not a valid 2xx as an error. RSS (process
-tree) is sampled every few seconds; growth is end minus start, start taken after warm-up.
+tree) is sampled every few seconds; growth is end minus start, both read with the server
+idle (queues drained), start after a warm-up of the same mixed traffic: the service's
+working set for this mix (decoders, pools, each graph's arena at the usual shapes) is
+reached in the first minute, and reading the start before that, or the end while requests
+are still in flight, measured that working set instead of growth.
 Target (issue 8): growth <= 50 MB, zero errors other than intended shedding.
 """
 
@@ -80,9 +84,13 @@ def mixed_rate(server: ServerProcess, endpoints: list[Endpoint], load: float,
 
 
 def run_soak(server: ServerProcess, endpoints: list[Endpoint], minutes: float, *,
-             load: float = 0.5, capacity_seconds: float = 5.0) -> SoakResult:
+             load: float = 0.5, capacity_seconds: float = 5.0,
+             warmup_minutes: float = 1.0) -> SoakResult:
     """On a started server: capacity, warm-up, RSS start, soak, RSS end."""
-    rate = mixed_rate(server, endpoints, load, capacity_seconds)  # doubles as the warm-up
+    rate = mixed_rate(server, endpoints, load, capacity_seconds)
+    asyncio.run(openloop.run_phases(server.url, endpoints,
+                                    [Phase("warm-up", rate, warmup_minutes * 60)],
+                                    poisson=True, check=True))
     settle(server)
     rss_start = server.rss_mb()
     sampler = RssSampler(server)
@@ -93,7 +101,7 @@ def run_soak(server: ServerProcess, endpoints: list[Endpoint], minutes: float, *
             server.url, endpoints, [Phase("soak", rate, seconds)], poisson=True, check=True))
     finally:
         sampler.stop()
-    time.sleep(1.0)
+    settle(server)
     rss_end = server.rss_mb()
     status: dict[int, int] = {}
     for s in samples:
