@@ -5,8 +5,9 @@ more than one of 1, so the largest batch wins; on a CPU the same graph can get s
 item* as the batch grows (CLAP's audio graph on 2 cores: 17.1 windows/s at batch 1, 13.9
 at batch 8, as activations fall out of cache), and a fixed cap then makes batching cost
 throughput. The sizer keeps a running cost per unit of work for each rung of a ladder of
-sizes (1, 2, 4, ..., max) and caps batches at the cheapest rung, preferring the larger of
-near-equal rungs. Every `explore_every` capped batches it tries a neighbouring rung, so
+sizes (1, 2, 4, ..., max) and caps batches at the cheapest rung; of rungs within
+`tolerance` of it, the smallest, since at the same cost per item a smaller batch answers
+its first items sooner. Every `explore_every` capped batches it tries a neighbouring rung, so
 the table follows the machine and the load instead of trusting one early measurement.
 
 Which items share a batch never changes a result when the graphs are batch-invariant (the
@@ -76,12 +77,12 @@ class BatchSizer:
         self._limit = self._best()
 
     def _best(self) -> int:
-        """The largest measured rung within `tolerance` of the cheapest; the configured
+        """The smallest measured rung within `tolerance` of the cheapest; the configured
         maximum until two rungs have been measured."""
         if len(self._cost) < 2:
             return self.rungs[-1]
         cheapest = min(self._cost.values())
-        return max(r for r, c in self._cost.items() if c <= cheapest * (1 + self.tolerance))
+        return min(r for r, c in self._cost.items() if c <= cheapest * (1 + self.tolerance))
 
     def _neighbour(self, *, up: bool) -> int:
         i = self.rungs.index(self._limit)
