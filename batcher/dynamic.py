@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 from batcher.errors import BatcherClosed, DeadlineExceeded, Overloaded
 from batcher.sizing import BatchSizer
@@ -64,6 +64,13 @@ class BatchConfig:
     batches overlap better than one batch on two threads (bench/results/batch-sizing)."""
     adaptive_size: bool = False
     """Cap batches at the measured best size instead of always filling `max_batch_size`."""
+    cost_clock: Literal["wall", "thread_cpu"] = "wall"
+    """What a batch costs, for the sizer. `wall`: its duration (a GPU's time). `thread_cpu`:
+    the worker thread's CPU time, right when the batch function computes on that thread
+    (ORT on CPU with one intra-op thread): a small batch waits as long for the GIL as a
+    large one, and wall time charged those waits, CPU that other threads were using
+    meanwhile, as cost (batch 1 measured 141 ms per window under load against 91 for
+    batch 4, while batch 1 served more requests per second)."""
 
     def __post_init__(self) -> None:
         if (self.max_batch_size < 1 or self.max_queue < 1 or self.max_wait_ms < 0
@@ -163,12 +170,16 @@ class DynamicBatcher(Generic[T, R]):
                                         for size, cost in self.sizer.costs().items()}
         return described
 
-    async def calibrate(self, item: T, *, length: int = 0) -> dict[int, float]:
+    async def calibrate(self, item: T, *, length: int = 0, repeats: int = 3
+                        ) -> dict[int, float]:
         """Run `item` repeated at every rung of the size ladder, before serving.
 
-        Each shape runs once untimed (first runs allocate and plan) and once timed, which
-        seeds the adaptive sizer; it also brings the runtime's memory pools to the
-        largest batch's high-water mark at start rather than under the first load.
+        Each shape runs once untimed (first runs allocate and plan), then `repeats` times
+        on every worker at once, as it will run under load: concurrent batches compete for
+        cache and memory bandwidth (CLAP on 2 cores, two workers: batch 8 cost 1.2-1.5x per
+        item against batch 1 over four runs; one single-threaded batch alone, 1.07x). The
+        best round seeds the adaptive sizer. It also brings the runtime's memory pools to
+        the largest batch's high-water mark at start rather than under the first load.
         Returns seconds per batch by size.
         """
         loop = asyncio.get_running_loop()
@@ -177,7 +188,13 @@ class DynamicBatcher(Generic[T, R]):
         for size in sizes:
             batch = [item] * size
             await loop.run_in_executor(self._executor, self._batch_fn, batch)
-            _, timings[size] = await loop.run_in_executor(self._executor, self._timed_call, batch)
+            rounds = []
+            for _ in range(repeats):
+                runs = await asyncio.gather(*(
+                    loop.run_in_executor(self._executor, self._timed_call, batch)
+                    for _ in range(self.config.workers)))
+                rounds.append(sum(cost for _, _, cost in runs) / len(runs))
+            timings[size] = min(rounds)
             if self.sizer is not None:
                 self.sizer.observe(size, size * max(length, 1), timings[size])
         if self.sizer is not None:
@@ -364,9 +381,9 @@ class DynamicBatcher(Generic[T, R]):
         started_at = time.monotonic()
         limit = self.size_limit
         failed = False
-        compute_s = 0.0
+        compute_s = cost_s = 0.0
         try:
-            results, compute_s = await asyncio.get_running_loop().run_in_executor(
+            results, compute_s, cost_s = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._timed_call, [p.item for p in batch]
             )
             if len(results) != len(batch):
@@ -388,16 +405,18 @@ class DynamicBatcher(Generic[T, R]):
         self.batches_run += 1
         if self.sizer is not None and not failed:
             longest = max(p.length for p in batch)
-            self.sizer.observe(len(batch), len(batch) * max(longest, 1), compute_s)
+            self.sizer.observe(len(batch), len(batch) * max(longest, 1), cost_s)
         self._report_batch(batch, started_at, compute_s, failed, limit)
 
-    def _timed_call(self, items: list[T]) -> tuple[Sequence[R], float]:
-        """The batch function and its own duration, timed in the worker thread: timed from
-        the event loop, each batch would also carry the loop's lag in resuming it (tens of
-        ms under load), which made small batches look dearer per item than they are."""
-        t0 = time.perf_counter()
+    def _timed_call(self, items: list[T]) -> tuple[Sequence[R], float, float]:
+        """The batch function, its duration and its cost (`cost_clock`), timed in the worker
+        thread: timed from the event loop, each batch would also carry the loop's lag in
+        resuming it (tens of ms under load)."""
+        cpu0, t0 = time.thread_time(), time.perf_counter()
         results = self._batch_fn(items)
-        return results, time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        cost = time.thread_time() - cpu0 if self.config.cost_clock == "thread_cpu" else wall
+        return results, wall, cost
 
     # -- reporting -------------------------------------------------------------------
 

@@ -94,7 +94,13 @@ def load_pipeline(
     precision = resolve_precision(settings.precision_for(pack.kind), pack, provider)
     context = LoadContext(
         settings=settings, runtime=runtime, precision=precision, metrics=metrics,
-        batch=settings.batch_config(workers=workers), cpu=cpu,
+        batch=settings.batch_config(
+            workers=workers,
+            # one ORT thread per worker computes on the worker's own thread: its CPU time is
+            # the batch's cost; otherwise (pools, a GPU) the wall time is
+            cost_clock="thread_cpu" if provider == "cpu" and threads == 1 else "wall",
+        ),
+        cpu=cpu,
     )
     dependent = [g for g, v in pack.manifest.graphs.items()
                  if precision in v and not v[precision].batch_invariant]

@@ -136,9 +136,9 @@ def test_fixed_size_calibration_runs_only_the_largest_batch() -> None:
     async def scenario(b: DynamicBatcher[Seq, Out]):
         return await b.calibrate(make_seq(1, 4))
 
-    timings = run_with(model, scenario, max_batch_size=4)
+    timings = run_with(model, scenario, max_batch_size=4, workers=2)
     assert list(timings) == [4]
-    assert model.batches == [[1] * 4, [1] * 4]  # one untimed run, one timed
+    assert model.batches == [[1] * 4] * (1 + 3 * 2)  # one untimed run, 3 rounds on 2 workers
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -200,3 +200,25 @@ def test_a_short_queue_is_shared_among_idle_workers() -> None:
     assert [o.id for o in got] == [0, 1, *range(10, 22)]
     assert model.batches[:2] == [[0], [1]]
     assert max(len(batch) for batch in model.batches[2:]) >= 4
+
+
+@pytest.mark.parametrize(("clock", "expected"), [("wall", 8), ("thread_cpu", 1)])
+def test_cost_clock_charges_waiting_or_only_computing(clock: str, expected: int) -> None:
+    """A batch that waits 30 ms (for the GIL, say) whatever its size, then computes
+    0.5 ms x size^2: by the wall the wait dominates and 8 looks cheapest per item; by the
+    worker thread's CPU time the compute does, and 1 is."""
+
+    class WaitsThenComputes(FakeModel):
+        def __call__(self, items: list[Seq]) -> list[Out]:
+            time.sleep(0.03)
+            until = time.thread_time() + 0.0005 * len(items) ** 2
+            while time.thread_time() < until:
+                pass
+            return super().__call__(items)
+
+    async def scenario(b: DynamicBatcher[Seq, Out]):
+        await b.calibrate(make_seq(1, 4), repeats=1)
+        return b.size_limit
+
+    assert run_with(WaitsThenComputes(), scenario, max_batch_size=8, adaptive_size=True,
+                    cost_clock=clock) == expected
