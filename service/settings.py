@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     # -- dynamic batching (defaults for every model) ----------------------------------
     max_batch_size: int = Field(8, ge=1, le=256)
     max_wait_ms: float = Field(5.0, ge=0, le=1000)
+    """Longest the oldest queued item waits for batch-mates. Audio uploads wait only while
+    others are still decoding (announced arrivals): a lone request never waits."""
     max_queue: int = Field(256, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
     """A request's deadline, from admission: work not started by then is never started
