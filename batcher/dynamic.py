@@ -5,10 +5,13 @@ Design note (batch forming)
 Items wait in one bounded FIFO. The loop forms a batch as soon as either the size limit
 (`max_batch_size`, or the adaptive cap) is queued or the oldest item has waited
 `max_wait_ms`; with `dispatch_when_idle` it also takes what is queued at once whenever a
-worker is free, so a lone request at low
-load pays no `max_wait_ms` and batches grow from what arrives while the previous batch
-computes. The oldest live item is always in the next batch (no starvation); the rest of
-the batch is filled with the queued items whose `length` is closest to it, so one batch
+worker is free, so a lone request at low load pays no `max_wait_ms` and batches grow from
+what arrives while the previous batch computes. With `announced_arrivals`, callers announce
+the items they are still preparing (`expecting()`), and the wait lasts only while one is
+announced: with none on its way no batch-mate can come in time, so waiting would be pure
+latency (a closed-loop client at concurrency 1 paid `max_wait_ms` on every request). The
+oldest live item is always in the next batch (no starvation); the rest of the batch is
+filled with the queued items whose `length` is closest to it, so one batch
 holds similar lengths and the batch function pads little.
 
 Each item with a deadline holds one event-loop timer: if it fires before the item's batch
@@ -33,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
@@ -59,6 +62,10 @@ class BatchConfig:
     dispatch_when_idle: bool = False
     """Run what is queued as soon as a worker is free instead of waiting `max_wait_ms`:
     lower latency at low load, smaller batches (more compute) under moderate load."""
+    announced_arrivals: bool = False
+    """Wait `max_wait_ms` for batch-mates only while callers announce items on their way
+    (`expecting()`); with none announced, cut the batch at once. Under load batches fill
+    as before; alone, an item does not wait for company that cannot come."""
     workers: int = 1
     """Batches that may run at once. One per GPU stream; on CPU two single-threaded
     batches overlap better than one batch on two threads (bench/results/batch-sizing)."""
@@ -131,6 +138,7 @@ class DynamicBatcher(Generic[T, R]):
         self._queue: list[_Pending[T, R]] = []
         self._running: dict[int, list[_Pending[T, R]]] = {}
         self._wakeup = asyncio.Event()
+        self._expected = 0
         self._executor = ThreadPoolExecutor(max_workers=self.config.workers,
                                             thread_name_prefix=f"{name}-worker")
         self.sizer = BatchSizer(self.config.max_batch_size) if self.config.adaptive_size else None
@@ -217,6 +225,24 @@ class DynamicBatcher(Generic[T, R]):
         await asyncio.to_thread(self._executor.shutdown, True)
 
     # -- submission ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Announce an item on its way to `submit` while its caller prepares it (decodes
+        the upload, say): queued items may wait `max_wait_ms` for it.
+
+        Submit right after leaving the block (no await in between): the submit wakes the
+        loop. Leaving by an exception wakes the loop too, so it stops waiting for an item
+        that will never come."""
+        self._expected += 1
+        arrived = False
+        try:
+            yield
+            arrived = True
+        finally:
+            self._expected -= 1
+            if not arrived:
+                self._wakeup.set()
 
     async def submit(
         self,
@@ -336,6 +362,7 @@ class DynamicBatcher(Generic[T, R]):
                 or remaining <= 0
                 or self._closing
                 or cfg.dispatch_when_idle
+                or (cfg.announced_arrivals and not self._expected)
             ):
                 return self._cut()
             self._wakeup.clear()

@@ -161,6 +161,15 @@ def targets_section(run: RunResult) -> list[str]:
         r = ratio(a.load.ok_rps, b.load.ok_rps)
         rows.append([f"CLAP /classify c={TARGET_CONCURRENCY}: on / off",
                      f">= {CLAP_BATCHING_TARGET}", fmt(r, 2), _verdict(r >= CLAP_BATCHING_TARGET)])
+        # No server serves more than the raw graph computes, so best raw rate / off's work
+        # rate bounds what any batcher could gain over off on this machine.
+        served = ceiling_ratio(run, "classify", b, best=True)
+        if served > 0:
+            bound = 1 / served
+            rows.append(["(bound) best raw rate / off's work rate: the most any batcher "
+                         "could gain over off here", f">= {CLAP_BATCHING_TARGET} to be reachable",
+                         fmt(bound, 2), "reachable" if bound >= CLAP_BATCHING_TARGET
+                         else "**unreachable on this machine**"])
     alone = run.config("on-clap")
     if alone is not None:  # audioserve with the CLAP pack only, as the peers serve it
         a = alone.at("classify", TARGET_CONCURRENCY)

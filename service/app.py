@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.admission import AdmissionGate, CpuWorkers
+from service.allocator import pin_malloc_thresholds
 from service.errors import Unauthorized, install_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -35,6 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.pin_malloc_thresholds:  # before the packs' first large arrays
+            pin_malloc_thresholds()
         packs = packs_to_load(settings)  # a broken pack fails start-up here, naming the file
         loader = ModelLoader(packs, settings, metrics, app.state.pipelines, cpu)
         app.state.loader = loader

@@ -536,6 +536,65 @@ def test_an_idle_batcher_runs_a_lone_item_at_once_and_still_batches_bursts() -> 
     assert max(len(batch) for batch in model.batches) > 1
 
 
+# -- announced arrivals -------------------------------------------------------------------
+
+ANNOUNCED = {"max_batch_size": 8, "max_wait_ms": 20_000, "announced_arrivals": True}
+
+
+def test_with_nothing_announced_a_lone_item_runs_at_once() -> None:
+    model = FakeModel()
+
+    async def scenario(b: DynamicBatcher[Seq, Out]) -> float:
+        t0 = time.monotonic()
+        await submit(b, make_seq(0, 4))
+        return time.monotonic() - t0
+
+    assert run_with(model, scenario, **ANNOUNCED) < 5.0  # not the 20 s max_wait
+    assert model.batches == [[0]]
+
+
+def test_a_queued_item_waits_for_an_announced_one_and_shares_its_batch() -> None:
+    model = FakeModel()
+
+    async def late(b: DynamicBatcher[Seq, Out]) -> Out:
+        with b.expecting():
+            await asyncio.sleep(0.3)  # "decoding"
+        return await submit(b, make_seq(1, 4))
+
+    async def scenario(b: DynamicBatcher[Seq, Out]) -> float:
+        t0 = time.monotonic()
+        second = asyncio.create_task(late(b))
+        await settle()  # announced before the first item is queued
+        await asyncio.gather(submit(b, make_seq(0, 4)), second)
+        return time.monotonic() - t0
+
+    elapsed = run_with(model, scenario, **ANNOUNCED)
+    assert model.batches == [[0, 1]]
+    assert 0.25 <= elapsed < 5.0  # waited for the announced item, then cut at once
+
+
+def test_an_announced_item_that_never_comes_releases_the_queue() -> None:
+    model = FakeModel()
+
+    async def failing(b: DynamicBatcher[Seq, Out]) -> None:
+        with b.expecting():
+            await asyncio.sleep(0.3)
+            raise ValueError("undecodable upload")
+
+    async def scenario(b: DynamicBatcher[Seq, Out]) -> float:
+        t0 = time.monotonic()
+        doomed = asyncio.create_task(failing(b))
+        await settle()
+        await submit(b, make_seq(0, 4))
+        with pytest.raises(ValueError):
+            await doomed
+        return time.monotonic() - t0
+
+    elapsed = run_with(model, scenario, **ANNOUNCED)
+    assert model.batches == [[0]]
+    assert 0.25 <= elapsed < 5.0  # not the 20 s max_wait
+
+
 # -- boundaries -------------------------------------------------------------------------
 
 

@@ -170,7 +170,10 @@ class ClapPipeline:
     async def start(self) -> None:
         config = self.ctx.batch
         metrics = self.ctx.metrics
-        self._audio_batcher = DynamicBatcher(self._run_audio, config, name="clap_audio",
+        # uploads announce themselves while they decode (see embed_audio); text is ready
+        self._audio_batcher = DynamicBatcher(self._run_audio,
+                                             replace(config, announced_arrivals=True),
+                                             name="clap_audio",
                                              observer=metrics.observer("clap_audio"))
         self._text_batcher = DynamicBatcher(self._run_text, config, name="clap_text",
                                             observer=metrics.observer("clap_text"))
@@ -255,18 +258,25 @@ class ClapPipeline:
 
     async def embed_audio(self, data: bytes) -> AudioEmbedding:
         """Decode, window, log-mel and embed an upload; timings cover each stage."""
-        return await self.embed_prepared(await self.ctx.cpu.run(self.prepare, data))
+        with self._audio_queue().expecting():
+            prepared = await self.ctx.cpu.run(self.prepare, data)
+        return await self.embed_prepared(prepared)
 
     async def embed_samples(self, samples: np.ndarray) -> AudioEmbedding:
         """Embed already decoded samples (mono float32 at the pack's sample rate)."""
-        return await self.embed_prepared(await self.ctx.cpu.run(self.prepare_samples, samples))
+        with self._audio_queue().expecting():
+            prepared = await self.ctx.cpu.run(self.prepare_samples, samples)
+        return await self.embed_prepared(prepared)
+
+    def _audio_queue(self) -> DynamicBatcher[AudioItem, np.ndarray]:
+        assert self._audio_batcher is not None, "pipeline not started"
+        return self._audio_batcher
 
     async def embed_prepared(self, prepared: PreparedAudio) -> AudioEmbedding:
         """Every used window through the audio batcher, then their normalised mean."""
         timings = dict(prepared.timings_ms)
         t0 = time.perf_counter()
-        assert self._audio_batcher is not None, "pipeline not started"
-        batcher, deadline = self._audio_batcher, request_deadline()
+        batcher, deadline = self._audio_queue(), request_deadline()
         rows = await asyncio.gather(
             *(batcher.submit(item, deadline=deadline) for item in prepared.items)
         )

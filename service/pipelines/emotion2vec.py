@@ -19,7 +19,7 @@ import asyncio
 import enum
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -128,8 +128,9 @@ class Emotion2vecPipeline:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._batcher = DynamicBatcher(
-            self._run_batch, self.ctx.batch, name="emotion2vec",
+        self._batcher = DynamicBatcher(  # uploads announce themselves while they decode
+            self._run_batch, replace(self.ctx.batch, announced_arrivals=True),
+            name="emotion2vec",
             observer=self.ctx.metrics.observer("emotion2vec"),
         )
         self._batcher.start()
@@ -178,11 +179,13 @@ class Emotion2vecPipeline:
     async def analyse(self, data: bytes, options: EmotionOptions) -> EmotionResult:
         t0 = time.perf_counter()
         s, c = self.settings, self.constants
-        audio = await self.ctx.cpu.run(functools.partial(
-            decode_audio, data, target_rate=c.sample_rate,
-            max_seconds=min(s.emotion_max_seconds, s.max_audio_seconds), on_long="reject",
-            max_bytes=s.max_upload_bytes,
-        ))
+        with self._queue().expecting():  # until its chunks are submitted, or it fails
+            audio = await self.ctx.cpu.run(functools.partial(
+                decode_audio, data, target_rate=c.sample_rate,
+                max_seconds=min(s.emotion_max_seconds, s.max_audio_seconds), on_long="reject",
+                max_bytes=s.max_upload_bytes,
+            ))
+            self._check_length(audio.samples)
         timings = {"decode": _ms(t0)}
         result = await self.analyse_samples(audio.samples, options, timings)
         timings["total"] = _ms(t0)
@@ -193,12 +196,7 @@ class Emotion2vecPipeline:
         """Mono float32 samples at the pack's rate -> emotions (the decoded path's core)."""
         timings = {} if timings is None else timings
         c = self.constants
-        if len(samples) < c.min_samples:
-            raise InvalidInput(
-                f"audio is {len(samples)} samples ({len(samples) / c.sample_rate:.4f} s) at "
-                f"{c.sample_rate} Hz; the minimum is {c.min_samples} samples "
-                f"({c.min_samples / c.sample_rate:.3f} s), the model's first frame"
-            )
+        self._check_length(samples)
         t = time.perf_counter()
         span = (post.trim_silence(samples, c.sample_rate, c.min_samples)
                 if options.trim_silence else post.Span(0, len(samples)))
@@ -207,8 +205,7 @@ class Emotion2vecPipeline:
                                                   * c.sample_rate))
         timings["trim"] = _ms(t)
         t = time.perf_counter()
-        assert self._batcher is not None, "pipeline not started"
-        batcher, deadline = self._batcher, request_deadline()
+        batcher, deadline = self._queue(), request_deadline()
         chunks = list(await asyncio.gather(*(
             batcher.submit(clip[sp.start : sp.end], length=sp.length, deadline=deadline)
             for sp in spans)))
@@ -226,6 +223,19 @@ class Emotion2vecPipeline:
             duration_s=len(samples) / c.sample_rate, analysed=span, chunks=len(spans),
             frames=frames, timings_ms=timings,
         )
+
+    def _queue(self) -> DynamicBatcher[np.ndarray, post.ChunkOutput]:
+        assert self._batcher is not None, "pipeline not started"
+        return self._batcher
+
+    def _check_length(self, samples: np.ndarray) -> None:
+        c = self.constants
+        if len(samples) < c.min_samples:
+            raise InvalidInput(
+                f"audio is {len(samples)} samples ({len(samples) / c.sample_rate:.4f} s) at "
+                f"{c.sample_rate} Hz; the minimum is {c.min_samples} samples "
+                f"({c.min_samples / c.sample_rate:.3f} s), the model's first frame"
+            )
 
     def _frames(self, chunks: list[post.ChunkOutput], spans: list[post.Span],
                 analysed: post.Span) -> FrameScores:

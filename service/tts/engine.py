@@ -8,10 +8,9 @@ abort) to its inbox and awaits futures, so ORT never runs on the event loop. Eac
 
 1. `plan = scheduler.schedule()`: aborted rows are evicted from the cache, new sequences
    admitted (FIFO, up to `max_active` rows);
-2. one batched decode step for the rows that were already running: embed each row's last
-   token (`embed_code` for audio rows, `embed_text` for refine rows, so both passes share
-   the batch), run `gpt` with the cache's left-padded past and per-row positions, sample
-   every row with its own seeded generator;
+2. one batched decode step for the rows that were already running (`gpt_step.py`: each
+   row's last token embedded, `gpt` run on the cache's left-padded past with per-row
+   positions, every row sampled with its own seeded generator);
 3. each admitted sequence is prefilled alone (B=1: prefill is exact and needs no
    padding), its first token sampled, and its cache rows joined below the batch;
 4. `scheduler.update` turns tokens into events; finished rows leave the cache at once and
@@ -49,6 +48,7 @@ from batcher.steps import (
     StepEvent,
     StepScheduler,
 )
+from service.tts.gpt_step import GPTStepper
 from service.tts.jobs import (
     CodeStep,
     EngineStats,
@@ -64,13 +64,8 @@ from service.tts.kv_cache import (
     RowCache,
 )
 from service.tts.model import TTSGraphs
-from service.tts.sampling import sample_rows
 
 log = logging.getLogger("audioserve.tts.engine")
-
-NON_EMPTY_REDRAWS = 16
-"""Upstream regenerates when the first token is EOS (`ensure_non_empty`); we redraw it."""
-
 
 class KVCacheKind(Enum):
     AUTO = "auto"
@@ -120,6 +115,7 @@ class GenerationEngine:
     def __init__(self, graphs: TTSGraphs, config: EngineConfig | None = None,
                  *, name: str = "tts_engine", observer: BatchObserver | None = None) -> None:
         self.graphs = graphs
+        self.stepper = GPTStepper(graphs)
         self._observer = observer
         self.config = config or EngineConfig()
         self.name = name
@@ -369,102 +365,30 @@ class GenerationEngine:
                 live.resolve(None, exc)
         self.cache.remove(list(self.cache.ids))
 
-    # -- model work (engine thread) ----------------------------------------------------
+    # -- model work (engine thread), through the stepper ---------------------------------
 
     def _decode(self, decode: tuple[ScheduledSeq, ...]) -> dict[str, SeqOutput]:
         t0 = time.perf_counter()
-        g, cache = self.graphs, self.cache
-        if {s.request_id for s in decode} != set(cache.ids):
+        if {s.request_id for s in decode} != set(self.cache.ids):
             raise RuntimeError("decode plan and KV cache disagree")
-        lives = [self._live[rid] for rid in cache.ids]
-        embeds = self._last_token_embeds(lives)
-        positions = np.array(
-            [[live.prompt_len + len(live.tokens) - 1] for live in lives], np.int64
-        )
-        hidden_all, code_logits = cache.decode(g, embeds, positions)
-        hidden = hidden_all[:, -1]
-        code = [i for i, live in enumerate(lives) if live.job.kind == PassKind.CODE]
-        text = [i for i, live in enumerate(lives) if live.job.kind == PassKind.TEXT]
-        outputs = {}
-        if code:
-            rows = [lives[i] for i in code]
-            logits = code_logits[code].reshape(len(code) * g.c.num_vq, -1)
-            for live, ids, h in zip(rows, self._sample_rows(rows, logits), hidden[code],
-                                    strict=True):
-                outputs[live.job.request_id] = self._record(live, ids, h)
-        if text:
-            rows = [lives[i] for i in text]
-            for live, ids in zip(rows, self._sample_rows(rows, g.head_text(hidden[text])),
-                                 strict=True):
-                outputs[live.job.request_id] = self._record(live, ids, None)
+        lives = [self._live[rid] for rid in self.cache.ids]
+        outputs = {live.job.request_id: self._record(live, *sampled)
+                   for live, sampled in zip(lives, self.stepper.decode(lives, self.cache),
+                                            strict=True)}
         self._stats["decode_steps"] += 1
         self._stats["decode_rows"] += len(lives)
         self._times["decode"] += time.perf_counter() - t0
         return outputs
 
-    def _last_token_embeds(self, lives: list[LiveSequence]) -> np.ndarray:
-        g = self.graphs
-        embeds = np.empty((len(lives), 1, g.c.hidden_size), np.float32)
-        code = [i for i, live in enumerate(lives) if live.job.kind == PassKind.CODE]
-        text = [i for i, live in enumerate(lives) if live.job.kind == PassKind.TEXT]
-        if code:
-            codes = np.stack([lives[i].tokens[-1] for i in code])[:, None, :]
-            embeds[code] = g.embed_code(codes)
-        if text:
-            ids = np.array([[int(lives[i].tokens[-1][0])] for i in text], np.int64)
-            embeds[text] = g.embed_text(ids, np.zeros((len(text), g.c.spk_emb_dim), np.float32))
-        return embeds
-
     def _prefill(self, scheduled: ScheduledSeq) -> tuple[SeqOutput, RowCache]:
-        g = self.graphs
         live = self._live[scheduled.request_id]
         live.admitted_at = time.perf_counter()
-        job = live.job
-        ids = job.prompt_ids.astype(np.int64)[None]
-        spk = (np.zeros(g.c.spk_emb_dim, np.float32) if job.spk_emb is None
-               else job.spk_emb.astype(np.float32))
-        embeds = g.embed_text(ids, spk[None])
-        length = ids.shape[1]
-        out = g.gpt(embeds, np.ones((1, length), np.int64),
-                    np.arange(length, dtype=np.int64)[None], g.empty_past(1))
-        hidden = out.hidden[0, -1]
-        if job.kind == PassKind.CODE:
-            output = self._record(live, self._sample_first(live, out.code_logits[0]), hidden)
-        else:
-            ids = self._sample_first(live, g.head_text(hidden[None]))
-            output = self._record(live, ids, None)
-        return output, RowCache(job.request_id, tuple(out.presents))
-
-    def _eos(self, kind: PassKind) -> int:
-        c = self.graphs.c
-        return c.audio_eos if kind == PassKind.CODE else c.refine_eos_token_id
-
-    def _sample_rows(self, lives: list[LiveSequence], logits: np.ndarray) -> list[np.ndarray]:
-        """One vectorised sampler call for sequences of one kind; a row per codebook."""
-        per = logits.shape[0] // len(lives)
-        histories, params, steps, uniforms = [], [], [], []
-        for live in lives:
-            histories += list(live.history())
-            params += [live.job.params] * per
-            steps += [len(live.tokens)] * per
-            uniforms.append(np.zeros(per) if live.job.params.greedy else live.rng.random(per))
-        ids = sample_rows(logits, histories, params, steps, np.concatenate(uniforms),
-                          eos_id=self._eos(lives[0].job.kind))
-        return list(ids.reshape(len(lives), per))
-
-    def _sample_first(self, live: LiveSequence, logits: np.ndarray) -> np.ndarray:
-        """The first token; drawn again while it is EOS, as upstream's `ensure_non_empty`."""
-        eos_id = self._eos(live.job.kind)
-        ids = self._sample_rows([live], logits)[0]
-        redraws = 0 if live.job.params.greedy else NON_EMPTY_REDRAWS
-        while redraws and (ids == eos_id).any():
-            ids = self._sample_rows([live], logits)[0]
-            redraws -= 1
-        return ids
+        sampled, row = self.stepper.prefill(live)
+        return self._record(live, *sampled), row
 
     def _record(self, live: LiveSequence, ids: np.ndarray, hidden: np.ndarray | None) -> SeqOutput:
         live.tokens.append(ids)
-        eos = bool((ids == self._eos(live.job.kind)).any())
+        eos = bool((ids == self.stepper.eos(live.job.kind)).any())
         if hidden is not None:
             live.hiddens.append(np.array(hidden, np.float32))
             if live.on_token is not None and not eos:
@@ -488,10 +412,12 @@ class GenerationEngine:
             return
         assert event.finish is not None
         kept = len(live.tokens) - (1 if event.finish == FinishReason.EOS else 0)
+        c = self.graphs.c
         if live.job.kind == PassKind.CODE:
-            tokens = np.stack(live.tokens[:kept]) if kept else np.zeros((0, 4), np.int64)
+            tokens = (np.stack(live.tokens[:kept]) if kept
+                      else np.zeros((0, c.num_vq), np.int64))
             hidden = (np.stack(live.hiddens[:kept]) if kept
-                      else np.zeros((0, self.graphs.c.hidden_size), np.float32))
+                      else np.zeros((0, c.hidden_size), np.float32))
         else:
             tokens = np.array([int(t[0]) for t in live.tokens[:kept]], np.int64)
             hidden = None
