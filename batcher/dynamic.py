@@ -431,8 +431,8 @@ class DynamicBatcher(Generic[T, R]):
         self._mean_batch_s = 0.8 * self._mean_batch_s + 0.2 * (time.monotonic() - started_at)
         self.batches_run += 1
         if self.sizer is not None and not failed:
-            longest = max(p.length for p in batch)
-            self.sizer.observe(len(batch), len(batch) * max(longest, 1), cost_s)
+            work = sum(max(p.length, 1) for p in batch)
+            self.sizer.observe(len(batch), work, cost_s)
         self._report_batch(batch, started_at, compute_s, failed, limit)
 
     def _timed_call(self, items: list[T]) -> tuple[Sequence[R], float, float]:

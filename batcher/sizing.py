@@ -31,8 +31,9 @@ class BatchSizer:
     """The cap on the next batch, learnt from measured batch times.
 
     `observe` takes every executed batch; only batches whose size is a rung enter the
-    table. Costs are seconds per unit, a unit being one item times the batch's longest
-    length (the padded work), so batches of different lengths compare.
+    table. Costs are seconds per unit of real work, the items' lengths summed, so batches
+    of different lengths compare and the padding a batch computes counts as its cost: for
+    items of mixed lengths a larger batch pays for padding that a smaller one does not.
     """
 
     def __init__(self, max_size: int, *, explore_every: int = 16, tolerance: float = 0.05,
@@ -68,7 +69,7 @@ class BatchSizer:
         return min(queued, self._neighbour(up=self._explore_up))
 
     def observe(self, size: int, units: int, seconds: float) -> None:
-        """Record one executed batch of `size` items and `units` padded units."""
+        """Record one executed batch of `size` items holding `units` of real work."""
         if size not in self.rungs or units <= 0 or seconds <= 0:
             return
         cost = seconds / units

@@ -222,3 +222,18 @@ def test_cost_clock_charges_waiting_or_only_computing(clock: str, expected: int)
 
     assert run_with(WaitsThenComputes(), scenario, max_batch_size=8, adaptive_size=True,
                     cost_clock=clock) == expected
+
+
+def test_a_batch_costs_per_unit_of_real_work_so_its_padding_counts() -> None:
+    """Lengths 2 and 20 padded to 20: 22 units of work, 40 computed. The sizer must charge
+    the batch's time to the 22 (the padding is what batching these two costs)."""
+    model = timed_model(lambda size: 0.2 if size == 2 else 0.0)
+
+    async def scenario(b: DynamicBatcher[Seq, Out]) -> dict[int, float]:
+        await asyncio.gather(submit(b, make_seq(0, 2)), submit(b, make_seq(1, 20)))
+        assert b.sizer is not None
+        return b.sizer.costs()
+
+    costs = run_with(model, scenario, max_batch_size=2, max_wait_ms=10_000, adaptive_size=True)
+    assert model.batches == [[0, 1]]
+    assert 0.2 / 22 <= costs[2] < 0.2 / 22 * 1.5  # per padded unit it would be 0.2 / 40
