@@ -169,8 +169,9 @@ class ChatTTSPipeline:
 
     async def start(self) -> None:
         self.engine.start()
+        # a whole-file request announces its decode while its tokens are generated
         self._decoder = DynamicBatcher(
-            self._decode_batch, replace(self.ctx.batch, timeout_s=None),
+            self._decode_batch, replace(self.ctx.batch, timeout_s=None, announced_arrivals=True),
             name="chattts_decode", observer=self.ctx.metrics.observer("chattts_decode"),
         )
         self._decoder.start()
@@ -239,7 +240,9 @@ class ChatTTSPipeline:
         prepared = await self.prepare(req)
         timings = dict(prepared.timings_ms)
         self.engine.check_capacity(len(prepared.jobs))
-        results = await gather_or_cancel(*(self.engine.generate(j) for j in prepared.jobs))
+        assert self._decoder is not None, "pipeline not started"
+        with self._decoder.expecting():
+            results = await gather_or_cancel(*(self.engine.generate(j) for j in prepared.jobs))
         timings["queue"] = max(r.queued_s for r in results) * 1000.0
         timings["generate"] = max(r.queued_s + r.generate_s for r in results) * 1000.0
         timings["generate"] -= timings["queue"]
