@@ -67,6 +67,7 @@ from service.tts.model import TTSGraphs
 
 log = logging.getLogger("audioserve.tts.engine")
 
+
 class KVCacheKind(Enum):
     AUTO = "auto"
     """DEVICE on CUDA, PRESENT on CPU."""
