@@ -6,6 +6,7 @@ stable machine-readable `code`; the message says what was wrong and what is allo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Any
@@ -14,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from batcher import BatcherClosed, DeadlineExceeded, Overloaded
 
@@ -106,15 +108,28 @@ def to_api_error(exc: Exception) -> ApiError | None:
     return None
 
 
+async def drain_body(request: Request) -> None:
+    """Read what is left of the request body before an early answer (a refusal before
+    the upload was read). Closing a connection with unread bytes makes the kernel reset it,
+    and the reset throws away the answer on the client's side: under overload, a shed
+    upload got no 503 at all (2,426 of 4,781 at 4x capacity). The body limit still applies
+    (the limit's own 413 wins); a body already read, or a client gone, needs nothing."""
+    with contextlib.suppress(RuntimeError, ClientDisconnect):  # consumed, or client gone
+        async for _ in request.stream():
+            pass
+
+
 def install_handlers(app: FastAPI) -> None:
     """Map every error type to the JSON error shape `{"error": {"code", "message"}}`."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        await drain_body(request)
         return _response(request, exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        await drain_body(request)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         headers = dict(exc.headers) if exc.headers else None
         return _response(request, exc.status_code, code, str(exc.detail), headers)
@@ -131,6 +146,7 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(DeadlineExceeded)
     @app.exception_handler(BatcherClosed)
     async def _batcher(request: Request, exc: Exception) -> JSONResponse:
+        await drain_body(request)
         api = to_api_error(exc)
         assert api is not None
         return _response(request, api.status, api.code, api.message, api.headers)
