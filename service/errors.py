@@ -6,6 +6,7 @@ stable machine-readable `code`; the message says what was wrong and what is allo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -108,15 +109,21 @@ def to_api_error(exc: Exception) -> ApiError | None:
     return None
 
 
+DRAIN_TIMEOUT_S = 5.0
+
+
 async def drain_body(request: Request) -> None:
     """Read what is left of the request body before an early answer (a refusal before
     the upload was read). Closing a connection with unread bytes makes the kernel reset it,
     and the reset throws away the answer on the client's side: under overload, a shed
     upload got no 503 at all (2,426 of 4,781 at 4x capacity). The body limit still applies
-    (the limit's own 413 wins); a body already read, or a client gone, needs nothing."""
-    with contextlib.suppress(RuntimeError, ClientDisconnect):  # consumed, or client gone
-        async for _ in request.stream():
-            pass
+    (the limit's own 413 wins); a body already read, or a client gone, needs nothing; a
+    client too slow to send the rest within `DRAIN_TIMEOUT_S` is not waited for."""
+    # consumed already, client gone, or too slow
+    with contextlib.suppress(RuntimeError, ClientDisconnect, TimeoutError):
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            async for _ in request.stream():
+                pass
 
 
 def install_handlers(app: FastAPI) -> None:
