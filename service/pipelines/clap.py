@@ -17,8 +17,9 @@ import asyncio
 import contextvars
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -37,6 +38,8 @@ from service.pipelines.clap_text import (
     validate_template,
 )
 from service.runtime import GraphRunner, open_graph
+
+T = TypeVar("T")
 
 TEXT_CACHE_SIZE = 4096
 """Prompts whose embeddings are kept; at 512 floats each, 4096 are 8 MiB."""
@@ -258,14 +261,18 @@ class ClapPipeline:
 
     async def embed_audio(self, data: bytes) -> AudioEmbedding:
         """Decode, window, log-mel and embed an upload; timings cover each stage."""
-        with self._audio_queue().expecting():
-            prepared = await self.ctx.cpu.run(self.prepare, data)
-        return await self.embed_prepared(prepared)
+        return await self._prepare_and_embed(self.prepare, data)
 
     async def embed_samples(self, samples: np.ndarray) -> AudioEmbedding:
         """Embed already decoded samples (mono float32 at the pack's sample rate)."""
+        return await self._prepare_and_embed(self.prepare_samples, samples)
+
+    async def _prepare_and_embed(self, prepare: Callable[[T], PreparedAudio], source: T
+                                 ) -> AudioEmbedding:
+        """The CPU work on the pool, announced to the audio batcher until its windows are
+        submitted (embed_prepared submits before its first await)."""
         with self._audio_queue().expecting():
-            prepared = await self.ctx.cpu.run(self.prepare_samples, samples)
+            prepared = await self.ctx.cpu.run(prepare, source)
         return await self.embed_prepared(prepared)
 
     def _audio_queue(self) -> DynamicBatcher[AudioItem, np.ndarray]:
