@@ -46,8 +46,9 @@ class Settings(BaseSettings):
     turn it off where steady memory matters more than speed."""
     pin_malloc_thresholds: bool = True
     """Pin glibc malloc's mmap and trim thresholds at start-up (service/allocator.py), so
-    per-request arrays of a few MB reuse freed heap instead of a fresh mmap each (CLAP
-    alone, 2 cores: 62 -> 101 req/s). False: glibc's defaults."""
+    per-request arrays of a few MB reuse freed heap instead of a fresh mmap each, and cap
+    malloc arenas at 2 (CLAP alone, 2 cores: 1.38-1.53x req/s, bench/results/malloc.md).
+    False: glibc's defaults."""
     clap_precision: Precision = "auto"
     emotion2vec_precision: Precision = "auto"
     chattts_precision: Precision = "auto"
