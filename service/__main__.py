@@ -7,6 +7,7 @@ import logging
 import uvicorn
 
 from service.app import create_app
+from service.server import uvicorn_config
 from service.settings import Settings
 
 
@@ -16,13 +17,7 @@ def main() -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,  # RequestContextMiddleware logs each request with its id
-    )
+    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
 
 
 if __name__ == "__main__":

@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     classify_long_audio: LongAudioPolicy = "truncate"
     max_labels: int = Field(256, ge=1)
     max_label_chars: int = Field(200, ge=1)
+    max_template_chars: int = Field(200, ge=9)
+    """Longest `prompt_template` (it holds one `{label}` and no format spec)."""
     emotion_max_seconds: float = Field(300.0, gt=0)
     emotion_chunk_seconds: float = Field(30.0, gt=1)
     tts_max_text_chars: int = Field(2000, ge=1)
@@ -136,8 +138,37 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: SecretStr | None = None
-    """When set, every route except health and metrics needs `Authorization: Bearer <key>`."""
+    """When set, every route except health, metrics and the web page needs
+    `Authorization: Bearer <key>`, checked before any of the body is read."""
+    docs_public: bool = False
+    """With an API key set, whether /docs, /redoc and /openapi.json stay open. Off by
+    default: a key means a private deployment, and the schema tells which models and
+    limits it serves. Without a key everything is open anyway."""
     log_level: str = "info"
+    forwarded_allow_ips: str = ""
+    """Proxies trusted to set X-Forwarded-For / -Proto (comma-separated IPs or `*`).
+    Empty: none, so the logged client address is the socket's and cannot be forged. Set
+    it to the proxy's address (e.g. `127.0.0.1` behind a local nginx)."""
+
+    # -- reading requests (service/server.py, service/read_limits.py) -------------------
+    max_connections: int = Field(1024, ge=1)
+    """Open connections; one more is answered 503 + Retry-After and closed."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """A request's line and headers must arrive within this (408 and closed)."""
+    body_idle_timeout_s: float = Field(10.0, gt=0)
+    """Longest pause between two pieces of a request body (408)."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """Time to receive a whole request body, extended by one second for every
+    `body_min_rate` bytes received, so a large upload on a slow link is served while a
+    client dripping bytes is cut off (408). Bodies are read before a request takes an
+    admission slot, so a slow upload never holds one."""
+    body_min_rate: int = Field(65536, ge=1)
+    """Bytes per second that earn a body its extra reading time (see body_timeout_s)."""
+    max_json_bytes: int = Field(1024 * 1024, ge=1024)
+    """Body limit of the JSON-only routes (/tts, /v1/audio/speech, /v1/voices,
+    /embed/text); the upload routes take `max_upload_bytes` of audio."""
+    keep_alive_timeout_s: float = Field(5.0, gt=0)
+    """Idle keep-alive connections are closed after this."""
 
     def batch_config(self, **overrides: object) -> BatchConfig:
         values: dict[str, object] = {

@@ -1,10 +1,11 @@
 """The real app served by uvicorn on 127.0.0.1 (a free port) in a thread, for tests that
-need a real HTTP connection: chunked streaming, a client closing the socket, the openai
-client. `with serve_app(models_dir=..., ...) as server: httpx.get(server.url + ...)`."""
+need a real HTTP connection: chunked streaming, a client closing the socket, slow
+clients, the openai client. The server is configured exactly as `python -m service`
+configures it (service.server.uvicorn_config).
+`with serve_app(models_dir=..., ...) as server: httpx.get(server.url + ...)`."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
+from service.server import bound_socket, uvicorn_config
 from service.settings import Settings
 
 
@@ -23,17 +25,17 @@ from service.settings import Settings
 class RunningServer:
     url: str
     app: FastAPI
+    host: str
+    port: int
 
 
 @contextmanager
 def serve_app(**overrides: Any) -> Iterator[RunningServer]:
     settings = Settings(_env_file=None, load_in_background=False, **overrides)
     app = create_app(settings)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = bound_socket("127.0.0.1")
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
@@ -42,7 +44,7 @@ def serve_app(**overrides: Any) -> Iterator[RunningServer]:
             raise RuntimeError("uvicorn did not start (see the log)")
         time.sleep(0.02)
     try:
-        yield RunningServer(f"http://127.0.0.1:{port}", app)
+        yield RunningServer(f"http://127.0.0.1:{port}", app, "127.0.0.1", port)
     finally:
         server.should_exit = True
         thread.join(timeout=30)
