@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import hmac
 import importlib
 import importlib.util
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.admission import AdmissionGate, CpuWorkers
 from service.allocator import pin_malloc_thresholds
-from service.errors import Unauthorized, install_handlers
+from service.errors import error_formatters, install_handlers
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.middleware import AuthMiddleware, RequestContextMiddleware
 from service.models import ModelLoader, packs_to_load
+from service.read_limits import BodyLimit, ReadLimitsMiddleware, ReadTimeouts
 from service.settings import MODEL_NAMES, Settings
 
 log = logging.getLogger("audioserve")
@@ -27,6 +27,10 @@ log = logging.getLogger("audioserve")
 ROUTE_MODULES = ("service.routes.clap", "service.routes.emotion", "service.routes.tts",
                  "service.routes.openai_speech", "service.routes.voices")
 _JSON_OVERHEAD_BYTES = 64 * 1024
+UPLOAD_PATHS = frozenset({"/classify", "/embed/audio", "/emotion"})
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
+PUBLIC_PREFIXES = ("/ui/",)
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -62,34 +66,53 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for kind in MODEL_NAMES
     }
 
-    # base64 JSON is 4/3 of the audio; the exact audio limit is checked in service.uploads
-    body_limit = settings.max_upload_bytes * 4 // 3 + _JSON_OVERHEAD_BYTES
-    app.add_middleware(BodyLimitMiddleware, max_bytes=body_limit)
+    app.state.cpu = cpu
+    # outermost last: request ids and logs, then the body's limits, then the API key
+    if settings.api_key is not None:
+        app.add_middleware(AuthMiddleware, key=settings.api_key.get_secret_value(),
+                           is_public=public_paths(settings))
+    app.add_middleware(ReadLimitsMiddleware, limit_for=body_limits(settings),
+                       timeouts=ReadTimeouts(idle_s=settings.body_idle_timeout_s,
+                                             total_s=settings.body_timeout_s,
+                                             min_rate=settings.body_min_rate))
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
-    install_handlers(app)
     _add_health_routes(app)
 
-    protected = [Depends(require_api_key)]
-    app.add_api_route("/v1/models", list_models, methods=["GET"], dependencies=protected)
+    app.add_api_route("/v1/models", list_models, methods=["GET"])
+    formatters = {}
     for module_name in ROUTE_MODULES:
         if importlib.util.find_spec(module_name) is None:
             continue
-        app.include_router(importlib.import_module(module_name).router, dependencies=protected)
+        router = importlib.import_module(module_name).router
+        app.include_router(router)
+        formatters.update(error_formatters(router.routes))
+    install_handlers(app, formatters)
     return app
 
 
-async def require_api_key(request: Request) -> None:
-    """Bearer-token check (constant-time) when AUDIOSERVE_API_KEY is set."""
-    key = request.app.state.settings.api_key
-    if key is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    expected = key.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-        raise Unauthorized(
-            "missing or wrong API key: send `Authorization: Bearer <key>`",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+def public_paths(settings: Settings) -> Callable[[str], bool]:
+    """Paths served without the API key: health, metrics, the web page (which asks for
+    the key when the API answers 401) and, when `docs_public`, the API docs."""
+    public = set(PUBLIC_PATHS) | (set(DOCS_PATHS) if settings.docs_public else set())
+
+    def is_public(path: str) -> bool:
+        return path in public or path.startswith(PUBLIC_PREFIXES)
+
+    return is_public
+
+
+def body_limits(settings: Settings) -> Callable[[str], BodyLimit]:
+    """Uploads may carry `max_upload_bytes` of audio (base64 JSON adds a third; the
+    exact audio limit is checked in service.uploads); every other body is small JSON."""
+    upload = BodyLimit(settings.max_upload_bytes * 4 // 3 + _JSON_OVERHEAD_BYTES,
+                       "AUDIOSERVE_MAX_UPLOAD_BYTES sets the audio part; base64 JSON "
+                       "adds a third")
+    json_only = BodyLimit(settings.max_json_bytes, "AUDIOSERVE_MAX_JSON_BYTES")
+
+    def limit_for(path: str) -> BodyLimit:
+        return upload if path in UPLOAD_PATHS else json_only
+
+    return limit_for
 
 
 async def list_models(request: Request) -> dict[str, Any]:

@@ -10,13 +10,17 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute
+from starlette.types import Scope
 
 from batcher import BatcherClosed, DeadlineExceeded, Overloaded
 
@@ -81,17 +85,43 @@ class PackError(RuntimeError):
     """A model pack is missing, partial or of another format version (fails start-up)."""
 
 
+class ReadLimitExceeded(Exception):
+    """A request body over a reading limit (service.read_limits). Not an ApiError on
+    purpose: it is answered by the middleware that owns the limit, at once and without
+    reading more of the body, never by a route's handler."""
+
+    status: int = 400
+    code: str = "read_limit"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+Formatter = Callable[[int, str, str], dict[str, Any]]
+"""(status, code, message) -> a route's own error body (e.g. OpenAI's shape)."""
+
+
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
+def error_body_for(scope: Scope, status: int, code: str, message: str) -> dict[str, Any]:
+    """The error body for this request: the shape of the route's API (a route class may
+    declare `error_formatter`, see `install_handlers`), with the request id."""
+    app = scope.get("app")
+    formatters: dict[str, Formatter] = getattr(getattr(app, "state", None),
+                                               "error_formatters", {})
+    formatter = formatters.get(scope.get("path", ""))
+    if formatter is not None:
+        return formatter(status, code, message)
+    request_id = scope.get("state", {}).get("request_id")
+    return error_body(code, message, request_id=request_id)
+
+
 def _response(request: Request, status: int, code: str, message: str,
               headers: dict[str, str] | None = None) -> JSONResponse:
-    request_id = getattr(request.state, "request_id", None)
-    body = error_body(code, message, request_id=request_id)
-    formatter = getattr(request.state, "error_formatter", None)
-    if formatter is not None:  # e.g. the OpenAI-compatible routes use OpenAI's error shape
-        body = formatter(status, code, message)
+    body = error_body_for(request.scope, status, code, message)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -119,15 +149,23 @@ async def drain_body(request: Request) -> None:
     upload got no 503 at all (2,426 of 4,781 at 4x capacity). The body limit still applies
     (the limit's own 413 wins); a body already read, or a client gone, needs nothing; a
     client too slow to send the rest within `DRAIN_TIMEOUT_S` is not waited for."""
-    # consumed already, client gone, or too slow
-    with contextlib.suppress(RuntimeError, ClientDisconnect, TimeoutError):
+    # consumed already, client gone, too slow, or over a reading limit
+    with contextlib.suppress(RuntimeError, ClientDisconnect, TimeoutError, ReadLimitExceeded):
         async with asyncio.timeout(DRAIN_TIMEOUT_S):
             async for _ in request.stream():
                 pass
 
 
-def install_handlers(app: FastAPI) -> None:
-    """Map every error type to the JSON error shape `{"error": {"code", "message"}}`."""
+def error_formatters(routes: Iterable[BaseRoute]) -> dict[str, Formatter]:
+    """path -> formatter, for routes whose class declares `error_formatter`."""
+    return {route.path: formatter for route in routes if isinstance(route, APIRoute)
+            and (formatter := getattr(route, "error_formatter", None)) is not None}
+
+
+def install_handlers(app: FastAPI, formatters: dict[str, Formatter] | None = None) -> None:
+    """Map every error type to the JSON error shape `{"error": {"code", "message"}}`, or
+    to the shape a route declares (`formatters`, see `error_formatters`)."""
+    app.state.error_formatters = formatters or {}
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:

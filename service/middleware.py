@@ -1,30 +1,29 @@
-"""Pure-ASGI middleware: request ids, access log and HTTP metrics, and the body-size limit.
+"""Pure-ASGI middleware: request ids, access log and HTTP metrics; the API key.
 
 Pure ASGI (not BaseHTTPMiddleware) so streaming responses pass through untouched and the
-body limit is enforced while the body is still arriving, before anything is buffered.
+key is checked before the body is read (the body's own limits: service.read_limits).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_body
+from service.errors import drain_body, error_body_for
 from service.metrics import Metrics
 
 log = logging.getLogger("audioserve.access")
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
-class _BodyTooLarge(Exception):
-    pass
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class RequestContextMiddleware:
@@ -40,7 +39,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         sent_id = _header(scope, b"x-request-id")
-        request_id = sent_id if sent_id and _SAFE_ID.match(sent_id) else uuid.uuid4().hex[:16]
+        request_id = sent_id if sent_id and _SAFE_ID.fullmatch(sent_id) else uuid.uuid4().hex[:16]
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
@@ -64,63 +63,37 @@ class RequestContextMiddleware:
             self.metrics.request_seconds.labels(template).observe(elapsed)
             log.info(
                 '%s "%s %s" %d %.1fms id=%s',
-                _client(scope), scope["method"], scope["path"], status, elapsed * 1e3, request_id,
+                _client(scope), scope["method"], _printable(scope), status, elapsed * 1e3,
+                request_id,
             )
 
 
-class BodyLimitMiddleware:
-    """413 for bodies over `max_bytes`: by Content-Length at once, else while streaming in."""
+class AuthMiddleware:
+    """Bearer-token check (constant-time) before any of the body is read or parsed: an
+    unauthenticated client gets its 401 without the service spending anything on what it
+    sent (the rest of its body is drained, bounded, so the answer is not lost to a reset).
+    `is_public(path)` says which paths need no key (health, metrics, the web page)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, key: str, is_public: Callable[[str], bool]) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.expected = key.encode()
+        self.is_public = is_public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self.is_public(scope["path"]) or self._authorised(scope):
             await self.app(scope, receive, send)
             return
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, send)
-            return
-        received = 0
-        started = False
+        await drain_body(Request(scope, receive))
+        message = "missing or wrong API key: send `Authorization: Bearer <key>`"
+        body = json.dumps(error_body_for(scope, 401, "unauthorized", message)).encode()
+        await send({"type": "http.response.start", "status": 401, "headers": [
+            (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+        await send({"type": "http.response.body", "body": body})
 
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._refuse(scope, send)
-
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        request_id = scope.get("state", {}).get("request_id")
-        message = (
-            f"request body over the limit of {self.max_bytes} bytes "
-            "(AUDIOSERVE_MAX_UPLOAD_BYTES sets the audio part; base64 JSON adds a third)"
-        )
-        body = json.dumps(error_body("payload_too_large", message, request_id=request_id))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body.encode()})
+    def _authorised(self, scope: Scope) -> bool:
+        scheme, _, token = (_header(scope, b"authorization") or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode("latin-1"), self.expected)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -129,6 +102,14 @@ def _header(scope: Scope, name: bytes) -> str | None:
             decoded: str = value.decode("latin-1")
             return decoded
     return None
+
+
+def _printable(scope: Scope) -> str:
+    """The path as the client sent it (still percent-encoded: `%0A` cannot start a forged
+    log line), with anything unprintable escaped."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
+    text = raw.decode("ascii", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _client(scope: Scope) -> str:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from service.deps import admit, get_pipeline, get_settings
 from service.errors import InvalidInput
+from service.json_body import JsonBodyRoute
 from service.pipelines.clap import (
     AudioEmbedding,
     ClapPipeline,
@@ -25,7 +26,7 @@ from service.pipelines.clap import (
 from service.routes.common import model_fields
 from service.uploads import AudioInput, read_audio_input
 
-router = APIRouter(tags=["clap"])
+router = APIRouter(tags=["clap"], route_class=JsonBodyRoute)
 
 
 class EmbedTextRequest(BaseModel):

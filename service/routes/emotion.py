@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 
 from service.deps import admit, get_pipeline, get_settings
 from service.errors import InvalidInput
+from service.json_body import JsonBodyRoute
 from service.pipelines import emotion2vec_post as post
 from service.pipelines.emotion2vec import (
     MERGE_RULE,
@@ -25,7 +26,7 @@ from service.pipelines.emotion2vec import (
 from service.routes.common import model_fields
 from service.uploads import AudioInput, read_audio_input
 
-router = APIRouter(tags=["emotion"])
+router = APIRouter(tags=["emotion"], route_class=JsonBodyRoute)
 
 _GRANULARITIES = ", ".join(g.value for g in Granularity)
 

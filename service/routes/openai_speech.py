@@ -5,9 +5,9 @@ Differences from OpenAI, on purpose: `voice` also takes saved voices, mixes `a(2
 and raw `spk_emb` strings; `speed` is met by time-stretching (service/tts/stretch.py);
 `instructions` is accepted and ignored (ChatTTS takes no style prompt); `stream` (as
 Kokoro-FastAPI) defaults to true, so audio is sent as it is generated, as OpenAI does.
-Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}`: a route class
-sets the per-request formatter before anything else runs, so even an unreadable JSON
-body is answered in that shape.
+Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}`: the route
+class declares it, so every error of the path, from a missing key to an unreadable JSON
+body, is answered in that shape.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.audio_encode import MEDIA_TYPES
 from service.deps import get_pipeline, get_settings
 from service.errors import InvalidInput
+from service.json_body import JsonBodyRoute
 from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest
 from service.pipelines.chattts_stream import SpeechStream, open_stream
 from service.routes.tts import (
@@ -58,17 +58,11 @@ def openai_error(status: int, code: str, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-class OpenAIRoute(APIRoute):
-    """Sets OpenAI's error shape for the request before body parsing can fail."""
+class OpenAIRoute(JsonBodyRoute):
+    """Errors of these routes, from the auth check to body parsing, take OpenAI's shape
+    (service.errors finds `error_formatter` by the route's path)."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            request.state.error_formatter = openai_error
-            return await handler(request)
-
-        return route
+    error_formatter = staticmethod(openai_error)
 
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)

@@ -22,13 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.audio_encode import MEDIA_TYPES, AudioFormat
 from service.deps import get_pipeline, get_settings
 from service.errors import InvalidInput, PayloadTooLarge
+from service.json_body import JsonBodyRoute
 from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest, SpeechResult
 from service.pipelines.chattts_stream import SpeechStream, open_stream
 from service.tts.stretch import MAX_SPEED, MIN_SPEED
 
 log = logging.getLogger("audioserve.tts")
 
-router = APIRouter(tags=["tts"])
+router = APIRouter(tags=["tts"], route_class=JsonBodyRoute)
 
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.1

@@ -11,10 +11,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.deps import get_pipeline
+from service.json_body import JsonBodyRoute
 from service.pipelines.chattts import ChatTTSPipeline
 from service.tts.voices import VoiceStore
 
-router = APIRouter(tags=["voices"])
+router = APIRouter(tags=["voices"], route_class=JsonBodyRoute)
 
 
 class VoiceBody(BaseModel):
