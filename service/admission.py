@@ -94,10 +94,8 @@ class AdmissionGate:
         retry_after = max(1.0, math.ceil(self._mean_latency_s))
         return Overloaded(f"{self.name} is overloaded: {why}; retry later", retry_after)
 
-    @asynccontextmanager
-    async def admit(self) -> AsyncIterator[float]:
-        """Hold one in-flight slot for the block; yields the request's deadline."""
-        now = time.monotonic()
+    def check(self, now: float) -> None:
+        """Raise Overloaded when a request arriving now would be refused."""
         if self.in_flight >= self.max_in_flight:
             raise self._refuse(f"{self.in_flight} requests in flight", "in_flight_full")
         wait = self.predicted_wait_s(now)
@@ -107,6 +105,12 @@ class AdmissionGate:
                 f"of a {self.timeout_s:g} s deadline",
                 "predicted_wait",
             )
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[float]:
+        """Hold one in-flight slot for the block; yields the request's deadline."""
+        now = time.monotonic()
+        self.check(now)
         deadline = now + self.timeout_s
         token = _deadline.set(deadline)
         self._advance(now)

@@ -34,8 +34,6 @@ from service.pipelines.clap_text import (
     EmbeddingCache,
     PromptTokenizer,
     pad_batch,
-    validate_labels,
-    validate_template,
 )
 from service.runtime import GraphRunner, open_graph
 
@@ -298,12 +296,15 @@ class ClapPipeline:
             original_duration_s=prepared.original_duration_s, timings_ms=timings,
         )
 
-    async def embed_text(self, texts: list[str]) -> np.ndarray:
-        """float32 [N, D] L2-normalised embeddings; cached by exact text."""
+    async def embed_text(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """float32 [N, D] L2-normalised embeddings, cached by exact text, and the number
+        of prompt tokens they took (tokenised in the CPU pool)."""
         cache_events = self.ctx.metrics.cache_events
+        ids = await self.ctx.cpu.run(self.tokenizer.encode, list(dict.fromkeys(texts)))
+        by_text = dict(zip(dict.fromkeys(texts), ids, strict=True))
         results: dict[str, np.ndarray] = {}
         missing: list[str] = []
-        for text in dict.fromkeys(texts):
+        for text in by_text:
             hit = self.cache.get(text)
             if hit is not None:
                 results[text] = hit
@@ -312,26 +313,27 @@ class ClapPipeline:
         cache_events.labels("clap_text", "hit").inc(len(texts) - len(missing))
         cache_events.labels("clap_text", "miss").inc(len(missing))
         if missing:
-            computed = await asyncio.gather(*(self._embed_one_text(t) for t in missing))
+            computed = await asyncio.gather(*(self._embed_one_text(t, by_text[t])
+                                              for t in missing))
             results.update(zip(missing, computed, strict=True))
-        return np.stack([results[t] for t in texts])
+        tokens = sum(len(by_text[t]) for t in texts)
+        return np.stack([results[t] for t in texts]), tokens
 
-    async def _embed_one_text(self, text: str) -> np.ndarray:
+    async def _embed_one_text(self, text: str, ids: np.ndarray) -> np.ndarray:
         """One prompt through the text batcher. The work runs as its own task, shared by
         every concurrent asker and unaffected by any one of them going away."""
         task = self._inflight.get(text)
         if task is None:
             # a fresh context: the shared work must not inherit one asker's deadline
             task = asyncio.get_running_loop().create_task(
-                self._compute_text(text), context=contextvars.Context()
+                self._compute_text(text, ids), context=contextvars.Context()
             )
             self._inflight[text] = task
             task.add_done_callback(functools.partial(self._forget, text))
         return await asyncio.shield(task)
 
-    async def _compute_text(self, text: str) -> np.ndarray:
+    async def _compute_text(self, text: str, ids: np.ndarray) -> np.ndarray:
         assert self._text_batcher is not None, "pipeline not started"
-        ids = self.tokenizer.encode([text])[0]
         embedding = await self._text_batcher.submit(ids, length=len(ids))
         self.cache.put(text, embedding)
         cached = self.cache.get(text)
@@ -353,19 +355,19 @@ class ClapPipeline:
 
     async def classify(self, data: bytes, labels: list[str], *, prompt_template: str | None = None,
                        top_k: int | None = None, per_window: bool = False) -> ClassifyResult:
-        labels = validate_labels(labels, self.settings)
-        template = validate_template(prompt_template or self.default_template)
+        """Labels and template as the route's params validated them (distinct, within
+        the limits; one plain `{label}`: see validate_labels, validate_template)."""
+        template = prompt_template or self.default_template
         if per_window and self.fused:
             raise InvalidInput("per_window needs an unfused CLAP pack: a fused one embeds "
                                "the whole clip at once")
-        if top_k is not None and top_k < 1:
-            raise InvalidInput(f"top_k must be at least 1, not {top_k}")
         k = min(top_k or len(labels), len(labels))
         prompts = [template.format(label=label) for label in labels]
 
         async def text_side() -> tuple[np.ndarray, float]:
             t = time.perf_counter()
-            return await self.embed_text(prompts), _ms(t)
+            embeddings, _ = await self.embed_text(prompts)
+            return embeddings, _ms(t)
 
         audio, (texts, text_ms) = await asyncio.gather(self.embed_audio(data), text_side())
         timings = dict(audio.timings_ms)

@@ -6,6 +6,7 @@ and then served from the cache; labels never change the audio side.
 
 from __future__ import annotations
 
+import string
 from collections import OrderedDict
 from pathlib import Path
 
@@ -89,18 +90,31 @@ def validate_labels(labels: list[str], settings: Settings) -> list[str]:
     return cleaned
 
 
-def validate_template(template: str) -> str:
-    """The prompt template must contain `{label}` and nothing else in braces."""
-    if "{label}" not in template:
-        raise InvalidInput(
-            f"prompt_template {template!r} has no `{{label}}` placeholder, "
-            "e.g. 'This is a sound of {label}.'"
-        )
+def validate_template(template: str, max_chars: int) -> str:
+    """A prompt template holds `{label}` exactly once, with no conversion or format spec
+    (`{label:>2000000}` made each prompt 2 MB), and literal braces doubled; anything
+    else is refused rather than formatted into something the client did not mean
+    (`{{label}}` is the literal text "{label}": every prompt the same, uniform scores)."""
+    if len(template) > max_chars:
+        raise InvalidInput(f"prompt_template has {len(template)} characters; the limit is "
+                           f"{max_chars} (AUDIOSERVE_MAX_TEMPLATE_CHARS)")
+    example = "e.g. 'This is a sound of {label}.'"
     try:
-        template.format(label="x")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise InvalidInput(
-            f"prompt_template {template!r} is not a valid template (only `{{label}}` may "
-            f"appear in braces; write `{{{{` for a literal brace): {exc}"
-        ) from None
+        fields = [(name, spec, conversion) for _, name, spec, conversion
+                  in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise InvalidInput(f"prompt_template {template!r} is not a valid template ({exc}); "
+                           f"write `{{{{` and `}}}}` for literal braces, {example}") from None
+    if not fields:
+        raise InvalidInput(f"prompt_template {template!r} has no `{{label}}` placeholder, "
+                           f"{example}")
+    if [name for name, _, _ in fields] != ["label"]:
+        shown = ", ".join("{" + name + "}" for name, _, _ in fields)
+        raise InvalidInput(f"prompt_template {template!r} is not a valid template: it must "
+                           f"hold `{{label}}` exactly once and no other field (it has "
+                           f"{shown}); write `{{{{` for a literal brace")
+    _, spec, conversion = fields[0]
+    if spec or conversion:
+        raise InvalidInput(f"prompt_template {template!r} is not a valid template: "
+                           "`{label}` takes no conversion or format spec")
     return template

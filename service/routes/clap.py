@@ -8,12 +8,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from service.deps import admit, get_pipeline, get_settings
+from service.deps import admit, check_admission, get_pipeline, get_settings, read_upload
 from service.errors import InvalidInput
 from service.json_body import JsonBodyRoute
 from service.pipelines.clap import (
@@ -23,8 +23,16 @@ from service.pipelines.clap import (
     LabelScore,
     WindowScores,
 )
+from service.pipelines.clap_text import validate_labels, validate_template
 from service.routes.common import model_fields
-from service.uploads import AudioInput, read_audio_input
+from service.routes.params import (
+    UploadParams,
+    parse_flag,
+    parse_positive_int,
+    refuse,
+    settings_of,
+)
+from service.routes.upload_schema import upload_body
 
 router = APIRouter(tags=["clap"], route_class=JsonBodyRoute)
 
@@ -37,43 +45,67 @@ class EmbedTextRequest(BaseModel):
     encoding_format: str = "float"
 
 
-# -- field parsing --------------------------------------------------------------------
+# -- fields ---------------------------------------------------------------------------
 
-def parse_labels(form: AudioInput) -> list[str]:
-    """Repeated fields and JSON lists are taken as they are; one text field is split on
-    commas (a JSON string too, but never the items of a JSON list)."""
-    values = form.all("labels")
-    if any(not isinstance(v, str) for v in values):
-        raise InvalidInput("`labels` must be strings (a list, or one comma-separated string)")
-    if len(values) == 1 and "labels" not in form.json_lists:
-        return values[0].split(",")
-    return values
+class ClassifyParams(UploadParams):
+    """The fields of `/classify` besides the audio."""
+
+    labels: list[str] = Field(
+        description="Candidate labels: repeated form fields, one comma-separated field, "
+                    "or a JSON list (whose items are never split).",
+        examples=[["dog barking", "rain", "car horn"]])
+    prompt_template: str | None = Field(
+        None, description="Prompt for each label, holding `{label}` exactly once; "
+                          "default: the pack's ('This is a sound of {label}.').",
+        examples=["This is a sound of {label}."])
+    top_k: int | None = Field(None, ge=1, description="Return the k best labels only.")
+    per_window: bool = Field(False, description="Also score every 10 s window (timeline).")
+
+    upload_example: ClassVar[dict[str, Any]] = {"labels": ["dog barking", "rain", "car horn"]}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _labels_sent(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("labels") in (None, [], ""):
+            raise refuse("no labels: send at least one label (`labels`)")
+        return data
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _split(cls, raw: Any) -> list[str]:
+        """A JSON list or repeated fields as they are; one text field split on commas."""
+        values = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(values, list) or any(not isinstance(v, str) for v in values):
+            raise refuse("`labels` must be strings (a list, or one comma-separated string)")
+        return values
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: list[str], info: ValidationInfo) -> list[str]:
+        return validate_labels(labels, settings_of(info))
+
+    @field_validator("prompt_template", mode="before")
+    @classmethod
+    def _template(cls, raw: Any, info: ValidationInfo) -> str | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, str):
+            raise refuse("prompt_template must be a string holding {label}")
+        return validate_template(raw, settings_of(info).max_template_chars)
+
+    @field_validator("top_k", mode="before")
+    @classmethod
+    def _top_k(cls, raw: Any) -> int | None:
+        return parse_positive_int("top_k", raw)
+
+    @field_validator("per_window", mode="before")
+    @classmethod
+    def _per_window(cls, raw: Any) -> bool:
+        return parse_flag("per_window", raw)
 
 
-def parse_top_k(form: AudioInput) -> int | None:
-    raw = form.first("top_k")
-    if raw is None or raw == "":
-        return None
-    if isinstance(raw, bool):
-        raise InvalidInput(f"top_k must be a positive integer, not {raw!r}")
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"top_k must be a positive integer, not {raw!r}") from None
-    if isinstance(raw, float) and raw != value:
-        raise InvalidInput(f"top_k must be a positive integer, not {raw!r}")
-    if value < 1:
-        raise InvalidInput(f"top_k must be at least 1, not {value}")
-    return value
-
-
-def parse_template(form: AudioInput) -> str | None:
-    raw = form.first("prompt_template")
-    if raw is None:
-        return None
-    if not isinstance(raw, str):
-        raise InvalidInput("prompt_template must be a string containing {label}")
-    return raw
+class EmbedAudioParams(UploadParams):
+    """`/embed/audio` takes the audio alone."""
 
 
 # -- responses ------------------------------------------------------------------------
@@ -116,25 +148,27 @@ def classify_body(pipeline: ClapPipeline, result: ClassifyResult) -> dict[str, A
 
 # -- routes ---------------------------------------------------------------------------
 
-@router.post("/classify")
+@router.post("/classify", openapi_extra=upload_body(ClassifyParams))
 async def classify(request: Request) -> dict[str, Any]:
     """Zero-shot classification of an audio upload against free-text labels."""
     pipeline: ClapPipeline = get_pipeline(request, "clap")
+    check_admission(request, "clap")
+    form, params = await read_upload(request, get_settings(request), ClassifyParams)
     async with admit(request, "clap"):
-        form = await read_audio_input(request, get_settings(request))
         result = await pipeline.classify(
-            form.data, parse_labels(form), prompt_template=parse_template(form),
-            top_k=parse_top_k(form), per_window=form.flag("per_window"),
+            form.data, params.labels, prompt_template=params.prompt_template,
+            top_k=params.top_k, per_window=params.per_window,
         )
     return classify_body(pipeline, result)
 
 
-@router.post("/embed/audio")
+@router.post("/embed/audio", openapi_extra=upload_body(EmbedAudioParams))
 async def embed_audio(request: Request) -> dict[str, Any]:
     """The clip's L2-normalised CLAP embedding (mean over its 10 s windows)."""
     pipeline: ClapPipeline = get_pipeline(request, "clap")
+    check_admission(request, "clap")
+    form, _ = await read_upload(request, get_settings(request), EmbedAudioParams)
     async with admit(request, "clap"):
-        form = await read_audio_input(request, get_settings(request))
         audio = await pipeline.embed_audio(form.data)
     return {
         "object": "list",
@@ -164,8 +198,7 @@ async def embed_text(request: Request, body: EmbedTextRequest) -> dict[str, Any]
             raise InvalidInput(f"input {i} has {len(text)} characters; the limit is "
                                f"{settings.max_label_chars} (AUDIOSERVE_MAX_LABEL_CHARS)")
     async with admit(request, "clap"):
-        embeddings = await pipeline.embed_text(texts)
-    tokens = sum(len(ids) for ids in pipeline.tokenizer.encode(texts))
+        embeddings, tokens = await pipeline.embed_text(texts)
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": row.tolist()}

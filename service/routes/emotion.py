@@ -7,12 +7,12 @@ Multipart (`file` + form fields) or JSON with base64 `audio` (service.uploads). 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from fastapi import APIRouter, Request
+from pydantic import Field, ValidationInfo, field_validator
 
-from service.deps import admit, get_pipeline, get_settings
-from service.errors import InvalidInput
+from service.deps import admit, check_admission, get_pipeline, get_settings, read_upload
 from service.json_body import JsonBodyRoute
 from service.pipelines import emotion2vec_post as post
 from service.pipelines.emotion2vec import (
@@ -24,22 +24,43 @@ from service.pipelines.emotion2vec import (
     Granularity,
 )
 from service.routes.common import model_fields
-from service.uploads import AudioInput, read_audio_input
+from service.routes.params import UploadParams, parse_flag, refuse, shown
+from service.routes.upload_schema import upload_body
 
 router = APIRouter(tags=["emotion"], route_class=JsonBodyRoute)
 
-_GRANULARITIES = ", ".join(g.value for g in Granularity)
+_GRANULARITIES = tuple(g.value for g in Granularity)
 
 
-def parse_options(form: AudioInput) -> EmotionOptions:
-    raw = form.first("granularity", Granularity.UTTERANCE.value)
-    try:
-        granularity = Granularity(str(raw).strip().lower())
-    except ValueError:
-        raise InvalidInput(f"granularity must be one of {_GRANULARITIES}, not {raw!r}") from None
-    return EmotionOptions(granularity=granularity,
-                          return_embedding=form.flag("return_embedding"),
-                          trim_silence=form.flag("trim_silence"))
+class EmotionParams(UploadParams):
+    """The fields of `/emotion` besides the audio."""
+
+    granularity: Literal["utterance", "frame"] = Field(
+        "utterance", description="`utterance`: one set of scores; `frame`: also 50 per "
+                                 "second, with merged segments.")
+    return_embedding: bool = Field(False, description="Also return the utterance embedding.")
+    trim_silence: bool = Field(False, description="Trim silence at both ends first.")
+
+    upload_example: ClassVar[dict[str, Any]] = {"granularity": "frame"}
+
+    @field_validator("granularity", mode="before")
+    @classmethod
+    def _granularity(cls, raw: Any) -> str:
+        text = raw.strip().lower() if isinstance(raw, str) else raw
+        if text not in _GRANULARITIES:
+            raise refuse(f"granularity must be one of {', '.join(_GRANULARITIES)}, "
+                         f"not {shown(raw)}")
+        return str(text)
+
+    @field_validator("return_embedding", "trim_silence", mode="before")
+    @classmethod
+    def _flags(cls, raw: Any, info: ValidationInfo) -> bool:
+        return parse_flag(str(info.field_name), raw)
+
+    def options(self) -> EmotionOptions:
+        return EmotionOptions(granularity=Granularity(self.granularity),
+                              return_embedding=self.return_embedding,
+                              trim_silence=self.trim_silence)
 
 
 def _frames_body(frames: FrameScores, result: EmotionResult, frame_rate: float
@@ -88,12 +109,13 @@ def emotion_body(pipeline: Emotion2vecPipeline, result: EmotionResult,
     return body
 
 
-@router.post("/emotion")
+@router.post("/emotion", openapi_extra=upload_body(EmotionParams))
 async def emotion(request: Request) -> dict[str, Any]:
     """The speech emotion of an upload: top emotion, all scores, optional frame timeline."""
     pipeline: Emotion2vecPipeline = get_pipeline(request, "emotion2vec")
+    check_admission(request, "emotion2vec")
+    form, params = await read_upload(request, get_settings(request), EmotionParams)
+    options = params.options()
     async with admit(request, "emotion2vec"):
-        form = await read_audio_input(request, get_settings(request))
-        options = parse_options(form)
         result = await pipeline.analyse(form.data, options)
     return emotion_body(pipeline, result, options)
