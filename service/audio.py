@@ -5,14 +5,16 @@ frames, an MP3 without a Xing header reports a guess, a WAV may claim 4 GB), and
 hundred KB of FLAC can expand to an hour of PCM. So every limit is enforced on what has
 actually been decoded, block by block: the loop stops as soon as `max_seconds` is passed
 (reject -> 413 at once, truncate -> keep the first `max_seconds`), and each block is
-downmixed before it is kept, so memory is bounded by `max_seconds` of mono audio whatever
-the file says about itself.
+downmixed and resampled to the target rate before it is kept, so memory is bounded by
+`max_seconds` of mono audio at the rate the model takes, whatever the file says about
+itself and whatever its own rate.
 
 Decoder choice (measured in ../shared/notes/audio-io.md): libsndfile (soundfile) is the
 fastest for WAV/FLAC and reads a capped window sample-exactly; PyAV (FFmpeg) for all else
 (MP3, Ogg Vorbis/Opus, AAC/M4A with the moov atom anywhere, WebM from browsers), fed from a
-seekable BytesIO. No temp files, no subprocess. Resampling is soxr HQ. Decoding is CPU
-work and synchronous: callers run it in a worker thread.
+seekable BytesIO. No temp files, no subprocess. Resampling is soxr HQ, streamed block by
+block (the same samples as one call). Decoding is CPU work and synchronous: callers run
+it in a worker thread.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ ACCEPTED_FORMATS = "WAV, FLAC, MP3, OGG (Vorbis or Opus), Opus, AAC/M4A, WebM (O
 MAX_CHANNELS = 64
 """More channels than any real recording has: beyond it the upload is refused (415)."""
 MIN_SOURCE_RATE, MAX_SOURCE_RATE = 1_000, 768_000
+FULL_LENGTH_RATE = 96_000
+"""Up to this source rate the seconds limit holds as it is; above, the limit is that many
+seconds' worth of samples at this rate (655,350 Hz: 15 % of the seconds), so decoding
+work stays bounded by the limit whatever rate a file claims."""
+MAX_SAMPLE_PEAK = 1000.0
+"""Float audio beyond ±1000 (60 dB over full scale) is refused: no recording is that
+loud, and a float WAV of 1e30 overflowed the log-mel into NaN scores."""
 _BLOCK_FRAMES = 65_536
 _AV_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError, UnicodeDecodeError)
 _SF_ERRORS = (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError)
@@ -66,9 +75,11 @@ class DecodedAudio:
 
 @dataclass
 class _Raw:
-    """What a decoder backend hands back, at the source rate."""
+    """What a decoder backend hands back: mono at the target rate, described at the
+    source's rate (`frames` decoded at `rate`)."""
 
     mono: np.ndarray
+    frames: int
     rate: int
     channels: int
     container: str
@@ -79,20 +90,34 @@ class _Raw:
 
 
 class _Collector:
-    """Keeps decoded mono blocks until `max_seconds` of audio; the one place the cap lives."""
+    """Keeps decoded mono blocks until `max_seconds` of audio, resampled to the target rate
+    as they come: the one place the cap lives. Memory is bounded by what the model will
+    see (`max_seconds` at the target rate), not by the source's rate: 280 s of a FLAC
+    at 655,350 Hz held 1.36 GB at its own rate, 18 MB at Emotion2Vec+'s 16 kHz."""
 
-    def __init__(self, max_seconds: float, on_long: OnLong) -> None:
+    def __init__(self, max_seconds: float, on_long: OnLong, target_rate: int) -> None:
         self.max_seconds = max_seconds
         self.on_long = on_long
+        self.target_rate = target_rate
+        self.rate = target_rate
         self.blocks: list[np.ndarray] = []
         self.frames = 0
+        """Source frames kept."""
         self.cap = 0
         self.truncated = False
         self.claimed_s: float | None = None
+        self._stream: soxr.ResampleStream | None = None
+        self._pending: list[np.ndarray] = []
+        self._pending_frames = 0
 
     def start(self, rate: int, claimed_s: float | None) -> None:
-        self.cap = math.floor(self.max_seconds * rate + 1e-6)
+        self.rate = rate
+        # the work is per source sample: above FULL_LENGTH_RATE the cap is in its samples
+        self.cap = math.floor(self.max_seconds * min(rate, FULL_LENGTH_RATE) + 1e-6)
         self.claimed_s = claimed_s
+        if rate != self.target_rate:  # the same output as one soxr.resample call
+            self._stream = soxr.ResampleStream(rate, self.target_rate, 1, dtype="float32",
+                                               quality="HQ")
 
     def add(self, mono: np.ndarray) -> bool:
         """Keep a block; True when decoding should stop (cap reached in truncate mode)."""
@@ -103,22 +128,45 @@ class _Collector:
             mono = mono[:room]
             self.truncated = True
         if len(mono):
-            self.blocks.append(mono)
             self.frames += len(mono)
+            if self._stream is None:
+                self.blocks.append(mono)
+            else:  # resampled in blocks: per 1,152-sample MP3 frame cost 15 % more
+                self._pending.append(mono)
+                self._pending_frames += len(mono)
+                if self._pending_frames >= _BLOCK_FRAMES:
+                    self._resample_pending(last=False)
         return self.truncated
+
+    def _resample_pending(self, last: bool) -> None:
+        assert self._stream is not None
+        block = (np.concatenate(self._pending) if len(self._pending) > 1 else
+                 self._pending[0] if self._pending else np.zeros(0, np.float32))
+        self.blocks.append(self._stream.resample_chunk(
+            np.ascontiguousarray(block, np.float32), last=last))
+        self._pending.clear()
+        self._pending_frames = 0
 
     def too_long(self) -> PayloadTooLarge:
         claimed = self.claimed_s
+        limit_s = self.cap / self.rate
         claim = (f" (the file says about {claimed:.0f} s)"
-                 if claimed is not None and claimed > self.max_seconds else "")
-        return PayloadTooLarge(
-            f"audio is longer than the {self.max_seconds:g} s limit{claim}"
-        )
+                 if claimed is not None and claimed > limit_s else "")
+        rate_note = ("" if self.rate <= FULL_LENGTH_RATE else
+                     f"; audio above {FULL_LENGTH_RATE} Hz gets the time of "
+                     f"{self.max_seconds:g} s at {FULL_LENGTH_RATE} Hz, here {limit_s:.1f} s")
+        return PayloadTooLarge(f"audio is longer than the {self.max_seconds:g} s limit"
+                               f"{claim}{rate_note}")
 
     def samples(self) -> np.ndarray:
-        if not self.blocks:
-            return np.zeros(0, np.float32)
-        return np.concatenate(self.blocks).astype(np.float32, copy=False)
+        """Everything kept, at the target rate: exactly round(frames * target / source)."""
+        if self._stream is not None:
+            self._resample_pending(last=True)
+            self._stream = None
+        kept = (np.concatenate(self.blocks).astype(np.float32, copy=False) if self.blocks
+                else np.zeros(0, np.float32))
+        self.blocks = [kept]
+        return _exact_length(kept, round(self.frames * self.target_rate / self.rate))
 
 
 def decode_audio(
@@ -143,12 +191,11 @@ def decode_audio(
         )
     if not data:
         raise InvalidInput("the upload is empty; send an audio file")
-    raw = _decode_native(data, max_seconds, on_long)
-    if len(raw.mono) == 0:
+    raw = _decode_native(data, max_seconds, on_long, target_rate)
+    samples = raw.mono
+    if raw.frames == 0:
         raise InvalidInput("the audio contains no samples")
-    if not np.isfinite(raw.mono).all():
-        raise InvalidInput("the audio contains non-finite (NaN or infinite) samples")
-    samples = resample(raw.mono, raw.rate, target_rate)
+    _check_level(samples)
     duration = len(samples) / target_rate
     if duration < min_seconds:
         raise InvalidInput(
@@ -167,8 +214,20 @@ def decode_audio(
     )
 
 
+def _check_level(samples: np.ndarray) -> None:
+    """Finite samples within MAX_SAMPLE_PEAK: one pass (np.max propagates NaN)."""
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    if math.isnan(peak) or math.isinf(peak):
+        raise InvalidInput("the audio contains non-finite (NaN or infinite) samples")
+    if peak > MAX_SAMPLE_PEAK:
+        raise InvalidInput(
+            f"the audio's samples reach {peak:.3g}; float audio must stay within "
+            f"±{MAX_SAMPLE_PEAK:g} (full scale is ±1): features of louder audio overflow"
+        )
+
+
 def _original_duration(raw: _Raw) -> float | None:
-    decoded_s = len(raw.mono) / raw.rate
+    decoded_s = raw.frames / raw.rate
     if not raw.truncated:
         return decoded_s
     # A claim shorter than what was already decoded is a lie: say we do not know.
@@ -177,22 +236,25 @@ def _original_duration(raw: _Raw) -> float | None:
     return None
 
 
-def _decode_native(data: bytes, max_seconds: float, on_long: OnLong) -> _Raw:
+def _decode_native(data: bytes, max_seconds: float, on_long: OnLong, target_rate: int) -> _Raw:
     """libsndfile for WAV/FLAC, FFmpeg for the rest and for what libsndfile chokes on."""
+    def collector() -> _Collector:
+        return _Collector(max_seconds, on_long, target_rate)
+
     if not _looks_like_sndfile(data):
-        return _decode_with_av(data, _Collector(max_seconds, on_long))
-    raw = _decode_with_soundfile(data, _Collector(max_seconds, on_long))
+        return _decode_with_av(data, collector())
+    raw = _decode_with_soundfile(data, collector())
     if raw is not None and not raw.incomplete:
         return raw
     # libsndfile drops the whole block that holds a decode error (a FLAC cut mid-stream
     # loses up to 1.4 s); FFmpeg keeps every frame before the error, so it gets a go.
     try:
-        rescued = _decode_with_av(data, _Collector(max_seconds, on_long))
+        rescued = _decode_with_av(data, collector())
     except UnsupportedMedia:
-        if raw is None or len(raw.mono) == 0:
+        if raw is None or raw.frames == 0:
             raise
         return raw
-    if raw is not None and len(raw.mono) > len(rescued.mono):
+    if raw is not None and raw.frames > rescued.frames:
         return raw
     rescued.incomplete = rescued.incomplete or raw is not None
     return rescued
@@ -243,8 +305,9 @@ def _decode_with_soundfile(data: bytes, collector: _Collector) -> _Raw | None:
                     break
         except _SF_ERRORS:
             incomplete = True
-        return _Raw(collector.samples(), f.samplerate, f.channels, f.format.lower(),
-                    f.subtype.lower(), collector.truncated, collector.claimed_s, incomplete)
+        return _Raw(collector.samples(), collector.frames, f.samplerate, f.channels,
+                    f.format.lower(), f.subtype.lower(), collector.truncated,
+                    collector.claimed_s, incomplete)
 
 
 def _decode_with_av(data: bytes, collector: _Collector) -> _Raw:
@@ -261,7 +324,7 @@ def _decode_with_av(data: bytes, collector: _Collector) -> _Raw:
         rate = ctx.sample_rate
         collector.start(rate, _claimed_seconds(container, stream))
         incomplete = _av_frames(container, stream, rate, collector)
-        return _Raw(collector.samples(), rate, ctx.channels,
+        return _Raw(collector.samples(), collector.frames, rate, ctx.channels,
                     container.format.name.split(",")[0], ctx.name,
                     collector.truncated, collector.claimed_s, incomplete)
 
@@ -328,15 +391,19 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     samples = np.ascontiguousarray(samples, dtype=np.float32)
     if from_rate == to_rate:
         return samples
-    want = round(len(samples) * to_rate / from_rate)
     if len(samples) == 0:
         return np.zeros(0, np.float32)
     out = soxr.resample(samples, from_rate, to_rate, quality="HQ")
-    if len(out) > want:
-        out = out[:want]
-    elif len(out) < want:
-        out = np.pad(out, (0, want - len(out)))
-    return np.ascontiguousarray(out, dtype=np.float32)
+    return _exact_length(out, round(len(samples) * to_rate / from_rate))
+
+
+def _exact_length(samples: np.ndarray, want: int) -> np.ndarray:
+    """Cut or zero-pad to `want` samples (soxr may be off by one at the end)."""
+    if len(samples) > want:
+        samples = samples[:want]
+    elif len(samples) < want:
+        samples = np.pad(samples, (0, want - len(samples)))
+    return np.ascontiguousarray(samples, dtype=np.float32)
 
 
 def rms_dbfs(samples: np.ndarray) -> float:

@@ -87,7 +87,8 @@ class AuthMiddleware:
         message = "missing or wrong API key: send `Authorization: Bearer <key>`"
         body = json.dumps(error_body_for(scope, 401, "unauthorized", message)).encode()
         await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+            (b"www-authenticate", b"Bearer")]})
         await send({"type": "http.response.body", "body": body})
 
     def _authorised(self, scope: Scope) -> bool:

@@ -142,5 +142,6 @@ async def _refuse(scope: Scope, send: Send, exc: ReadLimitExceeded) -> None:
     """Answer and close: the rest of the body is not read (that is the point)."""
     body = json.dumps(error_body_for(scope, exc.status, exc.code, exc.message)).encode()
     await send({"type": "http.response.start", "status": exc.status, "headers": [
-        (b"content-type", b"application/json"), (b"connection", b"close")]})
+        (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+        (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})

@@ -3,8 +3,9 @@
 uvicorn has a keep-alive timeout but no limit on how long a request's line and headers
 may take, and its `limit_concurrency` answers a plain-text 503 without Retry-After. Both
 matter against slow clients: 2,000 connections that never finish their headers stayed
-open for ever. `GuardedProtocol` adds the two, at the protocol (before any ASGI code
-runs): a header deadline (408 JSON, then close) and a cap on open connections (the
+open for ever; and nothing caps the size of the headers (200 KB were taken). So
+`GuardedProtocol` adds, at the protocol (before any ASGI code runs): a header deadline
+(408 JSON, then close), a header size cap (431) and a cap on open connections (the
 connection over the cap is answered 503 + Retry-After in this service's error shape).
 Body-reading limits live in `service.read_limits`, where the ASGI receive is.
 
@@ -68,9 +69,13 @@ class GuardedProtocol(HttpToolsProtocol):
 
     header_timeout_s: ClassVar[float] = 10.0
     max_connections: ClassVar[int] = 1024
+    max_header_bytes: ClassVar[int] = 65536
     refusal_app: ClassVar[ConnectionRefusal]
     timeout_answer: ClassVar[bytes]
+    too_big_answer: ClassVar[bytes]
     _header_timer: asyncio.TimerHandle | None = None
+    _header_bytes = 0
+    _headers_too_big = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -78,13 +83,41 @@ class GuardedProtocol(HttpToolsProtocol):
             self.app = self.refusal_app  # answered once its headers are in
         self._arm_header_timer()
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._headers_too_big and not self.transport.is_closing():
+            self.transport.write(self.too_big_answer)
+            self.transport.close()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._header_bytes = 0
         self._arm_header_timer()  # a kept-alive connection's next request
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value))
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
-        super().on_headers_complete()
+        if not self._headers_too_big:  # else answered 431 once the parser returns
+            super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._headers_too_big:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._headers_too_big:
+            super().on_message_complete()
+
+    def _count_header_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        self._headers_too_big = self._headers_too_big or self._header_bytes > self.max_header_bytes
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
@@ -115,9 +148,15 @@ def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
         408, "Request Timeout", "header_timeout",
         f"the request line and headers did not arrive within {settings.header_timeout_s:g} s "
         "(AUDIOSERVE_HEADER_TIMEOUT_S)")
+    too_big_answer = _raw_response(
+        431, "Request Header Fields Too Large", "headers_too_large",
+        f"the request line and headers exceed {settings.max_header_bytes} bytes "
+        "(AUDIOSERVE_MAX_HEADER_BYTES)")
     return type("GuardedProtocol", (GuardedProtocol,), {
         "header_timeout_s": settings.header_timeout_s,
         "max_connections": settings.max_connections,
+        "max_header_bytes": settings.max_header_bytes,
+        "too_big_answer": too_big_answer,
         "refusal_app": ConnectionRefusal(settings.max_connections),
         "timeout_answer": timeout_answer,
     })

@@ -155,6 +155,8 @@ class Settings(BaseSettings):
     """Open connections; one more is answered 503 + Retry-After and closed."""
     header_timeout_s: float = Field(10.0, gt=0)
     """A request's line and headers must arrive within this (408 and closed)."""
+    max_header_bytes: int = Field(65536, ge=1024)
+    """Request line plus headers; more -> 431 and closed."""
     body_idle_timeout_s: float = Field(10.0, gt=0)
     """Longest pause between two pieces of a request body (408)."""
     body_timeout_s: float = Field(30.0, gt=0)
