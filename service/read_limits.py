@@ -1,8 +1,9 @@
 """Limits on reading a request body: its size, its pauses and its total time.
 
 Pure ASGI, wrapped around `receive`, so every limit holds while the body is still
-arriving and before any of it is parsed: over the size limit -> 413 (by Content-Length at
-once, else as soon as the bytes pass it); no byte for `body_idle_timeout_s`, or the whole
+arriving and before any of it is parsed: over the size limit -> 413 (by Content-Length
+when the body is first asked for, before a byte of it is read; else as soon as the bytes
+pass it: the auth check, inside this, answers an unauthenticated client first); no byte for `body_idle_timeout_s`, or the whole
 body not in by its deadline -> 408, connection closed. The deadline is `body_timeout_s`
 plus one second per `body_min_rate` bytes received (the rule of Apache's mod_reqtimeout):
 a large upload on a slow link gets the time its size needs, a client dripping a byte a
@@ -61,12 +62,8 @@ class ReadLimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope["path"])
-        declared = _content_length(scope)
-        if declared is not None and declared > limit.max_bytes:
-            await _refuse(scope, send, _too_large(limit))
-            return
-        reader = _BodyReader(receive, limit, self.timeouts)
+        reader = _BodyReader(receive, self.limit_for(scope["path"]), self.timeouts,
+                             declared=_content_length(scope))
         started = False
 
         async def tracking_send(message: Message) -> None:
@@ -83,10 +80,12 @@ class ReadLimitsMiddleware:
 
 
 class _BodyReader:
-    def __init__(self, receive: Receive, limit: BodyLimit, timeouts: ReadTimeouts) -> None:
+    def __init__(self, receive: Receive, limit: BodyLimit, timeouts: ReadTimeouts,
+                 declared: int | None) -> None:
         self._receive = receive
         self.limit = limit
         self.timeouts = timeouts
+        self.declared = declared
         self.received = 0
         self.complete = False
         self.started = time.monotonic()
@@ -94,6 +93,8 @@ class _BodyReader:
     async def receive(self) -> Message:
         if self.complete:
             return await self._receive()
+        if self.declared is not None and self.declared > self.limit.max_bytes:
+            raise _too_large(self.limit)  # refused unread, once something wants the body
         t = self.timeouts
         deadline = self.started + t.total_s + self.received / t.min_rate
         remaining = deadline - time.monotonic()

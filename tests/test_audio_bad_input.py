@@ -142,3 +142,67 @@ def test_an_hour_of_silence_is_refused_or_capped_fast_with_bounded_memory(case: 
     assert peak < 40_000_000  # ~2 MB per 30 s of 16 kHz mono, a few copies of it
     expected = None if claimed is None else pytest.approx(claimed, abs=0.1)
     assert result.original_duration_s == expected
+
+
+# -- memory by what the model sees, not by the source rate (issue 13, item 5) -----------
+
+@pytest.mark.parametrize(("on_long", "seconds"), [("truncate", 60), ("reject", 20)])
+def test_high_rate_audio_costs_memory_at_the_target_rate(on_long: str, seconds: int) -> None:
+    """FLAC at 655,350 Hz, a few hundred KB: kept at the source rate it expanded to 1.36 GB
+    for one request. Resampled block by block, peak memory is what 16 kHz needs."""
+    from bench.hostile import high_rate_flac
+
+    data = high_rate_flac(seconds)
+    tracemalloc.start()
+    try:
+        result, elapsed = _timed(data, max_seconds=300.0, on_long=on_long)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    at_source_rate = seconds * 655_350 * 4
+    assert peak < at_source_rate / 10, f"peak {peak / 2**20:.0f} MB"
+    assert elapsed < 5 * FAST_S
+    assert isinstance(result, DecodedAudio), result
+    kept_s = min(seconds, 300 * 96_000 / 655_350)  # 300 s x 96,000 samples' worth at most
+    assert result.truncated == (seconds > kept_s)
+    assert result.duration_s == pytest.approx(kept_s, abs=0.01)
+
+
+def test_decoding_work_is_bounded_above_96_khz() -> None:
+    """The seconds limit counts samples at 96 kHz: 280 s at 655,350 Hz is refused after
+    300 s x 96,000 samples, with a message that says so."""
+    from bench.hostile import high_rate_flac
+
+    result, elapsed = _timed(high_rate_flac(280), max_seconds=300.0, on_long="reject")
+    assert isinstance(result, PayloadTooLarge), result
+    assert "above 96000 Hz" in result.message and "43.9 s" in result.message
+    assert elapsed < 2 * FAST_S
+
+
+def test_streamed_resampling_equals_one_call() -> None:
+    """Block-by-block soxr gives the samples one soxr call gives."""
+    from service.audio import resample
+
+    tone = make_tone(7.3, rate=44_100, channels=1)
+    decoded = decode_audio(write_audio(tone, 44_100, "wav"), target_rate=48_000,
+                           max_seconds=30.0)
+    direct = resample(sf.read(io.BytesIO(write_audio(tone, 44_100, "wav")),
+                              dtype="float32")[0], 44_100, 48_000)
+    np.testing.assert_array_equal(decoded.samples, direct)
+
+
+@pytest.mark.parametrize("value", [1e30, -3e8, 1001.0, float("inf"), float("nan")])
+def test_samples_beyond_the_peak_limit_are_refused(value: float) -> None:
+    """A float WAV of 1e30 overflowed the log-mel into NaN scores (200 with null)."""
+    from bench.hostile import float_wav_with
+
+    result, _ = _timed(float_wav_with(value))
+    assert isinstance(result, InvalidInput), result
+    assert "±1000" in result.message or "non-finite" in result.message
+
+
+def test_loud_but_sane_float_audio_is_kept() -> None:
+    from bench.hostile import float_wav_with
+
+    result, _ = _timed(float_wav_with(999.0))
+    assert isinstance(result, DecodedAudio)

@@ -212,6 +212,15 @@ def test_json_refusals(client: TestClient) -> None:
     assert r.status_code == 415
 
 
+def test_upload_over_the_body_limit_is_413_naming_the_setting(clap_models_dir: Path) -> None:
+    with running_app(models_dir=clap_models_dir, models="clap", max_upload_bytes=4096,
+                     warmup=False) as c:
+        big = b"x" * 200_000  # over 4096 * 4/3 + 64 KiB of JSON
+        for content_type in ("multipart/form-data; boundary=x", "application/json"):
+            r = c.post("/classify", content=big, headers={"content-type": content_type})
+            _error(r, 413, "AUDIOSERVE_MAX_UPLOAD_BYTES")
+
+
 def test_undecodable_audio_is_415(client: TestClient) -> None:
     r = _classify(client, b"this is not audio at all" * 10, labels=LABELS)
     assert r.status_code == 415, r.text

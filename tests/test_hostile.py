@@ -1,0 +1,64 @@
+"""The hostile corpus (bench/hostile.py) through the real app over a real socket: every
+case gets one of its expected statuses (a clear 4xx, or a valid 2xx) within a second, as
+JSON naming the problem, while /healthz never takes more than 100 ms (the guard), and
+the connection, when the server keeps it, still serves."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.hostile import Case, corpus, send_case
+from tests.healthz_guard import healthz_guard
+from tests.tts_server import RunningServer, serve_app
+
+pytest_plugins = ("tests.clap_fixtures", "tests.emotion2vec_fixtures")
+
+CASES = corpus()
+KEY = "hostile-test-key"
+
+
+@pytest.fixture(scope="module")
+def models_dir(clap_models_dir: Path, emotion_models_dir: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hostile_models")
+    (root / "clap").symlink_to(clap_models_dir / "clap")
+    (root / "emotion2vec").symlink_to(emotion_models_dir / "emotion2vec")
+    return root
+
+
+@pytest.fixture(scope="module")
+def open_server(models_dir: Path) -> Iterator[RunningServer]:
+    with serve_app(models_dir=models_dir, warmup=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def keyed_server(models_dir: Path) -> Iterator[RunningServer]:
+    with serve_app(models_dir=models_dir, models="clap", warmup=False, api_key=KEY) as server:
+        yield server
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_case_is_answered_at_once(case: Case, open_server: RunningServer,
+                                          keyed_server: RunningServer) -> None:
+    server = keyed_server if case.api_key else open_server
+    with healthz_guard(server.url):
+        answer = send_case(server.host, server.port, case)
+    assert answer.status in case.expect, (answer.status, answer.body[:300])
+    assert answer.seconds < 1.0, f"{answer.seconds:.2f} s to answer"
+    if answer.status >= 400:
+        error = json.loads(answer.body)["error"]
+        assert error["message"] and error.get("code"), error
+    if answer.keep_alive_ok is not None:
+        assert answer.keep_alive_ok, "the connection broke after the answer"
+
+
+def test_the_corpus_covers_every_class() -> None:
+    classes = {c.klass.split()[0] for c in CASES}
+    assert {"1", "5", "7", "8", "9", "11"} <= classes
+    for klass in classes:
+        assert sum(c.klass.split()[0] == klass for c in CASES) >= 2, klass

@@ -1,0 +1,100 @@
+"""The HTTP surface a hostile client sees (issue 13, item 11): the access log cannot be
+forged, the logged client address cannot be spoofed unless a proxy is trusted, the API
+docs follow `docs_public` when a key is set, and auth comes before the body is read."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.tts_server import RunningServer, serve_app
+
+
+@pytest.fixture
+def empty_models(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def raw_get(server: RunningServer, target: str, headers: str = "") -> bytes:
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
+                     .encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    time.sleep(0.1)  # the server thread logs after it answered
+    return [r.getMessage() for r in caplog.records if r.name == "audioserve.access"]
+
+
+@pytest.fixture
+def server(empty_models: Path) -> Iterator[RunningServer]:
+    with serve_app(models_dir=empty_models) as s:
+        yield s
+
+
+@pytest.mark.parametrize("target", ["/no%0A127.0.0.1%20GET%20/forged", "/a%0D%0Ab",
+                                    "/x%1B[31mred", "/%E2%80%AEevil"])
+def test_the_access_log_cannot_be_forged(server: RunningServer, target: str,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="audioserve.access")
+    assert raw_get(server, target).startswith(b"HTTP/1.1 404")
+    lines = access_lines(caplog)
+    assert lines, "no access log line"
+    line = lines[-1]
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line, line
+    assert all(c.isprintable() for c in line), line
+    assert target.split("%")[0] in line
+
+
+def test_forwarded_for_is_not_trusted_by_default(server: RunningServer,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="audioserve.access")
+    raw_get(server, "/healthz", "X-Forwarded-For: 6.6.6.6\r\n")
+    line = access_lines(caplog)[-1]
+    assert "6.6.6.6" not in line and line.startswith("127.0.0.1:")
+
+
+def test_forwarded_for_is_taken_from_a_trusted_proxy(empty_models: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="audioserve.access")
+    with serve_app(models_dir=empty_models, forwarded_allow_ips="127.0.0.1") as server:
+        raw_get(server, "/healthz", "X-Forwarded-For: 203.0.113.7\r\n")
+        assert access_lines(caplog)[-1].startswith("203.0.113.7")
+
+
+@pytest.mark.parametrize(("docs_public", "expected"), [(False, 401), (True, 200)])
+def test_docs_follow_the_setting_when_a_key_is_set(empty_models: Path, docs_public: bool,
+                                                   expected: int) -> None:
+    with serve_app(models_dir=empty_models, api_key="k", docs_public=docs_public) as server:
+        for path in ("/docs", "/openapi.json"):
+            assert httpx.get(server.url + path).status_code == expected, path
+        assert httpx.get(server.url + "/openapi.json",
+                         headers={"Authorization": "Bearer k"}).status_code == 200
+        assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+def test_a_request_id_with_a_newline_is_replaced(server: RunningServer) -> None:
+    answer = raw_get(server, "/healthz", "X-Request-ID: abc\\n\r\n")
+    assert b"x-request-id: abc" not in answer.lower()
+
+
+def test_auth_comes_before_the_body_is_read(empty_models: Path) -> None:
+    """The 401 arrives although the client has sent only the headers of a 20 MB body:
+    nothing waited for, read or parsed it first."""
+    with serve_app(models_dir=empty_models, api_key="k") as server, \
+            socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(b"POST /tts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 20000000\r\n\r\n{\"text\": ")
+        sock.shutdown(socket.SHUT_WR)  # the rest never comes
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]

@@ -1,0 +1,190 @@
+"""Slow clients against the real server over real sockets (issue 13, item 4): headers
+that never finish, bodies that drip or pause, more connections than the cap. Each is cut
+off with a JSON answer naming its limit; none holds an admission slot; /healthz stays
+fast throughout (the guard); a large upload on a slow but honest link is still served."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.hostile import MULTIPART, multipart, tone_wav
+from tests.healthz_guard import healthz_guard
+from tests.tts_server import RunningServer, serve_app
+
+pytest_plugins = ("tests.clap_fixtures",)
+
+LIMITS = {"header_timeout_s": 1.0, "body_idle_timeout_s": 0.6, "body_timeout_s": 1.5,
+          "body_min_rate": 100_000, "max_connections": 24, "max_in_flight": 2}
+
+
+@pytest.fixture(scope="module")
+def server(clap_models_dir: Path) -> Iterator[RunningServer]:
+    with serve_app(models_dir=clap_models_dir, models="clap", warmup=False, **LIMITS) as s:
+        yield s
+
+
+def classify_body() -> bytes:
+    return multipart([("labels", "dog"), ("labels", "rain")], tone_wav(1.0))
+
+
+def head(server: RunningServer, body_length: int, path: str = "/classify") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: {server.host}:{server.port}\r\n"
+            f"Content-Type: {MULTIPART}\r\nContent-Length: {body_length}\r\n\r\n").encode()
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not chunk:
+            break
+        data += chunk
+        header, sep, rest = data.partition(b"\r\n\r\n")
+        if sep:
+            headers = dict(line.decode().lower().split(": ", 1)
+                           for line in header.split(b"\r\n")[1:])
+            if len(rest) >= int(headers.get("content-length", "0")):
+                return int(header.split()[1]), headers, rest
+    return 0, {}, data
+
+
+def error_message(body: bytes) -> str:
+    return str(json.loads(body)["error"]["message"])
+
+
+def legit_classify(server: RunningServer) -> int:
+    body = classify_body()
+    with socket.create_connection((server.host, server.port), timeout=30) as sock:
+        sock.sendall(head(server, len(body)) + body)
+        return read_answer(sock)[0]
+
+
+def test_headers_that_never_finish_are_cut_off(server: RunningServer) -> None:
+    with healthz_guard(server.url), socket.create_connection(
+            (server.host, server.port), timeout=10) as sock:
+        sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+        started = time.monotonic()
+        status, _, body = read_answer(sock)
+    assert status == 408 and "AUDIOSERVE_HEADER_TIMEOUT_S" in error_message(body)
+    assert 0.8 < time.monotonic() - started < 3.0
+
+
+def test_a_dripping_body_gets_408_and_the_service_serves_meanwhile(server: RunningServer
+                                                                   ) -> None:
+    body = classify_body()
+    with healthz_guard(server.url), socket.create_connection(
+            (server.host, server.port), timeout=10) as sock:
+        sock.sendall(head(server, len(body)))
+        started = time.monotonic()
+        for byte in body[:40]:  # a byte every 0.1 s: never idle, never done
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.1)
+        status, headers, answer = read_answer(sock)
+        elapsed = time.monotonic() - started
+    assert status == 408, answer
+    assert "did not arrive in time" in error_message(answer)
+    assert headers.get("connection") == "close"
+    assert elapsed < 3.0
+    assert legit_classify(server) == 200
+
+
+def test_a_pausing_body_gets_408_naming_the_idle_limit(server: RunningServer) -> None:
+    body = classify_body()
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(head(server, len(body)) + body[: len(body) // 2])
+        status, _, answer = read_answer(sock)  # and then silence
+    assert status == 408 and "AUDIOSERVE_BODY_IDLE_TIMEOUT_S" in error_message(answer)
+
+
+def test_slow_uploads_hold_no_admission_slot(server: RunningServer) -> None:
+    """max_in_flight is 2: six dripping uploads used to take every slot (503 for all)."""
+    body = classify_body()
+    socks = [socket.create_connection((server.host, server.port), timeout=10)
+             for _ in range(6)]
+    stop = threading.Event()
+
+    def drip() -> None:
+        while not stop.is_set():
+            for sock in socks:
+                try:
+                    sock.sendall(b"-")
+                except OSError:
+                    pass
+            time.sleep(0.1)
+
+    try:
+        for sock in socks:
+            sock.sendall(head(server, len(body)) + body[:100])
+        dripper = threading.Thread(target=drip, daemon=True)
+        dripper.start()
+        time.sleep(0.3)
+        with healthz_guard(server.url):
+            statuses = [legit_classify(server) for _ in range(4)]
+        assert statuses == [200] * 4
+    finally:
+        stop.set()
+        for sock in socks:
+            sock.close()
+
+
+def test_an_honest_slow_upload_earns_its_time(clap_models_dir: Path) -> None:
+    """300 KB at ~300 KB/s takes ~1 s, twice body_timeout_s: the min-rate rule allows it
+    (0.5 s + 1 s per 100 KB received); without that rule the same upload gets 408."""
+    body = multipart([("labels", "dog"), ("labels", "rain")], tone_wav(9.0))
+    for min_rate, expected in ((100_000, 200), (10**9, 408)):
+        with serve_app(models_dir=clap_models_dir, models="clap", warmup=False,
+                       body_timeout_s=0.5, body_min_rate=min_rate) as server, \
+                socket.create_connection((server.host, server.port), timeout=10) as sock:
+            sock.sendall(head(server, len(body)))
+            try:
+                for i in range(0, len(body), 30_000):
+                    sock.sendall(body[i:i + 30_000])
+                    time.sleep(0.1)
+            except OSError:
+                pass  # refused mid-way: the answer is waiting
+            assert read_answer(sock)[0] == expected, min_rate
+
+
+def test_connections_over_the_cap_get_503_with_retry_after(server: RunningServer) -> None:
+    held = [socket.create_connection((server.host, server.port), timeout=10)
+            for _ in range(LIMITS["max_connections"])]
+    try:
+        time.sleep(0.2)
+        with socket.create_connection((server.host, server.port), timeout=10) as extra:
+            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, body = read_answer(extra)
+        assert status == 503 and headers["retry-after"] == "1"
+        assert "AUDIOSERVE_MAX_CONNECTIONS" in error_message(body)
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    assert legit_classify(server) == 200
+
+
+def test_many_half_sent_requests_are_all_closed(server: RunningServer) -> None:
+    """What 2,000 half-sent requests did (all stayed open), within the connection cap."""
+    socks = [socket.create_connection((server.host, server.port), timeout=10)
+             for _ in range(20)]
+    for sock in socks:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    time.sleep(LIMITS["header_timeout_s"] + 0.8)
+    closed = 0
+    for sock in socks:
+        status, _, _ = read_answer(sock)
+        closed += status == 408
+        sock.close()
+    assert closed == len(socks)
