@@ -1,10 +1,11 @@
 """Limits on reading a request body: its size, its pauses and its total time.
 
 Pure ASGI, wrapped around `receive`, so every limit holds while the body is still
-arriving and before any of it is parsed: over the size limit -> 413 (by Content-Length
-when the body is first asked for, before a byte of it is read; else as soon as the bytes
-pass it: the auth check, inside this, answers an unauthenticated client first); no byte for `body_idle_timeout_s`, or the whole
-body not in by its deadline -> 408, connection closed. The deadline is `body_timeout_s`
+arriving and before any of it is parsed. Over the size limit -> 413: by Content-Length
+when the body is first asked for, before a byte of it is read (so the auth check, inside
+this, answers an unauthenticated client first), else as soon as the bytes pass it. No
+byte for `body_idle_timeout_s`, or the whole body not in by its deadline -> 408,
+connection closed. The deadline is `body_timeout_s`
 plus one second per `body_min_rate` bytes received (the rule of Apache's mod_reqtimeout):
 a large upload on a slow link gets the time its size needs, a client dripping a byte a
 second is cut off after `body_timeout_s`. Routes read the whole body before they take an

@@ -5,6 +5,7 @@ fast throughout (the guard); a large upload on a slow but honest link is still s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -119,10 +120,8 @@ def test_slow_uploads_hold_no_admission_slot(server: RunningServer) -> None:
     def drip() -> None:
         while not stop.is_set():
             for sock in socks:
-                try:
+                with contextlib.suppress(OSError):
                     sock.sendall(b"-")
-                except OSError:
-                    pass
             time.sleep(0.1)
 
     try:
@@ -149,12 +148,10 @@ def test_an_honest_slow_upload_earns_its_time(clap_models_dir: Path) -> None:
                        body_timeout_s=0.5, body_min_rate=min_rate) as server, \
                 socket.create_connection((server.host, server.port), timeout=10) as sock:
             sock.sendall(head(server, len(body)))
-            try:
+            with contextlib.suppress(OSError):  # refused mid-way: the answer is waiting
                 for i in range(0, len(body), 30_000):
                     sock.sendall(body[i:i + 30_000])
                     time.sleep(0.1)
-            except OSError:
-                pass  # refused mid-way: the answer is waiting
             assert read_answer(sock)[0] == expected, min_rate
 
 
