@@ -69,6 +69,13 @@ class InvalidInput(ApiError):
     status, code = 422, "invalid_input"
 
 
+class NonFiniteResult(ApiError):
+    """A model answered NaN or infinity for this input (the decoder already refuses
+    non-finite and absurdly loud audio; this is the net behind it)."""
+
+    status, code = 422, "non_finite_result"
+
+
 class ServiceOverloaded(ApiError):
     status, code = 503, "overloaded"
 

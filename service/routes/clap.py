@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from fastapi import APIRouter, Request
+import numpy as np
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service.deps import admit, check_admission, get_pipeline, get_settings, read_upload
@@ -31,6 +32,14 @@ from service.routes.params import (
     parse_positive_int,
     refuse,
     settings_of,
+)
+from service.routes.responses import (
+    JSON_ERRORS,
+    UPLOAD_ERRORS,
+    ClassifyAnswer,
+    EmbedAudioAnswer,
+    EmbedTextAnswer,
+    model_response,
 )
 from service.routes.upload_schema import upload_body
 
@@ -146,30 +155,7 @@ def classify_body(pipeline: ClapPipeline, result: ClassifyResult) -> dict[str, A
     return body
 
 
-# -- routes ---------------------------------------------------------------------------
-
-@router.post("/classify", openapi_extra=upload_body(ClassifyParams))
-async def classify(request: Request) -> dict[str, Any]:
-    """Zero-shot classification of an audio upload against free-text labels."""
-    pipeline: ClapPipeline = get_pipeline(request, "clap")
-    check_admission(request, "clap")
-    form, params = await read_upload(request, get_settings(request), ClassifyParams)
-    async with admit(request, "clap"):
-        result = await pipeline.classify(
-            form.data, params.labels, prompt_template=params.prompt_template,
-            top_k=params.top_k, per_window=params.per_window,
-        )
-    return classify_body(pipeline, result)
-
-
-@router.post("/embed/audio", openapi_extra=upload_body(EmbedAudioParams))
-async def embed_audio(request: Request) -> dict[str, Any]:
-    """The clip's L2-normalised CLAP embedding (mean over its 10 s windows)."""
-    pipeline: ClapPipeline = get_pipeline(request, "clap")
-    check_admission(request, "clap")
-    form, _ = await read_upload(request, get_settings(request), EmbedAudioParams)
-    async with admit(request, "clap"):
-        audio = await pipeline.embed_audio(form.data)
+def embed_audio_body(pipeline: ClapPipeline, audio: AudioEmbedding) -> dict[str, Any]:
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": 0, "embedding": audio.embedding.tolist()}],
@@ -179,8 +165,48 @@ async def embed_audio(request: Request) -> dict[str, Any]:
     }
 
 
-@router.post("/embed/text")
-async def embed_text(request: Request, body: EmbedTextRequest) -> dict[str, Any]:
+def embed_text_body(pipeline: ClapPipeline, embeddings: np.ndarray, tokens: int
+                    ) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": row.tolist()}
+                 for i, row in enumerate(embeddings)],
+        **_model_fields(pipeline),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+# -- routes ---------------------------------------------------------------------------
+
+@router.post("/classify", openapi_extra=upload_body(ClassifyParams),
+             responses={200: {"model": ClassifyAnswer}, **UPLOAD_ERRORS})
+async def classify(request: Request) -> Response:
+    """Zero-shot classification of an audio upload against free-text labels."""
+    pipeline: ClapPipeline = get_pipeline(request, "clap")
+    check_admission(request, "clap")
+    form, params = await read_upload(request, get_settings(request), ClassifyParams)
+    async with admit(request, "clap"):
+        result = await pipeline.classify(
+            form.data, params.labels, prompt_template=params.prompt_template,
+            top_k=params.top_k, per_window=params.per_window,
+        )
+    return await model_response(request, ClassifyAnswer, classify_body, pipeline, result)
+
+
+@router.post("/embed/audio", openapi_extra=upload_body(EmbedAudioParams),
+             responses={200: {"model": EmbedAudioAnswer}, **UPLOAD_ERRORS})
+async def embed_audio(request: Request) -> Response:
+    """The clip's L2-normalised CLAP embedding (mean over its 10 s windows)."""
+    pipeline: ClapPipeline = get_pipeline(request, "clap")
+    check_admission(request, "clap")
+    form, _ = await read_upload(request, get_settings(request), EmbedAudioParams)
+    async with admit(request, "clap"):
+        audio = await pipeline.embed_audio(form.data)
+    return await model_response(request, EmbedAudioAnswer, embed_audio_body, pipeline, audio)
+
+
+@router.post("/embed/text", responses={200: {"model": EmbedTextAnswer}, **JSON_ERRORS})
+async def embed_text(request: Request, body: EmbedTextRequest) -> Response:
     """L2-normalised CLAP text embeddings, in the OpenAI embeddings response shape."""
     pipeline: ClapPipeline = get_pipeline(request, "clap")
     settings = get_settings(request)
@@ -199,10 +225,5 @@ async def embed_text(request: Request, body: EmbedTextRequest) -> dict[str, Any]
                                f"{settings.max_label_chars} (AUDIOSERVE_MAX_LABEL_CHARS)")
     async with admit(request, "clap"):
         embeddings, tokens = await pipeline.embed_text(texts)
-    return {
-        "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": row.tolist()}
-                 for i, row in enumerate(embeddings)],
-        **_model_fields(pipeline),
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+    return await model_response(request, EmbedTextAnswer, embed_text_body, pipeline,
+                                embeddings, tokens)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import Field, ValidationInfo, field_validator
 
 from service.deps import admit, check_admission, get_pipeline, get_settings, read_upload
@@ -25,6 +25,7 @@ from service.pipelines.emotion2vec import (
 )
 from service.routes.common import model_fields
 from service.routes.params import UploadParams, parse_flag, refuse, shown
+from service.routes.responses import UPLOAD_ERRORS, EmotionAnswer, model_response
 from service.routes.upload_schema import upload_body
 
 router = APIRouter(tags=["emotion"], route_class=JsonBodyRoute)
@@ -109,8 +110,9 @@ def emotion_body(pipeline: Emotion2vecPipeline, result: EmotionResult,
     return body
 
 
-@router.post("/emotion", openapi_extra=upload_body(EmotionParams))
-async def emotion(request: Request) -> dict[str, Any]:
+@router.post("/emotion", openapi_extra=upload_body(EmotionParams),
+             responses={200: {"model": EmotionAnswer}, **UPLOAD_ERRORS})
+async def emotion(request: Request) -> Response:
     """The speech emotion of an upload: top emotion, all scores, optional frame timeline."""
     pipeline: Emotion2vecPipeline = get_pipeline(request, "emotion2vec")
     check_admission(request, "emotion2vec")
@@ -118,4 +120,4 @@ async def emotion(request: Request) -> dict[str, Any]:
     options = params.options()
     async with admit(request, "emotion2vec"):
         result = await pipeline.analyse(form.data, options)
-    return emotion_body(pipeline, result, options)
+    return await model_response(request, EmotionAnswer, emotion_body, pipeline, result, options)

@@ -1,0 +1,146 @@
+"""The OpenAPI schema is usable: each upload route publishes both request shapes, a
+request built from the schema and its example gets a 200, every answer matches the
+documented response model field for field, and every error status is documented."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+
+from service.errors import NonFiniteResult
+from service.routes import responses
+from tests.clap_fixtures import make_clip, wav_bytes
+from tests.conftest import running_app
+
+pytest_plugins = ("tests.clap_fixtures", "tests.emotion2vec_fixtures")
+
+UPLOADS = {"/classify": responses.ClassifyAnswer, "/embed/audio": responses.EmbedAudioAnswer,
+           "/emotion": responses.EmotionAnswer}
+
+
+@pytest.fixture(scope="module")
+def client(clap_models_dir: Path, emotion_models_dir: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    root = tmp_path_factory.mktemp("openapi_models")
+    (root / "clap").symlink_to(clap_models_dir / "clap")
+    (root / "emotion2vec").symlink_to(emotion_models_dir / "emotion2vec")
+    with running_app(models_dir=root, warmup=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def spec(client: TestClient) -> dict[str, Any]:
+    schema: dict[str, Any] = client.get("/openapi.json").json()
+    return schema
+
+
+def _operation(spec: dict[str, Any], path: str) -> dict[str, Any]:
+    operation: dict[str, Any] = spec["paths"][path]["post"]
+    return operation
+
+
+def _example_value(prop: dict[str, Any]) -> Any:
+    if "examples" in prop:
+        return prop["examples"][0]
+    return prop.get("default")
+
+
+def assert_documented(body: Any, model: type[BaseModel], where: str = "") -> None:
+    """Every field of the answer is a field of its model, recursively (no undocumented
+    drift), and the model validates it."""
+    model.model_validate(body)
+    for key, value in body.items():
+        assert key in model.model_fields, f"{where}{key} is not in {model.__name__}"
+        annotation = model.model_fields[key].annotation
+        inner = getattr(annotation, "__args__", (annotation,))
+        for candidate in inner:
+            for sub in getattr(candidate, "__args__", (candidate,)):
+                if isinstance(sub, type) and issubclass(sub, BaseModel):
+                    for item in value if isinstance(value, list) else [value]:
+                        if isinstance(item, dict):
+                            assert_documented(item, sub, f"{where}{key}.")
+
+
+@pytest.mark.parametrize("path", sorted(UPLOADS))
+def test_upload_routes_publish_both_request_shapes(spec: dict[str, Any], path: str) -> None:
+    content = _operation(spec, path)["requestBody"]["content"]
+    multipart = content["multipart/form-data"]["schema"]
+    assert multipart["properties"]["file"] == {**multipart["properties"]["file"],
+                                               "type": "string", "format": "binary"}
+    assert "file" in multipart["required"]
+    as_json = content["application/json"]["schema"]
+    assert as_json["properties"]["audio"]["contentEncoding"] == "base64"
+    assert set(multipart["properties"]) - {"file"} == set(as_json["properties"]) - {"audio"}
+
+
+@pytest.mark.parametrize("path", sorted(UPLOADS))
+def test_the_json_example_as_published_gets_a_200(client: TestClient, spec: dict[str, Any],
+                                                  path: str) -> None:
+    example = _operation(spec, path)["requestBody"]["content"]["application/json"]["example"]
+    base64.b64decode(example["audio"], validate=True)
+    r = client.post(path, json=example)
+    assert r.status_code == 200, r.text
+    assert_documented(r.json(), UPLOADS[path])
+
+
+@pytest.mark.parametrize("path", sorted(UPLOADS))
+def test_a_multipart_form_built_from_the_schema_gets_a_200(client: TestClient,
+                                                           spec: dict[str, Any],
+                                                           path: str) -> None:
+    """What Swagger UI's "Try it out" sends: the file, and each field's example."""
+    schema = _operation(spec, path)["requestBody"]["content"]["multipart/form-data"]["schema"]
+    data: dict[str, Any] = {}
+    for name, prop in schema["properties"].items():
+        value = _example_value(prop)
+        if name == "file" or value is None:
+            continue
+        data[name] = (value if isinstance(value, list) else
+                      str(value).lower() if isinstance(value, bool) else str(value))
+    wav = wav_bytes(make_clip(2.0, seed=4))
+    r = client.post(path, files={"file": ("clip.wav", wav, "audio/wav")}, data=data)
+    assert r.status_code == 200, r.text
+    assert_documented(r.json(), UPLOADS[path])
+
+
+def test_long_answers_match_their_models(client: TestClient) -> None:
+    wav = wav_bytes(make_clip(23.0, seed=9))
+    r = client.post("/classify", files={"file": ("a.wav", wav)},
+                    data={"labels": "dog,rain", "per_window": "true"})
+    assert r.status_code == 200 and len(r.json()["per_window"]) == 3
+    assert_documented(r.json(), responses.ClassifyAnswer)
+    r = client.post("/emotion", files={"file": ("a.wav", wav)},
+                    data={"granularity": "frame", "return_embedding": "true"})
+    assert r.status_code == 200 and r.json()["frames"]["scores"]
+    assert_documented(r.json(), responses.EmotionAnswer)
+    r = client.post("/embed/text", json={"input": ["a dog", "rain"]})
+    assert_documented(r.json(), responses.EmbedTextAnswer)
+
+
+@pytest.mark.parametrize("path", ["/classify", "/embed/audio", "/emotion", "/embed/text"])
+def test_every_error_status_is_documented_with_the_error_body(spec: dict[str, Any],
+                                                              path: str) -> None:
+    documented = _operation(spec, path)["responses"]
+    for status in ("401", "413", "422", "503", "504"):
+        ref = documented[status]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.endswith("/ErrorBody"), (status, ref)
+    assert "Retry-After" in documented["503"]["headers"]
+    if path != "/embed/text":
+        assert "415" in documented
+
+
+def test_a_non_finite_answer_is_refused_not_sent_as_null() -> None:
+    body = {"model": "m", "source": "s", "demo": True, "precision": "fp32", "provider": "cpu",
+            "object": "list", "data": [{"object": "embedding", "index": 0,
+                                        "embedding": [0.1, float("nan")]}],
+            "usage": {"prompt_tokens": 1, "total_tokens": 1}}
+    with pytest.raises(NonFiniteResult):
+        responses.render(responses.EmbedTextAnswer, lambda: body)
+    body["data"][0]["embedding"] = [0.1, 0.2]  # type: ignore[index]
+    assert b'"embedding":[0.1,0.2]' in responses.render(responses.EmbedTextAnswer,
+                                                       lambda: body).body
