@@ -1,6 +1,6 @@
-"""A guard for hostile-input tests: samples `GET /healthz` while a hostile request runs and
-fails if any answer took longer than the limit (100 ms): proof that the request did not
-stall the event loop, whatever status it finally got.
+"""A guard for hostile-input tests and benchmarks: samples `GET /healthz` while a hostile
+request runs and fails if any answer took longer than the limit (100 ms): proof that the
+request did not stall the event loop, whatever status it finally got.
 
     with healthz_guard(server.url) as guard:
         ...send the hostile request...
