@@ -198,11 +198,8 @@ class Emotion2vecPipeline:
         c = self.constants
         self._check_length(samples)
         t = time.perf_counter()
-        span = (post.trim_silence(samples, c.sample_rate, c.min_samples)
-                if options.trim_silence else post.Span(0, len(samples)))
+        span, spans = await self.ctx.cpu.run(self._plan, samples, options)
         clip = samples[span.start : span.end]
-        spans = post.chunk_spans(len(clip), round(self.settings.emotion_chunk_seconds
-                                                  * c.sample_rate))
         timings["trim"] = _ms(t)
         t = time.perf_counter()
         batcher, deadline = self._queue(), request_deadline()
@@ -211,9 +208,8 @@ class Emotion2vecPipeline:
             for sp in spans)))
         timings["inference"] = _ms(t)
         t = time.perf_counter()
-        probs, embedding = post.merge_utterance(chunks, self.head)
-        frames = (self._frames(chunks, spans, span)
-                  if options.granularity is Granularity.FRAME else None)
+        probs, embedding, frames = await self.ctx.cpu.run(self._postprocess, chunks, spans,
+                                                          span, options)
         timings["postprocess"] = _ms(t)
         for stage, ms in timings.items():
             self.ctx.metrics.stage_seconds.labels("emotion2vec", stage).observe(ms / 1000.0)
@@ -223,6 +219,25 @@ class Emotion2vecPipeline:
             duration_s=len(samples) / c.sample_rate, analysed=span, chunks=len(spans),
             frames=frames, timings_ms=timings,
         )
+
+    def _plan(self, samples: np.ndarray, options: EmotionOptions
+              ) -> tuple[post.Span, list[post.Span]]:
+        """The analysed span (trimmed or whole) and its chunks (CPU work: in the pool)."""
+        c = self.constants
+        span = (post.trim_silence(samples, c.sample_rate, c.min_samples)
+                if options.trim_silence else post.Span(0, len(samples)))
+        chunk = round(self.settings.emotion_chunk_seconds * c.sample_rate)
+        return span, post.chunk_spans(span.length, chunk)
+
+    def _postprocess(self, chunks: list[post.ChunkOutput], spans: list[post.Span],
+                     analysed: post.Span, options: EmotionOptions
+                     ) -> tuple[np.ndarray, np.ndarray, FrameScores | None]:
+        """Merged scores and embedding, and the frame timeline if asked (in the pool:
+        it grows with the audio)."""
+        probs, embedding = post.merge_utterance(chunks, self.head)
+        frames = (self._frames(chunks, spans, analysed)
+                  if options.granularity is Granularity.FRAME else None)
+        return probs, embedding, frames
 
     def _queue(self) -> DynamicBatcher[np.ndarray, post.ChunkOutput]:
         assert self._batcher is not None, "pipeline not started"
