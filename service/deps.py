@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import time
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 from fastapi import Request
 
-from service.admission import AdmissionGate, CpuWorkers
+from service.admission import AdmissionGate
 from service.errors import ModelNotLoaded
 from service.metrics import Metrics
 from service.settings import Settings
-from service.uploads import AudioInput, body_kind, check_audio_size, parse_audio_body
-
-if TYPE_CHECKING:
-    from service.routes.params import UploadParams
-
-P = TypeVar("P", bound="UploadParams")
 
 
 def get_settings(request: Request) -> Settings:
@@ -57,21 +51,3 @@ def admit(request: Request, kind: str) -> AbstractAsyncContextManager[float]:
     the request is read: a slow client must not hold a slot while it sends."""
     gate: AdmissionGate = request.app.state.admission[kind]
     return gate.admit()
-
-
-async def read_upload(request: Request, settings: Settings, params: type[P]
-                      ) -> tuple[AudioInput, P]:
-    """The whole upload read (under the body limits), then parsed and its fields
-    validated in the CPU pool: none of that work runs on the event loop."""
-    kind = body_kind(request)
-    body = await request.body()
-    cpu: CpuWorkers = request.app.state.cpu
-    return await cpu.run(_parse_upload, kind, request.headers["content-type"], body,
-                         settings, params)
-
-
-def _parse_upload(kind: str, content_type: str, body: bytes, settings: Settings,
-                  params: type[P]) -> tuple[AudioInput, P]:
-    form = parse_audio_body(kind, content_type, body)
-    check_audio_size(form, settings)
-    return form, params.from_input(form, settings)

@@ -12,15 +12,20 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 
 from service import json_body
+from service.admission import CpuWorkers
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
 from service.multipart import parse_multipart, text_field
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    from service.routes.params import UploadParams
+
+P = TypeVar("P", bound="UploadParams")
 MAX_FORM_PARTS = 1024
 MULTIPART, JSON = "multipart/form-data", "application/json"
 
@@ -99,3 +104,21 @@ def _from_json(body: bytes) -> AudioInput:
         raise InvalidInput(f"`audio` is not valid base64: {exc}") from None
     fields = {k: v for k, v in parsed.items() if v is not None}
     return AudioInput(data=data, fields=fields)
+
+
+async def read_upload(request: Request, settings: Settings, params: type[P]
+                      ) -> tuple[AudioInput, P]:
+    """The whole upload read (under the body limits), then parsed and its fields
+    validated in the CPU pool: none of that work runs on the event loop."""
+    kind = body_kind(request)
+    body = await request.body()
+    cpu: CpuWorkers = request.app.state.cpu
+    return await cpu.run(_parse_upload, kind, request.headers["content-type"], body,
+                         settings, params)
+
+
+def _parse_upload(kind: str, content_type: str, body: bytes, settings: Settings,
+                  params: type[P]) -> tuple[AudioInput, P]:
+    form = parse_audio_body(kind, content_type, body)
+    check_audio_size(form, settings)
+    return form, params.from_input(form, settings)

@@ -14,7 +14,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from service.deps import admit, check_admission, get_pipeline, get_settings, read_upload
+from service.deps import admit, check_admission, get_pipeline, get_settings
 from service.errors import InvalidInput
 from service.json_body import JsonBodyRoute
 from service.pipelines.clap import (
@@ -42,6 +42,7 @@ from service.routes.responses import (
     model_response,
 )
 from service.routes.upload_schema import upload_body
+from service.uploads import read_upload
 
 router = APIRouter(tags=["clap"], route_class=JsonBodyRoute)
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import Field, ValidationInfo, field_validator
 
-from service.deps import admit, check_admission, get_pipeline, get_settings, read_upload
+from service.deps import admit, check_admission, get_pipeline, get_settings
 from service.json_body import JsonBodyRoute
 from service.pipelines import emotion2vec_post as post
 from service.pipelines.emotion2vec import (
@@ -27,6 +27,7 @@ from service.routes.common import model_fields
 from service.routes.params import UploadParams, parse_flag, refuse, shown
 from service.routes.responses import UPLOAD_ERRORS, EmotionAnswer, model_response
 from service.routes.upload_schema import upload_body
+from service.uploads import read_upload
 
 router = APIRouter(tags=["emotion"], route_class=JsonBodyRoute)
 
