@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.admission import AdmissionGate, CpuWorkers
@@ -21,6 +22,7 @@ from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.models import ModelLoader, packs_to_load
 from service.settings import MODEL_NAMES, Settings
+from service.web import DOCS_ASSETS_PREFIX, SWAGGER_UI_PARAMETERS, add_docs, add_page
 
 log = logging.getLogger("audioserve")
 
@@ -51,7 +53,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await loader.close()
             cpu.shutdown()
 
-    app = FastAPI(title="audioserve", version="0.1.0", lifespan=lifespan)
+    # Swagger UI's and ReDoc's files served by the app (fastapi-offline): /docs, /redoc
+    # work offline (service/web.py)
+    app = FastAPIOffline(title="audioserve", version="0.1.0", lifespan=lifespan,
+                         docs_url=None, redoc_url=None, static_url=DOCS_ASSETS_PREFIX,
+                         swagger_ui_parameters=SWAGGER_UI_PARAMETERS)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.pipelines = {}
@@ -68,6 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     install_handlers(app)
     _add_health_routes(app)
+    add_docs(app)
+    if settings.ui:  # the web page: public, it asks for the API key on a 401
+        add_page(app)
 
     protected = [Depends(require_api_key)]
     app.add_api_route("/v1/models", list_models, methods=["GET"], dependencies=protected)

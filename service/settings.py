@@ -139,6 +139,11 @@ class Settings(BaseSettings):
     """When set, every route except health and metrics needs `Authorization: Bearer <key>`."""
     log_level: str = "info"
 
+    # -- web page (service/web.py) ------------------------------------------------------
+    ui: bool = True
+    """Serve the page at `/` (assets under `/ui/`); False: `/` is 404. `/docs` and
+    `/redoc` are served either way."""
+
     def batch_config(self, **overrides: object) -> BatchConfig:
         values: dict[str, object] = {
             "max_batch_size": self.max_batch_size,
