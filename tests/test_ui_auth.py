@@ -1,11 +1,15 @@
-"""The page against a server that needs an API key (and takes small uploads only): it asks
-for the key on the first 401, keeps it in sessionStorage, sends it as a Bearer token, asks
-again when the key is refused; and a 413 shows the server's message."""
+"""The page against a server that needs an API key, takes small uploads only and one CLAP
+request at a time: it asks for the key on the first 401, keeps it in sessionStorage, sends
+it as a Bearer token, asks again when the key is refused; a 413 and a 503 show the
+server's message (and when to retry)."""
 
 from __future__ import annotations
 
+import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -24,7 +28,7 @@ MAX_UPLOAD = 200_000  # 1 s of float WAV at 48 kHz fits, 3 s does not
 def server(clap_models_dir: Path) -> Iterator[RunningServer]:
     require_browser()
     with serve_app(models_dir=clap_models_dir, models="clap", api_key=KEY, warmup=False,
-                   max_upload_bytes=MAX_UPLOAD) as s:
+                   max_upload_bytes=MAX_UPLOAD, max_in_flight=1) as s:
         yield s
 
 
@@ -89,4 +93,29 @@ def test_too_large_upload_shows_the_413_message(browser: Browser, server: Runnin
     assert browser.by_id("classify-error").text == \
         f"413 payload_too_large: {api.json()['error']['message']}"
     problems = browser.problems(allowed_statuses=(401, 413))
+    assert not problems, problems
+
+
+def test_overload_shows_the_503_message_and_retry_after(
+        browser: Browser, server: RunningServer, tmp_path: Path) -> None:
+    clip = tmp_path / "one-second.wav"
+    clip.write_bytes(wav_bytes(make_clip(1.0, seed=6)))
+    browser.driver.get(server.url + "/#classify")
+    give_key(browser, KEY)
+    browser.by_id("classify-file").send_keys(str(clip))
+    url = urlsplit(server.url)
+    # another client holds CLAP's one in-flight slot: admitted, its upload still arriving
+    with socket.create_connection((url.hostname, url.port), timeout=30) as held:
+        held.sendall((f"POST /classify HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                      f"Authorization: Bearer {KEY}\r\nContent-Type: multipart/form-data; "
+                      "boundary=x\r\nContent-Length: 100000\r\n\r\n--x\r\n").encode())
+        browser.wait(lambda d: server.app.state.admission["clap"].in_flight == 1, 10,
+                     "the held request to be admitted")
+        browser.by_id("classify-run").click()
+        browser.wait(lambda d: browser.visible("classify-error"), 30, "the 503 message")
+    shown = browser.by_id("classify-error").text
+    assert shown.startswith("503 overloaded: ")
+    assert re.search(r" \(Retry-After: [1-9]\d* s\)$", shown), shown
+    browser.screenshot("classify-error-503")
+    problems = browser.problems(allowed_statuses=(401, 503))
     assert not problems, problems

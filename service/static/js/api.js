@@ -15,7 +15,7 @@ export class ApiError extends Error {
   /** What the user reads: status, code, the server's own message, when to retry. */
   describe() {
     const head = this.status ? `${this.status} ${this.code || ""}`.trim() : (this.code || "error");
-    const retry = this.retryAfter ? ` Retry after ${this.retryAfter} s.` : "";
+    const retry = this.retryAfter ? ` (Retry-After: ${this.retryAfter} s)` : "";
     return `${head}: ${this.message}${retry}`;
   }
 }
