@@ -100,7 +100,7 @@ export async function request(path, options = {}) {
       if (err.name === "AbortError") throw err;
       throw new ApiError(0, "network_error", `could not reach the server (${err.message})`);
     }
-    if (response.status === 401 && !options.noKeyPrompt) {
+    if (response.status === 401) {
       await response.body?.cancel();
       const given = await askKey(refused || Boolean(key));
       if (!given) throw new ApiError(401, "unauthorized", "an API key is needed for this request");
