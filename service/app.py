@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.admission import AdmissionGate, CpuWorkers
@@ -21,6 +22,7 @@ from service.middleware import AuthMiddleware, RequestContextMiddleware
 from service.models import ModelLoader, packs_to_load
 from service.read_limits import BodyLimit, ReadLimitsMiddleware, ReadTimeouts
 from service.settings import MODEL_NAMES, Settings
+from service.web import DOCS_ASSETS_PREFIX, SWAGGER_UI_PARAMETERS, UI_PREFIX, add_docs, add_page
 
 log = logging.getLogger("audioserve")
 
@@ -29,7 +31,6 @@ ROUTE_MODULES = ("service.routes.clap", "service.routes.emotion", "service.route
 _JSON_OVERHEAD_BYTES = 64 * 1024
 UPLOAD_PATHS = frozenset({"/classify", "/embed/audio", "/emotion"})
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
-PUBLIC_PREFIXES = ("/ui/",)
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
@@ -55,7 +56,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await loader.close()
             cpu.shutdown()
 
-    app = FastAPI(title="audioserve", version="0.1.0", lifespan=lifespan)
+    # Swagger UI's and ReDoc's files served by the app (fastapi-offline): /docs, /redoc
+    # work offline (service/web.py)
+    app = FastAPIOffline(title="audioserve", version="0.1.0", lifespan=lifespan,
+                         docs_url=None, redoc_url=None, static_url=DOCS_ASSETS_PREFIX,
+                         swagger_ui_parameters=SWAGGER_UI_PARAMETERS)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.pipelines = {}
@@ -77,6 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                              min_rate=settings.body_min_rate))
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     _add_health_routes(app)
+    add_docs(app)
+    if settings.ui:  # the web page: public, it asks for the API key on a 401
+        add_page(app)
 
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     formatters = {}
@@ -94,9 +102,10 @@ def public_paths(settings: Settings) -> Callable[[str], bool]:
     """Paths served without the API key: health, metrics, the web page (which asks for
     the key when the API answers 401) and, when `docs_public`, the API docs."""
     public = set(PUBLIC_PATHS) | (set(DOCS_PATHS) if settings.docs_public else set())
+    prefixes = (f"{UI_PREFIX}/", *((f"{DOCS_ASSETS_PREFIX}/",) if settings.docs_public else ()))
 
     def is_public(path: str) -> bool:
-        return path in public or path.startswith(PUBLIC_PREFIXES)
+        return path in public or path.startswith(prefixes)
 
     return is_public
 

@@ -172,6 +172,11 @@ class Settings(BaseSettings):
     keep_alive_timeout_s: float = Field(5.0, gt=0)
     """Idle keep-alive connections are closed after this."""
 
+    # -- web page (service/web.py) ------------------------------------------------------
+    ui: bool = True
+    """Serve the page at `/` (assets under `/ui/`); False: `/` is 404. `/docs` and
+    `/redoc` are served either way."""
+
     def batch_config(self, **overrides: object) -> BatchConfig:
         values: dict[str, object] = {
             "max_batch_size": self.max_batch_size,

@@ -1,0 +1,408 @@
+"""The web page in a real browser (headless Chromium, offline) against the real service on
+the tiny demo packs over a real socket: every tab used as a person would, with what it
+draws checked against what the API answers for the same input, and no console errors.
+Screenshots of each tab land in tests/artifacts/ (git-ignored) for a person to look at."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import soundfile as sf
+
+from tests.audio_fixtures import tiny_png
+from tests.clap_fixtures import make_clip, wav_bytes
+from tests.emotion2vec_fixtures import make_clip as speech_clip
+from tests.tts_server import RunningServer, serve_app
+from tests.ui_browser import Browser, chromium, require_browser
+
+pytest_plugins = ("tests.clap_fixtures", "tests.emotion2vec_fixtures", "tests.chattts_fixtures")
+
+ANIMALS = ["a dog barking", "a cat meowing", "birds chirping", "a rooster crowing",
+           "a cow mooing", "frogs croaking"]  # the page's first preset, chosen on load
+LONG_SPEECH = "a long one that we will not wait for"  # seed 1: ~870 tokens (18 s) of speech
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, clap_models_dir: Path,
+           emotion_models_dir: Path, chattts_models_dir: Path) -> Iterator[RunningServer]:
+    require_browser()
+    models = tmp_path_factory.mktemp("ui_models")
+    for pack in (clap_models_dir / "clap", emotion_models_dir / "emotion2vec",
+                 chattts_models_dir / "chattts"):
+        (models / pack.name).symlink_to(pack)
+    with serve_app(models_dir=models, voices_dir=tmp_path_factory.mktemp("voices"),
+                   warmup=False) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ui_files")
+    out = {"long": root / "street-25s.wav", "speech": root / "speech-4s.wav",
+           "png": root / "picture.png", "mic": root / "mic.wav"}
+    out["long"].write_bytes(wav_bytes(make_clip(25.0, seed=1)))  # 3 CLAP windows
+    sf.write(out["speech"], speech_clip(4.0, seed=2), 16000, subtype="PCM_16")
+    out["png"].write_bytes(tiny_png())
+    # Chromium's fake microphone loops this file (16-bit PCM WAV)
+    sf.write(out["mic"], make_clip(3.0, seed=3), 48000, subtype="PCM_16")
+    return out
+
+
+@pytest.fixture(scope="module")
+def module_browser(tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]
+                   ) -> Iterator[Browser]:
+    with chromium(tmp_path_factory.mktemp("chromium"), fake_mic_wav=files["mic"]) as b:
+        yield b
+
+
+@pytest.fixture
+def browser(module_browser: Browser) -> Browser:
+    module_browser.driver.set_window_size(1280, 1000)
+    module_browser.logs()  # start each test with an empty console
+    return module_browser
+
+
+def open_tab(browser: Browser, server: RunningServer, tab: str) -> None:
+    """A fresh load of the page on `tab` (same URL but the hash would not reload it)."""
+    browser.driver.get("about:blank")
+    browser.driver.get(f"{server.url}/#{tab}")
+    browser.wait(lambda d: browser.js("return document.readyState") == "complete", 20)
+    browser.wait(lambda d: browser.visible(f"panel-{tab}"), 20, f"the {tab} tab")
+
+
+def assert_clean_console(browser: Browser, *allowed_statuses: int) -> None:
+    problems = browser.problems(allowed_statuses)
+    assert not problems, f"console errors/warnings: {problems}"
+
+
+def bars(browser: Browser, list_id: str) -> list[tuple[str, float]]:
+    rows = browser.js(
+        "return [...document.querySelectorAll(`#${arguments[0]} .bar-row`)].map(r =>"
+        " [r.dataset.label, Number(r.dataset.value),"
+        "  r.querySelector('.bar-fill').getBoundingClientRect().width /"
+        "  r.querySelector('.bar-track').getBoundingClientRect().width])", list_id)
+    for label, value, drawn in rows:  # the bar's drawn length is its value
+        assert drawn == pytest.approx(max(value, 0.005), abs=0.01), label
+    return [(label, value) for label, value, _ in rows]
+
+
+def classify_api(server: RunningServer, path: Path, labels: list[str]) -> dict[str, Any]:
+    r = httpx.post(server.url + "/classify", files={"file": (path.name, path.read_bytes())},
+                   data={"labels": labels, "per_window": "true"}, timeout=60)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+# -- Classify -------------------------------------------------------------------------
+
+def test_classify_upload_draws_ranked_scores_and_heatmap(
+        browser: Browser, server: RunningServer, files: dict[str, Path]) -> None:
+    open_tab(browser, server, "classify")
+    chips = browser.js("return [...document.querySelectorAll('#classify-chips .chip span')]"
+                       ".map(s => s.textContent)")
+    assert chips == ANIMALS
+    browser.by_id("classify-file").send_keys(str(files["long"]))
+    browser.by_id("classify-run").click()
+    browser.wait(lambda d: browser.visible("classify-heatmap-figure"), 60, "the heat map")
+
+    expected = classify_api(server, files["long"], ANIMALS)
+    drawn = bars(browser, "classify-bars")
+    assert [label for label, _ in drawn] == [s["label"] for s in expected["labels"]]
+    assert [v for _, v in drawn] == pytest.approx(
+        [s["probability"] for s in expected["labels"]], abs=1e-6)
+    assert [v for _, v in drawn] == sorted((v for _, v in drawn), reverse=True)
+
+    windows = expected["per_window"]
+    assert len(windows) == expected["windows_total"] == 3
+    cells = browser.js("return [...document.querySelectorAll('#classify-heatmap .hm-row')]"
+                       ".slice(1).map(r => [r.querySelector('.hm-label').textContent,"
+                       " [...r.querySelectorAll('.hm-cell')].map(c => Number(c.dataset.p))])")
+    assert [label for label, _ in cells] == [label for label, _ in drawn]
+    for label, row in cells:
+        want = [next(s["probability"] for s in w["labels"] if s["label"] == label)
+                for w in windows]
+        assert row == pytest.approx(want, abs=1e-6), label
+    assert browser.visible("demo-banner")
+    assert "3 of 3 windows used" in browser.by_id("classify-meta").text
+    browser.screenshot("classify")
+    assert_clean_console(browser)
+
+
+def test_classify_a_microphone_recording(browser: Browser, server: RunningServer) -> None:
+    """MediaRecorder's WebM/Opus from Chromium's fake microphone, decoded by the service."""
+    open_tab(browser, server, "classify")
+    record = browser.by_id("classify-record")
+    record.click()
+    browser.wait(lambda d: record.get_attribute("aria-pressed") == "true", 10, "recording")
+    time.sleep(2.0)
+    record.click()
+    browser.wait(lambda d: "recording:" in browser.by_id("classify-source").text, 10,
+                 "the recording to end")
+    assert "webm" in browser.by_id("classify-source").text
+    browser.by_id("classify-run").click()
+    browser.wait(lambda d: browser.visible("classify-result"), 60, "scores")
+    assert len(bars(browser, "classify-bars")) == len(ANIMALS)
+    seconds = float(browser.by_id("classify-meta").text.split(" s of audio")[0])
+    assert 1.0 < seconds < 4.0  # what was recorded, decoded from WebM/Opus
+    assert_clean_console(browser)
+
+
+def test_errors_show_the_servers_message(browser: Browser, server: RunningServer,
+                                         files: dict[str, Path]) -> None:
+    open_tab(browser, server, "classify")
+    browser.by_id("classify-file").send_keys(str(files["png"]))
+    browser.by_id("classify-run").click()
+    browser.wait(lambda d: browser.visible("classify-error"), 30, "the 415 message")
+    api = httpx.post(server.url + "/classify", data={"labels": "dog"},
+                     files={"file": ("picture.png", files["png"].read_bytes())})
+    assert api.status_code == 415
+    shown = browser.by_id("classify-error").text
+    assert shown == f"415 unsupported_media: {api.json()['error']['message']}"
+    browser.screenshot("classify-error-415")
+
+    browser.by_id("classify-file").send_keys(str(files["long"]))
+    entry = browser.by_id("classify-label-entry")
+    entry.send_keys("x" * 300 + "\n")  # over AUDIOSERVE_MAX_LABEL_CHARS (200)
+    browser.by_id("classify-run").click()
+    browser.wait(lambda d: browser.by_id("classify-error").text.startswith("422 "), 30,
+                 "the 422 message")
+    assert "200" in browser.by_id("classify-error").text
+    assert not browser.visible("classify-result")
+    assert_clean_console(browser, 415, 422)
+
+
+# -- Emotion --------------------------------------------------------------------------
+
+def test_emotion_frame_timeline_follows_playback(browser: Browser, server: RunningServer,
+                                                 files: dict[str, Path]) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    open_tab(browser, server, "emotion")
+    assert browser.js("return document.getElementById('emotion-granularity').value") == "frame"
+    browser.by_id("emotion-file").send_keys(str(files["speech"]))
+    browser.by_id("emotion-run").click()
+    browser.wait(lambda d: browser.visible("emotion-timeline-figure"), 60, "the timeline")
+
+    r = httpx.post(server.url + "/emotion", data={"granularity": "frame"},
+                   files={"file": ("s.wav", files["speech"].read_bytes())}, timeout=60)
+    expected = r.json()
+    assert [label for label, _ in bars(browser, "emotion-bars")] == \
+        [s["label"] for s in expected["scores"]]
+    assert browser.by_id("emotion-top").text.startswith(expected["emotion"]["emoji"])
+    segments = browser.js("return [...document.querySelectorAll('#emotion-segments .segment')]"
+                          ".map(s => s.dataset.label)")
+    assert segments == [s["label"] for s in expected["frames"]["segments"]]
+    coloured = browser.js(
+        "const c = document.getElementById('emotion-canvas');"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "const seen = new Set(); for (let i = 0; i < d.length; i += 4)"
+        " if (d[i+3] > 200) seen.add(`${d[i]},${d[i+1]},${d[i+2]}`); return seen.size;")
+    assert coloured > 9  # a line per emotion, in its own colour (plus anti-aliasing)
+
+    browser.js("document.getElementById('emotion-audio').play()")
+    browser.wait(lambda d: float(browser.by_id("emotion-cursor").get_attribute("data-time"))
+                 > 0.5, 20, "the cursor to move with playback")
+    browser.js("document.getElementById('emotion-audio').pause()")
+    cursor_x = browser.js("return document.getElementById('emotion-cursor')"
+                          ".getBoundingClientRect().left")
+    timeline = browser.by_id("emotion-timeline")
+    box = browser.js("return arguments[0].getBoundingClientRect().toJSON()", timeline)
+    assert box["left"] + 34 < cursor_x < box["left"] + box["width"] / 2
+    browser.screenshot("emotion")
+    # a click on the timeline seeks there (x from the plot's left edge, after the axis)
+    target = 34 + 0.75 * (box["width"] - 34)
+    ActionChains(browser.driver).move_to_element_with_offset(
+        timeline, int(target - box["width"] / 2), 0).click().perform()
+    seek = browser.js("return document.getElementById('emotion-audio').currentTime")
+    assert seek == pytest.approx(0.75 * expected["duration_s"], abs=0.1)
+    assert_clean_console(browser)
+
+
+# -- Speech ---------------------------------------------------------------------------
+
+def choose(browser: Browser, select_id: str, value: str) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    browser.wait(lambda d: value in [o.get_attribute("value")
+                                     for o in Select(browser.by_id(select_id)).options],
+                 20, f"option {value!r}")
+    Select(browser.by_id(select_id)).select_by_value(value)
+
+
+def audio_duration(browser: Browser) -> float:
+    duration: float = browser.wait(lambda d: browser.js(
+        "const a = document.getElementById('speech-audio');"
+        "return a.readyState >= 1 && a.duration > 0 ? a.duration : false"), 30,
+        "the <audio> element's duration")
+    return duration
+
+
+def test_speech_generates_a_playable_file(browser: Browser, server: RunningServer) -> None:
+    open_tab(browser, server, "speech")
+    choose(browser, "speech-voice", "alloy")
+    browser.by_id("speech-run").click()
+    duration = audio_duration(browser)
+    meta = browser.by_id("speech-meta").text
+    said = float(meta.split(" s of speech")[0])
+    assert duration > 0.05 and duration == pytest.approx(said, abs=0.02)
+    link = browser.by_id("speech-download")
+    assert link.get_attribute("href").startswith("blob:")
+    assert link.get_attribute("download") == "speech.wav"
+    assert browser.visible("demo-banner")
+    assert_clean_console(browser)
+
+
+def test_streamed_speech_starts_playing_before_the_request_ends(
+        browser: Browser, server: RunningServer) -> None:
+    open_tab(browser, server, "speech")
+    text = browser.by_id("speech-text")
+    text.clear()
+    text.send_keys(LONG_SPEECH)
+    choose(browser, "speech-voice", "")
+    browser.by_id("speech-seed").send_keys("1")
+    browser.by_id("speech-stream").click()
+    assert not browser.by_id("speech-format").is_enabled()  # streams are PCM, saved as WAV
+    browser.by_id("speech-run").click()
+    timings = browser.wait(lambda d: browser.js(
+        "const m = document.getElementById('speech-meta').dataset;"
+        "return m.totalMs ? Object.fromEntries(Object.entries(m).map(([k, v]) => [k, +v]))"
+        " : false"), 90, "the stream to end")
+    assert timings["chunks"] >= 3
+    assert timings["ttfaMs"] < timings["firstPlayMs"] < timings["totalMs"]
+    assert timings["playedAtEndMs"] > 100  # the audio clock ran while chunks still came
+    duration = audio_duration(browser)  # the whole stream as WAV for replay and download
+    whole = httpx.post(server.url + "/tts", json={"text": LONG_SPEECH, "seed": 1,
+                                                   "format": "pcm"}, timeout=120)
+    assert duration == pytest.approx(len(whole.content) / 2 / 24000, abs=1e-3)
+    assert "time to first audio" in browser.by_id("speech-meta").text
+    browser.screenshot("speech")
+    assert_clean_console(browser)
+
+
+def test_save_the_current_voice(browser: Browser, server: RunningServer) -> None:
+    open_tab(browser, server, "speech")
+    choose(browser, "speech-voice", "")
+    browser.by_id("speech-seed").send_keys("7")
+    browser.by_id("speech-run").click()
+    audio_duration(browser)
+    browser.by_id("speech-save-name").send_keys("ui-seven")
+    browser.by_id("speech-save").click()
+    browser.wait(lambda d: "ui-seven" in browser.by_id("speech-save-status").text, 20,
+                 "the voice to be saved")
+    assert browser.js("return document.getElementById('speech-voice').value") == "ui-seven"
+    saved = httpx.get(server.url + "/v1/voices").json()["data"]
+    assert any(v["name"] == "ui-seven" and v["seed"] == 7 and v["source"] == "seed"
+               for v in saved), saved
+    assert_clean_console(browser)
+
+
+# -- Status ---------------------------------------------------------------------------
+
+def queue_row(browser: Browser, queue: str) -> list[str]:
+    cells: list[str] = browser.js(
+        "const r = document.querySelector(`#status-queues tr[data-queue='${arguments[0]}']`);"
+        "return r ? [...r.children].map(c => c.textContent) : []", queue)
+    return cells
+
+
+def test_status_shows_models_readiness_and_live_queues(
+        browser: Browser, server: RunningServer, files: dict[str, Path]) -> None:
+    open_tab(browser, server, "status")
+    browser.wait(lambda d: browser.js(
+        "return document.querySelectorAll('#status-models .model').length") == 3, 20,
+        "the model cards")
+    models = httpx.get(server.url + "/v1/models").json()["data"]
+    for model in models:
+        card = browser.js("return document.querySelector(`.model[data-kind='${arguments[0]}']`)"
+                          ".textContent", model["kind"])
+        assert model["precision"] in card and model["provider"] in card
+        assert "random weights" in card  # every demo pack says so
+    assert browser.by_id("status-ready").text.startswith("ready")
+    browser.wait(lambda d: queue_row(browser, "clap_audio"), 10, "the queue table")
+    before = int(queue_row(browser, "clap_audio")[3])
+    classify_api(server, files["long"], ["a", "b"])  # 3 windows through the audio batcher
+    browser.wait(lambda d: int(queue_row(browser, "clap_audio")[3]) > before, 10,
+                 "the live table to count the new batches")
+    metrics = httpx.get(server.url + "/metrics").text
+    count = next(line for line in metrics.splitlines()
+                 if line.startswith('audioserve_batch_size_count{queue="clap_audio"}'))
+    assert int(queue_row(browser, "clap_audio")[3]) == int(float(count.split()[-1]))
+    browser.screenshot("status")
+    assert_clean_console(browser)
+
+
+# -- all tabs -------------------------------------------------------------------------
+
+CONTROLS_WITHOUT_NAME = """
+return [...document.querySelectorAll('input, select, textarea, button, a[href], audio, canvas')]
+  .filter(e => e.checkVisibility())
+  .filter(e => !((e.labels && e.labels.length) || e.getAttribute('aria-label')
+                 || e.textContent.trim() || e.getAttribute('title')))
+  .map(e => e.outerHTML.slice(0, 120));
+"""
+
+
+def test_keyboard_and_labelled_controls(browser: Browser, server: RunningServer) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    open_tab(browser, server, "classify")
+    for tab in ("classify", "emotion", "speech", "status"):
+        browser.by_id(f"tab-{tab}").click()
+        assert browser.js(CONTROLS_WITHOUT_NAME) == [], tab
+    browser.by_id("tab-classify").click()
+    browser.by_id("tab-classify").send_keys(Keys.ARROW_RIGHT)
+    assert browser.js("return document.activeElement.id") == "tab-emotion"
+    assert browser.visible("panel-emotion") and not browser.visible("panel-classify")
+    browser.driver.switch_to.active_element.send_keys(Keys.END)
+    assert browser.visible("panel-status")
+    browser.driver.switch_to.active_element.send_keys(Keys.HOME)
+    assert browser.visible("panel-classify")
+    assert browser.driver.current_url.endswith("#classify")
+    # labels are chips: Enter adds (commas split), Backspace in the empty entry removes
+    entry = browser.by_id("classify-label-entry")
+    entry.send_keys("rain on a roof, thunder" + Keys.ENTER)
+    chips = browser.js("return [...document.querySelectorAll('#classify-chips .chip span')]"
+                       ".map(s => s.textContent)")
+    assert chips[-2:] == ["rain on a roof", "thunder"]
+    entry.send_keys(Keys.BACKSPACE)
+    assert browser.js("return document.querySelectorAll('#classify-chips .chip').length") \
+        == len(chips) - 1
+    music = browser.driver.find_element("css selector", "[data-preset='music']")
+    music.send_keys(Keys.ENTER)  # a focused button activates from the keyboard
+    assert browser.js("return document.querySelector('#classify-chips .chip span')"
+                      ".textContent") == "a piano"
+    assert_clean_console(browser)
+
+
+def test_phone_width(browser: Browser, server: RunningServer, files: dict[str, Path]) -> None:
+    browser.driver.set_window_size(390, 844)
+    open_tab(browser, server, "classify")
+    browser.by_id("classify-file").send_keys(str(files["long"]))
+    browser.by_id("classify-run").click()
+    browser.wait(lambda d: browser.visible("classify-heatmap-figure"), 60, "the heat map")
+    browser.by_id("tab-emotion").click()
+    browser.by_id("emotion-file").send_keys(str(files["speech"]))
+    browser.by_id("emotion-run").click()
+    browser.wait(lambda d: browser.visible("emotion-timeline-figure"), 60, "the timeline")
+    for tab in ("classify", "emotion", "speech", "status"):
+        browser.by_id(f"tab-{tab}").click()
+        time.sleep(0.3)
+        overflow = browser.js("return document.documentElement.scrollWidth - innerWidth")
+        assert overflow <= 0, f"{tab}: {overflow} px wider than the phone"
+        browser.screenshot(f"phone-{tab}")
+    assert_clean_console(browser)
+
+
+def test_page_loads_nothing_from_elsewhere(browser: Browser, server: RunningServer) -> None:
+    open_tab(browser, server, "classify")
+    names = json.loads(browser.js(
+        "return JSON.stringify(performance.getEntriesByType('resource').map(e => e.name))"))
+    assert names and all(n.startswith(server.url + "/") for n in names), names
+    assert_clean_console(browser)
