@@ -106,3 +106,20 @@ def log_mel_output(path: Path) -> onnx.ModelProto:
         info = onnx.helper.make_tensor_value_info(LOG_MEL, onnx.TensorProto.FLOAT, None)
         model.graph.output.append(info)
     return model
+
+
+ALL = frozenset({"bool", "float", "double", "float16", "int32", "int64", "int8", "uint8"})
+CUDA_KERNELS: dict[str, frozenset[str]] = {
+    "Cast": ALL, "Concat": ALL, "Constant": ALL, "ConstantOfShape": ALL, "Expand": ALL,
+    "Gather": ALL, "Reshape": ALL, "Slice": ALL, "Transpose": ALL, "Unsqueeze": ALL,
+    "Where": ALL,
+    "Clip": frozenset({"float", "double", "float16"}),
+    "Log": frozenset({"float", "double", "float16"}),
+    "MatMul": frozenset({"float", "double", "float16"}),
+    "Max": frozenset({"float", "double", "float16"}),
+    "Mul": frozenset({"float", "double", "float16"}),
+    "Pad": frozenset({"float", "double", "float16"}),
+}
+"""The ops (and input element types) the front-end may use: the CUDA execution provider
+registers these kernels (onnxruntime's docs/OperatorKernels.md, CUDAExecutionProvider
+section; no DFT or STFT there). A test holds the exported front-end to this list."""
