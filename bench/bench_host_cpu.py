@@ -199,8 +199,8 @@ def _server(models_dir: Path, provider: str, features: str, models: str,
 
 def run_all(models_dir: Path, provider: str, endpoints: list[str], requests: int,
             concurrency: int, seconds: float, features_modes: list[str],
-            log_dir: Path) -> list[Run]:
-    ups = uploads(seconds)
+            log_dir: Path, only: list[str] | None = None) -> list[Run]:
+    ups = [u for u in uploads(seconds) if not only or any(o in u.name for o in only)]
     ctype = f"multipart/form-data; boundary={BOUNDARY}"
     runs: list[Run] = []
     for features in features_modes:
@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=60, help="per endpoint and upload")
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--seconds", type=float, default=10.0, help="upload length")
+    p.add_argument("--uploads", nargs="+", help="only the uploads whose name has one of "
+                                                "these (e.g. 'wav 48k' mp3)")
     p.add_argument("--out", type=Path, help="also write the report (and JSON) here")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"{model}: {status.note}")
         runs = run_all(models_dir, args.provider, args.endpoints, args.requests,
                        args.concurrency, args.seconds, args.features,
-                       (args.out or Path(tmp)) / "logs")
+                       (args.out or Path(tmp)) / "logs", args.uploads)
     text = report(runs, args.provider, args.concurrency)
     print(text)
     if args.out:
