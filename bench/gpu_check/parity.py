@@ -219,9 +219,12 @@ def chattts_checks(pack_dir: Path, provider: str, requests: int = 4,
                           params=params, max_new_tokens=max_new + 5 * i, seed=1000 + i)
             for i in range(requests)]
 
+    caches: list[Any] = []
+
     async def run(kind: KVCacheKind, staggered: bool) -> list[np.ndarray]:
         engine = GenerationEngine(graphs, EngineConfig(step=StepConfig(max_active=8),
                                                        kv_cache=kind))
+        caches.append(engine.cache)
         engine.start()
         try:
             if not staggered:
@@ -239,9 +242,13 @@ def chattts_checks(pack_dir: Path, provider: str, requests: int = 4,
     total = sum(t.size for t in solo)
     same = sum(int((a == b).sum()) for a, b in zip(solo, device, strict=True)
                if a.shape == b.shape)
+    device_cache = caches[-1]
     return [Check(tag, f"device KV cache ({graphs.provider}), staggered joins vs alone with "
                   "the host cache: share of tokens that differ", 1.0 - same / max(total, 1),
-                  0.0, f"{total} tokens, {requests} requests")]
+                  0.0, f"{total} tokens, {requests} requests"),
+            Check(tag, "device KV cache: whole-cache trips to the host on joins and leaves",
+                  float(getattr(device_cache, "host_round_trips", 0)), 0.0,
+                  f"{device_cache.copies} joins/leaves edited on the device")]
 
 
 def run_all(packs: dict[str, Path], provider: str, precisions: list[str]) -> list[Check]:
