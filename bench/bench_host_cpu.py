@@ -44,7 +44,7 @@ LABELS = ["dog barking", "rain", "church bells", "a man speaking", "siren"]
 TTS_TEXTS = ["Hello from the host CPU benchmark.", "Short one.",
              "A slightly longer sentence, with a clause, for the text front-end."]
 TARGETS_MS = {"graph": 5.0, "host": 8.0}
-CATEGORIES = ("decode", "features", "batch assembly", "text", "sampling", "post")
+CATEGORIES = ("decode", "features", "batch assembly", "text", "sampling", "kv cache", "post")
 
 
 @dataclass(frozen=True)
@@ -228,11 +228,11 @@ def run_all(models_dir: Path, provider: str, endpoints: list[str], requests: int
 
 def report(runs: list[Run], provider: str, concurrency: int) -> str:
     head = ("| endpoint | upload | features | req | total | ORT | **outside ORT** | decode | "
-            "features | batch asm | text | sampling | post | HTTP & parsing | service "
-            "timings (wall ms) |")
+            "features | batch asm | text | sampling | kv cache | post | HTTP & parsing | "
+            "service timings (wall ms) |")
     lines = [f"Host CPU ms per request ({provider}, closed loop, {concurrency} connections, "
              "one ORT thread; process CPU time over the run):", "", head,
-             "|" + " --- |" * 16]
+             "|" + " --- |" * 17]
     for r in runs:
         c = r.cpu_ms
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r.stage_ms.items() if k != "total")

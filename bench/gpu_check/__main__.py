@@ -229,6 +229,7 @@ def benchmarks(check: Check, real: dict[str, Path], tiny: dict[str, Path]) -> No
                       need_s=20, max_s=120)
         cmd = [py, "-m", "bench.bench_host_cpu", "--models-dir", str(packs["clap"].parent),
                "--provider", a.provider, "--endpoints", "classify",
+               *([] if a.quick or "chattts" not in packs else ["tts"]),
                "--requests", "10" if a.quick else "40", "--concurrency", "2",
                "--out", str(check.out / "host_cpu"),
                *(["--uploads", "wav 48k"] if a.quick else [])]

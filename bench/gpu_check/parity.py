@@ -202,26 +202,33 @@ def emotion_checks(pack_dir: Path, provider: str, precision: str) -> list[Check]
 
 def chattts_checks(pack_dir: Path, provider: str, requests: int = 4,
                    max_new: int = 24) -> list[Check]:
+    """Three engine runs of the same seeded requests: alone with the host cache and the
+    numpy sampler; alone with the host cache and the graph sampler on the provider; and
+    joining mid-flight with the device KV cache and the graph sampler."""
     from batcher.steps import StepConfig
     from service.tts.engine import EngineConfig, GenerationEngine, KVCacheKind
     from service.tts.jobs import GenerationJob, PassKind
     from service.tts.model import TTSGraphs
+    from service.tts.sampler_graph import GraphSampler
     from service.tts.sampling import SamplingParams
 
     pack = load_pack(pack_dir, expected_kind="chattts")
     tag = f"chattts {pack.manifest.source} fp32"
-    graphs = TTSGraphs.open(pack, "fp32", RuntimeConfig(provider=provider, intra_op_threads=1))
+    numpy_side = TTSGraphs.open(pack, "fp32", RuntimeConfig(provider=provider,
+                                                            intra_op_threads=1), "host")
+    graph_side = TTSGraphs(numpy_side.runners, numpy_side.c,
+                           GraphSampler(numpy_side.provider, numpy_side.device_id))
     rng = np.random.default_rng(5)
     params = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, repetition_penalty=1.05)
+    c = numpy_side.c
     jobs = [GenerationJob(request_id=f"r{i}", kind=PassKind.CODE,
                           prompt_ids=rng.integers(5, 2000, size=4 + 3 * i).astype(np.int64),
-                          spk_emb=rng.standard_normal(graphs.c.spk_emb_dim).astype(np.float32),
+                          spk_emb=rng.standard_normal(c.spk_emb_dim).astype(np.float32),
                           params=params, max_new_tokens=max_new + 5 * i, seed=1000 + i)
             for i in range(requests)]
-
     caches: list[Any] = []
 
-    async def run(kind: KVCacheKind, staggered: bool) -> list[np.ndarray]:
+    async def run(graphs: TTSGraphs, kind: KVCacheKind, staggered: bool) -> list[np.ndarray]:
         engine = GenerationEngine(graphs, EngineConfig(step=StepConfig(max_active=8),
                                                        kv_cache=kind))
         caches.append(engine.cache)
@@ -237,23 +244,66 @@ def chattts_checks(pack_dir: Path, provider: str, requests: int = 4,
         finally:
             await engine.stop()
 
-    solo = asyncio.run(run(KVCacheKind.PRESENT, staggered=False))
-    device = asyncio.run(run(KVCacheKind.DEVICE, staggered=True))
-    total = sum(t.size for t in solo)
-    same = sum(int((a == b).sum()) for a, b in zip(solo, device, strict=True)
-               if a.shape == b.shape)
+    def differ(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+        total = sum(t.size for t in a)
+        same = sum(int((x == y).sum()) for x, y in zip(a, b, strict=True)
+                   if x.shape == y.shape)
+        return 1.0 - same / max(total, 1)
+
+    host = asyncio.run(run(numpy_side, KVCacheKind.PRESENT, staggered=False))
+    alone = asyncio.run(run(graph_side, KVCacheKind.PRESENT, staggered=False))
+    joined = asyncio.run(run(graph_side, KVCacheKind.DEVICE, staggered=True))
     device_cache = caches[-1]
-    return [Check(tag, f"device KV cache ({graphs.provider}), staggered joins vs alone with "
-                  "the host cache: share of tokens that differ", 1.0 - same / max(total, 1),
-                  0.0, f"{total} tokens, {requests} requests"),
-            Check(tag, "device KV cache: whole-cache trips to the host on joins and leaves",
-                  float(getattr(device_cache, "host_round_trips", 0)), 0.0,
-                  f"{device_cache.copies} joins/leaves edited on the device")]
+    where = numpy_side.provider
+    return [
+        Check(tag, f"graph sampler ({where}) vs numpy sampler, alone: share of tokens that "
+              "differ", differ(host, alone), 1e-3,
+              f"{sum(t.size for t in host)} tokens; float32 sums in another order may "
+              "straddle a threshold"),
+        Check(tag, f"device KV cache ({where}) + graph sampler, staggered joins vs alone: "
+              "share of tokens that differ", differ(alone, joined), 0.0,
+              f"{requests} requests"),
+        Check(tag, "device KV cache: whole-cache trips to the host on joins and leaves",
+              float(getattr(device_cache, "host_round_trips", 0)), 0.0,
+              f"{device_cache.copies} joins/leaves edited on the device"),
+    ]
+
+
+def sampler_checks(provider: str, cases: int = 60) -> list[Check]:
+    """The sampler graph on the provider vs the numpy sampler on random rows."""
+    from service.tts.sampler_graph import GraphSampler
+    from service.tts.sampling import SamplingParams, sample_rows
+
+    sampler = GraphSampler(provider)
+    rng = np.random.default_rng(0)
+    total = differ = 0
+    for _ in range(cases):
+        rows = int(rng.integers(1, 40))
+        logits = (rng.standard_normal((rows, 626)) * rng.uniform(0.5, 6)).astype(np.float32)
+        params = [SamplingParams(temperature=float(rng.choice([0.3, 0.7, 1.0])),
+                                 top_p=[None, 0.7, 0.95][int(rng.integers(3))],
+                                 top_k=[None, 20, 3][int(rng.integers(3))],
+                                 repetition_penalty=float(rng.choice([1.0, 1.05, 1.3])),
+                                 greedy=bool(rng.random() < 0.2)) for _ in range(rows)]
+        histories = [rng.integers(0, 626, int(rng.integers(0, 40))) for _ in range(rows)]
+        uniforms = rng.random(rows)
+        want = sample_rows(logits, histories, params, [5] * rows, uniforms, eos_id=625)
+        got = sampler.sample_rows(logits, histories, params, [5] * rows, uniforms,
+                                  eos_id=625)
+        total += rows
+        differ += int((want != got).sum())
+    return [Check("chattts sampler", f"graph sampler on {provider} vs numpy, random rows: "
+                  "share of tokens that differ", differ / total, 1e-3, f"{total} rows")]
 
 
 def run_all(packs: dict[str, Path], provider: str, precisions: list[str]) -> list[Check]:
     """Every check that the given packs allow; a check that raises is reported failed."""
     checks: list[Check] = []
+    try:
+        checks += sampler_checks(provider)
+    except Exception as exc:
+        checks.append(Check("chattts sampler", "raised", 1.0, 0.0,
+                            f"{type(exc).__name__}: {exc}"))
     for kind, pack_dir in packs.items():
         pack: ModelPack = load_pack(pack_dir)
         for precision in ([None] if kind == "chattts" else precisions):
