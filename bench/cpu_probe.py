@@ -96,6 +96,22 @@ class Probes:
                     owner = getattr(owner, part)
                 setattr(owner, name, self.wrap(category, getattr(owner, name)))
 
+    def watch_gc(self) -> None:
+        """Time the garbage collector's passes too (its own category, `gc`)."""
+        import gc
+
+        started: list[float] = []
+
+        def callback(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started.append(time.thread_time())
+            elif started:
+                with self._lock:
+                    self.seconds["gc"] += time.thread_time() - started.pop()
+                    self.calls[f"gc{info.get('generation', 0)}"] += 1
+
+        gc.callbacks.append(callback)
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {"process_cpu_s": time.process_time(), "wall_s": time.perf_counter(),
@@ -105,6 +121,7 @@ class Probes:
 def probed_app(settings: Settings) -> FastAPI:
     probes = Probes()
     probes.install()
+    probes.watch_gc()
     app = create_app(settings)
     app.add_api_route("/bench/cpu", probes.snapshot, methods=["GET"],
                       include_in_schema=False)
