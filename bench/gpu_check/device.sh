@@ -9,9 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 STORE=/tmp/audioserve-gpu
 SITE=/tmp/audioserve-site
+case "${1:-}" in
+  stash|check) ;;
+  *) echo "usage: $0 stash | check [ARGS]" >&2; exit 2 ;;
+esac
 python3 -m bench.gpu_check.wheels stash .gpu "$STORE"
-[ "${1:-}" = "stash" ] && exit 0
-[ "${1:-}" = "check" ] || { echo "usage: $0 stash | check [ARGS]" >&2; exit 2; }
+[ "$1" = "stash" ] && exit 0
 shift
 python3 -m bench.gpu_check.wheels join "$STORE"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -28,4 +31,6 @@ PY
 export LD_LIBRARY_PATH="${NV_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONUNBUFFERED=1 PYTHON=python3 AUDIOSERVE_BENCH_CLIENT=python  # no wrk, no apt there
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-exec python3 -m bench.gpu_check --provider cuda --out "${OUT:-bench/results/gpu}" "$@"
+# the full output stays in bench/results/gpu there; report.md, results.json and a tarball
+# of it are copied to $OUT (the tool brings back at most 8 files)
+exec python3 -m bench.gpu_check --provider cuda --out bench/results/gpu "$@"
