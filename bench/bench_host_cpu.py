@@ -38,7 +38,7 @@ import soundfile as sf
 
 from bench.bodies import BOUNDARY, multipart
 from bench.packs import ensure_pack
-from bench.server import REPO, ServerProcess, free_port, http_get
+from bench.server import REPO, ServerProcess, free_port, http_get, with_pythonpath
 
 LABELS = ["dog barking", "rain", "church bells", "a man speaking", "siren"]
 TTS_TEXTS = ["Hello from the host CPU benchmark.", "Short one.",
@@ -187,7 +187,7 @@ def _server(models_dir: Path, provider: str, features: str, models: str,
     env = {"AUDIOSERVE_MODELS_DIR": str(models_dir.resolve()), "AUDIOSERVE_MODELS": models,
            "AUDIOSERVE_PROVIDER": provider, "AUDIOSERVE_CLAP_FEATURES": features,
            "AUDIOSERVE_INTRA_OP_THREADS": "1", "AUDIOSERVE_LOG_LEVEL": "warning",
-           "AUDIOSERVE_HOST": "127.0.0.1", "PYTHONPATH": str(REPO)}
+           "AUDIOSERVE_HOST": "127.0.0.1", "PYTHONPATH": with_pythonpath(REPO)}
     port = free_port()
     env["AUDIOSERVE_PORT"] = str(port)
     import sys

@@ -69,7 +69,10 @@ def test_the_gpu_check_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     """Every step of `python -m bench.gpu_check` with tiny packs and the shortest
     benchmark settings, the Python closed-loop client standing in for wrk (as on the GPU
     machine): the parity rows pass and every step completes."""
-    env = {**os.environ, "AUDIOSERVE_BENCH_CLIENT": "python", "PYTHONPATH": str(REPO)}
+    from bench.server import with_pythonpath
+
+    env = {**os.environ, "AUDIOSERVE_BENCH_CLIENT": "python",
+           "PYTHONPATH": with_pythonpath(REPO)}
     env.pop("OUT", None)
     done = subprocess.run(
         [sys.executable, "-m", "bench.gpu_check", "--provider", "cpu", "--tiny", "--quick",
