@@ -133,7 +133,7 @@ async def service_run(pack: ModelPack, graphs: TTSGraphs, mode: str, clients: in
     config = EngineConfig(step=StepConfig(max_active=max_active, admission=admission,
                                           max_prefills_per_step=8), static_wait_ms=50.0)
     settings = Settings(_env_file=None, warmup=False)
-    ctx = LoadContext(settings=settings, runtime=RuntimeConfig(provider="cpu"),
+    ctx = LoadContext(settings=settings, runtime=RuntimeConfig(provider=graphs.provider),
                       precision="fp32", metrics=Metrics())
     pipeline = ChatTTSPipeline(pack, ctx, graphs, config)
     await pipeline.start()
@@ -188,10 +188,10 @@ def print_service(rows: list[ServiceRow]) -> None:
 async def main_async(args: argparse.Namespace, pack_dir: Path) -> None:
     pack = load_pack(pack_dir, expected_kind="chattts")
     graphs = TTSGraphs.open(pack, args.precision,
-                            RuntimeConfig(provider="cpu", intra_op_threads=args.threads))
+                            RuntimeConfig(provider=args.provider, intra_op_threads=args.threads))
     gpt_precision = args.precision if args.precision in pack.precisions("gpt") else "fp32"
     print(f"pack {pack_dir} ({pack.manifest.source}): hidden {graphs.c.hidden_size}, "
-          f"{graphs.c.num_layers} layers, gpt {gpt_precision}")
+          f"{graphs.c.num_layers} layers, gpt {gpt_precision}, on {graphs.provider}")
     decode_rows = []
     await decode_run(graphs, 2, 8, KVCacheKind.PRESENT)  # warm-up
     for active in (1, 2, 4, 8):
@@ -233,6 +233,8 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=24,
                         help="prompt tokens: the KV length the decode steps start from")
     parser.add_argument("--decode-only", action="store_true")
+    parser.add_argument("--provider", default="cpu", choices=["cpu", "cuda"],
+                        help="where the graphs run (cuda: the device KV cache is the CUDA path)")
     parser.add_argument("--random-real", action="store_true",
                         help="build a real-size random-weight pack (slow) instead of the tiny")
     parser.add_argument("--quick", action="store_true", help="fewer steps and requests")

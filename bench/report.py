@@ -301,12 +301,16 @@ def header_section(run: RunResult, plots: list[Path], md_path: Path) -> list[str
 
 
 def write(run: RunResult, results_dir: Path, stem: str) -> Path:
-    from bench.plots import make_plots  # matplotlib only when writing
-
     md_path = results_dir / f"{stem}.md"
     assets = results_dir / stem
     assets.mkdir(parents=True, exist_ok=True)
-    plots = make_plots(run, assets)
+    try:
+        from bench.plots import make_plots  # matplotlib only when writing
+    except ImportError:  # the `bench` extra is not installed (e.g. the CI smoke run)
+        plots: list[Path] = []
+        run.notes.append("no plots: matplotlib is not installed (`pip install -e .[bench]`)")
+    else:
+        plots = make_plots(run, assets)
     lines = header_section(run, plots, md_path)
     lines += summary_section(run) + targets_section(run)
     lines += ["## Each configuration", ""]

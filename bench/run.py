@@ -129,8 +129,11 @@ def _providers() -> str:
 
 def commit() -> str:
     def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True,
-                              check=False).stdout.strip()
+        try:
+            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True,
+                                  check=False).stdout.strip()
+        except OSError:  # no git where the bench runs (a copied tree on a GPU machine)
+            return ""
     dirty = git("status", "--porcelain", "--", "service", "batcher")
     return git("rev-parse", "--short", "HEAD") + (" (service/ or batcher/ modified)" if dirty
                                                   else "")

@@ -157,6 +157,12 @@ class ServerProcess:
         self.stop()
 
 
+def with_pythonpath(root: Path) -> str:
+    """`root` first, then whatever PYTHONPATH already holds (the GPU machine's installed
+    wheels live there, outside the interpreter's site-packages)."""
+    return os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 def audioserve(name: str, models_dir: Path, settings: dict[str, str], *,
                log_dir: Path, service_root: Path = REPO, python: str = sys.executable,
                port: int | None = None) -> ServerProcess:
@@ -165,7 +171,7 @@ def audioserve(name: str, models_dir: Path, settings: dict[str, str], *,
     env = {f"AUDIOSERVE_{k.upper()}": str(v) for k, v in settings.items()}
     env.update(AUDIOSERVE_MODELS_DIR=str(models_dir.resolve()), AUDIOSERVE_HOST=HOST,
                AUDIOSERVE_PORT=str(port), AUDIOSERVE_LOG_LEVEL="warning",
-               PYTHONPATH=str(service_root))
+               PYTHONPATH=with_pythonpath(service_root))
     log_dir.mkdir(parents=True, exist_ok=True)
     return ServerProcess(name, [python, "-m", "service"], port, env, cwd=service_root,
                          log_path=log_dir / f"{name}.log")

@@ -27,12 +27,13 @@ import torch
 from torch import nn
 from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
 
-from export import clap_tokenizer
+from export import clap_logmel, clap_tokenizer
 from export.clap_fused import (
     FUSED_AUDIO_INPUTS,
     export_fused_audio,
     reference_embeds,
 )
+from export.clap_waveform import FRONT_END_FILE, WAVEFORM_GRAPH
 from export.pack import graph_entry, write_manifest
 
 log = logging.getLogger("audioserve.export.clap")
@@ -231,22 +232,28 @@ def _write_pack(model: ClapModel, tok: Any, extractor: ClapFeatureExtractor, out
         # fused: one [4, frames, mels] item per clip (see service/clap_features.py)
         "fusion": fused,
     }
+    audio_entry = graph_entry(AUDIO_GRAPH, FUSED_AUDIO_INPUTS if fused else ["input_features"],
+                              ["audio_embeds"])
+    # the 10 s waveform in, ClapFeatureExtractor's log-mel computed inside (export/clap_logmel)
+    mel = clap_logmel.FrontEndConfig.from_extractor(constants, extractor)
+    waveform_entry = clap_logmel.write_waveform_graph(out, mel, audio_entry)
     write_manifest(
         out,
         kind="clap",
         source=source,
         demo=demo,
         graphs={
-            "audio": {"fp32": graph_entry(
-                AUDIO_GRAPH, FUSED_AUDIO_INPUTS if fused else ["input_features"],
-                ["audio_embeds"])},
+            "audio": {"fp32": audio_entry},
+            WAVEFORM_GRAPH: {"fp32": waveform_entry},
             "text": {"fp32": graph_entry(TEXT_GRAPH, ["input_ids", "attention_mask"],
                                          ["text_embeds"])},
         },
-        files={"tokenizer": tok_info.file, "preprocessor_config": "preprocessor_config.json"},
+        files={"tokenizer": tok_info.file, "preprocessor_config": "preprocessor_config.json",
+               "log_mel_front_end": FRONT_END_FILE},
         constants=constants,
     )
     check_parity(model, out, frames=pre["frames"], mels=pre["n_mels"], tok=tok)
+    clap_logmel.check_waveform_parity(out, waveform_entry, AUDIO_GRAPH, extractor, mel)
     log.info("clap pack (%s) written to %s in %.1f s", source, out, time.monotonic() - started)
 
 

@@ -92,6 +92,21 @@ def clap_audio_items(pack: ModelPack, source: AudioSource) -> list[Feed]:
     return items
 
 
+def clap_waveform_items(pack: ModelPack, source: AudioSource) -> list[Feed]:
+    """The waveform graph's items: each clip's first used window, padded as served."""
+    mel = cf.MelConfig.from_constants(pack.constants)
+    items = []
+    for clip in audio_clips(source, mel.sample_rate):
+        span = cf.select_windows(cf.plan_windows(clip, mel))[0]
+        wav = cf.pad_short(clip[span.start:span.end], mel)[None]
+        item: Feed = {"waveform": wav}
+        if mel.fusion:  # rows of a clip of at most 10 s: the window's own log-mel
+            item.update(long_features=np.zeros((1, 4, mel.frames, mel.n_mels), np.float32),
+                        is_longer=np.zeros((1, 1), bool), use_waveform=np.ones((1, 1), bool))
+        items.append(item)
+    return items
+
+
 def clap_text_items(pack: ModelPack, prompts: list[str]) -> list[Feed]:
     c = pack.constants
     tok = PromptTokenizer(pack.file("tokenizer"), max_length=int(c["text_max_length"]),
@@ -113,6 +128,8 @@ def graph_items(pack: ModelPack, graph: str, source: AudioSource,
     key = (pack.kind, graph)
     if key == ("clap", "audio"):
         return clap_audio_items(pack, source)
+    if key == ("clap", "audio_waveform"):
+        return clap_waveform_items(pack, source)
     if key == ("clap", "text"):
         return clap_text_items(pack, (prompts * source.count)[: source.count])
     if key == ("emotion2vec", "model"):

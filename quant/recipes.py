@@ -81,6 +81,9 @@ RECIPES: dict[str, dict[str, GraphRecipe]] = {
                              int8_op_types=("MatMul", "Gemm", "Conv"),
                              int8_keep_nodes=("/audio_projection/",),
                              fp16_keep_ops=("ReduceL2",)),
+        # composed from the log-mel front-end and `audio` (quant/variants.py): the
+        # recipe only says what the report compares
+        "audio_waveform": GraphRecipe(Method.STATIC, {"audio_embeds": Compare.EMBEDDING}),
         "text": GraphRecipe(Method.WEIGHT_ONLY, {"text_embeds": Compare.EMBEDDING},
                             padded_items=True,
                             int8_keep_nodes=("/text_projection/",),

@@ -4,6 +4,11 @@ Each variant entry keeps the fp32 entry's inputs and outputs and adds `quantizat
 method and settings, the calibration set (description, item count, sha256), the source
 graph's sha256, and the onnx / onnxruntime versions that made it. `batch_invariant` is
 false for dynamic int8 only.
+
+A composed graph (an entry with `composed`: CLAP's waveform graph) is never converted or
+quantized itself: its variant is its fp32 front-end put in front of the new variant of
+the graph it feeds (export/clap_waveform.py), so the log-mel stays float64 at every
+precision and the rest is the same graph the host path runs.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import onnx
 import onnxruntime
 
+from export.clap_waveform import compose_waveform_graph
 from export.pack import read_manifest, update_manifest
 from quant import fp16, int8
 from quant.calibration import AudioSource, ItemReader, graph_items, items_hash
@@ -56,12 +62,18 @@ def make_variants(root: Path, request: VariantRequest) -> dict[str, dict[str, An
     pack = load_pack(root)
     manifest = read_manifest(root)
     entries: dict[str, dict[str, Any]] = {}
-    for graph, variants in manifest["graphs"].items():
+    graphs = manifest["graphs"]
+    # composed graphs last: they are built on the new variants of the others
+    for graph in sorted(graphs, key=lambda g: "composed" in graphs[g].get("fp32", {})):
+        variants = graphs[graph]
         base = variants.get("fp32")
         if base is None:
             raise SystemExit(f"{root}: graph {graph!r} has no fp32 variant to start from")
         started = time.monotonic()
-        entry = _variant(pack, graph, base, request)
+        if "composed" in base:
+            entry = _composed_variant(pack.root, base, graphs, request.precision)
+        else:
+            entry = _variant(pack, graph, base, request)
         entries[graph] = entry
         variants[request.precision] = entry
         log.info("%s/%s %s (%s) in %.1f s", pack.kind, graph, request.precision,
@@ -69,6 +81,28 @@ def make_variants(root: Path, request: VariantRequest) -> dict[str, dict[str, An
     update_manifest(root, manifest)
     load_pack(root)  # the result must still be a valid pack
     return entries
+
+
+def _composed_variant(root: Path, base: dict[str, Any], graphs: dict[str, Any],
+                      precision: str) -> dict[str, Any]:
+    """The fp32 front-end in front of `precision` of the graph it feeds (module note)."""
+    spec = base["composed"]
+    fed = graphs[spec["graph"]][precision]
+    dst_name = base["file"].replace(".fp32.", f".{precision}.")
+    if dst_name == base["file"]:
+        dst_name = f"{Path(base['file']).stem}.{precision}.onnx"
+    compose_waveform_graph(root / spec["front_end"], root / fed["file"], root / dst_name)
+    entry = {k: v for k, v in base.items() if k not in ("file", "quantization", "composed")}
+    entry.update(
+        file=dst_name, batch_invariant=bool(fed.get("batch_invariant", True)),
+        composed={**spec, "graph_file": fed["file"]},
+        quantization={"method": "composed", "front_end": f"{spec['front_end']} (fp32 graph, "
+                      f"{spec.get('compute', 'float32')} inside: not converted)",
+                      "fed_graph": f"{spec['graph']} {precision} "
+                      f"({fed.get('quantization', {}).get('method', 'export')})",
+                      "source_sha256": file_sha256(root / fed["file"]),
+                      "tools": tool_versions()})
+    return entry
 
 
 def _variant(pack: ModelPack, graph: str, base: dict[str, Any],

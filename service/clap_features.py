@@ -24,8 +24,11 @@ on its batch neighbours, not copied.)
 
 The log-mel is the extractor's (transformers `spectrogram` with `log_mel="dB"`): periodic
 Hann, reflect-centred frames, power spectrum, mel filter bank, floor 1e-10, 10*log10, and
-no top_db clipping. It is computed in float64 like the extractor (whose FFT output passes
-through complex64, mirrored here) and returned as float32.
+no top_db clipping. It is computed in float32 (within 2e-4 dB of the extractor's float64
+on real speech, 1e-3 dB on a quiet pure tone, whose top bands sit at float32's rounding
+floor) and only over the FFT bins the mel bank weighs (297 of 513 with the hub's
+50 Hz - 14 kHz). `clap_features=graph` computes it inside the audio graph instead
+(export/clap_logmel.py), in float64.
 """
 
 from __future__ import annotations
@@ -133,9 +136,22 @@ def mel_filter_bank(n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_m
 
 @functools.lru_cache(maxsize=8)
 def _hann(n_fft: int) -> np.ndarray:
-    window = np.hanning(n_fft + 1)[:-1]  # periodic
+    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)  # periodic
     window.setflags(write=False)
     return window
+
+
+@functools.lru_cache(maxsize=8)
+def _weighed_bins(cfg: MelConfig) -> tuple[int, int, np.ndarray]:
+    """(lo, hi, bank[lo:hi] float32): the FFT bins with any mel weight. The others add
+    exact zeros to every band, so skipping them changes nothing."""
+    bank = mel_filter_bank(cfg.n_fft, cfg.n_mels, cfg.sample_rate, cfg.f_min, cfg.f_max,
+                           cfg.mel_scale, cfg.mel_norm)
+    used = np.flatnonzero(bank.any(axis=1))
+    lo, hi = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 1)
+    part = np.ascontiguousarray(bank[lo:hi], dtype=np.float32)
+    part.setflags(write=False)
+    return lo, hi, part
 
 
 # -- log-mel ----------------------------------------------------------------------------
@@ -144,7 +160,7 @@ def log_mel(waveform: np.ndarray, cfg: MelConfig) -> np.ndarray:
     """float32 [frames, n_mels] log-mel (dB) of one waveform, as ClapFeatureExtractor has it.
 
     All in float32: 5x faster than float64 here (2.8 vs 13.6 ms for 10 s, one thread) and
-    within 1.2e-5 dB of it, far inside the 1e-3 dB the tests hold us to.
+    within 1.2e-5 dB of it on broadband audio, inside the 1e-3 dB the tests hold us to.
     """
     half = cfg.n_fft // 2
     padded = np.pad(np.asarray(waveform, dtype=np.float32), (half, half), mode="reflect")
@@ -153,10 +169,12 @@ def log_mel(waveform: np.ndarray, cfg: MelConfig) -> np.ndarray:
         padded, shape=(count, cfg.n_fft),
         strides=(padded.strides[0] * cfg.hop_length, padded.strides[0]), writeable=False,
     )
-    spectrum = scipy.fft.rfft(frames * _hann(cfg.n_fft).astype(np.float32), axis=-1)
-    power = spectrum.real**2 + spectrum.imag**2
-    bank = mel_filter_bank(cfg.n_fft, cfg.n_mels, cfg.sample_rate, cfg.f_min, cfg.f_max,
-                           cfg.mel_scale, cfg.mel_norm).astype(np.float32)
+    spectrum = scipy.fft.rfft(frames * _hann(cfg.n_fft), axis=-1)
+    lo, hi, bank = _weighed_bins(cfg)
+    # re and im side by side as float32 (a view): squaring that is 3x faster than
+    # .real**2 + .imag**2 on the strided halves
+    squares = np.square(spectrum[:, lo:hi].view(np.float32))
+    power = squares[:, 0::2] + squares[:, 1::2]
     mel = np.maximum(cfg.mel_floor, power @ bank)
     db = 10.0 * np.log10(np.maximum(mel, cfg.db_min_value))
     if cfg.top_db is not None:

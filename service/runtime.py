@@ -38,7 +38,7 @@ class RuntimeConfig:
     Emotion2Vec+ graph: 2.22 s and 509 MB with patterns, 1.26 s and 359 MB without."""
 
 
-def resolve_provider(wanted: str) -> str:
+def resolve_provider(wanted: str, *, log_fallback: bool = True) -> str:
     """'cuda' or 'cpu', as this onnxruntime build allows."""
     available = ort.get_available_providers()
     if wanted == "cpu":
@@ -50,7 +50,8 @@ def resolve_provider(wanted: str) -> str:
             f"AUDIOSERVE_PROVIDER=cuda but onnxruntime offers only {available}; "
             "install the `gpu` extra (onnxruntime-gpu) with a matching CUDA"
         )
-    log.warning("CUDAExecutionProvider not available (%s): running on CPU", available)
+    if log_fallback:
+        log.warning("CUDAExecutionProvider not available (%s): running on CPU", available)
     return "cpu"
 
 

@@ -19,6 +19,7 @@ Provider = Literal["auto", "cuda", "cpu"]
 LongAudioPolicy = Literal["reject", "truncate"]
 TtsScheduling = Literal["continuous", "static", "sequential"]
 KvCache = Literal["auto", "present", "device", "preallocated"]
+ClapFeatures = Literal["auto", "graph", "host"]
 
 MODEL_NAMES = ("clap", "emotion2vec", "chattts")
 
@@ -55,6 +56,13 @@ class Settings(BaseSettings):
     warmup: bool = True
     load_in_background: bool = True
     """Serve /healthz (and a 503 /readyz) while packs load; False: load before serving."""
+
+    # -- CLAP's log-mel (docs/host-work.md) --------------------------------------------
+    clap_features: ClapFeatures = "auto"
+    """Where CLAP's log-mel is computed: `graph` (inside the audio graph, from the 10 s
+    waveform: on the GPU when there is one), `host` (numpy, in the CPU pool), `auto`:
+    graph on CUDA, host on CPU, where numpy's FFT is cheaper than the graph's float64
+    DFT (bench/bench_clap_features.py)."""
 
     # -- dynamic batching (defaults for every model) ----------------------------------
     max_batch_size: int = Field(8, ge=1, le=256)

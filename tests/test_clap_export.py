@@ -54,7 +54,8 @@ def test_manifest_holds_the_extractors_constants(clap_pack: ModelPack) -> None:
 
 def test_tiny_export_is_byte_reproducible(clap_pack: ModelPack, tmp_path: Path) -> None:
     export_clap.build_tiny(tmp_path)
-    for name in ("manifest.json", "tokenizer.json", "audio.fp32.onnx", "text.fp32.onnx"):
+    for name in ("manifest.json", "tokenizer.json", "audio.fp32.onnx", "text.fp32.onnx",
+                 "logmel.onnx", "audio_waveform.fp32.onnx"):
         assert (tmp_path / name).read_bytes() == (clap_pack.root / name).read_bytes(), name
 
 

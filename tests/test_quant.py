@@ -20,6 +20,7 @@ from tests.conftest import running_app
 
 KINDS = ("clap", "emotion2vec", "chattts")
 DEFAULT_INT8 = {("clap", "audio"): "static", ("clap", "text"): "weight-only",
+                ("clap", "audio_waveform"): "composed",  # front-end + audio int8
                 ("emotion2vec", "model"): "weight-only"}  # ChatTTS: weight-only throughout
 CALIBRATION = ["--items", "4", "--seconds", "1.5"]
 INVARIANT_TOLERANCE = 1e-5

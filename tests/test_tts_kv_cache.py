@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import onnxruntime as ort
 import pytest
 
-from service.tts.kv_cache import BatchKVCache, PreallocatedKVCache, RowCache
+from service.tts.kv_cache import BatchKVCache, DeviceKVCache, PreallocatedKVCache, RowCache
 
 LAYERS, HEADS, DIM = 2, 2, 3
 
@@ -65,3 +68,65 @@ def test_steady_state_steps_copy_nothing() -> None:
         step(cache, seed)
         assert cache.past()[0] is not presents_before[0]  # adopted, not copied into
     assert cache.copies == copies
+
+
+class _Graphs:
+    """What DeviceKVCache needs of TTSGraphs: `gpt_bound` appending one new column per
+    layer (seeded), the presents returned as OrtValues like the real graph's."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.new: list[np.ndarray] = []
+
+    def gpt_bound(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
+                  past: list[Any], device: str, device_id: int = 0) -> tuple[Any, Any, list[Any]]:
+        n = mask.shape[0]
+        self.new = [self.rng.standard_normal((n, HEADS, 1, DIM)).astype(np.float32)
+                    for _ in range(2 * LAYERS)]
+        presents = [ort.OrtValue.ortvalue_from_numpy(np.concatenate([p.numpy(), c], axis=2))
+                    for p, c in zip(past, self.new, strict=True)]
+        return np.zeros((n, 1, 4), np.float32), np.zeros((n, 4, 5), np.float32), presents
+
+
+def _host_step(cache: BatchKVCache, new: list[np.ndarray]) -> None:
+    presents = [np.concatenate([p, c], axis=2) for p, c in zip(cache.past(), new, strict=True)]
+    cache.advance(presents, cache.step_mask())
+
+
+def test_device_cache_joins_and_leaves_on_the_device_exactly() -> None:
+    """The same joins, steps and leaves on the host cache and on the device cache (here
+    OrtValues on CPU, through the same edit graphs CUDA runs): identical arrays, and the
+    device cache never comes back to the host for a membership change."""
+    host = BatchKVCache(LAYERS, HEADS, DIM)
+    device = DeviceKVCache(LAYERS, HEADS, DIM, "cpu")
+    graphs = _Graphs(7)
+    no_input = np.zeros((0,), np.float32)
+
+    def step() -> None:
+        device.decode(graphs, no_input, no_input)  # type: ignore[arg-type]
+        _host_step(host, graphs.new)
+
+    for cache in (host, device):
+        cache.join([row("a", 3, 0)])
+    step()
+    for cache in (host, device):
+        cache.join([row("b", 6, 2), row("c", 2, 3)])  # longer than the batch, and shorter
+    step()
+    step()
+    for cache in (host, device):
+        cache.remove(["b"])  # the longest leaves: leading all-padding columns go
+    step()
+    for cache in (host, device):
+        cache.join([row("d", 1, 4)])
+    step()
+    for cache in (host, device):
+        cache.remove(["a"])
+    assert device.ids == host.ids == ["c", "d"]
+    np.testing.assert_array_equal(device.mask, host.mask)
+    assert device.host_round_trips == 0
+    for got, want in zip(device.host_layers(), host.past(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert device.copies == host.copies
+    for cache in (host, device):
+        cache.remove(["c", "d"])
+    assert device.size == 0 and device.length == 0

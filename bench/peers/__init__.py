@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.server import REPO, ServerProcess, free_port
+from bench.server import REPO, ServerProcess, free_port, with_pythonpath
 
 PEERS = {
     "litserve": ("bench.peers.litserve_clap", "litserve", "/health"),
@@ -45,5 +45,6 @@ def peer_server(peer: str, pack_dir: Path, tuning: PeerTuning, log_dir: Path) ->
     if peer == "rayserve":
         cmd += ["--max-ongoing", str(tuning.max_queue)]
     log_dir.mkdir(parents=True, exist_ok=True)
-    return ServerProcess(peer, cmd, port, {"PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"},
+    env = {"PYTHONPATH": with_pythonpath(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    return ServerProcess(peer, cmd, port, env,
                          cwd=REPO, ready_path=ready, log_path=log_dir / f"{peer}.log")

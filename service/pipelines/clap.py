@@ -9,6 +9,11 @@ embedding is the normalised mean of its windows' embeddings; scores are cosine x
 checkpoint's `logit_scale` (exp of `logit_scale_a`, as ClapModel's logits_per_audio),
 softmaxed over the labels. A fused pack (`constants.fusion`) takes one [4, frames, mels]
 item per clip instead of windows.
+
+Where the log-mel is computed (`clap_features`): on the host (numpy, in the CPU pool), or
+inside the pack's `audio_waveform` graph, whose items are the padded 10 s windows
+themselves (export/clap_logmel.py); the host then only decodes and pads. A fused pack's
+clip longer than 10 s still brings its 4 maps from the host (they need the whole clip).
 """
 
 from __future__ import annotations
@@ -35,12 +40,14 @@ from service.pipelines.clap_text import (
     PromptTokenizer,
     pad_batch,
 )
-from service.runtime import GraphRunner, open_graph
+from service.runtime import GraphRunner, open_graph, resolve_provider
 
 T = TypeVar("T")
 
 TEXT_CACHE_SIZE = 4096
 """Prompts whose embeddings are kept; at 512 floats each, 4096 are 8 MiB."""
+WAVEFORM_GRAPH = "audio_waveform"
+"""The pack's audio graph with the log-mel inside (`waveform` [B, samples] in)."""
 
 
 @dataclass(frozen=True)
@@ -63,11 +70,14 @@ class WindowScores:
 
 @dataclass(frozen=True)
 class AudioItem:
-    """One audio-graph item: [1, frames, mels] (unfused) or [4, frames, mels] (fused)."""
+    """One audio-graph item: host log-mel [1, frames, mels] (unfused) or [4, frames, mels]
+    (fused) in `features`, or (graph features) the padded 10 s window in `waveform`."""
 
-    features: np.ndarray
+    features: np.ndarray | None = None
     is_longer: bool = False
     """Fused graphs only: the item is a long clip's shrunk mel plus 3 crops."""
+    waveform: np.ndarray | None = None
+    """float32 [max_length_samples]: the log-mel is computed inside the graph."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,27 @@ class ClassifyResult:
     timings_ms: dict[str, float]
 
 
+def choose_features(pack: ModelPack, ctx: LoadContext) -> str:
+    """`graph` or `host` for `clap_features`: auto is graph on CUDA, host on CPU (where
+    numpy's FFT beats the graph's float64 DFT: bench/bench_clap_features.py). A pack
+    without the waveform graph (exported before it existed) serves host features."""
+    wanted = ctx.settings.clap_features
+    has_graph = ctx.precision in pack.manifest.graphs.get(WAVEFORM_GRAPH, {})
+    if wanted == "graph" and not has_graph:
+        raise PackError(f"{pack.root / MANIFEST}: AUDIOSERVE_CLAP_FEATURES=graph, but the pack "
+                        f"has no {WAVEFORM_GRAPH} graph at {ctx.precision}; re-export it with "
+                        "`python -m export clap` (and `python -m quant` for fp16/int8)")
+    if wanted != "auto":
+        return wanted
+    cuda = resolve_provider(ctx.runtime.provider, log_fallback=False) == "cuda"
+    return "graph" if cuda and has_graph else "host"
+
+
+def _required(value: np.ndarray | None) -> np.ndarray:
+    assert value is not None, "audio item prepared for the other features mode"
+    return value
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(shifted)
@@ -132,7 +163,8 @@ class ClapPipeline:
     concurrent_batches = True
 
     def __init__(self, pack: ModelPack, ctx: LoadContext, audio: GraphRunner,
-                 text: GraphRunner, tokenizer: PromptTokenizer) -> None:
+                 text: GraphRunner, tokenizer: PromptTokenizer, *,
+                 features: str = "host") -> None:
         self.pack = pack
         self.ctx = ctx
         self.settings = ctx.settings
@@ -147,21 +179,25 @@ class ClapPipeline:
         self.cache = EmbeddingCache(TEXT_CACHE_SIZE)
         self._inflight: dict[str, asyncio.Task[np.ndarray]] = {}
         self.fused = self.mel.fusion
+        self.features = features
+        """`graph`: items are waveforms, the log-mel runs in the audio graph; `host`."""
         self._audio_batcher: DynamicBatcher[AudioItem, np.ndarray] | None = None
         self._text_batcher: DynamicBatcher[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def load(cls, pack: ModelPack, ctx: LoadContext) -> ClapPipeline:
         """Open both sessions and the tokenizer (slow, synchronous: called in a thread)."""
-        audio = open_graph(pack.graph("audio", ctx.precision)[0],
-                           replace(ctx.runtime, fixed_shapes=True))  # [B, 1, 1001, 64]
+        features = choose_features(pack, ctx)
+        graph = WAVEFORM_GRAPH if features == "graph" else "audio"
+        audio = open_graph(pack.graph(graph, ctx.precision)[0],
+                           replace(ctx.runtime, fixed_shapes=True))  # fixed item shapes
         text = open_graph(pack.graph("text", ctx.precision)[0], ctx.runtime)
         c = pack.constants
         try:
             tokenizer = PromptTokenizer(pack.file("tokenizer"),
                                         max_length=int(c["text_max_length"]),
                                         pad_id=int(c["pad_token_id"]))
-            return cls(pack, ctx, audio, text, tokenizer)
+            return cls(pack, ctx, audio, text, tokenizer, features=features)
         except KeyError as exc:
             raise PackError(f"{pack.root / MANIFEST}: constants lack {exc}; re-export the "
                             "pack with `python -m export clap`") from exc
@@ -200,6 +236,7 @@ class ClapPipeline:
         return {
             "id": "clap", "object": "model", "kind": "clap", "demo": m.demo,
             "source": m.source, "precision": self.precision, "provider": self.provider,
+            "features": self.features,
             "embed_dim": int(self.pack.constants["embed_dim"]),
             "batching": {name: b.describe() for name, b in
                          (("audio", self._audio_batcher), ("text", self._text_batcher)) if b},
@@ -210,11 +247,32 @@ class ClapPipeline:
     # -- batch functions (worker threads) -------------------------------------------------
 
     def _run_audio(self, items: list[AudioItem]) -> list[np.ndarray]:
-        feeds = {"input_features": np.stack([item.features for item in items])}
-        if self.fused:
-            feeds["is_longer"] = np.array([[item.is_longer] for item in items], dtype=bool)
-        out = self._audio.run(feeds)["audio_embeds"]
+        out = self._audio.run(self._audio_feeds(items))["audio_embeds"]
         return list(out.astype(np.float32, copy=False))
+
+    def _audio_feeds(self, items: list[AudioItem]) -> dict[str, np.ndarray]:
+        """The audio graph's inputs. A fused waveform graph takes both kinds of item in one
+        batch: each row reads its window (`use_waveform`) or the host's 4 maps; the other
+        input's row is zeros."""
+        is_longer = np.array([[item.is_longer] for item in items], dtype=bool)
+        if self.features == "host":
+            feeds = {"input_features": np.stack([_required(i.features) for i in items])}
+            if self.fused:
+                feeds["is_longer"] = is_longer
+            return feeds
+        if not self.fused:
+            return {"waveform": np.stack([_required(i.waveform) for i in items])}
+        m = self.mel
+        window = np.zeros(m.max_length_samples, np.float32)
+        maps = np.zeros((4, m.frames, m.n_mels), np.float32)
+        return {
+            "waveform": np.stack([window if i.waveform is None else i.waveform
+                                  for i in items]),
+            "long_features": np.stack([maps if i.features is None else i.features
+                                       for i in items]),
+            "is_longer": is_longer,
+            "use_waveform": np.array([[i.waveform is not None] for i in items], dtype=bool),
+        }
 
     def _run_text(self, items: list[np.ndarray]) -> list[np.ndarray]:
         ids, mask = pad_batch(items, self.tokenizer.pad_id)
@@ -243,19 +301,32 @@ class ClapPipeline:
                        timings_ms={"decode": decode_ms, **prepared.timings_ms})
 
     def prepare_samples(self, samples: np.ndarray) -> PreparedAudio:
-        """Window and log-mel mono float32 samples at the pack's rate."""
+        """Window mono float32 samples at the pack's rate and, with host features,
+        log-mel them. The stage is timed as `features`, or as `windows` when the log-mel
+        runs in the graph (its time is then part of `audio_embed`)."""
         t0 = time.perf_counter()
         if self.fused:  # one item for the whole clip (see service.clap_features)
             spans = used = [cf.whole_clip_span(samples, self.mel)]
-            features, is_longer = cf.fusion_features(samples, self.mel)
-            items = [AudioItem(features, is_longer)]
+            items = [self._fused_item(samples)]
         else:
             spans = cf.plan_windows(samples, self.mel)
             used = cf.select_windows(spans)
-            items = [AudioItem(cf.window_features(samples, span, self.mel)) for span in used]
+            items = [self._window_item(samples, span) for span in used]
+        stage = "windows" if self.features == "graph" else "features"
         return PreparedAudio(spans=spans, used=used, items=items,
                              duration_s=samples.shape[0] / self.mel.sample_rate,
-                             timings_ms={"features": _ms(t0)})
+                             timings_ms={stage: _ms(t0)})
+
+    def _window_item(self, samples: np.ndarray, span: cf.WindowSpan) -> AudioItem:
+        if self.features == "graph":
+            return AudioItem(waveform=cf.pad_short(samples[span.start:span.end], self.mel))
+        return AudioItem(features=cf.window_features(samples, span, self.mel))
+
+    def _fused_item(self, samples: np.ndarray) -> AudioItem:
+        if self.features == "graph" and samples.shape[0] <= self.mel.max_length_samples:
+            return AudioItem(waveform=cf.pad_short(samples, self.mel))
+        features, is_longer = cf.fusion_features(samples, self.mel)
+        return AudioItem(features=features, is_longer=is_longer)
 
     async def embed_audio(self, data: bytes) -> AudioEmbedding:
         """Decode, window, log-mel and embed an upload; timings cover each stage."""

@@ -100,8 +100,10 @@ class GPTStepper:
             params += [live.job.params] * per
             steps += [len(live.tokens)] * per
             uniforms.append(np.zeros(per) if live.job.params.greedy else live.rng.random(per))
-        ids = sample_rows(logits, histories, params, steps, np.concatenate(uniforms),
-                          eos_id=self.eos(lives[0].job.kind))
+        sampler = self.graphs.sampler
+        sample = sample_rows if sampler is None else sampler.sample_rows
+        ids = sample(logits, histories, params, steps, np.concatenate(uniforms),
+                     eos_id=self.eos(lives[0].job.kind))
         return list(ids.reshape(len(lives), per))
 
     def _sample_first(self, live: LiveSequence, logits: np.ndarray) -> np.ndarray:

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
+from service.tts.cache_editor import CacheEditor
+
 if TYPE_CHECKING:
     from service.tts.model import TTSGraphs
 
@@ -123,18 +125,22 @@ class BatchKVCache:
         length = max([self.length, *(r.length for r in rows)])
         if self.size:
             self.copies += 1
-        masks = [_left_pad(self.mask[:, None, :, None], length - self.length)[:, 0, :, 0]]
-        for r in rows:
-            masks.append(np.concatenate(
-                [np.zeros((1, length - r.length), np.int64), np.ones((1, r.length), np.int64)],
-                axis=1,
-            ))
         new_layers = []
         for i in range(2 * self.num_layers):
             parts = [] if self.size == 0 else [_left_pad(self.layers[i], length - self.length)]
             parts += [_left_pad(r.layers[i], length - r.length) for r in rows]
             new_layers.append(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0))
         self.layers = new_layers
+        self._join_rows(rows, length)
+
+    def _join_rows(self, rows: Sequence[RowCache], length: int) -> None:
+        """The mask and ids of a join to `length` columns (the layers are the caller's)."""
+        masks = [_left_pad(self.mask[:, None, :, None], length - self.length)[:, 0, :, 0]]
+        for r in rows:
+            masks.append(np.concatenate(
+                [np.zeros((1, length - r.length), np.int64), np.ones((1, r.length), np.int64)],
+                axis=1,
+            ))
         self.mask = np.concatenate(masks, axis=0)
         self.ids += [r.request_id for r in rows]
 
@@ -147,17 +153,25 @@ class BatchKVCache:
             self._remove(gone)
 
     def _remove(self, gone: set[str]) -> None:
+        keep, start = self._remove_rows(gone)
+        if not keep:
+            self.layers = []
+            return
+        self.layers = [np.ascontiguousarray(a[keep, :, start:]) for a in self.layers]
+        self.copies += 1
+
+    def _remove_rows(self, gone: set[str]) -> tuple[list[int], int]:
+        """The mask and ids after `gone` leave; returns (rows kept, first column kept)."""
         keep = [i for i, rid in enumerate(self.ids) if rid not in gone]
         self.ids = [self.ids[i] for i in keep]
         if not keep:
-            self.layers, self.mask = [], np.zeros((0, 0), np.int64)
-            return
+            self.mask = np.zeros((0, 0), np.int64)
+            return [], 0
         mask = self.mask[keep]
         used = np.flatnonzero(mask.any(axis=0))
         start = int(used[0]) if used.size else mask.shape[1]
         self.mask = np.ascontiguousarray(mask[:, start:])
-        self.layers = [np.ascontiguousarray(a[keep, :, start:]) for a in self.layers]
-        self.copies += 1
+        return keep, start
 
 
 class PreallocatedKVCache(BatchKVCache):
@@ -222,8 +236,9 @@ class PreallocatedKVCache(BatchKVCache):
 class DeviceKVCache(BatchKVCache):
     """For CUDA: the cache lives on the device as OrtValues and each step's presents are
     bound as the next step's past (IO binding), so steady-state decode moves no cache
-    between host and device. A join or leave brings the cache to the host once, edits it
-    with the numpy code above and uploads it at the next step (batched per step)."""
+    between host and device. Joins and leaves are edited there too (`CacheEditor`): only
+    the joining rows' prefill cache is uploaded, and nothing comes back. The host holds
+    the cache only before its first decode step (the first rows, joined as numpy)."""
 
     def __init__(self, num_layers: int, num_heads: int, head_dim: int, device: str,
                  device_id: int = 0) -> None:
@@ -231,15 +246,16 @@ class DeviceKVCache(BatchKVCache):
         self.device = device
         self.device_id = device_id
         self._values: list[ort.OrtValue] | None = None
+        self._editor: CacheEditor | None = None
+        self.host_round_trips = 0
+        """Times the whole cache came to the host (the benchmark and tests watch it: 0)."""
 
     def decode(self, graphs: TTSGraphs, embeds: np.ndarray,
                positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mask = self.step_mask()
         if self._values is None:
             with self._timed():
-                self._values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a),
-                                                                 self.device, self.device_id)
-                                for a in self.layers]
+                self._values = self._upload(self.layers)
             self.layers = []
         hidden, logits, self._values = graphs.gpt_bound(embeds, mask, positions,
                                                         self._values, self.device,
@@ -247,18 +263,48 @@ class DeviceKVCache(BatchKVCache):
         self.mask = mask
         return hidden, logits
 
-    def _to_host(self) -> None:
-        if self._values is not None:
-            with self._timed():
-                self.layers = [np.array(v.numpy()) for v in self._values]
-            self._values = None
+    def _upload(self, arrays: Sequence[np.ndarray]) -> list[ort.OrtValue]:
+        return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), self.device,
+                                                 self.device_id) for a in arrays]
+
+    def _edits(self) -> CacheEditor:
+        if self._editor is None:
+            assert self._values is not None
+            self._editor = CacheEditor(len(self._values), self._values[0].data_type(),
+                                       self.device, self.device_id)
+        return self._editor
 
     def join(self, rows: Sequence[RowCache]) -> None:
-        if rows:
-            self._to_host()
-        super().join(rows)
+        if not rows:
+            return
+        if self._values is None:  # still on the host: numpy, uploaded at the next step
+            super().join(rows)
+            return
+        with self._timed():
+            width = max(r.length for r in rows)
+            block = [np.concatenate([_left_pad(r.layers[i], width - r.length) for r in rows])
+                     for i in range(2 * self.num_layers)]
+            length = max(self.length, width)
+            self._values = self._edits().join(self._values, self._upload(block), self.length,
+                                              width)
+            self._join_rows(rows, length)
+            self.copies += 1
 
     def remove(self, request_ids: Sequence[str]) -> None:
-        if set(request_ids) & set(self.ids):
-            self._to_host()
-        super().remove(request_ids)
+        gone = set(request_ids) & set(self.ids)
+        if not gone:
+            return
+        if self._values is None:
+            super().remove(request_ids)
+            return
+        with self._timed():
+            keep, start = self._remove_rows(gone)
+            self._values = self._edits().keep(self._values, keep, start) if keep else None
+            self.copies += 1
+
+    def host_layers(self) -> list[np.ndarray]:
+        """The cache as numpy, wherever it lives (tests and debugging; counted)."""
+        if self._values is None:
+            return list(self.layers)
+        self.host_round_trips += 1
+        return [np.array(v.numpy()) for v in self._values]
