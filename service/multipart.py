@@ -31,7 +31,7 @@ class _Collector:
     _headers: dict[bytes, bytes] = field(default_factory=dict)
     _field: bytearray = field(default_factory=bytearray)
     _value: bytearray = field(default_factory=bytearray)
-    _data: list[bytes] = field(default_factory=list)
+    _data: list[memoryview] = field(default_factory=list)
 
     def on_part_begin(self) -> None:
         if len(self.parts) >= self.max_parts:
@@ -51,7 +51,7 @@ class _Collector:
         self._value.clear()
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        self._data.append(data[start:end])
+        self._data.append(memoryview(data)[start:end])  # copied once, by the join
 
     def on_part_end(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))

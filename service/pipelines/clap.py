@@ -367,15 +367,13 @@ class ClapPipeline:
             original_duration_s=prepared.original_duration_s, timings_ms=timings,
         )
 
-    async def embed_text(self, texts: list[str]) -> tuple[np.ndarray, int]:
-        """float32 [N, D] L2-normalised embeddings, cached by exact text, and the number
-        of prompt tokens they took (tokenised in the CPU pool)."""
+    async def embed_text(self, texts: list[str]) -> np.ndarray:
+        """float32 [N, D] L2-normalised embeddings, cached by exact text; only prompts not
+        in the cache are tokenised (in the CPU pool, all in one go)."""
         cache_events = self.ctx.metrics.cache_events
-        ids = await self.ctx.cpu.run(self.tokenizer.encode, list(dict.fromkeys(texts)))
-        by_text = dict(zip(dict.fromkeys(texts), ids, strict=True))
         results: dict[str, np.ndarray] = {}
         missing: list[str] = []
-        for text in by_text:
+        for text in dict.fromkeys(texts):
             hit = self.cache.get(text)
             if hit is not None:
                 results[text] = hit
@@ -384,11 +382,16 @@ class ClapPipeline:
         cache_events.labels("clap_text", "hit").inc(len(texts) - len(missing))
         cache_events.labels("clap_text", "miss").inc(len(missing))
         if missing:
-            computed = await asyncio.gather(*(self._embed_one_text(t, by_text[t])
-                                              for t in missing))
+            ids = await self.ctx.cpu.run(self.tokenizer.encode, missing)
+            computed = await asyncio.gather(*(self._embed_one_text(t, i)
+                                              for t, i in zip(missing, ids, strict=True)))
             results.update(zip(missing, computed, strict=True))
-        tokens = sum(len(by_text[t]) for t in texts)
-        return np.stack([results[t] for t in texts]), tokens
+        return np.stack([results[t] for t in texts])
+
+    async def count_tokens(self, texts: list[str]) -> int:
+        """Prompt tokens of `texts` as the text graph sees them (usage of /embed/text)."""
+        ids = await self.ctx.cpu.run(self.tokenizer.encode, texts)
+        return sum(len(row) for row in ids)
 
     async def _embed_one_text(self, text: str, ids: np.ndarray) -> np.ndarray:
         """One prompt through the text batcher. The work runs as its own task, shared by
@@ -437,8 +440,7 @@ class ClapPipeline:
 
         async def text_side() -> tuple[np.ndarray, float]:
             t = time.perf_counter()
-            embeddings, _ = await self.embed_text(prompts)
-            return embeddings, _ms(t)
+            return await self.embed_text(prompts), _ms(t)
 
         audio, (texts, text_ms) = await asyncio.gather(self.embed_audio(data), text_side())
         timings = dict(audio.timings_ms)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, ClassVar
 
 import numpy as np
@@ -191,7 +192,10 @@ async def classify(request: Request) -> Response:
             form.data, params.labels, prompt_template=params.prompt_template,
             top_k=params.top_k, per_window=params.per_window,
         )
-    return await model_response(request, ClassifyAnswer, classify_body, pipeline, result)
+    windows = len(result.per_window) if result.per_window is not None else 0
+    numbers = 2 * len(result.labels) * (1 + windows)
+    return await model_response(request, ClassifyAnswer, numbers, classify_body, pipeline,
+                                result)
 
 
 @router.post("/embed/audio", openapi_extra=upload_body(EmbedAudioParams),
@@ -203,7 +207,8 @@ async def embed_audio(request: Request) -> Response:
     form, _ = await read_upload(request, get_settings(request), EmbedAudioParams)
     async with admit(request, "clap"):
         audio = await pipeline.embed_audio(form.data)
-    return await model_response(request, EmbedAudioAnswer, embed_audio_body, pipeline, audio)
+    return await model_response(request, EmbedAudioAnswer, audio.embedding.size,
+                                embed_audio_body, pipeline, audio)
 
 
 @router.post("/embed/text", responses={200: {"model": EmbedTextAnswer}, **JSON_ERRORS})
@@ -225,6 +230,7 @@ async def embed_text(request: Request, body: EmbedTextRequest) -> Response:
             raise InvalidInput(f"input {i} has {len(text)} characters; the limit is "
                                f"{settings.max_label_chars} (AUDIOSERVE_MAX_LABEL_CHARS)")
     async with admit(request, "clap"):
-        embeddings, tokens = await pipeline.embed_text(texts)
-    return await model_response(request, EmbedTextAnswer, embed_text_body, pipeline,
-                                embeddings, tokens)
+        embeddings, tokens = await asyncio.gather(pipeline.embed_text(texts),
+                                                  pipeline.count_tokens(texts))
+    return await model_response(request, EmbedTextAnswer, embeddings.size, embed_text_body,
+                                pipeline, embeddings, tokens)

@@ -121,4 +121,8 @@ async def emotion(request: Request) -> Response:
     options = params.options()
     async with admit(request, "emotion2vec"):
         result = await pipeline.analyse(form.data, options)
-    return await model_response(request, EmotionAnswer, emotion_body, pipeline, result, options)
+    numbers = 2 * len(result.labels) + (0 if result.embedding is None else result.embedding.size)
+    if result.frames is not None:
+        numbers += result.frames.probabilities.size + len(result.frames.times_s)
+    return await model_response(request, EmotionAnswer, numbers, emotion_body, pipeline,
+                                result, options)
