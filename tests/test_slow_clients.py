@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.hostile import MULTIPART, multipart, tone_wav
 from bench.healthz_guard import healthz_guard
+from bench.hostile import MULTIPART, multipart, tone_wav
 from tests.tts_server import RunningServer, serve_app
 
 pytest_plugins = ("tests.clap_fixtures",)
