@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.admission import AdmissionGate, CpuWorkers
 from service.allocator import pin_malloc_thresholds
@@ -20,6 +20,8 @@ from service.errors import Unauthorized, install_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.models import ModelLoader, packs_to_load
+from service.replicas import ReplicaHeaderMiddleware
+from service.seam import LocalSeam, Seam
 from service.settings import MODEL_NAMES, Settings
 
 log = logging.getLogger("audioserve")
@@ -29,7 +31,8 @@ ROUTE_MODULES = ("service.routes.clap", "service.routes.emotion", "service.route
 _JSON_OVERHEAD_BYTES = 64 * 1024
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, seam: Seam | None = None) -> FastAPI:
+    """`seam`: where the models run (`service.seam`); default: in this process."""
     settings = settings or Settings()
     metrics = Metrics()
     cpu = CpuWorkers(settings.cpu_threads or None)
@@ -39,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.pin_malloc_thresholds:  # before the packs' first large arrays
             pin_malloc_thresholds()
         packs = packs_to_load(settings)  # a broken pack fails start-up here, naming the file
-        loader = ModelLoader(packs, settings, metrics, app.state.pipelines, cpu)
+        loader = ModelLoader(packs, settings, metrics, app.state.pipelines, cpu, app.state.seam)
         app.state.loader = loader
         if settings.load_in_background:  # serve /healthz and a 503 /readyz while warming
             loader.start()
@@ -49,12 +52,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await loader.close()
+            await app.state.seam.close()
             cpu.shutdown()
 
     app = FastAPI(title="audioserve", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.pipelines = {}
+    app.state.seam = seam or LocalSeam()
     app.state.admission = {
         kind: AdmissionGate(kind, max_in_flight=settings.max_in_flight,
                             timeout_s=settings.request_timeout_s,
@@ -66,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     body_limit = settings.max_upload_bytes * 4 // 3 + _JSON_OVERHEAD_BYTES
     app.add_middleware(BodyLimitMiddleware, max_bytes=body_limit)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(ReplicaHeaderMiddleware)  # X-Audioserve-Replica (service/replicas.py)
     install_handlers(app)
     _add_health_routes(app)
 
@@ -94,7 +100,9 @@ async def require_api_key(request: Request) -> None:
 
 async def list_models(request: Request) -> dict[str, Any]:
     pipelines = request.app.state.pipelines
-    return {"object": "list", "data": [p.info() for p in pipelines.values()]}
+    seam: Seam = request.app.state.seam
+    data = [{**p.info(), "replicas": await seam.replicas(kind)} for kind, p in pipelines.items()]
+    return {"object": "list", "data": data}
 
 
 def _add_health_routes(app: FastAPI) -> None:
@@ -114,5 +122,6 @@ def _add_health_routes(app: FastAPI) -> None:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint(request: Request) -> Response:
-        data = generate_latest(request.app.state.metrics.registry)
+        seam: Seam = request.app.state.seam
+        data = await seam.metrics(request.app.state.metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -14,7 +14,6 @@ item per clip instead of windows.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import time
 from collections.abc import Callable
@@ -23,8 +22,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from batcher import DynamicBatcher
 from service import clap_features as cf
+from service import replicas
 from service.admission import request_deadline
 from service.audio import decode_audio
 from service.errors import InvalidInput, PackError
@@ -38,6 +37,7 @@ from service.pipelines.clap_text import (
     validate_template,
 )
 from service.runtime import GraphRunner, open_graph
+from service.seam import BatchQueue
 
 T = TypeVar("T")
 
@@ -133,8 +133,8 @@ class ClapPipeline:
     name = "clap"
     concurrent_batches = True
 
-    def __init__(self, pack: ModelPack, ctx: LoadContext, audio: GraphRunner,
-                 text: GraphRunner, tokenizer: PromptTokenizer) -> None:
+    def __init__(self, pack: ModelPack, ctx: LoadContext, audio: GraphRunner | None,
+                 text: GraphRunner | None, tokenizer: PromptTokenizer) -> None:
         self.pack = pack
         self.ctx = ctx
         self.settings = ctx.settings
@@ -145,19 +145,22 @@ class ClapPipeline:
         self._audio = audio
         self._text = text
         self.tokenizer = tokenizer
-        self.provider = audio.provider
+        self.provider = audio.provider if audio is not None else ctx.runtime.provider
         self.cache = EmbeddingCache(TEXT_CACHE_SIZE)
-        self._inflight: dict[str, asyncio.Task[np.ndarray]] = {}
+        self._inflight: dict[str, tuple[asyncio.Task[np.ndarray], replicas.RequestReplicas]] = {}
         self.fused = self.mel.fusion
-        self._audio_batcher: DynamicBatcher[AudioItem, np.ndarray] | None = None
-        self._text_batcher: DynamicBatcher[np.ndarray, np.ndarray] | None = None
+        self._audio_batcher: BatchQueue[AudioItem, np.ndarray] | None = None
+        self._text_batcher: BatchQueue[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def load(cls, pack: ModelPack, ctx: LoadContext) -> ClapPipeline:
-        """Open both sessions and the tokenizer (slow, synchronous: called in a thread)."""
-        audio = open_graph(pack.graph("audio", ctx.precision)[0],
-                           replace(ctx.runtime, fixed_shapes=True))  # [B, 1, 1001, 64]
-        text = open_graph(pack.graph("text", ctx.precision)[0], ctx.runtime)
+        """Open both sessions (where the seam runs models) and the tokenizer (slow,
+        synchronous: called in a thread)."""
+        audio = text = None
+        if ctx.seam.runs_models:
+            audio = open_graph(pack.graph("audio", ctx.precision)[0],
+                               replace(ctx.runtime, fixed_shapes=True))  # [B, 1, 1001, 64]
+            text = open_graph(pack.graph("text", ctx.precision)[0], ctx.runtime)
         c = pack.constants
         try:
             tokenizer = PromptTokenizer(pack.file("tokenizer"),
@@ -173,13 +176,13 @@ class ClapPipeline:
     async def start(self) -> None:
         config = self.ctx.batch
         metrics = self.ctx.metrics
+        seam = self.ctx.seam
         # uploads announce themselves while they decode (see embed_audio); text is ready
-        self._audio_batcher = DynamicBatcher(self._run_audio,
-                                             replace(config, announced_arrivals=True),
-                                             name="clap_audio",
-                                             observer=metrics.observer("clap_audio"))
-        self._text_batcher = DynamicBatcher(self._run_text, config, name="clap_text",
-                                            observer=metrics.observer("clap_text"))
+        self._audio_batcher = seam.queue("clap", "clap_audio", self._run_audio,
+                                         replace(config, announced_arrivals=True),
+                                         metrics.observer("clap_audio"))
+        self._text_batcher = seam.queue("clap", "clap_text", self._run_text, config,
+                                        metrics.observer("clap_text"))
         self._audio_batcher.start()
         self._text_batcher.start()
         if self.settings.warmup:
@@ -212,6 +215,7 @@ class ClapPipeline:
     # -- batch functions (worker threads) -------------------------------------------------
 
     def _run_audio(self, items: list[AudioItem]) -> list[np.ndarray]:
+        assert self._audio is not None, "the audio graph runs where the seam runs models"
         feeds = {"input_features": np.stack([item.features for item in items])}
         if self.fused:
             feeds["is_longer"] = np.array([[item.is_longer] for item in items], dtype=bool)
@@ -219,6 +223,7 @@ class ClapPipeline:
         return list(out.astype(np.float32, copy=False))
 
     def _run_text(self, items: list[np.ndarray]) -> list[np.ndarray]:
+        assert self._text is not None, "the text graph runs where the seam runs models"
         ids, mask = pad_batch(items, self.tokenizer.pad_id)
         out = self._text.run({"input_ids": ids, "attention_mask": mask})["text_embeds"]
         return list(out.astype(np.float32, copy=False))
@@ -275,7 +280,7 @@ class ClapPipeline:
             prepared = await self.ctx.cpu.run(prepare, source)
         return await self.embed_prepared(prepared)
 
-    def _audio_queue(self) -> DynamicBatcher[AudioItem, np.ndarray]:
+    def _audio_queue(self) -> BatchQueue[AudioItem, np.ndarray]:
         assert self._audio_batcher is not None, "pipeline not started"
         return self._audio_batcher
 
@@ -319,15 +324,19 @@ class ClapPipeline:
     async def _embed_one_text(self, text: str) -> np.ndarray:
         """One prompt through the text batcher. The work runs as its own task, shared by
         every concurrent asker and unaffected by any one of them going away."""
-        task = self._inflight.get(text)
-        if task is None:
-            # a fresh context: the shared work must not inherit one asker's deadline
-            task = asyncio.get_running_loop().create_task(
-                self._compute_text(text), context=contextvars.Context()
-            )
-            self._inflight[text] = task
+        shared = self._inflight.get(text)
+        if shared is None:
+            # a fresh context: the shared work must not inherit one asker's deadline; it
+            # notes its replica in a record of its own, which every asker adopts
+            context, record = replicas.shared_context()
+            task = asyncio.get_running_loop().create_task(self._compute_text(text),
+                                                          context=context)
+            shared = self._inflight[text] = (task, record)
             task.add_done_callback(functools.partial(self._forget, text))
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(shared[0])
+        finally:
+            replicas.adopt(shared[1])
 
     async def _compute_text(self, text: str) -> np.ndarray:
         assert self._text_batcher is not None, "pipeline not started"
