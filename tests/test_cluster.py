@@ -106,6 +106,17 @@ def _assert_close(a: Any, b: Any, path: str = "") -> None:
         assert a == b, (path, a, b)
 
 
+def _assert_same_pcm(a: bytes, b: bytes) -> None:
+    """The same samples, to the last bit of 16-bit PCM. Windows of several pieces that end
+    up in one decoder forward (equal token counts) may differ from a solo forward by
+    ~1e-7, which can round to the neighbouring 16-bit value: that happens in one process
+    too, as the timing of the pieces decides. A different audio code would move whole
+    windows, not one step of one sample."""
+    x, y = np.frombuffer(a, "<i2").astype(np.int32), np.frombuffer(b, "<i2").astype(np.int32)
+    assert x.shape == y.shape
+    assert int(np.abs(x - y).max(initial=0)) <= 1
+
+
 def _replicas(response: httpx.Response) -> list[str]:
     return [r.strip() for r in response.headers["x-audioserve-replica"].split(",")]
 
@@ -165,7 +176,7 @@ def test_tts_streamed_in_chunks_equals_single_process(cluster: RayAudioserve,
             if chunk:
                 chunks.append(chunk)
     alone = local.post("/tts", json=body)
-    assert b"".join(chunks) == alone.content
+    _assert_same_pcm(b"".join(chunks), alone.content)
     assert len(chunks) >= 3, len(chunks)  # sent as generated, not in one write
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
+import time
 
 from service.cluster.runtime import ray_environment
 
@@ -37,11 +37,11 @@ def main() -> None:
               blocking=False)
     log.info("audioserve on Ray Serve (cluster %s): http://%s:%d", address, settings.host,
              settings.port)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        pass
+    stopping: list[int] = []  # a signal handler may only set a flag: an Event's lock,
+    for sig in (signal.SIGINT, signal.SIGTERM):  # taken again inside Event.wait, deadlocks
+        signal.signal(sig, lambda signum, _: stopping.append(signum))
+    while not stopping:
+        time.sleep(0.2)
     log.info("stopping: deleting application %s", cluster.app_name)
     serve.delete(cluster.app_name)
     if address == "local":  # this process started the cluster: take all of it down

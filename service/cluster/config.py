@@ -13,7 +13,7 @@ the single-process service's settings, passed to every replica.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,12 +31,12 @@ class DeploymentSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    replicas: int | Literal["auto"] | None = Field(None, ge=0)
+    replicas: Annotated[int, Field(ge=0)] | Literal["auto"] | None = None
     min_replicas: int | None = Field(None, ge=0)
     max_replicas: int | None = Field(None, ge=1)
     target_ongoing_requests: float | None = Field(None, gt=0)
     num_cpus: float | None = Field(None, ge=0)
-    num_gpus: float | Literal["auto"] | None = Field(None, ge=0)
+    num_gpus: Annotated[float, Field(ge=0)] | Literal["auto"] | None = None
     max_ongoing_requests: int | None = Field(None, ge=1)
     max_queued_requests: int | None = Field(None, ge=-1)
     max_replicas_per_node: int | None = Field(None, ge=1)
