@@ -74,6 +74,41 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def role(pid: int) -> str:
+    """What a process of the tree is: Ray names its workers `ray::<actor>` (the Serve proxy,
+    a replica `ray::ServeReplica:<app>:<deployment>`); others by their program."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    first = argv[0].decode(errors="replace")
+    if first.startswith("ray::"):
+        name = first.split()[0].removeprefix("ray::")
+        return name.split(":")[-1] if name.startswith("ServeReplica:") else name
+    program = Path(first).name
+    if program.startswith("python"):
+        script = next((a.decode() for a in argv[1:] if a and not a.startswith(b"-")), "")
+        return Path(script).stem or program
+    return program
+
+
+def cpu_seconds_by_role(pid: int) -> dict[str, float]:
+    """User + system CPU seconds so far of every process in the tree, summed by role."""
+    out: dict[str, float] = {}
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+        key = role(p)
+        out[key] = out.get(key, 0.0) + seconds
+    return out
+
+
 def memory_mb(pid: int, key: str = "VmRSS") -> float:
     """VmRSS (now) or VmHWM (peak) in MB, summed over the process and its descendants."""
     return sum(_status_kb(p, key) for p in process_tree(pid)) / 1024.0
@@ -128,6 +163,9 @@ class ServerProcess:
     def pid(self) -> int:
         assert self.proc is not None, "not started"
         return self.proc.pid
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return cpu_seconds_by_role(self.pid)
 
     def metrics_text(self) -> str:
         status, body = http_get(self.url + "/metrics")
