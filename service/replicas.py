@@ -6,7 +6,8 @@ replica behind every batcher or engine call it makes: `clap#local` in one proces
 replica (`clap#a1b2c3d4`) on a cluster. The middleware names them, in the order first
 used, in the response's header; a response no model touched carries none. Work shared by
 several requests (a label prompt embedded once for every concurrent asker) runs in a
-context of its own (`shared_context`), and each asker copies its notes after it (`adopt`).
+context of its own (`shared_context`), and each asker copies its notes after it (`adopt`);
+a cached prompt embedding keeps the replicas that computed it.
 
 The record also runs clean-up at the end of the request (`on_end`): the cluster closes
 here what a request opened but never used (a reserved TTS stream whose body never ran).
@@ -52,11 +53,18 @@ _current: contextvars.ContextVar[RequestReplicas | None] = contextvars.ContextVa
 )
 
 
-def note(replica: str) -> None:
-    """Record that `replica` computed part of the current request's answer."""
+def note(*names: str) -> None:
+    """Record that these replicas computed part of the current request's answer."""
     record = _current.get()
     if record is not None:
-        record.note(replica)
+        for name in names:
+            record.note(name)
+
+
+def noted() -> tuple[str, ...]:
+    """The replicas noted so far in the current context."""
+    record = _current.get()
+    return tuple(record.names) if record is not None else ()
 
 
 def on_end(cleanup: Callable[[], None]) -> bool:
@@ -78,8 +86,7 @@ def shared_context() -> tuple[contextvars.Context, RequestReplicas]:
 
 def adopt(shared: RequestReplicas) -> None:
     """Copy the replicas of shared work into the current request's record."""
-    for name in shared.names:
-        note(name)
+    note(*shared.names)
 
 
 class ReplicaHeaderMiddleware:

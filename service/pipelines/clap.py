@@ -312,6 +312,7 @@ class ClapPipeline:
             hit = self.cache.get(text)
             if hit is not None:
                 results[text] = hit
+                replicas.note(*self.cache.origin(text))
             else:
                 missing.append(text)
         cache_events.labels("clap_text", "hit").inc(len(texts) - len(missing))
@@ -342,7 +343,7 @@ class ClapPipeline:
         assert self._text_batcher is not None, "pipeline not started"
         ids = self.tokenizer.encode([text])[0]
         embedding = await self._text_batcher.submit(ids, length=len(ids))
-        self.cache.put(text, embedding)
+        self.cache.put(text, embedding, origin=replicas.noted())
         cached = self.cache.get(text)
         return embedding if cached is None else cached
 
