@@ -92,7 +92,7 @@ def model_ms_per_item(cfg: ConfigResult | None, kind: str, queue: str) -> float:
     """The replica's measured cost per item at the batch size its sizer chose."""
     if cfg is None:
         return math.nan
-    for model in cfg.models.get("data", []):  # type: ignore[union-attr]
+    for model in cfg.models.get("data", []):  # type: ignore[attr-defined]
         if model.get("id") == kind:
             batching: dict[str, Any] = model.get("batching") or {}
             described = batching.get(queue, batching) if queue else batching

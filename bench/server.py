@@ -85,8 +85,8 @@ def role(pid: int) -> str:
     except OSError:
         return "gone"
     first = argv[0].decode(errors="replace")
-    if first.startswith("ray::"):
-        name = first.split()[0].removeprefix("ray::")
+    if first.startswith("ray::"):  # the title names the method running, if any: dropped
+        name = first.split()[0].removeprefix("ray::").split(".")[0]
         return name.split(":")[-1] if name.startswith("ServeReplica:") else name
     program = Path(first).name
     if program.startswith("python"):
@@ -95,18 +95,27 @@ def role(pid: int) -> str:
     return program
 
 
-def cpu_seconds_by_role(pid: int) -> dict[str, float]:
-    """User + system CPU seconds so far of every process in the tree, summed by role."""
-    out: dict[str, float] = {}
+def cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
+    """User + system CPU seconds so far, and the role, of every process in the tree."""
+    out: dict[int, tuple[str, float]] = {}
     for p in process_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        seconds = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
-        key = role(p)
-        out[key] = out.get(key, 0.0) + seconds
+        out[p] = (role(p), (int(fields[11]) + int(fields[12])) / _TICKS)  # utime, stime
     return out
+
+
+def cpu_used_by_role(before: dict[int, tuple[str, float]],
+                     after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds used between two `cpu_seconds` snapshots, summed by role (per process,
+    so a process whose title changed in between is still counted only for the interval)."""
+    used: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        delta = seconds - before.get(pid, (name, 0.0))[1]
+        used[name] = used.get(name, 0.0) + delta
+    return used
 
 
 def memory_mb(pid: int, key: str = "VmRSS") -> float:
@@ -164,8 +173,8 @@ class ServerProcess:
         assert self.proc is not None, "not started"
         return self.proc.pid
 
-    def cpu_seconds(self) -> dict[str, float]:
-        return cpu_seconds_by_role(self.pid)
+    def cpu_seconds(self) -> dict[int, tuple[str, float]]:
+        return cpu_seconds(self.pid)
 
     def metrics_text(self) -> str:
         status, body = http_get(self.url + "/metrics")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from bench import openloop, prom
 from bench.bodies import Endpoint
-from bench.server import ServerProcess, http_get
+from bench.server import ServerProcess, cpu_used_by_role, http_get
 from bench.wrk_load import LoadResult, run_wrk
 
 
@@ -79,7 +79,7 @@ def measure_point(server: ServerProcess, ep: Endpoint, run: Callable[[], LoadRes
     settle(server)
     before, cpu = server.metrics_text(), server.cpu_seconds()
     load = run()
-    used = {k: v - cpu.get(k, 0.0) for k, v in server.cpu_seconds().items()}
+    used = cpu_used_by_role(cpu, server.cpu_seconds())
     return Point(load, prom.all_queue_figures(before, server.metrics_text()), used)
 
 

@@ -103,6 +103,7 @@ class ModelClient:
         self.handle = handle
         self.options = options
         self.infos: list[ReplicaInfo] = []
+        self._methods: dict[tuple[str, bool], DeploymentHandle] = {}
         self._poll_now = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
 
@@ -157,9 +158,17 @@ class ModelClient:
         """A call failed in a way that may mean a replica is gone: poll now."""
         self._poll_now.set()
 
+    def _method(self, name: str, stream: bool = False) -> DeploymentHandle:
+        """A handle per method, made once (`handle.<method>` copies the handle each time)."""
+        handle = self._methods.get((name, stream))
+        if handle is None:
+            handle = self._methods[name, stream] = self.handle.options(method_name=name,
+                                                                       stream=stream)
+        return handle
+
     async def call(self, method: str, arg: object, bound_s: float) -> Any:
         """One unary call, bounded and translated (see the design note)."""
-        response = getattr(self.handle, method).remote(arg)
+        response = self._method(method).remote(arg)
         try:
             async with asyncio.timeout(bound_s):
                 return await response
@@ -173,8 +182,8 @@ class ModelClient:
             raise self._fault(exc) from None
 
     def open(self, method: str, arg: object) -> DeploymentResponseGenerator[Any]:
-        stream: DeploymentResponseGenerator[Any] = getattr(
-            self.handle.options(stream=True), method).remote(arg)
+        stream = self._method(method, stream=True).remote(arg)
+        assert isinstance(stream, DeploymentResponseGenerator)
         return stream
 
     async def next(self, stream: DeploymentResponseGenerator[Any],
