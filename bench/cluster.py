@@ -18,8 +18,12 @@ replicas it runs. The report checks that CPU side against the 1- and 2-replica r
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,39 @@ PROXY_ROLES = ("ProxyActor", "haproxy")
 MODELS = ("clap", "emotion2vec", "chattts")
 
 
+class ClusterServer(ServerProcess):
+    """Ray's HAProxy ingress can outlive the cluster that started it (its reloads leave the
+    process tree): stopping also ends the HAProxy processes started meanwhile."""
+
+    _started_at: float = 0.0
+
+    def start(self, ready_timeout_s: float = 300.0) -> ServerProcess:
+        self._started_at = time.time()
+        return super().start(ready_timeout_s)
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        super().stop(grace_s)
+        for pid in _haproxies_since(self._started_at):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _haproxies_since(t0: float) -> list[int]:
+    boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or b"haproxy-serve" not in (entry / "cmdline").read_bytes():
+                continue
+            started = boot + int((entry / "stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        except (OSError, ValueError, IndexError):
+            continue
+        if started >= t0 - 1.0:
+            found.append(int(entry.name))
+    return found
+
+
 def cluster_server(name: str, models_dir: Path, settings: dict[str, str],
                    cluster: dict[str, str], *, log_dir: Path, service_root: Path = REPO,
                    python: str = sys.executable, extra_env: dict[str, str] | None = None
@@ -48,7 +85,7 @@ def cluster_server(name: str, models_dir: Path, settings: dict[str, str],
                PYTHONPATH=str(service_root), RAY_ADDRESS="")
     env.update(extra_env or {})
     log_dir.mkdir(parents=True, exist_ok=True)
-    return ServerProcess(name, [python, "-m", "service.cluster"], port, env, cwd=service_root,
+    return ClusterServer(name, [python, "-m", "service.cluster"], port, env, cwd=service_root,
                          log_path=log_dir / f"{name}.log")
 
 
