@@ -10,8 +10,9 @@ ENV DEBIAN_FRONTEND=noninteractive \
     AUDIOSERVE_MODELS_DIR=/models \
     AUDIOSERVE_PROVIDER=auto
 
+# wget: KubeRay's probes call it (deploy/kuberay-rayservice.yaml runs this image)
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && apt-get install -y --no-install-recommends python3 python3-venv wget \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -22,7 +23,8 @@ COPY service ./service
 COPY batcher ./batcher
 COPY export ./export
 COPY quant ./quant
-RUN pip install ".[gpu]"
+# `cluster`: the same image runs `python -m service.cluster` and KubeRay's Ray nodes
+RUN pip install ".[gpu,cluster]"
 
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \

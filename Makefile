@@ -20,7 +20,7 @@ $(VENV)/.installed: $(PY) pyproject.toml export/install_chattts.sh
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -q -e ".[cpu,export,dev,test]"
+	$(PIP) install -q -e ".[cpu,export,dev,test,cluster]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 
 STYLE = {"on": ("audioserve, batching on", "-o"), "off": ("audioserve, max_batch_size=1", "--s"),
          "on-clap": ("audioserve, batching on, CLAP only", "-D"),
-         "litserve": ("LitServe", ":^"), "rayserve": ("Ray Serve", "-.v")}
+         "litserve": ("LitServe", ":^"), "rayserve": ("Ray Serve", "-.v"),
+         "cluster": ("audioserve on Ray Serve, 1 replica each", "-x"),
+         "cluster-2clap": ("audioserve on Ray Serve, 2 CLAP replicas", "--x"),
+         "cluster-haproxy": ("audioserve on Ray Serve, HAProxy ingress", ":x")}
 
 
 def sweep_plot(run: RunResult, endpoint: str, out: Path) -> Path | None:

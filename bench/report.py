@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,6 +314,9 @@ def write(run: RunResult, results_dir: Path, stem: str) -> Path:
         plots = make_plots(run, assets)
     lines = header_section(run, plots, md_path)
     lines += summary_section(run) + targets_section(run)
+    from bench.cluster import cluster_section  # `bench/run --cluster`
+
+    lines += cluster_section(run.configs, run.endpoints(), os.cpu_count() or 1)
     lines += ["## Each configuration", ""]
     for cfg in run.configs:
         lines += config_section(cfg)

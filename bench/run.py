@@ -15,6 +15,7 @@ Examples:
   bench/run --quick                       # a few seconds per point: checks the harness
   bench/run --random-real --overload --soak-minutes 10      # the figures for the README
   bench/run --endpoints classify --concurrency 1 8 32 --duration 20 --no-peers
+  bench/run --cluster --no-off --no-peers  # also through Ray Serve (bench/cluster.py)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import bodies as bodies_mod
+from bench import cluster as cluster_bench
 from bench import peers, raw_ceiling
 from bench.overload import run_overload
 from bench.packs import ENDPOINT_MODEL, ensure_pack
@@ -82,6 +85,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fixed-size", action="store_true",
                    help="AUDIOSERVE_ADAPTIVE_BATCH_SIZE=false: always fill --batch-size")
     p.add_argument("--no-off", action="store_true", help="skip the max_batch_size=1 config")
+    p.add_argument("--cluster", action="store_true",
+                   help="also through Ray Serve (`python -m service.cluster`): one replica per "
+                        "model, then two CLAP replicas; needs the `cluster` extra")
+    p.add_argument("--cluster-haproxy", action="store_true",
+                   help="with --cluster: also one replica per model behind Ray Serve's "
+                        "HAProxy ingress (needs the haproxy binary)")
     p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                    help="LitServe and Ray Serve on the CLAP graph, when installed")
     p.add_argument("--no-ceiling", action="store_true")
@@ -197,6 +206,33 @@ def measure_configs(args: argparse.Namespace, models_dir: Path,
         server = audioserve(f"audioserve-{key}", models_dir, settings, log_dir=log_dir,
                             service_root=args.service_root)
         results.append(run_config(key, title, settings, server, endpoints, plan, log))
+    if args.cluster:
+        results += measure_cluster(args, models_dir, endpoints, plan, log_dir, models)
+    return results
+
+
+def measure_cluster(args: argparse.Namespace, models_dir: Path,
+                    endpoints: dict[str, bodies_mod.Endpoint], plan: SweepPlan, log_dir: Path,
+                    models: list[str]) -> list[ConfigResult]:
+    """The `on` settings through Ray Serve: one replica per model, then two of CLAP."""
+    settings = service_settings(args, models)
+    configs = [(cluster_bench.ONE, "Ray Serve cluster, one replica per model", {}, endpoints)]
+    if "classify" in endpoints:
+        configs.append((cluster_bench.TWO, "Ray Serve cluster, two CLAP replicas",
+                        {"clap_replicas": "2"}, {"classify": endpoints["classify"]}))
+    haproxy = shutil.which("haproxy")
+    if args.cluster_haproxy and haproxy:
+        configs.append((cluster_bench.HAPROXY, "Ray Serve cluster behind its HAProxy ingress, "
+                        "one replica per model", {}, endpoints))
+    results = []
+    for key, title, cluster, eps in configs:
+        env = ({**cluster_bench.HAPROXY_ENV, "RAY_SERVE_HAPROXY_BINARY_PATH": str(haproxy)}
+               if key == cluster_bench.HAPROXY else {})
+        log(f"configuration {key}: {settings} {cluster} {env}")
+        server = cluster_bench.cluster_server(f"audioserve-{key}", models_dir, settings, cluster,
+                                              log_dir=log_dir, service_root=args.service_root,
+                                              extra_env=env)
+        results.append(run_config(key, title, {**settings, **cluster}, server, eps, plan, log))
     return results
 
 
@@ -287,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
                     {n: (e.unit, e.units_per_request) for n, e in endpoints.items()},
                     args.batch_size, overload, soak, notes)
     path = write(run, args.out, stem)
-    print("\n".join(summary_section(run) + targets_section(run)))
+    print("\n".join(summary_section(run) + targets_section(run)
+                    + cluster_bench.cluster_section(run.configs, run.endpoints(),
+                                                    os.cpu_count() or 1)))
     log(f"report: {path}")
     return 0
 

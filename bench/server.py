@@ -74,6 +74,50 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def role(pid: int) -> str:
+    """What a process of the tree is: Ray names its workers `ray::<actor>` (the Serve proxy,
+    a replica `ray::ServeReplica:<app>:<deployment>`); others by their program."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    first = argv[0].decode(errors="replace")
+    if first.startswith("ray::"):  # the title names the method running, if any: dropped
+        name = first.split()[0].removeprefix("ray::").split(".")[0]
+        return name.split(":")[-1] if name.startswith("ServeReplica:") else name
+    program = Path(first).name
+    if program.startswith("python"):
+        script = next((a.decode() for a in argv[1:] if a and not a.startswith(b"-")), "")
+        return Path(script).stem or program
+    return program
+
+
+def cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
+    """User + system CPU seconds so far, and the role, of every process in the tree."""
+    out: dict[int, tuple[str, float]] = {}
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[p] = (role(p), (int(fields[11]) + int(fields[12])) / _TICKS)  # utime, stime
+    return out
+
+
+def cpu_used_by_role(before: dict[int, tuple[str, float]],
+                     after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds used between two `cpu_seconds` snapshots, summed by role (per process,
+    so a process whose title changed in between is still counted only for the interval)."""
+    used: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        delta = seconds - before.get(pid, (name, 0.0))[1]
+        used[name] = used.get(name, 0.0) + delta
+    return used
+
+
 def memory_mb(pid: int, key: str = "VmRSS") -> float:
     """VmRSS (now) or VmHWM (peak) in MB, summed over the process and its descendants."""
     return sum(_status_kb(p, key) for p in process_tree(pid)) / 1024.0
@@ -128,6 +172,9 @@ class ServerProcess:
     def pid(self) -> int:
         assert self.proc is not None, "not started"
         return self.proc.pid
+
+    def cpu_seconds(self) -> dict[int, tuple[str, float]]:
+        return cpu_seconds(self.pid)
 
     def metrics_text(self) -> str:
         status, body = http_get(self.url + "/metrics")

@@ -4,6 +4,7 @@ with the server's own batch figures for every point (metrics after - before)."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 
 from bench import openloop, prom
 from bench.bodies import Endpoint
-from bench.server import ServerProcess
+from bench.server import ServerProcess, cpu_used_by_role, http_get
 from bench.wrk_load import LoadResult, run_wrk
 
 
@@ -19,6 +20,8 @@ from bench.wrk_load import LoadResult, run_wrk
 class Point:
     load: LoadResult
     queues: list[prom.QueueFigures] = field(default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU seconds the server's processes used during the point, by role (bench/server)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class ConfigResult:
     rss_after_warmup_mb: float
     peak_rss_mb: float
     error: str | None = None
+    models: dict[str, object] = field(default_factory=dict)
+    """GET /v1/models after the warm-up: what ran, and its measured per-batch costs."""
 
     def points(self, endpoint: str) -> list[Point]:
         return [p for p in self.sweep if p.load.endpoint == endpoint]
@@ -72,9 +77,10 @@ def settle(server: ServerProcess, timeout_s: float = 30.0) -> None:
 
 def measure_point(server: ServerProcess, ep: Endpoint, run: Callable[[], LoadResult]) -> Point:
     settle(server)
-    before = server.metrics_text()
+    before, cpu = server.metrics_text(), server.cpu_seconds()
     load = run()
-    return Point(load, prom.all_queue_figures(before, server.metrics_text()))
+    used = cpu_used_by_role(cpu, server.cpu_seconds())
+    return Point(load, prom.all_queue_figures(before, server.metrics_text()), used)
 
 
 def best_ok_rps(points: list[Point]) -> float:
@@ -87,11 +93,13 @@ def run_config(key: str, title: str, settings: dict[str, str], server: ServerPro
     sweep: list[Point] = []
     open_points: list[Point] = []
     rss_warm = peak = math.nan
+    models: dict[str, object] = {}
     try:
         server.start()
         for name, ep in endpoints.items():
             run_wrk(server.url, ep.folder, name, min(8, max(plan.concurrency)), plan.warmup_s)
         rss_warm = server.rss_mb()
+        models = _models(server)
         for name, ep in endpoints.items():
             points = []
             for c in plan.concurrency:
@@ -114,7 +122,13 @@ def run_config(key: str, title: str, settings: dict[str, str], server: ServerPro
     except Exception as exc:  # one broken configuration must not lose the others' figures
         log(f"  {key}: FAILED: {exc}")
         return ConfigResult(key, title, settings, sweep, open_points, rss_warm, peak,
-                            error=f"{type(exc).__name__}: {exc}")
+                            error=f"{type(exc).__name__}: {exc}", models=models)
     finally:
         server.stop()
-    return ConfigResult(key, title, settings, sweep, open_points, rss_warm, peak)
+    return ConfigResult(key, title, settings, sweep, open_points, rss_warm, peak,
+                        models=models)
+
+
+def _models(server: ServerProcess) -> dict[str, object]:
+    status, body = http_get(server.url + "/v1/models")
+    return json.loads(body) if status == 200 else {}

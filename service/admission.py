@@ -46,6 +46,12 @@ def request_deadline() -> float | None:
     return _deadline.get()
 
 
+def adopt_deadline(deadline: float | None) -> None:
+    """Make `deadline` the current context's request deadline: a call that arrived from
+    another process with its request's time left (`service.cluster`)."""
+    _deadline.set(deadline)
+
+
 class AdmissionGate:
     """Bounded, deadline-aware admission for one model (see the design note)."""
 

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.admission import AdmissionGate, CpuWorkers
 from service.allocator import pin_malloc_thresholds
@@ -21,6 +21,8 @@ from service.metrics import Metrics
 from service.middleware import AuthMiddleware, RequestContextMiddleware
 from service.models import ModelLoader, packs_to_load
 from service.read_limits import BodyLimit, ReadLimitsMiddleware, ReadTimeouts
+from service.replicas import ReplicaHeaderMiddleware
+from service.seam import LocalSeam, Seam
 from service.settings import MODEL_NAMES, Settings
 from service.web import DOCS_ASSETS_PREFIX, SWAGGER_UI_PARAMETERS, UI_PREFIX, add_docs, add_page
 
@@ -34,7 +36,8 @@ PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, seam: Seam | None = None) -> FastAPI:
+    """`seam`: where the models run (`service.seam`); default: in this process."""
     settings = settings or Settings()
     metrics = Metrics()
     cpu = CpuWorkers(settings.cpu_threads or None)
@@ -44,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.pin_malloc_thresholds:  # before the packs' first large arrays
             pin_malloc_thresholds()
         packs = packs_to_load(settings)  # a broken pack fails start-up here, naming the file
-        loader = ModelLoader(packs, settings, metrics, app.state.pipelines, cpu)
+        loader = ModelLoader(packs, settings, metrics, app.state.pipelines, cpu, app.state.seam)
         app.state.loader = loader
         if settings.load_in_background:  # serve /healthz and a 503 /readyz while warming
             loader.start()
@@ -54,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await loader.close()
+            await app.state.seam.close()
             cpu.shutdown()
 
     # Swagger UI's and ReDoc's files served by the app (fastapi-offline): /docs, /redoc
@@ -64,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.pipelines = {}
+    app.state.seam = seam or LocalSeam()
     app.state.admission = {
         kind: AdmissionGate(kind, max_in_flight=settings.max_in_flight,
                             timeout_s=settings.request_timeout_s,
@@ -81,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                              total_s=settings.body_timeout_s,
                                              min_rate=settings.body_min_rate))
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(ReplicaHeaderMiddleware)  # X-Audioserve-Replica (service/replicas.py)
     _add_health_routes(app)
     add_docs(app)
     if settings.ui:  # the web page: public, it asks for the API key on a 401
@@ -126,7 +132,9 @@ def body_limits(settings: Settings) -> Callable[[str], BodyLimit]:
 
 async def list_models(request: Request) -> dict[str, Any]:
     pipelines = request.app.state.pipelines
-    return {"object": "list", "data": [p.info() for p in pipelines.values()]}
+    seam: Seam = request.app.state.seam
+    data = [{**p.info(), "replicas": await seam.replicas(kind)} for kind, p in pipelines.items()]
+    return {"object": "list", "data": data}
 
 
 def _add_health_routes(app: FastAPI) -> None:
@@ -146,5 +154,6 @@ def _add_health_routes(app: FastAPI) -> None:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint(request: Request) -> Response:
-        data = generate_latest(request.app.state.metrics.registry)
+        seam: Seam = request.app.state.seam
+        data = await seam.metrics(request.app.state.metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)

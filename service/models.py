@@ -17,6 +17,7 @@ from service.metrics import Metrics
 from service.packs import MANIFEST, ModelPack, load_pack
 from service.pipelines.base import LoadContext, Pipeline
 from service.runtime import RuntimeConfig, resolve_provider
+from service.seam import LocalSeam, ModelFacts, Seam
 from service.settings import MODEL_NAMES, Settings
 
 log = logging.getLogger("audioserve.models")
@@ -79,19 +80,23 @@ def parallelism(settings: Settings, provider: str, concurrent: bool) -> tuple[in
 
 
 def load_pipeline(
-    pack: ModelPack, settings: Settings, metrics: Metrics, cpu: CpuWorkers
+    pack: ModelPack, settings: Settings, metrics: Metrics, cpu: CpuWorkers,
+    seam: Seam | None = None, facts: ModelFacts | None = None,
 ) -> Pipeline:
-    provider = resolve_provider(settings.provider)
+    """`facts`: the provider and precision chosen where the model runs, when that is not
+    this process (a cluster's ingress)."""
+    provider = facts.provider if facts else resolve_provider(settings.provider)
     cls = _pipeline_class(pack.kind)
     workers, threads = parallelism(settings, provider, cls.concurrent_batches)
     runtime = RuntimeConfig(
-        provider=settings.provider,
+        provider=facts.provider if facts else settings.provider,
         device_id=settings.cuda_device_id,
         intra_op_threads=threads,
         intra_op_spinning=settings.intra_op_spinning,
         cpu_arena=settings.cpu_arena,
     )
-    precision = resolve_precision(settings.precision_for(pack.kind), pack, provider)
+    precision = (facts.precision if facts else
+                 resolve_precision(settings.precision_for(pack.kind), pack, provider))
     context = LoadContext(
         settings=settings, runtime=runtime, precision=precision, metrics=metrics,
         batch=settings.batch_config(
@@ -101,6 +106,7 @@ def load_pipeline(
             cost_clock="thread_cpu" if provider == "cpu" and threads == 1 else "wall",
         ),
         cpu=cpu,
+        seam=seam or LocalSeam(),
     )
     dependent = [g for g, v in pack.manifest.graphs.items()
                  if precision in v and not v[precision].batch_invariant]
@@ -158,11 +164,13 @@ class ModelLoader:
         metrics: Metrics,
         pipelines: dict[str, Pipeline],
         cpu: CpuWorkers,
+        seam: Seam | None = None,
     ) -> None:
         self._packs = packs
         self._settings = settings
         self._metrics = metrics
         self._cpu = cpu
+        self.seam = seam or LocalSeam()
         self.pipelines = pipelines
         self._state = LoadState.LOADING
         self._error: str | None = None
@@ -173,8 +181,9 @@ class ModelLoader:
 
     async def run(self) -> None:
         for pack in self._packs:
+            facts = await self.seam.attach(pack.kind)
             pipeline = await asyncio.to_thread(
-                load_pipeline, pack, self._settings, self._metrics, self._cpu
+                load_pipeline, pack, self._settings, self._metrics, self._cpu, self.seam, facts
             )
             try:
                 await pipeline.start()

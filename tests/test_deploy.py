@@ -38,6 +38,6 @@ def test_compose_file_validates() -> None:
 
 def test_dockerfile_installs_the_gpu_extra_and_checks_readiness() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert 'pip install ".[gpu]"' in dockerfile
+    assert 'pip install ".[gpu,cluster]"' in dockerfile
     assert "/readyz" in dockerfile
     assert "nvidia/cuda" in dockerfile

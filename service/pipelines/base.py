@@ -14,6 +14,7 @@ from service.admission import CpuWorkers
 from service.metrics import Metrics
 from service.packs import ModelPack
 from service.runtime import RuntimeConfig
+from service.seam import LocalSeam, Seam
 from service.settings import Settings
 
 
@@ -30,6 +31,9 @@ class LoadContext:
     """The settings' batching, with the batch workers resolved for this model."""
     cpu: CpuWorkers = field(default_factory=CpuWorkers)
     """The shared, deadline-aware pool for decode/feature/encode work."""
+    seam: Seam = field(default_factory=LocalSeam)
+    """Where the batchers and the engine run: here, or in a model deployment's replicas
+    (`service.seam`); when not here, `load()` opens no session."""
 
 
 class Pipeline(Protocol):

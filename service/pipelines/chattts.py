@@ -28,20 +28,20 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from batcher import DynamicBatcher
 from batcher.steps import Admission, StepConfig
 from service.audio import resample
 from service.audio_encode import encode_audio
 from service.errors import InvalidInput
 from service.packs import ModelPack
 from service.pipelines.base import LoadContext
+from service.seam import BatchQueue
 from service.settings import Settings
 from service.tts import speaker as speakers
 from service.tts import text as texts
 from service.tts.chunking import split_long_text
-from service.tts.engine import EngineConfig, GenerationEngine, KVCacheKind
+from service.tts.engine import EngineConfig, KVCacheKind
 from service.tts.jobs import GenerationJob, GenerationResult, PassKind
-from service.tts.model import TTSGraphs
+from service.tts.model import TTSConstants, TTSGraphs
 from service.tts.streaming import PEAK, receptive_field_tokens, stitch
 from service.tts.stretch import time_stretch
 from service.tts.voices import VoiceStore
@@ -137,21 +137,22 @@ class ChatTTSPipeline:
     concurrent_batches = False
     """The decoding steps run one after another (the step scheduler is the batching)."""
 
-    def __init__(self, pack: ModelPack, ctx: LoadContext, graphs: TTSGraphs,
+    def __init__(self, pack: ModelPack, ctx: LoadContext, graphs: TTSGraphs | None,
                  config: EngineConfig | None = None) -> None:
         self.pack = pack
         self.ctx = ctx
         self.settings = ctx.settings
         self.precision = ctx.precision
         self.graphs = graphs
-        self.c = graphs.c
+        self.c = graphs.c if graphs is not None else TTSConstants.from_manifest(pack.constants)
         self.prompts = texts.PromptBuilder.from_pack(pack)
         self.spk_stat = speakers.load_spk_stat(pack)
-        self.engine = GenerationEngine(
-            graphs, config or engine_config(ctx.settings, self.c.max_position_embeddings),
+        self.engine = ctx.seam.engine(
+            "chattts", graphs,
+            config or engine_config(ctx.settings, self.c.max_position_embeddings),
             name="chattts_gpt", observer=ctx.metrics.observer("chattts_gpt"),
         )
-        self._decoder: DynamicBatcher[np.ndarray, np.ndarray] | None = None
+        self._decoder: BatchQueue[np.ndarray, np.ndarray] | None = None
         self.voices = VoiceStore(self.settings.voices_dir, self.spk_stat)
         extra = getattr(pack.manifest, "model_extra", None) or {}
         radius = receptive_field_tokens(extra.get("config", {}))
@@ -162,17 +163,21 @@ class ChatTTSPipeline:
 
     @classmethod
     def load(cls, pack: ModelPack, ctx: LoadContext) -> ChatTTSPipeline:
-        """Open every session (slow, synchronous: called in a thread)."""
-        return cls(pack, ctx, TTSGraphs.open(pack, ctx.precision, ctx.runtime))
+        """Open every session where the seam runs models (slow, synchronous: called in a
+        thread)."""
+        graphs = (TTSGraphs.open(pack, ctx.precision, ctx.runtime) if ctx.seam.runs_models
+                  else None)
+        return cls(pack, ctx, graphs)
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
         self.engine.start()
         # a whole-file request announces its decode while its tokens are generated
-        self._decoder = DynamicBatcher(
-            self._decode_batch, replace(self.ctx.batch, timeout_s=None, announced_arrivals=True),
-            name="chattts_decode", observer=self.ctx.metrics.observer("chattts_decode"),
+        self._decoder = self.ctx.seam.queue(
+            "chattts", "chattts_decode", self._decode_batch,
+            replace(self.ctx.batch, timeout_s=None, announced_arrivals=True),
+            self.ctx.metrics.observer("chattts_decode"),
         )
         self._decoder.start()
         if self.settings.warmup:
@@ -192,7 +197,8 @@ class ChatTTSPipeline:
         cfg = self.engine.config.step
         return {
             "id": "chattts", "object": "model", "kind": "chattts", "demo": m.demo,
-            "source": m.source, "precision": self.precision, "provider": self.graphs.provider,
+            "source": m.source, "precision": self.precision,
+            "provider": self.graphs.provider if self.graphs else self.ctx.runtime.provider,
             "sample_rate": self.c.sample_rate, "max_active": cfg.max_active,
             "scheduling": cfg.admission.value if cfg.max_active > 1 else "sequential",
             "graphs": {g: sorted(v) for g, v in m.graphs.items()},
@@ -329,6 +335,7 @@ class ChatTTSPipeline:
 
     def _decode_batch(self, items: list[np.ndarray]) -> list[np.ndarray]:
         """Decoder + vocos, one forward per distinct token count (see the design note)."""
+        assert self.graphs is not None, "the graphs run where the seam runs models"
         out: list[np.ndarray | None] = [None] * len(items)
         by_length: dict[int, list[int]] = {}
         for i, hidden in enumerate(items):

@@ -155,7 +155,8 @@ class SpeechStream:
 
 
 async def open_stream(pipeline: ChatTTSPipeline, req: SpeechRequest) -> SpeechStream:
-    """Validate and prepare now (errors become normal 4xx before any audio is sent)."""
+    """Validate, prepare and admit now (errors become normal 4xx/503 before any audio is
+    sent)."""
     prepared = await pipeline.prepare(req)
-    pipeline.engine.check_capacity(len(prepared.jobs))
+    await pipeline.engine.reserve(prepared.jobs)
     return SpeechStream(pipeline, req, prepared)

@@ -19,7 +19,6 @@ clip longer than 10 s still brings its 4 maps from the host (they need the whole
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import time
 from collections.abc import Callable
@@ -28,8 +27,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from batcher import DynamicBatcher
 from service import clap_features as cf
+from service import replicas
 from service.admission import request_deadline
 from service.audio import decode_audio
 from service.errors import InvalidInput, PackError
@@ -41,6 +40,7 @@ from service.pipelines.clap_text import (
     pad_batch,
 )
 from service.runtime import GraphRunner, open_graph, resolve_provider
+from service.seam import BatchQueue
 
 T = TypeVar("T")
 
@@ -162,8 +162,8 @@ class ClapPipeline:
     name = "clap"
     concurrent_batches = True
 
-    def __init__(self, pack: ModelPack, ctx: LoadContext, audio: GraphRunner,
-                 text: GraphRunner, tokenizer: PromptTokenizer, *,
+    def __init__(self, pack: ModelPack, ctx: LoadContext, audio: GraphRunner | None,
+                 text: GraphRunner | None, tokenizer: PromptTokenizer, *,
                  features: str = "host") -> None:
         self.pack = pack
         self.ctx = ctx
@@ -175,23 +175,26 @@ class ClapPipeline:
         self._audio = audio
         self._text = text
         self.tokenizer = tokenizer
-        self.provider = audio.provider
+        self.provider = audio.provider if audio is not None else ctx.runtime.provider
         self.cache = EmbeddingCache(TEXT_CACHE_SIZE)
-        self._inflight: dict[str, asyncio.Task[np.ndarray]] = {}
+        self._inflight: dict[str, tuple[asyncio.Task[np.ndarray], replicas.RequestReplicas]] = {}
         self.fused = self.mel.fusion
         self.features = features
         """`graph`: items are waveforms, the log-mel runs in the audio graph; `host`."""
-        self._audio_batcher: DynamicBatcher[AudioItem, np.ndarray] | None = None
-        self._text_batcher: DynamicBatcher[np.ndarray, np.ndarray] | None = None
+        self._audio_batcher: BatchQueue[AudioItem, np.ndarray] | None = None
+        self._text_batcher: BatchQueue[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def load(cls, pack: ModelPack, ctx: LoadContext) -> ClapPipeline:
-        """Open both sessions and the tokenizer (slow, synchronous: called in a thread)."""
+        """Open both sessions (where the seam runs models) and the tokenizer (slow,
+        synchronous: called in a thread)."""
         features = choose_features(pack, ctx)
-        graph = WAVEFORM_GRAPH if features == "graph" else "audio"
-        audio = open_graph(pack.graph(graph, ctx.precision)[0],
-                           replace(ctx.runtime, fixed_shapes=True))  # fixed item shapes
-        text = open_graph(pack.graph("text", ctx.precision)[0], ctx.runtime)
+        audio = text = None
+        if ctx.seam.runs_models:
+            graph = WAVEFORM_GRAPH if features == "graph" else "audio"
+            audio = open_graph(pack.graph(graph, ctx.precision)[0],
+                               replace(ctx.runtime, fixed_shapes=True))  # fixed item shapes
+            text = open_graph(pack.graph("text", ctx.precision)[0], ctx.runtime)
         c = pack.constants
         try:
             tokenizer = PromptTokenizer(pack.file("tokenizer"),
@@ -207,13 +210,13 @@ class ClapPipeline:
     async def start(self) -> None:
         config = self.ctx.batch
         metrics = self.ctx.metrics
+        seam = self.ctx.seam
         # uploads announce themselves while they decode (see embed_audio); text is ready
-        self._audio_batcher = DynamicBatcher(self._run_audio,
-                                             replace(config, announced_arrivals=True),
-                                             name="clap_audio",
-                                             observer=metrics.observer("clap_audio"))
-        self._text_batcher = DynamicBatcher(self._run_text, config, name="clap_text",
-                                            observer=metrics.observer("clap_text"))
+        self._audio_batcher = seam.queue("clap", "clap_audio", self._run_audio,
+                                         replace(config, announced_arrivals=True),
+                                         metrics.observer("clap_audio"))
+        self._text_batcher = seam.queue("clap", "clap_text", self._run_text, config,
+                                        metrics.observer("clap_text"))
         self._audio_batcher.start()
         self._text_batcher.start()
         if self.settings.warmup:
@@ -247,6 +250,7 @@ class ClapPipeline:
     # -- batch functions (worker threads) -------------------------------------------------
 
     def _run_audio(self, items: list[AudioItem]) -> list[np.ndarray]:
+        assert self._audio is not None, "the audio graph runs where the seam runs models"
         out = self._audio.run(self._audio_feeds(items))["audio_embeds"]
         return list(out.astype(np.float32, copy=False))
 
@@ -275,6 +279,7 @@ class ClapPipeline:
         }
 
     def _run_text(self, items: list[np.ndarray]) -> list[np.ndarray]:
+        assert self._text is not None, "the text graph runs where the seam runs models"
         ids, mask = pad_batch(items, self.tokenizer.pad_id)
         out = self._text.run({"input_ids": ids, "attention_mask": mask})["text_embeds"]
         return list(out.astype(np.float32, copy=False))
@@ -344,7 +349,7 @@ class ClapPipeline:
             prepared = await self.ctx.cpu.run(prepare, source)
         return await self.embed_prepared(prepared)
 
-    def _audio_queue(self) -> DynamicBatcher[AudioItem, np.ndarray]:
+    def _audio_queue(self) -> BatchQueue[AudioItem, np.ndarray]:
         assert self._audio_batcher is not None, "pipeline not started"
         return self._audio_batcher
 
@@ -377,6 +382,7 @@ class ClapPipeline:
             hit = self.cache.get(text)
             if hit is not None:
                 results[text] = hit
+                replicas.note(*self.cache.origin(text))
             else:
                 missing.append(text)
         cache_events.labels("clap_text", "hit").inc(len(texts) - len(missing))
@@ -396,20 +402,24 @@ class ClapPipeline:
     async def _embed_one_text(self, text: str, ids: np.ndarray) -> np.ndarray:
         """One prompt through the text batcher. The work runs as its own task, shared by
         every concurrent asker and unaffected by any one of them going away."""
-        task = self._inflight.get(text)
-        if task is None:
-            # a fresh context: the shared work must not inherit one asker's deadline
-            task = asyncio.get_running_loop().create_task(
-                self._compute_text(text, ids), context=contextvars.Context()
-            )
-            self._inflight[text] = task
+        shared = self._inflight.get(text)
+        if shared is None:
+            # a fresh context: the shared work must not inherit one asker's deadline; it
+            # notes its replica in a record of its own, which every asker adopts
+            context, record = replicas.shared_context()
+            task = asyncio.get_running_loop().create_task(self._compute_text(text, ids),
+                                                          context=context)
+            shared = self._inflight[text] = (task, record)
             task.add_done_callback(functools.partial(self._forget, text))
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(shared[0])
+        finally:
+            replicas.adopt(shared[1])
 
     async def _compute_text(self, text: str, ids: np.ndarray) -> np.ndarray:
         assert self._text_batcher is not None, "pipeline not started"
         embedding = await self._text_batcher.submit(ids, length=len(ids))
-        self.cache.put(text, embedding)
+        self.cache.put(text, embedding, origin=replicas.noted())
         cached = self.cache.get(text)
         return embedding if cached is None else cached
 

@@ -43,11 +43,13 @@ def pad_batch(items: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndar
 
 
 class EmbeddingCache:
-    """A bounded LRU map prompt -> embedding (read-only float32 vectors)."""
+    """A bounded LRU map prompt -> embedding (read-only float32 vectors), each with the
+    replicas that computed it (what a cached answer's `X-Audioserve-Replica` names)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._origin: dict[str, tuple[str, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._data)
@@ -58,13 +60,18 @@ class EmbeddingCache:
             self._data.move_to_end(key)
         return value
 
-    def put(self, key: str, value: np.ndarray) -> None:
+    def origin(self, key: str) -> tuple[str, ...]:
+        return self._origin.get(key, ())
+
+    def put(self, key: str, value: np.ndarray, origin: tuple[str, ...] = ()) -> None:
         value = np.array(value, dtype=np.float32)
         value.setflags(write=False)
         self._data[key] = value
+        self._origin[key] = origin
         self._data.move_to_end(key)
         while len(self._data) > self.capacity:
-            self._data.popitem(last=False)
+            old, _ = self._data.popitem(last=False)
+            self._origin.pop(old, None)
 
 
 def validate_labels(labels: list[str], settings: Settings) -> list[str]:

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from batcher import DynamicBatcher
 from service.admission import request_deadline
 from service.audio import decode_audio
 from service.errors import InvalidInput, PackError
@@ -32,6 +31,7 @@ from service.packs import ModelPack
 from service.pipelines import emotion2vec_post as post
 from service.pipelines.base import LoadContext
 from service.runtime import GraphRunner, open_graph
+from service.seam import BatchQueue
 
 MERGE_RULE = "frame-weighted mean of chunk embeddings, then the classification head"
 
@@ -101,23 +101,24 @@ class Emotion2vecPipeline:
     name = "emotion2vec"
     concurrent_batches = True
 
-    def __init__(self, pack: ModelPack, ctx: LoadContext, runner: GraphRunner,
+    def __init__(self, pack: ModelPack, ctx: LoadContext, runner: GraphRunner | None,
                  head: np.ndarray) -> None:
         self.pack = pack
         self.ctx = ctx
         self.settings = ctx.settings
         self.precision = ctx.precision
-        self.provider = runner.provider
+        self.provider = runner.provider if runner is not None else ctx.runtime.provider
         self.constants = EmotionConstants.from_pack(pack)
         self.head = head
         self._runner = runner
-        self._batcher: DynamicBatcher[np.ndarray, post.ChunkOutput] | None = None
+        self._batcher: BatchQueue[np.ndarray, post.ChunkOutput] | None = None
 
     @classmethod
     def load(cls, pack: ModelPack, ctx: LoadContext) -> Emotion2vecPipeline:
-        """Open the session and read the head (synchronous: called in a thread)."""
+        """Open the session (where the seam runs models) and read the head (synchronous:
+        called in a thread)."""
         path, _ = pack.graph("model", ctx.precision)
-        runner = open_graph(path, ctx.runtime)
+        runner = open_graph(path, ctx.runtime) if ctx.seam.runs_models else None
         head = np.load(pack.file("head")).astype(np.float32)
         labels = len(pack.constants.get("labels", []))
         if head.ndim != 2 or head.shape[0] != labels:
@@ -128,10 +129,10 @@ class Emotion2vecPipeline:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._batcher = DynamicBatcher(  # uploads announce themselves while they decode
-            self._run_batch, replace(self.ctx.batch, announced_arrivals=True),
-            name="emotion2vec",
-            observer=self.ctx.metrics.observer("emotion2vec"),
+        self._batcher = self.ctx.seam.queue(  # uploads announce themselves while they decode
+            "emotion2vec", "emotion2vec", self._run_batch,
+            replace(self.ctx.batch, announced_arrivals=True),
+            self.ctx.metrics.observer("emotion2vec"),
         )
         self._batcher.start()
         if self.settings.warmup:
@@ -162,6 +163,7 @@ class Emotion2vecPipeline:
     # -- the batch function (worker thread) ------------------------------------------------
 
     def _run_batch(self, items: list[np.ndarray]) -> list[post.ChunkOutput]:
+        assert self._runner is not None, "the graph runs where the seam runs models"
         lengths = np.array([len(x) for x in items], np.int64)
         wav = np.zeros((len(items), int(lengths.max())), np.float32)
         for i, x in enumerate(items):
@@ -239,7 +241,7 @@ class Emotion2vecPipeline:
                   if options.granularity is Granularity.FRAME else None)
         return probs, embedding, frames
 
-    def _queue(self) -> DynamicBatcher[np.ndarray, post.ChunkOutput]:
+    def _queue(self) -> BatchQueue[np.ndarray, post.ChunkOutput]:
         assert self._batcher is not None, "pipeline not started"
         return self._batcher
 

@@ -1,0 +1,336 @@
+"""audioserve on a real two-node Ray cluster (`ray.cluster_utils.Cluster`) with 2 CLAP
+replicas, against the single-process app on the same inputs: the same answers, both
+replicas used, faults and overload ending in this service's JSON errors, a disconnected
+stream freeing its replica's engine slot. One cluster for the whole module (Ray's own
+processes are heavy); it and every process it started are gone when the module ends."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
+
+from service.settings import Settings
+from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
+from tests.clap_fixtures import clap_models_dir, make_clip, wav_bytes  # noqa: F401
+from tests.conftest import running_app
+from tests.emotion2vec_fixtures import emotion_models_dir  # noqa: F401
+from tests.emotion2vec_fixtures import make_clip as speech_clip
+from tests.emotion2vec_fixtures import wav_bytes as speech_wav
+from tests.ray_cluster import RayAudioserve, ray_audioserve
+
+DEADLINE_S = 15.0
+LABELS = ["dog", "rain", "speech"]
+SETTINGS = dict(warmup=False, request_timeout_s=DEADLINE_S, intra_op_threads=1,
+                batch_workers=1, tts_stream_chunk_tokens=8, max_wait_ms=5.0,
+                tts_max_active=2)  # long texts' pieces take turns: streams last a while
+SENTENCE = "This sentence is one of many that make a long text to speak. "
+CLUSTER = {
+    "ingress": {"num_cpus": 0.25},
+    # two CLAP replicas, one per node
+    "clap": {"replicas": 2, "num_cpus": 0.25, "max_replicas_per_node": 1},
+    # one replica that takes one item at a time and queues one more: the overload case
+    "emotion2vec": {"num_cpus": 0.25, "max_ongoing_requests": 1, "max_queued_requests": 1},
+    "chattts": {"num_cpus": 0.25},
+    "health_interval_s": 0.5,
+}
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory, clap_models_dir: Path,  # noqa: F811
+               emotion_models_dir: Path, chattts_models_dir: Path) -> Path:  # noqa: F811
+    root = tmp_path_factory.mktemp("all_models")
+    for source in (clap_models_dir / "clap", emotion_models_dir / "emotion2vec",
+                   chattts_models_dir / "chattts"):
+        (root / source.name).symlink_to(source)
+    return root
+
+
+@pytest.fixture(scope="module")
+def settings(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(_env_file=None, models_dir=models_dir, load_in_background=True,
+                    voices_dir=tmp_path_factory.mktemp("voices"), **SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def cluster(settings: Settings) -> Iterator[RayAudioserve]:
+    with ray_audioserve(settings, CLUSTER) as deployed:
+        yield deployed
+
+
+@pytest.fixture(scope="module")
+def local(settings: Settings) -> Iterator[TestClient]:
+    overrides = settings.model_dump(exclude={"load_in_background"})
+    with running_app(**overrides) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def http(cluster: RayAudioserve) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=cluster.url, timeout=60) as client:
+        yield client
+
+
+def _without_timings(body: Any) -> Any:
+    if isinstance(body, dict):
+        return {k: _without_timings(v) for k, v in body.items() if k != "timings_ms"}
+    if isinstance(body, list):
+        return [_without_timings(v) for v in body]
+    return body
+
+
+def _assert_close(a: Any, b: Any, path: str = "") -> None:
+    """Same structure, strings and flags; numbers within 1e-6 (fp32)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (path, a, b)
+        for key in a:
+            _assert_close(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), (path, a, b)
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and not isinstance(a, bool):
+        assert isinstance(b, float | int) and abs(a - b) <= 1e-6, (path, a, b)
+    else:
+        assert a == b, (path, a, b)
+
+
+def _assert_same_pcm(a: bytes, b: bytes) -> None:
+    """The same samples, to the last bit of 16-bit PCM. Windows of several pieces that end
+    up in one decoder forward (equal token counts) may differ from a solo forward by
+    ~1e-7, which can round to the neighbouring 16-bit value: that happens in one process
+    too, as the timing of the pieces decides. A different audio code would move whole
+    windows, not one step of one sample."""
+    x, y = np.frombuffer(a, "<i2").astype(np.int32), np.frombuffer(b, "<i2").astype(np.int32)
+    assert x.shape == y.shape
+    assert int(np.abs(x - y).max(initial=0)) <= 1
+
+
+def _replicas(response: httpx.Response) -> list[str]:
+    return [r.strip() for r in response.headers["x-audioserve-replica"].split(",")]
+
+
+# -- the same answers as one process ------------------------------------------------------
+
+JSON_CASES = [
+    ("/classify", {"files": {"file": ("a.wav", wav_bytes(make_clip(12.5, seed=3)))},
+                   "data": {"labels": LABELS, "per_window": "true"}}),
+    ("/embed/audio", {"files": {"file": ("a.wav", wav_bytes(make_clip(4.0, seed=4)))}}),
+    ("/embed/text", {"json": {"input": ["a dog barking", "heavy rain"]}}),
+    ("/emotion", {"files": {"file": ("s.wav", speech_wav(speech_clip(3.0, seed=5)))}}),
+    ("/emotion", {"files": {"file": ("s.wav", speech_wav(speech_clip(3.0, seed=6)))},
+                  "data": {"granularity": "frame", "return_embedding": "true"}}),
+]
+
+
+@pytest.mark.parametrize(("path", "request_args"), JSON_CASES,
+                         ids=["classify", "embed-audio", "embed-text", "emotion", "emotion-frame"])
+def test_json_answers_equal_single_process(http: httpx.Client, local: TestClient, path: str,
+                                           request_args: dict[str, Any]) -> None:
+    remote = http.post(path, **request_args)
+    alone = local.post(path, **request_args)
+    assert remote.status_code == alone.status_code == 200, (remote.text, alone.text)
+    _assert_close(_without_timings(remote.json()), _without_timings(alone.json()))
+    model = "emotion2vec" if path == "/emotion" else "clap"
+    assert all(r.startswith(f"{model}#") for r in _replicas(remote))
+    assert alone.headers["x-audioserve-replica"] == f"{model}#local"
+    assert remote.headers["content-type"] == alone.headers["content-type"]
+    assert len(remote.headers.get_list("x-request-id")) == 1
+
+
+TTS_BODY = {"text": "Hello from the cluster. A second sentence.", "seed": 7,
+            "max_new_tokens": 60, "format": "wav"}
+
+
+def test_tts_whole_equals_single_process(http: httpx.Client, local: TestClient) -> None:
+    remote = http.post("/tts", json=TTS_BODY)
+    alone = local.post("/tts", json=TTS_BODY)
+    assert remote.status_code == alone.status_code == 200, remote.text
+    for header in ("x-audioserve-tokens", "x-audioserve-pieces", "x-audioserve-finish-reason",
+                   "x-audioserve-sampling-seed"):
+        assert remote.headers[header] == alone.headers[header]
+    assert remote.content == alone.content  # same codes, decoded by the same graphs
+    assert _replicas(remote)[0].startswith("chattts#")
+
+
+def test_tts_streamed_in_chunks_equals_single_process(cluster: RayAudioserve,
+                                                      local: TestClient) -> None:
+    body = {**TTS_BODY, "text": SENTENCE * 8, "stream": True, "format": "pcm"}
+    chunks: list[bytes] = []
+    with httpx.stream("POST", cluster.url + "/tts", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        assert _replicas(r)[0].startswith("chattts#")  # named before any audio was sent
+        assert int(r.headers["x-audioserve-pieces"]) >= 3
+        for chunk in r.iter_raw():
+            if chunk:
+                chunks.append(chunk)
+    alone = local.post("/tts", json=body)
+    _assert_same_pcm(b"".join(chunks), alone.content)
+    assert len(chunks) >= 3, len(chunks)  # sent as generated, not in one write
+
+
+def test_openai_speech_equals_single_process(http: httpx.Client, local: TestClient) -> None:
+    body = {"model": "tts-1", "input": "Speech through the OpenAI route.", "voice": "alloy",
+            "response_format": "wav", "stream": False, "seed": 11}
+    remote = http.post("/v1/audio/speech", json=body)
+    alone = local.post("/v1/audio/speech", json=body)
+    assert remote.status_code == alone.status_code == 200, remote.text
+    assert remote.content == alone.content
+    streamed = http.post("/v1/audio/speech", json={**body, "stream": True,
+                                                   "response_format": "pcm"})
+    assert streamed.content == local.post("/v1/audio/speech", json={
+        **body, "stream": True, "response_format": "pcm"}).content
+
+
+def test_errors_and_openapi_are_the_apps(http: httpx.Client, local: TestClient) -> None:
+    cases = [("/classify", {"files": {"file": ("a.wav", b"not audio")},
+                            "data": {"labels": ["x"]}}),
+             ("/embed/text", {"json": {"input": []}}),
+             ("/tts", {"json": {"text": ""}}),
+             ("/v1/audio/speech", {"json": {"model": "nope", "input": "hi"}})]
+    for path, args in cases:
+        remote, alone = http.post(path, **args), local.post(path, **args)
+        assert remote.status_code == alone.status_code and remote.status_code in (415, 422)
+        r_body, a_body = remote.json(), alone.json()
+        r_body["error"].pop("request_id", None)
+        a_body["error"].pop("request_id", None)
+        assert r_body == a_body
+    assert http.get("/openapi.json").json() == local.get("/openapi.json").json()
+
+
+# -- replicas -----------------------------------------------------------------------------
+
+def test_requests_reach_both_clap_replicas(http: httpx.Client) -> None:
+    wav = wav_bytes(make_clip(2.0, seed=9))
+
+    def embed(_: int) -> list[str]:
+        r = http.post("/embed/audio", files={"file": ("a.wav", wav)})
+        assert r.status_code == 200, r.text
+        return _replicas(r)
+
+    with ThreadPoolExecutor(8) as pool:
+        seen = {name for names in pool.map(embed, range(40)) for name in names}
+    models = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
+    listed = models["clap"]["replicas"]
+    assert seen == {r["id"] for r in listed}, (seen, listed)
+    assert len(listed) == 2 and all(r["healthy"] for r in listed)
+    assert len({r["node"] for r in listed}) == 2  # one per node
+    assert [r["id"].split("#")[0] for r in models["chattts"]["replicas"]] == ["chattts"]
+
+
+def test_readyz_and_per_replica_metrics(http: httpx.Client) -> None:
+    assert http.get("/readyz").json()["status"] == "ready"
+    text = http.get("/metrics").text
+    replicas = {m["id"] for m in http.get("/v1/models").json()["data"][0]["replicas"]}
+    for replica in replicas:
+        assert f'queue="clap_audio",replica="{replica}"' in text
+    assert 'replica="ingress#' in text
+
+
+# -- faults and overload --------------------------------------------------------------------
+
+def _json_error(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    assert set(body) == {"error"} and {"code", "message"} <= set(body["error"]), body
+    return dict(body["error"])
+
+
+def test_backpressure_is_a_json_503_with_retry_after(http: httpx.Client) -> None:
+    wav = speech_wav(speech_clip(3.0, seed=12))
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda _: http.post("/emotion",
+                                                      files={"file": ("s.wav", wav)}),
+                                  range(32)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503}, statuses
+    refused = [r for r in responses if r.status_code == 503]
+    assert refused, "a burst of 32 against 1 ongoing + 1 queued must shed some"
+    for r in refused:
+        assert _json_error(r)["code"] == "overloaded"
+        assert int(r.headers["retry-after"]) >= 1
+    assert 200 in statuses
+
+
+def test_disconnected_stream_frees_the_replica_slot(cluster: RayAudioserve,
+                                                    http: httpx.Client) -> None:
+    def engine() -> dict[str, Any]:
+        models = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
+        return dict(models["chattts"]["replicas"][0]["engine"])
+
+    before = engine()
+    body = {"text": SENTENCE * 30, "seed": 1, "stream": True, "format": "pcm"}
+    with httpx.stream("POST", cluster.url + "/tts", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        pieces = int(r.headers["x-audioserve-pieces"])
+        audio = r.iter_raw()  # held: a discarded iterator closes the connection
+        next(audio)
+        busy = engine()
+    closed = time.monotonic()
+    assert pieces >= 8 and busy["running"] + busy["waiting"] >= pieces - 1, (pieces, busy)
+    while time.monotonic() - closed < 5:
+        now = engine()
+        if now["running"] + now["waiting"] == 0:
+            break
+        time.sleep(0.05)
+    freed_s = time.monotonic() - closed
+    assert now["running"] + now["waiting"] == 0, now
+    # two at a time, the pieces would decode for seconds: they were aborted instead
+    assert now["aborted"] - before["aborted"] >= pieces - 2, (before, now)
+    assert freed_s < 1.0
+
+
+def test_killed_replica_during_burst(cluster: RayAudioserve, http: httpx.Client) -> None:
+    import ray
+
+    wav = wav_bytes(make_clip(3.0, seed=13))
+    victim = next(a for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith(f"SERVE_REPLICA::{cluster.app_name}#clap#"))
+    results: list[tuple[int, float, bytes]] = []
+    lock = threading.Lock()
+
+    def one(_: int) -> None:
+        t0 = time.monotonic()
+        r = http.post("/embed/audio", files={"file": ("a.wav", wav)},
+                      timeout=DEADLINE_S + 10)
+        with lock:
+            results.append((r.status_code, time.monotonic() - t0, r.content))
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(one, i) for i in range(50)]
+        time.sleep(0.5)
+        ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]),
+                 no_restart=True)
+        for f in futures:
+            f.result()
+    statuses = [s for s, _, _ in results]
+    assert len(results) == 50 and set(statuses) <= {200, 503, 504}, statuses
+    for status, elapsed, content in results:
+        assert elapsed < DEADLINE_S + 3.0  # the deadline, and the grace for a started batch
+        if status != 200:
+            assert json.loads(content)["error"]["code"] in (
+                "replica_unavailable", "overloaded", "timeout")
+    # the controller replaces the replica: both healthy and serving again within 30 s
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 30:
+        listed = {m["id"]: m for m in http.get("/v1/models").json()["data"]}["clap"]["replicas"]
+        if len(listed) == 2 and all(r["healthy"] for r in listed) and victim["name"].split(
+                "#")[-1] not in {r["id"].split("#")[-1] for r in listed}:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"clap not back to 2 healthy replicas within 30 s: {listed}")
+    assert http.get("/readyz").status_code == 200
+    r = http.post("/embed/audio", files={"file": ("a.wav", wav)})
+    assert r.status_code == 200, r.text
+    assert np.isfinite(r.json()["data"][0]["embedding"]).all()
