@@ -24,9 +24,9 @@ import contextvars
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import TypeVar
 
 from batcher import DeadlineExceeded, Overloaded
@@ -44,6 +44,17 @@ _RATE_TIME_CONSTANT_S = 10.0
 def request_deadline() -> float | None:
     """The current request's deadline (`time.monotonic()`), or None outside a request."""
     return _deadline.get()
+
+
+@contextmanager
+def deadline_scope(deadline: float | None) -> Iterator[None]:
+    """Set the request's deadline for the block only: what must START in time (TTS
+    preparation) runs inside it, work after the start (generation, encoding) outside."""
+    token = _deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
 
 
 class AdmissionGate:
