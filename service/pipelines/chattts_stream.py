@@ -3,8 +3,8 @@
 Design note. Every piece of the text is one engine sequence, all submitted at once so a
 long request fills the batch with itself; `open_stream` returns only once the first has
 its first token, so a request that cannot start in time is a normal 504, before any
-audio. A task per piece reads the engine's per-token
-events and, every `tts_stream_chunk_tokens` tokens, decodes an overlapping window
+audio. A task per piece reads the engine's per-token events and, every
+`tts_stream_chunk_tokens` tokens, decodes an overlapping window
 (`service.tts.streaming.WindowPlanner`: exact seams) through the shared decode batcher;
 windows of many streams have the same token count and share forwards. The response
 drains the pieces IN ORDER (later pieces buffer while earlier ones play), joins them with
