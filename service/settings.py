@@ -149,12 +149,16 @@ class Settings(BaseSettings):
     tts_stream_buffer_tokens: int = Field(256, ge=8)
     """Tokens (21.3 ms of audio each) a streamed sequence may have generated ahead of its
     reader before its generation pauses (its slot freed, its KV cache kept)."""
+    tts_stream_pieces_ahead: int = Field(2, ge=1)
+    """Pieces of a streamed long text generated at once (the next starts when one is
+    generated): a long stream still overlaps its pieces, and one whose client stopped
+    reading holds this many sequences, not all of them, ahead of everyone else."""
     tts_max_paused: int | None = Field(None, ge=0)
     """Sequences paused at once (their KV caches stay in memory); default 4 x
     tts_max_active. A pause beyond it is refused and that sequence runs on."""
     tts_stream_stall_timeout_s: float = Field(20.0, gt=0)
     """A streaming client that takes no bytes for this long is given up: its generation
-    is aborted (slot and cache freed) and the connection closed mid-stream."""
+    is aborted (slot and cache freed) and its response ends mid-body (truncated)."""
 
     # -- HTTP -------------------------------------------------------------------------
     host: str = "127.0.0.1"

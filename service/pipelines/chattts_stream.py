@@ -1,12 +1,16 @@
 """Streamed ChatTTS speech: audio bytes while the engine is still generating.
 
-Design note. Every piece of the text is one engine sequence, all submitted at once so a
-long request fills the batch with itself; `open_stream` returns only once the first has
-its first token, so a request that cannot start in time is a normal 504, before any
-audio. A task per piece reads the engine's per-token events and, every
-`tts_stream_chunk_tokens` tokens, decodes an overlapping window
-(`service.tts.streaming.WindowPlanner`: exact seams) through the shared decode batcher;
-windows of many streams have the same token count and share forwards. The response
+Design note. Every piece of the text is one engine sequence. Places in the engine's queue
+are reserved for all of them at once (a request is refused whole, before any audio), but
+only `tts_stream_pieces_ahead` pieces are generating at a time: the next starts when one
+finishes generating, so a long stream still overlaps its pieces while a stream whose
+client stopped reading holds only that many sequences (paused) instead of flooding the
+queue ahead of everyone else. `open_stream` returns once the first piece has its first
+token, so a request that cannot start in time is a normal 504. A task per piece reads
+the engine's per-token events and, every `tts_stream_chunk_tokens` tokens, decodes an
+overlapping window (`service.tts.streaming.WindowPlanner`: exact seams) through the
+shared decode batcher; windows of many streams have the same token count and share
+forwards. The response
 drains the pieces IN ORDER (later pieces buffer while earlier ones play), joins them with
 the same crossfade as the one-shot path, limits peaks with a running gain, resamples
 with a streaming soxr and encodes with `StreamingEncoder`. With `speed` != 1 a piece is
@@ -62,16 +66,42 @@ class SpeechStream:
     """Async iterator of encoded audio bytes for one prepared request."""
 
     def __init__(self, pipeline: ChatTTSPipeline, req: SpeechRequest,
-                 prepared: PreparedSpeech, tokens: list[TokenStream]) -> None:
+                 prepared: PreparedSpeech) -> None:
+        """Reserves an engine place per piece (Overloaded if there is no room) and starts
+        the first pieces; the caller must `abort()` or `aclose()` it."""
         self.pipeline = pipeline
         self.req = req
         self.prepared = prepared
-        self.tokens = tokens
-        """One engine stream per piece, already submitted (see `open_stream`)."""
         self.encoder = StreamingEncoder(req.format, req.sample_rate)
         self.media_type = self.encoder.media_type
         self.stats = StreamStats()
+        n = len(prepared.jobs)
+        self.tokens: list[TokenStream | None] = [None] * n
+        """Each piece's engine stream, once it was started."""
+        self._ready = [asyncio.Event() for _ in range(n)]
         self._tasks: list[asyncio.Task[None]] = []
+        self._ahead = max(1, pipeline.settings.tts_stream_pieces_ahead)
+        pipeline.engine.reserve(n)
+        self._reserved = n
+        self._next = 0
+        self._stopped = False
+        try:
+            for _ in range(min(self._ahead, n)):
+                self._start_next()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _start_next(self) -> None:
+        """Submit the next piece into its reserved place (none left, or stopped: no-op)."""
+        i = self._next
+        if self._stopped or i >= len(self.tokens):
+            return
+        self.tokens[i] = self.pipeline.engine.open_stream(
+            self.prepared.jobs[i], self.pipeline.settings.tts_stream_buffer_tokens,
+            reserved=True)
+        self._next, self._reserved = i + 1, self._reserved - 1
+        self._ready[i].set()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._bytes()
@@ -81,8 +111,7 @@ class SpeechStream:
         resampling and encoding): what tests compare with the one-shot output."""
         queues: list[asyncio.Queue[object]] = [asyncio.Queue(PIECE_QUEUE_WINDOWS)
                                                for _ in self.tokens]
-        self._tasks = [asyncio.create_task(self._piece(tokens, q))
-                       for tokens, q in zip(self.tokens, queues, strict=True)]
+        self._tasks = [asyncio.create_task(self._piece(i, q)) for i, q in enumerate(queues)]
         stitcher = Stitcher(self.pipeline.crossfade)
         limiter = RunningLimiter()
         try:
@@ -105,8 +134,14 @@ class SpeechStream:
         """Stop now: close every engine stream (aborting the sequences still generating)
         and cancel the piece tasks. Never suspends (safe in a cancelled task's cleanup);
         idempotent; safe before `samples` ever ran."""
+        self._stopped = True
         for tokens in self.tokens:
-            tokens.close()
+            if tokens is not None:
+                tokens.close()
+        engine = self.pipeline.engine
+        for _ in range(self._reserved):  # places of pieces that never started
+            engine.release()
+        self._reserved = 0
         for task in self._tasks:
             task.cancel()
 
@@ -148,9 +183,12 @@ class SpeechStream:
             self.pipeline.ctx.metrics.stage_seconds.labels("chattts", "first_audio").observe(
                 self.stats.first_audio_s)
 
-    async def _piece(self, tokens: TokenStream, out: asyncio.Queue[object]) -> None:
+    async def _piece(self, i: int, out: asyncio.Queue[object]) -> None:
+        await self._ready[i].wait()
+        tokens = self.tokens[i]
+        assert tokens is not None
         try:
-            await self._run_piece(tokens, out)
+            await self._run_piece(i, tokens, out)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # handed to the reader, who raises it
@@ -158,7 +196,8 @@ class SpeechStream:
         finally:
             tokens.close()
 
-    async def _run_piece(self, tokens: TokenStream, out: asyncio.Queue[object]) -> None:
+    async def _run_piece(self, i: int, tokens: TokenStream,
+                         out: asyncio.Queue[object]) -> None:
         p = self.pipeline
         planner = WindowPlanner(p.c.samples_per_token, p.settings.tts_stream_chunk_tokens,
                                 p.stream_context, p.stream_lookahead,
@@ -173,6 +212,7 @@ class SpeechStream:
             if not stretch and (window := planner.next(len(hidden), finished=False)):
                 wave = await p.decode_hidden(np.stack(hidden[window.start : window.stop]))
                 await out.put(planner.cut(window, wave))
+        self._start_next()  # this one is generated: the next piece may start
         if stretch:
             wave = await p.decode_hidden(np.stack(hidden) if hidden
                                          else np.zeros((0, p.c.hidden_size), np.float32))
@@ -184,17 +224,15 @@ class SpeechStream:
 
 
 async def open_stream(pipeline: ChatTTSPipeline, req: SpeechRequest) -> SpeechStream:
-    """Validate, prepare and submit every piece now; return once the first piece has
-    started, so bad input (4xx), overload (503) and a missed deadline (504) are normal
-    errors before any audio is sent. The caller must `aclose()` the stream."""
+    """Validate, prepare, reserve every piece's place and start the first; return once it
+    has its first token, so bad input (4xx), overload (503) and a missed deadline (504)
+    are normal errors before any audio is sent. The caller must `aclose()` the stream."""
     prepared = await pipeline.prepare(req)
-    engine = pipeline.engine
-    engine.check_capacity(len(prepared.jobs))
-    buffered = pipeline.settings.tts_stream_buffer_tokens
-    stream = SpeechStream(pipeline, req, prepared,
-                          [engine.open_stream(job, buffered) for job in prepared.jobs])
+    stream = SpeechStream(pipeline, req, prepared)
     try:
-        await stream.tokens[0].started()
+        first = stream.tokens[0]
+        assert first is not None
+        await first.started()
     except BaseException:
         await stream.aclose()
         raise

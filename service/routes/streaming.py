@@ -9,11 +9,12 @@ Three cases, each freeing the request's engine sequences promptly:
 - a stream whose client stays connected but stops reading: once the socket's buffers are
   full, every `send` waits. `AudioStreamResponse` sends at most `SEND_BYTES` at a time
   and gives each send `stall_timeout_s` (AUDIOSERVE_TTS_STREAM_STALL_TIMEOUT_S): past it
-  the client is given up, the generation aborted and the connection closed mid-stream
-  (the chunked body never ends, so the client sees a truncated transfer, not a silently
-  short file). Meanwhile the buffers behind the response are bounded, so the generation
-  has paused long before (service/pipelines/chattts_stream.py). A client that reads, even
-  slowly (a player reading in real time), keeps every send short and is never cut off.
+  the client is given up, the generation aborted and the response left incomplete (the
+  chunked body never ends, so the client sees a truncated transfer, not a silently short
+  file; uvicorn closes the transport, which asyncio does once its buffer is flushed).
+  Meanwhile the buffers behind the response are bounded, so the generation has paused
+  long before (service/pipelines/chattts_stream.py). A client that reads, even slowly (a
+  player reading in real time), keeps every send short and is never cut off.
 """
 
 from __future__ import annotations
@@ -153,5 +154,5 @@ class AudioStreamResponse(StreamingResponse):
                 self.on_stall()
             log.warning("streaming client took no audio for %g s "
                         "(AUDIOSERVE_TTS_STREAM_STALL_TIMEOUT_S): generation aborted, "
-                        "connection closed", self.stall_timeout_s)
+                        "response left incomplete", self.stall_timeout_s)
             return False

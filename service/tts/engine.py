@@ -214,14 +214,16 @@ class GenerationEngine:
         finally:
             self._release()
 
-    def open_stream(self, job: GenerationJob, max_buffered: int | None = None) -> TokenStream:
+    def open_stream(self, job: GenerationJob, max_buffered: int | None = None, *,
+                    reserved: bool = False) -> TokenStream:
         """Queue a CODE job now and return its token stream (see token_stream.py): its
         tokens as they are sampled, then the result; paused while `max_buffered` tokens
-        wait unread. The caller must `aclose()` it (that aborts an unfinished sequence)."""
+        wait unread. The caller must `aclose()` it (that aborts an unfinished sequence).
+        `reserved`: it takes a place held by `reserve` instead of a new one."""
         if job.kind != PassKind.CODE:
             raise ValueError("only audio-code jobs stream")
         holder: list[TokenStream] = []
-        live = self._submit(job, lambda step: holder[0].deliver(step))
+        live = self._submit(job, lambda step: holder[0].deliver(step), reserved=reserved)
         holder.append(TokenStream(job.request_id, self, live.future, max_buffered))
         return holder[0]
 
@@ -245,11 +247,22 @@ class GenerationEngine:
             raise Overloaded(f"{self.name}: {self._outstanding} sequences queued",
                              retry_after_s=2.0)
 
-    def _submit(self, job: GenerationJob, on_token: Callable[[CodeStep], None] | None
-                ) -> LiveSequence:
+    def reserve(self, sequences: int) -> None:
+        """Hold places for `sequences` jobs submitted later (`open_stream(...,
+        reserved=True)`), so a request is refused whole now or never; a place never used
+        must be given back with `release()`."""
         with self._lock:
-            self.check_capacity()
-            self._outstanding += 1
+            self.check_capacity(sequences)
+            self._outstanding += sequences
+
+    def _submit(self, job: GenerationJob, on_token: Callable[[CodeStep], None] | None,
+                reserved: bool = False) -> LiveSequence:
+        with self._lock:
+            if reserved:
+                self.check_capacity(0)  # only: still accepting, thread alive
+            else:
+                self.check_capacity()
+                self._outstanding += 1
         loop = asyncio.get_running_loop()
         live = LiveSequence(job, loop.create_future(), loop, time.perf_counter(),
                             np.random.default_rng(job.seed), on_token=on_token)
@@ -370,7 +383,8 @@ class GenerationEngine:
         if (cfg.step.admission != Admission.STATIC or stopping or self.scheduler.num_running
                 or waiting == 0 or waiting >= cfg.step.max_active):
             return False
-        oldest = min(v.submitted_at for v in self._live.values() if v.admitted_at == 0.0)
+        oldest = min((v.submitted_at for v in self._live.values() if v.admitted_at == 0.0),
+                     default=0.0)  # only resumed sequences waiting: do not wait
         remaining = cfg.static_wait_ms / 1000.0 - (time.perf_counter() - oldest)
         if remaining <= 0:
             return False
