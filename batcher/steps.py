@@ -22,6 +22,12 @@ reports per sequence only "this token, and was it an end-of-sequence".
   for the very next `schedule`. `abort` removes a waiting sequence at once; a running one
   is dropped at the next `schedule`, whose `plan.evicted` tells the engine which cache
   rows to drop, and that plan's `update` reports it finished with reason ABORTED.
+- Flow control: `pause` takes a running sequence out of the batch at the next `schedule`
+  (its slot is freed and `plan.paused` tells the engine to park its cache rows), so a
+  sequence whose consumer stopped reading costs no compute and holds no slot; at most
+  `max_paused` sequences are paused at once (their parked caches are memory). `resume`
+  queues it again AHEAD of the waiting queue (it started long ago) and it rejoins the batch
+  from its parked cache, no prefill, listed in both `plan.resumed` and `plan.decode`.
 - `Admission.STATIC` (wait until the running set is empty, then admit a whole batch) exists
   as a baseline for benchmarks; one-request-at-a-time is `max_active=1`.
 
@@ -48,7 +54,9 @@ class SeqStatus(IntEnum):
 
     WAITING = 0
     RUNNING = 1
-    FINISHED = 2
+    PAUSED = 2
+    """Out of the batch, its cache parked, holding no slot (flow control)."""
+    FINISHED = 3
 
 
 class Admission(Enum):
@@ -68,6 +76,8 @@ class StepConfig:
     max_seq_len: int = 4096
     """Prompt + new tokens of one sequence (the model's position limit)."""
     admission: Admission = Admission.CONTINUOUS
+    max_paused: int = 32
+    """Sequences paused at once; a pause asked beyond it is refused (the sequence runs on)."""
 
     def __post_init__(self) -> None:
         if min(self.max_active, self.max_prefills_per_step, self.max_seq_len) < 1:
@@ -99,14 +109,27 @@ class StepPlan:
     """Running since an earlier step: one batched decode step, one token each."""
     evicted: tuple[ScheduledSeq, ...]
     """Running sequences aborted since the last plan: drop their cache rows now."""
+    paused: tuple[ScheduledSeq, ...] = ()
+    """Running sequences paused since the last plan: take their cache rows out, keep them."""
+    resumed: tuple[ScheduledSeq, ...] = ()
+    """Paused sequences readmitted this step: put their kept rows back before decoding
+    (they are in `decode` too)."""
 
     @property
     def evicted_ids(self) -> tuple[str, ...]:
         return tuple(s.request_id for s in self.evicted)
 
     @property
+    def paused_ids(self) -> tuple[str, ...]:
+        return tuple(s.request_id for s in self.paused)
+
+    @property
+    def resumed_ids(self) -> tuple[str, ...]:
+        return tuple(s.request_id for s in self.resumed)
+
+    @property
     def empty(self) -> bool:
-        return not (self.prefill or self.decode or self.evicted)
+        return not (self.prefill or self.decode or self.evicted or self.paused)
 
     @property
     def scheduled(self) -> tuple[ScheduledSeq, ...]:
@@ -176,6 +199,8 @@ class _Seq:
     slot: int = -1
     num_generated: int = 0
     aborted: bool = field(default=False)
+    pausing: bool = False
+    """Pause asked while running: it leaves the batch at the next `schedule`."""
 
     def scheduled(self) -> ScheduledSeq:
         return ScheduledSeq(
@@ -190,7 +215,10 @@ class StepScheduler:
         self.config = config
         self.allocator = allocator or SlotAllocator(config.max_active)
         self._waiting: deque[_Seq] = deque()
+        self._resuming: deque[_Seq] = deque()
+        """Paused sequences asked to go on: admitted before anything in `_waiting`."""
         self._running: dict[str, _Seq] = {}
+        self._paused: dict[str, _Seq] = {}
         self._step = 0
 
     # -- requests --------------------------------------------------------------------
@@ -215,17 +243,62 @@ class StepScheduler:
         if seq is None or seq.aborted:
             return False
         if seq.status == SeqStatus.WAITING:
-            self._waiting.remove(seq)
+            (self._resuming if seq in self._resuming else self._waiting).remove(seq)
+            seq.status = SeqStatus.FINISHED
+        elif seq.status == SeqStatus.PAUSED:
+            del self._paused[request_id]
             seq.status = SeqStatus.FINISHED
         seq.aborted = True
         return True
 
+    def pause(self, request_id: str) -> bool:
+        """Take a running (or resuming) sequence out of the batch until `resume`. False
+        when it is not running, or `max_paused` sequences are paused already."""
+        seq = self._find(request_id)
+        if seq is None or seq.aborted or seq.pausing or seq.status == SeqStatus.PAUSED:
+            return False
+        if seq in self._resuming:  # asked to go on, then to stop again before it could
+            self._resuming.remove(seq)
+            seq.status = SeqStatus.PAUSED
+            self._paused[request_id] = seq
+            return True
+        pausing = sum(s.pausing for s in self._running.values())
+        if seq.status != SeqStatus.RUNNING or len(self._paused) + pausing >= \
+                self.config.max_paused:
+            return False
+        seq.pausing = True
+        return True
+
+    def resume(self, request_id: str) -> bool:
+        """Let a paused sequence go on: it takes the next free slot, ahead of new ones."""
+        seq = self._find(request_id)
+        if seq is None or seq.aborted:
+            return False
+        if seq.pausing:  # not out of the batch yet: simply stay
+            seq.pausing = False
+            return True
+        if seq.status != SeqStatus.PAUSED:
+            return False
+        del self._paused[request_id]
+        seq.status = SeqStatus.WAITING
+        self._resuming.append(seq)
+        return True
+
     def has_requests(self) -> bool:
-        return bool(self._waiting or self._running)
+        """Anything not finished, paused sequences included."""
+        return bool(self._waiting or self._resuming or self._running or self._paused)
+
+    def has_work(self) -> bool:
+        """Something a step could run (paused sequences wait for `resume`)."""
+        return bool(self._waiting or self._resuming or self._running)
 
     @property
     def num_waiting(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + len(self._resuming)
+
+    @property
+    def num_paused(self) -> int:
+        return len(self._paused)
 
     @property
     def num_running(self) -> int:
@@ -240,9 +313,11 @@ class StepScheduler:
     def schedule(self) -> StepPlan:
         self._step += 1
         evicted = self._evict_aborted()
+        paused = self._park_paused()
+        resumed = tuple(seq.scheduled() for seq in self._readmit())
         decode = tuple(seq.scheduled() for seq in self._running.values())
         prefill = tuple(seq.scheduled() for seq in self._admit())
-        return StepPlan(self._step, prefill, decode, evicted)
+        return StepPlan(self._step, prefill, decode, evicted, paused, resumed)
 
     def update(self, plan: StepPlan, outputs: Mapping[str, SeqOutput]) -> list[StepEvent]:
         """Append each scheduled sequence's token; finished ones leave now. The plan's
@@ -273,8 +348,8 @@ class StepScheduler:
 
     def _admit(self) -> list[_Seq]:
         cfg = self.config
-        if cfg.admission == Admission.STATIC and self._running:
-            return []
+        if (cfg.admission == Admission.STATIC and self._running) or self._resuming:
+            return []  # resumed sequences waiting for a slot go first
         admitted: list[_Seq] = []
         tokens = 0
         while self._waiting and len(self._running) < cfg.max_active:
@@ -300,13 +375,39 @@ class StepScheduler:
             self._release(seq)
         return tuple(seq.scheduled() for seq in gone)
 
+    def _park_paused(self) -> tuple[ScheduledSeq, ...]:
+        parked = [seq for seq in self._running.values() if seq.pausing]
+        for seq in parked:
+            self._release(seq)
+            seq.pausing, seq.status = False, SeqStatus.PAUSED
+            self._paused[seq.request.request_id] = seq
+        return tuple(seq.scheduled() for seq in parked)
+
+    def _readmit(self) -> list[_Seq]:
+        """Resumed sequences back into free slots (no prefill: their cache was kept)."""
+        back: list[_Seq] = []
+        if self.config.admission == Admission.STATIC and self._running:
+            return back
+        while self._resuming and len(self._running) < self.config.max_active:
+            head = self._resuming[0]
+            slot = self.allocator.allocate(head.request.prompt_tokens
+                                           + head.request.max_new_tokens)
+            if slot is None:
+                break
+            self._resuming.popleft()
+            head.slot, head.status = slot, SeqStatus.RUNNING
+            self._running[head.request.request_id] = head
+            back.append(head)
+        return back
+
     def _release(self, seq: _Seq) -> None:
         seq.status = SeqStatus.FINISHED
         self.allocator.free(seq.slot)
         self._running.pop(seq.request.request_id, None)
 
     def _find(self, request_id: str) -> _Seq | None:
-        seq = self._running.get(request_id)
+        seq = self._running.get(request_id) or self._paused.get(request_id)
         if seq is not None:
             return seq
-        return next((s for s in self._waiting if s.request.request_id == request_id), None)
+        return next((s for s in (*self._resuming, *self._waiting)
+                     if s.request.request_id == request_id), None)

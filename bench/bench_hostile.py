@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench import hostile_tts
 from bench.healthz_guard import healthz_guard
 from bench.hostile import Case, corpus, send_case
 from bench.server import REPO, ServerProcess, audioserve, memory_mb
@@ -67,14 +67,11 @@ def run_case(server: ServerProcess, case: Case) -> CaseResult:
                       round(max(0.0, peak - before), 1))
 
 
-def tts_cases() -> list[Case]:
-    """The TTS half of the corpus, where that module exists (bench/hostile_tts.py)."""
-    if importlib.util.find_spec("bench.hostile_tts") is None:
-        return []
-    from bench import hostile_tts
-
-    cases: list[Case] = hostile_tts.cases()
-    return cases
+def tts_cases(models_dir: Path) -> list[Case]:
+    """The TTS half of the corpus (bench/hostile_tts.py) for the demo pack's speakers."""
+    stats = json.loads((models_dir / "chattts/manifest.json").read_text())
+    dim = int(stats["constants"].get("spk_emb_dim", 768))
+    return hostile_tts.cases(dim)
 
 
 def report(results: list[CaseResult], out: Path) -> Path:
@@ -109,7 +106,7 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=REPO / "models")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/hardening")
     args = parser.parse_args()
-    cases = corpus([tts_cases])
+    cases = corpus([lambda: tts_cases(args.models_dir)])
     logs = args.out / "logs"
     results = []
     with contextlib.ExitStack() as stack:

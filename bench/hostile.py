@@ -42,6 +42,8 @@ class Case:
     """Statuses that count as handled; every case must also answer within a second."""
     api_key: bool = False
     """Run against the server that has an API key set (sent without it)."""
+    note: str = ""
+    """What the case did before it was fixed, or why it gets its status."""
 
     def request_bytes(self, host: str) -> bytes:
         lines = [f"{self.method} {self.path} HTTP/1.1", f"Host: {host}",

@@ -24,9 +24,9 @@ import contextvars
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import TypeVar
 
 from batcher import DeadlineExceeded, Overloaded
@@ -50,6 +50,17 @@ def adopt_deadline(deadline: float | None) -> None:
     """Make `deadline` the current context's request deadline: a call that arrived from
     another process with its request's time left (`service.cluster`)."""
     _deadline.set(deadline)
+
+
+@contextmanager
+def deadline_scope(deadline: float | None) -> Iterator[None]:
+    """Set the request's deadline for the block only: what must START in time (TTS
+    preparation) runs inside it, work after the start (generation, encoding) outside."""
+    token = _deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
 
 
 class AdmissionGate:

@@ -135,14 +135,21 @@ class StreamingEncoder:
     Concatenating every `write` and the final `flush` gives a playable file. WAV starts
     with `wav_stream_header`; MP3 has no Xing header (it would need seeking back), so
     decoders keep the encoder's ~1105-sample priming; FLAC's header leaves the length
-    unknown. `flush()` ends the stream.
+    unknown (STREAMINFO total_samples 0: libsndfile then takes the length as unbounded
+    and soundfile cannot read the file at all; PyAV/FFmpeg can). Only Ogg Opus states
+    its exact length (the last page's granule position): `states_length`. `flush()`
+    ends the stream.
     """
+
+    LENGTH_STATED = frozenset({AudioFormat.OPUS})
 
     def __init__(self, fmt: str, sample_rate: int) -> None:
         self.format = _parse_format(fmt)
         _check_rate(sample_rate)
         self.sample_rate = sample_rate
         self.media_type = MEDIA_TYPES[self.format]
+        self.states_length = self.format in self.LENGTH_STATED
+        """Whether the streamed file itself says how long it is."""
         self._header_sent = False
         self._closed = False
         self._sink: _ChunkSink | None = None

@@ -31,6 +31,7 @@ from service import replicas
 from service.tts.engine import EngineConfig, GenerationEngine
 from service.tts.jobs import CodeStep, GenerationJob, GenerationResult
 from service.tts.model import TTSGraphs
+from service.tts.token_stream import TokenStream
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -76,14 +77,35 @@ class TokenEngine(Protocol):
 
     def check_capacity(self, sequences: int = 1) -> None: ...
 
-    async def reserve(self, jobs: Sequence[GenerationJob]) -> None:
-        """Admit a stream's sequences now, before its response starts (503 here, never
-        in the middle of the audio)."""
+    def reserve(self, sequences: int) -> None:
+        """Hold places for a stream's sequences before its response starts (503 here,
+        never in the middle of the audio); `open_stream(..., reserved=True)` uses one."""
+
+    def release(self) -> None:
+        """Give back one reserved place that was never used."""
+
+    def open_stream(self, job: GenerationJob, max_buffered: int | None = None, *,
+                    reserved: bool = False) -> SequenceStream:
+        """Start one streamed sequence (flow-controlled by `max_buffered` unread tokens)."""
 
     async def generate(self, job: GenerationJob) -> GenerationResult: ...
 
     def stream(self, job: GenerationJob) -> AsyncGenerator[CodeStep | GenerationResult, None]:
         ...
+
+
+class SequenceStream(Protocol):
+    """A streamed sequence as the pipeline reads it (`service.tts.token_stream`)."""
+
+    async def started(self) -> None:
+        """Return once its first token is there; raise if it was refused or expired."""
+
+    def __aiter__(self) -> SequenceStream: ...
+
+    async def __anext__(self) -> CodeStep | GenerationResult: ...
+
+    def close(self) -> None:
+        """Stop: abort the sequence if it still runs (never suspends)."""
 
 
 @dataclass(frozen=True)
@@ -140,9 +162,10 @@ class LocalEngine(GenerationEngine):
         super().__init__(*args, **kwargs)
         self.replica = replica
 
-    async def reserve(self, jobs: Sequence[GenerationJob]) -> None:
-        self.check_capacity(len(jobs))
+    def open_stream(self, job: GenerationJob, max_buffered: int | None = None, *,
+                    reserved: bool = False) -> TokenStream:
         replicas.note(self.replica)
+        return super().open_stream(job, max_buffered, reserved=reserved)
 
     async def generate(self, job: GenerationJob) -> GenerationResult:
         replicas.note(self.replica)

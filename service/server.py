@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import socket
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -28,6 +28,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from service.errors import error_body
 from service.settings import Settings
 
+ABORT_EXTENSION = "audioserve.abort"
+"""`scope["extensions"][ABORT_EXTENSION]()` drops the connection at once (TCP reset, the
+unsent buffer discarded). A response given up on a client that stopped reading calls it:
+a plain close waits for that client to read the megabytes already queued, so its
+connection would stay open, counted against the connection cap, for as long as it likes."""
 REFUSAL_DRAIN_S = 2.0
 """How long a connection refused at the cap may go on sending before it is closed."""
 
@@ -105,6 +110,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
         if not self._headers_too_big:  # else answered 431 once the parser returns
+            extensions = cast(dict[str, Any], self.scope.setdefault("extensions", {}))
+            extensions[ABORT_EXTENSION] = self.transport.abort
             super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:

@@ -142,6 +142,32 @@ class Settings(BaseSettings):
     voices_dir: Path = Path("voices")
     """Saved voices (`POST /v1/voices`), one JSON file each."""
 
+    # -- TTS voices and streams under hostile input (docs/tts-limits.md) ---------------
+    tts_voice_max_chars: int = Field(4096, ge=1024)
+    """Longest `voice` / `mix` / `spk_emb` value (413 beyond); a real 768-d speaker
+    string is 837 characters. Checked before the value is looked at."""
+    tts_voice_max_terms: int = Field(8, ge=1, le=1024)
+    """Terms in a voice mix `a(2)+b(1)` (413 beyond); duplicates are merged."""
+    tts_voice_max_weight: float = Field(100.0, gt=0, le=1e6)
+    """Largest weight of a mix term; weights are plain decimals > 0 (422 otherwise)."""
+    tts_max_saved_voices: int = Field(1000, ge=0)
+    """Saved voices at most (409 beyond; DELETE /v1/voices/<name> frees one)."""
+    tts_saved_voices_max_bytes: int = Field(8 * 1024 * 1024, ge=4096)
+    """Total size of the saved voice files (a file is ~3 KB at real size; 409 beyond)."""
+    tts_stream_buffer_tokens: int = Field(256, ge=8)
+    """Tokens (21.3 ms of audio each) a streamed sequence may have generated ahead of its
+    reader before its generation pauses (its slot freed, its KV cache kept)."""
+    tts_stream_pieces_ahead: int = Field(2, ge=1)
+    """Pieces of a streamed long text generated at once (the next starts when one is
+    generated): a long stream still overlaps its pieces, and one whose client stopped
+    reading holds this many sequences, not all of them, ahead of everyone else."""
+    tts_max_paused: int | None = Field(None, ge=0)
+    """Sequences paused at once (their KV caches stay in memory); default 4 x
+    tts_max_active. A pause beyond it is refused and that sequence runs on."""
+    tts_stream_stall_timeout_s: float = Field(20.0, gt=0)
+    """A streaming client that takes no bytes for this long is given up: its generation
+    is aborted (slot and cache freed) and its response ends mid-body (truncated)."""
+
     # -- HTTP -------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000

@@ -277,7 +277,8 @@ def test_disconnected_stream_frees_the_replica_slot(cluster: RayAudioserve,
         next(audio)
         busy = engine()
     closed = time.monotonic()
-    assert pieces >= 8 and busy["running"] + busy["waiting"] >= pieces - 1, (pieces, busy)
+    # TTS_STREAM_PIECES_AHEAD pieces generate at a time (the rest start as those finish)
+    assert pieces >= 8 and busy["running"] + busy["waiting"] >= 1, (pieces, busy)
     while time.monotonic() - closed < 5:
         now = engine()
         if now["running"] + now["waiting"] == 0:
@@ -285,8 +286,8 @@ def test_disconnected_stream_frees_the_replica_slot(cluster: RayAudioserve,
         time.sleep(0.05)
     freed_s = time.monotonic() - closed
     assert now["running"] + now["waiting"] == 0, now
-    # two at a time, the pieces would decode for seconds: they were aborted instead
-    assert now["aborted"] - before["aborted"] >= pieces - 2, (before, now)
+    # the pieces under way were aborted (the rest never started)
+    assert now["aborted"] - before["aborted"] >= 1, (before, now)
     assert freed_s < 1.0
 
 

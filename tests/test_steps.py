@@ -198,3 +198,68 @@ def test_batcher_imports_nothing_of_service_or_ort() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert imported <= {"__future__", "collections", "dataclasses", "enum", "typing"}
+
+
+# -- flow control: pause / resume ------------------------------------------------------
+
+
+def test_pause_frees_the_slot_and_resume_goes_first() -> None:
+    sched = StepScheduler(StepConfig(max_active=1))
+    sched.add(SeqRequest("a", prompt_tokens=2, max_new_tokens=50))
+    sched.add(SeqRequest("b", prompt_tokens=2, max_new_tokens=50))
+    run_step(sched)
+    assert sched.pause("a")
+    assert sched.status("a") == SeqStatus.RUNNING  # leaves at the next schedule
+    plan, events = run_step(sched)
+    assert ids(plan.paused) == ["a"] and ids(plan.prefill) == ["b"] and not plan.decode
+    assert sched.status("a") == SeqStatus.PAUSED and sched.num_paused == 1
+    assert [e.request_id for e in events] == ["b"]  # a paused sequence makes no token
+    sched.add(SeqRequest("c", prompt_tokens=2, max_new_tokens=5))
+    assert sched.resume("a")
+    plan, _ = run_step(sched, eos=frozenset({"b"}))  # b still holds the only slot
+    assert not plan.resumed and ids(plan.decode) == ["b"]
+    plan, events = run_step(sched)
+    # a resumed sequence takes the slot before c (which waited longer in the queue, but
+    # a started long before) and decodes at once, without a prefill
+    assert ids(plan.resumed) == ["a"] and ids(plan.decode) == ["a"] and not plan.prefill
+    assert events[0].num_generated == 2  # its count went on where it stopped
+    assert sched.status("c") == SeqStatus.WAITING
+
+
+def test_pause_before_it_leaves_is_undone_by_resume() -> None:
+    sched = StepScheduler(StepConfig(max_active=2))
+    sched.add(SeqRequest("a", prompt_tokens=2, max_new_tokens=50))
+    run_step(sched)
+    assert sched.pause("a") and not sched.pause("a")  # asked once
+    assert sched.resume("a")
+    plan, _ = run_step(sched)
+    assert not plan.paused and ids(plan.decode) == ["a"]
+    assert not sched.resume("a")  # not paused: nothing to do
+
+
+def test_pauses_are_capped_and_paused_ones_can_be_aborted() -> None:
+    sched = StepScheduler(StepConfig(max_active=4, max_paused=2))
+    for rid in "abc":
+        sched.add(SeqRequest(rid, prompt_tokens=2, max_new_tokens=50))
+    run_step(sched)
+    assert sched.pause("a") and sched.pause("b")
+    assert not sched.pause("c")  # room for two paused sequences only: c runs on
+    run_step(sched)
+    assert sched.num_paused == 2 and sched.status("c") == SeqStatus.RUNNING
+    assert sched.num_running == 1
+    assert sched.abort("a")  # paused: gone at once, nothing to evict
+    assert sched.status("a") is None
+    plan, _ = run_step(sched)
+    assert not plan.evicted
+    assert sched.resume("b") and sched.abort("b")  # resuming, still waiting: gone at once
+    assert sched.status("b") is None
+    assert not sched.pause("waiting-never-added")
+
+
+def test_only_paused_sequences_left_means_no_work() -> None:
+    sched = StepScheduler(StepConfig(max_active=2))
+    sched.add(SeqRequest("a", prompt_tokens=2, max_new_tokens=50))
+    run_step(sched)
+    sched.pause("a")
+    run_step(sched)
+    assert sched.has_requests() and not sched.has_work()

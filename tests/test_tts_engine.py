@@ -315,3 +315,139 @@ def test_int8_weight_only_keeps_batch_invariance(
                             join_every=4)
     for a, b in zip(alone, together, strict=True):
         np.testing.assert_array_equal(a.tokens, b.tokens)
+
+
+# -- flow control and deadlines ------------------------------------------------------------
+
+
+def _endless(graphs: TTSGraphs, i: int, tokens: int) -> GenerationJob:
+    job = make_job(graphs, i, max_new=tokens)
+    return GenerationJob(**{**job.__dict__, "params": SamplingParams(min_new_tokens=tokens)})
+
+
+def test_a_stream_that_is_not_read_pauses_frees_its_slot_and_resumes_exactly(
+        graphs: TTSGraphs, jobs: list[GenerationJob], solo: list[GenerationResult]) -> None:
+    """One slot. Stream A is not read: at 6 unread tokens it pauses and leaves the batch,
+    so job B runs to the end meanwhile; then A is read and its tokens are exactly a solo
+    run's, though it was parked and rejoined (and paused again and again when read)."""
+
+    async def body(engine: GenerationEngine) -> tuple[list[object], GenerationResult,
+                                                      EngineStats]:
+        stream = engine.open_stream(jobs[4], max_buffered=6)
+        await wait_for(lambda: engine.scheduler.num_paused == 1)
+        assert stream.buffered <= 7  # 6, plus at most the step that was under way
+        other = await asyncio.wait_for(engine.generate(jobs[2]), 20)
+        assert engine.scheduler.num_paused == 1
+        items = []
+        async for item in stream:
+            items.append(item)
+            await asyncio.sleep(0.002)  # a slow reader: it keeps pausing and resuming
+        await stream.aclose()
+        return items, other, engine.stats()
+
+    items, other, stats = run(with_engine(  # type: ignore[misc]
+        graphs, EngineConfig(step=StepConfig(max_active=1)), body))
+    tokens = np.stack([i.token for i in items[:-1]])  # type: ignore[attr-defined]
+    result = items[-1]
+    assert isinstance(result, GenerationResult)
+    np.testing.assert_array_equal(tokens, solo[4].tokens)
+    np.testing.assert_array_equal(result.tokens, solo[4].tokens)
+    np.testing.assert_array_equal(other.tokens, solo[2].tokens)
+    assert stats.paused >= 2 and stats.aborted == 0
+
+
+@pytest.mark.parametrize("kv_cache", [KVCacheKind.PRESENT, KVCacheKind.PREALLOCATED])
+def test_parked_rows_rejoin_a_running_batch_exactly(
+        graphs: TTSGraphs, jobs: list[GenerationJob], solo: list[GenerationResult],
+        kv_cache: KVCacheKind) -> None:
+    async def body(engine: GenerationEngine) -> list[GenerationResult]:
+        streams = [engine.open_stream(job, max_buffered=5 + 3 * i)
+                   for i, job in enumerate(jobs)]
+        out: list[GenerationResult] = []
+        for i, stream in enumerate(streams):  # read them one after another: the others wait
+            async for item in stream:
+                if isinstance(item, GenerationResult):
+                    out.append(item)
+                elif i % 2:
+                    await asyncio.sleep(0.001)
+            await stream.aclose()
+        return out
+
+    results = run(with_engine(graphs, EngineConfig(step=StepConfig(max_active=3),
+                                                   kv_cache=kv_cache), body))
+    for alone, streamed in zip(solo, results, strict=True):  # type: ignore[call-overload]
+        np.testing.assert_array_equal(alone.tokens, streamed.tokens)
+
+
+def test_pauses_beyond_the_cap_are_refused_and_those_run_on(graphs: TTSGraphs) -> None:
+    async def body(engine: GenerationEngine) -> tuple[int, list[int]]:
+        streams = [engine.open_stream(_endless(graphs, i, 60), max_buffered=4)
+                   for i in range(3)]
+        await wait_for(lambda: all(s.buffered >= 60 or engine.scheduler.status(s.request_id)
+                                   == SeqStatus.PAUSED for s in streams))
+        paused = engine.scheduler.num_paused
+        for s in streams:
+            s.close()
+        return paused, [s.buffered for s in streams]
+
+    paused, buffered = run(with_engine(  # type: ignore[misc]
+        graphs, EngineConfig(step=StepConfig(max_active=3, max_paused=1)), body))
+    assert paused == 1 and sorted(buffered)[-2:] == [60, 60]
+
+
+def test_closing_a_paused_stream_aborts_it(graphs: TTSGraphs) -> None:
+    async def body(engine: GenerationEngine) -> EngineStats:
+        stream = engine.open_stream(_endless(graphs, 0, 500), max_buffered=4)
+        await wait_for(lambda: engine.scheduler.num_paused == 1)
+        await stream.aclose()
+        await wait_for(lambda: engine.active == 0)
+        assert not engine._parked  # the parked cache is dropped with it
+        return engine.stats()
+
+    stats = run(with_engine(graphs, EngineConfig(step=StepConfig(max_active=1)), body))
+    assert stats.aborted == 1  # type: ignore[attr-defined]
+
+
+def test_a_job_that_gets_no_slot_by_its_deadline_never_runs(graphs: TTSGraphs) -> None:
+    import time
+
+    from batcher import DeadlineExceeded
+
+    async def body(engine: GenerationEngine) -> None:
+        hog = asyncio.create_task(engine.generate(_endless(graphs, 0, 400)))
+        await wait_steps(engine, 2)
+        late = GenerationJob(**{**make_job(graphs, 1, 5).__dict__,
+                                "start_by": time.monotonic() + 0.2})
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await engine.generate(late)
+        waited = time.monotonic() - started
+        assert 0.15 <= waited < 1.0, waited
+        assert not hog.done()
+        # one that gets its slot in time runs on past its deadline: only the start counts
+        hog.cancel()
+        on_time = GenerationJob(**{**_endless(graphs, 2, 120).__dict__,
+                                   "start_by": time.monotonic() + 0.5})
+        result = await engine.generate(on_time)
+        assert result.tokens.shape[0] == 120
+        assert engine.stats().expired == 1
+
+    run(with_engine(graphs, EngineConfig(step=StepConfig(max_active=1)), body))
+
+
+def test_stop_does_not_wait_for_paused_streams(graphs: TTSGraphs) -> None:
+    """At shutdown a paused stream's reader is gone: stop ends it instead of hanging."""
+    from batcher import BatcherClosed
+
+    async def body() -> None:
+        engine = GenerationEngine(graphs, EngineConfig(step=StepConfig(max_active=1)))
+        engine.start()
+        stream = engine.open_stream(_endless(graphs, 0, 500), max_buffered=4)
+        await wait_for(lambda: engine.scheduler.num_paused == 1)
+        await asyncio.wait_for(engine.stop(), 10)
+        with pytest.raises(BatcherClosed):
+            async for _ in stream:
+                pass
+        await stream.aclose()
+
+    run(body())

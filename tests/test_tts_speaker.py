@@ -112,13 +112,20 @@ def test_load_spk_stat_from_pack(chattts_pack: ModelPack) -> None:
 
 
 def test_voice_mix_parse_and_mix() -> None:
-    from service.tts.speaker import mix_speakers, parse_voice_mix
+    from service.errors import ApiError
+    from service.tts.speaker import mix_speakers
+    from service.tts.voice_spec import VoiceLimits, VoiceTerm, parse_voice_spec
 
-    assert parse_voice_mix("alice(2)+bob(1)") == [("alice", 2.0), ("bob", 1.0)]
-    assert parse_voice_mix(" alice + bob(0.5) ") == [("alice", 1.0), ("bob", 0.5)]
+    def terms(spec: str) -> list[tuple[str, float]]:
+        return [(t.name, t.weight) for t in parse_voice_spec(spec, VoiceLimits()).terms]
+
+    assert terms("alice(2)+bob(1)") == [("alice", 2.0), ("bob", 1.0)]
+    assert terms(" alice + bob(0.5) ") == [("alice", 1.0), ("bob", 0.5)]
+    assert parse_voice_spec("a+b(2)+a", VoiceLimits()).terms == (VoiceTerm("a", 2.0),
+                                                                   VoiceTerm("b", 2.0))
     for bad in ("", "alice(0)", "alice(-1)", "a(b)", "alice++bob", "alice(2"):
-        with pytest.raises(ValueError):
-            parse_voice_mix(bad)
+        with pytest.raises(ApiError):
+            parse_voice_spec(bad, VoiceLimits())
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=32).astype(np.float32), rng.normal(size=32).astype(np.float32)
     mixed = mix_speakers([(a, 2.0), (b, 1.0)])

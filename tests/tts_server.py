@@ -27,6 +27,12 @@ class RunningServer:
     app: FastAPI
     host: str
     port: int
+    server: uvicorn.Server
+
+    @property
+    def connections(self) -> int:
+        """Connections the server holds open now."""
+        return len(self.server.server_state.connections)
 
 
 @contextmanager
@@ -44,7 +50,7 @@ def serve_app(**overrides: Any) -> Iterator[RunningServer]:
             raise RuntimeError("uvicorn did not start (see the log)")
         time.sleep(0.02)
     try:
-        yield RunningServer(f"http://127.0.0.1:{port}", app, "127.0.0.1", port)
+        yield RunningServer(f"http://127.0.0.1:{port}", app, "127.0.0.1", port, server)
     finally:
         server.should_exit = True
         thread.join(timeout=30)

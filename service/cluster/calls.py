@@ -42,6 +42,9 @@ class EngineCall:
 
     job: GenerationJob
     budget_s: float | None
+    start_by: bool = False
+    """The sequence must get its slot within `budget_s` (the job's start deadline, sent
+    as seconds left; the replica sets `job.start_by` on its own clock)."""
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,13 @@ Readiness and /v1/models come from a poll of every replica (`broadcast("describe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
@@ -263,15 +265,18 @@ class RemoteQueue(Generic[T, R]):
 class RemoteEngine:
     """The TTS step engine in the model replicas (`service.seam.TokenEngine`).
 
-    `reserve` opens a stream's sequences before its response starts, so a refusal is a
-    503 and the response can name the replicas; the body then reads those same calls.
-    Reserved calls the body never read are cancelled when the request ends."""
+    Admission is the replicas' own: a stream's pieces are admitted (or refused, 503) as
+    each is opened, the first before the response starts (`open_stream` waits for it),
+    so `reserve` / `release` hold nothing here beyond checking that a replica is up.
+    Flow control is in-process only: across the handle a replica's sequence is not paused
+    for a slow reader; the response's stall timeout (`TTS_STREAM_STALL_TIMEOUT_S`) ends
+    it, which cancels the call and aborts the sequence in its replica."""
 
     def __init__(self, client: ModelClient, config: EngineConfig, name: str) -> None:
         self.client = client
         self.config = config
         self.name = name
-        self._reserved: dict[str, DeploymentResponseGenerator[Any]] = {}
+        self._open_streams: set[RemoteTokenStream] = set()
 
     @property
     def healthy(self) -> bool:
@@ -281,9 +286,8 @@ class RemoteEngine:
         """The replicas started their engines."""
 
     async def stop(self) -> None:
-        for stream in self._reserved.values():
-            stream.cancel()
-        self._reserved.clear()
+        for stream in list(self._open_streams):
+            stream.close()
 
     def check_capacity(self, sequences: int = 1) -> None:
         """Admission is the replicas' own (their engines refuse with 503); here only
@@ -292,10 +296,19 @@ class RemoteEngine:
             raise ReplicaUnavailable(f"{self.name}: no model replica is ready",
                                      headers={"Retry-After": "1"})
 
+    def reserve(self, sequences: int) -> None:
+        self.check_capacity(sequences)
+
+    def release(self) -> None:
+        """Nothing is held here (see the class note)."""
+
     async def _open(self, method: str, job: GenerationJob) -> DeploymentResponseGenerator[Any]:
+        """The call, once its replica admitted it. The job's start deadline and the
+        request's deadline travel as seconds left: the replica's clock is its own."""
         options = self.client.options
-        left = budget(request_deadline())
-        stream = self.client.open(method, EngineCall(job, left))
+        left = budget(job.start_by if job.start_by is not None else request_deadline())
+        call = EngineCall(replace(job, start_by=None), left, start_by=job.start_by is not None)
+        stream = self.client.open(method, call)
         bound = (left if left is not None else options.call_timeout_s) + options.result_grace_s
         try:
             first = await self.client.next(stream, bound)
@@ -308,27 +321,11 @@ class RemoteEngine:
         replicas.note(first.replica)
         return stream
 
-    async def reserve(self, jobs: Sequence[GenerationJob]) -> None:
-        self.check_capacity(len(jobs))
-        tasks = [asyncio.ensure_future(self._open("stream", job)) for job in jobs]
-        try:
-            streams = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:  # the ones that opened are closed again
-                if task.done() and not task.cancelled() and task.exception() is None:
-                    task.result().cancel()
-            raise
-        ids = [job.request_id for job in jobs]
-        self._reserved.update(zip(ids, streams, strict=True))
-        replicas.on_end(lambda: self._release(ids))
-
-    def _release(self, ids: list[str]) -> None:
-        for rid in ids:
-            stream = self._reserved.pop(rid, None)
-            if stream is not None:
-                stream.cancel()
+    def open_stream(self, job: GenerationJob, max_buffered: int | None = None, *,
+                    reserved: bool = False) -> RemoteTokenStream:
+        stream = RemoteTokenStream(self, job)
+        self._open_streams.add(stream)
+        return stream
 
     async def generate(self, job: GenerationJob) -> GenerationResult:
         stream = await self._open("generate", job)
@@ -344,27 +341,62 @@ class RemoteEngine:
 
     async def stream(self, job: GenerationJob
                      ) -> AsyncGenerator[CodeStep | GenerationResult, None]:
-        stream = self._reserved.pop(job.request_id, None) or await self._open("stream", job)
-        done = False
-        try:
-            async for events in _messages(self.client, stream):
-                for event in events:
-                    yield event
-            done = True
-        finally:
-            if not done:  # closed early (client gone) or failed: the sequence is aborted
-                stream.cancel()
+        async with contextlib.aclosing(self.open_stream(job)) as tokens:
+            async for event in tokens:
+                yield event
 
 
-async def _messages(client: ModelClient, stream: DeploymentResponseGenerator[Any]
-                    ) -> AsyncIterator[tuple[CodeStep | GenerationResult, ...]]:
-    while True:
+class RemoteTokenStream:
+    """One streamed sequence in a model replica (`service.seam.SequenceStream`): opened at
+    once, its events read in the batches (`Steps`) the replica sends."""
+
+    def __init__(self, engine: RemoteEngine, job: GenerationJob) -> None:
+        self._engine = engine
+        self._opening = asyncio.ensure_future(engine._open("stream", job))
+        self._stream: DeploymentResponseGenerator[Any] | None = None
+        self._events: deque[CodeStep | GenerationResult] = deque()
+        self._ended = False
+
+    async def _fill(self) -> bool:
+        """Fetch the next batch of events; False at the end of the call."""
+        if self._stream is None:
+            self._stream = await self._opening
         try:
-            message = await client.next(stream)
+            message = await self._engine.client.next(self._stream)
         except StopAsyncIteration:
-            return
+            self._ended = True
+            self.close()
+            return False
         assert isinstance(message, Steps)
-        yield message.events
+        self._events.extend(message.events)
+        return True
+
+    async def started(self) -> None:
+        if not self._events and not self._ended:
+            await self._fill()
+
+    def __aiter__(self) -> RemoteTokenStream:
+        return self
+
+    async def __anext__(self) -> CodeStep | GenerationResult:
+        while not self._events:
+            if self._ended or not await self._fill():
+                raise StopAsyncIteration
+        return self._events.popleft()
+
+    def close(self) -> None:
+        """Cancel the call (the replica aborts the sequence); never suspends."""
+        self._engine._open_streams.discard(self)
+        if self._ended:
+            return
+        self._ended = True
+        if not self._opening.done():
+            self._opening.cancel()  # `_open` cancels the call it opened
+        elif not self._opening.cancelled() and self._opening.exception() is None:
+            self._opening.result().cancel()
+
+    async def aclose(self) -> None:
+        self.close()
 
 
 class RaySeam:

@@ -18,6 +18,7 @@ import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -40,7 +41,7 @@ from service.packs import load_pack
 from service.pipelines.base import Pipeline
 from service.seam import LocalEngine, LocalSeam
 from service.settings import Settings
-from service.tts.jobs import CodeStep, GenerationResult
+from service.tts.jobs import CodeStep, GenerationJob, GenerationResult
 
 _END = object()
 
@@ -74,7 +75,7 @@ class ModelReplica:
     async def generate(self, call: EngineCall) -> AsyncIterator[Any]:
         """`Admitted`, then the sequence's `GenerationResult`."""
         engine = self._engine(call)
-        task = asyncio.ensure_future(engine.generate(call.job))
+        task = asyncio.ensure_future(engine.generate(self._job(call)))
         try:
             await self._admitted(task)
             yield Admitted(self.replica)
@@ -90,7 +91,7 @@ class ModelReplica:
 
         async def pump() -> None:
             try:
-                async with contextlib.aclosing(engine.stream(call.job)) as events:
+                async with contextlib.aclosing(engine.stream(self._job(call))) as events:
                     async for event in events:
                         ready.put_nowait(event)
                 ready.put_nowait(_END)
@@ -128,6 +129,13 @@ class ModelReplica:
         return engine
 
     @staticmethod
+    def _job(call: EngineCall) -> GenerationJob:
+        """The job with its start deadline on this replica's clock."""
+        if not call.start_by:
+            return call.job
+        return replace(call.job, start_by=deadline_from(call.budget_s))
+
+    @staticmethod
     async def _admitted(task: asyncio.Future[Any]) -> None:
         """Let the task take its first step, where the engine admits or refuses."""
         await asyncio.sleep(0)
@@ -148,6 +156,7 @@ class ModelReplica:
         for e in self.seam.engines.values():
             step = e.config.step
             engine = {"running": e.scheduler.num_running, "waiting": e.scheduler.num_waiting,
+                      "paused": e.scheduler.num_paused,
                       "max_active": step.max_active, "max_waiting": e.config.max_waiting,
                       "aborted": e.stats().aborted}
         return ReplicaInfo(self.replica, self.node, os.getpid(), self.pipeline.healthy,

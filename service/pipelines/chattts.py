@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from batcher.steps import Admission, StepConfig
+from service.admission import deadline_scope
 from service.audio import resample
 from service.audio_encode import encode_audio
 from service.errors import InvalidInput
@@ -44,7 +45,8 @@ from service.tts.jobs import GenerationJob, GenerationResult, PassKind
 from service.tts.model import TTSConstants, TTSGraphs
 from service.tts.streaming import PEAK, receptive_field_tokens, stitch
 from service.tts.stretch import time_stretch
-from service.tts.voices import VoiceStore
+from service.tts.voice_spec import VoiceLimits
+from service.tts.voices import StoreLimits, VoiceStore
 
 T = TypeVar("T")
 
@@ -69,6 +71,9 @@ class SpeechRequest:
     """0.25-4.0, by time-stretching each piece (service/tts/stretch.py)."""
     greedy: bool = False
     """Argmax sampling (tests and parity checks; not exposed over HTTP)."""
+    deadline: float | None = None
+    """`time.monotonic()` by which the request must have started (its first sequence got a
+    decoding slot), else 504; default: `request_timeout_s` after `prepare` begins."""
 
 
 @dataclass(frozen=True)
@@ -107,9 +112,11 @@ def engine_config(settings: Settings, max_seq_len: int) -> EngineConfig:
     mode = settings.tts_scheduling
     admission = Admission.STATIC if mode == "static" else Admission.CONTINUOUS
     max_active = 1 if mode == "sequential" else settings.tts_max_active
+    paused = settings.tts_max_paused
     return EngineConfig(
         step=StepConfig(max_active=max_active, max_seq_len=max_seq_len, admission=admission,
-                        max_prefills_per_step=settings.tts_max_prefills),
+                        max_prefills_per_step=settings.tts_max_prefills,
+                        max_paused=4 * settings.tts_max_active if paused is None else paused),
         max_waiting=settings.tts_max_waiting or settings.max_queue,
         static_wait_ms=settings.tts_static_wait_ms,
         kv_cache=KVCacheKind(settings.tts_kv_cache),
@@ -153,7 +160,11 @@ class ChatTTSPipeline:
             name="chattts_gpt", observer=ctx.metrics.observer("chattts_gpt"),
         )
         self._decoder: BatchQueue[np.ndarray, np.ndarray] | None = None
-        self.voices = VoiceStore(self.settings.voices_dir, self.spk_stat)
+        s = self.settings
+        self.voices = VoiceStore(
+            s.voices_dir, self.spk_stat,
+            VoiceLimits(s.tts_voice_max_chars, s.tts_voice_max_terms, s.tts_voice_max_weight),
+            StoreLimits(s.tts_max_saved_voices, s.tts_saved_voices_max_bytes))
         extra = getattr(pack.manifest, "model_extra", None) or {}
         radius = receptive_field_tokens(extra.get("config", {}))
         self.stream_context = self.settings.tts_stream_context_tokens or radius
@@ -212,16 +223,23 @@ class ChatTTSPipeline:
 
     async def prepare(self, req: SpeechRequest) -> PreparedSpeech:
         """Speaker, seeds, pieces of the text (long text: sentence/clause cuts), optional
-        refine pass, prompt ids: one code job per piece, all run in the same batch."""
+        refine pass, prompt ids: one code job per piece, all run in the same batch.
+
+        The request's deadline covers its start only: the CPU work before its first
+        engine job (which then must get a slot by the deadline: `start_by`), never the
+        generation or anything after it."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        spk = await self.ctx.cpu.run(self._speaker, req)
+        deadline = req.deadline or time.monotonic() + self.settings.request_timeout_s
+        with deadline_scope(deadline):
+            spk = await self.ctx.cpu.run(self._speaker, req)
+            pieces = await self.ctx.cpu.run(self._pieces, req.text)
         sampling_seed = self._sampling_seed(req)
-        pieces = await self.ctx.cpu.run(self._pieces, req.text)
         if req.refine_text:
             t1 = time.perf_counter()
             pieces = list(await gather_or_cancel(*(
-                self._refine(p, (sampling_seed + i) % 2**63, req.greedy)
+                self._refine(p, (sampling_seed + i) % 2**63, req.greedy,
+                             start_by=deadline if i == 0 else None)
                 for i, p in enumerate(pieces))))
             timings["refine"] = _ms(t1)
         jobs = []
@@ -229,7 +247,9 @@ class ChatTTSPipeline:
             prompt = await self.ctx.cpu.run(functools.partial(
                 self.prompts.code_prompt_ids, piece, spk is not None, normalize=False
             ))
-            jobs.append(self._code_job(req, prompt, spk, (sampling_seed + i) % 2**63))
+            first = i == 0 and not req.refine_text
+            jobs.append(self._code_job(req, prompt, spk, (sampling_seed + i) % 2**63,
+                                       start_by=deadline if first else None))
         timings["prepare"] = _ms(t0) - timings.get("refine", 0.0)
         return PreparedSpeech(tuple(jobs), sampling_seed, timings)
 
@@ -275,10 +295,7 @@ class ChatTTSPipeline:
         if req.voice is not None:
             return self.voices.resolve(req.voice)
         if req.spk_emb is not None:
-            try:
-                return speakers.decode_spk_emb(req.spk_emb, self.c.spk_emb_dim)
-            except ValueError as exc:
-                raise InvalidInput(f"spk_emb is not a valid speaker string: {exc}") from None
+            return self.voices.decode(req.spk_emb, "spk_emb")
         if req.seed is not None:
             return speakers.sample_speaker(self.spk_stat, req.seed)
         return None
@@ -292,7 +309,7 @@ class ChatTTSPipeline:
         return secrets.randbits(63)
 
     def _code_job(self, req: SpeechRequest, prompt: np.ndarray, spk: np.ndarray | None,
-                  seed: int) -> GenerationJob:
+                  seed: int, start_by: float | None = None) -> GenerationJob:
         defaults = self.c.code
         max_new = req.max_new_tokens or defaults.max_new_token
         room = self.c.max_position_embeddings - len(prompt)
@@ -306,17 +323,18 @@ class ChatTTSPipeline:
             params=defaults.params(temperature=req.temperature, top_p=req.top_p,
                                    top_k=req.top_k, min_new_tokens=req.min_new_tokens,
                                    greedy=req.greedy),
-            max_new_tokens=max_new, seed=seed,
+            max_new_tokens=max_new, seed=seed, start_by=start_by,
         )
 
-    async def _refine(self, text: str, seed: int, greedy: bool) -> str:
+    async def _refine(self, text: str, seed: int, greedy: bool,
+                      start_by: float | None = None) -> str:
         prompt = await self.ctx.cpu.run(
             functools.partial(self.prompts.refine_prompt_ids, text, normalize=False)
         )
         job = GenerationJob(
             request_id=uuid.uuid4().hex, kind=PassKind.TEXT, prompt_ids=prompt, spk_emb=None,
             params=self.c.refine.params(greedy=greedy),
-            max_new_tokens=self.c.refine.max_new_token, seed=seed,
+            max_new_tokens=self.c.refine.max_new_token, seed=seed, start_by=start_by,
         )
         result = await self.engine.generate(job)
         refined = self.prompts.refined_text(result.tokens)

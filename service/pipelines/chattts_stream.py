@@ -1,16 +1,29 @@
 """Streamed ChatTTS speech: audio bytes while the engine is still generating.
 
-Design note. Every piece of the text is one engine sequence, all submitted at once so a
-long request fills the batch with itself. A task per piece reads the engine's per-token
-events and, every `tts_stream_chunk_tokens` tokens, decodes an overlapping window
-(`service.tts.streaming.WindowPlanner`: exact seams) through the shared decode batcher;
-windows of many streams have the same token count and share forwards. The response
+Design note. Every piece of the text is one engine sequence. Places in the engine's queue
+are reserved for all of them at once (a request is refused whole, before any audio), but
+only `tts_stream_pieces_ahead` pieces are generating at a time: the next starts when one
+finishes generating, so a long stream still overlaps its pieces while a stream whose
+client stopped reading holds only that many sequences (paused) instead of flooding the
+queue ahead of everyone else. `open_stream` returns once the first piece has its first
+token, so a request that cannot start in time is a normal 504. A task per piece reads
+the engine's per-token events and, every `tts_stream_chunk_tokens` tokens, decodes an
+overlapping window (`service.tts.streaming.WindowPlanner`: exact seams) through the
+shared decode batcher; windows of many streams have the same token count and share
+forwards. The response
 drains the pieces IN ORDER (later pieces buffer while earlier ones play), joins them with
 the same crossfade as the one-shot path, limits peaks with a running gain, resamples
 with a streaming soxr and encodes with `StreamingEncoder`. With `speed` != 1 a piece is
 stretched whole when it ends (a phase vocoder over windows would leave seams), so audio
 then comes per piece. Closing the iterator (client gone) cancels the piece tasks, which
 closes their engine streams and aborts the sequences at the next step.
+
+Bounded buffers: each piece hands the reader at most `PIECE_QUEUE_WINDOWS` decoded windows;
+a piece whose reader is behind blocks there, stops reading its token stream, and that
+stream pauses the sequence once `tts_stream_buffer_tokens` tokens wait
+(service/tts/token_stream.py). A client that stops reading therefore stops its
+generation within a bounded amount of audio, and the response gives up on it after
+`tts_stream_stall_timeout_s` (service/routes/streaming.py).
 """
 
 from __future__ import annotations
@@ -27,12 +40,15 @@ import soxr
 
 from service.audio_encode import StreamingEncoder
 from service.pipelines.chattts import ChatTTSPipeline, PreparedSpeech, SpeechRequest
-from service.tts.jobs import CodeStep, GenerationJob
+from service.seam import SequenceStream
+from service.tts.jobs import CodeStep
 from service.tts.streaming import RunningLimiter, Stitcher, WindowPlanner
 
 log = logging.getLogger("audioserve.tts.stream")
 
 _END = object()
+PIECE_QUEUE_WINDOWS = 2
+"""Decoded windows a piece may hold for the reader before it stops taking tokens."""
 
 
 @dataclass
@@ -51,12 +67,41 @@ class SpeechStream:
 
     def __init__(self, pipeline: ChatTTSPipeline, req: SpeechRequest,
                  prepared: PreparedSpeech) -> None:
+        """Reserves an engine place per piece (Overloaded if there is no room) and starts
+        the first pieces; the caller must `abort()` or `aclose()` it."""
         self.pipeline = pipeline
         self.req = req
         self.prepared = prepared
         self.encoder = StreamingEncoder(req.format, req.sample_rate)
         self.media_type = self.encoder.media_type
         self.stats = StreamStats()
+        n = len(prepared.jobs)
+        self.tokens: list[SequenceStream | None] = [None] * n
+        """Each piece's engine stream, once it was started."""
+        self._ready = [asyncio.Event() for _ in range(n)]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ahead = max(1, pipeline.settings.tts_stream_pieces_ahead)
+        pipeline.engine.reserve(n)
+        self._reserved = n
+        self._next = 0
+        self._stopped = False
+        try:
+            for _ in range(min(self._ahead, n)):
+                self._start_next()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _start_next(self) -> None:
+        """Submit the next piece into its reserved place (none left, or stopped: no-op)."""
+        i = self._next
+        if self._stopped or i >= len(self.tokens):
+            return
+        self.tokens[i] = self.pipeline.engine.open_stream(
+            self.prepared.jobs[i], self.pipeline.settings.tts_stream_buffer_tokens,
+            reserved=True)
+        self._next, self._reserved = i + 1, self._reserved - 1
+        self._ready[i].set()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._bytes()
@@ -64,9 +109,9 @@ class SpeechStream:
     async def samples(self) -> AsyncIterator[np.ndarray]:
         """float32 chunks at the pack's rate after stitching and limiting (before
         resampling and encoding): what tests compare with the one-shot output."""
-        queues: list[asyncio.Queue[object]] = [asyncio.Queue() for _ in self.prepared.jobs]
-        tasks = [asyncio.create_task(self._piece(job, q))
-                 for job, q in zip(self.prepared.jobs, queues, strict=True)]
+        queues: list[asyncio.Queue[object]] = [asyncio.Queue(PIECE_QUEUE_WINDOWS)
+                                               for _ in self.tokens]
+        self._tasks = [asyncio.create_task(self._piece(i, q)) for i, q in enumerate(queues)]
         stitcher = Stitcher(self.pipeline.crossfade)
         limiter = RunningLimiter()
         try:
@@ -83,11 +128,29 @@ class SpeechStream:
             if (out := stitcher.finish()).size:
                 yield limiter(out)
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
+            await self.aclose()
+
+    def abort(self) -> None:
+        """Stop now: close every engine stream (aborting the sequences still generating)
+        and cancel the piece tasks. Never suspends (safe in a cancelled task's cleanup);
+        idempotent; safe before `samples` ever ran."""
+        self._stopped = True
+        for tokens in self.tokens:
+            if tokens is not None:
+                tokens.close()
+        engine = self.pipeline.engine
+        for _ in range(self._reserved):  # places of pieces that never started
+            engine.release()
+        self._reserved = 0
+        for task in self._tasks:
+            task.cancel()
+
+    async def aclose(self) -> None:
+        """`abort`, then wait for the piece tasks to end."""
+        self.abort()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
 
     async def _bytes(self) -> AsyncIterator[bytes]:
         rate = self.pipeline.c.sample_rate
@@ -120,43 +183,57 @@ class SpeechStream:
             self.pipeline.ctx.metrics.stage_seconds.labels("chattts", "first_audio").observe(
                 self.stats.first_audio_s)
 
-    async def _piece(self, job: GenerationJob, out: asyncio.Queue[object]) -> None:
+    async def _piece(self, i: int, out: asyncio.Queue[object]) -> None:
+        await self._ready[i].wait()
+        tokens = self.tokens[i]
+        assert tokens is not None
         try:
-            await self._run_piece(job, out)
+            await self._run_piece(i, tokens, out)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # handed to the reader, who raises it
-            out.put_nowait(exc)
+            await out.put(exc)
+        finally:
+            tokens.close()
 
-    async def _run_piece(self, job: GenerationJob, out: asyncio.Queue[object]) -> None:
+    async def _run_piece(self, i: int, tokens: SequenceStream,
+                         out: asyncio.Queue[object]) -> None:
         p = self.pipeline
         planner = WindowPlanner(p.c.samples_per_token, p.settings.tts_stream_chunk_tokens,
                                 p.stream_context, p.stream_lookahead,
                                 p.settings.tts_stream_max_chunk_tokens)
         hidden: list[np.ndarray] = []
         stretch = self.req.speed != 1.0
-        async with contextlib.aclosing(p.engine.stream(job)) as events:
-            async for event in events:
-                if not isinstance(event, CodeStep):
-                    break
-                hidden.append(event.hidden)
-                self.stats.tokens += 1
-                if not stretch and (window := planner.next(len(hidden), finished=False)):
-                    wave = await p.decode_hidden(np.stack(hidden[window.start : window.stop]))
-                    out.put_nowait(planner.cut(window, wave))
+        async for event in tokens:
+            if not isinstance(event, CodeStep):
+                break
+            hidden.append(event.hidden)
+            self.stats.tokens += 1
+            if not stretch and (window := planner.next(len(hidden), finished=False)):
+                wave = await p.decode_hidden(np.stack(hidden[window.start : window.stop]))
+                await out.put(planner.cut(window, wave))
+        self._start_next()  # this one is generated: the next piece may start
         if stretch:
             wave = await p.decode_hidden(np.stack(hidden) if hidden
                                          else np.zeros((0, p.c.hidden_size), np.float32))
-            out.put_nowait(await p.ctx.cpu.run(p.piece_wave, wave, self.req.speed))
+            await out.put(await p.ctx.cpu.run(p.piece_wave, wave, self.req.speed))
         elif (window := planner.next(len(hidden), finished=True)) is not None:
             wave = await p.decode_hidden(np.stack(hidden[window.start : window.stop]))
-            out.put_nowait(planner.cut(window, wave))
-        out.put_nowait(_END)
+            await out.put(planner.cut(window, wave))
+        await out.put(_END)
 
 
 async def open_stream(pipeline: ChatTTSPipeline, req: SpeechRequest) -> SpeechStream:
-    """Validate, prepare and admit now (errors become normal 4xx/503 before any audio is
-    sent)."""
+    """Validate, prepare, reserve every piece's place and start the first; return once it
+    has its first token, so bad input (4xx), overload (503) and a missed deadline (504)
+    are normal errors before any audio is sent. The caller must `aclose()` the stream."""
     prepared = await pipeline.prepare(req)
-    await pipeline.engine.reserve(prepared.jobs)
-    return SpeechStream(pipeline, req, prepared)
+    stream = SpeechStream(pipeline, req, prepared)
+    try:
+        first = stream.tokens[0]
+        assert first is not None
+        await first.started()
+    except BaseException:
+        await stream.aclose()
+        raise
+    return stream

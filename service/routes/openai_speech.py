@@ -4,7 +4,10 @@ openedai-speech users call), on the same ChatTTS pipeline as `/tts`.
 Differences from OpenAI, on purpose: `voice` also takes saved voices, mixes `a(2)+b(1)`
 and raw `spk_emb` strings; `speed` is met by time-stretching (service/tts/stretch.py);
 `instructions` is accepted and ignored (ChatTTS takes no style prompt); `stream` (as
-Kokoro-FastAPI) defaults to true, so audio is sent as it is generated, as OpenAI does.
+Kokoro-FastAPI) defaults to true, so audio is sent as it is generated, as OpenAI does,
+except for FLAC: a streamed FLAC cannot state its length (its STREAMINFO says 0, which
+libsndfile reads as "unknown" and then fails on), so FLAC is whole unless `stream: true`
+is asked for (docs/tts-limits.md).
 Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}`: the route
 class declares it, so every error of the path, from a missing key to an unreadable JSON
 body, is answered in that shape.
@@ -13,13 +16,14 @@ body, is answered in that shape.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.audio_encode import MEDIA_TYPES
@@ -27,15 +31,19 @@ from service.deps import get_pipeline, get_settings
 from service.errors import InvalidInput
 from service.json_body import JsonBodyRoute
 from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest
-from service.pipelines.chattts_stream import SpeechStream, open_stream
-from service.routes.tts import (
+from service.pipelines.chattts_stream import SpeechStream
+from service.routes.streaming import (
     CLIENT_CLOSED,
     ClientGone,
     cancel_on_disconnect,
+    stream_audio,
+)
+from service.routes.tts import (
     check_text,
     response_headers,
-    stream_audio,
+    start_stream,
     stream_headers,
+    streaming_response,
 )
 from service.tts.stretch import MAX_SPEED, MIN_SPEED
 
@@ -77,7 +85,8 @@ class SpeechBody(BaseModel):
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     stream_format: Literal["audio", "sse"] = "audio"
-    stream: bool = True
+    stream: bool | None = None
+    """Send audio as it is generated; default: true, except for `flac` (see the note)."""
     instructions: str | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     """Sampling seed (an extension): the same seed and voice give the same audio."""
@@ -87,17 +96,16 @@ def _speech_request(body: SpeechBody) -> SpeechRequest:
     if body.model not in MODEL_NAMES:
         raise InvalidInput(f"model {body.model!r} is not served here; use one of "
                            f"{', '.join(MODEL_NAMES)}")
-    if not body.voice.strip():
-        raise InvalidInput("voice is empty; GET /v1/voices lists the voices")
     return SpeechRequest(text=body.input, voice=body.voice, speed=body.speed,
                          sampling_seed=body.seed, format=body.response_format)
 
 
 async def _sse(request: Request, stream: SpeechStream) -> AsyncIterator[bytes]:
     """OpenAI's `stream_format: "sse"` events: audio deltas (base64), then done."""
-    async for chunk in stream_audio(request, stream):
-        event = {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()}
-        yield f"data: {json.dumps(event)}\n\n".encode()
+    async with contextlib.aclosing(stream_audio(request, stream)) as chunks:
+        async for chunk in chunks:
+            event = {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()}
+            yield f"data: {json.dumps(event)}\n\n".encode()
     tokens = stream.stats.tokens
     done = {"type": "speech.audio.done",
             "usage": {"input_tokens": 0, "output_tokens": tokens, "total_tokens": tokens}}
@@ -109,14 +117,20 @@ async def speech(body: SpeechBody, request: Request) -> Response:
     check_text(body.input, get_settings(request).tts_max_text_chars, field="input")
     pipeline: ChatTTSPipeline = get_pipeline(request, "chattts")
     req = _speech_request(body)
-    if body.stream or body.stream_format == "sse":
-        stream = await open_stream(pipeline, req)
-        headers = stream_headers(pipeline, stream)
-        if body.stream_format == "sse":
-            return StreamingResponse(_sse(request, stream), media_type="text/event-stream",
-                                     headers=headers)
-        return StreamingResponse(stream_audio(request, stream), media_type=stream.media_type,
-                                 headers=headers)
+    streamed = body.stream if body.stream is not None else req.format != "flac"
+    if streamed or body.stream_format == "sse":
+        stream = await start_stream(request, pipeline, req)
+        if stream is None:
+            return Response(status_code=CLIENT_CLOSED)
+        try:
+            headers = stream_headers(pipeline, stream)
+            if body.stream_format != "sse":
+                return streaming_response(request, stream, headers)
+            return streaming_response(request, stream, headers, _sse(request, stream),
+                                      "text/event-stream")
+        except BaseException:
+            stream.abort()
+            raise
     try:
         result = await cancel_on_disconnect(request, pipeline.synthesize(req))
     except ClientGone:

@@ -1,113 +1,57 @@
 """`POST /tts`: text in, audio bytes out (ChatTTS through the continuous-batching engine).
 
-A client that disconnects while its request is generating frees its engine slot at the
-next step: Starlette does not cancel a handler whose client went away, so the handler
-watches for the disconnect and cancels the synthesis, which aborts the engine sequence.
-With `stream: true` the audio is sent as it is generated (`stream_audio`); the same
-watcher then closes the stream, whose engine sequences are aborted.
+With `stream: true` the audio is sent as it is generated. Clients that disconnect or stop
+reading are handled in service/routes/streaming.py: either way the engine sequences are
+aborted and their slots freed.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-from collections.abc import AsyncIterator, Awaitable
-from typing import Protocol, TypeVar
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.audio_encode import MEDIA_TYPES, AudioFormat
-from service.deps import get_pipeline, get_settings
+from service.deps import get_metrics, get_pipeline, get_settings
 from service.errors import InvalidInput, PayloadTooLarge
 from service.json_body import JsonBodyRoute
 from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest, SpeechResult
 from service.pipelines.chattts_stream import SpeechStream, open_stream
+from service.routes.streaming import (
+    CLIENT_CLOSED,
+    AudioStreamResponse,
+    ClientGone,
+    cancel_on_disconnect,
+    stream_audio,
+)
 from service.tts.stretch import MAX_SPEED, MIN_SPEED
-
-log = logging.getLogger("audioserve.tts")
 
 router = APIRouter(tags=["tts"], route_class=JsonBodyRoute)
 
-T = TypeVar("T")
-DISCONNECT_POLL_S = 0.1
-CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, logs do
+
+def streaming_response(request: Request, stream: SpeechStream, headers: dict[str, str],
+                       content: AsyncIterator[bytes] | None = None,
+                       media_type: str | None = None) -> AudioStreamResponse:
+    """The stream's audio (or `content` made from it), cut off if the client stalls."""
+    rejections = get_metrics(request).rejections
+
+    return AudioStreamResponse(
+        content if content is not None else stream_audio(request, stream),
+        stall_timeout_s=get_settings(request).tts_stream_stall_timeout_s,
+        media_type=media_type or stream.media_type, headers=headers,
+        on_stall=lambda: rejections.labels("chattts_stream", "stalled_reader").inc(),
+        on_close=stream.abort)
 
 
-class Disconnectable(Protocol):
-    async def is_disconnected(self) -> bool: ...
-
-
-class ClientGone(Exception):
-    """The client disconnected; its work was cancelled."""
-
-
-async def cancel_on_disconnect(request: Disconnectable, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it as soon as the client disconnects (polled)."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while not task.done():
-            if await request.is_disconnected():
-                task.cancel()
-                return
-            await asyncio.sleep(DISCONNECT_POLL_S)
-
-    watcher = asyncio.create_task(watch())
+async def start_stream(request: Request, pipeline: ChatTTSPipeline,
+                       speech: SpeechRequest) -> SpeechStream | None:
+    """`open_stream`, given up (None) if the client leaves while it waits for a slot."""
     try:
-        return await task
-    except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():
-            raise ClientGone() from None
-        raise
-    finally:
-        watcher.cancel()
-
-async def stream_audio(request: Disconnectable, stream: SpeechStream
-                       ) -> AsyncIterator[bytes]:
-    """The stream's bytes; stops (and aborts generation) as soon as the client is gone,
-    even between chunks, when nothing is being sent that could fail."""
-    chunks = aiter(stream)
-    gone = asyncio.Event()
-
-    async def watch() -> None:
-        while not gone.is_set():
-            if await request.is_disconnected():
-                gone.set()
-                return
-            await asyncio.sleep(DISCONNECT_POLL_S)
-
-    watcher = asyncio.create_task(watch())
-    step: asyncio.Future[bytes] | None = None
-    try:
-        while True:
-            step = asyncio.ensure_future(anext(chunks))
-            waiter = asyncio.create_task(gone.wait())
-            await asyncio.wait({step, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if not step.done():
-                log.info("client gone: stream cancelled")
-                return
-            try:
-                yield step.result()
-            except StopAsyncIteration:
-                return
-    finally:
-        gone.set()
-        watcher.cancel()
-        if step is not None and not step.done():  # disconnected, or we were cancelled
-            step.cancel()
-            with contextlib.suppress(BaseException):
-                await step
-        await chunks.aclose()  # type: ignore[attr-defined]
-
-
-def streaming_response(request: Request, stream: SpeechStream,
-                       headers: dict[str, str]) -> StreamingResponse:
-    return StreamingResponse(stream_audio(request, stream), media_type=stream.media_type,
-                             headers=headers)
+        return await cancel_on_disconnect(request, open_stream(pipeline, speech))
+    except ClientGone:
+        return None
 
 
 FORMATS = (AudioFormat.WAV, AudioFormat.FLAC, AudioFormat.MP3, AudioFormat.OPUS,
@@ -141,13 +85,13 @@ class TTSBody(BaseModel):
 def check_text(text: str, max_chars: int, field: str = "text") -> None:
     """Empty -> 422. Over the limit -> 413: the request is valid, only larger than this
     server is configured to take (the same class as an upload over its byte limit)."""
-    if not text.strip():
-        raise InvalidInput(f"{field} is empty; send some text to speak")
-    if len(text) > max_chars:
+    if len(text) > max_chars:  # first: O(1), before anything looks at the text
         raise PayloadTooLarge(
             f"{field} has {len(text)} characters; the limit is {max_chars} "
             "(AUDIOSERVE_TTS_MAX_TEXT_CHARS); split it over several requests"
         )
+    if not text.strip():
+        raise InvalidInput(f"{field} is empty; send some text to speak")
 
 
 def _validate(body: TTSBody, max_chars: int) -> None:
@@ -187,6 +131,8 @@ def stream_headers(pipeline: ChatTTSPipeline, stream: SpeechStream) -> dict[str,
         "X-Audioserve-Stream-Chunk-Tokens": str(pipeline.settings.tts_stream_chunk_tokens),
         "Cache-Control": "no-store",
     }
+    if not stream.encoder.states_length:  # docs/tts-limits.md: what readers then do
+        headers["X-Audioserve-Length-In-File"] = "false"
     if pipeline.pack.manifest.demo:
         headers["X-Audioserve-Demo"] = "true"
     return headers
@@ -205,8 +151,14 @@ async def tts(body: TTSBody, request: Request) -> Response:
         speed=body.speed,
     )
     if body.stream:
-        stream = await open_stream(pipeline, speech)
-        return streaming_response(request, stream, stream_headers(pipeline, stream))
+        stream = await start_stream(request, pipeline, speech)
+        if stream is None:
+            return Response(status_code=CLIENT_CLOSED)
+        try:
+            return streaming_response(request, stream, stream_headers(pipeline, stream))
+        except BaseException:
+            stream.abort()
+            raise
     try:
         result = await cancel_on_disconnect(request, pipeline.synthesize(speech))
     except ClientGone:

@@ -1,13 +1,14 @@
-"""Named voices: `GET /v1/voices` lists them, `POST /v1/voices` saves one (also at
-`/voices`). Storage and naming rules live in service/tts/voices.py."""
+"""Named voices: `GET /v1/voices` lists them, `POST /v1/voices` saves one,
+`DELETE /v1/voices/<name>` removes one (also at `/voices`). Storage, naming rules and caps
+live in service/tts/voices.py; its file I/O and mixing run in the shared CPU pool."""
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.deps import get_pipeline
@@ -29,24 +30,36 @@ class VoiceBody(BaseModel):
     overwrite: bool = False
 
 
-def _store(request: Request) -> VoiceStore:
+def _pipeline(request: Request) -> ChatTTSPipeline:
     pipeline: ChatTTSPipeline = get_pipeline(request, "chattts")
-    return pipeline.voices
+    return pipeline
 
 
 @router.get("/v1/voices")
 @router.get("/voices", include_in_schema=False)
 async def list_voices(request: Request) -> dict[str, Any]:
-    voices = await asyncio.to_thread(_store(request).all)
-    return {"object": "list", "data": [v.public() for v in voices],
-            "voices": [v.name for v in voices]}
+    """Built-in voices, then saved ones by name (bounded by the store's caps; `truncated`
+    says when more files exist than a listing reads)."""
+    pipeline = _pipeline(request)
+    listing = await pipeline.ctx.cpu.run(pipeline.voices.listing)
+    return {"object": "list", "data": [v.public() for v in listing.voices],
+            "voices": [v.name for v in listing.voices], "truncated": listing.truncated}
 
 
 @router.post("/v1/voices", status_code=201)
 @router.post("/voices", status_code=201, include_in_schema=False)
 async def save_voice(body: VoiceBody, request: Request) -> JSONResponse:
-    store = _store(request)
-    voice = await asyncio.to_thread(store.save, body.name, seed=body.seed,
-                                    spk_emb=body.spk_emb, mix=body.mix,
-                                    overwrite=body.overwrite)
+    pipeline = _pipeline(request)
+    store: VoiceStore = pipeline.voices
+    voice = await pipeline.ctx.cpu.run(functools.partial(
+        store.save, body.name, seed=body.seed, spk_emb=body.spk_emb, mix=body.mix,
+        overwrite=body.overwrite))
     return JSONResponse({**voice.public(), "spk_emb": voice.spk_emb}, status_code=201)
+
+
+@router.delete("/v1/voices/{name}", status_code=204)
+@router.delete("/voices/{name}", status_code=204, include_in_schema=False)
+async def delete_voice(name: str, request: Request) -> Response:
+    pipeline = _pipeline(request)
+    await pipeline.ctx.cpu.run(pipeline.voices.delete, name)
+    return Response(status_code=204)

@@ -17,10 +17,17 @@ abort) to its inbox and awaits futures, so ORT never runs on the event loop. Eac
    their future gets the tokens plus the hidden states that predicted them (audio
    decoding happens outside, in the pipeline's decode batcher).
 
+Deadlines and flow control: a job's `start_by` is checked before every step, and a
+sequence still waiting for a slot then fails with `DeadlineExceeded` (never run; the
+service answers 504). A stream (`open_stream`) asks to pause its sequence when its reader
+falls behind (`service.tts.token_stream`): the row's cache is taken out of the batch and
+kept (`plan.paused`), its slot goes to whoever waits, and on resume the kept rows join
+again (`plan.resumed`) with no prefill.
+
 Exactness: a row's inputs (its own past, mask, positions, seeded RNG) never depend on its
-batch-mates, so with fp32 graphs its tokens are those of a solo run. A failed step fails
-the sequences in the cache (its state is unknown) and the loop goes on; if the thread
-itself dies, `healthy` goes False and every waiting future fails.
+batch-mates, so with fp32 graphs its tokens are those of a solo run, paused or not. A
+failed step fails the sequences in the cache (its state is unknown) and the loop goes on;
+if the thread itself dies, `healthy` goes False and every waiting future fails.
 """
 
 from __future__ import annotations
@@ -37,13 +44,14 @@ from enum import Enum
 
 import numpy as np
 
-from batcher import BatcherClosed, BatchObserver, BatchStats, Overloaded
+from batcher import BatcherClosed, BatchObserver, BatchStats, DeadlineExceeded, Overloaded
 from batcher.steps import (
     Admission,
     FinishReason,
     ScheduledSeq,
     SeqOutput,
     SeqRequest,
+    SeqStatus,
     StepConfig,
     StepEvent,
     StepScheduler,
@@ -64,6 +72,7 @@ from service.tts.kv_cache import (
     RowCache,
 )
 from service.tts.model import TTSGraphs
+from service.tts.token_stream import TokenStream
 
 log = logging.getLogger("audioserve.tts.engine")
 
@@ -99,6 +108,19 @@ class _Abort:
     request_id: str
 
 
+@dataclass(frozen=True)
+class _Pause:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class _Resume:
+    request_id: str
+
+
+_Command = _Add | _Abort | _Pause | _Resume
+
+
 class _Stop:
     pass
 
@@ -122,13 +144,16 @@ class GenerationEngine:
         self.name = name
         self.scheduler = StepScheduler(self.config.step)
         self.cache = self._new_cache()
-        self._inbox: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Command | _Stop] = queue.SimpleQueue()
         self._live: dict[str, LiveSequence] = {}
+        self._parked: dict[str, RowCache] = {}
+        """Cache rows of paused sequences, kept out of the batch until they resume."""
         self._thread: threading.Thread | None = None
         self._accepting = False
         self._outstanding = 0
         self._lock = threading.Lock()
-        self._stats = {"steps": 0, "decode_steps": 0, "decode_rows": 0, "aborted": 0}
+        self._stats = {"steps": 0, "decode_steps": 0, "decode_rows": 0, "aborted": 0,
+                       "paused": 0, "expired": 0}
         self._times = {"decode": 0.0, "prefill": 0.0}
         self._deliveries: list[tuple[LiveSequence, CodeStep]] = []
 
@@ -172,7 +197,8 @@ class GenerationEngine:
             prefill_s=self._times["prefill"], cache_copies=self.cache.copies,
             cache_step_s=self.cache.copy_s["step"],
             cache_membership_s=self.cache.copy_s["membership"],
-            aborted=self._stats["aborted"],
+            aborted=self._stats["aborted"], paused=self._stats["paused"],
+            expired=self._stats["expired"],
         )
 
     # -- the event loop's side -------------------------------------------------------
@@ -188,26 +214,28 @@ class GenerationEngine:
         finally:
             self._release()
 
-    async def stream(self, job: GenerationJob
-                     ) -> AsyncGenerator[CodeStep | GenerationResult, None]:
-        """Queue a CODE job and yield each audio token as it is sampled, then the result.
-
-        Closing the iterator early (a client that went away) aborts the sequence: it
-        leaves the batch at the engine's next step."""
+    def open_stream(self, job: GenerationJob, max_buffered: int | None = None, *,
+                    reserved: bool = False) -> TokenStream:
+        """Queue a CODE job now and return its token stream (see token_stream.py): its
+        tokens as they are sampled, then the result; paused while `max_buffered` tokens
+        wait unread. The caller must `aclose()` it (that aborts an unfinished sequence).
+        `reserved`: it takes a place held by `reserve` instead of a new one."""
         if job.kind != PassKind.CODE:
             raise ValueError("only audio-code jobs stream")
-        steps: asyncio.Queue[CodeStep | None] = asyncio.Queue()
-        live = self._submit(job, steps.put_nowait)
-        # Futures run their callbacks through call_soon, after every token already posted.
-        live.future.add_done_callback(lambda _: steps.put_nowait(None))
+        holder: list[TokenStream] = []
+        live = self._submit(job, lambda step: holder[0].deliver(step), reserved=reserved)
+        holder.append(TokenStream(job.request_id, self, live.future, max_buffered))
+        return holder[0]
+
+    async def stream(self, job: GenerationJob
+                     ) -> AsyncGenerator[CodeStep | GenerationResult, None]:
+        """`open_stream` as a generator without flow control; closing it aborts."""
+        tokens = self.open_stream(job)
         try:
-            while (step := await steps.get()) is not None:
-                yield step
-            yield live.future.result()
+            async for item in tokens:
+                yield item
         finally:
-            if not live.future.done():
-                self._inbox.put(_Abort(job.request_id))
-            self._release()
+            await tokens.aclose()
 
     def check_capacity(self, sequences: int = 1) -> None:
         """Raise now what `generate`/`stream` would raise for `sequences` more jobs, so a
@@ -219,11 +247,22 @@ class GenerationEngine:
             raise Overloaded(f"{self.name}: {self._outstanding} sequences queued",
                              retry_after_s=2.0)
 
-    def _submit(self, job: GenerationJob, on_token: Callable[[CodeStep], None] | None
-                ) -> LiveSequence:
+    def reserve(self, sequences: int) -> None:
+        """Hold places for `sequences` jobs submitted later (`open_stream(...,
+        reserved=True)`), so a request is refused whole now or never; a place never used
+        must be given back with `release()`."""
         with self._lock:
-            self.check_capacity()
-            self._outstanding += 1
+            self.check_capacity(sequences)
+            self._outstanding += sequences
+
+    def _submit(self, job: GenerationJob, on_token: Callable[[CodeStep], None] | None,
+                reserved: bool = False) -> LiveSequence:
+        with self._lock:
+            if reserved:
+                self.check_capacity(0)  # only: still accepting, thread alive
+            else:
+                self.check_capacity()
+                self._outstanding += 1
         loop = asyncio.get_running_loop()
         live = LiveSequence(job, loop.create_future(), loop, time.perf_counter(),
                             np.random.default_rng(job.seed), on_token=on_token)
@@ -234,25 +273,39 @@ class GenerationEngine:
         with self._lock:
             self._outstanding -= 1
 
+    release = _release
+    """A stream's caller is done with its sequence (`SequenceControl`)."""
+
     @property
     def active(self) -> int:
-        """Sequences admitted or waiting (tests and benchmarks watch it drain)."""
-        return self.scheduler.num_running + self.scheduler.num_waiting
+        """Sequences admitted, paused or waiting (tests and benchmarks watch it drain)."""
+        s = self.scheduler
+        return s.num_running + s.num_waiting + s.num_paused
 
     def abort(self, request_id: str) -> None:
         """Thread-safe: the sequence leaves at the engine's next step."""
         self._inbox.put(_Abort(request_id))
+
+    def pause(self, request_id: str) -> None:
+        """Thread-safe: the sequence leaves the batch, its cache kept, until `resume`."""
+        self._inbox.put(_Pause(request_id))
+
+    def resume(self, request_id: str) -> None:
+        self._inbox.put(_Resume(request_id))
 
     # -- the engine thread -----------------------------------------------------------
 
     def _run(self) -> None:
         try:
             stopping = False
-            while not (stopping and not self.scheduler.has_requests()):
-                stopping |= self._drain_inbox(block=not self.scheduler.has_requests())
+            # paused sequences do not hold a stop up: they wait for readers (who are
+            # gone at shutdown) and are failed below with everything still unfinished
+            while not (stopping and not self.scheduler.has_work()):
+                stopping |= self._drain_inbox(block=not self.scheduler.has_work())
+                self._expire_waiting()
                 if self._static_should_wait(stopping):
                     continue
-                if self.scheduler.has_requests():
+                if self.scheduler.has_work():
                     self._step()
         except BaseException as exc:  # the thread must not die silently
             log.critical("%s: engine thread died", self.name, exc_info=exc)
@@ -262,6 +315,8 @@ class GenerationEngine:
             raise
         for live in self._live.values():
             live.resolve(None, BatcherClosed(f"{self.name} stopped"))
+        self._live.clear()
+        self._parked.clear()
 
     def _drain_inbox(self, block: bool) -> bool:
         """Apply queued commands; True when asked to stop."""
@@ -274,16 +329,25 @@ class GenerationEngine:
         except queue.Empty:
             return stop
 
-    def _apply(self, command: _Add | _Abort | _Stop) -> bool:
+    def _apply(self, command: _Command | _Stop) -> bool:
         if isinstance(command, _Stop):
             return True
         if isinstance(command, _Abort):
-            live = self._live.get(command.request_id)
-            if live is not None and self.scheduler.abort(command.request_id):
+            rid = command.request_id
+            live, status = self._live.get(rid), self.scheduler.status(rid)
+            if live is not None and self.scheduler.abort(rid):
                 self._stats["aborted"] += 1
-                if live.admitted_at == 0.0:  # waiting: gone now; running: at next step
-                    self._live.pop(command.request_id)
+                if status != SeqStatus.RUNNING:  # waiting or paused: gone now, else next step
+                    self._live.pop(rid)
+                    self._parked.pop(rid, None)
                 live.cancel()
+            return False
+        if isinstance(command, _Pause):
+            if self.scheduler.pause(command.request_id):
+                self._stats["paused"] += 1
+            return False
+        if isinstance(command, _Resume):
+            self.scheduler.resume(command.request_id)
             return False
         live = command.live
         job = live.job
@@ -295,6 +359,23 @@ class GenerationEngine:
         self._live[job.request_id] = live
         return False
 
+    def _expire_waiting(self) -> None:
+        """Fail every never-admitted sequence whose `start_by` has passed (never run)."""
+        now = time.monotonic()
+        late = [live for live in self._live.values()
+                if live.job.start_by is not None and now >= live.job.start_by
+                and live.admitted_at == 0.0]
+        for live in late:
+            rid = live.job.request_id
+            if self.scheduler.status(rid) == SeqStatus.WAITING and self.scheduler.abort(rid):
+                self._live.pop(rid)
+                self._stats["expired"] += 1
+                if self._observer is not None:
+                    self._observer.on_reject("deadline")
+                live.resolve(None, DeadlineExceeded(
+                    f"{self.name}: no decoding slot within the request's deadline; it was "
+                    "never started"))
+
     def _static_should_wait(self, stopping: bool) -> bool:
         """STATIC mode: an idle engine waits a little for its batch to fill."""
         cfg = self.config
@@ -302,7 +383,8 @@ class GenerationEngine:
         if (cfg.step.admission != Admission.STATIC or stopping or self.scheduler.num_running
                 or waiting == 0 or waiting >= cfg.step.max_active):
             return False
-        oldest = min(v.submitted_at for v in self._live.values() if v.admitted_at == 0.0)
+        oldest = min((v.submitted_at for v in self._live.values() if v.admitted_at == 0.0),
+                     default=0.0)  # only resumed sequences waiting: do not wait
         remaining = cfg.static_wait_ms / 1000.0 - (time.perf_counter() - oldest)
         if remaining <= 0:
             return False
@@ -315,6 +397,9 @@ class GenerationEngine:
         for rid in plan.evicted_ids:
             self._live.pop(rid, None)  # its caller was told (cancelled) when it aborted
         self.cache.remove(plan.evicted_ids)
+        for row in self.cache.take(plan.paused_ids):
+            self._parked[row.request_id] = row
+        self.cache.join([self._parked.pop(rid) for rid in plan.resumed_ids])
         try:
             outputs = self._decode(plan.decode) if plan.decode else {}
             t0 = time.perf_counter()

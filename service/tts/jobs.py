@@ -32,6 +32,9 @@ class GenerationJob:
     params: SamplingParams
     max_new_tokens: int
     seed: int
+    start_by: float | None = None
+    """`time.monotonic()` by which it must have a decoding slot; later it fails with
+    `DeadlineExceeded` and never runs (None: it waits as long as it takes)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,10 @@ class EngineStats:
     """KV-cache data moved when rows join or leave."""
     aborted: int = 0
     """Sequences aborted (cancelled callers, disconnected clients)."""
+    paused: int = 0
+    """Pauses granted to streams whose readers fell behind."""
+    expired: int = 0
+    """Sequences that got no slot before their `start_by` (never run)."""
 
 
 @dataclass(eq=False)

@@ -16,7 +16,10 @@ batched over every row that joins or leaves in it:
 - join: new rows (each prefilled alone, so prefill is exact) are left-padded to the
   batch's length (or the batch to theirs) and stacked under it;
 - leave: finished or aborted rows are dropped with one `take`, and leading columns that
-  are padding in every remaining row are trimmed at the same time.
+  are padding in every remaining row are trimmed at the same time;
+- park: a paused row is copied out without its padding (`take`, then a leave) and joins
+  again later like a prefilled row. Its columns are exactly its own past, so a row that
+  was parked decodes on as if it never left (the mask hides padding either way).
 Left padding keeps each row's own positions (`position_ids` count real tokens) and the
 mask hides the pad columns, so a row's logits do not depend on its batch-mates.
 """
@@ -144,6 +147,24 @@ class BatchKVCache:
         self.mask = np.concatenate(masks, axis=0)
         self.ids += [r.request_id for r in rows]
 
+    def take(self, request_ids: Sequence[str]) -> list[RowCache]:
+        """Copy rows out without their left padding (to join again later), then drop them."""
+        rows = []
+        if request_ids:
+            with self._timed():
+                layers = self._host_layers()
+                for rid in request_ids:
+                    i = self.row(rid)
+                    start = int(np.argmax(self.mask[i])) if self.mask[i].any() else self.length
+                    rows.append(RowCache(rid, tuple(np.ascontiguousarray(a[i:i + 1, :, start:])
+                                                    for a in layers)))
+        self.remove(request_ids)
+        return rows
+
+    def _host_layers(self) -> list[np.ndarray]:
+        """The cache as host arrays [rows, h, P, d], one per layer and key/value."""
+        return self.layers
+
     def remove(self, request_ids: Sequence[str]) -> None:
         """Drop rows; trim leading columns that are padding in every remaining row."""
         gone = set(request_ids) & set(self.ids)
@@ -194,6 +215,9 @@ class PreallocatedKVCache(BatchKVCache):
         n, start = self.size, self._cursor - self.length
         return [np.ascontiguousarray(self._buffer[i, :n, :, start:self._cursor])
                 for i in range(2 * self.num_layers)]
+
+    def _host_layers(self) -> list[np.ndarray]:
+        return self._used()
 
     def past(self) -> list[np.ndarray]:
         with self._timed(STEP):
@@ -273,6 +297,11 @@ class DeviceKVCache(BatchKVCache):
             self._editor = CacheEditor(len(self._values), self._values[0].data_type(),
                                        self.device, self.device_id)
         return self._editor
+
+    def _host_layers(self) -> list[np.ndarray]:
+        """A paused row leaves through the host: one counted round trip (pauses are rare,
+        joins and leaves stay on the device)."""
+        return self.host_layers()
 
     def join(self, rows: Sequence[RowCache]) -> None:
         if not rows:

@@ -20,7 +20,6 @@ ChatTTS users.
 from __future__ import annotations
 
 import lzma
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,34 +101,21 @@ def decode_spk_emb(text: str, dim: int) -> np.ndarray:
         raise ValueError(f"expected a non-empty string of at most {MAX_SPK_EMB_CHARS} chars")
     try:
         packed = b14.decode_from_string(text)
+        canonical = b14.encode_to_string(packed) == text
         inflater = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
         raw = inflater.decompress(packed, max_length=2 * dim + 1)
     except (lzma.LZMAError, ValueError, TypeError, UnicodeError) as exc:
         raise ValueError(f"not a base16384/LZMA2 speaker string ({exc})") from None
+    if not canonical:  # characters outside base16384's alphabet, or a stray tail
+        raise ValueError("not a base16384 string (it does not re-encode to itself)")
     if len(raw) != 2 * dim or not inflater.eof:
         raise ValueError(f"decodes to {len(raw)} bytes (or more), expected {dim} float16 values")
+    if inflater.unused_data:
+        raise ValueError(f"{len(inflater.unused_data)} bytes follow the LZMA2 stream")
     spk = np.frombuffer(raw, dtype="<f2").astype(np.float32)
     if not np.all(np.isfinite(spk)):
         raise ValueError("speaker embedding holds non-finite values")
     return spk
-
-
-_MIX_TERM = re.compile(r"^\s*([\w.\-]+)\s*(?:\(\s*([0-9]*\.?[0-9]+)\s*\))?\s*$")
-
-
-def parse_voice_mix(spec: str) -> list[tuple[str, float]]:
-    """`"alice(2)+bob(1)"` -> `[("alice", 2.0), ("bob", 1.0)]`; a bare name weighs 1.
-    ValueError on anything else (the caller maps it to a 4xx)."""
-    terms: list[tuple[str, float]] = []
-    for part in spec.split("+"):
-        match = _MIX_TERM.match(part)
-        if match is None:
-            raise ValueError(f"bad voice term {part.strip()!r}: expected name or name(weight)")
-        weight = float(match.group(2)) if match.group(2) else 1.0
-        if not weight > 0:
-            raise ValueError(f"voice {match.group(1)!r}: weight must be > 0")
-        terms.append((match.group(1), weight))
-    return terms
 
 
 def mix_speakers(parts: list[tuple[np.ndarray, float]]) -> np.ndarray:
@@ -138,6 +124,10 @@ def mix_speakers(parts: list[tuple[np.ndarray, float]]) -> np.ndarray:
     if not parts:
         raise ValueError("no speakers to mix")
     weights = np.array([w for _, w in parts], dtype=np.float64)
+    if not (np.all(np.isfinite(weights)) and np.all(weights > 0)):
+        raise ValueError("mix weights must be finite and > 0")
     stack = np.stack([np.asarray(s, dtype=np.float64) for s, _ in parts])
-    mixed = (weights[:, None] * stack).sum(0) / weights.sum()
-    return mixed.astype(np.float16).astype(np.float32)
+    mixed = ((weights[:, None] * stack).sum(0) / weights.sum()).astype(np.float16)
+    if not np.all(np.isfinite(mixed)):
+        raise ValueError("the mix is not finite in float16")
+    return mixed.astype(np.float32)

@@ -5,14 +5,23 @@ Defaults are seeds, not files: a speaker's dimension and statistics belong to th
 the loaded pack's spk_stat at start-up, exactly as upstream's `sample_random_speaker`
 after `torch.manual_seed(seed)`. They carry OpenAI's voice names, so clients that send
 `alloy` get a stable voice. Saved voices are one JSON file per voice in `voices_dir`
-holding the upstream-format `spk_emb` string (portable to any ChatTTS user) and where it
-came from. Names are `[A-Za-z0-9_-]{1,64}`: no dots or slashes, so a name is never a path.
+holding the upstream-format `spk_emb` string (portable to any ChatTTS user, re-encoded
+canonically) and where it came from (a mix is stored as its normalised text, never the
+raw input). Names full-match `[A-Za-z0-9_-]{1,64}`: no dots or slashes, so a name is
+never a path; names are unique ignoring case (`Alloy` clashes with the built-in `alloy`,
+and two files never differ only in case, which case-insensitive disks could not hold).
+
+The store is bounded: at most `max_saved` voices and `max_bytes` of files (a save over
+either is refused, 409 naming the setting), and a listing reads at most that many
+files and bytes, so even a folder filled by hand cannot make `GET /v1/voices` huge. Every
+method does file I/O or numpy work: call them in the CPU pool, never on the event loop.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import logging
+import os
 import threading
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,14 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
-from service.errors import ApiError, InvalidInput, NotFound
+from service.errors import ApiError, InvalidInput, NotFound, PayloadTooLarge
 from service.tts import speaker as speakers
+from service.tts.voice_spec import NAME, VoiceLimits, VoiceSpec, parse_voice_spec
+
+log = logging.getLogger("audioserve.tts.voices")
 
 DEFAULT_VOICE_SEEDS: dict[str, int] = {
     "alloy": 2, "ash": 11, "ballad": 23, "coral": 42, "echo": 77, "fable": 111, "nova": 402,
     "onyx": 888, "sage": 1234, "shimmer": 2024, "verse": 4096,
 }
-NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 
 
 class VoiceSource(StrEnum):
@@ -38,6 +49,18 @@ class VoiceSource(StrEnum):
 
 class VoiceExists(ApiError):
     status, code = 409, "voice_exists"
+
+
+class VoiceStoreFull(ApiError):
+    status, code = 409, "voice_store_full"
+
+
+@dataclass(frozen=True)
+class StoreLimits:
+    """Caps of the saved voices (`AUDIOSERVE_TTS_MAX_SAVED_VOICES`, `..._BYTES`)."""
+
+    max_saved: int = 1000
+    max_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -54,39 +77,85 @@ class Voice:
                 "seed": self.seed, "mix": self.mix}
 
 
+@dataclass(frozen=True)
+class VoiceListing:
+    voices: list[Voice]
+    truncated: bool
+    """More files are saved than the caps let a listing read."""
+
+
 def check_name(name: str) -> str:
-    if not NAME.match(name or ""):
-        raise InvalidInput(f"voice name {name!r} is not allowed: use 1-64 letters, digits, "
-                           "'_' or '-'")
+    if not NAME.fullmatch(name or ""):
+        raise InvalidInput(f"voice name {name[:80]!r} is not allowed: use 1-64 letters, "
+                           "digits, '_' or '-'")
     return name
 
 
 class VoiceStore:
     """Voices of one pack: seeded defaults plus the files in `root`."""
 
-    def __init__(self, root: Path, stats: speakers.SpeakerStats) -> None:
+    def __init__(self, root: Path, stats: speakers.SpeakerStats,
+                 limits: VoiceLimits | None = None, store: StoreLimits | None = None) -> None:
         self.root = root
         self.stats = stats
+        self.limits = limits or VoiceLimits()
+        self.store = store or StoreLimits()
         self._lock = threading.Lock()
         self._defaults = {
             name: Voice(name, VoiceSource.SEED, speakers.encode_spk_emb(
                 speakers.sample_speaker(stats, seed)), builtin=True, seed=seed)
             for name, seed in DEFAULT_VOICE_SEEDS.items()
         }
+        self._folded = {name.casefold(): name for name in self._defaults}
 
-    def all(self) -> list[Voice]:
-        saved = {v.name: v for v in self._saved()}
-        return [*self._defaults.values(),
-                *(saved[n] for n in sorted(saved) if n not in self._defaults)]
+    # -- reading -------------------------------------------------------------------
+
+    def listing(self) -> VoiceListing:
+        """Defaults, then saved voices by name: at most `max_saved` files and `max_bytes`."""
+        voices, budget, truncated = list(self._defaults.values()), self.store.max_bytes, False
+        for name, size in sorted(self._entries()):
+            if len(voices) - len(self._defaults) >= self.store.max_saved:
+                return VoiceListing(voices, truncated=True)
+            if size > budget:  # not read: the listing would pass the byte cap
+                truncated = True
+                continue
+            voice = self._read(name, size)
+            if voice is not None:
+                voices.append(voice)
+                budget -= size
+        return VoiceListing(voices, truncated)
 
     def get(self, name: str) -> Voice:
+        check_name(name)
         if name in self._defaults:
             return self._defaults[name]
-        path = self.root / f"{check_name(name)}.json"
-        if not path.is_file():
-            known = ", ".join(v.name for v in self.all())
-            raise NotFound(f"voice {name!r} is not known; known voices: {known}")
-        return _read(path)
+        path = self.root / f"{name}.json"
+        size = path.stat().st_size if path.is_file() else -1
+        voice = self._read(name, size) if 0 <= size <= self.store.max_bytes else None
+        if voice is None:
+            raise NotFound(f"voice {name!r} is not known; built-in voices: "
+                           f"{', '.join(self._defaults)}; GET /v1/voices lists the saved ones")
+        return voice
+
+    def resolve(self, text: str, field: str = "voice") -> np.ndarray:
+        """A voice name, a mix `a(2)+b(1)`, or a raw `spk_emb` string -> speaker vector."""
+        return self._vector(parse_voice_spec(text, self.limits, field), field)
+
+    def decode(self, text: str, field: str = "spk_emb") -> np.ndarray:
+        """A raw `spk_emb` string -> speaker vector: 413 over the length cap, 422 when it
+        is not a speaker string of this pack's dimension (strictly: nothing may follow
+        the LZMA2 stream, and the text must be canonical base16384)."""
+        if len(text) > self.limits.max_chars:
+            raise PayloadTooLarge(
+                f"{field} has {len(text)} characters; the limit is {self.limits.max_chars} "
+                "(AUDIOSERVE_TTS_VOICE_MAX_CHARS)")
+        try:
+            return speakers.decode_spk_emb(text, self.stats.dim)
+        except ValueError as exc:
+            raise InvalidInput(f"{field} is not a speaker string for this model "
+                               f"({self.stats.dim}-d): {exc}") from None
+
+    # -- writing -------------------------------------------------------------------
 
     def save(self, name: str, *, seed: int | None = None, spk_emb: str | None = None,
              mix: str | None = None, overwrite: bool = False) -> Voice:
@@ -94,64 +163,104 @@ class VoiceStore:
         check_name(name)
         if sum(x is not None for x in (seed, spk_emb, mix)) != 1:
             raise InvalidInput("send exactly one of `seed`, `spk_emb` or `mix`")
-        if name in self._defaults:
-            raise VoiceExists(f"voice {name!r} is a built-in default; pick another name")
-        if seed is not None:
-            voice = Voice(name, VoiceSource.SEED, speakers.encode_spk_emb(
-                speakers.sample_speaker(self.stats, seed)), seed=seed)
-        elif spk_emb is not None:
-            self._decode(spk_emb, "spk_emb")
-            voice = Voice(name, VoiceSource.SPK_EMB, spk_emb)
-        else:
-            assert mix is not None
-            voice = Voice(name, VoiceSource.MIX, speakers.encode_spk_emb(self.resolve(mix)),
-                          mix=mix)
-        path = self.root / f"{name}.json"
+        builtin = self._folded.get(name.casefold())
+        if builtin is not None:
+            raise VoiceExists(f"voice {name!r} is the built-in voice {builtin!r} (names are "
+                              "compared ignoring case); pick another name")
+        voice = self._new_voice(name, seed, spk_emb, mix)
+        data = json.dumps({"name": name, "source": voice.source.value, "seed": voice.seed,
+                           "mix": voice.mix, "spk_emb": voice.spk_emb},
+                          ensure_ascii=False).encode("utf-8")
         with self._lock:
-            if path.exists() and not overwrite:
-                raise VoiceExists(f"voice {name!r} exists; send `overwrite: true` to replace it")
+            self._check_room(name, len(data), overwrite)
             self.root.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"name": name, "source": voice.source.value,
-                                       "seed": seed, "mix": mix, "spk_emb": voice.spk_emb}),
-                           encoding="utf-8")
-            tmp.replace(path)
+            tmp = self.root / f"{name}.json.tmp"
+            tmp.write_bytes(data)
+            tmp.replace(self.root / f"{name}.json")
         return voice
 
-    def resolve(self, spec: str) -> np.ndarray:
-        """A voice name, a mix `a(2)+b(1)`, or a raw `spk_emb` string -> speaker vector."""
-        spec = spec.strip()
-        if not NAME.match(spec) and "+" not in spec and "(" not in spec:
-            return self._decode(spec, "voice")
+    def delete(self, name: str) -> None:
+        check_name(name)
+        if name in self._defaults:
+            raise VoiceExists(f"voice {name!r} is built in and cannot be deleted")
+        with self._lock:
+            try:
+                (self.root / f"{name}.json").unlink()
+            except FileNotFoundError:
+                raise NotFound(f"voice {name!r} is not saved here") from None
+
+    # -- internals -----------------------------------------------------------------
+
+    def _new_voice(self, name: str, seed: int | None, spk_emb: str | None,
+                   mix: str | None) -> Voice:
+        if seed is not None:
+            return Voice(name, VoiceSource.SEED, speakers.encode_spk_emb(
+                speakers.sample_speaker(self.stats, seed)), seed=seed)
+        if spk_emb is not None:
+            vector = self.decode(spk_emb, "spk_emb")
+            return Voice(name, VoiceSource.SPK_EMB, speakers.encode_spk_emb(vector))
+        assert mix is not None
+        spec = parse_voice_spec(mix, self.limits, "mix")
+        vector = self._vector(spec, "mix")
+        return Voice(name, VoiceSource.MIX, speakers.encode_spk_emb(vector),
+                     mix=spec.normalised)
+
+    def _check_room(self, name: str, size: int, overwrite: bool) -> None:
+        """Under the lock: the name is free (ignoring case) and the caps leave room."""
+        entries = self._entries()
+        same = next((n for n, _ in entries if n.casefold() == name.casefold()), None)
+        if same is not None and same != name:
+            raise VoiceExists(f"voice {name!r} clashes with the saved voice {same!r} (names "
+                              "are compared ignoring case)")
+        if same is not None and not overwrite:
+            raise VoiceExists(f"voice {name!r} exists; send `overwrite: true` to replace it")
+        others = [(n, s) for n, s in entries if n != name]
+        if len(others) >= self.store.max_saved:
+            raise VoiceStoreFull(
+                f"{len(others)} voices are saved, the limit (AUDIOSERVE_TTS_MAX_SAVED_VOICES"
+                f" = {self.store.max_saved}); DELETE /v1/voices/<name> one first")
+        used = sum(s for _, s in others)
+        if used + size > self.store.max_bytes:
+            raise VoiceStoreFull(
+                f"saved voices take {used} bytes; this one ({size} bytes) would pass the "
+                f"limit (AUDIOSERVE_TTS_SAVED_VOICES_MAX_BYTES = {self.store.max_bytes}); "
+                "DELETE /v1/voices/<name> one first")
+
+    def _entries(self) -> list[tuple[str, int]]:
+        """(name, bytes) of every voice file; other files in the folder are ignored."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        with os.scandir(self.root) as it:
+            for entry in it:
+                stem, dot, ext = entry.name.rpartition(".")
+                if dot and ext == "json" and NAME.fullmatch(stem) and entry.is_file():
+                    out.append((stem, entry.stat().st_size))
+        return out
+
+    def _read(self, name: str, size: int) -> Voice | None:
+        """One saved voice, or None (logged) when its file is unreadable."""
+        path = self.root / f"{name}.json"
         try:
-            terms = speakers.parse_voice_mix(spec)
-        except ValueError as exc:
-            raise InvalidInput(f"voice {spec!r}: {exc}") from None
-        parts = [(self._decode(self._known(name).spk_emb, f"voice {name!r}"), weight)
-                 for name, weight in terms]
+            with path.open("rb") as f:
+                raw = json.loads(f.read(size + 1))
+            return Voice(name=name, source=VoiceSource(raw.get("source", "spk_emb")),
+                         spk_emb=str(raw["spk_emb"]), seed=raw.get("seed"), mix=raw.get("mix"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("skipping unreadable voice file %s: %s", path, exc)
+            return None
+
+    def _vector(self, spec: VoiceSpec, field: str) -> np.ndarray:
+        if spec.spk_emb is not None:
+            return self.decode(spec.spk_emb, field)
+        parts = [(self.decode(self._known(t.name, field).spk_emb, f"saved voice {t.name!r}"),
+                  t.weight) for t in spec.terms]
         return parts[0][0] if len(parts) == 1 else speakers.mix_speakers(parts)
 
-    def _known(self, name: str) -> Voice:
+    def _known(self, name: str, field: str) -> Voice:
         """`get` for a synthesis request: an unknown voice is a bad parameter (422)."""
         try:
             return self.get(name)
         except NotFound as exc:
-            raise InvalidInput(exc.message) from None
-
-    def _decode(self, text: str, what: str) -> np.ndarray:
-        try:
-            return speakers.decode_spk_emb(text, self.stats.dim)
-        except ValueError as exc:
-            raise InvalidInput(f"{what} is neither a known voice nor a speaker string for "
-                               f"this model ({self.stats.dim}-d): {exc}") from None
-
-    def _saved(self) -> list[Voice]:
-        if not self.root.is_dir():
-            return []
-        return [_read(p) for p in sorted(self.root.glob("*.json")) if NAME.match(p.stem)]
-
-
-def _read(path: Path) -> Voice:
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    return Voice(name=path.stem, source=VoiceSource(raw.get("source", "spk_emb")),
-                 spk_emb=raw["spk_emb"], seed=raw.get("seed"), mix=raw.get("mix"))
+            prefix = "" if field == "voice" else f"{field}: "
+            raise InvalidInput(prefix + exc.message) from None
