@@ -6,6 +6,8 @@ and its answers must not depend on whether that happened.
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,21 +51,35 @@ def test_a_peak_is_a_call_well_above_the_recent_median(emotion_pack: ModelPack) 
     assert runner.is_peak({"x": np.zeros(201)})
 
 
-@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
-def test_memory_of_a_rare_large_batch_goes_back(emotion_pack: ModelPack) -> None:
-    """Steady 4 x 3 s batches, then three 8 x 12 s ones: measured +236 MB kept without
-    release and +37 MB with it; the bound leaves room for allocator noise."""
-    runner = open_graph(graph_path(emotion_pack), CPU)
+def _released_peaks_growth(graph: str) -> tuple[int, float]:
+    """Steady batches, then three rare large ones: (peaks released, RSS growth in MB).
+    Run in a fresh interpreter: in the suite's process the heap left by earlier tests
+    (and pinned malloc thresholds) would be measured along with the arena."""
+    runner = open_graph(Path(graph), CPU)
     steady = feeds(4, 3.0)
     for _ in range(GraphRunner.MIN_HISTORY + 4):
         runner.run(steady)
     before = rss_mb()
     big = feeds(8, 12.0, seed=1)
-    released = runner.run(big)
-    for _ in range(2):
+    for _ in range(3):
         runner.run(big)
-    grown = rss_mb() - before
-    assert runner.peaks_released == 3
+    return runner.peaks_released, rss_mb() - before
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+def test_memory_of_a_rare_large_batch_goes_back(emotion_pack: ModelPack) -> None:
+    """Steady 4 x 3 s batches, then three 8 x 12 s ones: measured +236 MB kept without
+    release and +37 MB with it; the bound leaves room for allocator noise."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        released, grown = pool.submit(_released_peaks_growth,
+                                      str(graph_path(emotion_pack))).result(timeout=300)
+    assert released == 3
     assert grown < 100, f"RSS grew {grown:.0f} MB across three released peaks"
+    runner = open_graph(graph_path(emotion_pack), CPU)
+    for _ in range(GraphRunner.MIN_HISTORY + 4):
+        runner.run(feeds(4, 3.0))
+    big = feeds(8, 12.0, seed=1)
+    released_answer = runner.run(big)
+    assert runner.peaks_released == 1
     kept = GraphRunner(runner.session)  # same session, no release: same numbers
-    np.testing.assert_array_equal(kept.run(big)["logits"], released["logits"])
+    np.testing.assert_array_equal(kept.run(big)["logits"], released_answer["logits"])
