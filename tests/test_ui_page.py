@@ -251,7 +251,7 @@ def test_speech_generates_a_playable_file(browser: Browser, server: RunningServe
     duration = audio_duration(browser)
     meta = browser.by_id("speech-meta").text
     said = float(meta.split(" s of speech")[0])
-    assert duration > 0.05 and duration == pytest.approx(said, abs=0.02)
+    assert duration > 0.05 and duration == pytest.approx(said, abs=0.051)  # shown to 0.1 s
     link = browser.by_id("speech-download")
     assert link.get_attribute("href").startswith("blob:")
     assert link.get_attribute("download") == "speech.wav"
