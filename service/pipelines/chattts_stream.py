@@ -153,22 +153,29 @@ class SpeechStream:
                 await task
 
     async def _bytes(self) -> AsyncIterator[bytes]:
+        """Resampling and encoding run in the CPU pool, a chunk at a time, in order: up to
+        96 tokens of audio each, MP3/Opus/AAC at 48 kHz, for every stream at once."""
         rate = self.pipeline.c.sample_rate
         resampler = (None if self.req.sample_rate == rate else
                      soxr.ResampleStream(rate, self.req.sample_rate, 1, dtype="float32",
                                          quality="HQ"))
-        async for chunk in self.samples():
+        cpu = self.pipeline.ctx.cpu
+
+        def encode(chunk: np.ndarray, last: bool) -> tuple[bytes, int]:
             if resampler is not None:
-                chunk = resampler.resample_chunk(chunk, last=False)
-            data = self.encoder.write(chunk)
-            self.stats.samples += len(chunk)
+                chunk = resampler.resample_chunk(chunk, last=last)
+            data = self.encoder.write(chunk) if chunk.size else b""
+            return (data + self.encoder.flush() if last else data), len(chunk)
+
+        async for chunk in self.samples():
+            data, samples = await cpu.run(encode, chunk, False)
+            self.stats.samples += samples
             if data:
                 self._first_audio()
                 self.stats.chunks += 1
                 yield data
-        tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True) if resampler else None
-        data = (self.encoder.write(tail) if tail is not None and tail.size else b"")
-        data += self.encoder.flush()
+        data, samples = await cpu.run(encode, np.zeros(0, np.float32), True)
+        self.stats.samples += samples
         if data:
             self._first_audio()
             yield data
