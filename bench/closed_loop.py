@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.openloop import percentile
+from bench.openloop import parse_head, percentile
 from bench.wrk_load import LoadResult
 
 
@@ -34,12 +34,7 @@ def _requests(host: str, bodies_dir: Path) -> list[bytes]:
 async def _answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
     """Read one response (Content-Length or chunked); (status, has Retry-After)."""
     head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    status, headers = parse_head(head[:-4])
     if headers.get("transfer-encoding", "").lower() == "chunked":
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)

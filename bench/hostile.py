@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import soundfile as sf
 
+from bench.openloop import parse_head
+
 BOUNDARY = "hostileBoundary42"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 JSON_TYPE = "application/json"
@@ -267,42 +269,37 @@ def send_case(host: str, port: int, case: Case, timeout_s: float = 30.0) -> Answ
         # the server may answer (and close) before taking all of it: read that answer
         with contextlib.suppress(OSError):
             sock.sendall(case.request_bytes(f"{host}:{port}"))
-        data, head = _read_response(sock)
+        status, headers, data = read_response(sock)
         elapsed = time.perf_counter() - started
-        status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else 0
-        closing = b"connection: close" in head.lower() or status == 0
+        closing = headers.get("connection") == "close" or status == 0
         alive: bool | None = None
         if not closing:
             try:
                 sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-                _, again = _read_response(sock)
-                alive = again.startswith(b"HTTP/1.1 200")
+                alive = read_response(sock)[0] == 200
             except OSError:
                 alive = False
     return Answer(status, elapsed, data, alive)
 
 
-def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
-    """(body, head) of one HTTP/1.1 response with a Content-Length (our errors have one)
-    or chunked/close-delimited (read to the end)."""
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of one HTTP/1.1 response: by its Content-Length, else read
+    to the end; status 0 when the connection closed or reset before a whole head."""
     buffer = b""
     try:
         while b"\r\n\r\n" not in buffer:
             chunk = sock.recv(65536)
             if not chunk:
-                return b"", buffer
+                return 0, {}, b""
             buffer += chunk
-        head, _, rest = buffer.partition(b"\r\n\r\n")
-        length = None
-        for line in head.split(b"\r\n")[1:]:
-            key, _, value = line.partition(b":")
-            if key.strip().lower() == b"content-length":
-                length = int(value.strip())
-        while length is None or len(rest) < length:
+        head, _, body = buffer.partition(b"\r\n\r\n")
+        status, headers = parse_head(head)
+        length = int(headers["content-length"]) if "content-length" in headers else None
+        while length is None or len(body) < length:
             chunk = sock.recv(65536)
             if not chunk:
                 break
-            rest += chunk
-        return rest, head
+            body += chunk
+        return status, headers, body
     except (ConnectionResetError, TimeoutError):
-        return b"", buffer.partition(b"\r\n\r\n")[0]
+        return 0, {}, b""

@@ -105,15 +105,21 @@ def request_bytes(host: str, ep: Endpoint, body: bytes) -> bytes:
     return head.encode("latin-1") + body
 
 
-def parse_answer(raw: bytes) -> Answer:
-    """The status, headers and body of a response read to EOF (chunked bodies joined)."""
-    head, _, body = raw.partition(b"\r\n\r\n")
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """A response's status and headers (names lowercased) from its head, without the
+    blank line that ends it."""
     lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers
+
+
+def parse_answer(raw: bytes) -> Answer:
+    """The status, headers and body of a response read to EOF (chunked bodies joined)."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, headers = parse_head(head)
     if headers.get("transfer-encoding", "").lower() == "chunked":
         chunks, rest = [], body
         while rest:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.healthz_guard import healthz_guard
-from bench.hostile import MULTIPART, multipart, tone_wav
+from bench.hostile import MULTIPART, multipart, read_response, tone_wav
 from tests.tts_server import RunningServer, serve_app
 
 pytest_plugins = ("tests.clap_fixtures",)
@@ -40,25 +40,6 @@ def head(server: RunningServer, body_length: int, path: str = "/classify") -> by
             f"Content-Type: {MULTIPART}\r\nContent-Length: {body_length}\r\n\r\n").encode()
 
 
-def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, TimeoutError):
-            break
-        if not chunk:
-            break
-        data += chunk
-        header, sep, rest = data.partition(b"\r\n\r\n")
-        if sep:
-            headers = dict(line.decode().lower().split(": ", 1)
-                           for line in header.split(b"\r\n")[1:])
-            if len(rest) >= int(headers.get("content-length", "0")):
-                return int(header.split()[1]), headers, rest
-    return 0, {}, data
-
-
 def error_message(body: bytes) -> str:
     return str(json.loads(body)["error"]["message"])
 
@@ -67,7 +48,7 @@ def legit_classify(server: RunningServer) -> int:
     body = classify_body()
     with socket.create_connection((server.host, server.port), timeout=30) as sock:
         sock.sendall(head(server, len(body)) + body)
-        return read_answer(sock)[0]
+        return read_response(sock)[0]
 
 
 def test_headers_that_never_finish_are_cut_off(server: RunningServer) -> None:
@@ -75,7 +56,7 @@ def test_headers_that_never_finish_are_cut_off(server: RunningServer) -> None:
             (server.host, server.port), timeout=10) as sock:
         sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\n")  # and nothing more
         started = time.monotonic()
-        status, _, body = read_answer(sock)
+        status, _, body = read_response(sock)
     assert status == 408 and "AUDIOSERVE_HEADER_TIMEOUT_S" in error_message(body)
     assert 0.8 < time.monotonic() - started < 3.0
 
@@ -93,7 +74,7 @@ def test_a_dripping_body_gets_408_and_the_service_serves_meanwhile(server: Runni
             except OSError:
                 break
             time.sleep(0.1)
-        status, headers, answer = read_answer(sock)
+        status, headers, answer = read_response(sock)
         elapsed = time.monotonic() - started
     assert status == 408, answer
     assert "did not arrive in time" in error_message(answer)
@@ -106,7 +87,7 @@ def test_a_pausing_body_gets_408_naming_the_idle_limit(server: RunningServer) ->
     body = classify_body()
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
         sock.sendall(head(server, len(body)) + body[: len(body) // 2])
-        status, _, answer = read_answer(sock)  # and then silence
+        status, _, answer = read_response(sock)  # and then silence
     assert status == 408 and "AUDIOSERVE_BODY_IDLE_TIMEOUT_S" in error_message(answer)
 
 
@@ -152,7 +133,7 @@ def test_an_honest_slow_upload_earns_its_time(clap_models_dir: Path) -> None:
                 for i in range(0, len(body), 30_000):
                     sock.sendall(body[i:i + 30_000])
                     time.sleep(0.1)
-            assert read_answer(sock)[0] == expected, min_rate
+            assert read_response(sock)[0] == expected, min_rate
 
 
 def test_connections_over_the_cap_get_503_with_retry_after(server: RunningServer) -> None:
@@ -162,7 +143,7 @@ def test_connections_over_the_cap_get_503_with_retry_after(server: RunningServer
         time.sleep(0.2)
         with socket.create_connection((server.host, server.port), timeout=10) as extra:
             extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            status, headers, body = read_answer(extra)
+            status, headers, body = read_response(extra)
         assert status == 503 and headers["retry-after"] == "1"
         assert "AUDIOSERVE_MAX_CONNECTIONS" in error_message(body)
     finally:
@@ -181,7 +162,7 @@ def test_many_half_sent_requests_are_all_closed(server: RunningServer) -> None:
     time.sleep(LIMITS["header_timeout_s"] + 0.8)
     closed = 0
     for sock in socks:
-        status, _, _ = read_answer(sock)
+        status, _, _ = read_response(sock)
         closed += status == 408
         sock.close()
     assert closed == len(socks)
