@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from tests.conftest import running_app
 from tests.emotion2vec_fixtures import emotion_models_dir  # noqa: F401
 from tests.emotion2vec_fixtures import make_clip as speech_clip
 from tests.emotion2vec_fixtures import wav_bytes as speech_wav
-from tests.ray_cluster import RayAudioserve, ray_audioserve
+from tests.ray_cluster import RayAudioserve, processes_under, ray_audioserve
 
 DEADLINE_S = 15.0
 LABELS = ["dog", "rain", "speech"]
@@ -210,6 +211,17 @@ def test_errors_and_openapi_are_the_apps(http: httpx.Client, local: TestClient) 
 
 
 # -- replicas -----------------------------------------------------------------------------
+
+def test_http_ends_in_haproxy(cluster: RayAudioserve) -> None:
+    """The cluster's default ingress: Ray Serve's HAProxy in front of the ingress replicas'
+    own servers (no Python proxy on the way), its files under this cluster's directory."""
+    binaries = set()
+    for pid in processes_under(cluster.temp_dir):
+        with suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            binaries.add(Path(argv[0].decode()).name)
+    assert "haproxy" in binaries, binaries
+
 
 def test_requests_reach_both_clap_replicas(http: httpx.Client) -> None:
     wav = wav_bytes(make_clip(2.0, seed=9))
