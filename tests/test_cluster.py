@@ -35,7 +35,8 @@ DEADLINE_S = 15.0
 LABELS = ["dog", "rain", "speech"]
 SETTINGS = dict(warmup=False, request_timeout_s=DEADLINE_S, intra_op_threads=1,
                 batch_workers=1, tts_stream_chunk_tokens=8, max_wait_ms=5.0,
-                tts_max_active=2)  # long texts' pieces take turns: streams last a while
+                tts_max_active=2,  # long texts' pieces take turns: streams last a while
+                emotion_chunk_seconds=130.0)  # a 120 s chunk: one 7.7 MB item on the wire
 SENTENCE = "This sentence is one of many that make a long text to speak. "
 CLUSTER = {
     "ingress": {"num_cpus": 0.25},
@@ -132,11 +133,14 @@ JSON_CASES = [
     ("/emotion", {"files": {"file": ("s.wav", speech_wav(speech_clip(3.0, seed=5)))}}),
     ("/emotion", {"files": {"file": ("s.wav", speech_wav(speech_clip(3.0, seed=6)))},
                   "data": {"granularity": "frame", "return_embedding": "true"}}),
+    # one item over gRPC's default 4 MiB message between replicas (Ray Serve's default)
+    ("/emotion", {"files": {"file": ("s.wav", speech_wav(speech_clip(120.0, seed=7)))}}),
 ]
 
 
 @pytest.mark.parametrize(("path", "request_args"), JSON_CASES,
-                         ids=["classify", "embed-audio", "embed-text", "emotion", "emotion-frame"])
+                         ids=["classify", "embed-audio", "embed-text", "emotion", "emotion-frame",
+                              "emotion-7.7MB-item"])
 def test_json_answers_equal_single_process(http: httpx.Client, local: TestClient, path: str,
                                            request_args: dict[str, Any]) -> None:
     remote = http.post(path, **request_args)

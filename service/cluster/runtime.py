@@ -31,6 +31,10 @@ SERVE_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
     "RAY_SERVE_PROXY_USE_GRPC": "1",  # the head's fallback Python proxy, if it is used
+    # gRPC's default 4 MiB message between replicas refused larger items with a 500 (a
+    # ChatTTS sequence's hidden states, [2048, 768] float32, are 6.3 MB; an Emotion2Vec+
+    # chunk of more than 65 s is over 4 MiB): room for any item the upload limits allow
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(256 * 1024 * 1024),
 }
 """For every Serve process: the replicas (through the job's runtime environment, also on
 an existing cluster) and, where this process starts the cluster, the proxies too."""
