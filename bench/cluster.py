@@ -1,10 +1,12 @@
 """`bench/run --cluster`: the same sweep through Ray Serve (`python -m service.cluster`),
 side by side with the single process in the same run, and the scaling model's check.
 
-Configurations: `cluster` (one replica per model) and `cluster-2clap` (two CLAP replicas,
-/classify only). Each point also records the CPU seconds every process of the server used
-(by role: Ray's HTTP proxy, the ingress replica, each model replica, Ray's own daemons),
-which is what the scaling model is built from.
+Configurations: `cluster` (one replica per model, behind Ray Serve's HAProxy ingress, the
+default), `cluster-2clap` (two CLAP replicas, /classify only) and, with
+`--cluster-python-proxy`, `cluster-pyproxy` (Ray Serve's Python HTTP proxy instead). Each
+point also records the CPU seconds every process of the server used (by role: the HTTP
+proxy, the ingress replica, each model replica, Ray's own daemons), which is what the
+scaling model is built from.
 
 Scaling model. A request costs `c_http` CPU ms where HTTP ends (proxy + ingress: parsing,
 decode, features, tokenising, the Ray hops) and `w` ms of model time per request on the
@@ -32,10 +34,10 @@ from bench.sweep import ConfigResult, Point
 
 TARGET_ADDED_MS = 5.0
 TARGET_RATIO = 0.8
-SINGLE, ONE, TWO, HAPROXY = "on", "cluster", "cluster-2clap", "cluster-haproxy"
-HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
-"""Ray Serve's HAProxy ingress (with its direct ingress) instead of the Python proxy."""
-PROXY_ROLES = ("ProxyActor", "haproxy")
+SINGLE, ONE, TWO, PYPROXY = "on", "cluster", "cluster-2clap", "cluster-pyproxy"
+PYPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+"""Ray Serve's Python HTTP proxy instead of its HAProxy ingress (the cluster's default)."""
+PROXY_ROLES = ("ProxyActor", "haproxy", "HAProxyManager")
 MODELS = ("clap", "emotion2vec", "chattts")
 
 
@@ -148,9 +150,9 @@ def cluster_section(configs: list[ConfigResult], endpoints: list[str], cores: in
     single, one, two = by_key.get(SINGLE), by_key.get(ONE), by_key.get(TWO)
     if one is None or single is None:
         return []
-    variants = [c for c in (one, by_key.get(HAPROXY)) if c is not None]
+    variants = [c for c in (one, by_key.get(PYPROXY)) if c is not None]
     lines = ["## Cluster (Ray Serve, `python -m service.cluster`)", "",
-             "Same bodies and sweep through Ray Serve's HTTP proxy, one replica per model "
+             "Same bodies and sweep through Ray Serve (HAProxy ingress), one replica per model "
              f"(`{ONE}`), then two CLAP replicas (`{TWO}`), against the single process "
              f"(`{SINGLE}`) measured in this run. Added latency: P50 at c=1, cluster minus "
              "single process.", ""]
@@ -184,7 +186,8 @@ def _model_section(single: ConfigResult, one: ConfigResult, two: ConfigResult | 
                    concurrency: int) -> list[str]:
     lines = [f"### Scaling model: CPU ms per request at c={concurrency}", "",
              "From the CPU seconds each process used during the point, over the requests "
-             "answered (`proxy`: Ray Serve's HTTP proxy; `ingress`: the app and its CPU work; "
+             "answered (`proxy`: HAProxy and Ray's proxy actors; `ingress`: the app and its "
+             "CPU work; "
              "`models`: the model replicas; `ray`: Ray's controller, raylet, GCS, agents). "
              f"Predicted: {cores} cores x 1000 / all CPU ms per request (on CPU the models "
              "share the cores, so replicas cannot add throughput beyond it).", ""]

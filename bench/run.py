@@ -24,7 +24,6 @@ import argparse
 import os
 import platform
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -88,9 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cluster", action="store_true",
                    help="also through Ray Serve (`python -m service.cluster`): one replica per "
                         "model, then two CLAP replicas; needs the `cluster` extra")
-    p.add_argument("--cluster-haproxy", action="store_true",
+    p.add_argument("--cluster-python-proxy", action="store_true",
                    help="with --cluster: also one replica per model behind Ray Serve's "
-                        "HAProxy ingress (needs the haproxy binary)")
+                        "Python HTTP proxy (the cluster's default is its HAProxy ingress)")
     p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                    help="LitServe and Ray Serve on the CLAP graph, when installed")
     p.add_argument("--no-ceiling", action="store_true")
@@ -220,14 +219,12 @@ def measure_cluster(args: argparse.Namespace, models_dir: Path,
     if "classify" in endpoints:
         configs.append((cluster_bench.TWO, "Ray Serve cluster, two CLAP replicas",
                         {"clap_replicas": "2"}, {"classify": endpoints["classify"]}))
-    haproxy = shutil.which("haproxy")
-    if args.cluster_haproxy and haproxy:
-        configs.append((cluster_bench.HAPROXY, "Ray Serve cluster behind its HAProxy ingress, "
-                        "one replica per model", {}, endpoints))
+    if args.cluster_python_proxy:
+        configs.append((cluster_bench.PYPROXY, "Ray Serve cluster behind its Python HTTP "
+                        "proxy, one replica per model", {}, endpoints))
     results = []
     for key, title, cluster, eps in configs:
-        env = ({**cluster_bench.HAPROXY_ENV, "RAY_SERVE_HAPROXY_BINARY_PATH": str(haproxy)}
-               if key == cluster_bench.HAPROXY else {})
+        env = cluster_bench.PYPROXY_ENV if key == cluster_bench.PYPROXY else {}
         log(f"configuration {key}: {settings} {cluster} {env}")
         server = cluster_bench.cluster_server(f"audioserve-{key}", models_dir, settings, cluster,
                                               log_dir=log_dir, service_root=args.service_root,

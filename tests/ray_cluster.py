@@ -1,8 +1,9 @@
 """A real multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`) with
 audioserve deployed on it, for tests: `with ray_audioserve(settings, cluster) as url:`.
 
-The cluster gets a temporary directory of its own, so its processes are found (and
-checked gone) by that path alone: other Ray clusters on the machine are never touched.
+The cluster gets a temporary directory of its own, HAProxy's files included, so its
+processes are found (and checked gone) by that path alone: other Ray clusters on the
+machine are never touched.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from service.cluster.runtime import ray_environment
+from service.cluster.runtime import haproxy_files_under, http_options, ray_environment
 from service.settings import Settings
 
 
@@ -75,8 +76,9 @@ def ray_audioserve(settings: Settings, cluster_args: dict[str, object], *, nodes
     from service.cluster.app import build
     from service.cluster.config import ClusterSettings
 
-    ray_environment(os.environ)  # before the nodes start: they inherit this environment
     temp_dir = Path(tempfile.mkdtemp(prefix="asr", dir="/tmp"))  # short: socket paths
+    ray_environment(os.environ)  # before the nodes start: they inherit this environment
+    haproxy_files_under(os.environ, temp_dir)  # its HAProxy is found, and gone, by the path
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": cpus_per_node, "include_dashboard": False, "temp_dir": str(temp_dir)})
     try:
@@ -86,7 +88,8 @@ def ray_audioserve(settings: Settings, cluster_args: dict[str, object], *, nodes
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         port = free_port()
         # one proxy: every "node" is this machine, so one port can be bound only once
-        serve.start(http_options={"host": "127.0.0.1", "port": port, "location": "HeadOnly"})
+        local = settings.model_copy(update={"host": "127.0.0.1", "port": port})
+        serve.start(http_options=http_options(local, "HeadOnly"))
         app_name = "audioserve"
         cluster_settings = ClusterSettings(_env_file=None, **cluster_args)  # type: ignore[arg-type]
         serve.run(build(settings, cluster_settings), name=app_name, route_prefix="/")

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,14 @@ from tests.conftest import running_app
 from tests.emotion2vec_fixtures import emotion_models_dir  # noqa: F401
 from tests.emotion2vec_fixtures import make_clip as speech_clip
 from tests.emotion2vec_fixtures import wav_bytes as speech_wav
-from tests.ray_cluster import RayAudioserve, ray_audioserve
+from tests.ray_cluster import RayAudioserve, processes_under, ray_audioserve
 
 DEADLINE_S = 15.0
 LABELS = ["dog", "rain", "speech"]
 SETTINGS = dict(warmup=False, request_timeout_s=DEADLINE_S, intra_op_threads=1,
                 batch_workers=1, tts_stream_chunk_tokens=8, max_wait_ms=5.0,
-                tts_max_active=2)  # long texts' pieces take turns: streams last a while
+                tts_max_active=2,  # long texts' pieces take turns: streams last a while
+                emotion_chunk_seconds=130.0)  # a 120 s chunk: one 7.7 MB item on the wire
 SENTENCE = "This sentence is one of many that make a long text to speak. "
 CLUSTER = {
     "ingress": {"num_cpus": 0.25},
@@ -131,11 +133,14 @@ JSON_CASES = [
     ("/emotion", {"files": {"file": ("s.wav", speech_wav(speech_clip(3.0, seed=5)))}}),
     ("/emotion", {"files": {"file": ("s.wav", speech_wav(speech_clip(3.0, seed=6)))},
                   "data": {"granularity": "frame", "return_embedding": "true"}}),
+    # one item over gRPC's default 4 MiB message between replicas (Ray Serve's default)
+    ("/emotion", {"files": {"file": ("s.wav", speech_wav(speech_clip(120.0, seed=7)))}}),
 ]
 
 
 @pytest.mark.parametrize(("path", "request_args"), JSON_CASES,
-                         ids=["classify", "embed-audio", "embed-text", "emotion", "emotion-frame"])
+                         ids=["classify", "embed-audio", "embed-text", "emotion", "emotion-frame",
+                              "emotion-7.7MB-item"])
 def test_json_answers_equal_single_process(http: httpx.Client, local: TestClient, path: str,
                                            request_args: dict[str, Any]) -> None:
     remote = http.post(path, **request_args)
@@ -210,6 +215,17 @@ def test_errors_and_openapi_are_the_apps(http: httpx.Client, local: TestClient) 
 
 
 # -- replicas -----------------------------------------------------------------------------
+
+def test_http_ends_in_haproxy(cluster: RayAudioserve) -> None:
+    """The cluster's default ingress: Ray Serve's HAProxy in front of the ingress replicas'
+    own servers (no Python proxy on the way), its files under this cluster's directory."""
+    binaries = set()
+    for pid in processes_under(cluster.temp_dir):
+        with suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            binaries.add(Path(argv[0].decode()).name)
+    assert "haproxy" in binaries, binaries
+
 
 def test_requests_reach_both_clap_replicas(http: httpx.Client) -> None:
     wav = wav_bytes(make_clip(2.0, seed=9))

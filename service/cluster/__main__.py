@@ -1,5 +1,5 @@
 """`python -m service.cluster`: deploy audioserve on the Ray cluster at `RAY_ADDRESS`
-(a new local one when unset) and serve the API through Ray Serve's proxy on
+(a new local one when unset) and serve the API through Ray Serve's HTTP ingress (HAProxy) on
 `AUDIOSERVE_HOST:AUDIOSERVE_PORT`, until SIGINT/SIGTERM. Same `AUDIOSERVE_*` settings as
 `python -m service`, plus `AUDIOSERVE_CLUSTER_*` (service/cluster/config.py).
 """
@@ -12,8 +12,9 @@ import signal
 import time
 
 from service.cluster.runtime import ray_environment
+from service.settings import Settings
 
-ray_environment(os.environ)  # before ray is imported: some of it is read at import time
+ray_environment(os.environ, Settings())  # before ray is imported: some is read at import
 
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
@@ -21,7 +22,6 @@ from ray import serve  # noqa: E402
 from service.cluster.app import build  # noqa: E402
 from service.cluster.config import ClusterSettings  # noqa: E402
 from service.cluster.runtime import init_ray, start_serve  # noqa: E402
-from service.settings import Settings  # noqa: E402
 
 log = logging.getLogger("audioserve.cluster")
 

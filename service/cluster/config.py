@@ -100,6 +100,9 @@ def deployment_options(name: str, cluster: ClusterSettings, settings: Settings,
                               else d.num_cpus, "num_gpus": gpus},
         "health_check_period_s": max(1.0, cluster.health_interval_s),
         "health_check_timeout_s": 30.0,
+        # the app logs every request itself; Ray's own access line per request on every
+        # replica it passes cost CPU for a duplicate
+        "logging_config": {"enable_access_log": False},
     }
     if d.replicas == "auto":
         low = 1 if d.min_replicas is None else d.min_replicas

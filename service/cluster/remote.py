@@ -161,11 +161,14 @@ class ModelClient:
         self._poll_now.set()
 
     def _method(self, name: str, stream: bool = False) -> DeploymentHandle:
-        """A handle per method, made once (`handle.<method>` copies the handle each time)."""
+        """A handle per method, made once (`handle.<method>` copies the handle each time).
+
+        The transport is gRPC (Serve's fast path, `_by_reference=False`) whatever process
+        made the handle: its default is fixed when that process imported Ray Serve."""
         handle = self._methods.get((name, stream))
         if handle is None:
-            handle = self._methods[name, stream] = self.handle.options(method_name=name,
-                                                                       stream=stream)
+            handle = self._methods[name, stream] = self.handle.options(
+                method_name=name, stream=stream, _by_reference=False)
         return handle
 
     async def call(self, method: str, arg: object, bound_s: float) -> Any:

