@@ -20,7 +20,12 @@ from pathlib import Path
 
 import httpx
 
-from service.cluster.runtime import haproxy_files_under, http_options, ray_environment
+from service.cluster.runtime import (
+    haproxy_files_under,
+    haproxy_limits,
+    http_options,
+    ray_environment,
+)
 from service.settings import Settings
 
 
@@ -77,7 +82,8 @@ def ray_audioserve(settings: Settings, cluster_args: dict[str, object], *, nodes
     from service.cluster.config import ClusterSettings
 
     temp_dir = Path(tempfile.mkdtemp(prefix="asr", dir="/tmp"))  # short: socket paths
-    ray_environment(os.environ)  # before the nodes start: they inherit this environment
+    ray_environment(os.environ, settings)  # before the nodes start: they inherit it
+    os.environ.update(haproxy_limits(settings))  # this cluster's, not an earlier one's
     haproxy_files_under(os.environ, temp_dir)  # its HAProxy is found, and gone, by the path
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": cpus_per_node, "include_dashboard": False, "temp_dir": str(temp_dir)})

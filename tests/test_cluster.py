@@ -7,6 +7,7 @@ processes are heavy); it and every process it started are gone when the module e
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -22,6 +24,7 @@ from fastapi.testclient import TestClient
 
 pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
 
+from bench.hostile import MULTIPART, multipart, read_response, tone_wav
 from service.settings import Settings
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
 from tests.clap_fixtures import clap_models_dir, make_clip, wav_bytes  # noqa: F401
@@ -36,7 +39,9 @@ LABELS = ["dog", "rain", "speech"]
 SETTINGS = dict(warmup=False, request_timeout_s=DEADLINE_S, intra_op_threads=1,
                 batch_workers=1, tts_stream_chunk_tokens=8, max_wait_ms=5.0,
                 tts_max_active=2,  # long texts' pieces take turns: streams last a while
-                emotion_chunk_seconds=130.0)  # a 120 s chunk: one 7.7 MB item on the wire
+                emotion_chunk_seconds=130.0,  # a 120 s chunk: one 7.7 MB item on the wire
+                # short reading limits, so the test of them behind HAProxy is quick
+                header_timeout_s=2.0, body_idle_timeout_s=2.0, tts_stream_stall_timeout_s=3.0)
 SENTENCE = "This sentence is one of many that make a long text to speak. "
 CLUSTER = {
     "ingress": {"num_cpus": 0.25},
@@ -225,6 +230,42 @@ def test_http_ends_in_haproxy(cluster: RayAudioserve) -> None:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             binaries.add(Path(argv[0].decode()).name)
     assert "haproxy" in binaries, binaries
+
+
+def test_reading_limits_hold_behind_haproxy(cluster: RayAudioserve) -> None:
+    """The service's reading limits through HAProxy: a body that stops gets the app's own
+    408; headers that stop are closed by HAProxy's client timeout, the longest of the
+    service's idle bounds (3 s here); headers within the cap are served (HAProxy's own
+    buffer refused more than 16 KB) and headers over it are refused with a 4xx."""
+    address = urlsplit(cluster.url)
+    host, port = address.hostname or "127.0.0.1", address.port or 80
+    body = multipart([("labels", "dog")], tone_wav(1.0))
+    head = (f"POST /classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: {MULTIPART}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(head + body[: len(body) // 2])  # and then silence
+        started = time.monotonic()
+        status, _, answer = read_response(sock)
+        elapsed = time.monotonic() - started
+    assert status == 408, answer
+    assert "AUDIOSERVE_BODY_IDLE_TIMEOUT_S" in json.loads(answer)["error"]["message"]
+    assert 1.5 < elapsed < 6.0
+
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+        started = time.monotonic()
+        status, _, _ = read_response(sock)
+        elapsed = time.monotonic() - started
+    assert status in (0, 408)  # closed, with or without HAProxy's own 408 page
+    assert 2.5 < elapsed < 8.0
+
+    for size, served in ((40_000, True), (70_000, False)):  # the cap is 64 KiB
+        with socket.create_connection((host, port), timeout=30) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "
+                         + b"a" * size + b"\r\n\r\n")
+            status, _, _ = read_response(sock)
+        assert status == 200 if served else 400 <= status < 500, (size, status)
+    assert httpx.get(f"{cluster.url}/healthz", timeout=10).status_code == 200
 
 
 def test_requests_reach_both_clap_replicas(http: httpx.Client) -> None:

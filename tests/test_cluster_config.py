@@ -16,7 +16,7 @@ from ray.serve.schema import ServeDeploySchema  # noqa: E402
 
 from service.cluster.app import app_builder  # noqa: E402
 from service.cluster.config import ClusterSettings, deployment_options  # noqa: E402
-from service.cluster.runtime import SERVE_ENV  # noqa: E402
+from service.cluster.runtime import SERVE_ENV, node_environment  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,9 @@ def test_kuberay_manifest_runs_the_project_image() -> None:
         (container,) = pod["spec"]["containers"]
         assert container["image"] == image
         env = {e["name"]: e["value"] for e in container["env"]}
-        assert {k: env[k] for k in SERVE_ENV} == SERVE_ENV  # the proxies read it here
+        # what `python -m service.cluster --print-env` prints for the default settings
+        wanted = node_environment(Settings(_env_file=None))
+        assert {k: env.get(k) for k in wanted} == wanted  # HAProxy and replicas read it here
         assert any(m["mountPath"] == "/models" for m in container["volumeMounts"])
     major, minor, *_ = ray_cluster["rayVersion"].split(".")
     assert (int(major), int(minor)) >= (2, 60)

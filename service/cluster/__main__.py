@@ -2,17 +2,28 @@
 (a new local one when unset) and serve the API through Ray Serve's HTTP ingress (HAProxy) on
 `AUDIOSERVE_HOST:AUDIOSERVE_PORT`, until SIGINT/SIGTERM. Same `AUDIOSERVE_*` settings as
 `python -m service`, plus `AUDIOSERVE_CLUSTER_*` (service/cluster/config.py).
+
+`python -m service.cluster --print-env` prints, as shell `export` lines, what each node's
+environment needs before `ray start` (Ray's settings and the HTTP limits its HAProxy
+holds), from the same settings.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
+import sys
 import time
 
-from service.cluster.runtime import ray_environment
+from service.cluster.runtime import node_environment, ray_environment
 from service.settings import Settings
+
+if sys.argv[1:] == ["--print-env"]:
+    for key, value in node_environment(Settings()).items():
+        print(f"export {key}={shlex.quote(value)}")
+    sys.exit(0)
 
 ray_environment(os.environ, Settings())  # before ray is imported: some is read at import
 

@@ -67,15 +67,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ray_environment(env: MutableMapping[str, str], settings: Any = None) -> None:
-    """Defaults for a cluster this process starts; `settings` (the service's) map the
-    HTTP limits HAProxy can hold (docs/cluster.md, "HTTP limits")."""
-    for key, value in RAY_DEFAULTS.items():
+def haproxy_limits(settings: Any) -> dict[str, str]:
+    """The service's HTTP limits that Ray Serve's HAProxy holds in front of the ingress
+    replicas (docs/cluster.md, "HTTP limits"): the connection cap, and one inactivity
+    bound on the client side (HAProxy's `timeout client`: a client still sending its
+    headers or body, or not reading its answer; it is not armed while the client waits
+    for the answer) as long as the longest of the service's own idle bounds, so no client
+    pause is cut sooner than one process would cut it; and a buffer that holds
+    `max_header_bytes` of request line and headers (HAProxy's 16 KB default refused a
+    request one process serves; its reserve for header rewrites is 1 KB)."""
+    idle_s = max(settings.header_timeout_s, settings.body_idle_timeout_s,
+                 settings.tts_stream_stall_timeout_s)
+    return {"RAY_SERVE_HAPROXY_MAXCONN": str(settings.max_connections),
+            "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(math.ceil(idle_s)),
+            "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(settings.max_header_bytes + 1024)}
+
+
+def node_environment(settings: Any) -> dict[str, str]:
+    """What every Ray node's environment needs (`ray start` reads it, and the HAProxy and
+    replicas it starts inherit it): `python -m service.cluster --print-env` prints it."""
+    return {**RAY_DEFAULTS, **haproxy_limits(settings)}
+
+
+def ray_environment(env: MutableMapping[str, str], settings: Any) -> None:
+    """Defaults for a cluster this process starts (`node_environment`), and free ports for
+    its HAProxy."""
+    for key, value in node_environment(settings).items():
         env.setdefault(key, value)
     for key in HAPROXY_PORTS:
         env.setdefault(key, str(free_port()))
-    if settings is not None:
-        env.setdefault("RAY_SERVE_HAPROXY_MAXCONN", str(settings.max_connections))
 
 
 def haproxy_files_under(env: MutableMapping[str, str], directory: Path) -> None:
