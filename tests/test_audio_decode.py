@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,29 @@ def test_every_format_decodes_to_the_source_signal(fmt: str, rate: int, channels
         assert np.max(np.abs(got - expected)) < 1e-4  # 16-bit quantisation only
     else:
         assert compare(expected, got).correlation > MIN_CORRELATION[fmt]
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("container,subtype", [
+    ("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("AIFF", "PCM_16"), ("WAV", "PCM_24"),
+    ("WAV", "PCM_U8"), ("WAV", "FLOAT")])
+def test_lossless_samples_are_libsndfiles_own_floats(container: str, subtype: str,
+                                                      channels: int) -> None:
+    """16-bit PCM is read as int16 and scaled in numpy (libsndfile's own float conversion
+    cost most of a WAV's decode): bit for bit what libsndfile returns as float32, full
+    scale and the most negative sample included, like every other sample format."""
+    rng = np.random.default_rng(7)
+    source = rng.uniform(-1.0, 1.0, (48000, channels)).astype(np.float32)
+    source[:4] = [[-1.0], [1.0], [0.0], [-0.5]] if channels == 1 else [
+        [-1.0, 1.0], [1.0, -1.0], [0.0, 0.0], [-0.5, 0.25]]
+    buffer = io.BytesIO()
+    sf.write(buffer, source, 48000, format=container, subtype=subtype)
+    data = buffer.getvalue()
+    reference = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)[0]
+    expected = reference[:, 0] if channels == 1 else (
+        (reference[:, 0] + reference[:, 1]) * np.float32(0.5))
+    decoded = decode_audio(data, target_rate=48000, max_seconds=30)
+    np.testing.assert_array_equal(decoded.samples, expected)
 
 
 def test_m4a_with_moov_at_the_end_and_at_the_start_decode_alike() -> None:
