@@ -1,28 +1,31 @@
 """The hostile corpus against the live service: per case its status, time to answer, the
 worst /healthz latency while it ran, and the server's peak RSS growth.
 
-    .venv/bin/python -m bench.bench_hostile [--models-dir models] [--out bench/results/hardening]
+    .venv/bin/python -m bench.bench_hostile [--cluster] [--models-dir models]
+        [--out bench/results/hardening]
 
-The service runs as its own process (`python -m service`, demo packs), once open and
-once with an API key (the auth cases). Peak RSS growth per case: the kernel's high-water
-mark (VmHWM) is reset before the case (`/proc/<pid>/clear_refs` = 5) and read after it,
-against the RSS before it. Targets (issue 13): every case a 4xx or a valid 2xx in under
-1 s; no /healthz stall over 100 ms; peak RSS growth under 300 MB for any one request.
+The service runs as its own process (`python -m service`, demo packs; with `--cluster`,
+`python -m service.cluster` on a local Ray cluster of its own, one replica per model),
+once open and once with an API key (the auth cases). Peak RSS growth per case: the
+kernel's high-water mark (VmHWM) of every process of the server's tree is reset before the
+case (`/proc/<pid>/clear_refs` = 5) and their sum read after it, against the RSS before.
+Targets (issue 13): every case a 4xx or a valid 2xx in under 1 s; no /healthz stall over
+100 ms; peak RSS growth under 300 MB for any one request.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import hostile_tts
+from bench.cluster import one_or_cluster
 from bench.healthz_guard import healthz_guard
 from bench.hostile import Case, corpus, send_case
-from bench.server import REPO, ServerProcess, audioserve, memory_mb
+from bench.server import REPO, ServerProcess, memory_mb, process_tree
 
 ANSWER_S, HEALTHZ_S, RSS_MB = 1.0, 0.1, 300.0
 
@@ -47,8 +50,11 @@ class CaseResult:
 
 
 def _reset_peak(pid: int) -> bool:
+    """Reset the peak RSS of the server and every process under it (a cluster's replicas
+    are), so the peak after a case is that case's."""
     try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        for member in process_tree(pid):
+            Path(f"/proc/{member}/clear_refs").write_text("5")
         return True
     except OSError:
         return False
@@ -74,15 +80,16 @@ def tts_cases(models_dir: Path) -> list[Case]:
     return hostile_tts.cases(dim)
 
 
-def report(results: list[CaseResult], out: Path) -> Path:
+def report(results: list[CaseResult], out: Path, server: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d-%H%M")
+    stamp = time.strftime("%Y-%m-%d-%H%M") + ("-cluster" if "cluster" in server else "")
     (out / f"{stamp}.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
     met = sum(r.met for r in results)
     lines = [
         f"# Hostile corpus, {stamp}", "",
-        "`python -m bench.bench_hostile`: each case on a fresh connection to `python -m "
-        "service` (demo packs), /healthz sampled every 20 ms while it runs.", "",
+        f"`python -m bench.bench_hostile`: each case on a fresh connection to `{server}` "
+        "(demo packs), /healthz sampled every 20 ms while it runs; RSS summed over the "
+        "server's process tree.", "",
         f"**{met} of {len(results)} cases meet every target** (expected status, answer "
         f"< {ANSWER_S:g} s, /healthz <= {HEALTHZ_S * 1000:g} ms, peak RSS growth < "
         f"{RSS_MB:g} MB).", "",
@@ -105,26 +112,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models-dir", type=Path, default=REPO / "models")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/hardening")
+    parser.add_argument("--cluster", action="store_true",
+                        help="against `python -m service.cluster` (a local Ray cluster)")
     args = parser.parse_args()
     cases = corpus([lambda: tts_cases(args.models_dir)])
     logs = args.out / "logs"
-    results = []
-    with contextlib.ExitStack() as stack:
-        servers = {
-            False: stack.enter_context(audioserve("hostile", args.models_dir, {},
-                                                  log_dir=logs).start()),
-            True: stack.enter_context(audioserve("hostile-key", args.models_dir,
-                                                 {"api_key": "bench-key", "models": "clap"},
-                                                 log_dir=logs).start()),
-        }
-        print(f"server RSS at start: {memory_mb(servers[False].pid):.0f} MB")
-        for case in cases:
-            result = run_case(servers[case.api_key], case)
-            results.append(result)
-            print(f"{'ok ' if result.met else 'NO '} {result.status} "
-                  f"{result.seconds * 1000:6.0f} ms  healthz {result.healthz_worst_ms:4.0f} ms"
-                  f"  +{result.rss_growth_mb:4.0f} MB  {case.klass}: {case.name}")
-    print(f"report: {report(results, args.out)}")
+    configs = {False: ("hostile", {}), True: ("hostile-key", {"api_key": "bench-key",
+                                                              "models": "clap"})}
+    results: dict[str, CaseResult] = {}
+    for keyed, (name, settings) in configs.items():  # one server at a time
+        with one_or_cluster(name, args.models_dir, settings, log_dir=logs,
+                            cluster=args.cluster).start() as server:
+            print(f"{name}: server RSS at start: {memory_mb(server.pid):.0f} MB")
+            for case in (c for c in cases if c.api_key == keyed):
+                result = results[case.name] = run_case(server, case)
+                print(f"{'ok ' if result.met else 'NO '} {result.status} "
+                      f"{result.seconds * 1000:6.0f} ms  healthz "
+                      f"{result.healthz_worst_ms:4.0f} ms  +{result.rss_growth_mb:4.0f} MB  "
+                      f"{case.klass}: {case.name}")
+    ordered = [results[c.name] for c in cases]
+    what = "python -m service.cluster" if args.cluster else "python -m service"
+    print(f"report: {report(ordered, args.out, what)}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 (reconnected as soon as the server cuts one off), while a closed-loop client measures
 /classify, side by side with the same client on the quiet service in the same run.
 
-    .venv/bin/python -m bench.bench_slow_clients [--seconds 60] [--slow 8 64 256]
+    .venv/bin/python -m bench.bench_slow_clients [--cluster] [--seconds 60] [--slow 8 64 256]
 
 Targets (issue 13): with 64 slow uploads open, the legitimate client sees no 503 and a
 P99 within 1.5x the quiet P99. Before the fix, 8 such uploads pushed the admission
@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.cluster import one_or_cluster
 from bench.hostile import MULTIPART, multipart, tone_wav
-from bench.server import HOST, REPO, audioserve
+from bench.server import HOST, REPO
 
 CLIENTS = 8
 P99_RATIO_TARGET = 1.5
@@ -147,10 +148,10 @@ def run_phase(port: int, body: bytes, phase: Phase) -> Phase:
     return phase
 
 
-def report(phases: list[Phase], out: Path) -> Path:
+def report(phases: list[Phase], out: Path, server: str) -> Path:
     quiet = phases[0]
     out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d-%H%M")
+    stamp = time.strftime("%Y-%m-%d-%H%M") + ("-cluster" if "cluster" in server else "")
     rows = []
     for p in phases:
         ratio = p.p99_ms / quiet.p99_ms if quiet.p99_ms else float("nan")
@@ -169,7 +170,8 @@ def report(phases: list[Phase], out: Path) -> Path:
             f"{target.p99_ms:.0f} ms = {target.p99_ms / quiet.p99_ms:.2f}x the quiet "
             f"{quiet.p99_ms:.0f} ms (target: no 503, <= {P99_RATIO_TARGET}x)")
     lines = [f"# Slow clients, {stamp}", "",
-             f"`python -m bench.bench_slow_clients`: {CLIENTS} closed-loop /classify clients "
+             f"`python -m bench.bench_slow_clients` against `{server}`: {CLIENTS} closed-loop "
+             "/classify clients "
              "(1 s tone, 3 labels, keep-alive) for each phase; N uploads send their "
              "headers, then a body byte a second, and are reopened when cut off.", "",
              f"Target {verdict}.", "",
@@ -190,11 +192,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/hardening")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--slow", type=int, nargs="+", default=[8, 64, 256])
+    parser.add_argument("--cluster", action="store_true",
+                        help="against `python -m service.cluster` (a local Ray cluster)")
     args = parser.parse_args()
     body = multipart([("labels", "dog"), ("labels", "rain"), ("labels", "speech")],
                      tone_wav(1.0, 48_000))
-    with audioserve("slow-clients", args.models_dir, {"models": "clap"},
-                    log_dir=args.out / "logs").start() as server:
+    with one_or_cluster("slow-clients", args.models_dir, {"models": "clap"},
+                        log_dir=args.out / "logs", cluster=args.cluster).start() as server:
         run_phase(server.port, body, Phase("warm-up", 0, min(10.0, args.seconds)))
         phases = [run_phase(server.port, body, Phase("quiet", 0, args.seconds))]
         for n in args.slow:
@@ -202,7 +206,8 @@ def main() -> None:
             print(f"{n} slow: P99 {phases[-1].p99_ms:.0f} ms vs quiet {phases[0].p99_ms:.0f};"
                   f" statuses {phases[-1].statuses}; cut off {phases[-1].slow_cut_off}")
         phases.append(run_phase(server.port, body, Phase("quiet again", 0, args.seconds)))
-    print(f"report: {report(phases, args.out)}")
+    what = "python -m service.cluster" if args.cluster else "python -m service"
+    print(f"report: {report(phases, args.out, what)}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.server import HOST, REPO, ServerProcess, free_port
+from bench.server import HOST, REPO, ServerProcess, audioserve, free_port
 from bench.sweep import ConfigResult, Point
 
 TARGET_ADDED_MS = 5.0
@@ -89,6 +89,15 @@ def cluster_server(name: str, models_dir: Path, settings: dict[str, str],
     log_dir.mkdir(parents=True, exist_ok=True)
     return ClusterServer(name, [python, "-m", "service.cluster"], port, env, cwd=service_root,
                          log_path=log_dir / f"{name}.log")
+
+
+def one_or_cluster(name: str, models_dir: Path, settings: dict[str, str], *, log_dir: Path,
+                   cluster: bool) -> ServerProcess:
+    """`python -m service`, or with `cluster` the same settings on `python -m
+    service.cluster` (one replica per model): for the benchmarks that take `--cluster`."""
+    if cluster:
+        return cluster_server(f"{name}-cluster", models_dir, settings, {}, log_dir=log_dir)
+    return audioserve(name, models_dir, settings, log_dir=log_dir)
 
 
 # -- the report ---------------------------------------------------------------------------

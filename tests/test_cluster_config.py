@@ -56,6 +56,16 @@ def test_defaults_fit_one_gpu_node() -> None:
     assert with_gpu["ingress"]["max_queued_requests"] == -1  # the app's own gate refuses
 
 
+def test_an_ingress_replica_takes_every_connection_the_service_takes() -> None:
+    """Ray counts a request from its headers on, and the app reads bodies before its own
+    gate: an ingress cap below the connection cap let slow uploads hold every slot."""
+    cluster = ClusterSettings(_env_file=None)  # type: ignore[call-arg]
+    for connections in (64, 1024, 5000):
+        settings = Settings(_env_file=None, max_connections=connections)
+        options = deployment_options("ingress", cluster, settings, cluster_gpus=0)
+        assert options["max_ongoing_requests"] == connections
+
+
 def _serve_config(doc: dict[str, Any]) -> ServeDeploySchema:
     schema = ServeDeploySchema.model_validate(doc) if hasattr(
         ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(doc)

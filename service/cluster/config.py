@@ -57,7 +57,7 @@ class ClusterSettings(BaseSettings):
     health_interval_s: float = Field(1.0, gt=0)
     """How often the ingress asks every model replica whether it is healthy."""
     proxy_location: Literal["HeadOnly", "EveryNode"] = "EveryNode"
-    """Where Ray Serve runs its HTTP proxy (one Python process each: ray#42565)."""
+    """Where Ray Serve runs its HTTP ingress (an HAProxy on each such node)."""
 
     def deployment(self, name: str) -> DeploymentSettings:
         value: DeploymentSettings = getattr(self, name)
@@ -72,10 +72,17 @@ class ClusterSettings(BaseSettings):
 def _defaults(name: str, settings: Settings) -> dict[str, Any]:
     """Per-deployment defaults. A model replica takes up to two batches per batch worker
     at once (the rest waits in the handle's queue, free to go to whichever replica frees
-    first); the TTS replica as many as its engine admits, plus its decode batches."""
+    first); the TTS replica as many as its engine admits, plus its decode batches.
+
+    An ingress replica takes as many requests as the service takes connections: Ray counts
+    a request as ongoing from its headers on, while the app reads its body before its own
+    admission gate (`MAX_IN_FLIGHT`) lets it near a model, so a lower cap let slow uploads
+    hold every ingress slot (256 dripping uploads against a cap of 256: legitimate
+    /classify P99 29 s, bench_slow_clients --cluster)."""
     batches = 2 * settings.max_batch_size * max(settings.batch_workers, 2)
     if name == INGRESS:
-        return {"num_cpus": 0.5, "max_ongoing": 256, "max_queued": -1, "target": 64.0}
+        return {"num_cpus": 0.5, "max_ongoing": settings.max_connections, "max_queued": -1,
+                "target": 64.0}
     if name == "chattts":
         engine = settings.tts_max_active + (settings.tts_max_waiting or settings.max_queue)
         return {"num_cpus": 0.25, "max_ongoing": engine + batches,
