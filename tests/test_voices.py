@@ -3,7 +3,9 @@ string or a mix, name validation, and voices used by /tts and /v1/audio/speech."
 
 from __future__ import annotations
 
+import fcntl
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.tts import speaker
-from service.tts.voices import DEFAULT_VOICE_SEEDS
+from service.tts.speaker import SpeakerStats
+from service.tts.voices import (
+    DEFAULT_VOICE_SEEDS,
+    LOCK_FILE,
+    StoreLimits,
+    VoiceStore,
+    VoiceStoreFull,
+)
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
 from tests.conftest import running_app
 
@@ -123,3 +132,23 @@ def test_unknown_voice_in_a_request_is_422(client: TestClient) -> None:
     r = client.post("/tts", json={"text": "hi", "voice": "ghost"})
     assert r.status_code == 422
     assert "ghost" in r.json()["error"]["message"]
+
+
+def test_a_save_waits_for_another_process_holding_the_store(tmp_path: Path) -> None:
+    """The caps are checked under a `flock` of the folder's lock file, not only a lock of
+    this process: a save blocks while another open file (another process) holds it, so
+    ingress replicas sharing the folder cannot each pass the count check at once."""
+    stats = SpeakerStats(std=np.ones(32, np.float16), mean=np.zeros(32, np.float16))
+    store = VoiceStore(tmp_path, stats, store=StoreLimits(max_saved=1))
+    saved: list[str] = []
+    with open(tmp_path / LOCK_FILE, "ab") as other:  # a second open file description
+        fcntl.flock(other, fcntl.LOCK_EX)
+        writer = threading.Thread(target=lambda: saved.append(store.save("a", seed=1).name))
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive() and not (tmp_path / "a.json").exists()
+    writer.join(10)
+    assert saved == ["a"] and (tmp_path / "a.json").is_file()
+    with pytest.raises(VoiceStoreFull, match="AUDIOSERVE_TTS_MAX_SAVED_VOICES"):
+        store.save("b", seed=2)  # the cap, seen by the next writer under the same lock
+    assert [name for name, _ in store._entries()] == ["a"]  # the lock file is no voice

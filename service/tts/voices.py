@@ -13,16 +13,21 @@ and two files never differ only in case, which case-insensitive disks could not 
 
 The store is bounded: at most `max_saved` voices and `max_bytes` of files (a save over
 either is refused, 409 naming the setting), and a listing reads at most that many
-files and bytes, so even a folder filled by hand cannot make `GET /v1/voices` huge. Every
+files and bytes, so even a folder filled by hand cannot make `GET /v1/voices` huge. A save
+checks the caps and writes under an exclusive `flock` of `<voices_dir>/.lock`, so every
+process sharing the folder (a cluster's ingress replicas) sees the caps as one. Every
 method does file I/O or numpy work: call them in the CPU pool, never on the event loop.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -39,6 +44,10 @@ DEFAULT_VOICE_SEEDS: dict[str, int] = {
     "alloy": 2, "ash": 11, "ballad": 23, "coral": 42, "echo": 77, "fable": 111, "nova": 402,
     "onyx": 888, "sage": 1234, "shimmer": 2024, "verse": 4096,
 }
+
+
+LOCK_FILE = ".lock"
+"""In the voices folder; its name is never a voice's (names have no dots)."""
 
 
 class VoiceSource(StrEnum):
@@ -171,9 +180,8 @@ class VoiceStore:
         data = json.dumps({"name": name, "source": voice.source.value, "seed": voice.seed,
                            "mix": voice.mix, "spk_emb": voice.spk_emb},
                           ensure_ascii=False).encode("utf-8")
-        with self._lock:
+        with self._exclusive():
             self._check_room(name, len(data), overwrite)
-            self.root.mkdir(parents=True, exist_ok=True)
             tmp = self.root / f"{name}.json.tmp"
             tmp.write_bytes(data)
             tmp.replace(self.root / f"{name}.json")
@@ -183,13 +191,24 @@ class VoiceStore:
         check_name(name)
         if name in self._defaults:
             raise VoiceExists(f"voice {name!r} is built in and cannot be deleted")
-        with self._lock:
+        with self._exclusive():
             try:
                 (self.root / f"{name}.json").unlink()
             except FileNotFoundError:
                 raise NotFound(f"voice {name!r} is not saved here") from None
 
     # -- internals -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One check-and-write at a time: among this process's threads (the lock) and
+        among the processes sharing the folder (`flock`; a per-process lock let two
+        ingress replicas each pass the count check at once)."""
+        with self._lock:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(self.root / LOCK_FILE, "ab") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+                yield
 
     def _new_voice(self, name: str, seed: int | None, spk_emb: str | None,
                    mix: str | None) -> Voice:
