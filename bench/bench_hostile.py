@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import hostile_tts
-from bench.cluster import one_or_cluster
+from bench.cluster import SERVER_COMMAND, one_or_cluster
 from bench.healthz_guard import healthz_guard
 from bench.hostile import Case, corpus, send_case
 from bench.server import REPO, ServerProcess, memory_mb, process_tree
@@ -80,16 +80,16 @@ def tts_cases(models_dir: Path) -> list[Case]:
     return hostile_tts.cases(dim)
 
 
-def report(results: list[CaseResult], out: Path, server: str) -> Path:
+def report(results: list[CaseResult], out: Path, cluster: bool) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d-%H%M") + ("-cluster" if "cluster" in server else "")
+    stamp = time.strftime("%Y-%m-%d-%H%M") + ("-cluster" if cluster else "")
     (out / f"{stamp}.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
     met = sum(r.met for r in results)
     lines = [
         f"# Hostile corpus, {stamp}", "",
-        f"`python -m bench.bench_hostile`: each case on a fresh connection to `{server}` "
-        "(demo packs), /healthz sampled every 20 ms while it runs; RSS summed over the "
-        "server's process tree.", "",
+        "`python -m bench.bench_hostile`: each case on a fresh connection to "
+        f"`{SERVER_COMMAND[cluster]}` (demo packs), /healthz sampled every 20 ms while it "
+        "runs; RSS summed over the server's process tree.", "",
         f"**{met} of {len(results)} cases meet every target** (expected status, answer "
         f"< {ANSWER_S:g} s, /healthz <= {HEALTHZ_S * 1000:g} ms, peak RSS growth < "
         f"{RSS_MB:g} MB).", "",
@@ -131,8 +131,7 @@ def main() -> None:
                       f"{result.healthz_worst_ms:4.0f} ms  +{result.rss_growth_mb:4.0f} MB  "
                       f"{case.klass}: {case.name}")
     ordered = [results[c.name] for c in cases]
-    what = "python -m service.cluster" if args.cluster else "python -m service"
-    print(f"report: {report(ordered, args.out, what)}")
+    print(f"report: {report(ordered, args.out, args.cluster)}")
 
 
 if __name__ == "__main__":

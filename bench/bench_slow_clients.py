@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.cluster import one_or_cluster
+from bench.cluster import SERVER_COMMAND, one_or_cluster
 from bench.hostile import MULTIPART, multipart, tone_wav
 from bench.server import HOST, REPO
 
@@ -148,10 +148,10 @@ def run_phase(port: int, body: bytes, phase: Phase) -> Phase:
     return phase
 
 
-def report(phases: list[Phase], out: Path, server: str) -> Path:
+def report(phases: list[Phase], out: Path, cluster: bool) -> Path:
     quiet = phases[0]
     out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d-%H%M") + ("-cluster" if "cluster" in server else "")
+    stamp = time.strftime("%Y-%m-%d-%H%M") + ("-cluster" if cluster else "")
     rows = []
     for p in phases:
         ratio = p.p99_ms / quiet.p99_ms if quiet.p99_ms else float("nan")
@@ -170,8 +170,8 @@ def report(phases: list[Phase], out: Path, server: str) -> Path:
             f"{target.p99_ms:.0f} ms = {target.p99_ms / quiet.p99_ms:.2f}x the quiet "
             f"{quiet.p99_ms:.0f} ms (target: no 503, <= {P99_RATIO_TARGET}x)")
     lines = [f"# Slow clients, {stamp}", "",
-             f"`python -m bench.bench_slow_clients` against `{server}`: {CLIENTS} closed-loop "
-             "/classify clients "
+             f"`python -m bench.bench_slow_clients` against `{SERVER_COMMAND[cluster]}`: "
+             f"{CLIENTS} closed-loop /classify clients "
              "(1 s tone, 3 labels, keep-alive) for each phase; N uploads send their "
              "headers, then a body byte a second, and are reopened when cut off.", "",
              f"Target {verdict}.", "",
@@ -206,8 +206,7 @@ def main() -> None:
             print(f"{n} slow: P99 {phases[-1].p99_ms:.0f} ms vs quiet {phases[0].p99_ms:.0f};"
                   f" statuses {phases[-1].statuses}; cut off {phases[-1].slow_cut_off}")
         phases.append(run_phase(server.port, body, Phase("quiet again", 0, args.seconds)))
-    what = "python -m service.cluster" if args.cluster else "python -m service"
-    print(f"report: {report(phases, args.out, what)}")
+    print(f"report: {report(phases, args.out, args.cluster)}")
 
 
 if __name__ == "__main__":

@@ -91,6 +91,10 @@ def cluster_server(name: str, models_dir: Path, settings: dict[str, str],
                          log_path=log_dir / f"{name}.log")
 
 
+SERVER_COMMAND = {False: "python -m service", True: "python -m service.cluster"}
+"""What `one_or_cluster` runs, as its reports name it."""
+
+
 def one_or_cluster(name: str, models_dir: Path, settings: dict[str, str], *, log_dir: Path,
                    cluster: bool) -> ServerProcess:
     """`python -m service`, or with `cluster` the same settings on `python -m

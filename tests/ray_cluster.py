@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from service.cluster.runtime import (
+    free_port,
     haproxy_files_under,
     haproxy_limits,
     http_options,
@@ -34,12 +34,6 @@ class RayAudioserve:
     url: str
     app_name: str
     temp_dir: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def processes_under(path: Path) -> list[int]:
