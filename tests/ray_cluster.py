@@ -68,6 +68,21 @@ def wait_ready(url: str, timeout_s: float = 180.0) -> None:
 @contextmanager
 def ray_audioserve(settings: Settings, cluster_args: dict[str, object], *, nodes: int = 2,
                    cpus_per_node: int = 2) -> Iterator[RayAudioserve]:
+    temp_dir = Path(tempfile.mkdtemp(prefix="asr", dir=_short_temp_root()))  # socket paths
+    # Everything of this cluster's under temp_dir, nothing of it in a shared /tmp/ray: the
+    # nodes get temp_dir, and RAY_TMPDIR moves Ray's defaults there too (Cluster writes its
+    # address file to the default folder, which exists only after Ray once ran there).
+    (temp_dir / "ray").mkdir()
+    with _restored_environment():
+        os.environ["RAY_TMPDIR"] = str(temp_dir)
+        ray_environment(os.environ, settings)  # before the nodes start: they inherit it
+        os.environ.update(haproxy_limits(settings))  # this cluster's, not an earlier one's
+        haproxy_files_under(os.environ, temp_dir)  # its HAProxy is found, and gone, by path
+        yield from _deployed(settings, cluster_args, temp_dir, nodes, cpus_per_node)
+
+
+def _deployed(settings: Settings, cluster_args: dict[str, object], temp_dir: Path,
+              nodes: int, cpus_per_node: int) -> Iterator[RayAudioserve]:
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster
@@ -75,10 +90,6 @@ def ray_audioserve(settings: Settings, cluster_args: dict[str, object], *, nodes
     from service.cluster.app import build
     from service.cluster.config import ClusterSettings
 
-    temp_dir = Path(tempfile.mkdtemp(prefix="asr", dir="/tmp"))  # short: socket paths
-    ray_environment(os.environ, settings)  # before the nodes start: they inherit it
-    os.environ.update(haproxy_limits(settings))  # this cluster's, not an earlier one's
-    haproxy_files_under(os.environ, temp_dir)  # its HAProxy is found, and gone, by the path
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": cpus_per_node, "include_dashboard": False, "temp_dir": str(temp_dir)})
     try:
@@ -105,6 +116,23 @@ def ray_audioserve(settings: Settings, cluster_args: dict[str, object], *, nodes
             cluster.shutdown()
             _wait_gone(temp_dir)
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextmanager
+def _restored_environment() -> Iterator[None]:
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _short_temp_root() -> str:
+    """The temporary root (TMPDIR honoured), or /tmp where that path is too long for the
+    Unix socket paths Ray builds under a node's temp dir (107 bytes at most)."""
+    root = tempfile.gettempdir()
+    return root if len(root) <= 24 else "/tmp"
 
 
 def _wait_gone(temp_dir: Path, timeout_s: float = 30.0) -> None:

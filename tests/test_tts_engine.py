@@ -408,31 +408,62 @@ def test_closing_a_paused_stream_aborts_it(graphs: TTSGraphs) -> None:
     assert stats.aborted == 1  # type: ignore[attr-defined]
 
 
-def test_a_job_that_gets_no_slot_by_its_deadline_never_runs(graphs: TTSGraphs) -> None:
-    import time
+@dataclass
+class ManualClock:
+    """The engine's deadline clock, moved by the test: deadlines pass when the test says so,
+    not when the machine has been slow or fast enough."""
 
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_job_that_gets_no_slot_by_its_deadline_never_runs(graphs: TTSGraphs) -> None:
+    """Ordered by events: the hog holds the only slot until the test cancels it (its token
+    budget is the whole sequence length), the late job waits through steps while its
+    deadline has not passed, and expires at the next step once the clock passes it."""
     from batcher import DeadlineExceeded
 
+    clock = ManualClock()
+    hog_tokens = StepConfig().max_seq_len - 8
+
     async def body(engine: GenerationEngine) -> None:
-        hog = asyncio.create_task(engine.generate(_endless(graphs, 0, 400)))
+        hog = asyncio.create_task(engine.generate(_endless(graphs, 0, hog_tokens)))
         await wait_steps(engine, 2)
         late = GenerationJob(**{**make_job(graphs, 1, 5).__dict__,
-                                "start_by": time.monotonic() + 0.2})
-        started = time.monotonic()
+                                "start_by": clock.now + 0.2})
+        waiting = asyncio.create_task(engine.generate(late))
+        await wait_for(lambda: engine.scheduler.status(late.request_id) == SeqStatus.WAITING)
+        await wait_steps(engine, engine.stats().steps + 3)  # steps pass, the deadline has not
+        assert not waiting.done() and engine.stats().expired == 0
+        clock.now += 0.2
         with pytest.raises(DeadlineExceeded):
-            await engine.generate(late)
-        waited = time.monotonic() - started
-        assert 0.15 <= waited < 1.0, waited
-        assert not hog.done()
+            await asyncio.wait_for(waiting, 30)
+        assert not hog.done(), "the hog must hold its slot until cancelled"
+        assert engine.stats().expired == 1
         # one that gets its slot in time runs on past its deadline: only the start counts
         hog.cancel()
         on_time = GenerationJob(**{**_endless(graphs, 2, 120).__dict__,
-                                   "start_by": time.monotonic() + 0.5})
-        result = await engine.generate(on_time)
+                                   "start_by": clock.now + 0.5})
+        running = asyncio.create_task(engine.generate(on_time))
+        await wait_for(lambda: running.done() or
+                       engine.scheduler.status(on_time.request_id) == SeqStatus.RUNNING)
+        clock.now += 10.0
+        result = await asyncio.wait_for(running, 30)
         assert result.tokens.shape[0] == 120
         assert engine.stats().expired == 1
 
-    run(with_engine(graphs, EngineConfig(step=StepConfig(max_active=1)), body))
+    async def with_clock() -> None:
+        engine = GenerationEngine(graphs, EngineConfig(step=StepConfig(max_active=1)),
+                                  clock=clock)
+        engine.start()
+        try:
+            await body(engine)
+        finally:
+            await engine.stop()
+
+    run(with_clock())
 
 
 def test_stop_does_not_wait_for_paused_streams(graphs: TTSGraphs) -> None:

@@ -136,8 +136,11 @@ class GenerationEngine:
     """Continuous batching of ChatTTS's GPT; `await generate(job)` from the event loop."""
 
     def __init__(self, graphs: TTSGraphs, config: EngineConfig | None = None,
-                 *, name: str = "tts_engine", observer: BatchObserver | None = None) -> None:
+                 *, name: str = "tts_engine", observer: BatchObserver | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.graphs = graphs
+        self._clock = clock
+        """What `GenerationJob.start_by` is measured on (a test steps it by hand)."""
         self.stepper = GPTStepper(graphs)
         self._observer = observer
         self.config = config or EngineConfig()
@@ -361,7 +364,7 @@ class GenerationEngine:
 
     def _expire_waiting(self) -> None:
         """Fail every never-admitted sequence whose `start_by` has passed (never run)."""
-        now = time.monotonic()
+        now = self._clock()
         late = [live for live in self._live.values()
                 if live.job.start_by is not None and now >= live.job.start_by
                 and live.admitted_at == 0.0]
