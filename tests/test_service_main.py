@@ -168,3 +168,34 @@ def test_startup_log_readiness_and_a_clean_stop(tmp_path: Path, clap_models_dir:
     assert any(f"model packs in {clap_models_dir}: found clap; not found: emotion2vec, chattts"
                in line for line in lines)
     assert any("loaded clap from" in line and "DEMO pack" in line for line in lines)
+
+
+def run_cluster(args: list[str], cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service.cluster", *args], cwd=cwd,
+                          env=environment(**variables), capture_output=True, text=True,
+                          timeout=STARTUP_S)
+
+
+def test_the_cluster_checks_its_settings_the_same_way(tmp_path: Path) -> None:
+    """`AUDIOSERVE_*` and `AUDIOSERVE_CLUSTER_*` alike: a line each, exit 2; `--print-env`
+    carries the flags' settings."""
+    done = run_cluster(["--print-env"], tmp_path, AUDIOSERVE_CLUSTER_CLAP_REPLICA="2",
+                       AUDIOSERVE_CLUSTER_CHATTTS_REPLICAS="-1", AUDIOSERVE_MAX_QUEU="3")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "python -m service.cluster: AUDIOSERVE_CLUSTER_CLAP_REPLICA is not a setting; did you "
+        "mean AUDIOSERVE_CLUSTER_CLAP_REPLICAS? (settings: README, Configuration)",
+        "python -m service.cluster: AUDIOSERVE_MAX_QUEU is not a setting; did you mean "
+        "AUDIOSERVE_MAX_QUEUE? (settings: README, Configuration)",
+        "python -m service.cluster: AUDIOSERVE_CLUSTER_CHATTTS_REPLICAS='-1': input should be "
+        "greater than or equal to 0 or 'auto'"]
+    printed = run_cluster(["--print-env"], tmp_path, AUDIOSERVE_MAX_CONNECTIONS="77")
+    assert printed.returncode == 0, printed.stderr
+    assert "export RAY_SERVE_HAPROXY_MAXCONN=77" in printed.stdout.splitlines()
+
+
+def test_the_cluster_without_packs_exits_before_starting_ray(tmp_path: Path) -> None:
+    done = run_cluster(["--models-dir", "mistyped", "--port", "0"], tmp_path)
+    assert done.returncode == 1
+    assert "cannot serve: no model packs: " in done.stderr
+    assert "starting Ray" not in done.stderr and "Traceback" not in done.stderr
