@@ -1,30 +1,30 @@
 """`python -m service`: serve the API with uvicorn on the configured host and port.
 
 Settings come from `AUDIOSERVE_*` variables (or `.env`), the common ones from flags too.
-Exit status: 1 when the server cannot serve what it was asked to (no pack, a broken pack,
-a provider that is not there: one line naming the cause), 2 for a bad command line or
-setting; stopped by SIGINT (Ctrl-C) 130, by SIGTERM the signal's own (143 in a shell), as
-uvicorn ends.
+Exit status: 0 after a stop by SIGINT (Ctrl-C) or SIGTERM, 1 when the server cannot serve
+what it was asked to (no pack, a broken pack, a provider that is not there: one line naming
+the cause), 2 for a bad command line or setting.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from service.cli import add_setting_flags, flag_values, load_settings
 
 PROG = "python -m service"
 EXIT_CANNOT_SERVE = 1
-EXIT_INTERRUPTED = 130  # the shell's status for Ctrl-C
 log = logging.getLogger("audioserve")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                epilog="Exit status: 1 cannot serve what it was asked to, 2 "
-                                       "bad arguments or settings, 130 stopped by Ctrl-C.")
+                                epilog="Exit status: 0 stopped (SIGINT, SIGTERM), 1 cannot "
+                                       "serve what it was asked to, 2 bad arguments or "
+                                       "settings.")
     add_setting_flags(p)
     return p
 
@@ -50,10 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CANNOT_SERVE
     app = create_app(settings, packs=packs)
     server = ServiceServer(uvicorn_config(app, settings, log_config=None), app)
+    # uvicorn raises the signal that stopped it again once it has stopped: a stop asked
+    # for is a clean exit here, not a KeyboardInterrupt traceback or death by SIGTERM
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         server.run()
-    except KeyboardInterrupt:  # uvicorn raises the SIGINT it caught again once it stopped
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        pass
     if server.failure is not None or not server.started:
         return EXIT_CANNOT_SERVE
     return 0

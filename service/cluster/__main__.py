@@ -30,6 +30,7 @@ from service.cli import (
 
 PROG = "python -m service.cluster"
 EXIT_CANNOT_SERVE = 1
+EXIT_INTERRUPTED = 130
 log = logging.getLogger("audioserve.cluster")
 
 
@@ -37,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description=__doc__.split("\n\n")[0],
         epilog="Exit status: 0 stopped, 1 cannot serve what it was asked to, 2 bad "
-               "arguments or settings. A second Ctrl-C while stopping stops at once.")
+               "arguments or settings, 130 interrupted while starting. A second Ctrl-C "
+               "while stopping skips the waiting.")
     p.add_argument("--print-env", action="store_true",
                    help="print each node's environment for `ray start` as export lines, "
                         "then exit (starts nothing)")
@@ -56,6 +58,9 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
     problems = unknown_variables([Settings, ClusterSettings], environment())
     settings = build_settings(Settings, flag_values(args), problems)
     cluster = build_settings(ClusterSettings, {}, problems)
+    if settings is not None and settings.port == 0:
+        source = "--port" if args.port is not None else "AUDIOSERVE_PORT"
+        problems.append(f"{source}=0: the cluster's HTTP ingress (HAProxy) needs a fixed port")
     if problems or settings is None or cluster is None:
         fail(PROG, problems)
     return settings, cluster
@@ -109,6 +114,9 @@ def serve_until_stopped(settings: Any, cluster: Any, packs: list[Any], address: 
     except Exception as exc:  # Serve's deploy failures: the replica's error in the message
         log.critical("cannot serve: %s", exc)
         status = EXIT_CANNOT_SERVE
+    except KeyboardInterrupt:
+        log.info("interrupted while starting")
+        status = EXIT_INTERRUPTED
     stop(cluster.app_name, local=address == "local")
     return status
 
@@ -118,7 +126,7 @@ def wait_for_signal() -> None:
 
     def on_signal(signum: int, _: object) -> None:  # taken again inside Event.wait, deadlocks
         stopping.append(signum)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C stops at once
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C interrupts
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
@@ -128,19 +136,26 @@ def wait_for_signal() -> None:
 
 def stop(app_name: str, *, local: bool) -> None:
     """Take the application down (and the cluster, where this process started it), saying
-    what each step waits for."""
+    what each step waits for; a second Ctrl-C skips the waiting, not Ray's shutdown."""
     import ray
     from ray import serve
 
-    log.info("stopping: deleting application %s (its replicas finish their requests; "
-             "Ctrl-C again to stop at once)", app_name)
+    drain_s = os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30")
     try:
-        serve.delete(app_name)
-    except Exception as exc:  # never deployed (a failed start): nothing to delete
-        log.info("no application to delete (%s)", exc)
+        log.info("stopping: deleting application %s: Ray Serve drains its ingress replicas "
+                 "for %s s (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S, so load balancers "
+                 "stop sending) and lets requests finish; Ctrl-C again to skip", app_name,
+                 drain_s)
+        try:
+            serve.delete(app_name)
+        except Exception as exc:  # never deployed (a failed start): nothing to delete
+            log.info("no application to delete (%s)", exc)
+        if local:
+            log.info("stopping: shutting down Ray Serve (controller and HTTP proxies)")
+            serve.shutdown()
+    except KeyboardInterrupt:
+        log.info("stopping at once (second Ctrl-C)")
     if local:  # this process started the cluster: take all of it down
-        log.info("stopping: shutting down Ray Serve (controller and HTTP proxies)")
-        serve.shutdown()
         log.info("stopping: shutting down Ray (this machine's Ray processes)")
         ray.shutdown()
     log.info("stopped")
