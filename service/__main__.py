@@ -9,6 +9,7 @@ the cause), 2 for a bad command line or setting.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -53,10 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn raises the signal that stopped it again once it has stopped: a stop asked
     # for is a clean exit here, not a KeyboardInterrupt traceback or death by SIGTERM
     signal.signal(signal.SIGTERM, lambda *_: None)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.run()
-    except KeyboardInterrupt:
-        pass
     if server.failure is not None or not server.started:
         return EXIT_CANNOT_SERVE
     return 0

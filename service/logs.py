@@ -29,3 +29,12 @@ def configure_logging(level: str) -> None:
         "root": {"handlers": ["stderr"], "level": LEVELS[level]},
         "loggers": {name: {"handlers": [], "propagate": True} for name in UVICORN_LOGGERS},
     })
+
+
+def adopt(name: str) -> None:
+    """A library logger that set up a handler and format of its own (Ray Serve's, on import)
+    prints through the root's instead."""
+    logger = logging.getLogger(name)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.propagate = True

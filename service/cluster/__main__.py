@@ -96,7 +96,11 @@ def serve_until_stopped(settings: Any, cluster: Any, packs: list[Any], address: 
 
     from service.cluster.app import build
     from service.cluster.runtime import init_ray, start_serve
+    from service.logs import adopt
     from service.server import base_url
+
+    for name in ("ray", "ray.serve"):  # the driver's Ray and Serve lines in the one format
+        adopt(name)
 
     log.info("starting Ray (%s) and Ray Serve", address)
     init_ray(address)
