@@ -1,7 +1,8 @@
 """All configuration, read once from `AUDIOSERVE_*` environment variables (or a .env file).
 
 The one `Settings` object is built in the app factory and passed down; nothing reads the
-environment at import time.
+environment at import time. The entry points build it through `service.cli`: flags over
+variables, a bad value or an unknown `AUDIOSERVE_*` variable one line each, exit 2.
 """
 
 from __future__ import annotations

@@ -202,3 +202,14 @@ def test_the_cluster_without_packs_exits_before_starting_ray(tmp_path: Path) -> 
     assert done.returncode == 1
     assert "cannot serve: no model packs: " in done.stderr
     assert "starting Ray" not in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
+                    reason="this onnxruntime has CUDA")
+def test_a_local_cluster_without_the_provider_exits_before_starting_ray(
+        tmp_path: Path, clap_models_dir: Path) -> None:
+    done = run_cluster(["--models-dir", str(clap_models_dir)], tmp_path,
+                       AUDIOSERVE_PROVIDER="cuda")
+    assert done.returncode == 1
+    assert "cannot serve: AUDIOSERVE_PROVIDER=cuda but onnxruntime offers only" in done.stderr
+    assert "starting Ray" not in done.stderr and "Traceback" not in done.stderr

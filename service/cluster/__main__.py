@@ -79,16 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     from service.errors import PackError
     from service.logs import configure_logging
     from service.models import packs_to_load
+    from service.runtime import resolve_provider
 
     configure_logging(settings.log_level)
+    address = args.address or os.environ.get("RAY_ADDRESS") or "local"
     try:  # before Ray starts: a missing or broken pack is one line, not a failed deploy
+        if address == "local":  # the replicas run here: a provider this machine lacks
+            resolve_provider(settings.provider, log_fallback=False)
         packs = packs_to_load(settings)
-    except PackError as exc:
+    except (PackError, RuntimeError) as exc:
         log.critical("cannot serve: %s", exc)
         return EXIT_CANNOT_SERVE
     ray_environment(os.environ, settings)  # before ray is imported: some is read at import
-    return serve_until_stopped(settings, cluster, packs,
-                               args.address or os.environ.get("RAY_ADDRESS") or "local")
+    return serve_until_stopped(settings, cluster, packs, address)
 
 
 def serve_until_stopped(settings: Any, cluster: Any, packs: list[Any], address: str) -> int:
