@@ -164,7 +164,8 @@ def test_startup_log_readiness_and_a_clean_stop(tmp_path: Path, clap_models_dir:
         lines = server.rest()
     assert "Finished server process" in lines[-1]  # no KeyboardInterrupt traceback after it
     assert all(LOG_LINE.match(line) for line in lines), "\n".join(lines)
-    assert sum("CUDAExecutionProvider not available" in line for line in lines) <= 1
+    fallbacks = sum("CUDAExecutionProvider not available" in line for line in lines)
+    assert fallbacks == (0 if "CUDAExecutionProvider" in ort.get_available_providers() else 1)
     assert any(f"model packs in {clap_models_dir}: found clap; not found: emotion2vec, chattts"
                in line for line in lines)
     assert any("loaded clap from" in line and "DEMO pack" in line for line in lines)
