@@ -26,6 +26,8 @@ from typing import Any, NoReturn, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, SettingsError
 
+from service.settings import Settings
+
 PREFIX = "AUDIOSERVE_"
 CLUSTER_PREFIX = "AUDIOSERVE_CLUSTER_"
 OTHER_VARIABLES = frozenset({"AUDIOSERVE_SLOW_TESTS", "AUDIOSERVE_BENCH_CLIENT"})
@@ -119,11 +121,10 @@ def environment(env_file: Path | None = Path(".env")) -> dict[str, str]:
     return values
 
 
-def build_settings(cls: type[S], overrides: Mapping[str, Any], problems: list[str],
-                   **options: Any) -> S | None:
+def build_settings(cls: type[S], overrides: Mapping[str, Any], problems: list[str]) -> S | None:
     """`cls(**overrides)`, or None with a line per bad value added to `problems`."""
     try:
-        return cls(**overrides, **options)
+        return cls(**overrides)
     except ValidationError as exc:  # a name refused already (unknown variable) once
         named = {_named(p) for p in problems}
         problems.extend(line for line in _describe(cls, exc, overrides)
@@ -135,10 +136,8 @@ def build_settings(cls: type[S], overrides: Mapping[str, Any], problems: list[st
     return None
 
 
-def load_settings(flags: Mapping[str, Any], prog: str) -> Any:
+def load_settings(flags: Mapping[str, Any], prog: str) -> Settings:
     """The single-process service's `Settings`, or exit 2 with a line per problem."""
-    from service.settings import Settings
-
     problems = unknown_variables([Settings], environment(), ignore_prefixes=(CLUSTER_PREFIX,))
     settings = build_settings(Settings, flags, problems)
     if problems or settings is None:

@@ -17,7 +17,6 @@ import shlex
 import signal
 import sys
 import time
-from typing import Any
 
 from service.cli import (
     add_setting_flags,
@@ -27,6 +26,9 @@ from service.cli import (
     flag_values,
     unknown_variables,
 )
+from service.cluster.config import ClusterSettings
+from service.packs import ModelPack
+from service.settings import Settings
 
 PROG = "python -m service.cluster"
 EXIT_CANNOT_SERVE = 1
@@ -49,12 +51,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def load(args: argparse.Namespace) -> tuple[Any, Any]:
+def load(args: argparse.Namespace) -> tuple[Settings, ClusterSettings]:
     """(Settings, ClusterSettings), or exit 2 with a line per problem: the same check of
     `AUDIOSERVE_*` and `AUDIOSERVE_CLUSTER_*` variables."""
-    from service.cluster.config import ClusterSettings
-    from service.settings import Settings
-
     problems = unknown_variables([Settings, ClusterSettings], environment())
     settings = build_settings(Settings, flag_values(args), problems)
     cluster = build_settings(ClusterSettings, {}, problems)
@@ -94,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     return serve_until_stopped(settings, cluster, packs, address)
 
 
-def serve_until_stopped(settings: Any, cluster: Any, packs: list[Any], address: str) -> int:
+def serve_until_stopped(settings: Settings, cluster: ClusterSettings, packs: list[ModelPack],
+                        address: str) -> int:
     from ray import serve
 
     from service.cluster.app import build
