@@ -54,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn raises the signal that stopped it again once it has stopped: a stop asked
     # for is a clean exit here, not a KeyboardInterrupt traceback or death by SIGTERM
     signal.signal(signal.SIGTERM, lambda *_: None)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
+    except SystemExit:  # uvicorn's start-up failure (the lifespan raised: it logged why)
+        return EXIT_CANNOT_SERVE
     if server.failure is not None or not server.started:
         return EXIT_CANNOT_SERVE
     return 0
