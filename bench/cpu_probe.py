@@ -15,19 +15,20 @@ on CUDA. The probes wrap functions by name, so the service code carries no bench
 
 from __future__ import annotations
 
+import argparse
 import functools
-import logging
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
-from fastapi import FastAPI
+from service.cli import add_setting_flags, flag_values, load_settings
 
-from service.app import create_app
-from service.settings import Settings
+if TYPE_CHECKING:  # the app (onnxruntime): imported once the command line is read
+    from fastapi import FastAPI
+
+    from service.settings import Settings
 
 PROBES: dict[str, list[tuple[str, str]]] = {
     "ort": [("service.runtime", "GraphRunner.run"), ("service.tts.model", "TTSGraphs.gpt_bound")],
@@ -122,17 +123,26 @@ def probed_app(settings: Settings) -> FastAPI:
     probes = Probes()
     probes.install()
     probes.watch_gc()
+    from service.app import create_app
+
     app = create_app(settings)
     app.add_api_route("/bench/cpu", probes.snapshot, methods=["GET"],
                       include_in_schema=False)
     return app
 
 
-def main() -> None:
-    settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper())
+def main(argv: list[str] | None = None) -> None:
+    prog = "python -m bench.cpu_probe"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    add_setting_flags(parser)
+    settings = load_settings(flag_values(parser.parse_args(argv)), prog)
+    import uvicorn
+
+    from service.logs import configure_logging
+
+    configure_logging(settings.log_level)
     uvicorn.run(probed_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, access_log=False)
+                log_level=settings.log_level, access_log=False, log_config=None)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,18 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from quant.calibration import AudioSource, prompts_from
 from quant.recipes import Method
+
+if TYPE_CHECKING:  # onnxruntime.quantization: imported once the command line is read
+    from quant.calibration import AudioSource
 
 
 def _variant_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m quant",
-                                description="fp16 / int8 variants of a model pack")
+                                description="fp16 / int8 variants of a model pack; "
+                                            "`python -m quant report PACK --help`: the report")
     p.add_argument("pack", type=Path, help="pack folder (holds manifest.json)")
     p.add_argument("--to", required=True, choices=["fp16", "int8"])
     p.add_argument("--method", choices=[m.value for m in Method],
@@ -64,6 +68,8 @@ def _source_arguments(p: argparse.ArgumentParser, name: str, *, items: int, seed
 
 
 def _source(args: argparse.Namespace) -> AudioSource:
+    from quant.calibration import AudioSource
+
     return AudioSource(folder=args.folder, count=args.items, seconds=args.seconds,
                        seed=args.seed)
 
@@ -75,18 +81,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("root").setLevel(logging.ERROR)
     logging.getLogger("onnxruntime").setLevel(logging.WARNING)
     if argv[:1] == ["report"]:
+        args = _report_parser().parse_args(argv[1:])
+        from quant.calibration import prompts_from
         from quant.report import ReportOptions, write_report
 
-        args = _report_parser().parse_args(argv[1:])
         options = ReportOptions(source=_source(args), prompts=tuple(prompts_from(args.prompts)),
                                 repeats=args.repeats, threads=args.threads,
                                 graphs=tuple(args.graphs.split(",")) if args.graphs else (),
                                 write=not args.no_write)
         print(write_report(args.pack, options))
         return 0
+    args = _variant_parser().parse_args(argv)
+    from quant.calibration import prompts_from
     from quant.variants import VariantRequest, make_variants
 
-    args = _variant_parser().parse_args(argv)
     if args.to == "fp16" and args.method:
         raise SystemExit("--method applies to --to int8 only")
     request = VariantRequest(precision=args.to,

@@ -1,24 +1,68 @@
-"""`python -m service`: run the API with uvicorn on the configured host and port."""
+"""`python -m service`: serve the API with uvicorn on the configured host and port.
+
+Settings come from `AUDIOSERVE_*` variables (or `.env`), the common ones from flags too.
+Exit status: 0 after a stop by SIGINT (Ctrl-C) or SIGTERM, 1 when the server cannot serve
+what it was asked to (no pack, a broken pack, a provider that is not there: one line naming
+the cause), 2 for a bad command line or setting.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import logging
+import signal
+import sys
 
-import uvicorn
+from service.cli import add_setting_flags, flag_values, load_settings
 
-from service.app import create_app
-from service.server import uvicorn_config
-from service.settings import Settings
+PROG = "python -m service"
+EXIT_CANNOT_SERVE = 1
+log = logging.getLogger("audioserve")
 
 
-def main() -> None:
-    settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                epilog="Exit status: 0 stopped (SIGINT, SIGTERM), 1 cannot "
+                                       "serve what it was asked to, 2 bad arguments or "
+                                       "settings.")
+    add_setting_flags(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = load_settings(flag_values(args), PROG)  # exits 2 on a bad setting
+
+
+    from service.app import create_app
+    from service.errors import PackError
+    from service.logs import configure_logging
+    from service.models import packs_to_load
+    from service.runtime import resolve_provider
+    from service.server import ServiceServer, uvicorn_config
+
+    configure_logging(settings.log_level)
+    try:  # what would fail the app's start-up, as one line instead of a traceback
+        resolve_provider(settings.provider, log_fallback=False)
+        packs = packs_to_load(settings)
+    except (PackError, RuntimeError) as exc:
+        log.critical("cannot serve: %s", exc)
+        return EXIT_CANNOT_SERVE
+    app = create_app(settings, packs=packs)
+    server = ServiceServer(uvicorn_config(app, settings, log_config=None), app)
+    # uvicorn raises the signal that stopped it again once it has stopped: a stop asked
+    # for is a clean exit here, not a KeyboardInterrupt traceback or death by SIGTERM
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
+    except SystemExit:  # uvicorn's start-up failure (the lifespan raised: it logged why)
+        return EXIT_CANNOT_SERVE
+    if server.failure is not None or not server.started:
+        return EXIT_CANNOT_SERVE
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

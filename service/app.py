@@ -20,6 +20,7 @@ from service.errors import error_formatters, install_handlers
 from service.metrics import Metrics
 from service.middleware import AuthMiddleware, RequestContextMiddleware
 from service.models import ModelLoader, packs_to_load
+from service.packs import ModelPack
 from service.read_limits import BodyLimit, ReadLimitsMiddleware, ReadTimeouts
 from service.replicas import ReplicaHeaderMiddleware
 from service.seam import LocalSeam, Seam
@@ -36,8 +37,10 @@ PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
-def create_app(settings: Settings | None = None, seam: Seam | None = None) -> FastAPI:
-    """`seam`: where the models run (`service.seam`); default: in this process."""
+def create_app(settings: Settings | None = None, seam: Seam | None = None,
+               packs: list[ModelPack] | None = None) -> FastAPI:
+    """`seam`: where the models run (`service.seam`); default: in this process. `packs`:
+    the packs to serve, already checked (`packs_to_load`); default: checked at start-up."""
     settings = settings or Settings()
     metrics = Metrics()
     cpu = CpuWorkers(settings.cpu_threads or None)
@@ -46,8 +49,9 @@ def create_app(settings: Settings | None = None, seam: Seam | None = None) -> Fa
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.pin_malloc_thresholds:  # before the packs' first large arrays
             pin_malloc_thresholds()
-        packs = packs_to_load(settings)  # a broken pack fails start-up here, naming the file
-        loader = ModelLoader(packs, settings, metrics, app.state.pipelines, cpu, app.state.seam)
+        # a missing or broken pack fails start-up here, naming the file
+        to_load = packs if packs is not None else packs_to_load(settings)
+        loader = ModelLoader(to_load, settings, metrics, app.state.pipelines, cpu, app.state.seam)
         app.state.loader = loader
         if settings.load_in_background:  # serve /healthz and a 503 /readyz while warming
             loader.start()
@@ -145,7 +149,8 @@ def _add_health_routes(app: FastAPI) -> None:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
-        """200 once every pack is loaded and warm and every worker is alive."""
+        """200 once every pack this server was asked to serve is loaded and warm and every
+        worker is alive (an empty server only with `AUDIOSERVE_MODELS=none`)."""
         loader: ModelLoader | None = getattr(request.app.state, "loader", None)
         if loader is None:
             return JSONResponse({"status": "starting"}, status_code=503)

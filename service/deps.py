@@ -25,16 +25,19 @@ def get_metrics(request: Request) -> Metrics:
 
 
 def get_pipeline(request: Request, kind: str) -> Any:
-    """The loaded pipeline of one model kind, or 503 naming what is loaded."""
+    """The loaded pipeline of one model kind, or 503 saying why it is not there (loading,
+    failed, or not asked for)."""
     pipelines: dict[str, Any] = request.app.state.pipelines
     pipeline = pipelines.get(kind)
     if pipeline is None:
-        loaded = ", ".join(sorted(pipelines)) or "none"
-        raise ModelNotLoaded(
-            f"model {kind!r} is not loaded (loaded: {loaded}); put its pack in "
-            f"{request.app.state.settings.models_dir}/{kind} or build it with "
-            f"`python -m export {kind} ...`"
-        )
+        loader = getattr(request.app.state, "loader", None)
+        if loader is None:
+            raise ModelNotLoaded(f"model {kind!r} is not loaded yet: the server is starting",
+                                 headers={"Retry-After": "5"})
+        status = loader.status()
+        loading = kind in status.expected and status.error is None
+        raise ModelNotLoaded(status.why_not_loaded(kind, get_settings(request)),
+                             headers={"Retry-After": "5"} if loading else None)
     return pipeline
 
 

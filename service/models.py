@@ -30,13 +30,29 @@ PIPELINE_CLASSES = {
 
 
 def packs_to_load(settings: Settings) -> list[ModelPack]:
-    """Validate the packs to serve (cheap: manifests and file presence) so that a broken
-    one fails start-up naming the file. `auto`: every model folder present; else exactly
-    the named ones, which must exist."""
+    """Validate the packs to serve (cheap: manifests and file presence) so that a missing
+    or broken one fails start-up naming the file. `auto`: every model folder present, and
+    at least one (a mistyped folder must not give a server that is ready with no model);
+    else exactly the named ones, which must exist; `none`: no pack, on purpose."""
+    root = settings.models_dir
     wanted = settings.wanted_models()
     if wanted is None:
-        wanted = [k for k in MODEL_NAMES if (settings.models_dir / k).is_dir()]
-    return [load_pack(settings.models_dir / kind, expected_kind=kind) for kind in wanted]
+        wanted = [k for k in MODEL_NAMES if (root / k).is_dir()]
+        missing = [k for k in MODEL_NAMES if k not in wanted]
+        log.info("model packs in %s: found %s%s", root.resolve(), ", ".join(wanted) or "none",
+                 f"; not found: {', '.join(missing)}" if missing else "")
+        if not wanted:
+            where = "does not exist" if not root.is_dir() else (
+                f"holds none of {', '.join(k + '/' for k in MODEL_NAMES)}")
+            raise PackError(
+                f"no model packs: {root.resolve()} (AUDIOSERVE_MODELS_DIR) {where}; point "
+                f"AUDIOSERVE_MODELS_DIR at your packs, build the demo ones with `python -m "
+                f"export demo --models-dir {root}`, or set AUDIOSERVE_MODELS=none to serve "
+                "no model")
+    else:
+        log.info("model packs in %s: serving %s (AUDIOSERVE_MODELS)", root.resolve(),
+                 ", ".join(wanted) or "none")
+    return [load_pack(root / kind, expected_kind=kind) for kind in wanted]
 
 
 def resolve_precision(wanted: str, pack: ModelPack, provider: str) -> str:
@@ -81,15 +97,18 @@ def parallelism(settings: Settings, provider: str, concurrent: bool) -> tuple[in
 
 def load_pipeline(
     pack: ModelPack, settings: Settings, metrics: Metrics, cpu: CpuWorkers,
-    seam: Seam | None = None, facts: ModelFacts | None = None,
+    seam: Seam | None = None, facts: ModelFacts | None = None, provider: str | None = None,
 ) -> Pipeline:
     """`facts`: the provider and precision chosen where the model runs, when that is not
-    this process (a cluster's ingress)."""
-    provider = facts.provider if facts else resolve_provider(settings.provider)
+    this process (a cluster's ingress); `provider`: the one resolved for this process."""
+    if facts:
+        provider = facts.provider
+    elif provider is None:
+        provider = resolve_provider(settings.provider)
     cls = _pipeline_class(pack.kind)
     workers, threads = parallelism(settings, provider, cls.concurrent_batches)
     runtime = RuntimeConfig(
-        provider=facts.provider if facts else settings.provider,
+        provider=provider,
         device_id=settings.cuda_device_id,
         intra_op_threads=threads,
         intra_op_spinning=settings.intra_op_spinning,
@@ -115,9 +134,17 @@ def load_pipeline(
                     "batch-mates); choose another precision for exact answers",
                     pack.kind, precision, ", ".join(dependent))
     pipeline: Pipeline = cls.load(pack, context)
-    log.info("loaded %s from %s at %s on %s (%d batch worker(s), %s intra-op threads)",
-             pack.kind, pack.root, precision, provider, workers, threads or "all")
+    log.info("loaded %s from %s: %s, %s on %s (%d batch worker(s), %s intra-op threads)",
+             pack.kind, pack.root, "DEMO pack (random weights)" if pack.manifest.demo
+             else pack.manifest.source, precision, provider, workers, threads or "all")
     return pipeline
+
+
+def describe(pipeline: Pipeline) -> str:
+    """`clap (demo, fp32, cpu)`: what a start-up log says of a loaded model."""
+    info = pipeline.info()
+    demo = "demo, " if info.get("demo") else ""
+    return f"{info.get('id', '?')} ({demo}{info.get('precision')}, {info.get('provider')})"
 
 
 class LoadState(enum.Enum):
@@ -131,23 +158,41 @@ class LoadState(enum.Enum):
 class LoaderStatus:
     state: LoadState
     models: list[str]
+    expected: list[str]
+    """The models this server was asked to serve: ready means every one of them."""
     unhealthy: list[str]
     error: str | None
 
     @property
     def ready(self) -> bool:
-        return self.state is LoadState.READY and not self.unhealthy
+        return (self.state is LoadState.READY and not self.unhealthy
+                and set(self.expected) <= set(self.models))
 
     def as_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "status": "ready" if self.ready else self.state.value,
             "models": self.models,
+            "expected": self.expected,
         }
         if self.unhealthy:
             body["unhealthy"] = self.unhealthy
         if self.error:
             body["error"] = self.error
         return body
+
+    def why_not_loaded(self, kind: str, settings: Settings) -> str:
+        """For a route's 503: the real reason its model is not there."""
+        if kind in self.expected:
+            if self.state is LoadState.FAILED:
+                return f"model {kind!r} failed to load: {self.error}"
+            return f"model {kind!r} is still loading; retry shortly"
+        served = ", ".join(self.expected) or "none"
+        if settings.wanted_models() is not None:
+            return (f"model {kind!r} is not served here: AUDIOSERVE_MODELS={settings.models} "
+                    f"(serving: {served})")
+        return (f"model {kind!r} is not served here: there was no pack at "
+                f"{settings.models_dir / kind} when the server started (serving: {served}); "
+                f"build it with `python -m export {kind} ...` and restart")
 
 
 class ModelLoader:
@@ -175,15 +220,24 @@ class ModelLoader:
         self._state = LoadState.LOADING
         self._error: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._provider: str | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run_logged())
 
+    def provider(self) -> str:
+        """This process's provider, decided (and a fall-back to CPU logged) once."""
+        if self._provider is None:
+            self._provider = resolve_provider(self._settings.provider)
+        return self._provider
+
     async def run(self) -> None:
         for pack in self._packs:
             facts = await self.seam.attach(pack.kind)
+            provider = None if facts else self.provider()
             pipeline = await asyncio.to_thread(
-                load_pipeline, pack, self._settings, self._metrics, self._cpu, self.seam, facts
+                load_pipeline, pack, self._settings, self._metrics, self._cpu, self.seam, facts,
+                provider,
             )
             try:
                 await pipeline.start()
@@ -192,7 +246,8 @@ class ModelLoader:
                 raise
             self.pipelines[pack.kind] = pipeline
         self._state = LoadState.READY
-        log.info("ready: %s", ", ".join(self.pipelines) or "no model packs loaded")
+        log.info("ready: %s", ", ".join(describe(p) for p in self.pipelines.values())
+                 or "no model (AUDIOSERVE_MODELS=none)")
 
     async def _run_logged(self) -> None:
         try:
@@ -200,12 +255,20 @@ class ModelLoader:
         except Exception as exc:
             self._state = LoadState.FAILED
             self._error = str(exc)
-            log.critical("loading model packs failed: %s", exc, exc_info=exc)
+            known = isinstance(exc, PackError | RuntimeError)  # their message names the cause
+            log.critical("loading model packs failed: %s", exc, exc_info=None if known else exc)
+            log.debug("loading model packs failed", exc_info=exc)
+
+    @property
+    def failure(self) -> str | None:
+        """Why loading failed (the server cannot serve what it was asked to), or None."""
+        return self._error if self._state is LoadState.FAILED else None
 
     def status(self) -> LoaderStatus:
         return LoaderStatus(
             state=self._state,
             models=sorted(self.pipelines),
+            expected=sorted(p.kind for p in self._packs),
             unhealthy=sorted(k for k, p in self.pipelines.items() if not p.healthy),
             error=self._error,
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 from typing import Any, ClassVar, cast
 
@@ -35,6 +36,8 @@ a plain close waits for that client to read the megabytes already queued, so its
 connection would stay open, counted against the connection cap, for as long as it likes."""
 REFUSAL_DRAIN_S = 2.0
 """How long a connection refused at the cap may go on sending before it is closed."""
+
+log = logging.getLogger("audioserve")
 
 
 def _raw_response(status: int, reason: str, code: str, message: str,
@@ -194,3 +197,38 @@ def bound_socket(host: str, port: int = 0) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     return sock
+
+
+class ServiceServer(uvicorn.Server):
+    """uvicorn's server that says where the page and the API docs are once it listens, and
+    stops when the app's packs fail to load (`failure` says why): a process that can never
+    be ready must exit, so an orchestrator shows a crash, not a live process that is never
+    ready."""
+
+    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+        super().__init__(config)
+        self.app = app
+        self.failure: str | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.servers and self.servers[0].sockets:
+            url = base_url(*self.servers[0].sockets[0].getsockname()[:2])
+            page = f"web page {url}/ , " if self.app.state.settings.ui else ""
+            log.info("audioserve on %s: %sAPI docs %s/docs , readiness %s/readyz", url, page,
+                     url, url)
+
+    async def on_tick(self, counter: int) -> bool:
+        loader = getattr(self.app.state, "loader", None)
+        failure = loader.failure if loader is not None else None
+        if failure is not None:
+            self.failure = failure
+            log.critical("stopping: the server cannot serve what it was asked to (%s)", failure)
+            return True
+        return await super().on_tick(counter)
+
+
+def base_url(host: str, port: int) -> str:
+    """The URL a user on this machine opens (a wildcard address is reached as localhost)."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{port}"

@@ -1,7 +1,8 @@
 """All configuration, read once from `AUDIOSERVE_*` environment variables (or a .env file).
 
 The one `Settings` object is built in the app factory and passed down; nothing reads the
-environment at import time.
+environment at import time. The entry points build it through `service.cli`: flags over
+variables, a bad value or an unknown `AUDIOSERVE_*` variable one line each, exit 2.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from batcher import BatchConfig
@@ -20,6 +21,7 @@ LongAudioPolicy = Literal["reject", "truncate"]
 TtsScheduling = Literal["continuous", "static", "sequential"]
 KvCache = Literal["auto", "present", "device", "preallocated"]
 ClapFeatures = Literal["auto", "graph", "host"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 MODEL_NAMES = ("clap", "emotion2vec", "chattts")
 
@@ -30,8 +32,9 @@ class Settings(BaseSettings):
     # -- where models come from and how they run ------------------------------------
     models_dir: Path = Path("models")
     models: str = "auto"
-    """Comma-separated packs to load (`clap,emotion2vec,chattts`); `auto` loads whatever
-    packs exist in `models_dir`. A pack named here but missing fails start-up."""
+    """Comma-separated packs to serve (`clap,emotion2vec,chattts`); `auto`: every pack
+    found in `models_dir`, and none found fails start-up; `none`: no model at all (ready
+    with no model routes, on purpose). A pack named here but missing fails start-up."""
     provider: Provider = "auto"
     """`auto`: CUDA when onnxruntime has it, else CPU (logged). `cuda`: fail without it."""
     cuda_device_id: int = 0
@@ -178,7 +181,7 @@ class Settings(BaseSettings):
     """With an API key set, whether /docs, /redoc and /openapi.json stay open. Off by
     default: a key means a private deployment, and the schema tells which models and
     limits it serves. Without a key everything is open anyway."""
-    log_level: str = "info"
+    log_level: LogLevel = "info"
     forwarded_allow_ips: str = ""
     """Proxies trusted to set X-Forwarded-For / -Proto (comma-separated IPs or `*`).
     Empty: none, so the logged client address is the socket's and cannot be forged. Set
@@ -228,12 +231,25 @@ class Settings(BaseSettings):
         precision: Precision = getattr(self, f"{model}_precision")
         return precision
 
-    def wanted_models(self) -> list[str] | None:
-        """The packs named explicitly, or None for `auto`."""
-        if self.models.strip().lower() == "auto":
-            return None
-        names = [m.strip() for m in self.models.split(",") if m.strip()]
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case_level(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value: str) -> str:
+        names = [m.strip().lower() for m in value.split(",") if m.strip()]
+        if names in (["auto"], ["none"]):
+            return names[0]
         unknown = [m for m in names if m not in MODEL_NAMES]
-        if unknown:
-            raise ValueError(f"AUDIOSERVE_MODELS: unknown {unknown}; known: {list(MODEL_NAMES)}")
-        return names
+        if unknown or not names:
+            raise ValueError(f"{', '.join(unknown) or 'nothing'} is not a model; allowed: "
+                             f"auto, none, or some of {','.join(MODEL_NAMES)}")
+        return ",".join(dict.fromkeys(names))
+
+    def wanted_models(self) -> list[str] | None:
+        """The packs named explicitly (`none`: an empty list), or None for `auto`."""
+        if self.models == "auto":
+            return None
+        return [] if self.models == "none" else self.models.split(",")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,13 @@ from service.settings import Settings
 from tests.conftest import running_app, wait_ready
 
 
-def test_health_ready_models_metrics_without_packs(tmp_path: Path) -> None:
-    with running_app(models_dir=tmp_path) as client:
+def test_an_empty_server_asked_for_is_ready(tmp_path: Path) -> None:
+    """`AUDIOSERVE_MODELS=none`: no model on purpose (health, docs, page), ready."""
+    with running_app(models_dir=tmp_path, models="none") as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz")
-        assert ready.status_code == 200 and ready.json()["models"] == []
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready", "models": [], "expected": []}
         assert client.get("/v1/models").json() == {"object": "list", "data": []}
         metrics = client.get("/metrics")
         assert metrics.status_code == 200
@@ -28,7 +31,7 @@ def test_health_ready_models_metrics_without_packs(tmp_path: Path) -> None:
 
 
 def test_request_id_is_echoed_or_made(tmp_path: Path) -> None:
-    with running_app(models_dir=tmp_path) as client:
+    with running_app(models_dir=tmp_path, models="none") as client:
         assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers[
             "x-request-id"
         ] == "abc-123"
@@ -38,7 +41,7 @@ def test_request_id_is_echoed_or_made(tmp_path: Path) -> None:
 
 
 def test_unknown_route_and_missing_model_use_the_error_shape(tmp_path: Path) -> None:
-    with running_app(models_dir=tmp_path) as client:
+    with running_app(models_dir=tmp_path, models="none") as client:
         missing = client.get("/no/such/route")
         assert missing.status_code == 404
         assert missing.json()["error"]["code"] == "not_found"
@@ -46,7 +49,7 @@ def test_unknown_route_and_missing_model_use_the_error_shape(tmp_path: Path) -> 
 
 
 def test_api_key_guards_everything_but_health(tmp_path: Path) -> None:
-    with running_app(models_dir=tmp_path, api_key="s3cret") as client:
+    with running_app(models_dir=tmp_path, models="none", api_key="s3cret") as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 200
         assert client.get("/metrics").status_code == 200
@@ -61,13 +64,13 @@ def test_api_key_guards_everything_but_health(tmp_path: Path) -> None:
 
 
 def test_no_api_key_means_open(tmp_path: Path) -> None:
-    with running_app(models_dir=tmp_path) as client:
+    with running_app(models_dir=tmp_path, models="none") as client:
         assert client.get("/v1/models").status_code == 200
 
 
 def test_oversized_json_body_is_refused_before_parsing(tmp_path: Path) -> None:
     """The JSON routes take `max_json_bytes` (the upload routes' own limit: test_clap_api)."""
-    with running_app(models_dir=tmp_path, max_json_bytes=2048) as client:
+    with running_app(models_dir=tmp_path, models="none", max_json_bytes=2048) as client:
         small_json = b'{"text": "' + b"x" * 4000 + b'"}'
         for path in ("/tts", "/v1/voices", "/embed/text"):
             response = client.post(path, content=small_json,
@@ -113,6 +116,42 @@ def test_partial_pack_fails_startup_naming_the_missing_graph(tmp_path: Path) -> 
         _start(tmp_path)
 
 
+def test_no_pack_found_fails_startup_naming_the_folder(tmp_path: Path) -> None:
+    """A missing or mistyped models folder must not give a server that is ready with no
+    model (every model route 503): start-up fails, naming where it looked."""
+    with pytest.raises(PackError, match=r"no model packs: .*mistyped \(AUDIOSERVE_MODELS_DIR\) "
+                                        r"does not exist.*AUDIOSERVE_MODELS=none"):
+        _start(tmp_path / "mistyped")
+    (tmp_path / "voices").mkdir()
+    with pytest.raises(PackError, match=r"holds none of clap/, emotion2vec/, chattts/"):
+        _start(tmp_path)
+
+
+def test_models_setting_is_checked_when_read(tmp_path: Path) -> None:
+    assert Settings(_env_file=None, models=" Clap, emotion2vec,clap").models == "clap,emotion2vec"
+    assert Settings(_env_file=None, models="NONE").wanted_models() == []
+    assert Settings(_env_file=None).wanted_models() is None
+    with pytest.raises(ValueError, match="clapp is not a model; allowed: auto, none"):
+        Settings(_env_file=None, models="clapp")
+
+
+def test_a_model_not_asked_for_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    with running_app(models_dir=tmp_path, models="none") as client:
+        refused = client.post("/embed/text", json={"input": "a dog"})
+        assert refused.status_code == 503
+        message = refused.json()["error"]["message"]
+        assert "not served here: AUDIOSERVE_MODELS=none" in message
+        assert "python -m export" not in message  # no advice to build what is not wanted
+
+
+def test_ready_means_every_model_asked_for() -> None:
+    status = models.LoaderStatus(models.LoadState.READY, models=["clap"],
+                                 expected=["clap", "emotion2vec"], unhealthy=[], error=None)
+    assert not status.ready
+    assert replace(status, expected=["clap"]).ready
+    assert not replace(status, expected=["clap"], unhealthy=["clap"]).ready
+
+
 def test_named_model_without_pack_fails_startup(tmp_path: Path) -> None:
     with pytest.raises(PackError, match=r"emotion2vec/manifest\.json"):
         _start(tmp_path, models="emotion2vec")
@@ -131,12 +170,19 @@ def test_unloadable_graph_keeps_serving_health_and_reports_not_ready(tmp_path: P
             time.sleep(0.05)
         ready = client.get("/readyz")
         assert ready.status_code == 503
-        assert ready.json()["status"] == "failed"
-        assert ready.json()["error"]
+        body = ready.json()
+        assert (body["status"], body["models"], body["expected"]) == ("failed", [], ["clap"])
+        assert "audio.onnx" in body["error"]
+        refused = client.post("/embed/text", json={"input": "a dog"})
+        assert refused.status_code == 503
+        message = refused.json()["error"]["message"]
+        assert "'clap' failed to load: cannot load ONNX graph" in message
+        assert "audio.onnx" in message and "python -m export" not in message
 
 
 def test_wait_ready_helper_sees_an_empty_service_ready(tmp_path: Path) -> None:
-    settings = Settings(_env_file=None, models_dir=tmp_path, load_in_background=True)
+    settings = Settings(_env_file=None, models_dir=tmp_path, models="none",
+                        load_in_background=True)
     with TestClient(create_app(settings)) as client:
         wait_ready(client, timeout_s=10)
 

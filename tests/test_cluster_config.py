@@ -14,6 +14,7 @@ yaml = pytest.importorskip("yaml")
 
 from ray.serve.schema import ServeDeploySchema  # noqa: E402
 
+from service.cli import unknown_keys, unknown_variables  # noqa: E402
 from service.cluster.app import app_builder  # noqa: E402
 from service.cluster.config import ClusterSettings, deployment_options  # noqa: E402
 from service.cluster.runtime import SERVE_ENV, node_environment  # noqa: E402
@@ -101,3 +102,28 @@ def test_kuberay_manifest_runs_the_project_image() -> None:
         assert any(m["mountPath"] == "/models" for m in container["volumeMounts"])
     major, minor, *_ = ray_cluster["rayVersion"].split(".")
     assert (int(major), int(minor)) >= (2, 60)
+
+
+def test_a_misspelt_serve_config_argument_is_refused() -> None:
+    """`args` of a Serve config file are settings by field name: a typo is refused, naming
+    the closest, as an unknown AUDIOSERVE_* variable is."""
+    with pytest.raises(ValueError, match=r"max_upload is not a setting; did you mean "
+                                         r"max_upload_bytes\?; cluster\.app_nam is not a "
+                                         r"setting; did you mean cluster\.app_name\?"):
+        app_builder({"models_dir": "/models", "max_upload": 5, "cluster": {"app_nam": "x"}})
+
+
+def test_the_deploy_files_set_only_real_settings() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    variables = dict(compose["services"]["audioserve"]["environment"])
+    service = yaml.safe_load((ROOT / "deploy" / "kuberay-rayservice.yaml").read_text())
+    ray_cluster = service["spec"]["rayClusterConfig"]
+    for group in [ray_cluster["headGroupSpec"], *ray_cluster["workerGroupSpecs"]]:
+        for container in group["template"]["spec"]["containers"]:
+            variables.update({e["name"]: e.get("value", "") for e in container.get("env", [])})
+    assert unknown_variables([Settings, ClusterSettings], variables) == []
+    serve_args = _serve_config(yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text()))
+    (application,) = serve_args.applications
+    args = dict(application.args)
+    assert unknown_keys({k: v for k, v in args.items() if k != "cluster"}, Settings) == []
+    assert unknown_keys(args.get("cluster", {}), ClusterSettings) == []

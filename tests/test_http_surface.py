@@ -38,7 +38,7 @@ def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 @pytest.fixture
 def server(empty_models: Path) -> Iterator[RunningServer]:
-    with serve_app(models_dir=empty_models) as s:
+    with serve_app(models_dir=empty_models, models="none") as s:
         yield s
 
 
@@ -67,7 +67,8 @@ def test_forwarded_for_is_not_trusted_by_default(server: RunningServer,
 def test_forwarded_for_is_taken_from_a_trusted_proxy(empty_models: Path,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="audioserve.access")
-    with serve_app(models_dir=empty_models, forwarded_allow_ips="127.0.0.1") as server:
+    with serve_app(models_dir=empty_models, models="none",
+                   forwarded_allow_ips="127.0.0.1") as server:
         raw_get(server, "/healthz", "X-Forwarded-For: 203.0.113.7\r\n")
         assert access_lines(caplog)[-1].startswith("203.0.113.7")
 
@@ -75,7 +76,8 @@ def test_forwarded_for_is_taken_from_a_trusted_proxy(empty_models: Path,
 @pytest.mark.parametrize(("docs_public", "expected"), [(False, 401), (True, 200)])
 def test_docs_follow_the_setting_when_a_key_is_set(empty_models: Path, docs_public: bool,
                                                    expected: int) -> None:
-    with serve_app(models_dir=empty_models, api_key="k", docs_public=docs_public) as server:
+    with serve_app(models_dir=empty_models, models="none", api_key="k",
+                   docs_public=docs_public) as server:
         for path in ("/docs", "/openapi.json"):
             assert httpx.get(server.url + path).status_code == expected, path
         assert httpx.get(server.url + "/openapi.json",
@@ -91,7 +93,7 @@ def test_a_request_id_with_a_newline_is_replaced(server: RunningServer) -> None:
 def test_auth_comes_before_the_body_is_read(empty_models: Path) -> None:
     """The 401 arrives although the client has sent only the headers of a 20 MB body:
     nothing waited for, read or parsed it first."""
-    with serve_app(models_dir=empty_models, api_key="k") as server, \
+    with serve_app(models_dir=empty_models, models="none", api_key="k") as server, \
             socket.create_connection((server.host, server.port), timeout=10) as sock:
         sock.sendall(b"POST /tts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 20000000\r\n\r\n{\"text\": ")

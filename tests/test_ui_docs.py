@@ -25,7 +25,8 @@ REDOC_LOGO = f"'{REDOC_LOGO_URL}' violates the following Content Security Policy
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     require_browser()  # no packs: the schema and the docs do not need them
-    with serve_app(models_dir=tmp_path_factory.mktemp("no_models"), warmup=False) as s:
+    with serve_app(models_dir=tmp_path_factory.mktemp("no_models"), models="none",
+                   warmup=False) as s:
         yield s
 
 

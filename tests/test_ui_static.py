@@ -29,7 +29,7 @@ def static_files() -> list[Path]:
 
 
 def test_page_and_every_file_it_loads_are_served(tmp_path: Path) -> None:
-    with running_app(models_dir=tmp_path) as client:
+    with running_app(models_dir=tmp_path, models="none") as client:
         page = client.get("/")
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/html")
@@ -58,7 +58,7 @@ def test_no_static_file_names_another_host() -> None:
 
 
 def test_ui_false_turns_the_page_off(tmp_path: Path) -> None:
-    with running_app(models_dir=tmp_path, ui=False) as client:
+    with running_app(models_dir=tmp_path, models="none", ui=False) as client:
         page = client.get("/")
         assert page.status_code == 404
         assert page.json()["error"]["code"] == "not_found"
@@ -68,7 +68,7 @@ def test_ui_false_turns_the_page_off(tmp_path: Path) -> None:
 
 
 def test_page_is_open_without_the_api_key(tmp_path: Path) -> None:
-    with running_app(models_dir=tmp_path, api_key="k") as client:
+    with running_app(models_dir=tmp_path, models="none", api_key="k") as client:
         assert client.get("/v1/models").status_code == 401
         assert client.get("/").status_code == 200
         assert client.get(f"{UI_PREFIX}/js/api.js").status_code == 200

@@ -17,7 +17,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -26,6 +25,8 @@ from bench.peers.clap_core import ClapCore, Prepared, labels_from_form, peer_arg
 
 def build_app(pack: Path, threads: int, max_batch: int, wait_ms: float,
               max_ongoing: int, replicas: int) -> Any:
+    from ray import serve
+
     @serve.deployment(num_replicas=replicas, max_ongoing_requests=max_ongoing,
                       ray_actor_options={"num_cpus": 0})
     class ClapDeployment:
@@ -52,6 +53,7 @@ def main() -> None:
     p.add_argument("--max-ongoing", type=int, default=256)
     args = p.parse_args()
     import ray
+    from ray import serve
 
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
              _node_ip_address="127.0.0.1")  # keep even Ray's own traffic on loopback

@@ -1,7 +1,7 @@
 """`python -m service.cluster`: deploy audioserve on the Ray cluster at `RAY_ADDRESS`
 (a new local one when unset) and serve the API through Ray Serve's HTTP ingress (HAProxy) on
-`AUDIOSERVE_HOST:AUDIOSERVE_PORT`, until SIGINT/SIGTERM. Same `AUDIOSERVE_*` settings as
-`python -m service`, plus `AUDIOSERVE_CLUSTER_*` (service/cluster/config.py).
+`AUDIOSERVE_HOST:AUDIOSERVE_PORT`, until SIGINT/SIGTERM. Same `AUDIOSERVE_*` settings and
+flags as `python -m service`, plus `AUDIOSERVE_CLUSTER_*` (service/cluster/config.py).
 
 `python -m service.cluster --print-env` prints, as shell `export` lines, what each node's
 environment needs before `ray start` (Ray's settings and the HTTP limits its HAProxy
@@ -10,6 +10,7 @@ holds), from the same settings.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shlex
@@ -17,48 +18,155 @@ import signal
 import sys
 import time
 
-from service.cluster.runtime import node_environment, ray_environment
+from service.cli import (
+    add_setting_flags,
+    build_settings,
+    environment,
+    fail,
+    flag_values,
+    unknown_variables,
+)
+from service.cluster.config import ClusterSettings
+from service.packs import ModelPack
 from service.settings import Settings
 
-if sys.argv[1:] == ["--print-env"]:
-    for key, value in node_environment(Settings()).items():
-        print(f"export {key}={shlex.quote(value)}")
-    sys.exit(0)
-
-ray_environment(os.environ, Settings())  # before ray is imported: some is read at import
-
-import ray  # noqa: E402
-from ray import serve  # noqa: E402
-
-from service.cluster.app import build  # noqa: E402
-from service.cluster.config import ClusterSettings  # noqa: E402
-from service.cluster.runtime import init_ray, start_serve  # noqa: E402
-
+PROG = "python -m service.cluster"
+EXIT_CANNOT_SERVE = 1
+EXIT_INTERRUPTED = 130
 log = logging.getLogger("audioserve.cluster")
 
 
-def main() -> None:
-    settings, cluster = Settings(), ClusterSettings()
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    address = os.environ.get("RAY_ADDRESS") or "local"
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.split("\n\n")[0],
+        epilog="Exit status: 0 stopped, 1 cannot serve what it was asked to, 2 bad "
+               "arguments or settings, 130 interrupted while starting. A second Ctrl-C "
+               "while stopping skips the waiting.")
+    p.add_argument("--print-env", action="store_true",
+                   help="print each node's environment for `ray start` as export lines, "
+                        "then exit (starts nothing)")
+    p.add_argument("--address", help="Ray cluster to deploy on (default: RAY_ADDRESS, "
+                                     "else a new local one)")
+    add_setting_flags(p)
+    return p
+
+
+def load(args: argparse.Namespace) -> tuple[Settings, ClusterSettings]:
+    """(Settings, ClusterSettings), or exit 2 with a line per problem: the same check of
+    `AUDIOSERVE_*` and `AUDIOSERVE_CLUSTER_*` variables."""
+    problems = unknown_variables([Settings, ClusterSettings], environment())
+    settings = build_settings(Settings, flag_values(args), problems)
+    cluster = build_settings(ClusterSettings, {}, problems)
+    if settings is not None and settings.port == 0:
+        source = "--port" if args.port is not None else "AUDIOSERVE_PORT"
+        problems.append(f"{source}=0: the cluster's HTTP ingress (HAProxy) needs a fixed port")
+    if problems or settings is None or cluster is None:
+        fail(PROG, problems)
+    return settings, cluster
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings, cluster = load(args)
+    from service.cluster.runtime import node_environment, ray_environment
+
+    if args.print_env:
+        for key, value in node_environment(settings).items():
+            print(f"export {key}={shlex.quote(value)}")
+        return 0
+
+    from service.errors import PackError
+    from service.logs import configure_logging
+    from service.models import packs_to_load
+    from service.runtime import resolve_provider
+
+    configure_logging(settings.log_level)
+    address = args.address or os.environ.get("RAY_ADDRESS") or "local"
+    try:  # before Ray starts: a missing or broken pack is one line, not a failed deploy
+        if address == "local":  # the replicas run here: a provider this machine lacks
+            resolve_provider(settings.provider, log_fallback=False)
+        packs = packs_to_load(settings)
+    except (PackError, RuntimeError) as exc:
+        log.critical("cannot serve: %s", exc)
+        return EXIT_CANNOT_SERVE
+    ray_environment(os.environ, settings)  # before ray is imported: some is read at import
+    return serve_until_stopped(settings, cluster, packs, address)
+
+
+def serve_until_stopped(settings: Settings, cluster: ClusterSettings, packs: list[ModelPack],
+                        address: str) -> int:
+    from ray import serve
+
+    from service.cluster.app import build
+    from service.cluster.runtime import init_ray, start_serve
+    from service.logs import adopt
+    from service.server import base_url
+
+    for name in ("ray", "ray.serve"):  # the driver's Ray and Serve lines in the one format
+        adopt(name)
+
+    log.info("starting Ray (%s) and Ray Serve", address)
     init_ray(address)
-    start_serve(settings, cluster)
-    serve.run(build(settings, cluster), name=cluster.app_name, route_prefix="/",
-              blocking=False)
-    log.info("audioserve on Ray Serve (cluster %s): http://%s:%d", address, settings.host,
-             settings.port)
+    status = 0
+    try:
+        start_serve(settings, cluster)
+        log.info("deploying application %s: %s", cluster.app_name,
+                 ", ".join(p.kind for p in packs) or "no model")
+        serve.run(build(settings, cluster, packs), name=cluster.app_name, route_prefix="/",
+                  blocking=False)
+        url = base_url(settings.host, settings.port)
+        log.info("audioserve on Ray Serve (cluster %s): %s/ , API docs %s/docs", address, url,
+                 url)
+        wait_for_signal()
+    except Exception as exc:  # Serve's deploy failures: the replica's error in the message
+        log.critical("cannot serve: %s", exc)
+        status = EXIT_CANNOT_SERVE
+    except KeyboardInterrupt:
+        log.info("interrupted while starting")
+        status = EXIT_INTERRUPTED
+    stop(cluster.app_name, local=address == "local")
+    return status
+
+
+def wait_for_signal() -> None:
     stopping: list[int] = []  # a signal handler may only set a flag: an Event's lock,
-    for sig in (signal.SIGINT, signal.SIGTERM):  # taken again inside Event.wait, deadlocks
-        signal.signal(sig, lambda signum, _: stopping.append(signum))
+
+    def on_signal(signum: int, _: object) -> None:  # taken again inside Event.wait, deadlocks
+        stopping.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C interrupts
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     while not stopping:
         time.sleep(0.2)
-    log.info("stopping: deleting application %s", cluster.app_name)
-    serve.delete(cluster.app_name)
-    if address == "local":  # this process started the cluster: take all of it down
-        serve.shutdown()
+
+
+def stop(app_name: str, *, local: bool) -> None:
+    """Take the application down (and the cluster, where this process started it), saying
+    what each step waits for; a second Ctrl-C skips the waiting, not Ray's shutdown."""
+    import ray
+    from ray import serve
+
+    drain_s = os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30")
+    try:
+        log.info("stopping: deleting application %s: Ray Serve drains its ingress replicas "
+                 "for %s s (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S, so load balancers "
+                 "stop sending) and lets requests finish; Ctrl-C again to skip", app_name,
+                 drain_s)
+        try:
+            serve.delete(app_name)
+        except Exception as exc:  # never deployed (a failed start): nothing to delete
+            log.info("no application to delete (%s)", exc)
+        if local:
+            log.info("stopping: shutting down Ray Serve (controller and HTTP proxies)")
+            serve.shutdown()
+    except KeyboardInterrupt:
+        log.info("stopping at once (second Ctrl-C)")
+    if local:  # this process started the cluster: take all of it down
+        log.info("stopping: shutting down Ray (this machine's Ray processes)")
         ray.shutdown()
+    log.info("stopped")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

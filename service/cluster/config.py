@@ -13,13 +13,15 @@ the single-process service's settings, passed to every replica.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.cluster.remote import SeamOptions
 from service.settings import Settings
+
+if TYPE_CHECKING:  # ray: imported where the seam is built, not to read the settings
+    from service.cluster.remote import SeamOptions
 
 INGRESS = "ingress"
 GPU_SHARE = {"clap": 0.25, "emotion2vec": 0.25, "chattts": 0.5}
@@ -64,6 +66,8 @@ class ClusterSettings(BaseSettings):
         return value
 
     def seam_options(self, settings: Settings) -> SeamOptions:
+        from service.cluster.remote import SeamOptions
+
         return SeamOptions(result_grace_s=self.result_grace_s,
                            call_timeout_s=settings.request_timeout_s,
                            health_interval_s=self.health_interval_s)

@@ -1,0 +1,216 @@
+"""`python -m service` as an operator runs it, in a real process: settings errors, exit
+statuses, readiness over a real socket and the start-up log."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import onnxruntime as ort
+import pytest
+
+pytest_plugins = ("tests.clap_fixtures",)
+
+ROOT = Path(__file__).resolve().parents[1]
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
+"""service/logs.py's FORMAT: every line the server prints, uvicorn's included."""
+STARTUP_S = 120.0
+
+
+def environment(**variables: str) -> dict[str, str]:
+    """This process's environment without its AUDIOSERVE_* variables, plus `variables`."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("AUDIOSERVE_")}
+    return {**env, "PYTHONPATH": str(ROOT), **variables}
+
+
+def run_service(args: list[str], cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service", *args], cwd=cwd,
+                          env=environment(**variables), capture_output=True, text=True,
+                          timeout=STARTUP_S)
+
+
+class Server:
+    """A started `python -m service`; its stderr lines read as they come."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str) -> re.Match[str]:
+        """The first line matching `pattern` (an AssertionError if the process ends or
+        stays silent for STARTUP_S first)."""
+        while True:
+            line = self._queue.get(timeout=STARTUP_S)
+            if line is None:
+                raise AssertionError(f"ended without {pattern!r}:\n" + "\n".join(self.lines))
+            self.lines.append(line)
+            if match := re.search(pattern, line):
+                return match
+
+    def rest(self) -> list[str]:
+        while (line := self._queue.get(timeout=STARTUP_S)) is not None:
+            self.lines.append(line)
+        return self.lines
+
+
+@contextmanager
+def started(args: list[str], cwd: Path, **variables: str) -> Iterator[Server]:
+    process = subprocess.Popen([sys.executable, "-m", "service", *args], cwd=cwd,
+                               env=environment(**variables), stderr=subprocess.PIPE, text=True)
+    try:
+        yield Server(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=STARTUP_S)
+
+
+def test_bad_settings_are_one_line_each_naming_the_variable(tmp_path: Path) -> None:
+    done = run_service(["--port", "eighty"], tmp_path, AUDIOSERVE_MAX_UPLOAD_BYTES="12",
+                       AUDIOSERVE_LOG_LEVEL="loud", AUDIOSERVE_MAX_UPLOAD="1000",
+                       AUDIOSERVE_MODELS="clap,tts")
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 5, done.stderr  # one per problem, no traceback
+    text = done.stderr
+    assert "AUDIOSERVE_MAX_UPLOAD_BYTES='12': input should be greater than or equal to 1024" in text
+    assert "AUDIOSERVE_LOG_LEVEL='loud': input should be 'critical', 'error'" in text
+    assert ("AUDIOSERVE_MAX_UPLOAD is not a setting; did you mean AUDIOSERVE_MAX_UPLOAD_BYTES?"
+            in text)
+    assert "AUDIOSERVE_MODELS='clap,tts': tts is not a model; allowed: auto, none" in text
+    assert "--port='eighty': input should be a valid integer" in text
+    assert "Traceback" not in text and list(tmp_path.iterdir()) == []
+
+
+def test_a_setting_in_the_env_file_is_checked_alike(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("AUDIOSERVE_MAX_QUEU=4\n")
+    done = run_service([], tmp_path)
+    assert done.returncode == 2
+    assert "AUDIOSERVE_MAX_QUEU is not a setting; did you mean AUDIOSERVE_MAX_QUEUE?" in done.stderr
+
+
+def test_no_pack_found_exits_naming_the_folder(tmp_path: Path) -> None:
+    done = run_service(["--models-dir", "mistyped"], tmp_path)
+    assert done.returncode == 1
+    assert f"model packs in {tmp_path / 'mistyped'}: found none" in done.stderr
+    assert re.search(r"CRITICAL audioserve: cannot serve: no model packs: .*mistyped "
+                     r"\(AUDIOSERVE_MODELS_DIR\) does not exist", done.stderr)
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
+                    reason="this onnxruntime has CUDA")
+def test_cuda_asked_for_without_it_exits_naming_the_cause(tmp_path: Path,
+                                                          clap_models_dir: Path) -> None:
+    done = run_service(["--models-dir", str(clap_models_dir)], tmp_path,
+                       AUDIOSERVE_PROVIDER="cuda")
+    assert done.returncode == 1
+    (line,) = [x for x in done.stderr.splitlines() if "CRITICAL" in x]
+    assert "cannot serve: AUDIOSERVE_PROVIDER=cuda but onnxruntime offers only" in line
+    assert "Traceback" not in done.stderr
+
+
+def test_a_pack_that_cannot_load_stops_the_server(tmp_path: Path, clap_models_dir: Path) -> None:
+    """The manifest is fine, the graph is not: found while loading in the background, and
+    the process exits 1 naming the file (not a live server that is never ready)."""
+    pack = tmp_path / "models" / "clap"
+    pack.mkdir(parents=True)
+    for source in (clap_models_dir / "clap").iterdir():
+        (pack / source.name).symlink_to(source)
+    manifest = json.loads((pack / "manifest.json").read_text())
+    graph = pack / manifest["graphs"]["audio"]["fp32"]["file"]  # always opened
+    graph.unlink()
+    graph.write_bytes(b"not an onnx graph")
+    with started(["--port", "0", "--models", "clap"], tmp_path) as server:
+        server.wait_for(r"loading model packs failed: cannot load ONNX graph .*" + graph.name)
+        server.wait_for(r"stopping: the server cannot serve what it was asked to")
+        assert server.process.wait(timeout=STARTUP_S) == 1
+        assert "Traceback" not in "\n".join(server.rest())
+
+
+def test_startup_log_readiness_and_a_clean_stop(tmp_path: Path, clap_models_dir: Path) -> None:
+    """Flags over variables (the variable's folder does not exist); one format for every
+    line; the provider's fall-back once; where the page and the docs are; which packs."""
+    with started(["--port", "0", "--models-dir", str(clap_models_dir)], tmp_path,
+                 AUDIOSERVE_MODELS_DIR=str(tmp_path / "nowhere"), AUDIOSERVE_WARMUP="false",
+                 AUDIOSERVE_PORT="1") as server:
+        url = server.wait_for(r"audioserve on (http://127\.0\.0\.1:\d+): web page \S+/ , "
+                              r"API docs \S+/docs").group(1)
+        server.wait_for(r"ready: clap \(demo, fp32, cpu\)")
+        ready = httpx.get(url + "/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready", "models": ["clap"], "expected": ["clap"]}
+        assert httpx.get(url + "/docs").status_code == 200
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(timeout=STARTUP_S) == 0  # a stop asked for
+        lines = server.rest()
+    assert "Finished server process" in lines[-1]  # no KeyboardInterrupt traceback after it
+    assert all(LOG_LINE.match(line) for line in lines), "\n".join(lines)
+    fallbacks = sum("CUDAExecutionProvider not available" in line for line in lines)
+    assert fallbacks == (0 if "CUDAExecutionProvider" in ort.get_available_providers() else 1)
+    assert any(f"model packs in {clap_models_dir}: found clap; not found: emotion2vec, chattts"
+               in line for line in lines)
+    assert any("loaded clap from" in line and "DEMO pack" in line for line in lines)
+
+
+def run_cluster(args: list[str], cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service.cluster", *args], cwd=cwd,
+                          env=environment(**variables), capture_output=True, text=True,
+                          timeout=STARTUP_S)
+
+
+def test_the_cluster_checks_its_settings_the_same_way(tmp_path: Path) -> None:
+    """`AUDIOSERVE_*` and `AUDIOSERVE_CLUSTER_*` alike: a line each, exit 2; `--print-env`
+    carries the flags' settings."""
+    done = run_cluster(["--print-env"], tmp_path, AUDIOSERVE_CLUSTER_CLAP_REPLICA="2",
+                       AUDIOSERVE_CLUSTER_CHATTTS_REPLICAS="-1", AUDIOSERVE_MAX_QUEU="3")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "python -m service.cluster: AUDIOSERVE_CLUSTER_CLAP_REPLICA is not a setting; did you "
+        "mean AUDIOSERVE_CLUSTER_CLAP_REPLICAS? (settings: README, Configuration)",
+        "python -m service.cluster: AUDIOSERVE_MAX_QUEU is not a setting; did you mean "
+        "AUDIOSERVE_MAX_QUEUE? (settings: README, Configuration)",
+        "python -m service.cluster: AUDIOSERVE_CLUSTER_CHATTTS_REPLICAS='-1': input should be "
+        "greater than or equal to 0 or 'auto'"]
+    no_port = run_cluster(["--port", "0"], tmp_path)
+    assert no_port.returncode == 2
+    assert "--port=0: the cluster's HTTP ingress (HAProxy) needs a fixed port" in no_port.stderr
+    printed = run_cluster(["--print-env"], tmp_path, AUDIOSERVE_MAX_CONNECTIONS="77")
+    assert printed.returncode == 0, printed.stderr
+    assert "export RAY_SERVE_HAPROXY_MAXCONN=77" in printed.stdout.splitlines()
+
+
+def test_the_cluster_without_packs_exits_before_starting_ray(tmp_path: Path) -> None:
+    done = run_cluster(["--models-dir", "mistyped"], tmp_path)
+    assert done.returncode == 1
+    assert "cannot serve: no model packs: " in done.stderr
+    assert "starting Ray" not in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
+                    reason="this onnxruntime has CUDA")
+def test_a_local_cluster_without_the_provider_exits_before_starting_ray(
+        tmp_path: Path, clap_models_dir: Path) -> None:
+    done = run_cluster(["--models-dir", str(clap_models_dir)], tmp_path,
+                       AUDIOSERVE_PROVIDER="cuda")
+    assert done.returncode == 1
+    assert "cannot serve: AUDIOSERVE_PROVIDER=cuda but onnxruntime offers only" in done.stderr
+    assert "starting Ray" not in done.stderr and "Traceback" not in done.stderr
