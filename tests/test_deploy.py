@@ -183,3 +183,24 @@ def test_serve_deploy_of_the_shipped_config_on_a_ray_the_cli_started(
         assert {s["label"] for s in answer.json()["labels"]} == {"dog", "rain"}
     finally:
         _stop(head, root)
+
+
+def test_compose_keeps_saved_voices_in_a_volume() -> None:
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    service = compose["services"]["audioserve"]
+    folder = service["environment"]["AUDIOSERVE_VOICES_DIR"]
+    assert f"voices:{folder}" in service["volumes"] and "voices" in compose["volumes"]
+    assert "AUDIOSERVE_VOICES_DIR=/voices" in (ROOT / "Dockerfile").read_text()
+
+
+def test_saved_voices_default_outside_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.settings import Settings
+
+    monkeypatch.delenv("AUDIOSERVE_VOICES_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert Settings(_env_file=None).voices_dir == tmp_path / "data" / "audioserve" / "voices"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    voices = Settings(_env_file=None).voices_dir
+    assert voices.is_absolute() and voices == Path.home() / ".local/share/audioserve/voices"
