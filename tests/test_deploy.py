@@ -181,6 +181,17 @@ def test_serve_deploy_of_the_shipped_config_on_a_ray_the_cli_started(
                             files={"file": ("a.wav", wav_bytes(make_clip(3.0, seed=1)))})
         assert answer.status_code == 200, answer.text
         assert {s["label"] for s in answer.json()["labels"]} == {"dog", "rain"}
+        # a port the app is told that is not Serve's: the deploy fails, saying where
+        wrong = root / "wrong-port.yaml"
+        wrong.write_text(config.read_text().replace("    args:\n", "    args:\n      port: 1\n"))
+        subprocess.run([bin_dir / "serve", "deploy", str(wrong), "-a", url], env=env,
+                       cwd=ROOT, capture_output=True, timeout=120, check=True)
+        status = ""
+        while "AUDIOSERVE_PORT=1," not in status and time.monotonic() < deadline + 120:
+            status = subprocess.run([bin_dir / "serve", "status", "-a", url], env=env,
+                                    capture_output=True, text=True, timeout=120).stdout
+            time.sleep(1)
+        assert "DEPLOY_FAILED" in status and "http_options.port" in status, status
     finally:
         _stop(head, root)
 

@@ -57,7 +57,7 @@ def serve_http_port() -> int | None:
     try:
         client = _get_global_client(raise_if_no_controller_running=False)
         return None if client is None else int(client.http_config.port)
-    except Exception:  # noqa: BLE001 - only a consistency check: never what fails a deploy
+    except Exception:  # only a consistency check: never what fails a deploy
         return None
 
 
