@@ -73,8 +73,9 @@ def _processes_of(session: int, root: Path) -> set[int]:
 
 
 def _stop(head: subprocess.Popen[bytes], root: Path) -> None:
-    """`ray start --block` takes its node down on SIGTERM; whatever is left of it after
-    that is killed. `ray stop` is never used: it stops every Ray on the machine."""
+    """`ray start --block` takes its node down on SIGTERM (`serve run` its app); whatever
+    is left of its session after that is killed. `ray stop` is never used: it stops every
+    Ray on the machine."""
     session = head.pid  # start_new_session: the session id is the leader's pid
     head.send_signal(signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -98,6 +99,25 @@ def _serve_logs(root: Path) -> str:
                      for log in logs)
 
 
+def _check_serving(api: str, root: Path) -> None:
+    """Ready, the pack the environment names, and a real /classify through HAProxy."""
+    import httpx
+
+    from tests.clap_fixtures import make_clip, wav_bytes
+    from tests.ray_cluster import wait_ready
+
+    try:
+        wait_ready(api)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_serve_logs(root)}") from None
+    models = httpx.get(api + "/v1/models", timeout=10).json()
+    assert [m["id"] for m in models["data"]] == ["clap"]
+    answer = httpx.post(api + "/classify", timeout=60, data={"labels": ["dog", "rain"]},
+                        files={"file": ("a.wav", wav_bytes(make_clip(3.0, seed=1)))})
+    assert answer.status_code == 200, answer.text
+    assert {s["label"] for s in answer.json()["labels"]} == {"dog", "rain"}
+
+
 def _documented_env(base: dict[str, str]) -> dict[str, str]:
     """The environment after `eval "$(python -m service.cluster --print-env)"`, as a shell
     that follows docs/cluster.md has it."""
@@ -108,18 +128,14 @@ def _documented_env(base: dict[str, str]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in pairs}
 
 
-def test_serve_deploy_of_the_shipped_config_on_a_ray_the_cli_started(
+def test_serve_run_and_deploy_of_the_shipped_config_on_a_ray_the_cli_started(
         tmp_path_factory: pytest.TempPathFactory, clap_models_dir: Path) -> None:  # noqa: F811
-    """docs/cluster.md's multi-node recipe, one node: a Ray token from an earlier local
-    `ray.init()` (so `ray start` turns token auth on), `--print-env` in the shell, `ray
-    start --head` with its dashboard, `serve deploy` of deploy/serve.yaml (its port set
-    by the documented `sed`); every Ray path under this test's own directory."""
+    """docs/cluster.md's recipe, one node: a Ray token from an earlier local `ray.init()`
+    (so `ray start` turns token auth on), `--print-env` in the shell, `ray start --head`
+    with its dashboard, then `serve run` and `serve deploy` of deploy/serve.yaml (its port
+    set by the documented `sed`); every Ray path under this test's own directory."""
     pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
-    import httpx
-
     from service.cluster.runtime import free_port, haproxy_files_under
-    from tests.clap_fixtures import make_clip, wav_bytes
-    from tests.ray_cluster import wait_ready
 
     root = tmp_path_factory.mktemp("rcli")  # short: Ray's socket paths live under it
     bin_dir = Path(sys.executable).parent
@@ -153,46 +169,54 @@ def test_serve_deploy_of_the_shipped_config_on_a_ray_the_cli_started(
          "--dashboard-host=127.0.0.1", *(f"{k}={v}" for k, v in ports.items())],
         env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
+    run: subprocess.Popen[bytes] | None = None
     try:
-        url = f"http://127.0.0.1:{dashboard}"
+        url, api = f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while True:  # the dashboard answers once the head is up
-            deploy = subprocess.run([bin_dir / "serve", "deploy", str(config), "-a", url],
-                                    env=env, cwd=ROOT, capture_output=True, text=True,
-                                    timeout=120)
-            if deploy.returncode == 0 or time.monotonic() > deadline or head.poll() is not None:
+            status = subprocess.run([bin_dir / "serve", "status", "-a", url], env=env,
+                                    capture_output=True, text=True, timeout=120)
+            if status.returncode == 0 or time.monotonic() > deadline or head.poll() is not None:
                 break
             time.sleep(2)
+        assert status.returncode == 0, status.stdout + status.stderr
+
+        # `serve run`, in the foreground, onto this cluster; Ctrl-C takes the app down
+        with (root / "serve-run.log").open("wb") as out:
+            run = subprocess.Popen([bin_dir / "serve", "run", str(config)],
+                                   env={**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}, cwd=ROOT,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        _check_serving(api, root)
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=120) is not None
+        run = None
+
+        # `serve deploy`: sent to the dashboard, and back
+        deploy = subprocess.run([bin_dir / "serve", "deploy", str(config), "-a", url],
+                                env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        _check_serving(api, root)
         # what docs/cluster.md warns of: without RAY_AUTH_MODE the CLI sends no token
         bare = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
         refused = subprocess.run([bin_dir / "serve", "deploy", str(config), "-a", url],
                                  env=bare, cwd=ROOT, capture_output=True, text=True,
                                  timeout=120)
         assert refused.returncode != 0 and "token" in (refused.stdout + refused.stderr).lower()
-        api = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(api)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{_serve_logs(root)}") from None
-        models = httpx.get(api + "/v1/models", timeout=10).json()
-        assert [m["id"] for m in models["data"]] == ["clap"]
-        answer = httpx.post(api + "/classify", timeout=60, data={"labels": ["dog", "rain"]},
-                            files={"file": ("a.wav", wav_bytes(make_clip(3.0, seed=1)))})
-        assert answer.status_code == 200, answer.text
-        assert {s["label"] for s in answer.json()["labels"]} == {"dog", "rain"}
         # a port the app is told that is not Serve's: the deploy fails, saying where
         wrong = root / "wrong-port.yaml"
         wrong.write_text(config.read_text().replace("    args:\n", "    args:\n      port: 1\n"))
         subprocess.run([bin_dir / "serve", "deploy", str(wrong), "-a", url], env=env,
                        cwd=ROOT, capture_output=True, timeout=120, check=True)
-        status = ""
-        while "AUDIOSERVE_PORT=1," not in status and time.monotonic() < deadline + 120:
-            status = subprocess.run([bin_dir / "serve", "status", "-a", url], env=env,
-                                    capture_output=True, text=True, timeout=120).stdout
+        status_text, deadline = "", time.monotonic() + 120
+        while "AUDIOSERVE_PORT=1," not in status_text and time.monotonic() < deadline:
+            status_text = subprocess.run([bin_dir / "serve", "status", "-a", url], env=env,
+                                         capture_output=True, text=True, timeout=120).stdout
             time.sleep(1)
-        assert "DEPLOY_FAILED" in status and "http_options.port" in status, status
+        assert "DEPLOY_FAILED" in status_text and "http_options.port" in status_text, \
+            status_text
     finally:
+        if run is not None:
+            _stop(run, root)
         _stop(head, root)
 
 
