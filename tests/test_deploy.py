@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -92,6 +94,22 @@ def _stop(head: subprocess.Popen[bytes], root: Path) -> None:
     assert not _processes_of(session, root), "Ray processes left after the test"
 
 
+RAY_SOCKET_ROOT_MAX = 40
+"""Ray puts Unix sockets (at most 107 bytes a path) ~66 bytes under its temp dir:
+`session_<date>_<time>_<us>_<pid>/sockets/dash_MetricsHead`."""
+
+
+def _ray_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test's own directory for Ray: under pytest's, or where that path is too long
+    for Ray's sockets (a deep TMPDIR), a new one under /tmp (removed at exit)."""
+    root = tmp_path_factory.mktemp("rcli")
+    if len(str(root)) <= RAY_SOCKET_ROOT_MAX:
+        return root
+    short = Path(tempfile.mkdtemp(prefix="rcli", dir="/tmp"))
+    atexit.register(shutil.rmtree, short, ignore_errors=True)
+    return short
+
+
 def _serve_logs(root: Path) -> str:
     """The end of every Serve log of the Ray under `root`: why a deploy did not come up."""
     logs = sorted((root / "session_latest" / "logs" / "serve").glob("*.log"))
@@ -137,7 +155,7 @@ def test_serve_run_and_deploy_of_the_shipped_config_on_a_ray_the_cli_started(
     pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
     from service.cluster.runtime import free_port, haproxy_files_under
 
-    root = tmp_path_factory.mktemp("rcli")  # short: Ray's socket paths live under it
+    root = _ray_temp_dir(tmp_path_factory)
     bin_dir = Path(sys.executable).parent
     port, gcs, dashboard = free_port(), free_port(), free_port()
     base = {k: v for k, v in os.environ.items()
