@@ -128,7 +128,7 @@ def test_print_env_carries_the_port_the_folders_and_what_was_set(
     from service.cluster.runtime import node_environment
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no Ray token of this machine's
     settings = Settings(_env_file=None, models_dir=Path("packs"), max_batch_size=4)
     cluster = ClusterSettings(_env_file=None, clap={"replicas": "auto", "max_replicas": 6},  # type: ignore[arg-type]
                               result_grace_s=1.5)
