@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import shutil
@@ -11,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,20 +94,15 @@ def _stop(head: subprocess.Popen[bytes], root: Path) -> None:
     assert not _processes_of(session, root), "Ray processes left after the test"
 
 
-RAY_SOCKET_ROOT_MAX = 40
-"""Ray puts Unix sockets (at most 107 bytes a path) ~66 bytes under its temp dir:
-`session_<date>_<time>_<us>_<pid>/sockets/dash_MetricsHead`."""
-
-
-def _ray_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The test's own directory for Ray: under pytest's, or where that path is too long
-    for Ray's sockets (a deep TMPDIR), a new one under /tmp (removed at exit)."""
-    root = tmp_path_factory.mktemp("rcli")
-    if len(str(root)) <= RAY_SOCKET_ROOT_MAX:
-        return root
-    short = Path(tempfile.mkdtemp(prefix="rcli", dir="/tmp"))
-    atexit.register(shutil.rmtree, short, ignore_errors=True)
-    return short
+@pytest.fixture
+def ray_root() -> Iterator[Path]:
+    """The test's own directory for everything Ray and HAProxy write, removed after it.
+    Short, directly under /tmp (which may be empty): HAProxy's sockets go in
+    `<dir>/haproxy/<56-character node id>/metrics.sock`, at most 97 bytes, so a pytest
+    tmp_path (`/tmp/pytest-of-<user>/pytest-<n>/...`) is already too long."""
+    root = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _serve_logs(root: Path) -> str:
@@ -147,15 +142,15 @@ def _documented_env(base: dict[str, str]) -> dict[str, str]:
 
 
 def test_serve_run_and_deploy_of_the_shipped_config_on_a_ray_the_cli_started(
-        tmp_path_factory: pytest.TempPathFactory, clap_models_dir: Path) -> None:  # noqa: F811
+        ray_root: Path, clap_models_dir: Path) -> None:  # noqa: F811
     """docs/cluster.md's recipe, one node: a Ray token from an earlier local `ray.init()`
     (so `ray start` turns token auth on), `--print-env` in the shell, `ray start --head`
     with its dashboard, then `serve run` and `serve deploy` of deploy/serve.yaml (its port
     set by the documented `sed`); every Ray path under this test's own directory."""
+    root = ray_root
     pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
     from service.cluster.runtime import free_port, haproxy_files_under
 
-    root = _ray_temp_dir(tmp_path_factory)
     bin_dir = Path(sys.executable).parent
     port, gcs, dashboard = free_port(), free_port(), free_port()
     base = {k: v for k, v in os.environ.items()
