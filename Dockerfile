@@ -1,4 +1,5 @@
-# audioserve on a CUDA runtime with onnxruntime-gpu. Model packs are mounted at /models.
+# audioserve on a CUDA runtime with onnxruntime-gpu. Model packs are mounted at /models,
+# saved voices at /voices (a volume: docker-compose.yml, deploy/kuberay-rayservice.yaml).
 # onnxruntime-gpu 1.31 wheels for Python 3.12 are built against CUDA 13 and cuDNN 9.
 FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
@@ -8,6 +9,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     AUDIOSERVE_HOST=0.0.0.0 \
     AUDIOSERVE_PORT=8000 \
     AUDIOSERVE_MODELS_DIR=/models \
+    AUDIOSERVE_VOICES_DIR=/voices \
     AUDIOSERVE_PROVIDER=auto
 
 # wget: KubeRay's probes call it (deploy/kuberay-rayservice.yaml runs this image)

@@ -7,7 +7,8 @@
    AUDIOSERVE_MAX_BATCH_SIZE=1 — waits for /readyz, runs the wrk concurrency sweep per
    endpoint plus an open-loop fixed-rate run, reading batch sizes and queue waits from
    /metrics and peak RSS from /proc;
-4. the peers (LitServe, Ray Serve) on the same CLAP graph and bodies, when installed;
+4. the peers (LitServe, Ray Serve; the `bench` extra) on the same CLAP graph and bodies (a
+   peer that is not installed is skipped with a PEER SKIPPED warning, here and in the report);
 5. `--overload`: shedding and recovery at 4x capacity; `--soak-minutes N`: mixed traffic;
 6. writes the report, plots and raw JSON. Loopback only.
 
@@ -91,7 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --cluster: also one replica per model behind Ray Serve's "
                         "Python HTTP proxy (the cluster's default is its HAProxy ingress)")
     p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
-                   help="LitServe and Ray Serve on the CLAP graph, when installed")
+                   help="LitServe and Ray Serve on the CLAP graph (the `bench` extra); a peer "
+                        "that is not installed is skipped, and the output and report say so")
     p.add_argument("--no-ceiling", action="store_true")
     p.add_argument("--no-sweep", action="store_true",
                    help="skip the sweeps and peers (e.g. only --overload / --soak-minutes)")
@@ -233,10 +235,22 @@ def measure_cluster(args: argparse.Namespace, models_dir: Path,
     return results
 
 
+def peer_skipped(notes: list[str], why: str) -> None:
+    """A peer left out is said in the run's output and in the report's header, never
+    silently: a report without its peers is not the documented comparison."""
+    notes.append(f"**PEER SKIPPED**: {why}")
+    log(f"WARNING: PEER SKIPPED: {why}")
+
+
 def measure_peers(args: argparse.Namespace, models_dir: Path,
                   endpoints: dict[str, bodies_mod.Endpoint], plan: SweepPlan, log_dir: Path,
                   notes: list[str]) -> list[ConfigResult]:
-    if not args.peers or "classify" not in endpoints:
+    if not args.peers:
+        peer_skipped(notes, "LitServe and Ray Serve: --no-peers")
+        return []
+    if "classify" not in endpoints:
+        peer_skipped(notes, "LitServe and Ray Serve: they serve /classify, which this run "
+                            "does not measure")
         return []
     tuning = peers.PeerTuning(args.batch_size, args.max_wait_ms, args.threads, args.workers,
                               args.deadline_s, args.max_queue)
@@ -250,9 +264,9 @@ def measure_peers(args: argparse.Namespace, models_dir: Path,
                                   "peers' baseline)", settings, server,
                                   {"classify": endpoints["classify"]}, plan, log))
     for key, title in (("litserve", "LitServe"), ("rayserve", "Ray Serve")):
-        if not peers.installed(key):
-            notes.append(f"{title} not installed (`pip install litserve \"ray[serve]\"`): "
-                         "peer skipped")
+        if missing := peers.missing(key):
+            peer_skipped(notes, f"{title}: `{missing}` is not installed (pip install -e "
+                                f"\".[bench]\" installs every peer)")
             continue
         server = peers.peer_server(key, models_dir / "clap", tuning, log_dir)
         settings = {"max_batch_size": str(args.batch_size), "wait_ms": str(args.max_wait_ms),

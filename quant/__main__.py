@@ -7,7 +7,8 @@ Examples::
     python -m quant models/chattts --to int8 --bits 4               # weight-only, 4-bit
     python -m quant models/clap --to int8 --method weight-only      # every graph alike
     python -m quant models/emotion2vec --to int8 --method dynamic   # batch-DEPENDENT
-    python -m quant report models/clap
+    python -m quant report models/clap                     # the report on stdout
+    python -m quant report models/clap --out reports/clap-quant.md
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def _report_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per latency figure")
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
     p.add_argument("--graphs", help="comma-separated graphs to report (default: all)")
-    p.add_argument("--no-write", action="store_true", help="print only, no QUANT_REPORT.md")
+    p.add_argument("--out", type=Path, metavar="FILE",
+                   help="also write the report (Markdown) to FILE; default: stdout only")
     _source_arguments(p, "inputs", items=8, seed=1)
     return p
 
@@ -88,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         options = ReportOptions(source=_source(args), prompts=tuple(prompts_from(args.prompts)),
                                 repeats=args.repeats, threads=args.threads,
                                 graphs=tuple(args.graphs.split(",")) if args.graphs else (),
-                                write=not args.no_write)
+                                out=args.out)
         print(write_report(args.pack, options))
+        if args.out is not None:
+            print(f"report written to {args.out}", file=sys.stderr)
         return 0
     args = _variant_parser().parse_args(argv)
     from quant.calibration import prompts_from

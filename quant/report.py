@@ -28,7 +28,6 @@ from quant.recipes import Compare, pad_values, recipe
 from service.packs import ModelPack, load_pack
 from service.runtime import RuntimeConfig, create_session
 
-REPORT_FILE = "QUANT_REPORT.md"
 BATCH = 8
 REPORT_SEED = 1  # calibration defaults to seed 0: report on other inputs
 
@@ -41,7 +40,9 @@ class ReportOptions:
     repeats: int = 3
     threads: int = 0
     graphs: tuple[str, ...] = ()
-    write: bool = True
+    out: Path | None = None
+    """Where to write the report (Markdown) besides returning it; None: nowhere (a pack
+    folder is never written to unless `out` points into it)."""
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,7 @@ def _task_lines(pack: ModelPack, runs: dict[str, GraphRun],
 
 def write_report(root: Path, options: ReportOptions) -> str:
     text = build_report(root, options)
-    if options.write:
-        (root / REPORT_FILE).write_text(text, encoding="utf-8")
+    if options.out is not None:
+        options.out.parent.mkdir(parents=True, exist_ok=True)
+        options.out.write_text(text, encoding="utf-8")
     return text

@@ -7,6 +7,8 @@ variables, a bad value or an unknown `AUDIOSERVE_*` variable one line each, exit
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +26,12 @@ ClapFeatures = Literal["auto", "graph", "host"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 MODEL_NAMES = ("clap", "emotion2vec", "chattts")
+
+
+def default_voices_dir(env: Mapping[str, str]) -> Path:
+    """Where saved voices go unless `AUDIOSERVE_VOICES_DIR` says: the XDG data folder."""
+    data = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "audioserve" / "voices"
 
 
 class Settings(BaseSettings):
@@ -142,8 +150,11 @@ class Settings(BaseSettings):
     tts_stream_lookahead_tokens: int | None = Field(None, ge=1)
     """Tokens a streamed window waits for right of what it sends; default: the receptive
     field (exact seams). Smaller: earlier audio, a measured seam error."""
-    voices_dir: Path = Path("voices")
-    """Saved voices (`POST /v1/voices`), one JSON file each."""
+    voices_dir: Path = Field(default_factory=lambda: default_voices_dir(os.environ))
+    """Saved voices (`POST /v1/voices`), one JSON file each; by default
+    `$XDG_DATA_HOME/audioserve/voices` (`~/.local/share/audioserve/voices`): a user's data,
+    never the working directory (a checkout). Replicas on several nodes need one shared
+    folder (docs/cluster.md)."""
 
     # -- TTS voices and streams under hostile input (docs/tts-limits.md) ---------------
     tts_voice_max_chars: int = Field(4096, ge=1024)

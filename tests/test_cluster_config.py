@@ -17,7 +17,7 @@ from ray.serve.schema import ServeDeploySchema  # noqa: E402
 from service.cli import unknown_keys, unknown_variables  # noqa: E402
 from service.cluster.app import app_builder  # noqa: E402
 from service.cluster.config import ClusterSettings, deployment_options  # noqa: E402
-from service.cluster.runtime import SERVE_ENV, node_environment  # noqa: E402
+from service.cluster.runtime import SERVE_ENV, ray_node_environment  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,8 @@ def _serve_config(doc: dict[str, Any]) -> ServeDeploySchema:
     module, _, name = application.import_path.partition(":")
     assert (module, name) == ("service.cluster.app", "app_builder")
     assert application.runtime_env["env_vars"] == SERVE_ENV
-    assert application.args["models_dir"] == "/models"
+    # no host path: the folders come from AUDIOSERVE_* on the node (`--print-env`)
+    assert "models_dir" not in application.args and "voices_dir" not in application.args
     return schema
 
 
@@ -86,7 +87,8 @@ def test_serve_config_file() -> None:
 def test_kuberay_manifest_runs_the_project_image() -> None:
     service = yaml.safe_load((ROOT / "deploy" / "kuberay-rayservice.yaml").read_text())
     assert (service["apiVersion"], service["kind"]) == ("ray.io/v1", "RayService")
-    _serve_config(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    _serve_config(serve_config)
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     image = compose["services"]["audioserve"]["image"]
     ray_cluster = service["spec"]["rayClusterConfig"]
@@ -97,9 +99,24 @@ def test_kuberay_manifest_runs_the_project_image() -> None:
         assert container["image"] == image
         env = {e["name"]: e["value"] for e in container["env"]}
         # what `python -m service.cluster --print-env` prints for the default settings
-        wanted = node_environment(Settings(_env_file=None))
+        wanted = ray_node_environment(Settings(_env_file=None))
         assert {k: env.get(k) for k in wanted} == wanted  # HAProxy and replicas read it here
-        assert any(m["mountPath"] == "/models" for m in container["volumeMounts"])
+        # the application is built on any pod: every pod has the service's folders,
+        # mounted, and the port Serve's http_options name
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert mounts[env["AUDIOSERVE_MODELS_DIR"]].get("readOnly") is True
+        assert not mounts[env["AUDIOSERVE_VOICES_DIR"]].get("readOnly")
+        assert env["AUDIOSERVE_PORT"] == str(serve_config["http_options"]["port"])
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+              for v in ray_cluster["headGroupSpec"]["template"]["spec"]["volumes"]}
+    assert claims == {"models": "audioserve-models", "voices": "audioserve-voices"}
+    # ignored since KubeRay 1.1: a grace that does not exist; readiness gates traffic
+    assert not {"serviceUnhealthySecondThreshold",
+                "deploymentUnhealthySecondThreshold"} & set(service["spec"])
+    for group in ray_cluster["workerGroupSpecs"]:
+        (worker,) = group["template"]["spec"]["containers"]
+        assert worker["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert "livenessProbe" not in worker  # KubeRay's raylet check: a long load lives
     major, minor, *_ = ray_cluster["rayVersion"].split(".")
     assert (int(major), int(minor)) >= (2, 60)
 
@@ -127,3 +144,56 @@ def test_the_deploy_files_set_only_real_settings() -> None:
     args = dict(application.args)
     assert unknown_keys({k: v for k, v in args.items() if k != "cluster"}, Settings) == []
     assert unknown_keys(args.get("cluster", {}), ClusterSettings) == []
+
+
+def test_print_env_carries_the_port_the_folders_and_what_was_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a node needs beside Ray's settings: the port, both folders absolute (a
+    relative one would be resolved in each Ray worker's own directory), and every setting
+    given, the cluster's included, in the variables they are read from."""
+    from service.cluster.runtime import node_environment
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no Ray token of this machine's
+    settings = Settings(_env_file=None, models_dir=Path("packs"), max_batch_size=4)
+    cluster = ClusterSettings(_env_file=None, clap={"replicas": "auto", "max_replicas": 6},  # type: ignore[arg-type]
+                              result_grace_s=1.5)
+    env = node_environment(settings, cluster, env={})
+    assert env["AUDIOSERVE_PORT"] == "8000"
+    assert env["AUDIOSERVE_MODELS_DIR"] == str(tmp_path / "packs")
+    assert Path(env["AUDIOSERVE_VOICES_DIR"]).is_absolute()
+    assert env["AUDIOSERVE_MAX_BATCH_SIZE"] == "4"
+    assert (env["AUDIOSERVE_CLUSTER_CLAP_REPLICAS"], env["AUDIOSERVE_CLUSTER_CLAP_MAX_REPLICAS"],
+            env["AUDIOSERVE_CLUSTER_RESULT_GRACE_S"]) == ("auto", "6", "1.5")
+    assert "AUDIOSERVE_API_KEY" not in env and "RAY_AUTH_MODE" not in env
+    # read back, the variables give the same settings
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    again = Settings(_env_file=None)
+    assert (again.models_dir, again.max_batch_size) == (tmp_path / "packs", 4)
+    assert ClusterSettings(_env_file=None).clap == cluster.clap  # type: ignore[call-arg]
+
+
+def test_print_env_turns_ray_token_auth_on_where_a_token_exists(tmp_path: Path) -> None:
+    """`ray start --head` turns token auth on by itself once ~/.ray/auth_token exists;
+    `serve deploy` then needs RAY_AUTH_MODE=token (test_deploy runs that path)."""
+    from service.cluster.runtime import ray_auth_environment
+
+    assert ray_auth_environment({}, home=tmp_path) == {}
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("t" * 32)
+    assert ray_auth_environment({}, home=tmp_path) == {"RAY_AUTH_MODE": "token"}
+    assert ray_auth_environment({"RAY_AUTH_MODE": "disabled"}, home=tmp_path) == {
+        "RAY_AUTH_MODE": "disabled"}
+    assert ray_auth_environment({"RAY_AUTH_TOKEN": "x"}, home=tmp_path / "none") == {
+        "RAY_AUTH_MODE": "token"}
+
+
+def test_a_config_files_port_and_audioserve_port_must_agree() -> None:
+    from service.cluster.app import check_port
+
+    check_port(Settings(_env_file=None), 8000)
+    check_port(Settings(_env_file=None), 9000)  # AUDIOSERVE_PORT unset: nothing to disagree
+    check_port(Settings(_env_file=None, port=9000), None)  # no Serve controller to ask
+    with pytest.raises(ValueError, match=r"AUDIOSERVE_PORT=9000.*port 8000.*http_options"):
+        check_port(Settings(_env_file=None, port=9000), 8000)

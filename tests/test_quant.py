@@ -14,7 +14,7 @@ import soundfile as sf
 
 from quant.__main__ import main as quant_main
 from quant.calibration import AudioSource, graph_items
-from quant.report import REPORT_FILE, batch_invariance
+from quant.report import batch_invariance
 from service.packs import load_pack
 from tests.conftest import running_app
 
@@ -158,11 +158,18 @@ def test_dynamic_int8_is_flagged_and_batch_dependent(quant_models: Path,
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_report_writes_its_table(quant_models: Path, tmp_path: Path, kind: str) -> None:
+def test_report_writes_its_table(quant_models: Path, tmp_path: Path, kind: str,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The report goes to stdout and where `--out` says; the pack folder is not written."""
     pack_dir = tmp_path / kind
     shutil.copytree(_pack_dir(quant_models, kind), pack_dir)
-    assert quant_main(["report", str(pack_dir), "--repeats", "1", "--seconds", "1.5"]) == 0
-    text = (pack_dir / REPORT_FILE).read_text(encoding="utf-8")
+    before = sorted(p.relative_to(pack_dir) for p in pack_dir.rglob("*"))
+    out = tmp_path / "reports" / f"{kind}.md"
+    assert quant_main(["report", str(pack_dir), "--repeats", "1", "--seconds", "1.5",
+                       "--out", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert capsys.readouterr().out.strip() == text.strip()
+    assert sorted(p.relative_to(pack_dir) for p in pack_dir.rglob("*")) == before
     pack = load_pack(pack_dir)
     rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line.split("|")[1:-1]
             for line in text.splitlines() if line.startswith("| ") and "---" not in line}

@@ -14,7 +14,9 @@ from bench.server import REPO, ServerProcess, free_port, with_pythonpath
 
 PEERS = {
     "litserve": ("bench.peers.litserve_clap", "litserve", "/health"),
-    "rayserve": ("bench.peers.rayserve_clap", "ray.serve", "/-/healthz"),
+    # Serve's own /-/healthz answers 200 while the application is still deploying (the
+    # first run measured a peer that served nothing): a GET of the route needs a replica
+    "rayserve": ("bench.peers.rayserve_clap", "ray.serve", "/classify"),
 }
 
 
@@ -28,11 +30,13 @@ class PeerTuning:
     max_queue: int
 
 
-def installed(peer: str) -> bool:
+def missing(peer: str) -> str | None:
+    """The module a peer needs that is not installed, or None."""
+    module = PEERS[peer][1]
     try:
-        return importlib.util.find_spec(PEERS[peer][1]) is not None
+        return None if importlib.util.find_spec(module) is not None else module
     except ModuleNotFoundError:
-        return False
+        return module
 
 
 def peer_server(peer: str, pack_dir: Path, tuning: PeerTuning, log_dir: Path) -> ServerProcess:

@@ -38,6 +38,8 @@ def build_app(pack: Path, threads: int, max_batch: int, wait_ms: float,
             return await asyncio.to_thread(self.core.classify_batch, items)
 
         async def __call__(self, request: Request) -> JSONResponse:
+            if request.method == "GET":  # readiness: answered only once a replica is up
+                return JSONResponse({"ready": True})
             form = await request.form()
             upload = form.get("file")
             data = await upload.read() if hasattr(upload, "read") else b""

@@ -52,6 +52,31 @@ def build(settings: Settings, cluster: ClusterSettings,
     return ingress.bind(settings, models, cluster.seam_options(settings))
 
 
+def serve_http_port() -> int | None:
+    """The port Serve's HTTP ingress was started on (a config file's `http_options`), or
+    None where no Serve controller answers."""
+    from ray.serve.context import _get_global_client
+
+    try:
+        client = _get_global_client(raise_if_no_controller_running=False)
+        return None if client is None else int(client.http_config.port)
+    except Exception:  # only a consistency check: never what fails a deploy
+        return None
+
+
+def check_port(settings: Settings, serve_port: int | None) -> None:
+    """A Serve config file fixes the HTTP port in its `http_options` (Ray Serve reads no
+    variable for it): an `AUDIOSERVE_PORT` that names another one is refused, so an
+    operator who set it learns where the port lives instead of finding the service on
+    another one."""
+    if serve_port is not None and "port" in settings.model_fields_set \
+            and settings.port != serve_port:
+        raise ValueError(
+            f"AUDIOSERVE_PORT={settings.port}, but Ray Serve's HTTP ingress is on port "
+            f"{serve_port} (`http_options.port` of the Serve config; Ray Serve reads no "
+            f"variable for it): set the same port in both (docs/cluster.md)")
+
+
 def app_builder(args: dict[str, Any]) -> Application:
     """Serve config files' `import_path: service.cluster.app:app_builder`."""
     args = dict(args or {})
@@ -60,4 +85,6 @@ def app_builder(args: dict[str, Any]) -> Application:
                                                           "cluster.")
     if unknown:  # a misspelt limit must not be dropped silently
         raise ValueError("; ".join(unknown))
-    return build(Settings(**args), ClusterSettings(**cluster_args))
+    settings = Settings(**args)
+    check_port(settings, serve_http_port())
+    return build(settings, ClusterSettings(**cluster_args))

@@ -19,9 +19,11 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, SecretStr
 
 SERVE_ENV = {
     # Ray Serve's documented fast path (gRPC between replicas, user code and handle router
@@ -83,16 +85,80 @@ def haproxy_limits(settings: Any) -> dict[str, str]:
             "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(settings.max_header_bytes + 1024)}
 
 
-def node_environment(settings: Any) -> dict[str, str]:
-    """What every Ray node's environment needs (`ray start` reads it, and the HAProxy and
-    replicas it starts inherit it): `python -m service.cluster --print-env` prints it."""
+def ray_node_environment(settings: Any) -> dict[str, str]:
+    """Ray's settings every node needs before `ray start` (the HAProxy and replicas it
+    starts inherit them): Serve's fast path and the HTTP limits HAProxy holds."""
     return {**RAY_DEFAULTS, **haproxy_limits(settings)}
 
 
+def ray_auth_environment(env: Mapping[str, str], home: Path | None = None) -> dict[str, str]:
+    """`RAY_AUTH_MODE=token` where a Ray token exists. Ray (2.60) turns token
+    authentication on for `ray start --head` by itself once `~/.ray/auth_token` exists
+    (the first local `ray.init()` writes it, `python -m service.cluster` among them), but
+    its clients (`serve deploy`, `serve status`) send the token only with the variable
+    set: without it `serve deploy` is refused. An explicit `RAY_AUTH_MODE` is kept."""
+    if mode := env.get("RAY_AUTH_MODE"):
+        return {"RAY_AUTH_MODE": mode}
+    token_file = Path(env.get("RAY_AUTH_TOKEN_PATH")
+                      or (home or Path.home()) / ".ray" / "auth_token")
+    return {"RAY_AUTH_MODE": "token"} if env.get("RAY_AUTH_TOKEN") or token_file.is_file() \
+        else {}
+
+
+def _variable_value(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Path):
+        return str(value.resolve())
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+ALWAYS_PRINTED = ("port", "models_dir", "voices_dir")
+"""Settings `--print-env` carries even at their defaults: the port the service is served
+on, and the folders, made absolute (a relative folder means another one in every Ray
+worker's working directory)."""
+
+
+def settings_environment(settings: Any, cluster: Any = None) -> dict[str, str]:
+    """The service's settings as `AUDIOSERVE_*` variables: every one set (by variable,
+    `.env` or flag) and `ALWAYS_PRINTED`, so the process that builds the application on
+    any node (`serve deploy`'s `app_builder` runs in a Ray worker) reads what this one
+    reads."""
+    out: dict[str, str] = {}
+    for name in sorted(set(settings.model_fields_set) | set(ALWAYS_PRINTED)):
+        if (value := _variable_value(getattr(settings, name))) is not None:
+            out[f"AUDIOSERVE_{name.upper()}"] = value
+    for name in sorted(cluster.model_fields_set if cluster is not None else ()):
+        value = getattr(cluster, name)
+        if isinstance(value, BaseModel):
+            for field in sorted(value.model_fields_set):
+                if (text := _variable_value(getattr(value, field))) is not None:
+                    out[f"AUDIOSERVE_CLUSTER_{name}_{field}".upper()] = text
+        elif (text := _variable_value(value)) is not None:
+            out[f"AUDIOSERVE_CLUSTER_{name.upper()}"] = text
+    return out
+
+
+def node_environment(settings: Any, cluster: Any = None,
+                     env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """What every node's environment needs before `ray start`, and a shell before `serve
+    run` / `serve deploy`: Ray's settings, Ray's auth mode where a token exists, and the
+    service's settings. `python -m service.cluster --print-env` prints it."""
+    if cluster is None:
+        from service.cluster.config import ClusterSettings
+        cluster = ClusterSettings()
+    return {**ray_node_environment(settings), **ray_auth_environment(env),
+            **settings_environment(settings, cluster)}
+
+
 def ray_environment(env: MutableMapping[str, str], settings: Any) -> None:
-    """Defaults for a cluster this process starts (`node_environment`), and free ports for
-    its HAProxy."""
-    for key, value in node_environment(settings).items():
+    """Defaults for a cluster this process starts (`ray_node_environment`), and free
+    ports for its HAProxy."""
+    for key, value in ray_node_environment(settings).items():
         env.setdefault(key, value)
     for key in HAPROXY_PORTS:
         env.setdefault(key, str(free_port()))
