@@ -81,7 +81,8 @@ class Metrics:
             "audioserve_live_audio_seconds", "Seconds of live audio received", registry=r
         )
         self.live_closed = Counter(
-            "audioserve_live_closed", "Live streams ended, by close code", ["code"],
+            "audioserve_live_closed", "Live streams ended: done, closed, disconnected or "
+            "the error's code", ["reason"],
             registry=r,
         )
 

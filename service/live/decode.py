@@ -103,6 +103,7 @@ class EncodedDecoder:
 
     def __init__(self, fmt: str, loop: asyncio.AbstractEventLoop, sink: Sink,
                  on_error: Callable[[ProtocolError], None], max_buffer: int) -> None:
+        self.format = fmt
         self.container_format = "matroska" if fmt == "webm" else "ogg"
         self.loop = loop
         self.sink = sink
@@ -137,7 +138,7 @@ class EncodedDecoder:
             self._fail(exc)
         except _AV_ERRORS as exc:
             self._fail(ProtocolError("unsupported_audio",
-                                     f"cannot decode the {self.container_format} stream "
+                                     f"cannot decode the {self.format} stream "
                                      f"({exc}); send WebM or Ogg with Opus audio, or PCM"))
         finally:
             self.loop.call_soon_threadsafe(self.finished.set)

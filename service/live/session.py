@@ -103,6 +103,9 @@ class LiveSession:
         self._top_k = 0
         self._emotion_options = EmotionOptions()
         self._first_audio_at: float | None = None
+        self.end_reason = "done"
+        """How the stream ended: done, closed (session.close), disconnected, or the error's
+        code (the `reason` label of audioserve_live_closed)."""
 
     # -- the whole session -----------------------------------------------------------
 
@@ -117,6 +120,7 @@ class LiveSession:
             if await self._receive_audio():
                 await self._flush()
             else:
+                self.end_reason = "closed"
                 self._cancel_pending()
             self._emit(p.SessionDone(
                 audio_s=_round(self.audio_samples / (self.input_rate or 1)),
@@ -124,16 +128,19 @@ class LiveSession:
                 skipped=self.counts.skipped, cancelled=self.counts.cancelled))
         except p.ProtocolError as exc:
             code = exc.close_code
+            self.end_reason = exc.code
             self._cancel_pending()
             log.info("live stream ended: %s (%s)", exc.code, exc.message)
             self._emit(exc.event(), force=True)
         except WebSocketDisconnect:
+            self.end_reason = "disconnected"
             self._cancel_pending()
             sender.cancel()
             return 1001
         except Exception:  # a defect: said to the client, never a silent drop
             log.exception("live stream failed")
             code = p.CLOSE_CODES["internal_error"]
+            self.end_reason = "internal_error"
             self._emit(p.ErrorEvent(code="internal_error", message="the server failed on "
                                     "this stream (logged); please report it"), force=True)
         finally:
@@ -170,11 +177,13 @@ class LiveSession:
 
     async def _next_message(self, timeout_s: float, on_timeout: p.ProtocolError
                             ) -> dict[str, Any]:
+        if self._fatal.done():  # checked first: a client that keeps sending always has
+            raise self._fatal.result()  # a message ready as well
         receive: asyncio.Future[Any] = asyncio.ensure_future(self.ws.receive())
         waits: set[asyncio.Future[Any]] = {receive, self._fatal}
         done, _ = await asyncio.wait(waits, timeout=timeout_s,
                                      return_when=asyncio.FIRST_COMPLETED)
-        if receive not in done:
+        if self._fatal.done() or receive not in done:
             receive.cancel()
             raise self._fatal.result() if self._fatal.done() else on_timeout
         message: dict[str, Any] = dict(receive.result())

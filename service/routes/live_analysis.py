@@ -54,7 +54,7 @@ async def live_analysis(websocket: WebSocket) -> None:
         error = ErrorEvent(code="too_many_streams",
                            message=f"{streams['open']} live streams are open, the limit "
                                    "(AUDIOSERVE_LIVE_MAX_STREAMS); retry later")
-        metrics.live_closed.labels("1013").inc()
+        metrics.live_closed.labels("too_many_streams").inc()
         await websocket.send_text(json.dumps(error.model_dump()))
         await websocket.close(1013)
         return
@@ -63,8 +63,9 @@ async def live_analysis(websocket: WebSocket) -> None:
     try:
         ctx = LiveContext(settings=settings, metrics=metrics, cpu=app.state.cpu,
                           pipelines=app.state.pipelines, gates=app.state.admission)
-        code = await LiveSession(websocket, ctx).run()
-        metrics.live_closed.labels(str(code)).inc()
+        session = LiveSession(websocket, ctx)
+        await session.run()
+        metrics.live_closed.labels(session.end_reason).inc()
     finally:
         streams["open"] -= 1
         metrics.live_streams.set(streams["open"])
