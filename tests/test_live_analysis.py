@@ -141,3 +141,44 @@ def test_live_resampled_within_the_measured_tolerance(
                                      _by_label(offline["labels"], "probability")))
     print(f"classify, 16 kHz stream vs /classify of the 16 kHz window: max |diff| {worst:.2e}")
     assert worst < RESAMPLED
+
+
+def _webm_opus(samples: np.ndarray, rate: int) -> bytes:
+    """WebM/Opus as a browser's MediaRecorder sends it."""
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="webm") as container:
+        stream = container.add_stream("libopus", rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["ogg", "webm"])
+def test_encoded_streams_decode_as_uploads_do(
+        live_server: RunningServer, fmt: str, speech_files: list[Path]) -> None:  # noqa: F811
+    """Ogg/Opus and WebM/Opus decoded as they arrive: each utterance's scores equal
+    /emotion of the same span of the whole file as the upload decoder decodes it."""
+    from service.audio import decode_audio
+    from service.audio_encode import encode_audio
+
+    stream48 = speech_stream(speech_files, count=2)
+    data = (encode_audio(stream48.astype(np.float32) / 32768, 48_000, "opus") if fmt == "ogg"
+            else _webm_opus(stream48, 48_000))
+    t = run_stream(live_server, {"input": {"format": fmt}, "emotion": {}}, data)
+    assert t.close_code == 1000, t.events[-1]
+    utterances = t.of("emotion.utterance")
+    assert len(utterances) == 2
+    whole = decode_audio(data, target_rate=16_000, max_seconds=600, on_long="reject",
+                         max_bytes=len(data)).samples
+    for u in utterances:
+        offline = _emotion(live_server, _span(whole, u, 16_000), 16_000)
+        assert _max_diff(_by_label(u["scores"], "score"),
+                         _by_label(offline["scores"], "score")) < RESAMPLED
