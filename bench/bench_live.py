@@ -242,9 +242,15 @@ def main() -> None:
     p.add_argument("--models-dir", type=Path, default=None)
     p.add_argument("--random-real", action="store_true")
     p.add_argument("--no-unbatched", action="store_true", help="skip MAX_BATCH_SIZE=1")
+    p.add_argument("--replot", type=Path, default=None,
+                   help="only redraw <dir>/lag.png from <dir>/points.json")
     p.add_argument("--out", type=Path,
                    default=REPO / "bench" / "results" / f"live-{time.strftime('%Y-%m-%d-%H%M')}")
     args = p.parse_args()
+    if args.replot is not None:
+        saved = json.loads((args.replot / "points.json").read_text())
+        print(plot([Point(**pt) for pt in saved], args.replot))
+        return
     args.argv = sys.argv[1:]
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
