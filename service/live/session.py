@@ -103,6 +103,8 @@ class LiveSession:
         self._top_k = 0
         self._emotion_options = EmotionOptions()
         self._first_audio_at: float | None = None
+        self._ended = False
+        """Set when the session stops: late decoder callbacks are ignored."""
         self.end_reason = "done"
         """How the stream ended: done, closed (session.close), disconnected, or the error's
         code (the `reason` label of audioserve_live_closed)."""
@@ -144,6 +146,7 @@ class LiveSession:
             self._emit(p.ErrorEvent(code="internal_error", message="the server failed on "
                                     "this stream (logged); please report it"), force=True)
         finally:
+            self._ended = True
             self._cancel_pending()
             if self._encoded is not None:
                 self._encoded.abort()
@@ -357,6 +360,8 @@ class LiveSession:
 
     def _on_decoded(self, block: np.ndarray, rate: int) -> None:
         """An encoded stream's decoded block (called on the loop by the decoder thread)."""
+        if self._ended:
+            return
         try:
             self._on_samples(block, rate)
         except p.ProtocolError as exc:
