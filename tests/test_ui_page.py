@@ -154,6 +154,30 @@ def test_classify_a_microphone_recording(browser: Browser, server: RunningServer
     assert_clean_console(browser)
 
 
+def test_classify_live_from_the_microphone(browser: Browser, server: RunningServer) -> None:
+    """Live mode: Chromium's fake microphone streamed as WebM/Opus over the WebSocket; the
+    heat map grows a column per scored window while it records, the bars show the newest."""
+    open_tab(browser, server, "classify")
+    live = browser.by_id("classify-live")
+    live.click()
+
+    def columns() -> int:
+        return int(browser.js("return document.querySelectorAll("
+                              "'#classify-heatmap .hm-time').length"))
+
+    browser.wait(lambda d: columns() >= 1, 60, "the first live window")
+    first = columns()
+    browser.wait(lambda d: columns() > first, 60, "the heat map to grow")
+    assert live.get_attribute("aria-pressed") == "true"  # still recording
+    assert len(bars(browser, "classify-bars")) == len(ANIMALS)
+    assert browser.by_id("classify-meta").text.startswith("live")
+    live.click()  # stop: the server computes what is pending, then closes
+    browser.wait(lambda d: live.get_attribute("aria-pressed") == "false", 30,
+                 "the stream to end")
+    assert not browser.visible("classify-error")
+    assert_clean_console(browser)
+
+
 def test_errors_show_the_servers_message(browser: Browser, server: RunningServer,
                                          files: dict[str, Path]) -> None:
     open_tab(browser, server, "classify")
