@@ -268,6 +268,38 @@ def audio_duration(browser: Browser) -> float:
     return duration
 
 
+def test_emotion_live_from_the_microphone(server: RunningServer, speech_files: list[Path],
+                                         tmp_path: Path) -> None:
+    """Live mode on real speech (Chromium's fake microphone playing RAVDESS clips with
+    pauses): each utterance's frames and segments join the timeline as it ends."""
+    from tests.live_fixtures import speech_stream
+
+    mic = tmp_path / "speech-mic.wav"
+    sf.write(mic, speech_stream(speech_files, count=3), 48000, subtype="PCM_16")
+    with chromium(tmp_path / "chromium", fake_mic_wav=mic) as browser:
+        open_tab(browser, server, "emotion")
+        live = browser.by_id("emotion-live")
+        live.click()
+
+        def utterances() -> int:
+            text = browser.by_id("emotion-meta").text
+            return int(text.split(" utterance")[0].split("· ")[-1]) if "live" in text else 0
+
+        browser.wait(lambda d: utterances() >= 1, 90, "the first utterance")
+        first = utterances()
+        browser.wait(lambda d: utterances() > first, 90, "the timeline to grow")
+        assert live.get_attribute("aria-pressed") == "true"  # still recording
+        segments = browser.js("return document.querySelectorAll("
+                              "'#emotion-segments .segment').length")
+        assert segments >= 2
+        assert browser.visible("emotion-timeline-figure")
+        live.click()
+        browser.wait(lambda d: live.get_attribute("aria-pressed") == "false", 30,
+                     "the stream to end")
+        assert not browser.visible("emotion-error")
+        assert_clean_console(browser)
+
+
 def test_speech_generates_a_playable_file(browser: Browser, server: RunningServer) -> None:
     open_tab(browser, server, "speech")
     choose(browser, "speech-voice", "alloy")
