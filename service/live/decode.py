@@ -21,7 +21,7 @@ import av
 import numpy as np
 import soxr
 
-from service.audio import _AV_ERRORS, MAX_SAMPLE_PEAK, _from_pcm16, _planes_to_mono
+from service.audio import AV_ERRORS, MAX_SAMPLE_PEAK, from_pcm16, planes_to_mono
 from service.live.protocol import ProtocolError
 
 Sink = Callable[[np.ndarray, int], None]
@@ -43,7 +43,7 @@ class PcmDecoder:
         self._rest = data[usable:]
         raw = np.frombuffer(data[:usable], dtype=self.dtype)
         if self.dtype.kind == "i":
-            samples = _from_pcm16(raw)
+            samples = from_pcm16(raw)
         else:
             samples = raw.astype(np.float32)
             if samples.size and not float(np.max(np.abs(samples))) <= MAX_SAMPLE_PEAK:
@@ -51,7 +51,7 @@ class PcmDecoder:
                                     "pcm_f32le audio holds NaN, infinity or samples beyond "
                                     f"±{MAX_SAMPLE_PEAK:g} (full scale is ±1)")
         if self.channels > 1:
-            return _planes_to_mono(samples.reshape(-1, self.channels).T, "flt")
+            return planes_to_mono(samples.reshape(-1, self.channels).T, "flt")
         return samples
 
     def leftover(self) -> int:
@@ -136,7 +136,7 @@ class EncodedDecoder:
                         self._emit(frame)
         except ProtocolError as exc:
             self._fail(exc)
-        except _AV_ERRORS as exc:
+        except AV_ERRORS as exc:
             self._fail(ProtocolError("unsupported_audio",
                                      f"cannot decode the {self.format} stream "
                                      f"({exc}); send WebM or Ogg with Opus audio, or PCM"))
@@ -147,7 +147,7 @@ class EncodedDecoder:
         arr = frame.to_ndarray()
         if not frame.format.is_planar:
             arr = arr.reshape(-1, frame.layout.nb_channels).T
-        mono = _planes_to_mono(arr, frame.format.name.rstrip("p"))
+        mono = planes_to_mono(arr, frame.format.name.rstrip("p"))
         self.loop.call_soon_threadsafe(self.sink, mono, frame.sample_rate)
 
     def _fail(self, exc: ProtocolError) -> None:
