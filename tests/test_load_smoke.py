@@ -13,7 +13,6 @@ import asyncio
 import importlib.util
 import io
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ import soundfile as sf
 from bench.bodies import Endpoint, build
 from bench.server import ServerProcess, audioserve
 from bench.wrk_load import run_wrk
+from tests.tools import require_tool
 
 pytest_plugins = ("tests.clap_fixtures", "tests.emotion2vec_fixtures", "tests.chattts_fixtures")
 
@@ -181,10 +181,10 @@ def test_correct_under_concurrent_load(service: Service, endpoint: str) -> None:
     assert service.server.proc is not None and service.server.proc.poll() is None
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)")
 @pytest.mark.parametrize("endpoint", list(ENDPOINTS))
 def test_wrk_sees_only_2xx(service: Service, endpoint: str) -> None:
     """The same bodies through wrk and bench/wrk/post_bodies.lua: its status counts."""
+    require_tool("wrk", "apt-get install wrk")
     if endpoint in service.skipped:
         pytest.skip(service.skipped[endpoint])
     result = run_wrk(service.server.url, service.endpoints[endpoint].folder, endpoint,

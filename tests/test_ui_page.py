@@ -1,7 +1,7 @@
 """The web page in a real browser (headless Chromium, offline) against the real service on
 the tiny demo packs over a real socket: every tab used as a person would, with what it
 draws checked against what the API answers for the same input, and no console errors.
-Screenshots of each tab land in tests/artifacts/ (git-ignored) for a person to look at."""
+Screenshots of each tab are kept for a person to look at (tests/ui_browser.py says where)."""
 
 from __future__ import annotations
 
