@@ -1,15 +1,18 @@
-"""Tools a test needs from the machine (wrk, docker compose, Chromium and its driver):
-where one is missing the test skips and says what to install, except under CI (`CI` set,
-as CI services do), which installs them all (.ci/run): there a missing tool FAILS the
-test, so a green CI run means every such test ran.
+"""Tools a test needs from the machine (wrk, docker compose, Chromium and its driver) and
+optional Python packages (the extras, the chattts package): where one is missing the test
+skips and says what to install, except under CI (`CI` set, as CI services do), which
+installs them all (.ci/run, `make test`): there a missing one FAILS the test, so a green
+CI run means every such test ran.
 
     wrk = require_tool("wrk", "apt-get install wrk")
+    ray_serve = require_module("ray.serve", "the `cluster` extra: pip install -e '.[cluster]'")
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from types import ModuleType
 from typing import NoReturn
 
 import pytest
@@ -24,7 +27,7 @@ def missing(what: str) -> NoReturn:
     if under_ci():
         pytest.fail(f"{what}; CI installs it (.ci/run), so its absence is a failure",
                     pytrace=False)
-    pytest.skip(what)
+    pytest.skip(what, allow_module_level=True)
 
 
 def require_tool(name: str, install: str) -> str:
@@ -33,3 +36,11 @@ def require_tool(name: str, install: str) -> str:
     if path is None:
         missing(f"`{name}` is not installed ({install})")
     return path
+
+
+def require_module(name: str, install: str) -> ModuleType:
+    """Module `name`, imported, or `missing(...)` naming `install`."""
+    try:
+        return pytest.importorskip(name)
+    except pytest.skip.Exception:
+        missing(f"{name} is not installed ({install})")
