@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from service.packs import ModelPack, load_pack
+from tests.tools import require_module
 
 SHARED_CHATTTS_TOKENIZER = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizers" / "chattts"
@@ -25,7 +26,7 @@ _built: dict[str, Path] = {}
 
 def _tiny_models_dir(factory: pytest.TempPathFactory) -> Path:
     if "root" not in _built:
-        pytest.importorskip("ChatTTS", reason="chattts not installed (export/install_chattts.sh)")
+        require_module("ChatTTS", "chattts: bash export/install_chattts.sh")
         from export.chattts import build_tiny
 
         root = factory.mktemp("chattts_models")

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from service.packs import ModelPack, load_pack
+from tests.tools import require_module
 
 SR = 16_000
 SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "speech"
@@ -35,10 +36,8 @@ def emotion_pack(emotion_models_dir: Path) -> ModelPack:
 @pytest.fixture(scope="session")
 def funasr_emotion2vec() -> Any:
     """FunASR's own `Emotion2vec` class (test-only dependency: `pip install funasr`)."""
-    module = pytest.importorskip(
-        "funasr.models.emotion2vec.model",
-        reason="funasr is not installed (test-only oracle: `pip install funasr`)",
-    )
+    module = require_module("funasr.models.emotion2vec.model",
+                            "the `test` extra's oracle: pip install -e '.[test]'")
     return module.Emotion2vec
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from service import models
 from service.app import create_app
 from service.errors import PackError
 from service.settings import Settings
-from tests.conftest import running_app, wait_ready
+from tests.conftest import running_app, wait_ready, wait_until
 
 
 def test_an_empty_server_asked_for_is_ready(tmp_path: Path) -> None:
@@ -163,11 +162,8 @@ def test_unloadable_graph_keeps_serving_health_and_reports_not_ready(tmp_path: P
     settings = Settings(_env_file=None, models_dir=tmp_path, load_in_background=True)
     with TestClient(create_app(settings)) as client:
         assert client.get("/healthz").status_code == 200
-        for _ in range(200):
-            body = client.get("/readyz").json()
-            if body["status"] != "loading":
-                break
-            time.sleep(0.05)
+        wait_until(lambda: client.get("/readyz").json()["status"] != "loading",
+                   "the failed load to be reported", interval_s=0.05)
         ready = client.get("/readyz")
         assert ready.status_code == 503
         body = ready.json()
@@ -184,7 +180,7 @@ def test_wait_ready_helper_sees_an_empty_service_ready(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, models_dir=tmp_path, models="none",
                         load_in_background=True)
     with TestClient(create_app(settings)) as client:
-        wait_ready(client, timeout_s=10)
+        wait_ready(client)
 
 
 @pytest.mark.parametrize(

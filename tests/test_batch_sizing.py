@@ -17,6 +17,7 @@ import pytest
 
 from batcher import BatchConfig, BatchSizer, DynamicBatcher
 from batcher.sizing import ladder
+from tests.conftest import HANG_S
 from tests.test_batcher import FakeModel, Out, RecordingObserver, Seq, make_seq, run_with, submit
 
 
@@ -94,12 +95,25 @@ def test_batches_off_the_ladder_and_failed_timings_are_ignored() -> None:
     assert sizer.costs() == {}
 
 
+def burn(seconds: float) -> None:
+    """Compute for `seconds` of this thread's CPU time: under `cost_clock="thread_cpu"`
+    the batcher then measures exactly that, however busy or fast the machine is."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
+CPU_SCALE = 0.1
+"""The cost curves' seconds, scaled: only their ratios matter to the sizer."""
+
+
 def timed_model(cost) -> FakeModel:
-    """The fake padded model, taking cost(batch size) seconds per call."""
+    """The fake padded model, computing cost(batch size) x CPU_SCALE CPU-seconds per call
+    (run it with cost_clock="thread_cpu")."""
 
     class Timed(FakeModel):
         def __call__(self, items: list[Seq]) -> list[Out]:
-            time.sleep(cost(len(items)))
+            burn(cost(len(items)) * CPU_SCALE)
             return super().__call__(items)
 
     return Timed()
@@ -120,7 +134,7 @@ def test_batcher_learns_the_cap_and_answers_every_item_exactly(cost, expected) -
         return limit_after_calibration, got
 
     limit, got = run_with(model, scenario, observer, max_batch_size=8, max_wait_ms=2,
-                          adaptive_size=True)
+                          adaptive_size=True, cost_clock="thread_cpu")
     assert limit == expected
     for a, w in zip(got, want, strict=True):
         assert a.id == w.id and np.array_equal(a.values, w.values)
@@ -143,7 +157,10 @@ def test_fixed_size_calibration_runs_only_the_largest_batch() -> None:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_workers_bound_how_many_batches_run_at_once(workers: int) -> None:
+    """The first batches wait inside the call until `workers` of them run at once (an
+    event, not a sleep that hopes they overlap); no more than that ever do."""
     running, peak, lock = 0, 0, threading.Lock()
+    all_busy = threading.Event()
 
     class Counting(FakeModel):
         def __call__(self, items: list[Seq]) -> list[Out]:
@@ -151,7 +168,9 @@ def test_workers_bound_how_many_batches_run_at_once(workers: int) -> None:
             with lock:
                 running += 1
                 peak = max(peak, running)
-            time.sleep(0.05)
+                if running == workers:
+                    all_busy.set()
+            all_busy.wait(timeout=HANG_S)
             with lock:
                 running -= 1
             return super().__call__(items)
@@ -163,7 +182,7 @@ def test_workers_bound_how_many_batches_run_at_once(workers: int) -> None:
 
     got = run_with(Counting(), scenario, max_batch_size=2, max_wait_ms=0, workers=workers)
     assert [o.id for o in got] == list(range(8))
-    assert peak == workers
+    assert all_busy.is_set() and peak == workers
 
 
 def test_a_batch_failing_in_one_worker_leaves_the_other_serving() -> None:
@@ -204,20 +223,20 @@ def test_a_short_queue_is_shared_among_idle_workers() -> None:
 
 @pytest.mark.parametrize(("clock", "expected"), [("wall", 8), ("thread_cpu", 1)])
 def test_cost_clock_charges_waiting_or_only_computing(clock: str, expected: int) -> None:
-    """A batch that waits 30 ms (for the GIL, say) whatever its size, then computes
-    0.5 ms x size^2: by the wall the wait dominates and 8 looks cheapest per item; by the
-    worker thread's CPU time the compute does, and 1 is."""
+    """A batch that waits 100 ms (for the GIL, say) whatever its size, then computes
+    0.25 ms x size^2: by the wall the wait dominates and 8 looks cheapest per item (even
+    if a busy machine stretched the computing 12x: at load 12 on 2 cores a 50 ms wait and
+    one timed round per size were not enough; the best of 3 rounds counts); by the worker
+    thread's CPU time the compute does, and 1 is, exactly."""
 
     class WaitsThenComputes(FakeModel):
         def __call__(self, items: list[Seq]) -> list[Out]:
-            time.sleep(0.03)
-            until = time.thread_time() + 0.0005 * len(items) ** 2
-            while time.thread_time() < until:
-                pass
+            time.sleep(0.1)
+            burn(0.00025 * len(items) ** 2)
             return super().__call__(items)
 
     async def scenario(b: DynamicBatcher[Seq, Out]):
-        await b.calibrate(make_seq(1, 4), repeats=1)
+        await b.calibrate(make_seq(1, 4), repeats=3)
         return b.size_limit
 
     assert run_with(WaitsThenComputes(), scenario, max_batch_size=8, adaptive_size=True,
@@ -227,13 +246,14 @@ def test_cost_clock_charges_waiting_or_only_computing(clock: str, expected: int)
 def test_a_batch_costs_per_unit_of_real_work_so_its_padding_counts() -> None:
     """Lengths 2 and 20 padded to 20: 22 units of work, 40 computed. The sizer must charge
     the batch's time to the 22 (the padding is what batching these two costs)."""
-    model = timed_model(lambda size: 0.2 if size == 2 else 0.0)
+    model = timed_model(lambda size: 0.2 / CPU_SCALE if size == 2 else 0.0)
 
     async def scenario(b: DynamicBatcher[Seq, Out]) -> dict[int, float]:
         await asyncio.gather(submit(b, make_seq(0, 2)), submit(b, make_seq(1, 20)))
         assert b.sizer is not None
         return b.sizer.costs()
 
-    costs = run_with(model, scenario, max_batch_size=2, max_wait_ms=10_000, adaptive_size=True)
+    costs = run_with(model, scenario, max_batch_size=2, max_wait_ms=10_000, adaptive_size=True,
+                     cost_clock="thread_cpu")
     assert model.batches == [[0, 1]]
     assert 0.2 / 22 <= costs[2] < 0.2 / 22 * 1.5  # per padded unit it would be 0.2 / 40

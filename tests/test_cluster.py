@@ -28,7 +28,7 @@ from bench.hostile import MULTIPART, multipart, read_response, tone_wav
 from service.settings import Settings
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
 from tests.clap_fixtures import clap_models_dir, make_clip, wav_bytes  # noqa: F401
-from tests.conftest import running_app
+from tests.conftest import HANG_S, running_app, wait_until
 from tests.emotion2vec_fixtures import emotion_models_dir  # noqa: F401
 from tests.emotion2vec_fixtures import make_clip as speech_clip
 from tests.emotion2vec_fixtures import wav_bytes as speech_wav
@@ -283,22 +283,24 @@ def test_reading_limits_hold_behind_haproxy(cluster: RayAudioserve) -> None:
     body = multipart([("labels", "dog")], tone_wav(1.0))
     head = (f"POST /classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: {MULTIPART}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
-    with socket.create_connection((host, port), timeout=30) as sock:
-        sock.sendall(head + body[: len(body) // 2])  # and then silence
+    with socket.create_connection((host, port), timeout=HANG_S) as sock:
         started = time.monotonic()
+        sock.sendall(head + body[: len(body) // 2])  # and then silence
         status, _, answer = read_response(sock)
         elapsed = time.monotonic() - started
     assert status == 408, answer
     assert "AUDIOSERVE_BODY_IDLE_TIMEOUT_S" in json.loads(answer)["error"]["message"]
-    assert 1.5 < elapsed < 6.0
+    assert elapsed >= SETTINGS["body_idle_timeout_s"]  # not before the limit
 
-    with socket.create_connection((host, port), timeout=30) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+    with socket.create_connection((host, port), timeout=HANG_S) as sock:
         started = time.monotonic()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and nothing more
         status, _, _ = read_response(sock)
         elapsed = time.monotonic() - started
     assert status in (0, 408)  # closed, with or without HAProxy's own 408 page
-    assert 2.5 < elapsed < 8.0
+    # by HAProxy's client timeout (3 s here, the longest idle bound), not early, and not
+    # by this socket's own timeout (which also reads as status 0)
+    assert 2.5 < elapsed < HANG_S - 1
 
     for size, served in ((40_000, True), (70_000, False)):  # the cap is 64 KiB
         with socket.create_connection((host, port), timeout=30) as sock:
@@ -374,19 +376,13 @@ def test_disconnected_stream_frees_the_replica_slot(cluster: RayAudioserve,
         audio = r.iter_raw()  # held: a discarded iterator closes the connection
         next(audio)
         busy = engine()
-    closed = time.monotonic()
     # TTS_STREAM_PIECES_AHEAD pieces generate at a time (the rest start as those finish)
     assert pieces >= 8 and busy["running"] + busy["waiting"] >= 1, (pieces, busy)
-    while time.monotonic() - closed < 5:
-        now = engine()
-        if now["running"] + now["waiting"] == 0:
-            break
-        time.sleep(0.05)
-    freed_s = time.monotonic() - closed
-    assert now["running"] + now["waiting"] == 0, now
+    wait_until(lambda: engine()["running"] + engine()["waiting"] == 0,
+               "the replica's engine is free after the client left", interval_s=0.05)
+    now = engine()
     # the pieces under way were aborted (the rest never started)
     assert now["aborted"] - before["aborted"] >= 1, (before, now)
-    assert freed_s < 1.0
 
 
 def test_killed_replica_during_burst(cluster: RayAudioserve, http: httpx.Client) -> None:
@@ -407,28 +403,27 @@ def test_killed_replica_during_burst(cluster: RayAudioserve, http: httpx.Client)
 
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(one, i) for i in range(50)]
-        time.sleep(0.5)
+        wait_until(lambda: len(results) >= 1, "the burst under way")  # then the kill
         ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]),
                  no_restart=True)
         for f in futures:
             f.result()
     statuses = [s for s, _, _ in results]
     assert len(results) == 50 and set(statuses) <= {200, 503, 504}, statuses
-    for status, elapsed, content in results:
-        assert elapsed < DEADLINE_S + 3.0  # the deadline, and the grace for a started batch
+    # none hung: each was answered within its client's timeout (the deadline plus 10 s of
+    # grace for a batch started before it; a timeout would have raised in f.result())
+    for status, _, content in results:
         if status != 200:
             assert json.loads(content)["error"]["code"] in (
                 "replica_unavailable", "overloaded", "timeout")
-    # the controller replaces the replica: both healthy and serving again within 30 s
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 30:
+    # the controller replaces the replica: both healthy and serving again
+
+    def replaced() -> bool:
         listed = {m["id"]: m for m in http.get("/v1/models").json()["data"]}["clap"]["replicas"]
-        if len(listed) == 2 and all(r["healthy"] for r in listed) and victim["name"].split(
-                "#")[-1] not in {r["id"].split("#")[-1] for r in listed}:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"clap not back to 2 healthy replicas within 30 s: {listed}")
+        return len(listed) == 2 and all(r["healthy"] for r in listed) and victim["name"].split(
+            "#")[-1] not in {r["id"].split("#")[-1] for r in listed}
+
+    wait_until(replaced, "clap back to 2 healthy replicas", interval_s=0.5)
     assert http.get("/readyz").status_code == 200
     r = http.post("/embed/audio", files={"file": ("a.wav", wav)})
     assert r.status_code == 200, r.text

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
-yaml = pytest.importorskip("yaml")
+from tests.tools import require_module
+
+require_module("ray.serve", "the `cluster` extra: pip install -e '.[cluster]'")
+yaml = require_module("yaml", "the `export` extra: pip install -e '.[export]'")
 
 from ray.serve.schema import ServeDeploySchema  # noqa: E402
 

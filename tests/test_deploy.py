@@ -13,27 +13,27 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from tests.tools import require_tool
 
 from tests.clap_fixtures import clap_models_dir  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _compose_command() -> list[str] | None:
+def _compose_command() -> list[str]:
+    """`docker compose` (the plugin) or `docker-compose`, or a skip (a failure under CI,
+    which installs docker-compose: tests/tools.py)."""
     docker = shutil.which("docker")
     if docker:
-        probe = subprocess.run([docker, "compose", "version"], capture_output=True)
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=60)
         if probe.returncode == 0:
             return [docker, "compose"]
-    legacy = shutil.which("docker-compose")
-    return [legacy] if legacy else None
+    return [require_tool("docker-compose", "apt-get install docker-compose, or Docker's "
+                         "compose plugin")]
 
 
 def test_compose_file_validates() -> None:
     command = _compose_command()
-    if command is None:
-        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
     result = subprocess.run(
         [*command, "-f", str(ROOT / "docker-compose.yml"), "config"],
         capture_output=True, text=True, cwd=ROOT, timeout=60,

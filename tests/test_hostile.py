@@ -1,7 +1,13 @@
 """The hostile corpus (bench/hostile.py) through the real app over a real socket: every
-case gets one of its expected statuses (a clear 4xx, or a valid 2xx) within a second, as
-JSON naming the problem, while /healthz never takes more than 100 ms (the guard), and
-the connection, when the server keeps it, still serves."""
+case gets one of its expected statuses (a clear 4xx, or a valid 2xx), as JSON naming the
+problem, while /healthz keeps answering (the guard), and the connection, when the server
+keeps it, still serves.
+
+How fast is the benchmark's to measure, not a test's to assert: `python -m
+bench.bench_hostile` reports each case's answer time against the 1 s target and /healthz's
+worst against 100 ms. Here a hang fails (no answer within send_case's 30 s socket timeout
+reads as status 0, which no case expects; /healthz stuck for HANG_S), a slow machine does
+not."""
 
 from __future__ import annotations
 
@@ -43,13 +49,13 @@ def keyed_server(models_dir: Path) -> Iterator[RunningServer]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_hostile_case_is_answered_at_once(case: Case, open_server: RunningServer,
+def test_hostile_case_gets_its_answer(case: Case, open_server: RunningServer,
                                           keyed_server: RunningServer) -> None:
     server = keyed_server if case.api_key else open_server
     with healthz_guard(server.url):
         answer = send_case(server.host, server.port, case)
-    assert answer.status in case.expect, (answer.status, answer.body[:300])
-    assert answer.seconds < 1.0, f"{answer.seconds:.2f} s to answer"
+    assert answer.status in case.expect, (answer.status, f"after {answer.seconds:.1f} s",
+                                          answer.body[:300])
     if answer.status >= 400:
         error = json.loads(answer.body)["error"]
         assert error["message"] and error.get("code"), error

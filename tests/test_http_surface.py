@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.conftest import wait_until
 from tests.tts_server import RunningServer, serve_app
 
 
@@ -32,8 +32,14 @@ def raw_get(server: RunningServer, target: str, headers: str = "") -> bytes:
 
 
 def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    time.sleep(0.1)  # the server thread logs after it answered
-    return [r.getMessage() for r in caplog.records if r.name == "audioserve.access"]
+    """The access log's lines, once there is one: the server thread logs after it answered,
+    so the client may read the answer first (waited for, not slept on)."""
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "audioserve.access"]
+
+    wait_until(lines, "an access log line")
+    return lines()
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ import soundfile as sf
 
 from service.audio import decode_audio
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
+from tests.tools import require_module
 from tests.tts_server import RunningServer, serve_app
 
-openai = pytest.importorskip("openai")
+openai = require_module("openai", "the `dev` extra: pip install -e '.[dev]'")
 TEXT = "hello there, general kenobi."
 SEED = 7  # the request's sampling seed (an extension), so outputs are comparable
 

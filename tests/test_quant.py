@@ -17,6 +17,7 @@ from quant.calibration import AudioSource, graph_items
 from quant.report import batch_invariance
 from service.packs import load_pack
 from tests.conftest import running_app
+from tests.tools import require_module
 
 KINDS = ("clap", "emotion2vec", "chattts")
 DEFAULT_INT8 = {("clap", "audio"): "static", ("clap", "text"): "weight-only",
@@ -29,7 +30,7 @@ INVARIANT_TOLERANCE = 1e-5
 
 def _build(kind: str, out: Path) -> None:
     if kind == "chattts":
-        module = pytest.importorskip("export.chattts")
+        module = require_module("export.chattts", "chattts: bash export/install_chattts.sh")
         module.build_tiny(out)
         return
     module = __import__(f"export.{kind}", fromlist=["build_tiny"])

@@ -15,6 +15,7 @@ from service.seam import LocalEngine, LocalQueue
 from service.tts.engine import GenerationEngine
 from tests.clap_fixtures import clap_models_dir, make_clip, wav_bytes  # noqa: F401
 from tests.conftest import running_app
+from tests.tools import require_module
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_every_model_response_names_its_replica(client: TestClient) -> None:
 
 
 def test_ray_faults_become_service_errors() -> None:
-    pytest.importorskip("ray.serve", reason="the `cluster` extra is not installed")
+    require_module("ray.serve", "the `cluster` extra: pip install -e '.[cluster]'")
     from ray import exceptions as ray_errors
     from ray.serve.exceptions import BackPressureError
 

@@ -23,6 +23,7 @@ from service.tts.jobs import EngineStats, GenerationJob, GenerationResult, PassK
 from service.tts.model import TTSGraphs
 from service.tts.sampling import SamplingParams
 from tests.chattts_fixtures import chattts_models_dir, chattts_pack_dir  # noqa: F401
+from tests.tools import require_module
 
 TEXTS = ["hello world", "a much longer sentence, to speak here.", "hi", "one two three",
          "x y z"]
@@ -218,7 +219,7 @@ def reference(chattts_pack_dir: Path) -> Reference:  # noqa: F811
     Upstream samples with torch.multinomial; a near-zero temperature makes its draw the
     argmax of the penalised logits, which is what the engine's greedy mode picks.
     """
-    torch = pytest.importorskip("torch")
+    torch = require_module("torch", "the `export` extra: pip install -e '.[export]'")
     from ChatTTS import Chat
 
     from tests.chattts_fixtures import reference_chat

@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
+from tests.tools import require_module
 from tests.tts_server import RunningServer, serve_app
 
 RATE = 24000
@@ -140,7 +141,7 @@ def test_openai_route_streams_by_default_except_flac(server: RunningServer, fmt:
 def test_openai_client_saves_a_readable_flac(server: RunningServer, tmp_path: Path,
                                             reference: dict[str, np.ndarray]) -> None:
     """The issue's user: the official client's streaming response saved to a file."""
-    openai = pytest.importorskip("openai")
+    openai = require_module("openai", "the `dev` extra: pip install -e '.[dev]'")
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
     path = tmp_path / "speech.flac"
     with client.audio.speech.with_streaming_response.create(

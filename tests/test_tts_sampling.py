@@ -15,9 +15,10 @@ from service.tts.sampling import (
     sample,
     sample_rows,
 )
+from tests.tools import require_module
 
-torch = pytest.importorskip("torch")
-processors = pytest.importorskip("ChatTTS.model.processors")
+torch = require_module("torch", "the `export` extra: pip install -e '.[export]'")
+processors = require_module("ChatTTS.model.processors", "chattts: bash export/install_chattts.sh")
 
 CODE_VOCAB, EOS = 626, 625
 

@@ -15,14 +15,15 @@ from service.tts.speaker import (
     torch_randn,
 )
 from tests.chattts_fixtures import SHARED_CHATTTS_TOKENIZER
+from tests.tools import require_module
 
 pytest_plugins = ("tests.chattts_fixtures",)
 
-torch = pytest.importorskip("torch")
+torch = require_module("torch", "the `export` extra: pip install -e '.[export]'")
 
 
 def _package_speaker(stats: SpeakerStats):
-    pytest.importorskip("ChatTTS", reason="chattts not installed")
+    require_module("ChatTTS", "chattts: bash export/install_chattts.sh")
     import pybase16384 as b14
     from ChatTTS.model import Speaker
 
@@ -82,7 +83,7 @@ def test_spk_emb_round_trip_and_format() -> None:
 
 
 def test_package_strings_decode_with_ours_and_back() -> None:
-    pytest.importorskip("ChatTTS", reason="chattts not installed")
+    require_module("ChatTTS", "chattts: bash export/install_chattts.sh")
     from ChatTTS.model import Speaker
 
     rng = np.random.default_rng(1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import struct
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from service.tts.streaming import (
 )
 from service.tts.stretch import time_stretch
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
-from tests.conftest import running_app
+from tests.conftest import running_app, wait_until
 from tests.tts_server import RunningServer, serve_app
 
 CHUNK_TOKENS = 8
@@ -144,15 +143,10 @@ def test_client_closing_the_stream_aborts_generation(server: RunningServer) -> N
                       timeout=60) as r:
         first = next(r.iter_raw())
         assert first
-    closed = time.perf_counter()
-    while engine.active and time.perf_counter() - closed < 5:
-        time.sleep(0.01)
-    freed_after = time.perf_counter() - closed
+    wait_until(lambda: engine.active == 0, "the slot is freed after the client left")
     after = engine.stats()
-    assert engine.active == 0
     assert after.aborted == before.aborted + 1
-    assert after.decode_rows - before.decode_rows < natural
-    assert freed_after < 1.0, f"slot freed {freed_after:.2f} s after the client left"
+    assert after.decode_rows - before.decode_rows < natural  # cut off, not run to the end
 
 
 def test_bad_stream_request_is_a_normal_422(server: RunningServer) -> None:

@@ -18,6 +18,7 @@ from service.tts.text import (
     split_sentences,
 )
 from tests.chattts_fixtures import shared_tokenizer_dir
+from tests.tools import require_module
 
 pytest_plugins = ("tests.chattts_fixtures",)
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # package numba
@@ -37,7 +38,7 @@ TEXTS = [
 
 
 def _package_normalizer():  # the package's own Normalizer, numba and all
-    pytest.importorskip("ChatTTS", reason="chattts not installed")
+    require_module("ChatTTS", "chattts: bash export/install_chattts.sh")
     import ChatTTS
     from ChatTTS.norm import Normalizer
 
@@ -77,7 +78,7 @@ def test_split_sentences_like_upstream() -> None:
 
 
 def _real_builder() -> tuple[PromptBuilder, object]:
-    pytest.importorskip("ChatTTS", reason="chattts not installed")
+    require_module("ChatTTS", "chattts: bash export/install_chattts.sh")
     from ChatTTS.model import Tokenizer as PackageTokenizer
 
     folder = shared_tokenizer_dir()

@@ -1,15 +1,15 @@
 """Voice specs, saved voices and speaker strings under hostile input (issue 13, items 2,
 3 and 11), through the real app on a real socket while a guard samples /healthz.
 
-Every case of the hostile corpus (bench/hostile_tts.py) gets its expected status fast
-and without stalling the event loop; then each class is checked at its depth: one
+Every case of the hostile corpus (bench/hostile_tts.py) gets its expected status without
+stalling the event loop (how fast is measured by `python -m bench.bench_hostile`, against
+the 1 s target, not asserted here); then each class is checked at its depth: one
 parser on every route, caps that apply before the work, merged duplicates, bounded and
 case-insensitive saved voices, strict speaker strings, bounded error messages."""
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,16 +60,13 @@ def error(r: httpx.Response) -> str:
 
 
 @pytest.mark.parametrize("case", cases(DIM), ids=lambda c: c.name)
-def test_hostile_case_gets_its_answer_fast(server: RunningServer, case: Case) -> None:
+def test_hostile_case_gets_its_answer(server: RunningServer, case: Case) -> None:
     with healthz_guard(server.url):
-        started = time.perf_counter()
         r = send(server, case)
-        elapsed = time.perf_counter() - started
     assert r.status_code in case.expect, r.text[:300]
     if r.status_code >= 400:
         assert r.headers["content-type"].startswith("application/json")
         assert len(r.content) < 2048, "error messages are bounded, whatever was sent"
-    assert elapsed < 1.0, f"{case.name}: answered in {elapsed:.2f} s"
 
 
 # -- item 2: one parser, its caps named, on every route --------------------------------
@@ -126,12 +123,9 @@ def test_length_cap_applies_before_any_parsing(server: RunningServer) -> None:
     # ~900 KB of one term: no '+' to count, no term to parse; the length alone decides
     for spec in ("alloy" + " " * 900_000, "a" * 900_000, "一" * 300_000):
         with healthz_guard(server.url):
-            started = time.perf_counter()
             r = speak(server, voice=spec)
-            elapsed = time.perf_counter() - started
         assert r.status_code == 413, r.text[:200]
         assert "AUDIOSERVE_TTS_VOICE_MAX_CHARS" in error(r)
-        assert elapsed < 1.0
 
 
 # -- item 3: saved voices ---------------------------------------------------------------

@@ -33,8 +33,8 @@ def server(clap_models_dir: Path) -> Iterator[RunningServer]:
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    with chromium(tmp_path / "profile") as b:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    with chromium(tmp_path_factory.mktemp("chromium")) as b:
         yield b
 
 

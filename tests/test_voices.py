@@ -23,7 +23,7 @@ from service.tts.voices import (
     VoiceStoreFull,
 )
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
-from tests.conftest import running_app
+from tests.conftest import HANG_S, running_app
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_a_save_waits_for_another_process_holding_the_store(tmp_path: Path) -> N
         writer.start()
         writer.join(0.5)
         assert writer.is_alive() and not (tmp_path / "a.json").exists()
-    writer.join(10)
+    writer.join(HANG_S)
     assert saved == ["a"] and (tmp_path / "a.json").is_file()
     with pytest.raises(VoiceStoreFull, match="AUDIOSERVE_TTS_MAX_SAVED_VOICES"):
         store.save("b", seed=2)  # the cap, seen by the next writer under the same lock

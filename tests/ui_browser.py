@@ -11,7 +11,6 @@ Chromium's fake capture device, playing a WAV file the test made.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.tools import missing, require_tool
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+SCREENSHOTS_ENV = "AUDIOSERVE_TEST_SCREENSHOTS"
+"""A folder for the screenshots, for a person to look at; unset, they go to pytest's
+temporary folder of the run (`screenshots/` in it), never into the checkout."""
 LOCAL_NAME = "audioserve.test"
 """A host name for 127.0.0.1, for pages that behave differently on `localhost`."""
 OFFLINE_FLAGS = (
@@ -37,21 +36,16 @@ OFFLINE_FLAGS = (
 )
 
 
-def require_browser() -> Any:
-    """Selenium's webdriver module, or a skip (a failure under CI, which installs them)."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if shutil.which(p) is None]
-    webdriver: Any = None
+def require_browser() -> tuple[Any, str, str]:
+    """Selenium's webdriver module and the paths of chromium and chromedriver, or a skip
+    (a failure under CI, which installs them: tests/tools.py)."""
+    chromium_path = require_tool("chromium", "apt-get install chromium")
+    driver_path = require_tool("chromedriver", "apt-get install chromium-driver")
     try:
         from selenium import webdriver
     except ImportError:
-        missing.append("selenium (pip install -e '.[test]')")
-    if missing:
-        message = (f"browser tests need {', '.join(missing)} "
-                   "(apt-get install chromium chromium-driver)")
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return webdriver
+        missing("selenium is not installed (pip install -e '.[test]')")
+    return webdriver, chromium_path, driver_path
 
 
 def problems_in(entries: list[dict[str, Any]], allowed_statuses: tuple[int, ...] = (),
@@ -75,6 +69,7 @@ def problems_in(entries: list[dict[str, Any]], allowed_statuses: tuple[int, ...]
 @dataclass
 class Browser:
     driver: Any
+    screenshots: Path
     seen_logs: list[dict[str, Any]] = field(default_factory=list)
 
     def logs(self) -> list[dict[str, Any]]:
@@ -110,9 +105,9 @@ class Browser:
                             "return !!e && e.checkVisibility();", element_id))
 
     def screenshot(self, name: str) -> Path:
-        """A full-page PNG under tests/artifacts/ (git-ignored), for a person to look at."""
-        ARTIFACTS.mkdir(exist_ok=True)
-        path = ARTIFACTS / f"{name}.png"
+        """A full-page PNG in `screenshots` (see SCREENSHOTS_ENV), for a person to look at."""
+        self.screenshots.mkdir(parents=True, exist_ok=True)
+        path = self.screenshots / f"{name}.png"
         width = self.js("return document.documentElement.clientWidth")
         height = self.js("return Math.max(document.documentElement.scrollHeight, innerHeight)")
         current = self.driver.get_window_size()
@@ -127,11 +122,14 @@ class Browser:
 @contextmanager
 def chromium(profile_dir: Path, *, fake_mic_wav: Path | None = None,
              width: int = 1280, height: int = 1000) -> Iterator[Browser]:
-    webdriver = require_browser()
+    """Chromium with its profile in `profile_dir` (`tmp_path_factory.mktemp(...)`): the
+    screenshots go to `screenshots/` beside it, in the run's temporary folder, unless
+    SCREENSHOTS_ENV names a folder."""
+    webdriver, chromium_path, driver_path = require_browser()
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = chromium_path
     for flag in OFFLINE_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile_dir}")
@@ -139,8 +137,9 @@ def chromium(profile_dir: Path, *, fake_mic_wav: Path | None = None,
     if fake_mic_wav is not None:
         options.add_argument(f"--use-file-for-fake-audio-capture={fake_mic_wav}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    screenshots = Path(os.environ.get(SCREENSHOTS_ENV) or profile_dir.parent / "screenshots")
     try:
-        yield Browser(driver)
+        yield Browser(driver, screenshots)
     finally:
         driver.quit()
