@@ -84,13 +84,16 @@ class AuthMiddleware:
         if scope["type"] != "http" or self.is_public(scope["path"]) or self._authorised(scope):
             await self.app(scope, receive, send)
             return
-        if not expects_continue(scope):  # no 100 Continue before the key is checked
+        headers = [(b"www-authenticate", b"Bearer")]
+        if expects_continue(scope):  # no 100 Continue before the key: the body never comes
+            headers.append((b"connection", b"close"))
+        else:
             await drain_body(Request(scope, receive))
         message = "missing or wrong API key: send `Authorization: Bearer <key>`"
         body = json.dumps(error_body_for(scope, 401, "unauthorized", message)).encode()
         await send({"type": "http.response.start", "status": 401, "headers": [
             (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-            (b"www-authenticate", b"Bearer")]})
+            *headers]})
         await send({"type": "http.response.body", "body": body})
 
     def _authorised(self, scope: Scope) -> bool:

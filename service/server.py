@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import socket
+import struct
 from typing import Any, ClassVar, cast
 
 import h11
@@ -166,7 +167,7 @@ class GuardedProtocol(H11Protocol):
         if self.scope is not scope:  # a new request (its task has not started yet)
             self._disarm_header_timer()
             extensions = cast(dict[str, Any], self.scope.setdefault("extensions", {}))
-            extensions[ABORT_EXTENSION] = self.transport.abort
+            extensions[ABORT_EXTENSION] = self._reset
 
     def send_400_response(self, msg: str) -> None:
         """A malformed request (h11's error): 431 for a head over the caps, else 400, in
@@ -241,11 +242,21 @@ class GuardedProtocol(H11Protocol):
         if size > self._write_mark - WRITE_PROGRESS_BYTES:
             log.info("write timeout: %d bytes unsent for %g s; connection dropped", size,
                      self.write_timeout_s)
-            self.transport.abort()
+            self._reset()
             return
         self._write_mark = size
         self._write_timer = self.loop.call_later(self.write_timeout_s,
                                                  self._check_write_progress)
+
+    def _reset(self) -> None:
+        """Drop the connection with a TCP reset: the unsent answer is discarded by the
+        kernel too (a plain close would leave it queued there, for a client that never
+        reads, and the client would not learn it was cut)."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def _arm_header_timer(self) -> None:
         if self._header_timer is None:
