@@ -122,16 +122,16 @@ def _closed_within(socks: list[socket.socket], seconds: float) -> int:
     closed, deadline = 0, time.monotonic() + seconds
     while closed < len(socks) and (left := deadline - time.monotonic()) > 0:
         for key, _ in selector.select(left):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
             try:
-                if sock.recv(65536):
+                if ready.recv(65536):
                     continue
             except BlockingIOError:
                 continue
             except OSError:
                 pass
-            selector.unregister(sock)
+            selector.unregister(ready)
             closed += 1
     selector.close()
     return closed

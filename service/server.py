@@ -179,7 +179,7 @@ class GuardedProtocol(H11Protocol):
             cycle.disconnected = True  # the app's receive sees a disconnect, its sends drop
             cycle.message_event.set()
         if not started and not self.transport.is_closing():
-            error = self.conn.error
+            error = cast(HeadLimitedConnection, self.conn).error
             hint = error.error_status_hint if error is not None else 400
             self.transport.write(self.too_big_answer if hint == 431 else _raw_response(
                 400, "Bad Request", "malformed_request", f"malformed HTTP/1.1 request: {error}"))
@@ -195,7 +195,7 @@ class GuardedProtocol(H11Protocol):
             self._awaiting_head = True
             super().on_response_complete()  # may take in a pipelined request at once
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> bool | None:  # type: ignore[override]
         """A half-close after a whole request still gets its answer (then the close); an
         idle connection, a body cut short or a lingering one closes now."""
         cycle = self.cycle
@@ -303,6 +303,20 @@ def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
         "refusal_app": ConnectionRefusal(settings.max_connections),
         "timeout_answer": timeout_answer,
     })
+
+
+PROCESS_PROTOCOL: type[GuardedProtocol] | None = None
+"""This process's protocol when uvicorn is started by someone else (`serve_auto_as_guarded`)."""
+
+
+def serve_auto_as_guarded(settings: Settings) -> None:
+    """Make uvicorn's `http="auto"` mean this service's protocol, in this process. Ray Serve
+    starts its ingress replicas' uvicorn itself, with no way to name a protocol, and "auto"
+    is httptools: behind HAProxy the cluster's ingress would take trailers as headers and
+    hold unread bodies as one process did before. Called before that server starts."""
+    global PROCESS_PROTOCOL
+    PROCESS_PROTOCOL = guarded_protocol(settings)
+    uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:PROCESS_PROTOCOL"
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn.Config:
