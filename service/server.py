@@ -16,7 +16,8 @@ An HTTP/1.1 connection is always in one of a few states, and each has its bound 
 - trailers of a chunked body: h11 parses them and uvicorn drops them, so they never reach
   the scope (under httptools they became headers: an `Authorization` trailer
   authenticated);
-- a client that half-closes after a whole request still gets its answer.
+- a client that half-closes after a whole request still gets its answer (and one that
+  closed is found gone by a probe, so its work stops).
 
 A cap on open connections answers the connection over it 503 + Retry-After. Body-reading
 limits live in `service.read_limits`, where the ASGI receive is.
@@ -91,6 +92,10 @@ class ConnectionRefusal:
         await send({"type": "http.response.body", "body": self.body})
 
 
+PEER_PROBE_S = 0.25
+"""After a half-close, how often the socket is checked for the peer's reset."""
+TCP_CLOSE = 7
+"""Linux's TCP state of a connection the peer reset (`TCP_INFO`'s first byte)."""
 WRITE_PROGRESS_BYTES = 64 * 1024
 """How much of a pending response must go out per write timeout to count as progress."""
 
@@ -139,6 +144,7 @@ class GuardedProtocol(H11Protocol):
     _header_timer: asyncio.TimerHandle | None = None
     _write_timer: asyncio.TimerHandle | None = None
     _linger_timer: asyncio.TimerHandle | None = None
+    _peer_timer: asyncio.TimerHandle | None = None
     _write_mark = 0
     _awaiting_head = False
     _lingering = False
@@ -197,13 +203,40 @@ class GuardedProtocol(H11Protocol):
 
     def eof_received(self) -> bool | None:  # type: ignore[override]
         """A half-close after a whole request still gets its answer (then the close); an
-        idle connection, a body cut short or a lingering one closes now."""
+        idle connection, a body cut short or a lingering one closes now.
+
+        An EOF cannot tell a half-close from a client that closed and left, and work for
+        a client that left must stop (a TTS generation, say). So the answer's head is
+        probed for: an interim `100 Continue` (HTTP/1.1 clients must accept one) makes a
+        closed peer's kernel answer with a reset, which the socket's TCP state shows at
+        the next check; a half-closed peer just reads it."""
         cycle = self.cycle
         if (not self._lingering and cycle is not None and not cycle.response_complete
                 and not cycle.more_body):
             cycle.keep_alive = False
+            if not cycle.response_started:
+                with contextlib.suppress(h11.LocalProtocolError):
+                    self.transport.write(self.conn.send(h11.InformationalResponse(
+                        status_code=100, headers=[], reason=b"Continue")))
+            self._peer_timer = self.loop.call_later(PEER_PROBE_S, self._check_peer)
             return True
         return None
+
+    def _check_peer(self) -> None:
+        """After a half-close: drop the connection once the peer has reset it (it had
+        closed, not half-closed), so the app sees the disconnect."""
+        self._peer_timer = None
+        if self.transport.is_closing() or self.cycle is None or self.cycle.response_complete:
+            return
+        sock = self.transport.get_extra_info("socket")
+        try:
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        except (OSError, AttributeError):
+            return
+        if state == TCP_CLOSE:
+            self.transport.abort()
+            return
+        self._peer_timer = self.loop.call_later(PEER_PROBE_S, self._check_peer)
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -217,7 +250,7 @@ class GuardedProtocol(H11Protocol):
         self._cancel("_write_timer")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in ("_header_timer", "_write_timer", "_linger_timer"):
+        for timer in ("_header_timer", "_write_timer", "_linger_timer", "_peer_timer"):
             self._cancel(timer)
         super().connection_lost(exc)
 
