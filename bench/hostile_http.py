@@ -213,9 +213,10 @@ def selectors_select(sock: socket.socket, timeout: float) -> tuple[list[object],
 
 
 def never_read(path: str, copies: int = 40,
-               wait_s: float = 15.0) -> Callable[[str, int], AttackResult]:
+               wait_s: float = 40.0) -> Callable[[str, int], AttackResult]:
     """`copies` pipelined requests for a large answer, never read: whether (and when) the
-    server drops the connection, freeing what it buffered."""
+    server drops the connection, freeing what it buffered (`wait_s` is longer than the
+    default WRITE_TIMEOUT_S of 30 s)."""
 
     def run(host: str, port: int) -> AttackResult:
         request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
