@@ -26,6 +26,7 @@ from bench.cluster import SERVER_COMMAND, one_or_cluster
 from bench.healthz_guard import TARGET_S as HEALTHZ_S
 from bench.healthz_guard import healthz_guard
 from bench.hostile import Case, corpus, send_case
+from bench.hostile_http import ATTACKS, Attack
 from bench.server import REPO, ServerProcess, memory_mb, process_tree
 
 ANSWER_S, RSS_MB = 1.0, 300.0
@@ -74,6 +75,33 @@ def run_case(server: ServerProcess, case: Case) -> CaseResult:
                       round(max(0.0, peak - before), 1))
 
 
+@dataclass(frozen=True)
+class AttackRun:
+    name: str
+    klass: str
+    met: bool
+    figures: str
+    healthz_worst_ms: float
+    rss_growth_mb: float
+
+
+def run_attack(server: ServerProcess, attack: Attack) -> AttackRun:
+    """A connection attack (bench/hostile_http.py): its own verdict (/healthz served
+    throughout, connections closed, nothing taken in beyond a bound) and the server's peak
+    RSS growth; /healthz latency is reported, not judged (the attack's own burst of
+    connections competes for the same loop)."""
+    resettable = _reset_peak(server.pid)
+    before = server.rss_mb()
+    with healthz_guard(server.url, check=False) as guard:
+        outcome = attack.run("127.0.0.1", server.port)
+    peak = server.peak_rss_mb() if resettable else max(server.rss_mb(), before)
+    growth = round(max(0.0, peak - before), 1)
+    return AttackRun(attack.name, attack.klass, outcome.met and growth < RSS_MB
+                     and not guard.failures,
+                     ", ".join(f"{k} {v}" for k, v in outcome.figures.items()),
+                     round(guard.worst_s * 1000, 1), growth)
+
+
 def tts_cases(models_dir: Path) -> list[Case]:
     """The TTS half of the corpus (bench/hostile_tts.py) for the demo pack's speakers."""
     stats = json.loads((models_dir / "chattts/manifest.json").read_text())
@@ -81,7 +109,8 @@ def tts_cases(models_dir: Path) -> list[Case]:
     return hostile_tts.cases(dim)
 
 
-def report(results: list[CaseResult], out: Path, cluster: bool) -> Path:
+def report(results: list[CaseResult], out: Path, cluster: bool,
+           attacks: list[AttackRun] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d-%H%M") + ("-cluster" if cluster else "")
     (out / f"{stamp}.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
@@ -104,6 +133,14 @@ def report(results: list[CaseResult], out: Path, cluster: bool) -> Path:
         lines.append(f"| {r.klass} | {r.name} | {r.bytes:,} | {r.status} | "
                      f"{r.seconds * 1000:.0f} | {r.healthz_worst_ms:.0f} | "
                      f"{r.rss_growth_mb:.0f} | {'yes' if r.met else '**no**'} |")
+    if attacks:
+        lines += ["", "Connection attacks (bench/hostile_http.py), each judged by its own "
+                  "figures: /healthz answered throughout, the server closed what it had to, "
+                  f"peak RSS growth < {RSS_MB:g} MB.", "",
+                  "| class | attack | figures | worst /healthz ms | peak RSS +MB | met |",
+                  "| --- | --- | --- | ---: | ---: | --- |"]
+        lines += [f"| {a.klass} | {a.name} | {a.figures} | {a.healthz_worst_ms:.0f} | "
+                  f"{a.rss_growth_mb:.0f} | {'yes' if a.met else '**no**'} |" for a in attacks]
     path = out / f"{stamp}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -121,6 +158,7 @@ def main() -> None:
     configs = {False: ("hostile", {}), True: ("hostile-key", {"api_key": "bench-key",
                                                               "models": "clap"})}
     results: dict[str, CaseResult] = {}
+    attacks: list[AttackRun] = []
     for keyed, (name, settings) in configs.items():  # one server at a time
         with one_or_cluster(name, args.models_dir, settings, log_dir=logs,
                             cluster=args.cluster).start() as server:
@@ -131,8 +169,12 @@ def main() -> None:
                       f"{result.seconds * 1000:6.0f} ms  healthz "
                       f"{result.healthz_worst_ms:4.0f} ms  +{result.rss_growth_mb:4.0f} MB  "
                       f"{case.klass}: {case.name}")
+            for attack in (a for a in ATTACKS if a.api_key == keyed):
+                attacks.append(run := run_attack(server, attack))
+                print(f"{'ok ' if run.met else 'NO '} healthz {run.healthz_worst_ms:4.0f} ms  "
+                      f"+{run.rss_growth_mb:4.0f} MB  {run.klass}: {run.name}: {run.figures}")
     ordered = [results[c.name] for c in cases]
-    print(f"report: {report(ordered, args.out, args.cluster)}")
+    print(f"report: {report(ordered, args.out, args.cluster, attacks)}")
 
 
 if __name__ == "__main__":

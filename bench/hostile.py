@@ -240,6 +240,8 @@ def corpus(extra: list[Callable[[], list[Case]]] | None = None) -> list[Case]:
     wav = tone_wav(1.0)
     cases = [*template_cases(wav), *json_number_cases(wav), *upload_shape_cases(wav),
              *audio_cases(), *auth_cases(wav), *small_cases()]
+    from bench.hostile_http import cases as edge_cases  # the connection half (issue 21)
+    cases += edge_cases()
     for more in extra or []:
         cases += more()
     return cases

@@ -18,7 +18,7 @@ from service.admission import AdmissionGate, CpuWorkers
 from service.allocator import pin_malloc_thresholds
 from service.errors import error_formatters, install_handlers
 from service.metrics import Metrics
-from service.middleware import AuthMiddleware, RequestContextMiddleware
+from service.middleware import AuthMiddleware, HeadAsGetMiddleware, RequestContextMiddleware
 from service.models import ModelLoader, packs_to_load
 from service.packs import ModelPack
 from service.read_limits import BodyLimit, ReadLimitsMiddleware, ReadTimeouts
@@ -69,7 +69,10 @@ def create_app(settings: Settings | None = None, seam: Seam | None = None,
     # work offline (service/web.py)
     app = FastAPIOffline(title="audioserve", version="0.1.0", lifespan=lifespan,
                          docs_url=None, redoc_url=None, static_url=DOCS_ASSETS_PREFIX,
-                         swagger_ui_parameters=SWAGGER_UI_PARAMETERS)
+                         swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
+                         # no trailing-slash redirect: Starlette built its Location from the
+                         # client's Host header (`/healthz/` is a 404 instead)
+                         redirect_slashes=False)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.pipelines = {}
@@ -91,6 +94,7 @@ def create_app(settings: Settings | None = None, seam: Seam | None = None,
                        timeouts=ReadTimeouts(idle_s=settings.body_idle_timeout_s,
                                              total_s=settings.body_timeout_s,
                                              min_rate=settings.body_min_rate))
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.add_middleware(ReplicaHeaderMiddleware)  # X-Audioserve-Replica (service/replicas.py)
     _add_health_routes(app)

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import drain_body, error_body_for
 from service.metrics import Metrics
+from service.server import expects_continue
 
 log = logging.getLogger("audioserve.access")
 
@@ -83,18 +84,49 @@ class AuthMiddleware:
         if scope["type"] != "http" or self.is_public(scope["path"]) or self._authorised(scope):
             await self.app(scope, receive, send)
             return
-        await drain_body(Request(scope, receive))
+        headers = [(b"www-authenticate", b"Bearer")]
+        if expects_continue(scope):  # no 100 Continue before the key: the body never comes
+            headers.append((b"connection", b"close"))
+        else:
+            await drain_body(Request(scope, receive))
         message = "missing or wrong API key: send `Authorization: Bearer <key>`"
         body = json.dumps(error_body_for(scope, 401, "unauthorized", message)).encode()
         await send({"type": "http.response.start", "status": 401, "headers": [
             (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-            (b"www-authenticate", b"Bearer")]})
+            *headers]})
         await send({"type": "http.response.body", "body": body})
 
     def _authorised(self, scope: Scope) -> bool:
         scheme, _, token = (_header(scope, b"authorization") or "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(
             token.strip().encode("latin-1"), self.expected)
+
+
+class HeadAsGetMiddleware:
+    """HEAD on a GET route answers as GET would, headers only (FastAPI's routes take the
+    methods they list, so `HEAD /healthz` was a 405). The method is GET only while the
+    app runs, so the access log and metrics keep HEAD."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        scope["method"] = "GET"
+        try:
+            await self.app(scope, receive, headers_only)
+        finally:
+            scope["method"] = "HEAD"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

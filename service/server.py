@@ -1,13 +1,26 @@
-"""The HTTP server: uvicorn, plus the connection-level limits that ASGI cannot see.
+"""The HTTP server: uvicorn's h11 protocol, with every connection state under a bound.
 
-uvicorn has a keep-alive timeout but no limit on how long a request's line and headers
-may take, and its `limit_concurrency` answers a plain-text 503 without Retry-After. Both
-matter against slow clients: 2,000 connections that never finish their headers stayed
-open for ever; and nothing caps the size of the headers (200 KB were taken). So
-`GuardedProtocol` adds, at the protocol (before any ASGI code runs): a header deadline
-(408 JSON, then close), a header size cap (431) and a cap on open connections (the
-connection over the cap is answered 503 + Retry-After in this service's error shape).
-Body-reading limits live in `service.read_limits`, where the ASGI receive is.
+An HTTP/1.1 connection is always in one of a few states, and each has its bound here
+(docs/hardening.md, "The HTTP edge", has the why and the figures):
+
+- before a request's headers: the header deadline (408, then close), the raw size of the
+  request line and headers and their field count (431);
+- a request body the route never read, after its answer: the connection is closed, after
+  a short linger that discards what still arrives (a request that declared a gigabyte and
+  sent a byte at a time held its connection, and a connection-cap slot, for ever);
+- between requests: the keep-alive timeout;
+- a response the client does not read: the write timeout (no progress -> reset, the
+  buffered answer freed);
+- pipelined requests: h11 takes in one request at a time and stops reading until it is
+  answered (httptools parsed 600,000 queued requests into memory);
+- trailers of a chunked body: h11 parses them and uvicorn drops them, so they never reach
+  the scope (under httptools they became headers: an `Authorization` trailer
+  authenticated);
+- a client that half-closes after a whole request still gets its answer (and one that
+  closed is found gone by a probe, so its work stops).
+
+A cap on open connections answers the connection over it 503 + Retry-After. Body-reading
+limits live in `service.read_limits`, where the ASGI receive is.
 
 `uvicorn_config` is the one place the server is configured: `python -m service` and the
 live-socket tests use it alike.
@@ -20,11 +33,13 @@ import contextlib
 import json
 import logging
 import socket
+import struct
 from typing import Any, ClassVar, cast
 
+import h11
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.errors import error_body
 from service.settings import Settings
@@ -48,6 +63,13 @@ def _raw_response(status: int, reason: str, code: str, message: str,
     return head.encode("latin-1") + body
 
 
+def expects_continue(scope: Scope) -> bool:
+    """Whether the client waits for `100 Continue` before sending its body: the server
+    sends that on the first read of the body, so a refusal must not read it."""
+    return any(name == b"expect" and value.lower() == b"100-continue"
+               for name, value in scope["headers"])
+
+
 class ConnectionRefusal:
     """The ASGI app a connection over the cap gets: its body read (briefly, so the answer
     is not lost to a reset), then 503 + Retry-After naming the limit."""
@@ -60,10 +82,11 @@ class ConnectionRefusal:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(REFUSAL_DRAIN_S):
-                while (await receive()).get("more_body", False):
-                    pass
+        if not expects_continue(scope):  # else no 100 Continue: its body never comes
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REFUSAL_DRAIN_S):
+                    while (await receive()).get("more_body", False):
+                        pass
         await send({"type": "http.response.start", "status": 503, "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(self.body)).encode()),
@@ -71,19 +94,66 @@ class ConnectionRefusal:
         await send({"type": "http.response.body", "body": self.body})
 
 
-class GuardedProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header deadline and a connection cap; the
-    limits are class attributes, set per server by `guarded_protocol`."""
+PEER_PROBE_S = 0.25
+"""After a half-close, how often the socket is checked for the peer's reset."""
+TCP_CLOSE = 7
+"""Linux's TCP state of a connection the peer reset (`TCP_INFO`'s first byte)."""
+WRITE_PROGRESS_BYTES = 64 * 1024
+"""How much of a pending response must go out per write timeout to count as progress."""
+
+log = logging.getLogger("audioserve.server")
+
+
+class HeadLimitedConnection(h11.Connection):
+    """h11's server connection that also refuses (431) a request whose raw head (line
+    ends and padding included) or field count is over the caps. h11 itself checks the
+    size only while a head is incomplete, so a large head arriving in one read passed."""
+
+    def __init__(self, max_head_bytes: int, max_fields: int) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_head_bytes)
+        self.max_head_bytes = max_head_bytes
+        self.max_fields = max_fields
+        self.error: h11.RemoteProtocolError | None = None
+
+    def next_event(self) -> Any:
+        before = len(self._receive_buffer)
+        try:
+            event = super().next_event()
+            if type(event) is h11.Request and (
+                    before - len(self._receive_buffer) > self.max_head_bytes
+                    or len(event.headers) > self.max_fields):
+                raise h11.RemoteProtocolError("request head over the caps",
+                                              error_status_hint=431)
+        except h11.RemoteProtocolError as exc:
+            self.error = exc
+            raise
+        return event
+
+
+class GuardedProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a timer on every connection state (module docstring);
+    the limits are class attributes, set per server by `guarded_protocol`."""
 
     header_timeout_s: ClassVar[float] = 10.0
     max_connections: ClassVar[int] = 1024
     max_header_bytes: ClassVar[int] = 65536
+    max_header_fields: ClassVar[int] = 100
+    write_timeout_s: ClassVar[float] = 30.0
+    unread_body_linger_s: ClassVar[float] = 2.0
     refusal_app: ClassVar[ConnectionRefusal]
     timeout_answer: ClassVar[bytes]
     too_big_answer: ClassVar[bytes]
     _header_timer: asyncio.TimerHandle | None = None
-    _header_bytes = 0
-    _headers_too_big = False
+    _write_timer: asyncio.TimerHandle | None = None
+    _linger_timer: asyncio.TimerHandle | None = None
+    _peer_timer: asyncio.TimerHandle | None = None
+    _write_mark = 0
+    _awaiting_head = False
+    _lingering = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn = HeadLimitedConnection(self.max_header_bytes, self.max_header_fields)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -92,46 +162,136 @@ class GuardedProtocol(HttpToolsProtocol):
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # the rest of a body nobody reads: discarded until the close
+        if self._awaiting_head:  # the first byte of the next request starts its deadline
+            self._awaiting_head = False
+            self._arm_header_timer()
         super().data_received(data)
-        if self._headers_too_big and not self.transport.is_closing():
-            self.transport.write(self.too_big_answer)
-            self.transport.close()
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._header_bytes = 0
-        self._arm_header_timer()  # a kept-alive connection's next request
-
-    def on_url(self, url: bytes) -> None:
-        self._count_header_bytes(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_header_bytes(len(name) + len(value))
-        super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        self._disarm_header_timer()
-        if not self._headers_too_big:  # else answered 431 once the parser returns
+    def handle_events(self) -> None:
+        scope = self.scope
+        super().handle_events()
+        if self.scope is not scope:  # a new request (its task has not started yet)
+            self._disarm_header_timer()
             extensions = cast(dict[str, Any], self.scope.setdefault("extensions", {}))
-            extensions[ABORT_EXTENSION] = self.transport.abort
-            super().on_headers_complete()
+            extensions[ABORT_EXTENSION] = self._reset
 
-    def on_body(self, body: bytes) -> None:
-        if not self._headers_too_big:
-            super().on_body(body)
+    def send_400_response(self, msg: str) -> None:
+        """A malformed request (h11's error): 431 for a head over the caps, else 400, in
+        this service's error shape; then close. Nothing is written once an answer began."""
+        self._disarm_header_timer()
+        cycle = self.cycle
+        started = cycle is not None and cycle.response_started and not cycle.response_complete
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's receive sees a disconnect, its sends drop
+            cycle.message_event.set()
+        if not started and not self.transport.is_closing():
+            error = cast(HeadLimitedConnection, self.conn).error
+            hint = error.error_status_hint if error is not None else 400
+            self.transport.write(self.too_big_answer if hint == 431 else _raw_response(
+                400, "Bad Request", "malformed_request", f"malformed HTTP/1.1 request: {error}"))
+        self.transport.close()
 
-    def on_message_complete(self) -> None:
-        if not self._headers_too_big:
-            super().on_message_complete()
+    def on_response_complete(self) -> None:
+        if self.transport.is_closing():
+            super().on_response_complete()
+        elif self.conn.their_state is h11.SEND_BODY:  # answered before its body was read
+            self.server_state.total_requests += 1
+            self._linger()
+        else:
+            self._awaiting_head = True
+            super().on_response_complete()  # may take in a pipelined request at once
 
-    def _count_header_bytes(self, n: int) -> None:
-        self._header_bytes += n
-        self._headers_too_big = self._headers_too_big or self._header_bytes > self.max_header_bytes
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        """A half-close after a whole request still gets its answer (then the close); an
+        idle connection, a body cut short or a lingering one closes now.
+
+        An EOF cannot tell a half-close from a client that closed and left, and work for
+        a client that left must stop (a TTS generation, say). So the answer's head is
+        probed for: an interim `100 Continue` (HTTP/1.1 clients must accept one) makes a
+        closed peer's kernel answer with a reset, which the socket's TCP state shows at
+        the next check; a half-closed peer just reads it."""
+        cycle = self.cycle
+        if (not self._lingering and cycle is not None and not cycle.response_complete
+                and not cycle.more_body):
+            cycle.keep_alive = False
+            if not cycle.response_started:
+                with contextlib.suppress(h11.LocalProtocolError):
+                    self.transport.write(self.conn.send(h11.InformationalResponse(
+                        status_code=100, headers=[], reason=b"Continue")))
+            self._peer_timer = self.loop.call_later(PEER_PROBE_S, self._check_peer)
+            return True
+        return None
+
+    def _check_peer(self) -> None:
+        """After a half-close: drop the connection once the peer has reset it (it had
+        closed, not half-closed), so the app sees the disconnect."""
+        self._peer_timer = None
+        if self.transport.is_closing() or self.cycle is None or self.cycle.response_complete:
+            return
+        sock = self.transport.get_extra_info("socket")
+        try:
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        except (OSError, AttributeError):
+            return
+        if state == TCP_CLOSE:
+            self.transport.abort()
+            return
+        self._peer_timer = self.loop.call_later(PEER_PROBE_S, self._check_peer)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_mark = self.transport.get_write_buffer_size()
+            self._write_timer = self.loop.call_later(self.write_timeout_s,
+                                                     self._check_write_progress)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel("_write_timer")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_timer()
+        for timer in ("_header_timer", "_write_timer", "_linger_timer", "_peer_timer"):
+            self._cancel(timer)
         super().connection_lost(exc)
+
+    def _linger(self) -> None:
+        """Close after an answer whose request body was not read: the answer is sent and
+        the write side shut; what the client still sends is discarded (a close with unread
+        bytes would reset the connection and lose the answer) for at most the linger time."""
+        self._lingering = True
+        self._unset_keepalive_if_required()
+        self._disarm_header_timer()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.flow.resume_reading()
+        self._linger_timer = self.loop.call_later(self.unread_body_linger_s,
+                                                  self.transport.close)
+
+    def _check_write_progress(self) -> None:
+        self._write_timer = None
+        size = self.transport.get_write_buffer_size()
+        if size == 0:
+            return
+        if size > self._write_mark - WRITE_PROGRESS_BYTES:
+            log.info("write timeout: %d bytes unsent for %g s; connection dropped", size,
+                     self.write_timeout_s)
+            self._reset()
+            return
+        self._write_mark = size
+        self._write_timer = self.loop.call_later(self.write_timeout_s,
+                                                 self._check_write_progress)
+
+    def _reset(self) -> None:
+        """Drop the connection with a TCP reset: the unsent answer is discarded by the
+        kernel too (a plain close would leave it queued there, for a client that never
+        reads, and the client would not learn it was cut)."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def _arm_header_timer(self) -> None:
         if self._header_timer is None:
@@ -139,9 +299,13 @@ class GuardedProtocol(HttpToolsProtocol):
                                                       self._header_timeout)
 
     def _disarm_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self._cancel("_header_timer")
+
+    def _cancel(self, name: str) -> None:
+        timer: asyncio.TimerHandle | None = getattr(self, name)
+        if timer is not None:
+            timer.cancel()
+            setattr(self, name, None)
 
     def _header_timeout(self) -> None:
         self._header_timer = None
@@ -161,15 +325,33 @@ def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
     too_big_answer = _raw_response(
         431, "Request Header Fields Too Large", "headers_too_large",
         f"the request line and headers exceed {settings.max_header_bytes} bytes "
-        "(AUDIOSERVE_MAX_HEADER_BYTES)")
+        f"(AUDIOSERVE_MAX_HEADER_BYTES) or {settings.max_header_fields} fields "
+        "(AUDIOSERVE_MAX_HEADER_FIELDS)")
     return type("GuardedProtocol", (GuardedProtocol,), {
         "header_timeout_s": settings.header_timeout_s,
         "max_connections": settings.max_connections,
         "max_header_bytes": settings.max_header_bytes,
+        "max_header_fields": settings.max_header_fields,
+        "write_timeout_s": settings.write_timeout_s,
+        "unread_body_linger_s": settings.unread_body_linger_s,
         "too_big_answer": too_big_answer,
         "refusal_app": ConnectionRefusal(settings.max_connections),
         "timeout_answer": timeout_answer,
     })
+
+
+PROCESS_PROTOCOL: type[GuardedProtocol] | None = None
+"""This process's protocol when uvicorn is started by someone else (`serve_auto_as_guarded`)."""
+
+
+def serve_auto_as_guarded(settings: Settings) -> None:
+    """Make uvicorn's `http="auto"` mean this service's protocol, in this process. Ray Serve
+    starts its ingress replicas' uvicorn itself, with no way to name a protocol, and "auto"
+    is httptools: behind HAProxy the cluster's ingress would take trailers as headers and
+    hold unread bodies as one process did before. Called before that server starts."""
+    global PROCESS_PROTOCOL
+    PROCESS_PROTOCOL = guarded_protocol(settings)
+    uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:PROCESS_PROTOCOL"
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn.Config:

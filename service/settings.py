@@ -204,7 +204,17 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(10.0, gt=0)
     """A request's line and headers must arrive within this (408 and closed)."""
     max_header_bytes: int = Field(65536, ge=1024)
-    """Request line plus headers; more -> 431 and closed."""
+    """Request line plus headers, as raw bytes (line ends and padding counted); more ->
+    431 and closed."""
+    max_header_fields: int = Field(100, ge=8)
+    """Header fields in one request; more -> 431 and closed."""
+    write_timeout_s: float = Field(30.0, gt=0)
+    """A response whose unsent part does not shrink by 64 KiB within this is dropped
+    (connection reset, its buffer freed): a client that stops reading cannot pin it."""
+    unread_body_linger_s: float = Field(2.0, gt=0)
+    """A request answered before its body was read (a refusal, a route that takes no
+    body) has its connection closed after the answer; the client gets this long to stop
+    sending (what it sends meanwhile is discarded) so the answer is not lost to a reset."""
     body_idle_timeout_s: float = Field(10.0, gt=0)
     """Longest pause between two pieces of a request body (408)."""
     body_timeout_s: float = Field(30.0, gt=0)

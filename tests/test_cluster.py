@@ -41,7 +41,8 @@ SETTINGS = dict(warmup=False, request_timeout_s=DEADLINE_S, intra_op_threads=1,
                 tts_max_active=2,  # long texts' pieces take turns: streams last a while
                 emotion_chunk_seconds=130.0,  # a 120 s chunk: one 7.7 MB item on the wire
                 # short reading limits, so the test of them behind HAProxy is quick
-                header_timeout_s=2.0, body_idle_timeout_s=2.0, tts_stream_stall_timeout_s=3.0)
+                header_timeout_s=2.0, body_idle_timeout_s=2.0, tts_stream_stall_timeout_s=3.0,
+                max_header_fields=50)  # under HAProxy's own 100, so the ingress's cap shows
 SENTENCE = "This sentence is one of many that make a long text to speak. "
 CLUSTER = {
     "ingress": {"num_cpus": 0.25},
@@ -308,6 +309,50 @@ def test_reading_limits_hold_behind_haproxy(cluster: RayAudioserve) -> None:
                          + b"a" * size + b"\r\n\r\n")
             status, _, _ = read_response(sock)
         assert status == 200 if served else 400 <= status < 500, (size, status)
+    assert httpx.get(f"{cluster.url}/healthz", timeout=10).status_code == 200
+
+
+def test_the_connection_edge_holds_behind_haproxy(cluster: RayAudioserve) -> None:
+    """Issue 21's connection classes through HAProxy, whose ingress replicas' uvicorn reads
+    with this service's protocol too (service.server.serve_auto_as_guarded): connections
+    holding bodies nobody reads are closed; a trailer never reaches the app; the field cap
+    is the ingress's (431 JSON; Ray's plain uvicorn has none); HEAD answers like GET; no
+    redirect is built from Host."""
+    address = urlsplit(cluster.url)
+    host, port = address.hostname or "127.0.0.1", address.port or 80
+    socks = [socket.create_connection((host, port), timeout=30) for _ in range(8)]
+    try:
+        for sock in socks:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Length: 1000000000\r\n\r\nx")
+            assert read_response(sock)[0] == 200
+            sock.sendall(b"y")
+        for sock in socks:  # closed (the socket's timeout would raise first)
+            with suppress(ConnectionResetError):
+                while sock.recv(65536):
+                    pass
+    finally:
+        for sock in socks:
+            sock.close()
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(b"POST /embed/text HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: application/json\r\n\r\n"
+                     b"10\r\n{\"input\": \"dog\"}\r\n0\r\nX-Request-ID: from-trailer\r\n\r\n")
+        status, headers, _ = read_response(sock)
+        assert status == 200 and headers.get("x-request-id") != "from-trailer"
+        sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status, headers, body = read_response(sock)
+        assert status == 200 and body == b"" and int(headers["content-length"]) > 0
+    # 61 fields: within HAProxy's own 100 (its 400 page above), over the ingress's 50
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                     + b"".join(b"X-%d: v\r\n" % i for i in range(60)) + b"\r\n")
+        status, _, body = read_response(sock)
+    assert status == 431 and b"AUDIOSERVE_MAX_HEADER_FIELDS" in body
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(b"GET /healthz/ HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+        status, headers, _ = read_response(sock)
+    assert status == 404 and "location" not in headers
     assert httpx.get(f"{cluster.url}/healthz", timeout=10).status_code == 200
 
 

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
 from service.cluster.remote import RaySeam, SeamOptions
+from service.server import serve_auto_as_guarded
 from service.settings import Settings
 
 
@@ -30,6 +31,7 @@ class IngressReplica:
         self.replica = f"{context.deployment}#{context.replica_id.unique_id}"
         app_name, deployment = context.app_name, context.deployment
         self.settings = settings
+        serve_auto_as_guarded(settings)  # Ray starts this replica's uvicorn after __init__
         self.seam = RaySeam(models, options, replica=self.replica,
                             peers=lambda: serve.get_deployment_handle(deployment, app_name))
         self._app: FastAPI | None = None
