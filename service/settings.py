@@ -203,6 +203,12 @@ class Settings(BaseSettings):
     max_json_bytes: int = Field(1024 * 1024, ge=1024)
     """Body limit of the JSON-only routes (/tts, /v1/audio/speech, /v1/voices,
     /embed/text); the upload routes take `max_upload_bytes` of audio."""
+    json_max_containers: int = Field(10_000, ge=16)
+    """Arrays and objects in one JSON body (its `[` and `{` bytes, counted before parsing;
+    400 beyond): no route takes more than a few, and millions of empty lists stalled the
+    event loop ~2 s per 33 MB body."""
+    json_max_items: int = Field(200_000, ge=1024)
+    """Elements and members in one JSON body (its `,` bytes, counted before parsing)."""
     keep_alive_timeout_s: float = Field(5.0, gt=0)
     """Idle keep-alive connections are closed after this."""
 

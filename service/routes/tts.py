@@ -15,12 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.audio_encode import MEDIA_TYPES, AudioFormat
 from service.deps import get_metrics, get_pipeline, get_settings
-from service.errors import InvalidInput, PayloadTooLarge
+from service.errors import CLIENT_CLOSED, InvalidInput, PayloadTooLarge
 from service.json_body import JsonBodyRoute
 from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest, SpeechResult
 from service.pipelines.chattts_stream import SpeechStream, open_stream
 from service.routes.streaming import (
-    CLIENT_CLOSED,
     AudioStreamResponse,
     ClientGone,
     cancel_on_disconnect,
