@@ -139,6 +139,16 @@ class Settings(BaseSettings):
     tts_stream_lookahead_tokens: int | None = Field(None, ge=1)
     """Tokens a streamed window waits for right of what it sends; default: the receptive
     field (exact seams). Smaller: earlier audio, a measured seam error."""
+    tts_max_output_s: float = Field(300.0, gt=0)
+    """Seconds of audio one request may produce, after `speed`. A `max_new_tokens` whose
+    audio alone is longer -> 413 up front; otherwise generation stops, piece by piece in
+    order, at this many seconds' worth of tokens and the answer says so
+    (`X-Audioserve-Truncated-At-S`, finish reason `max_output`). A 2 KB request at speed
+    0.25 and 48 kHz was a 351 MB WAV (+4.1 GB RSS) before it."""
+    tts_encode_slots: int = Field(1, ge=1)
+    """Whole-file TTS answers post-processed (stretch, resample, encode) at once; the
+    others wait, so long encodes leave the rest of the CPU pool to other routes (two
+    351 MB encodes kept a /classify waiting 24.6 s)."""
     voices_dir: Path = Path("voices")
     """Saved voices (`POST /v1/voices`), one JSON file each."""
 

@@ -81,6 +81,11 @@ class SpeechStream:
         self._ready = [asyncio.Event() for _ in range(n)]
         self._tasks: list[asyncio.Task[None]] = []
         self._ahead = max(1, pipeline.settings.tts_stream_pieces_ahead)
+        self.budget = pipeline.token_budget(req)
+        self.piece_tokens = [0] * n
+        self.capped_piece: int | None = None
+        """The piece at which AUDIOSERVE_TTS_MAX_OUTPUT_S was reached: the stream ends
+        with it (`cut_to_budget`'s rule: its tokens and all before it reach the budget)."""
         pipeline.engine.reserve(n)
         self._reserved = n
         self._next = 0
@@ -95,7 +100,7 @@ class SpeechStream:
     def _start_next(self) -> None:
         """Submit the next piece into its reserved place (none left, or stopped: no-op)."""
         i = self._next
-        if self._stopped or i >= len(self.tokens):
+        if self._stopped or i >= len(self.tokens) or self.capped_piece is not None:
             return
         self.tokens[i] = self.pipeline.engine.open_stream(
             self.prepared.jobs[i], self.pipeline.settings.tts_stream_buffer_tokens,
@@ -115,7 +120,9 @@ class SpeechStream:
         stitcher = Stitcher(self.pipeline.crossfade)
         limiter = RunningLimiter()
         try:
-            for q in queues:
+            for i, q in enumerate(queues):
+                if self.capped_piece is not None and i > self.capped_piece:
+                    break  # the output cap was reached in an earlier piece
                 stitcher.start_piece()
                 while (item := await q.get()) is not _END:
                     if isinstance(item, BaseException):
@@ -216,6 +223,12 @@ class SpeechStream:
                 break
             hidden.append(event.hidden)
             self.stats.tokens += 1
+            self.piece_tokens[i] += 1
+            if sum(self.piece_tokens[: i + 1]) >= self.budget:
+                self.capped_piece = min(i, self.capped_piece if self.capped_piece is not None
+                                        else i)
+                tokens.close()  # AUDIOSERVE_TTS_MAX_OUTPUT_S: this piece ends here
+                break
             if not stretch and (window := planner.next(len(hidden), finished=False)):
                 wave = await p.decode_hidden(np.stack(hidden[window.start : window.stop]))
                 await out.put(planner.cut(window, wave))

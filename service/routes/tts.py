@@ -117,6 +117,8 @@ def response_headers(result: SpeechResult, demo: bool) -> dict[str, str]:
             f"{k};dur={v:.1f}" for k, v in result.timings_ms.items()
         ),
     }
+    if result.truncated_at_s is not None:  # never silently: AUDIOSERVE_TTS_MAX_OUTPUT_S
+        headers["X-Audioserve-Truncated-At-S"] = f"{result.truncated_at_s:g}"
     if demo:
         headers["X-Audioserve-Demo"] = "true"
     return headers
@@ -129,6 +131,7 @@ def stream_headers(pipeline: ChatTTSPipeline, stream: SpeechStream) -> dict[str,
         "X-Audioserve-Pieces": str(len(stream.prepared.jobs)),
         "X-Audioserve-Stream-Chunk-Tokens": str(pipeline.settings.tts_stream_chunk_tokens),
         "Cache-Control": "no-store",
+        "X-Audioserve-Max-Output-S": f"{pipeline.settings.tts_max_output_s:g}",
     }
     if not stream.encoder.states_length:  # docs/tts-limits.md: what readers then do
         headers["X-Audioserve-Length-In-File"] = "false"
