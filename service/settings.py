@@ -213,6 +213,11 @@ class Settings(BaseSettings):
     max_json_bytes: int = Field(1024 * 1024, ge=1024)
     """Body limit of the JSON-only routes (/tts, /v1/audio/speech, /v1/voices,
     /embed/text); the upload routes take `max_upload_bytes` of audio."""
+    max_body_bytes_in_flight: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+    """Bytes of request bodies read or held at once, process-wide, taken by Content-Length
+    before reading (service/read_limits.py): no room -> 503 + Retry-After, a body larger
+    than all of it -> 413. Keep it above the largest body a route takes (a base64 JSON
+    upload of AUDIOSERVE_MAX_UPLOAD_BYTES is 4/3 of it)."""
     json_max_containers: int = Field(10_000, ge=16)
     """Arrays and objects in one JSON body (its `[` and `{` bytes, counted before parsing;
     400 beyond): no route takes more than a few, and millions of empty lists stalled the

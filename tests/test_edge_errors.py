@@ -120,3 +120,44 @@ def test_a_voice_deleted_while_listed_is_skipped(tmp_path: Path,
     assert "kept" in names and "gone" not in names
     monkeypatch.undo()
     assert json.loads((tmp_path / "kept.json").read_text())["name"] == "kept"
+
+
+@pytest.fixture(scope="module")
+def budget_server(clap_models_dir: Path) -> Iterator[RunningServer]:
+    with serve_app(models_dir=clap_models_dir, models="clap", warmup=False,
+                   max_body_bytes_in_flight=2**20) as running:
+        yield running
+
+
+def _post(server: RunningServer, body: bytes) -> httpx.Response:
+    return httpx.post(server.url + "/classify", content=body, timeout=30,
+                      headers={"content-type": "application/json"})
+
+
+def test_a_body_larger_than_the_whole_budget_is_413_unread(
+        budget_server: RunningServer) -> None:
+    with socket.create_connection((budget_server.host, budget_server.port)) as sock:
+        sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: 2000000\r\n\r\n{")
+        head = sock.recv(65536)  # answered without the rest of the body
+    assert head.startswith(b"HTTP/1.1 413"), head[:200]
+    assert b"AUDIOSERVE_MAX_BODY_BYTES_IN_FLIGHT" in head
+
+
+def test_bodies_share_one_budget_taken_before_reading(budget_server: RunningServer) -> None:
+    """A holds 700 KB of the 1 MiB budget while it trickles; B's 500 KB is refused with
+    503 + Retry-After until A is gone, then served."""
+    small = b"{" + b" " * 500_000  # malformed JSON: a 400 once it is read and parsed
+    with socket.create_connection((budget_server.host, budget_server.port)) as holder:
+        holder.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                       b"application/json\r\nContent-Length: 700000\r\n\r\n{")
+        deadline = time.monotonic() + 30
+        while (refused := _post(budget_server, small)).status_code != 503:
+            assert refused.status_code == 400, refused.text
+            assert time.monotonic() < deadline, "the holder never took its bytes"
+        assert refused.headers["retry-after"] == "1"
+        assert "AUDIOSERVE_MAX_BODY_BYTES_IN_FLIGHT" in refused.json()["error"]["message"]
+    deadline = time.monotonic() + 30
+    while (served := _post(budget_server, small)).status_code == 503:
+        assert time.monotonic() < deadline, "the holder's bytes never came back"
+    assert served.status_code == 400
