@@ -23,7 +23,8 @@ from pathlib import Path
 
 from bench.bench_hostile import _reset_peak
 from bench.healthz_guard import healthz_guard
-from bench.hostile import corpus, send_case
+from bench.hostile import send_case
+from bench.hostile_corpus import corpus
 from bench.hostile_http import ATTACKS
 from bench.prom import snapshot
 from bench.server import REPO, ServerProcess, free_port, with_pythonpath

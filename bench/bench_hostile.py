@@ -21,11 +21,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import hostile_tts
+from bench import hostile_output, hostile_tts
 from bench.cluster import SERVER_COMMAND, one_or_cluster
 from bench.healthz_guard import TARGET_S as HEALTHZ_S
 from bench.healthz_guard import healthz_guard
-from bench.hostile import Case, corpus, send_case
+from bench.hostile import Case, send_case
+from bench.hostile_corpus import corpus
 from bench.hostile_http import ATTACKS, Attack
 from bench.server import REPO, ServerProcess, memory_mb, process_tree
 
@@ -106,7 +107,7 @@ def tts_cases(models_dir: Path) -> list[Case]:
     """The TTS half of the corpus (bench/hostile_tts.py) for the demo pack's speakers."""
     stats = json.loads((models_dir / "chattts/manifest.json").read_text())
     dim = int(stats["constants"].get("spk_emb_dim", 768))
-    return hostile_tts.cases(dim)
+    return [*hostile_tts.cases(dim), *hostile_output.tts_cases()]
 
 
 def report(results: list[CaseResult], out: Path, cluster: bool,

@@ -15,7 +15,6 @@ import io
 import json
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -233,18 +232,6 @@ def small_cases() -> list[Case]:
         Case("X-Forwarded-For from loopback", "11 headers", "/healthz", method="GET",
              headers={"X-Forwarded-For": "6.6.6.6"}, expect=(200,)),
     ]
-
-
-def corpus(extra: list[Callable[[], list[Case]]] | None = None) -> list[Case]:
-    """Every case (the TTS half is added by the callers that serve ChatTTS)."""
-    wav = tone_wav(1.0)
-    cases = [*template_cases(wav), *json_number_cases(wav), *upload_shape_cases(wav),
-             *audio_cases(), *auth_cases(wav), *small_cases()]
-    from bench.hostile_http import cases as edge_cases  # the connection half (issue 21)
-    cases += edge_cases()
-    for more in extra or []:
-        cases += more()
-    return cases
 
 
 def as_json(case: Case) -> str:

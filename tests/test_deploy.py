@@ -13,9 +13,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.tools import require_tool
+import pytest
 
 from tests.clap_fixtures import clap_models_dir  # noqa: F401
+from tests.tools import require_module, require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,7 +149,7 @@ def test_serve_run_and_deploy_of_the_shipped_config_on_a_ray_the_cli_started(
     with its dashboard, then `serve run` and `serve deploy` of deploy/serve.yaml (its port
     set by the documented `sed`); every Ray path under this test's own directory."""
     root = ray_root
-    pytest.importorskip("ray.serve", reason="the `cluster` extra (ray[serve]) is not installed")
+    require_module("ray.serve", "the `cluster` extra: pip install -e '.[cluster]'")
     from service.cluster.runtime import free_port, haproxy_files_under
 
     bin_dir = Path(sys.executable).parent
@@ -234,7 +235,7 @@ def test_serve_run_and_deploy_of_the_shipped_config_on_a_ray_the_cli_started(
 
 
 def test_compose_keeps_saved_voices_in_a_volume() -> None:
-    yaml = pytest.importorskip("yaml")
+    yaml = require_module("yaml", "pyyaml")
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     service = compose["services"]["audioserve"]
     folder = service["environment"]["AUDIOSERVE_VOICES_DIR"]

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from bench.healthz_guard import healthz_guard
-from bench.hostile import Case, corpus, send_case
+from bench.hostile import Case, send_case
+from bench.hostile_corpus import corpus
 from tests.tts_server import RunningServer, serve_app
 
 pytest_plugins = ("tests.clap_fixtures", "tests.emotion2vec_fixtures")
