@@ -29,6 +29,8 @@ UNCHECKED_STATUSES = {499}
 _ROOT = "urn:audioserve-openapi"
 
 violations: list[str] = []
+checked: list[str] = []
+"""`METHOD template status` of every answer checked (a test that the checker runs)."""
 _lock = threading.Lock()
 
 
@@ -59,6 +61,8 @@ def check(app: Any, scope: Scope, status: int, content_type: str, body: bytes | 
     if operation is None:
         return
     where = f"{method.upper()} {scope['path']} -> {status}"
+    with _lock:
+        checked.append(f"{method.upper()} {template} {status}")
     answers = operation.get("responses", {})
     answer = answers.get(str(status)) or answers.get("default")
     if answer is None:

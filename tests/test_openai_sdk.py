@@ -205,7 +205,7 @@ def test_sse_done_reports_input_and_output_tokens(server: RunningServer) -> None
     events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
     usage = events[-1]["usage"]
     assert events[-1]["type"] == "speech.audio.done"
-    assert usage["input_tokens"] > len("hello there".split())
+    assert usage["input_tokens"] > 2  # more than the two words: the prompt
     assert usage["output_tokens"] > 0
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
 

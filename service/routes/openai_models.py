@@ -5,14 +5,14 @@ pack was built (its manifest's modification time): the same on every replica."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 
 from service.errors import NotFound
 from service.packs import MANIFEST
 from service.pipelines.base import Pipeline
-from service.routes.responses import ModelCard, ModelList, errors
+from service.routes.responses import ModelCard, ModelList, errors, path_example
 from service.seam import Seam
 
 router = APIRouter(tags=["models"])
@@ -36,7 +36,8 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/models/{model_id}", response_model=ModelCard, responses=errors(401, 404))
-async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
+async def retrieve_model(model_id: Annotated[str, path_example("clap")],
+                         request: Request) -> dict[str, Any]:
     """One loaded model: `clap`, `emotion2vec` or `chattts`."""
     pipelines: dict[str, Pipeline] = request.app.state.pipelines
     pipeline = pipelines.get(model_id)

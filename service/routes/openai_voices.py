@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,7 +29,7 @@ from service.multipart import parse_multipart, text_field
 from service.pipelines.chattts import ChatTTSPipeline
 from service.routes.openai_speech import OpenAIRoute
 from service.routes.params import describe
-from service.routes.responses import Answer, openai_errors
+from service.routes.responses import Answer, openai_errors, path_example
 from service.routes.voices import pipeline_of
 from service.tts.voices import Voice, VoiceStore
 from service.uploads import JSON, MAX_FORM_PARTS, MULTIPART
@@ -89,8 +89,10 @@ _CREATE_FORM = {"type": "object", "required": ["name"], "properties": {
              "description": "`audio_sample` is refused (422): ChatTTS cannot clone."},
     "prompt": {"type": "string", "examples": ["alloy(2)+echo(1)"],
                "description": "A voice spec: a name, a mix `a(2)+b(1)` or an spk_emb."},
-    "seed": {"type": "integer", "description": "Extension: a seeded random speaker."},
-    "spk_emb": {"type": "string", "description": "Extension: an upstream speaker string."},
+    "seed": {"type": "integer", "example": "",
+             "description": "Extension: a seeded random speaker (instead of `prompt`)."},
+    "spk_emb": {"type": "string", "example": "",
+                "description": "Extension: an upstream speaker string (instead of `prompt`)."},
     "overwrite": {"type": "boolean", "default": False}}}
 
 
@@ -108,7 +110,7 @@ def _fields(content_type: str, body: bytes) -> dict[str, Any]:
         parts = parse_multipart(content_type, body, MAX_FORM_PARTS)
         if any(p.name == "audio_sample" for p in parts):
             raise VoiceFromSampleUnsupported(_SAMPLE)
-        return {p.name: text_field(p) for p in parts}
+        return {p.name: text_field(p) for p in parts if p.data}  # an empty field is unset
     if kind in (JSON, ""):
         parsed = loads(body)
         if not isinstance(parsed, dict):
@@ -142,10 +144,10 @@ def create(store: VoiceStore, content_type: str, body: bytes) -> dict[str, Any]:
 
 @router.post("/v1/audio/voices", response_model=VoiceObject,
              openapi_extra={"requestBody": {"required": True, "content": {
-                 "multipart/form-data": {"schema": _CREATE_FORM},
                  "application/json": {"schema": _CREATE_FORM, "example": {
                      "name": "warm-narrator", "type": "prompt", "prompt": "alloy(2)+echo(1)",
-                     "overwrite": True}}}}},
+                     "overwrite": True}},
+                 "multipart/form-data": {"schema": _CREATE_FORM}}}},
              responses=openai_errors(400, 401, 409, 413, 415, 422, 503))
 async def create_voice(request: Request) -> dict[str, Any]:
     """Save a voice (OpenAI's `audio.voice`); see the module's note for what ChatTTS takes."""
@@ -170,7 +172,8 @@ async def list_audio_voices(request: Request) -> dict[str, Any]:
 
 @router.delete("/v1/audio/voices/{voice_id}", response_model=VoiceDeleted,
                responses=openai_errors(401, 404, 409, 422, 503))
-async def delete_audio_voice(voice_id: str, request: Request) -> dict[str, Any]:
+async def delete_audio_voice(voice_id: Annotated[str, path_example("warm-narrator")],
+                             request: Request) -> dict[str, Any]:
     """Delete a saved voice (built-in ones cannot be: 409)."""
     pipeline = pipeline_of(request)
     await pipeline.ctx.cpu.run(functools.partial(pipeline.voices.delete, voice_id))

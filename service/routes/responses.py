@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Request, Response
+from fastapi import Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.admission import CpuWorkers
@@ -72,6 +72,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     500: _error("An internal error (logged with the request id); not the client's fault."),
 }
 """Every error an API route may answer, for the OpenAPI `responses` of each route."""
+
+
+def path_example(value: str) -> Any:
+    """A path parameter's example, which Swagger UI's "Try it out" fills in."""
+    return Path(openapi_examples={"example": {"value": value}})
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

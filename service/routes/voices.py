@@ -5,7 +5,7 @@ live in service/tts/voices.py; its file I/O and mixing run in the shared CPU poo
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.deps import get_pipeline
 from service.json_body import JsonBodyRoute
 from service.pipelines.chattts import ChatTTSPipeline
-from service.routes.responses import errors
+from service.routes.responses import errors, path_example
 from service.tts.voices import VoiceStore
 
 router = APIRouter(tags=["voices"], route_class=JsonBodyRoute)
@@ -62,7 +62,8 @@ async def save_voice(body: VoiceBody, request: Request) -> JSONResponse:
 @router.delete("/v1/voices/{name}", status_code=204,
                 responses=errors(401, 404, 409, 422, 503))
 @router.delete("/voices/{name}", status_code=204, include_in_schema=False)
-async def delete_voice(name: str, request: Request) -> Response:
+async def delete_voice(name: Annotated[str, path_example("narrator")],
+                       request: Request) -> Response:
     pipeline = pipeline_of(request)
     await pipeline.ctx.cpu.run(pipeline.voices.delete, name)
     return Response(status_code=204)
