@@ -46,11 +46,12 @@ def upload_body(params: type[UploadParams]) -> dict[str, Any]:
     """`openapi_extra` for a route whose fields are `params` (see the module's note)."""
     properties, required = _fields(params)
     audio_note = f"Accepted: {ACCEPTED_FORMATS}; any rate and channel count."
+    form_properties = {"file": {"type": "string", "format": "binary",
+                                "description": f"The audio file. {audio_note}"},
+                       **properties}
     multipart = {
         "type": "object",
-        "properties": {"file": {"type": "string", "format": "binary",
-                                "description": f"The audio file. {audio_note}"},
-                       **properties},
+        "properties": form_properties,
         "required": ["file", *required],
     }
     as_json = {
@@ -70,7 +71,7 @@ def upload_body(params: type[UploadParams]) -> dict[str, Any]:
             "example": {"audio": example_wav_base64(), **params.upload_example},
         },
         "multipart/form-data": {
-            "schema": {**multipart, "properties": _form_fields(multipart["properties"])},
+            "schema": {**multipart, "properties": _form_fields(form_properties)},
             "encoding": {name: {"style": "form", "explode": True} for name in lists},
         },
     }}}
