@@ -5,8 +5,11 @@ the docs cannot drift from the code: a test that provokes an undocumented status
 answer of another shape, fails (tests/conftest.py checks after every test).
 
 It wraps `Starlette.__call__`, so it sees every app the suite builds (TestClient or a
-live server). Answers of paths outside the schema (health, docs, aliases), of methods a
-path lacks, and 499 (the client left; nobody reads it) are not checked.
+live server). The server only records each answer (its status, media type and, for JSON,
+its body); the checks run after the test (`check_pending`), never on the server's event
+loop, so tests that time the server measure the server. Answers of paths outside the
+schema (health, docs, aliases), of methods a path lacks, and 499 (the client left; nobody
+reads it) are not checked.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ UNCHECKED_STATUSES = {499}
 _ROOT = "urn:audioserve-openapi"
 
 violations: list[str] = []
+pending: list[tuple[Any, str | None, str, str, int, str, bytes | None]] = []
+"""(app, route template, method, path, status, content type, JSON body) to check."""
 checked: list[str] = []
 """`METHOD template status` of every answer checked (a test that the checker runs)."""
 _lock = threading.Lock()
@@ -50,17 +55,27 @@ def _validator(app: Any, pointer: str) -> Draft202012Validator:
     return found
 
 
-def check(app: Any, scope: Scope, status: int, content_type: str, body: bytes | None) -> None:
+def check_pending() -> list[str]:
+    """Check every answer recorded so far; the problems found (also left in `violations`)."""
+    with _lock:
+        answers = list(pending)
+        pending.clear()
+    for answer in answers:
+        check(*answer)
+    with _lock:
+        return list(violations)
+
+
+def check(app: Any, template: str | None, method: str, path: str, status: int,
+          content_type: str, body: bytes | None) -> None:
     """One answer against the schema; a problem is appended to `violations`."""
-    route = scope.get("route")
-    template = getattr(route, "path", None)
-    method = scope["method"].lower()
+    method = method.lower()
     if template is None or status in UNCHECKED_STATUSES:
         return
     operation = app.openapi().get("paths", {}).get(template, {}).get(method)
     if operation is None:
         return
-    where = f"{method.upper()} {scope['path']} -> {status}"
+    where = f"{method.upper()} {path} -> {status}"
     with _lock:
         checked.append(f"{method.upper()} {template} {status}")
     answers = operation.get("responses", {})
@@ -90,6 +105,13 @@ def check(app: Any, scope: Scope, status: int, content_type: str, body: bytes | 
               f"{list(errors[0].absolute_path)}")
 
 
+def _record(app: Any, scope: Scope, start: dict[str, Any], body: bytes | None) -> None:
+    template = getattr(scope.get("route"), "path", None)
+    with _lock:
+        pending.append((app, template, scope["method"], scope["path"], start["status"],
+                        start["content_type"], body if start["json"] else None))
+
+
 def _note(problem: str) -> None:
     with _lock:
         violations.append(problem)
@@ -111,17 +133,17 @@ def checking() -> Iterator[None]:
         async def watch(message: Message) -> None:
             nonlocal size
             if message["type"] == "http.response.start":
-                start.update(status=message["status"], headers=message.get("headers", []))
+                headers = {k.lower(): v for k, v in message.get("headers", [])}
+                content_type = headers.get(b"content-type", b"").decode("latin-1")
+                start.update(status=message["status"], content_type=content_type,
+                             json=content_type.startswith("application/json"))
             elif message["type"] == "http.response.body" and start:
                 data = message.get("body", b"")
                 size += len(data)
-                if size <= MAX_BODY:
+                if size <= MAX_BODY and start.get("json"):
                     chunks.append(data)
                 if not message.get("more_body", False):
-                    headers = {k.lower(): v for k, v in start["headers"]}
-                    content_type = headers.get(b"content-type", b"").decode("latin-1")
-                    check(self, scope, start["status"], content_type,
-                          b"".join(chunks) if size <= MAX_BODY else None)
+                    _record(self, scope, start, b"".join(chunks) if size <= MAX_BODY else None)
                     start.clear()
             await send(message)
 

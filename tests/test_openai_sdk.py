@@ -216,3 +216,11 @@ def test_audio_answers_name_a_file(server: RunningServer) -> None:
     assert r.headers["content-disposition"] == 'attachment; filename="speech.flac"'
     r = httpx.post(server.url + "/tts", timeout=60, json={"text": "hi", "stream": True})
     assert r.headers["content-disposition"] == 'attachment; filename="speech.wav"'
+
+
+def test_seeds_are_capped_where_javascript_keeps_them_exact(server: RunningServer) -> None:
+    top = 2**53 - 1
+    ok = httpx.post(server.url + "/tts", timeout=60, json={"text": "hi", "sampling_seed": top})
+    assert ok.status_code == 200 and ok.headers["x-audioserve-sampling-seed"] == str(top)
+    over = httpx.post(server.url + "/tts", json={"text": "hi", "sampling_seed": top + 1})
+    assert over.status_code == 422 and str(top) in over.json()["error"]["message"]
