@@ -1,8 +1,13 @@
 """OpenAI-compatible `POST /v1/audio/speech` (what openai's client, Kokoro-FastAPI and
 openedai-speech users call), on the same ChatTTS pipeline as `/tts`.
 
-Differences from OpenAI, on purpose: `voice` also takes saved voices, mixes `a(2)+b(1)`
-and raw `spk_emb` strings; `speed` is met by time-stretching (service/tts/stretch.py);
+`voice` takes OpenAI's built-in names (each a seeded ChatTTS speaker) and its custom-voice
+object `{"id": "<saved voice>"}`; `model` any OpenAI speech model name by rule (a family
+and an optional date, `MODEL_NAME`). `stream_format: "sse"` ends with `speech.audio.done`,
+whose `usage` counts the prompt's tokens (text and control tokens) as input and the
+audio-code tokens as output.
+Differences from OpenAI, on purpose: `voice` also takes saved voices by name, mixes
+`a(2)+b(1)` and raw `spk_emb` strings; `speed` is met by time-stretching (service/tts/stretch.py);
 `instructions` is accepted and ignored (ChatTTS takes no style prompt); `stream` (as
 Kokoro-FastAPI) defaults to true, so audio is sent as it is generated, as OpenAI does,
 except for FLAC: a streamed FLAC cannot state its length (its STREAMINFO says 0, which
