@@ -7,7 +7,6 @@ import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -20,6 +19,7 @@ from service.errors import error_formatters, install_handlers
 from service.metrics import Metrics
 from service.middleware import AuthMiddleware, HeadAsGetMiddleware, RequestContextMiddleware
 from service.models import ModelLoader, packs_to_load
+from service.openapi import install_openapi
 from service.packs import ModelPack
 from service.read_limits import BodyBudget, BodyLimit, ReadLimitsMiddleware, ReadTimeouts
 from service.replicas import ReplicaHeaderMiddleware
@@ -29,11 +29,13 @@ from service.web import DOCS_ASSETS_PREFIX, SWAGGER_UI_PARAMETERS, UI_PREFIX, ad
 
 log = logging.getLogger("audioserve")
 
-ROUTE_MODULES = ("service.routes.clap", "service.routes.emotion", "service.routes.tts",
-                 "service.routes.openai_speech", "service.routes.voices",
-                 "service.routes.live_analysis")
+ROUTE_MODULES = ("service.routes.openai_models", "service.routes.clap",
+                 "service.routes.openai_embeddings", "service.routes.emotion",
+                 "service.routes.tts", "service.routes.openai_speech", "service.routes.voices",
+                 "service.routes.openai_voices", "service.routes.live_analysis")
 _JSON_OVERHEAD_BYTES = 64 * 1024
-UPLOAD_PATHS = frozenset({"/classify", "/embed/audio", "/emotion"})
+UPLOAD_PATHS = frozenset({"/classify", "/embed/audio", "/emotion", "/v1/embeddings",
+                          "/v1/audio/voices"})
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
@@ -103,7 +105,6 @@ def create_app(settings: Settings | None = None, seam: Seam | None = None,
     if settings.ui:  # the web page: public, it asks for the API key on a 401
         add_page(app)
 
-    app.add_api_route("/v1/models", list_models, methods=["GET"])
     formatters = {}
     for module_name in ROUTE_MODULES:
         if importlib.util.find_spec(module_name) is None:
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None, seam: Seam | None = None,
         app.include_router(router)
         formatters.update(error_formatters(router.routes))
     install_handlers(app, formatters)
+    install_openapi(app, settings)
     return app
 
 
@@ -139,13 +141,6 @@ def body_limits(settings: Settings) -> Callable[[str], BodyLimit]:
         return upload if path in UPLOAD_PATHS else json_only
 
     return limit_for
-
-
-async def list_models(request: Request) -> dict[str, Any]:
-    pipelines = request.app.state.pipelines
-    seam: Seam = request.app.state.seam
-    data = [{**p.info(), "replicas": await seam.replicas(kind)} for kind, p in pipelines.items()]
-    return {"object": "list", "data": data}
 
 
 def _add_health_routes(app: FastAPI) -> None:

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, compile_path
 from starlette.types import Scope
 
 from batcher import BatcherClosed, DeadlineExceeded, Overloaded
@@ -123,11 +123,20 @@ def error_body_for(scope: Scope, status: int, code: str, message: str) -> dict[s
     app = scope.get("app")
     formatters: dict[str, Formatter] = getattr(getattr(app, "state", None),
                                                "error_formatters", {})
-    formatter = formatters.get(scope.get("path", ""))
+    formatter = _formatter_for(formatters, scope.get("path", ""))
     if formatter is not None:
         return formatter(status, code, message)
     request_id = scope.get("state", {}).get("request_id")
     return error_body(code, message, request_id=request_id)
+
+
+def _formatter_for(formatters: dict[str, Formatter], path: str) -> Formatter | None:
+    """By path, or by a template's match (`/v1/audio/voices/{voice_id}`)."""
+    found = formatters.get(path)
+    if found is None:
+        found = next((f for template, f in formatters.items() if "{" in template
+                      and compile_path(template)[0].fullmatch(path)), None)
+    return found
 
 
 def _response(request: Request, status: int, code: str, message: str,

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     max_label_chars: int = Field(200, ge=1)
     max_template_chars: int = Field(200, ge=9)
     """Longest `prompt_template` (it holds one `{label}` and no format spec)."""
+    max_embed_audio_inputs: int = Field(16, ge=1)
+    """Clips in one `/v1/embeddings` request with `modality: "audio"` (together they also
+    stay within `max_upload_bytes`)."""
     emotion_max_seconds: float = Field(300.0, gt=0)
     emotion_chunk_seconds: float = Field(30.0, gt=1)
     tts_max_text_chars: int = Field(2000, ge=1)

@@ -98,14 +98,19 @@ def _from_json(body: bytes, limits: json_body.JsonLimits | None = None) -> Audio
     encoded = parsed.pop("audio", None)
     if not isinstance(encoded, str):
         raise InvalidInput("JSON body needs `audio`: the file's bytes as a base64 string")
-    if "," in encoded[:64] and encoded.startswith("data:"):
-        encoded = encoded.split(",", 1)[1]  # a data: URL as browsers produce it
-    try:
-        data = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"`audio` is not valid base64: {exc}") from None
+    data = decode_base64_audio(encoded, "`audio`")
     fields = {k: v for k, v in parsed.items() if v is not None}
     return AudioInput(data=data, fields=fields)
+
+
+def decode_base64_audio(encoded: str, field: str) -> bytes:
+    """A file's bytes from base64, or from a data: URL as browsers produce it."""
+    if "," in encoded[:64] and encoded.startswith("data:"):
+        encoded = encoded.split(",", 1)[1]
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"{field} is not valid base64: {exc}") from None
 
 
 async def read_upload(request: Request, settings: Settings, params: type[P]

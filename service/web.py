@@ -36,8 +36,9 @@ _SELF_ONLY = ("default-src 'self'", "img-src 'self' data: blob:", "connect-src '
 PAGE_CSP = "; ".join((*_SELF_ONLY, "media-src 'self' blob:", "script-src 'self'",
                       "style-src 'self'", "form-action 'self'"))
 # FastAPI's docs pages start their viewer with an inline script; ReDoc injects its styles
-# and runs its search index in a blob: worker
-DOCS_CSP = "; ".join((*_SELF_ONLY, "script-src 'self' 'unsafe-inline'",
+# and runs its search index in a blob: worker; Swagger UI hands an audio answer over as
+# a blob: URL (its "Download file" link), which a player may open
+DOCS_CSP = "; ".join((*_SELF_ONLY, "media-src 'self' blob:", "script-src 'self' 'unsafe-inline'",
                       "style-src 'self' 'unsafe-inline'", "worker-src 'self' blob:",
                       "font-src 'self' data:"))
 

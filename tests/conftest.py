@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
+from tests import openapi_contract
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -26,6 +27,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _answers_match_the_openapi() -> Iterator[None]:
+    """Every answer of every app in the suite is checked against its route's OpenAPI
+    (tests/openapi_contract.py); a test that saw a mismatch fails in its teardown."""
+    with openapi_contract.checking():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _no_openapi_drift() -> Iterator[None]:
+    openapi_contract.check_pending()
+    openapi_contract.violations.clear()
+    yield
+    found = openapi_contract.check_pending()
+    openapi_contract.violations.clear()
+    assert not found, "answers that the OpenAPI does not document:\n" + "\n".join(found)
 
 
 @pytest.fixture(scope="session")

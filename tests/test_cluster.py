@@ -6,6 +6,7 @@ processes are heavy); it and every process it started are gone when the module e
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import threading
@@ -202,6 +203,26 @@ def test_openai_speech_equals_single_process(http: httpx.Client, local: TestClie
                                                    "response_format": "pcm"})
     assert streamed.content == local.post("/v1/audio/speech", json={
         **body, "stream": True, "response_format": "pcm"}).content
+
+
+def test_openai_routes_equal_single_process(http: httpx.Client, local: TestClient) -> None:
+    """/v1/embeddings (text and audio), /v1/models/{id} and /v1/audio/voices: the
+    cluster's ingress serves the app's routes, with the same answers."""
+    clip = base64.b64encode(wav_bytes(make_clip(3.0, seed=8))).decode()
+    for body in ({"model": "clap", "input": ["a dog barking"]},
+                 {"model": "clap", "input": [clip], "modality": "audio"}):
+        remote, alone = http.post("/v1/embeddings", json=body), local.post("/v1/embeddings",
+                                                                           json=body)
+        assert remote.status_code == alone.status_code == 200, remote.text
+        _assert_close(remote.json(), alone.json())
+    remote_card = http.get("/v1/models/clap").json()
+    local_card = local.get("/v1/models/clap").json()
+    for key in ("id", "object", "owned_by", "created", "embed_dim"):
+        assert remote_card[key] == local_card[key]
+    voice = {"name": "cluster-voice", "type": "prompt", "prompt": "alloy(2)+echo(1)"}
+    created = http.post("/v1/audio/voices", json=voice)
+    assert created.status_code == 200 and created.json()["id"] == "cluster-voice"
+    assert http.delete("/v1/audio/voices/cluster-voice").json()["deleted"] is True
 
 
 def test_errors_and_openapi_are_the_apps(http: httpx.Client, local: TestClient) -> None:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from service.errors import NonFiniteResult
 from service.routes import responses
+from tests import openapi_contract
 from tests.clap_fixtures import make_clip, wav_bytes
 from tests.conftest import running_app
 
@@ -144,3 +145,41 @@ def test_a_non_finite_answer_is_refused_not_sent_as_null() -> None:
     body["data"][0]["embedding"] = [0.1, 0.2]  # type: ignore[index]
     assert b'"embedding":[0.1,0.2]' in responses.render(responses.EmbedTextAnswer,
                                                        lambda: body).body
+
+
+def test_every_answer_is_checked_and_drift_is_caught(client: TestClient) -> None:
+    """The suite-wide check (tests/openapi_contract.py) sees the answers and fails on an
+    undocumented status or a body of another shape."""
+    openapi_contract.check_pending()
+    openapi_contract.checked.clear()
+    assert client.post("/embed/text", json={"input": "x"}).status_code == 200
+    assert client.post("/embed/text", json={"input": ""}).status_code == 422
+    assert not openapi_contract.check_pending()
+    assert openapi_contract.checked == ["POST /embed/text 200", "POST /embed/text 422"]
+    where = (client.app, "/embed/text", "POST", "/embed/text")
+    openapi_contract.check(*where, 418, "application/json", b"{}")
+    openapi_contract.check(*where, 422, "application/json", b'{"detail": []}')
+    openapi_contract.check(*where, 200, "text/plain", b"x")
+    found = list(openapi_contract.violations)
+    openapi_contract.violations.clear()
+    assert len(found) == 3, found
+    assert "418: status not documented" in found[0]
+    assert "does not match its schema" in found[1]
+    assert "content type 'text/plain' not documented" in found[2]
+
+
+def test_no_route_documents_fastapis_detail_422(spec: dict[str, Any]) -> None:
+    assert "HTTPValidationError" not in str(spec)
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            ref = operation["responses"]["500"]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith(("/ErrorBody", "/OpenAIErrorBody")), (method, path)
+            if "422" in operation["responses"]:
+                body = operation["responses"]["422"]["content"]["application/json"]["schema"]
+                assert body["$ref"].endswith(("/ErrorBody", "/OpenAIErrorBody")), (method, path)
+
+
+def test_a_security_scheme_only_with_a_key(spec: dict[str, Any]) -> None:
+    """Without AUDIOSERVE_API_KEY nothing asks for one (with a key: tests/test_ui_try_it_out.py
+    authorizes through the declared bearer scheme)."""
+    assert "security" not in spec and "securitySchemes" not in spec["components"]

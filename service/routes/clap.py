@@ -43,6 +43,7 @@ from service.routes.responses import (
     model_response,
 )
 from service.routes.upload_schema import upload_body
+from service.settings import Settings
 from service.uploads import read_upload
 
 router = APIRouter(tags=["clap"], route_class=JsonBodyRoute)
@@ -215,22 +216,35 @@ async def embed_audio(request: Request) -> Response:
 async def embed_text(request: Request, body: EmbedTextRequest) -> Response:
     """L2-normalised CLAP text embeddings, in the OpenAI embeddings response shape."""
     pipeline: ClapPipeline = get_pipeline(request, "clap")
-    settings = get_settings(request)
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
     if body.encoding_format != "float":
-        raise InvalidInput("encoding_format: only 'float' is supported")
+        raise InvalidInput("encoding_format: only 'float' is supported here; "
+                           "POST /v1/embeddings also takes 'base64'")
+    embeddings, tokens = await embed_texts(request, pipeline, texts)
+    return await model_response(request, EmbedTextAnswer, embeddings.size, embed_text_body,
+                                pipeline, embeddings, tokens)
+
+
+def check_texts(texts: list[str], settings: Settings) -> None:
+    """The caps of a text-embedding request (`AUDIOSERVE_MAX_LABELS`, `..._LABEL_CHARS`)."""
     if not texts:
         raise InvalidInput("`input` is empty: send a string or a list of strings")
     if len(texts) > settings.max_labels:
-        raise InvalidInput(f"{len(texts)} inputs; the limit is {settings.max_labels}")
+        raise InvalidInput(f"{len(texts)} inputs; the limit is {settings.max_labels} "
+                           "(AUDIOSERVE_MAX_LABELS)")
     for i, text in enumerate(texts):
         if not text.strip():
             raise InvalidInput(f"input {i} is empty")
         if len(text) > settings.max_label_chars:
             raise InvalidInput(f"input {i} has {len(text)} characters; the limit is "
                                f"{settings.max_label_chars} (AUDIOSERVE_MAX_LABEL_CHARS)")
+
+
+async def embed_texts(request: Request, pipeline: ClapPipeline, texts: list[str]
+                      ) -> tuple[np.ndarray, int]:
+    """Checked, admitted, embedded: [N, D] float32 and the prompt tokens they took."""
+    check_texts(texts, get_settings(request))
     async with admit(request, "clap"):
         embeddings, tokens = await asyncio.gather(pipeline.embed_text(texts),
                                                   pipeline.count_tokens(texts))
-    return await model_response(request, EmbedTextAnswer, embeddings.size, embed_text_body,
-                                pipeline, embeddings, tokens)
+    return embeddings, tokens

@@ -1,8 +1,13 @@
 """OpenAI-compatible `POST /v1/audio/speech` (what openai's client, Kokoro-FastAPI and
 openedai-speech users call), on the same ChatTTS pipeline as `/tts`.
 
-Differences from OpenAI, on purpose: `voice` also takes saved voices, mixes `a(2)+b(1)`
-and raw `spk_emb` strings; `speed` is met by time-stretching (service/tts/stretch.py);
+`voice` takes OpenAI's built-in names (each a seeded ChatTTS speaker) and its custom-voice
+object `{"id": "<saved voice>"}`; `model` any OpenAI speech model name by rule (a family
+and an optional date, `MODEL_NAME`). `stream_format: "sse"` ends with `speech.audio.done`,
+whose `usage` counts the prompt's tokens (text and control tokens) as input and the
+audio-code tokens as output.
+Differences from OpenAI, on purpose: `voice` also takes saved voices by name, mixes
+`a(2)+b(1)` and raw `spk_emb` strings; `speed` is met by time-stretching (service/tts/stretch.py);
 `instructions` is accepted and ignored (ChatTTS takes no style prompt); `stream` (as
 Kokoro-FastAPI) defaults to true, so audio is sent as it is generated, as OpenAI does,
 except for FLAC: a streamed FLAC cannot state its length (its STREAMINFO says 0, which
@@ -32,12 +37,16 @@ from service.errors import CLIENT_CLOSED, InvalidInput
 from service.json_body import JsonBodyRoute
 from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest
 from service.pipelines.chattts_stream import SpeechStream
+from service.routes.responses import OPENAI_TTS_ERRORS
 from service.routes.streaming import (
     ClientGone,
     cancel_on_disconnect,
     stream_audio,
 )
 from service.routes.tts import (
+    MAX_SAMPLING_SEED,
+    attachment,
+    audio_responses,
     check_text,
     response_headers,
     start_stream,
@@ -46,8 +55,13 @@ from service.routes.tts import (
 )
 from service.tts.stretch import MAX_SPEED, MIN_SPEED
 
-MODEL_NAMES = ("chattts", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
-"""OpenAI's model names are accepted as aliases: clients hard-code them."""
+MODEL_FAMILIES = ("chattts", "tts-1", "tts-1-hd", "gpt-<name>-tts")
+MODEL_NAME = re.compile(r"(?:chattts|tts-1(?:-hd)?|gpt-[a-z0-9.]+(?:-[a-z0-9.]+)*?-tts)"
+                        r"(?:-\d{4}-\d{2}-\d{2})?")
+"""OpenAI's speech model names are accepted as aliases (clients hard-code them) by rule,
+not by list, so a new snapshot (`gpt-4o-mini-tts-2025-12-15`) works the day it ships: a
+family (`tts-1`, `tts-1-hd`, any `gpt-...-tts`, or `chattts`) and an optional
+`-YYYY-MM-DD` date."""
 DEFAULT_VOICE = "alloy"
 _PARAMS = ("model", "input", "voice", "response_format", "speed", "stream_format", "stream",
            "instructions", "seed")
@@ -75,27 +89,42 @@ class OpenAIRoute(JsonBodyRoute):
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 
 
-class SpeechBody(BaseModel):
+class VoiceRef(BaseModel):
+    """OpenAI's custom-voice reference; here the id is a voice's name (POST
+    /v1/audio/voices answers it as `id`)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    id: str
+
+
+class SpeechBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"model": "tts-1", "input": "Hello from audioserve.", "voice": "alloy",
+         "response_format": "mp3"}]})
 
     model: str
     input: str
-    voice: str = DEFAULT_VOICE
+    voice: str | VoiceRef = DEFAULT_VOICE
+    """A built-in name (OpenAI's), `{"id": "<saved voice>"}`, a saved voice's name, a mix
+    `a(2)+b(1)`, or an `spk_emb` string."""
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     stream_format: Literal["audio", "sse"] = "audio"
     stream: bool | None = None
     """Send audio as it is generated; default: true, except for `flac` (see the note)."""
     instructions: str | None = None
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(None, ge=0, le=MAX_SAMPLING_SEED)
     """Sampling seed (an extension): the same seed and voice give the same audio."""
 
 
 def _speech_request(body: SpeechBody) -> SpeechRequest:
-    if body.model not in MODEL_NAMES:
-        raise InvalidInput(f"model {body.model!r} is not served here; use one of "
-                           f"{', '.join(MODEL_NAMES)}")
-    return SpeechRequest(text=body.input, voice=body.voice, speed=body.speed,
+    if not MODEL_NAME.fullmatch(body.model):
+        raise InvalidInput(f"model {body.model[:80]!r} is not served here; use one of "
+                           f"{', '.join(MODEL_FAMILIES)}, optionally with a -YYYY-MM-DD "
+                           "date (all are ChatTTS)")
+    voice = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice
+    return SpeechRequest(text=body.input, voice=voice, speed=body.speed,
                          sampling_seed=body.seed, format=body.response_format)
 
 
@@ -105,13 +134,26 @@ async def _sse(request: Request, stream: SpeechStream) -> AsyncIterator[bytes]:
         async for chunk in chunks:
             event = {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()}
             yield f"data: {json.dumps(event)}\n\n".encode()
+    prompt = sum(int(job.prompt_ids.shape[0]) for job in stream.prepared.jobs)
     tokens = stream.stats.tokens
     done = {"type": "speech.audio.done",
-            "usage": {"input_tokens": 0, "output_tokens": tokens, "total_tokens": tokens}}
+            "usage": {"input_tokens": prompt, "output_tokens": tokens,
+                      "total_tokens": prompt + tokens}}
     yield f"data: {json.dumps(done)}\n\n".encode()
 
 
-@router.post("/v1/audio/speech", response_class=Response)
+_SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+_SPEECH_ANSWERS = audio_responses(_SPEECH_FORMATS, "Streamed as generated unless "
+                                  "`stream: false` (FLAC: whole unless `stream: true`).")
+_SPEECH_ANSWERS[200]["content"]["text/event-stream"] = {
+    "schema": {"type": "string"},
+    "description": "`stream_format: sse`: `speech.audio.delta` events (base64 audio), then "
+                   "`speech.audio.done` with `usage` (input: the prompt's tokens, output: "
+                   "the audio-code tokens)."}
+
+
+@router.post("/v1/audio/speech", response_class=Response,
+             responses={**_SPEECH_ANSWERS, **OPENAI_TTS_ERRORS})
 async def speech(body: SpeechBody, request: Request) -> Response:
     check_text(body.input, get_settings(request).tts_max_text_chars, field="input")
     pipeline: ChatTTSPipeline = get_pipeline(request, "chattts")
@@ -135,4 +177,5 @@ async def speech(body: SpeechBody, request: Request) -> Response:
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
     return Response(content=result.audio, media_type=MEDIA_TYPES[req.format],
-                    headers=response_headers(result, pipeline.pack.manifest.demo))
+                    headers={**response_headers(result, pipeline.pack.manifest.demo),
+                             **attachment(req.format)})

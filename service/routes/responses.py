@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Request, Response
+from fastapi import Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.admission import CpuWorkers
@@ -38,6 +38,19 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class OpenAIErrorDetail(BaseModel):
+    message: str = Field(description="What was wrong and what is allowed.")
+    type: str = Field(description="invalid_request_error, rate_limit_error, server_error.")
+    param: str | None = Field(description="The request field at fault, when one is.")
+    code: str | None = Field(description="Stable, machine-readable, as in ErrorBody.")
+
+
+class OpenAIErrorBody(BaseModel):
+    """OpenAI's error shape, which the /v1/audio/* and /v1/embeddings routes answer."""
+
+    error: OpenAIErrorDetail
+
+
 def _error(description: str, **extra: Any) -> dict[str, Any]:
     return {"model": ErrorBody, "description": description, **extra}
 
@@ -47,23 +60,39 @@ _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error("Malformed: not JSON, not multipart, not base64."),
     401: _error("Missing or wrong API key (`Authorization: Bearer <key>`)."),
+    404: _error("No such thing here (a model, a saved voice)."),
     408: _error("The request body paused or took too long (the read limits)."),
+    409: _error("Conflicts with what is stored: the name is taken, or the store is full."),
     413: _error("Over a size limit: body bytes, audio seconds, text length."),
     415: _error("Not audio this service decodes, or not a content type it takes."),
     422: _error("Well-formed but unusable: bad fields, too short, silent, non-finite."),
     503: _error("Overloaded or not loaded; retry after the header's seconds.",
                 headers=_RETRY_AFTER),
     504: _error("The request could not start within its deadline."),
+    500: _error("An internal error (logged with the request id); not the client's fault."),
 }
 """Every error an API route may answer, for the OpenAPI `responses` of each route."""
+
+
+def path_example(value: str) -> Any:
+    """A path parameter's example, which Swagger UI's "Try it out" fills in."""
+    return Path(openapi_examples={"example": {"value": value}})
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: ERRORS[status] for status in statuses}
 
 
+def openai_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`errors`, in OpenAI's error shape."""
+    return {status: {**ERRORS[status], "model": OpenAIErrorBody} for status in statuses}
+
+
 UPLOAD_ERRORS = errors(400, 401, 408, 413, 415, 422, 503, 504)
 JSON_ERRORS = errors(400, 401, 408, 413, 422, 503, 504)
+TTS_ERRORS = JSON_ERRORS
+OPENAI_TTS_ERRORS = openai_errors(400, 401, 408, 413, 422, 503, 504)
+OPENAI_EMBEDDING_ERRORS = openai_errors(400, 401, 408, 413, 415, 422, 503, 504)
 
 
 class ModelAnswer(Answer):
@@ -129,6 +158,37 @@ class EmbedTextAnswer(ModelAnswer):
     object: str = "list"
     data: list[Embedding]
     usage: Usage
+
+
+class OpenAIEmbedding(BaseModel):
+    object: str = "embedding"
+    index: int
+    embedding: list[FiniteFloat] | str = Field(
+        description="Floats, or with `encoding_format: base64` little-endian float32 "
+                    "bytes in base64.")
+    duration_s: FiniteFloat | None = Field(None, description="Audio inputs: the clip's length.")
+    truncated: bool | None = Field(None, description="Audio inputs: cut to the limit.")
+
+
+class OpenAIEmbeddingsAnswer(ModelAnswer):
+    object: str = "list"
+    data: list[OpenAIEmbedding]
+    usage: Usage
+
+
+class ModelCard(Answer):
+    """OpenAI's model object; the other fields (kind, precision, provider, batching,
+    graphs, endpoints, replicas) describe the loaded pack."""
+
+    id: str
+    object: str = "model"
+    created: int = Field(description="When this server loaded the model (Unix seconds).")
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]
 
 
 class EmotionScore(BaseModel):

@@ -8,6 +8,7 @@ aborted and their slots freed.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -19,6 +20,7 @@ from service.errors import CLIENT_CLOSED, InvalidInput, PayloadTooLarge
 from service.json_body import JsonBodyRoute
 from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest, SpeechResult
 from service.pipelines.chattts_stream import SpeechStream, open_stream
+from service.routes.responses import TTS_ERRORS
 from service.routes.streaming import (
     AudioStreamResponse,
     ClientGone,
@@ -53,19 +55,23 @@ async def start_stream(request: Request, pipeline: ChatTTSPipeline,
         return None
 
 
+MAX_SAMPLING_SEED = 2**53 - 1
+"""The largest seed a JSON client may send intact: JavaScript (Swagger UI, the web page)
+holds numbers as doubles, so a larger one arrives rounded to another value."""
 FORMATS = (AudioFormat.WAV, AudioFormat.FLAC, AudioFormat.MP3, AudioFormat.OPUS,
            AudioFormat.AAC, AudioFormat.PCM)
 
 
 class TTSBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"text": "Hello from audioserve.", "voice": "alloy", "format": "wav"}]})
 
     text: str
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     """Speaker seed: a deterministic random speaker, as upstream samples it."""
     spk_emb: str | None = None
     """An upstream-format speaker string (base16384 of LZMA2 float16[768])."""
-    sampling_seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    sampling_seed: int | None = Field(None, ge=0, le=MAX_SAMPLING_SEED)
     """Seed of the token sampler; default: the speaker seed, else random (see headers)."""
     temperature: float | None = Field(None, gt=0, le=5)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -103,6 +109,28 @@ def _validate(body: TTSBody, max_chars: int) -> None:
         raise InvalidInput("send one of `seed`, `spk_emb` or `voice`, not several")
 
 
+def attachment(fmt: str) -> dict[str, str]:
+    """`Content-Disposition` with a file name: a browser (Swagger UI's "Download file")
+    can save the answer under a name whose extension says what it is."""
+    return {"Content-Disposition": f'attachment; filename="speech.{fmt}"'}
+
+
+def audio_responses(formats: tuple[str, ...], streamed: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI of a 200 that is audio: every media type it may carry, its headers."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    content = {MEDIA_TYPES[f]: binary for f in dict.fromkeys(formats)}
+    return {200: {"description": f"The audio file (`Content-Disposition` names it). {streamed}",
+                  "content": content, "headers": _AUDIO_HEADERS}}
+
+
+_AUDIO_HEADERS = {
+    "Content-Disposition": {"description": "attachment; filename=\"speech.<format>\"",
+                            "schema": {"type": "string"}},
+    "X-Audioserve-Sampling-Seed": {"description": "The sampler's seed: send it back as the "
+                                   "seed to get the same audio.", "schema": {"type": "string"}},
+}
+
+
 def response_headers(result: SpeechResult, demo: bool) -> dict[str, str]:
     timings = ";".join(f"{k}={v:.1f}" for k, v in result.timings_ms.items())
     headers = {
@@ -126,6 +154,7 @@ def response_headers(result: SpeechResult, demo: bool) -> dict[str, str]:
 
 def stream_headers(pipeline: ChatTTSPipeline, stream: SpeechStream) -> dict[str, str]:
     headers = {
+        **attachment(stream.req.format),
         "X-Audioserve-Sample-Rate": str(stream.req.sample_rate),
         "X-Audioserve-Sampling-Seed": str(stream.prepared.sampling_seed),
         "X-Audioserve-Pieces": str(len(stream.prepared.jobs)),
@@ -140,7 +169,9 @@ def stream_headers(pipeline: ChatTTSPipeline, stream: SpeechStream) -> dict[str,
     return headers
 
 
-@router.post("/tts", response_class=Response)
+@router.post("/tts", response_class=Response,
+             responses={**audio_responses(FORMATS, "With `stream: true` it is sent as it is "
+                                          "generated (chunked)."), **TTS_ERRORS})
 async def tts(body: TTSBody, request: Request) -> Response:
     settings = get_settings(request)
     _validate(body, settings.tts_max_text_chars)
@@ -167,5 +198,6 @@ async def tts(body: TTSBody, request: Request) -> Response:
         return Response(status_code=CLIENT_CLOSED)
     return Response(
         content=result.audio, media_type=MEDIA_TYPES[body.format.lower()],
-        headers=response_headers(result, pipeline.pack.manifest.demo),
+        headers={**response_headers(result, pipeline.pack.manifest.demo),
+                 **attachment(body.format.lower())},
     )

@@ -5,7 +5,8 @@ parsed in the CPU pool), so FastAPI sees no body parameter and would publish non
 publishes both shapes the route takes, from the same model that validates them:
 multipart (a binary `file` plus the fields) and JSON (base64 `audio` plus the fields).
 The JSON example carries a real 0.5 s WAV, so Swagger UI's "Try it out" gets a 200 as
-it stands, and the multipart form needs only a file picked.
+it stands, and the multipart form needs only a file picked (its optional fields start
+empty, which the params read as unset).
 """
 
 from __future__ import annotations
@@ -45,11 +46,12 @@ def upload_body(params: type[UploadParams]) -> dict[str, Any]:
     """`openapi_extra` for a route whose fields are `params` (see the module's note)."""
     properties, required = _fields(params)
     audio_note = f"Accepted: {ACCEPTED_FORMATS}; any rate and channel count."
+    form_properties = {"file": {"type": "string", "format": "binary",
+                                "description": f"The audio file. {audio_note}"},
+                       **properties}
     multipart = {
         "type": "object",
-        "properties": {"file": {"type": "string", "format": "binary",
-                                "description": f"The audio file. {audio_note}"},
-                       **properties},
+        "properties": form_properties,
         "required": ["file", *required],
     }
     as_json = {
@@ -61,13 +63,25 @@ def upload_body(params: type[UploadParams]) -> dict[str, Any]:
         "required": ["audio", *required],
     }
     lists = [name for name, spec in properties.items() if spec.get("type") == "array"]
+    # JSON first: Swagger UI opens the first media type, and the JSON example (with its
+    # WAV) then succeeds as shown; the form needs a file picked
     return {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {
-            "schema": multipart,
-            "encoding": {name: {"style": "form", "explode": True} for name in lists},
-        },
         "application/json": {
             "schema": as_json,
             "example": {"audio": example_wav_base64(), **params.upload_example},
         },
+        "multipart/form-data": {
+            "schema": {**multipart, "properties": _form_fields(form_properties)},
+            "encoding": {name: {"style": "form", "explode": True} for name in lists},
+        },
     }}}
+
+
+def _form_fields(properties: dict[str, Any]) -> dict[str, Any]:
+    """An optional field's form example is empty (unset): Swagger UI fills a form field
+    with a sample of its first type otherwise (`top_k` 1, which asks for one label)."""
+    def optional(spec: dict[str, Any]) -> bool:
+        return any(branch.get("type") == "null" for branch in spec.get("anyOf", ()))
+
+    return {name: {**spec, "example": ""} if optional(spec) else spec
+            for name, spec in properties.items()}

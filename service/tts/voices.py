@@ -42,8 +42,10 @@ log = logging.getLogger("audioserve.tts.voices")
 
 DEFAULT_VOICE_SEEDS: dict[str, int] = {
     "alloy": 2, "ash": 11, "ballad": 23, "coral": 42, "echo": 77, "fable": 111, "nova": 402,
-    "onyx": 888, "sage": 1234, "shimmer": 2024, "verse": 4096,
+    "onyx": 888, "sage": 1234, "shimmer": 2024, "verse": 4096, "marin": 5150, "cedar": 6174,
 }
+"""OpenAI's built-in voice names (the openai SDK's `Voice` literals; a test checks that
+every one of them is here), each a seeded ChatTTS speaker."""
 
 
 LOCK_FILE = ".lock"
@@ -148,6 +150,14 @@ class VoiceStore:
             raise NotFound(f"voice {name!r} is not known; built-in voices: "
                            f"{', '.join(self._defaults)}; GET /v1/voices lists the saved ones")
         return voice
+
+    def created_at(self, name: str) -> int:
+        """When a saved voice was written (Unix seconds); 0 for a built-in one."""
+        try:
+            return 0 if name in self._defaults else int((self.root / f"{name}.json")
+                                                        .stat().st_mtime)
+        except OSError:
+            return 0
 
     def resolve(self, text: str, field: str = "voice") -> np.ndarray:
         """A voice name, a mix `a(2)+b(1)`, or a raw `spk_emb` string -> speaker vector."""
