@@ -28,7 +28,7 @@ PACKAGES = ("service", "batcher", "export", "quant", "bench")
 # service/: a folder ("routes/") or a module at its root ("app.py").
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cluster", ("cluster/",)),
-    ("app", ("__main__.py", "app.py")),
+    ("app", ("__main__.py", "app.py", "cli.py", "logs.py")),  # and what its entry points read
     ("edge", ("edge/",)),  # the connection and its HTTP limits, before any route runs
     ("routes", ("routes/", "live/")),  # HTTP routes; WebSocket routes and live sessions
     ("pipelines", ("pipelines/",)),
