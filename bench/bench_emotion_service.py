@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import prom
 from bench.bodies import build_emotion, speech_source
+from bench.load_result import LoadResult
 from bench.packs import ensure_pack
 from bench.server import audioserve
-from bench.wrk_load import LoadResult, run_wrk
+from bench.wrk_load import run_wrk
 
 QUEUE = "emotion2vec"
 CONFIGS = {

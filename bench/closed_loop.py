@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.load_result import LoadResult
 from bench.openloop import parse_head, percentile
-from bench.wrk_load import LoadResult
 
 
 def _requests(host: str, bodies_dir: Path) -> list[bytes]:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 
 from bench.bodies import Endpoint
-from bench.wrk_load import LoadResult
+from bench.load_result import LoadResult
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 from bench import openloop, prom
 from bench.bodies import Endpoint
+from bench.load_result import LoadResult
 from bench.openloop import Phase, Sample
 from bench.server import ServerProcess
 from bench.sweep import settle
-from bench.wrk_load import LoadResult, run_wrk
+from bench.wrk_load import run_wrk
 
 RECOVERY_TARGET_S = 5.0
 

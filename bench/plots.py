@@ -4,15 +4,13 @@ off and the peers as lines), and the soak's RSS over time."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-if TYPE_CHECKING:
-    from bench.report import RunResult
+from bench.run_result import RunResult
 
 STYLE = {"on": ("audioserve, batching on", "-o"), "off": ("audioserve, max_batch_size=1", "--s"),
          "on-clap": ("audioserve, batching on, CLAP only", "-D"),

@@ -10,37 +10,18 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bench.overload import OverloadResult
 from bench.prom import QueueFigures
 from bench.raw_ceiling import CeilingPoint
+from bench.run_result import RunResult
 from bench.soak import SoakResult
 from bench.sweep import ConfigResult, Point
 
 CLAP_CEILING_TARGET = 0.85
 CLAP_BATCHING_TARGET = 1.2
 TARGET_CONCURRENCY = 32
-
-
-@dataclass(frozen=True)
-class RunResult:
-    info: dict[str, Any]
-    configs: list[ConfigResult]
-    ceilings: dict[str, list[CeilingPoint]]
-    units: dict[str, tuple[str, float]]  # endpoint -> (ceiling unit, units per request)
-    max_batch_size: int
-    overload: OverloadResult | None = None
-    soak: SoakResult | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def config(self, key: str) -> ConfigResult | None:
-        return next((c for c in self.configs if c.key == key and c.sweep), None)
-
-    def endpoints(self) -> list[str]:
-        return list(dict.fromkeys(p.load.endpoint for c in self.configs for p in c.sweep))
 
 
 def fmt(value: float, digits: int = 1) -> str:

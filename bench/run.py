@@ -37,7 +37,8 @@ from bench import cluster as cluster_bench
 from bench import peers, raw_ceiling
 from bench.overload import run_overload
 from bench.packs import ENDPOINT_MODEL, ensure_pack
-from bench.report import RunResult, summary_section, targets_section, write
+from bench.report import summary_section, targets_section, write
+from bench.run_result import RunResult
 from bench.server import REPO, audioserve
 from bench.soak import run_soak
 from bench.sweep import ConfigResult, SweepPlan, run_config

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 from bench import openloop, prom
 from bench.bodies import Endpoint
+from bench.load_result import LoadResult
 from bench.server import ServerProcess, cpu_used_by_role, http_get
-from bench.wrk_load import LoadResult, run_wrk
+from bench.wrk_load import run_wrk
 
 
 @dataclass(frozen=True)

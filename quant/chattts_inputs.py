@@ -158,48 +158,6 @@ def decode_step_feeds(pack: ModelPack, batch: int, past: int, seed: int = 0) -> 
     return feeds
 
 
-def decode_step_lines(pack: ModelPack, repeats: int, threads: int,
-                      past: int = DECODE_PAST) -> list[str]:
-    """Decode-step latency per precision (what generation pays per token), interleaved."""
-    from quant.report import interleaved_ms
-
-    runtime = RuntimeConfig(provider="cpu", intra_op_threads=threads)
-    sessions = {p: create_session(pack.graph("gpt", p)[0], runtime)
-                for p in pack.precisions("gpt")}
-    timed = {b: interleaved_ms(sessions, decode_step_feeds(pack, b, past), repeats)
-             for b in (1, 8)}
-    lines = ["| precision | B=1 ms | B=8 ms | B=8 speed-up vs fp32 |", "| --- | --- | --- | --- |"]
-    for p in sessions:
-        lines.append(f"| {p} | {timed[1][p]:.1f} | {timed[8][p]:.1f} | "
-                     f"{timed[8]['fp32'] / timed[8][p]:.2f}x |")
-    return [f"GPT decode step (T = 1, past {past}), median of {repeats}:", "", *lines, ""]
-
-
-def greedy_agreement_lines(pack: ModelPack, prompts: list[str]) -> list[str]:
-    from quant.calibration import PROMPTS
-
-    prompts = (prompts or PROMPTS)[:8]
-    prefill = gpt_prefill_feeds(pack, prompts)
-    precisions = [p for p in pack.precisions("gpt") if p in pack.precisions("embed_code")]
-    ref = greedy_codes(pack, "fp32", prefill)
-    lines = [f"Greedy code agreement with fp32 over {STEPS} GPT decode steps ({len(prompts)} "
-             "prompts x 4 codebooks; measured through the gpt graph directly, not the engine):",
-             ""]
-    batched = {"fp32": ref}
-    for p in precisions:
-        if p == "fp32":
-            continue
-        batched[p] = greedy_codes(pack, p, prefill)
-        free = float(np.mean(batched[p] == ref))
-        forced = float(np.mean(greedy_codes(pack, p, prefill, forced=ref) == ref))
-        lines.append(f"- {p}: free-running {free:.3f}, teacher-forced {forced:.3f}")
-    lines += ["", "Batch invariance of generation: greedy codes of the prompts batched "
-              "(left-padded) vs each prompt alone, same precision:", ""]
-    for p, codes in batched.items():
-        lines.append(f"- {p}: {batched_vs_alone(pack, p, prompts, codes):.3f}")
-    return [*lines, ""]
-
-
 def batched_vs_alone(pack: ModelPack, precision: str, prompts: list[str],
                      batched: np.ndarray | None = None) -> float:
     """Fraction of greedy codes that are the same batched (left-padded, as the engine

@@ -159,6 +159,12 @@ def to_api_error(exc: Exception) -> ApiError | None:
     return None
 
 
+ABORT_EXTENSION = "audioserve.abort"
+"""`scope["extensions"][ABORT_EXTENSION]()` drops the connection at once (TCP reset, the
+unsent buffer discarded); the server (service.server) puts it in every request's scope. A
+response given up on a client that stopped reading calls it: a plain close waits for that
+client to read the megabytes already queued, so its connection would stay open, counted
+against the connection cap, for as long as it likes."""
 DRAIN_TIMEOUT_S = 5.0
 
 

@@ -41,14 +41,9 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from service.errors import error_body
+from service.errors import ABORT_EXTENSION, error_body
 from service.settings import Settings
 
-ABORT_EXTENSION = "audioserve.abort"
-"""`scope["extensions"][ABORT_EXTENSION]()` drops the connection at once (TCP reset, the
-unsent buffer discarded). A response given up on a client that stopped reading calls it:
-a plain close waits for that client to read the megabytes already queued, so its
-connection would stay open, counted against the connection cap, for as long as it likes."""
 REFUSAL_DRAIN_S = 2.0
 """How long a connection refused at the cap may go on sending before it is closed."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 from fastapi import Request
 
@@ -22,10 +22,6 @@ from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
 from service.multipart import parse_multipart, text_field
 from service.settings import Settings
 
-if TYPE_CHECKING:
-    from service.routes.params import UploadParams
-
-P = TypeVar("P", bound="UploadParams")
 MAX_FORM_PARTS = 1024
 MULTIPART, JSON = "multipart/form-data", "application/json"
 
@@ -38,6 +34,17 @@ class AudioInput:
     a form field sent several times is the list of its values."""
     filename: str | None = None
     content_type: str | None = None
+
+
+class FromInput(Protocol):
+    """What the reader needs of a route's params model: to be built from the upload's
+    fields (service.routes.params.UploadParams, which imports AudioInput from here)."""
+
+    @classmethod
+    def from_input(cls, form: AudioInput, settings: Settings) -> Self: ...
+
+
+P = TypeVar("P", bound=FromInput)
 
 
 def body_kind(request: Request) -> str:

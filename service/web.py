@@ -13,6 +13,7 @@ validator.swagger.io for any non-localhost server) is switched off.
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -24,7 +25,8 @@ from fastapi.openapi.docs import (
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = Path(str(resources.files("service") / "static"))
+"""The package's static folder (found from the package, not from this module's place)."""
 UI_PREFIX = "/ui"
 """Everything the page loads (scripts, styles, icon) lies under this prefix."""
 DOCS_ASSETS_PREFIX = "/docs/assets"

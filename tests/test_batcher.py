@@ -9,13 +9,11 @@ Timing assertions use wide margins: they tell "waited max_wait" from "waited for
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +30,6 @@ from batcher import (
 )
 from tests.conftest import HANG_S
 
-BATCHER_DIR = Path(__file__).resolve().parents[1] / "batcher"
 NEVER_MS = 3_600_000
 """A max_wait no test outlives (run_with's hang guard is HANG_S): a batch that is done at
 all was not held for it, whatever the machine's speed."""
@@ -596,21 +593,3 @@ def test_an_announced_item_that_never_comes_releases_the_queue() -> None:
     elapsed = run_with(model, scenario, **ANNOUNCED)
     assert model.batches == [[0]]  # released when the announcement failed, not at NEVER_MS
     assert elapsed >= 0.29
-
-
-# -- boundaries -------------------------------------------------------------------------
-
-
-def test_batcher_imports_nothing_from_the_service_or_its_runtime() -> None:
-    forbidden = {"service", "fastapi", "starlette", "onnxruntime", "torch"}
-    files = sorted(BATCHER_DIR.glob("**/*.py"))
-    assert files
-    for path in files:
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Import):
-                roots = {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                roots = {node.module.split(".")[0]}
-            else:
-                continue
-            assert not roots & forbidden, f"{path.name} imports {roots & forbidden}"

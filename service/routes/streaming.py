@@ -28,8 +28,8 @@ from typing import Protocol, TypeVar
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from service.errors import ABORT_EXTENSION
 from service.pipelines.chattts_stream import SpeechStream
-from service.server import ABORT_EXTENSION
 
 log = logging.getLogger("audioserve.tts")
 
