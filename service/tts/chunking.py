@@ -145,9 +145,7 @@ class SentenceSplitter:
     @staticmethod
     def _decided(atoms: list[str]) -> int:
         """How many leading atoms no later text can change."""
-        offset = 0
-        for i, atom in enumerate(atoms):
+        for i in range(len(atoms)):
             if i == len(atoms) - 1 or _GROWING.fullmatch("".join(atoms[i:])):
                 return i
-            offset += len(atom)
         return len(atoms)
