@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import hostile_tts
+from bench import hostile_output, hostile_tts
 from bench.cluster import SERVER_COMMAND, one_or_cluster
 from bench.healthz_guard import healthz_guard
 from bench.hostile import Case, corpus, send_case
@@ -77,7 +77,7 @@ def tts_cases(models_dir: Path) -> list[Case]:
     """The TTS half of the corpus (bench/hostile_tts.py) for the demo pack's speakers."""
     stats = json.loads((models_dir / "chattts/manifest.json").read_text())
     dim = int(stats["constants"].get("spk_emb_dim", 768))
-    return hostile_tts.cases(dim)
+    return [*hostile_tts.cases(dim), *hostile_output.tts_cases()]
 
 
 def report(results: list[CaseResult], out: Path, cluster: bool) -> Path:

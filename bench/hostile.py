@@ -238,8 +238,10 @@ def small_cases() -> list[Case]:
 def corpus(extra: list[Callable[[], list[Case]]] | None = None) -> list[Case]:
     """Every case (the TTS half is added by the callers that serve ChatTTS)."""
     wav = tone_wav(1.0)
+    from bench import hostile_output  # issue 21's cases (they build on this module)
+
     cases = [*template_cases(wav), *json_number_cases(wav), *upload_shape_cases(wav),
-             *audio_cases(), *auth_cases(wav), *small_cases()]
+             *audio_cases(), *auth_cases(wav), *small_cases(), *hostile_output.cases()]
     for more in extra or []:
         cases += more()
     return cases

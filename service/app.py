@@ -20,7 +20,7 @@ from service.errors import error_formatters, install_handlers
 from service.metrics import Metrics
 from service.middleware import AuthMiddleware, RequestContextMiddleware
 from service.models import ModelLoader, packs_to_load
-from service.read_limits import BodyLimit, ReadLimitsMiddleware, ReadTimeouts
+from service.read_limits import BodyBudget, BodyLimit, ReadLimitsMiddleware, ReadTimeouts
 from service.replicas import ReplicaHeaderMiddleware
 from service.seam import LocalSeam, Seam
 from service.settings import MODEL_NAMES, Settings
@@ -84,7 +84,8 @@ def create_app(settings: Settings | None = None, seam: Seam | None = None) -> Fa
     app.add_middleware(ReadLimitsMiddleware, limit_for=body_limits(settings),
                        timeouts=ReadTimeouts(idle_s=settings.body_idle_timeout_s,
                                              total_s=settings.body_timeout_s,
-                                             min_rate=settings.body_min_rate))
+                                             min_rate=settings.body_min_rate),
+                       budget=BodyBudget(settings.max_body_bytes_in_flight))
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.add_middleware(ReplicaHeaderMiddleware)  # X-Audioserve-Replica (service/replicas.py)
     _add_health_routes(app)

@@ -131,6 +131,7 @@ class _Collector:
             mono = mono[:room]
             self.truncated = True
         if len(mono):
+            _check_level(mono)  # at the source's rate: before resampling
             self.frames += len(mono)
             if self._stream is not None:  # blocks come in runs of >= _BLOCK_FRAMES
                 mono = self._stream.resample_chunk(np.ascontiguousarray(mono, np.float32))
@@ -168,11 +169,13 @@ def decode_audio(
     on_long: OnLong = "reject",
     max_bytes: int | None = None,
     min_seconds: float = 0.0,
+    minimum: MinimumAudio | None = None,
 ) -> DecodedAudio:
     """Decode `data` to mono float32 at `target_rate`, enforcing every limit while decoding.
 
     Raises PayloadTooLarge (bytes or seconds over the limit), UnsupportedMedia (not audio
-    we can decode), InvalidInput (empty, no samples, non-finite samples, too short).
+    we can decode), InvalidInput (empty, no samples, non-finite or too loud samples, too
+    short: `min_seconds`, or the model's `minimum` in samples at `target_rate`).
     """
     if on_long not in ("reject", "truncate"):
         raise ValueError(f"on_long must be 'reject' or 'truncate', not {on_long!r}")
@@ -186,7 +189,8 @@ def decode_audio(
     samples = raw.mono
     if raw.frames == 0:
         raise InvalidInput("the audio contains no samples")
-    _check_level(samples)
+    if minimum is not None:
+        minimum.check(len(samples), target_rate)
     duration = len(samples) / target_rate
     if duration < min_seconds:
         raise InvalidInput(
@@ -205,9 +209,29 @@ def decode_audio(
     )
 
 
+@dataclass(frozen=True)
+class MinimumAudio:
+    """The shortest audio a model takes, in samples at its rate, and why (one rule for
+    every audio route: a clip shorter than the model's first frame is a 422 naming it)."""
+
+    model: str
+    samples: int
+    reason: str
+
+    def check(self, samples: int, rate: int) -> None:
+        if samples < self.samples:
+            raise InvalidInput(
+                f"audio is {samples} samples ({samples / rate:.4f} s) at {rate} Hz; "
+                f"{self.model} needs at least {self.samples} samples "
+                f"({self.samples / rate:.3f} s): {self.reason}")
+
+
 def _check_level(samples: np.ndarray) -> None:
-    """Finite samples within MAX_SAMPLE_PEAK: one pass (np.max propagates NaN)."""
-    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    """Finite samples within MAX_SAMPLE_PEAK: one pass (np.max propagates NaN). Checked on
+    each decoded block at the source's rate, before resampling, which would smear a NaN
+    or an absurd peak over its neighbours (or smooth a single-sample spike away)."""
+    # min and max: two SIMD reductions without the temporary np.abs would make
+    peak = max(-float(samples.min()), float(samples.max())) if samples.size else 0.0
     if math.isnan(peak) or math.isinf(peak):
         raise InvalidInput("the audio contains non-finite (NaN or infinite) samples")
     if peak > MAX_SAMPLE_PEAK:

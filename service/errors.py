@@ -11,11 +11,11 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -25,6 +25,9 @@ from starlette.types import Scope
 from batcher import BatcherClosed, DeadlineExceeded, Overloaded
 
 log = logging.getLogger("audioserve.errors")
+
+CLIENT_CLOSED = 499
+"""nginx's "client closed request": nobody reads it, the access log does."""
 
 
 class ApiError(Exception):
@@ -99,6 +102,7 @@ class ReadLimitExceeded(Exception):
 
     status: int = 400
     code: str = "read_limit"
+    headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -202,6 +206,14 @@ def install_handlers(app: FastAPI, formatters: dict[str, Formatter] | None = Non
         api = to_api_error(exc)
         assert api is not None
         return _response(request, api.status, api.code, api.message, api.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        """The client left before its body was in (any JSON or upload route): nobody is
+        there to answer, so one log line and no traceback; 499 for the access log."""
+        log.info("client disconnected before its request body was read (request %s)",
+                 getattr(request.state, "request_id", None))
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

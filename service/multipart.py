@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from service.errors import BadRequest, InvalidInput
@@ -84,11 +84,11 @@ def parse_multipart(content_type: str, body: bytes, max_parts: int) -> list[Part
     callbacks = {name: getattr(collector, name) for name in (
         "on_part_begin", "on_header_field", "on_header_value", "on_header_end",
         "on_part_data", "on_part_end")}
-    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
-    try:
+    try:  # the constructor refuses a boundary over 256 bytes (RFC 2046 allows 70)
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
         parser.write(body)
         parser.finalize()
-    except MultipartParseError as exc:
+    except FormParserError as exc:  # MultipartParseError is one
         raise BadRequest(f"malformed multipart body: {exc}") from None
     if parser.state != MultipartState.END:
         raise BadRequest("malformed multipart body: it ends before its closing boundary")

@@ -139,6 +139,16 @@ class Settings(BaseSettings):
     tts_stream_lookahead_tokens: int | None = Field(None, ge=1)
     """Tokens a streamed window waits for right of what it sends; default: the receptive
     field (exact seams). Smaller: earlier audio, a measured seam error."""
+    tts_max_output_s: float = Field(300.0, gt=0)
+    """Seconds of audio one request may produce, after `speed`. A `max_new_tokens` whose
+    audio alone is longer -> 413 up front; otherwise generation stops, piece by piece in
+    order, at this many seconds' worth of tokens and the answer says so
+    (`X-Audioserve-Truncated-At-S`, finish reason `max_output`). A 2 KB request at speed
+    0.25 and 48 kHz was a 351 MB WAV (+4.1 GB RSS) before it."""
+    tts_encode_slots: int = Field(1, ge=1)
+    """Whole-file TTS answers post-processed (stretch, resample, encode) at once; the
+    others wait, so long encodes leave the rest of the CPU pool to other routes (two
+    351 MB encodes kept a /classify waiting 24.6 s)."""
     voices_dir: Path = Path("voices")
     """Saved voices (`POST /v1/voices`), one JSON file each."""
 
@@ -203,6 +213,17 @@ class Settings(BaseSettings):
     max_json_bytes: int = Field(1024 * 1024, ge=1024)
     """Body limit of the JSON-only routes (/tts, /v1/audio/speech, /v1/voices,
     /embed/text); the upload routes take `max_upload_bytes` of audio."""
+    max_body_bytes_in_flight: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+    """Bytes of request bodies read or held at once, process-wide, taken by Content-Length
+    before reading (service/read_limits.py): no room -> 503 + Retry-After, a body larger
+    than all of it -> 413. Keep it above the largest body a route takes (a base64 JSON
+    upload of AUDIOSERVE_MAX_UPLOAD_BYTES is 4/3 of it)."""
+    json_max_containers: int = Field(10_000, ge=16)
+    """Arrays and objects in one JSON body (its `[` and `{` bytes, counted before parsing;
+    400 beyond): no route takes more than a few, and millions of empty lists stalled the
+    event loop ~2 s per 33 MB body."""
+    json_max_items: int = Field(200_000, ge=1024)
+    """Elements and members in one JSON body (its `,` bytes, counted before parsing)."""
     keep_alive_timeout_s: float = Field(5.0, gt=0)
     """Idle keep-alive connections are closed after this."""
 

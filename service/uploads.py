@@ -61,9 +61,11 @@ def check_audio_size(form: AudioInput, settings: Settings) -> None:
         raise InvalidInput("the audio upload is empty")
 
 
-def parse_audio_body(kind: str, content_type: str, body: bytes) -> AudioInput:
+def parse_audio_body(kind: str, content_type: str, body: bytes,
+                     limits: json_body.JsonLimits | None = None) -> AudioInput:
     """The body's audio and fields (CPU work: call it in the pool)."""
-    return _from_multipart(content_type, body) if kind == MULTIPART else _from_json(body)
+    return (_from_multipart(content_type, body) if kind == MULTIPART
+            else _from_json(body, limits))
 
 
 def _from_multipart(content_type: str, body: bytes) -> AudioInput:
@@ -89,8 +91,8 @@ def _from_multipart(content_type: str, body: bytes) -> AudioInput:
                       content_type=upload.content_type)
 
 
-def _from_json(body: bytes) -> AudioInput:
-    parsed = json_body.loads(body)
+def _from_json(body: bytes, limits: json_body.JsonLimits | None = None) -> AudioInput:
+    parsed = json_body.loads(body, limits)
     if not isinstance(parsed, dict):
         raise InvalidInput("JSON body must be an object with a base64 `audio` field")
     encoded = parsed.pop("audio", None)
@@ -119,6 +121,6 @@ async def read_upload(request: Request, settings: Settings, params: type[P]
 
 def _parse_upload(kind: str, content_type: str, body: bytes, settings: Settings,
                   params: type[P]) -> tuple[AudioInput, P]:
-    form = parse_audio_body(kind, content_type, body)
+    form = parse_audio_body(kind, content_type, body, json_body.json_limits(settings))
     check_audio_size(form, settings)
     return form, params.from_input(form, settings)

@@ -88,17 +88,22 @@ def short_tts(server: RunningServer) -> tuple[httpx.Response, float]:
     return r, time.perf_counter() - started
 
 
-@pytest.mark.parametrize("route", ["tts", "speech"])
-def test_clients_that_never_read_pause_then_are_cut_off(server: RunningServer,
-                                                        route: str) -> None:
+@pytest.mark.parametrize("route,speed", [("tts", 1.0), ("speech", 1.0), ("tts", 2.0),
+                                         ("speech", 0.5)])
+def test_clients_that_never_read_pause_then_are_cut_off(server: RunningServer, route: str,
+                                                        speed: float) -> None:
+    """At every speed (issue 21, item 7: a stretched piece used to be generated whole
+    before any of it was sent, so it never paused). Speed 2 at 48 kHz fills the socket's
+    buffers with as many tokens as speed 1 at 24 kHz."""
     engine = _engine(server)
     before = engine.stats()
     if route == "tts":
-        socks = [raw_request(server, "/tts", {**STALLED_BODY, "seed": 5 + i}) for i in range(2)]
+        socks = [raw_request(server, "/tts", {**STALLED_BODY, "seed": 5 + i, "speed": speed})
+                 for i in range(2)]
     else:  # the OpenAI route streams by default; WAV at 48 kHz is what a user may ask
         socks = [raw_request(server, "/v1/audio/speech", {
             "model": "tts-1", "input": LONG_TEXT, "voice": "alloy", "response_format": "wav",
-            "seed": i}) for i in range(2)]
+            "seed": i, "speed": speed}) for i in range(2)]
     s = engine.scheduler
     with healthz_guard(server.url):
         # every sequence of both streams ends up paused (or finished): nothing runs

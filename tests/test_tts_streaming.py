@@ -22,7 +22,7 @@ from service.tts.streaming import (
     receptive_field_tokens,
     stitch,
 )
-from service.tts.stretch import time_stretch
+from service.tts.stretch import StreamingStretch, time_stretch
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
 from tests.conftest import running_app
 from tests.tts_server import RunningServer, serve_app
@@ -219,6 +219,25 @@ def test_running_limiter_only_attenuates() -> None:
     loud = limiter(np.full(10, 1.9, np.float32))
     assert np.max(np.abs(loud)) == pytest.approx(0.95)
     assert limiter(quiet)[0] == pytest.approx(0.25)  # the gain never rises again
+
+
+@pytest.mark.parametrize("speed", [0.25, 0.5, 0.7, 1.5, 2.0, 4.0])
+@pytest.mark.parametrize("length", [1, 1023, 7777, 24000])
+def test_streaming_stretch_equals_the_whole_piece_stretch(speed: float, length: int) -> None:
+    """Fed in uneven chunks (as decoded windows come), sample for sample the one-shot
+    output: what a streamed stretched piece sends is what its whole file holds."""
+    rng = np.random.default_rng(length)
+    wave = (0.3 * rng.standard_normal(length)).astype(np.float32)
+    whole = time_stretch(wave, speed)
+    stretch, parts, at = StreamingStretch(speed), [], 0
+    while at < length:
+        size = int(rng.integers(1, 3000))
+        parts.append(stretch.feed(wave[at : at + size]))
+        at += size
+    parts.append(stretch.finish())
+    assert sum(len(p) for p in parts[:-1]) > 0 or length < 4096  # it flows before the end
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    assert len(whole) == round(length / speed)
 
 
 @pytest.mark.parametrize("speed", [0.25, 0.5, 1.5, 4.0])

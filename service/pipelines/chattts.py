@@ -32,7 +32,7 @@ from batcher.steps import Admission, StepConfig
 from service.admission import deadline_scope
 from service.audio import resample
 from service.audio_encode import encode_audio
-from service.errors import InvalidInput
+from service.errors import InvalidInput, PayloadTooLarge
 from service.packs import ModelPack
 from service.pipelines.base import LoadContext
 from service.seam import BatchQueue
@@ -89,6 +89,8 @@ class SpeechResult:
     sampling_seed: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     pieces: int = 1
+    truncated_at_s: float | None = None
+    """Set when the audio was cut at AUDIOSERVE_TTS_MAX_OUTPUT_S (said in a header)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,17 @@ def peak_limit(wave: np.ndarray, peak: float = PEAK) -> np.ndarray:
     if top <= peak or not np.isfinite(top):
         return wave.astype(np.float32, copy=False)
     return (wave * (peak / top)).astype(np.float32)
+
+
+def cut_to_budget(counts: list[int], budget: int) -> tuple[list[int], bool]:
+    """Tokens kept of each piece, in order, when the request may produce `budget` in all;
+    and whether anything was cut. Exact while pieces still run: piece k can be stopped
+    once the tokens of pieces 0..k reach the budget, since the earlier ones only grow."""
+    kept, room = [], budget
+    for count in counts:
+        kept.append(min(count, room))
+        room -= kept[-1]
+    return kept, kept != counts
 
 
 def engine_config(settings: Settings, max_seq_len: int) -> EngineConfig:
@@ -171,6 +184,7 @@ class ChatTTSPipeline:
         self.stream_lookahead = (radius if self.settings.tts_stream_lookahead_tokens is None
                                  else self.settings.tts_stream_lookahead_tokens)
         self.crossfade = int(self.c.sample_rate * self.settings.tts_crossfade_ms / 1000)
+        self._encode_slots = asyncio.Semaphore(self.settings.tts_encode_slots)
 
     @classmethod
     def load(cls, pack: ModelPack, ctx: LoadContext) -> ChatTTSPipeline:
@@ -219,6 +233,31 @@ class ChatTTSPipeline:
                        "lookahead_tokens": self.stream_lookahead},
         }
 
+    # -- output bounds (docs/tts-limits.md) ---------------------------------------------
+
+    @property
+    def token_s(self) -> float:
+        """Seconds of audio per token at speed 1 (21.3 ms)."""
+        return self.c.samples_per_token / self.c.sample_rate
+
+    def token_budget(self, req: SpeechRequest) -> int:
+        """Tokens the whole request may generate: AUDIOSERVE_TTS_MAX_OUTPUT_S of audio
+        after `speed` (pieces stop, in order, once it is reached)."""
+        return max(1, int(self.settings.tts_max_output_s * req.speed / self.token_s))
+
+    def check_output(self, req: SpeechRequest) -> None:
+        """413 up front when one piece's `max_new_tokens` alone is over the output cap."""
+        if req.max_new_tokens is None:
+            return
+        seconds = req.max_new_tokens * self.token_s / req.speed
+        limit = self.settings.tts_max_output_s
+        if seconds > limit:
+            raise PayloadTooLarge(
+                f"max_new_tokens {req.max_new_tokens} at speed {req.speed:g} is up to "
+                f"{seconds:.0f} s of audio; the limit is {limit:g} s per request "
+                f"(AUDIOSERVE_TTS_MAX_OUTPUT_S): at most "
+                f"{self.token_budget(req)} tokens at this speed")
+
     # -- the request's way ------------------------------------------------------------
 
     async def prepare(self, req: SpeechRequest) -> PreparedSpeech:
@@ -228,6 +267,7 @@ class ChatTTSPipeline:
         The request's deadline covers its start only: the CPU work before its first
         engine job (which then must get a slot by the deadline: `start_by`), never the
         generation or anything after it."""
+        self.check_output(req)
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         deadline = req.deadline or time.monotonic() + self.settings.request_timeout_s
@@ -272,16 +312,25 @@ class ChatTTSPipeline:
         timings["queue"] = max(r.queued_s for r in results) * 1000.0
         timings["generate"] = max(r.queued_s + r.generate_s for r in results) * 1000.0
         timings["generate"] -= timings["queue"]
+        kept, cut = cut_to_budget([int(r.tokens.shape[0]) for r in results],
+                                  self.token_budget(req))
+        results = [replace(r, tokens=r.tokens[:k], hidden=None if r.hidden is None
+                           else r.hidden[:k]) for r, k in zip(results, kept, strict=True)
+                   if k or r is results[0]]
         t2 = time.perf_counter()
         waves = await gather_or_cancel(*(self._waveform(r) for r in results))
         timings["decode"] = _ms(t2)
         t3 = time.perf_counter()
-        samples, audio = await self.ctx.cpu.run(self._postprocess, list(waves), req)
+        async with self._encode_slots:  # big encodes leave the rest of the pool free
+            samples, audio = await self.ctx.cpu.run(self._postprocess, list(waves), req)
         timings["encode"] = _ms(t3)
+        limit_s = self.settings.tts_max_output_s
+        truncated_at = limit_s if cut or len(samples) >= limit_s * req.sample_rate else None
         timings["total"] = _ms(t0)
         for stage in ("generate", "decode", "encode"):
             self.ctx.metrics.stage_seconds.labels("chattts", stage).observe(timings[stage] / 1e3)
-        finish = ("max_tokens" if any(r.finish.value == "max_tokens" for r in results)
+        finish = ("max_output" if truncated_at is not None else
+                  "max_tokens" if any(r.finish.value == "max_tokens" for r in results)
                   else results[-1].finish.value)
         return SpeechResult(
             audio=audio, samples=samples, sample_rate=req.sample_rate,
@@ -289,6 +338,7 @@ class ChatTTSPipeline:
             tokens=sum(int(r.tokens.shape[0]) for r in results),
             codes=np.concatenate([r.tokens for r in results]), finish_reason=finish,
             sampling_seed=prepared.sampling_seed, timings_ms=timings, pieces=len(results),
+            truncated_at_s=truncated_at,
         )
 
     def _speaker(self, req: SpeechRequest) -> np.ndarray | None:
@@ -311,7 +361,7 @@ class ChatTTSPipeline:
     def _code_job(self, req: SpeechRequest, prompt: np.ndarray, spk: np.ndarray | None,
                   seed: int, start_by: float | None = None) -> GenerationJob:
         defaults = self.c.code
-        max_new = req.max_new_tokens or defaults.max_new_token
+        max_new = min(req.max_new_tokens or defaults.max_new_token, self.token_budget(req))
         room = self.c.max_position_embeddings - len(prompt)
         if max_new > room:
             raise InvalidInput(
@@ -371,7 +421,9 @@ class ChatTTSPipeline:
     def _postprocess(self, waves: list[np.ndarray], req: SpeechRequest
                      ) -> tuple[np.ndarray, bytes]:
         wave = stitch([self.piece_wave(w, req.speed) for w in waves], self.crossfade)
+        wave = wave[: int(self.settings.tts_max_output_s * self.c.sample_rate)]
         samples = resample(peak_limit(wave), self.c.sample_rate, req.sample_rate)
+        del wave
         return samples, encode_audio(samples, req.sample_rate, req.format)
 
 

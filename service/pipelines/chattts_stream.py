@@ -13,9 +13,11 @@ shared decode batcher; windows of many streams have the same token count and sha
 forwards. The response
 drains the pieces IN ORDER (later pieces buffer while earlier ones play), joins them with
 the same crossfade as the one-shot path, limits peaks with a running gain, resamples
-with a streaming soxr and encodes with `StreamingEncoder`. With `speed` != 1 a piece is
-stretched whole when it ends (a phase vocoder over windows would leave seams), so audio
-then comes per piece. Closing the iterator (client gone) cancels the piece tasks, which
+with a streaming soxr and encodes with `StreamingEncoder`. With `speed` != 1 each window
+goes through the piece's `StreamingStretch` (the whole-piece phase vocoder, sample for
+sample, ~2 frames behind), so a stretched stream flows, and pauses, window by window too
+(it used to collect a whole piece first: a client that never read never paused it).
+Closing the iterator (client gone) cancels the piece tasks, which
 closes their engine streams and aborts the sequences at the next step.
 
 Bounded buffers: each piece hands the reader at most `PIECE_QUEUE_WINDOWS` decoded windows;
@@ -43,6 +45,7 @@ from service.pipelines.chattts import ChatTTSPipeline, PreparedSpeech, SpeechReq
 from service.seam import SequenceStream
 from service.tts.jobs import CodeStep
 from service.tts.streaming import RunningLimiter, Stitcher, WindowPlanner
+from service.tts.stretch import StreamingStretch
 
 log = logging.getLogger("audioserve.tts.stream")
 
@@ -81,6 +84,11 @@ class SpeechStream:
         self._ready = [asyncio.Event() for _ in range(n)]
         self._tasks: list[asyncio.Task[None]] = []
         self._ahead = max(1, pipeline.settings.tts_stream_pieces_ahead)
+        self.budget = pipeline.token_budget(req)
+        self.piece_tokens = [0] * n
+        self.capped_piece: int | None = None
+        """The piece at which AUDIOSERVE_TTS_MAX_OUTPUT_S was reached: the stream ends
+        with it (`cut_to_budget`'s rule: its tokens and all before it reach the budget)."""
         pipeline.engine.reserve(n)
         self._reserved = n
         self._next = 0
@@ -95,7 +103,7 @@ class SpeechStream:
     def _start_next(self) -> None:
         """Submit the next piece into its reserved place (none left, or stopped: no-op)."""
         i = self._next
-        if self._stopped or i >= len(self.tokens):
+        if self._stopped or i >= len(self.tokens) or self.capped_piece is not None:
             return
         self.tokens[i] = self.pipeline.engine.open_stream(
             self.prepared.jobs[i], self.pipeline.settings.tts_stream_buffer_tokens,
@@ -115,7 +123,9 @@ class SpeechStream:
         stitcher = Stitcher(self.pipeline.crossfade)
         limiter = RunningLimiter()
         try:
-            for q in queues:
+            for i, q in enumerate(queues):
+                if self.capped_piece is not None and i > self.capped_piece:
+                    break  # the output cap was reached in an earlier piece
                 stitcher.start_piece()
                 while (item := await q.get()) is not _END:
                     if isinstance(item, BaseException):
@@ -210,24 +220,38 @@ class SpeechStream:
                                 p.stream_context, p.stream_lookahead,
                                 p.settings.tts_stream_max_chunk_tokens)
         hidden: list[np.ndarray] = []
-        stretch = self.req.speed != 1.0
+        stretch = StreamingStretch(self.req.speed) if self.req.speed != 1.0 else None
         async for event in tokens:
             if not isinstance(event, CodeStep):
                 break
             hidden.append(event.hidden)
             self.stats.tokens += 1
-            if not stretch and (window := planner.next(len(hidden), finished=False)):
+            self.piece_tokens[i] += 1
+            if sum(self.piece_tokens[: i + 1]) >= self.budget:
+                self.capped_piece = min(i, self.capped_piece if self.capped_piece is not None
+                                        else i)
+                tokens.close()  # AUDIOSERVE_TTS_MAX_OUTPUT_S: this piece ends here
+                break
+            if window := planner.next(len(hidden), finished=False):
                 wave = await p.decode_hidden(np.stack(hidden[window.start : window.stop]))
-                await out.put(planner.cut(window, wave))
+                await self._put(out, planner.cut(window, wave), stretch)
         self._start_next()  # this one is generated: the next piece may start
-        if stretch:
-            wave = await p.decode_hidden(np.stack(hidden) if hidden
-                                         else np.zeros((0, p.c.hidden_size), np.float32))
-            await out.put(await p.ctx.cpu.run(p.piece_wave, wave, self.req.speed))
-        elif (window := planner.next(len(hidden), finished=True)) is not None:
+        if (window := planner.next(len(hidden), finished=True)) is not None:
             wave = await p.decode_hidden(np.stack(hidden[window.start : window.stop]))
-            await out.put(planner.cut(window, wave))
+            await self._put(out, planner.cut(window, wave), stretch)
+        if stretch is not None:
+            await out.put(await p.ctx.cpu.run(stretch.finish))
         await out.put(_END)
+
+    async def _put(self, out: asyncio.Queue[object], wave: np.ndarray,
+                   stretch: StreamingStretch | None) -> None:
+        """Hand a window to the reader, stretched as it comes when speed != 1: the queue
+        blocks a piece whose reader is behind, at every speed (back-pressure)."""
+        if stretch is not None:
+            wave = await self.pipeline.ctx.cpu.run(stretch.feed, wave)
+            if not wave.size:
+                return
+        await out.put(wave)
 
 
 async def open_stream(pipeline: ChatTTSPipeline, req: SpeechRequest) -> SpeechStream:

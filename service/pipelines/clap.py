@@ -30,7 +30,7 @@ import numpy as np
 from service import clap_features as cf
 from service import replicas
 from service.admission import request_deadline
-from service.audio import decode_audio
+from service.audio import MinimumAudio, decode_audio
 from service.errors import InvalidInput, PackError
 from service.packs import MANIFEST, ModelPack
 from service.pipelines.base import LoadContext
@@ -170,6 +170,7 @@ class ClapPipeline:
         self.settings = ctx.settings
         self.precision = ctx.precision
         self.mel = cf.MelConfig.from_constants(pack.constants)
+        self.minimum = MinimumAudio("clap", self.mel.n_fft, "one window of its log-mel")
         self.logit_scale = float(pack.constants["logit_scale"])
         self.default_template = str(pack.constants["prompt_template"])
         self._audio = audio
@@ -297,7 +298,7 @@ class ClapPipeline:
         audio = decode_audio(
             data, target_rate=self.mel.sample_rate,
             max_seconds=min(s.classify_max_seconds, s.max_audio_seconds),
-            on_long=s.classify_long_audio, max_bytes=s.max_upload_bytes,
+            on_long=s.classify_long_audio, max_bytes=s.max_upload_bytes, minimum=self.minimum,
         )
         decode_ms = _ms(t0)
         prepared = self.prepare_samples(audio.samples)

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from service.admission import request_deadline
-from service.audio import decode_audio
-from service.errors import InvalidInput, PackError
+from service.audio import MinimumAudio, decode_audio
+from service.errors import PackError
 from service.packs import ModelPack
 from service.pipelines import emotion2vec_post as post
 from service.pipelines.base import LoadContext
@@ -109,6 +109,8 @@ class Emotion2vecPipeline:
         self.precision = ctx.precision
         self.provider = runner.provider if runner is not None else ctx.runtime.provider
         self.constants = EmotionConstants.from_pack(pack)
+        self.minimum = MinimumAudio("emotion2vec", self.constants.min_samples,
+                                    "the model's first frame")
         self.head = head
         self._runner = runner
         self._batcher: BatchQueue[np.ndarray, post.ChunkOutput] | None = None
@@ -185,9 +187,8 @@ class Emotion2vecPipeline:
             audio = await self.ctx.cpu.run(functools.partial(
                 decode_audio, data, target_rate=c.sample_rate,
                 max_seconds=min(s.emotion_max_seconds, s.max_audio_seconds), on_long="reject",
-                max_bytes=s.max_upload_bytes,
+                max_bytes=s.max_upload_bytes, minimum=self.minimum,
             ))
-            self._check_length(audio.samples)
         timings = {"decode": _ms(t0)}
         result = await self.analyse_samples(audio.samples, options, timings)
         timings["total"] = _ms(t0)
@@ -198,7 +199,7 @@ class Emotion2vecPipeline:
         """Mono float32 samples at the pack's rate -> emotions (the decoded path's core)."""
         timings = {} if timings is None else timings
         c = self.constants
-        self._check_length(samples)
+        self.minimum.check(len(samples), c.sample_rate)
         t = time.perf_counter()
         span, spans = await self.ctx.cpu.run(self._plan, samples, options)
         clip = samples[span.start : span.end]
@@ -244,15 +245,6 @@ class Emotion2vecPipeline:
     def _queue(self) -> BatchQueue[np.ndarray, post.ChunkOutput]:
         assert self._batcher is not None, "pipeline not started"
         return self._batcher
-
-    def _check_length(self, samples: np.ndarray) -> None:
-        c = self.constants
-        if len(samples) < c.min_samples:
-            raise InvalidInput(
-                f"audio is {len(samples)} samples ({len(samples) / c.sample_rate:.4f} s) at "
-                f"{c.sample_rate} Hz; the minimum is {c.min_samples} samples "
-                f"({c.min_samples / c.sample_rate:.3f} s), the model's first frame"
-            )
 
     def _frames(self, chunks: list[post.ChunkOutput], spans: list[post.Span],
                 analysed: post.Span) -> FrameScores:

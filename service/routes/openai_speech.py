@@ -28,12 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.audio_encode import MEDIA_TYPES
 from service.deps import get_pipeline, get_settings
-from service.errors import InvalidInput
+from service.errors import CLIENT_CLOSED, InvalidInput
 from service.json_body import JsonBodyRoute
 from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest
 from service.pipelines.chattts_stream import SpeechStream
 from service.routes.streaming import (
-    CLIENT_CLOSED,
     ClientGone,
     cancel_on_disconnect,
     stream_audio,

@@ -12,6 +12,7 @@ Messages say what was wrong and what is allowed; they become 422s.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, ClassVar, Self, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, model_validator
@@ -24,6 +25,7 @@ from service.uploads import AudioInput
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _OURS = "audioserve"
+_DIGITS = re.compile(r"\+?[0-9]{1,12}")
 
 
 def refuse(message: str) -> PydanticCustomError:
@@ -64,8 +66,8 @@ def parse_positive_int(name: str, raw: Any) -> int | None:
         value = raw
     elif isinstance(raw, float) and math.isfinite(raw) and raw.is_integer():
         value = int(raw)
-    elif isinstance(raw, str) and raw.strip().lstrip("+").isdigit() and len(raw) <= 12:
-        value = int(raw.strip())
+    elif isinstance(raw, str) and _DIGITS.fullmatch(raw.strip()):
+        value = int(raw.strip())  # ASCII only: int() also takes "²" and "٣"
     if value is None:
         raise refuse(f"{name} must be a positive integer, not {shown(raw)}")
     if value < 1:

@@ -35,7 +35,6 @@ log = logging.getLogger("audioserve.tts")
 
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.1
-CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, logs do
 SEND_BYTES = 64 * 1024
 """Largest single send: one send then waits at most for the client to take this much."""
 

@@ -15,12 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.audio_encode import MEDIA_TYPES, AudioFormat
 from service.deps import get_metrics, get_pipeline, get_settings
-from service.errors import InvalidInput, PayloadTooLarge
+from service.errors import CLIENT_CLOSED, InvalidInput, PayloadTooLarge
 from service.json_body import JsonBodyRoute
 from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest, SpeechResult
 from service.pipelines.chattts_stream import SpeechStream, open_stream
 from service.routes.streaming import (
-    CLIENT_CLOSED,
     AudioStreamResponse,
     ClientGone,
     cancel_on_disconnect,
@@ -118,6 +117,8 @@ def response_headers(result: SpeechResult, demo: bool) -> dict[str, str]:
             f"{k};dur={v:.1f}" for k, v in result.timings_ms.items()
         ),
     }
+    if result.truncated_at_s is not None:  # never silently: AUDIOSERVE_TTS_MAX_OUTPUT_S
+        headers["X-Audioserve-Truncated-At-S"] = f"{result.truncated_at_s:g}"
     if demo:
         headers["X-Audioserve-Demo"] = "true"
     return headers
@@ -130,6 +131,7 @@ def stream_headers(pipeline: ChatTTSPipeline, stream: SpeechStream) -> dict[str,
         "X-Audioserve-Pieces": str(len(stream.prepared.jobs)),
         "X-Audioserve-Stream-Chunk-Tokens": str(pipeline.settings.tts_stream_chunk_tokens),
         "Cache-Control": "no-store",
+        "X-Audioserve-Max-Output-S": f"{pipeline.settings.tts_max_output_s:g}",
     }
     if not stream.encoder.states_length:  # docs/tts-limits.md: what readers then do
         headers["X-Audioserve-Length-In-File"] = "false"

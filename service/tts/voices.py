@@ -139,7 +139,10 @@ class VoiceStore:
         if name in self._defaults:
             return self._defaults[name]
         path = self.root / f"{name}.json"
-        size = path.stat().st_size if path.is_file() else -1
+        try:  # no is_file() then stat(): a DELETE may come between the two
+            size = path.stat().st_size if path.is_file() else -1
+        except FileNotFoundError:
+            size = -1
         voice = self._read(name, size) if 0 <= size <= self.store.max_bytes else None
         if voice is None:
             raise NotFound(f"voice {name!r} is not known; built-in voices: "
@@ -253,8 +256,12 @@ class VoiceStore:
         with os.scandir(self.root) as it:
             for entry in it:
                 stem, dot, ext = entry.name.rpartition(".")
-                if dot and ext == "json" and NAME.fullmatch(stem) and entry.is_file():
-                    out.append((stem, entry.stat().st_size))
+                if dot and ext == "json" and NAME.fullmatch(stem):
+                    try:  # a DELETE may remove it between the scan and the stat
+                        if entry.is_file():
+                            out.append((stem, entry.stat().st_size))
+                    except FileNotFoundError:
+                        continue
         return out
 
     def _read(self, name: str, size: int) -> Voice | None:
@@ -265,6 +272,8 @@ class VoiceStore:
                 raw = json.loads(f.read(size + 1))
             return Voice(name=name, source=VoiceSource(raw.get("source", "spk_emb")),
                          spk_emb=str(raw["spk_emb"]), seed=raw.get("seed"), mix=raw.get("mix"))
+        except FileNotFoundError:  # deleted since it was listed
+            return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("skipping unreadable voice file %s: %s", path, exc)
             return None
