@@ -65,6 +65,26 @@ class Metrics:
         self.cache_events = Counter(
             "audioserve_cache_events", "Cache hits and misses", ["cache", "event"], registry=r
         )
+        self.live_streams = Gauge(
+            "audioserve_live_streams", "Open live-analysis WebSocket streams", registry=r
+        )
+        self.live_result_lag = Histogram(
+            "audioserve_live_result_lag_seconds",
+            "Live result lag: the last sample of a window/utterance received -> result sent",
+            ["task"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.live_skipped = Counter(
+            "audioserve_live_skipped", "Live windows/utterances skipped (each said in an "
+            "event)", ["task", "reason"], registry=r,
+        )
+        self.live_audio_seconds = Counter(
+            "audioserve_live_audio_seconds", "Seconds of live audio received", registry=r
+        )
+        self.live_closed = Counter(
+            "audioserve_live_closed", "Live streams ended: done, closed, disconnected or "
+            "the error's code", ["reason"],
+            registry=r,
+        )
 
     def observer(self, queue: str) -> QueueObserver:
         return QueueObserver(self, queue)

@@ -227,6 +227,36 @@ class Settings(BaseSettings):
     keep_alive_timeout_s: float = Field(5.0, gt=0)
     """Idle keep-alive connections are closed after this."""
 
+    # -- live analysis, WS /v1/audio/analysis/stream (docs/live-analysis.md) ----------
+    live_max_streams: int = Field(64, ge=0)
+    """Live streams open at once; one more gets `error` too_many_streams and close 1013."""
+    live_max_stream_seconds: float = Field(3600.0, gt=0)
+    """Audio one stream may carry (error stream_too_long, close 1008)."""
+    live_idle_timeout_s: float = Field(20.0, gt=0)
+    """Longest time without a message (audio or control) before the stream is closed."""
+    live_config_timeout_s: float = Field(10.0, gt=0)
+    """Time to send session.config after connecting."""
+    live_max_frame_bytes: int = Field(512 * 1024, ge=4096)
+    """Largest WebSocket message (error frame_too_large, close 1009; uvicorn refuses
+    anything over twice this before reading it)."""
+    live_max_ahead_s: float = Field(5.0, ge=0)
+    """How far a stream may run ahead of real time: audio sent faster is read at real-time
+    pace plus this (the client's sends wait, in TCP)."""
+    live_max_pending: int = Field(4, ge=1)
+    """Windows and utterances of one stream being computed at once; beyond, the next is
+    skipped and a `skipped` event says so (the models are behind)."""
+    live_send_buffer: int = Field(64, ge=1)
+    """Events queued for a client that is not reading; one more cuts it off (error
+    slow_reader, close 1008) and cancels its work."""
+    live_close_timeout_s: float = Field(5.0, gt=0)
+    """Time given to send the last events and the close frame of a stream."""
+    live_min_hop_s: float = Field(0.5, gt=0)
+    """Smallest classify.hop_s a stream may ask for (each hop costs one CLAP window)."""
+    live_allowed_origins: str = ""
+    """Comma-separated origins (`https://app.example`) whose pages may open live streams;
+    `*`: any; empty: only pages served by this server. Clients that send no Origin
+    header (not browsers) are not affected."""
+
     # -- web page (service/web.py) ------------------------------------------------------
     ui: bool = True
     """Serve the page at `/` (assets under `/ui/`); False: `/` is 404. `/docs` and

@@ -219,6 +219,47 @@ def test_errors_and_openapi_are_the_apps(http: httpx.Client, local: TestClient) 
     assert http.get("/openapi.json").json() == local.get("/openapi.json").json()
 
 
+def test_live_stream_equals_single_process(cluster: RayAudioserve, local: TestClient) -> None:
+    """WS /v1/audio/analysis/stream through HAProxy and an ingress replica, the windows and
+    utterances computed in the model replicas: the same events as one process."""
+    from websockets.sync.client import connect
+
+    silence = np.zeros(16_000, np.float32)
+    clip = np.concatenate([silence, speech_clip(3.0, seed=8), silence,
+                           speech_clip(2.5, seed=9), silence])
+    audio = (np.clip(clip, -1, 1) * 32767).astype("<i2").tobytes()
+    config = json.dumps({"type": "session.config",
+                         "input": {"format": "pcm_s16le", "sample_rate": 16_000},
+                         "classify": {"labels": LABELS, "hop_s": 2.0}, "emotion": {}})
+    done = json.dumps({"type": "input.done"})
+    frames = [audio[i:i + 6_400] for i in range(0, len(audio), 6_400)]
+
+    def results(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each task's results in order (the two tasks interleave as their work finishes)."""
+        kept = [e for e in events if e["type"] in ("classify.window", "emotion.utterance",
+                                                   "skipped", "session.done")]
+        return sorted(kept, key=lambda e: (e["type"], e.get("task", ""), e.get("index", 0)))
+
+    url = urlsplit(cluster.url)
+    with connect(f"ws://{url.netloc}/v1/audio/analysis/stream", open_timeout=60) as ws:
+        ws.send(config)
+        for frame in frames:
+            ws.send(frame)
+        ws.send(done)
+        remote = [json.loads(m) for m in ws]
+    with local.websocket_connect("/v1/audio/analysis/stream") as lws:
+        lws.send_text(config)
+        for frame in frames:
+            lws.send_bytes(frame)
+        lws.send_text(done)
+        alone = []
+        while not alone or alone[-1]["type"] not in ("session.done", "error"):
+            alone.append(lws.receive_json())
+    assert remote[-1]["type"] == "session.done", remote
+    assert any(e["type"] == "emotion.utterance" for e in remote), remote
+    _assert_close(results(remote), results(alone))
+
+
 # -- replicas -----------------------------------------------------------------------------
 
 def test_http_ends_in_haproxy(cluster: RayAudioserve) -> None:

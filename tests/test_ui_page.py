@@ -154,6 +154,30 @@ def test_classify_a_microphone_recording(browser: Browser, server: RunningServer
     assert_clean_console(browser)
 
 
+def test_classify_live_from_the_microphone(browser: Browser, server: RunningServer) -> None:
+    """Live mode: Chromium's fake microphone streamed as WebM/Opus over the WebSocket; the
+    heat map grows a column per scored window while it records, the bars show the newest."""
+    open_tab(browser, server, "classify")
+    live = browser.by_id("classify-live")
+    live.click()
+
+    def columns() -> int:
+        return int(browser.js("return document.querySelectorAll("
+                              "'#classify-heatmap .hm-time').length"))
+
+    browser.wait(lambda d: columns() >= 1, 60, "the first live window")
+    first = columns()
+    browser.wait(lambda d: columns() > first, 60, "the heat map to grow")
+    assert live.get_attribute("aria-pressed") == "true"  # still recording
+    assert len(bars(browser, "classify-bars")) == len(ANIMALS)
+    assert browser.by_id("classify-meta").text.startswith("live")
+    live.click()  # stop: the server computes what is pending, then closes
+    browser.wait(lambda d: live.get_attribute("aria-pressed") == "false", 30,
+                 "the stream to end")
+    assert not browser.visible("classify-error")
+    assert_clean_console(browser)
+
+
 def test_errors_show_the_servers_message(browser: Browser, server: RunningServer,
                                          files: dict[str, Path]) -> None:
     open_tab(browser, server, "classify")
@@ -242,6 +266,38 @@ def audio_duration(browser: Browser) -> float:
         "return a.readyState >= 1 && a.duration > 0 ? a.duration : false"), 30,
         "the <audio> element's duration")
     return duration
+
+
+def test_emotion_live_from_the_microphone(server: RunningServer, speech_files: list[Path],
+                                         tmp_path: Path) -> None:
+    """Live mode on real speech (Chromium's fake microphone playing RAVDESS clips with
+    pauses): each utterance's frames and segments join the timeline as it ends."""
+    from tests.live_fixtures import speech_stream
+
+    mic = tmp_path / "speech-mic.wav"
+    sf.write(mic, speech_stream(speech_files, count=3), 48000, subtype="PCM_16")
+    with chromium(tmp_path / "chromium", fake_mic_wav=mic) as browser:
+        open_tab(browser, server, "emotion")
+        live = browser.by_id("emotion-live")
+        live.click()
+
+        def utterances() -> int:
+            text = browser.by_id("emotion-meta").text
+            return int(text.split(" utterance")[0].split("· ")[-1]) if "live" in text else 0
+
+        browser.wait(lambda d: utterances() >= 1, 90, "the first utterance")
+        first = utterances()
+        browser.wait(lambda d: utterances() > first, 90, "the timeline to grow")
+        assert live.get_attribute("aria-pressed") == "true"  # still recording
+        segments = browser.js("return document.querySelectorAll("
+                              "'#emotion-segments .segment').length")
+        assert segments >= 2
+        assert browser.visible("emotion-timeline-figure")
+        live.click()
+        browser.wait(lambda d: live.get_attribute("aria-pressed") == "false", 30,
+                     "the stream to end")
+        assert not browser.visible("emotion-error")
+        assert_clean_console(browser)
 
 
 def test_speech_generates_a_playable_file(browser: Browser, server: RunningServer) -> None:

@@ -6,6 +6,7 @@ configures it (service.server.uvicorn_config).
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -36,10 +37,15 @@ class RunningServer:
 
 
 @contextmanager
-def serve_app(**overrides: Any) -> Iterator[RunningServer]:
+def serve_app(send_buffer_bytes: int | None = None, **overrides: Any
+              ) -> Iterator[RunningServer]:
+    """`send_buffer_bytes`: SO_SNDBUF of the listening socket, which accepted connections
+    inherit (a small one makes a client that does not read show at once)."""
     settings = Settings(_env_file=None, load_in_background=False, **overrides)
     app = create_app(settings)
     sock = bound_socket("127.0.0.1")
+    if send_buffer_bytes is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -36,6 +36,13 @@ function storedKey() {
   }
 }
 
+/** WebSocket subprotocols for the live route: the key rides in Sec-WebSocket-Protocol
+ * (browsers cannot set Authorization on a WebSocket; a URL would put it in logs). */
+export function liveProtocols() {
+  const key = storedKey();
+  return ["audioserve.live.v1", ...(key ? [`bearer.${key}`] : [])];
+}
+
 let pendingKey = null;
 
 /** Ask for the key once, however many requests got a 401 meanwhile. */

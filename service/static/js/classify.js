@@ -3,6 +3,7 @@
 import { requestJson } from "./api.js";
 import { AudioInput } from "./audio-input.js";
 import { Chips } from "./chips.js";
+import { LiveSession } from "./live.js";
 import { $, busy, clearError, drawBars, el, pct, secs, showError } from "./dom.js";
 
 // Our own starting points; any free text works as a label.
@@ -46,6 +47,65 @@ export function setupClassify() {
       showError(error, err);
     }
   });
+  setupLive(chips, error);
+}
+
+// Live: the microphone streamed; the bars show the newest window, the heat map grows.
+function setupLive(chips, error) {
+  const button = $("classify-live");
+  let session = null;
+  const idle = () => {
+    session = null;
+    button.textContent = "● Live (microphone)";
+    button.setAttribute("aria-pressed", "false");
+  };
+  button.addEventListener("click", async () => {
+    if (session) return session.stop();
+    clearError(error);
+    if (chips.entry.value.trim()) chips.addFromEntry();
+    if (!chips.values.length) return showError(error, "Add at least one label.");
+    const labels = [...chips.values];
+    const classify = { labels, hop_s: 1 };
+    const template = $("classify-template").value.trim();
+    if (template) classify.prompt_template = template;
+    const windows = [];
+    session = new LiveSession({ classify }, {
+      onEvent: (event) => {
+        if (event.type === "classify.window") {
+          windows.push(event);
+          renderLive(labels, windows);
+        } else if (event.type === "skipped") {
+          $("classify-meta").textContent += ` · window ${event.index} skipped (${event.reason})`;
+        } else if (event.type === "error") {
+          showError(error, `${event.code}: ${event.message}`);
+        }
+      },
+      onEnd: (reason) => {
+        if (typeof reason === "string") showError(error, `live stream ${reason}`);
+        idle();
+      },
+    });
+    button.textContent = "■ Stop live";
+    button.setAttribute("aria-pressed", "true");
+    try {
+      await session.start();
+    } catch (err) {
+      showError(error, err.message || String(err));
+      idle();
+    }
+  });
+}
+
+function renderLive(labels, windows) {
+  const last = windows[windows.length - 1];
+  $("classify-result").hidden = false;
+  $("classify-meta").textContent = `live · ${windows.length} window${windows.length === 1 ? "" : "s"}` +
+    ` · ${secs(last.end_s)} of audio`;
+  drawBars($("classify-bars"), last.labels.map((s) => ({
+    label: s.label, value: s.probability, note: `cos ${s.similarity.toFixed(3)}`,
+  })));
+  $("classify-heatmap-figure").hidden = false;
+  drawHeatmap($("classify-heatmap"), labels, windows);
 }
 
 function render(result) {

@@ -4,6 +4,7 @@
 import { requestJson } from "./api.js";
 import { AudioInput } from "./audio-input.js";
 import { $, busy, clearError, drawBars, el, pct, secs, showError } from "./dom.js";
+import { LiveSession } from "./live.js";
 
 const COLORS = {
   angry: "#dc2626", disgusted: "#65a30d", fearful: "#7c3aed", happy: "#f59e0b",
@@ -51,6 +52,71 @@ export function setupEmotion() {
     moveCursor(player);
   });
   window.addEventListener("resize", () => { if (shown) drawTimeline(shown.result.frames, shown.duration); });
+  setupLive(error);
+}
+
+// Live: the microphone streamed; each utterance's frames join the timeline as it ends.
+function setupLive(error) {
+  const button = $("emotion-live");
+  let session = null;
+  const idle = () => {
+    session = null;
+    button.textContent = "● Live (microphone)";
+    button.setAttribute("aria-pressed", "false");
+  };
+  button.addEventListener("click", async () => {
+    if (session) return session.stop();
+    clearError(error);
+    const frames = { labels: [], frame_rate: 50, times_s: [], scores: [], segments: [] };
+    let utterances = 0;
+    session = new LiveSession({ emotion: { granularity: "frame" } }, {
+      onEvent: (event) => {
+        if (event.type === "emotion.utterance") {
+          utterances += 1;
+          const f = event.frames;
+          Object.assign(frames, { labels: f.labels, frame_rate: f.frame_rate });
+          frames.times_s.push(...f.times_s);
+          frames.scores.push(...f.scores);
+          frames.segments.push(...f.segments);
+          renderLive(event, frames, utterances);
+        } else if (event.type === "error") {
+          showError(error, `${event.code}: ${event.message}`);
+        }
+      },
+      onEnd: (reason) => {
+        if (typeof reason === "string") showError(error, `live stream ${reason}`);
+        idle();
+      },
+    });
+    button.textContent = "■ Stop live";
+    button.setAttribute("aria-pressed", "true");
+    try {
+      await session.start();
+    } catch (err) {
+      showError(error, err.message || String(err));
+      idle();
+    }
+  });
+}
+
+function renderLive(event, frames, utterances) {
+  $("emotion-result").hidden = false;
+  const top = event.emotion;
+  $("emotion-top").replaceChildren(
+    el("span", { class: "emoji", text: top.emoji, "aria-hidden": "true" }),
+    el("span", { class: "top-label", text: top.label }),
+    el("span", { class: "top-score", text: pct(top.score) }),
+  );
+  $("emotion-meta").textContent = `live · ${utterances} utterance${utterances === 1 ? "" : "s"}` +
+    ` · the last ${secs(event.start_s)}–${secs(event.end_s)}`;
+  drawBars($("emotion-bars"), event.scores.map((s) => ({ label: s.label, value: s.score, emoji: s.emoji })),
+    { color: colorOf });
+  $("emotion-timeline-figure").hidden = false;
+  shown = null;  // no recording to play back: no cursor
+  drawTimeline(frames, event.end_s);
+  drawSegments(frames.segments, event.end_s);
+  $("emotion-legend").replaceChildren(...frames.labels.map((label, i) => el("li", {},
+    el("span", { class: "swatch", style: { background: colorOf(label, i) } }), label)));
 }
 
 function render(result, audio) {

@@ -1,0 +1,278 @@
+"""Live analysis under load: N concurrent WebSocket streams of real speech at real-time pace.
+
+Each stream sends 16 kHz 16-bit speech (the RAVDESS clips of ../shared/data/speech with
+silences between them) in 100 ms frames on a real-time clock, both tasks on (CLAP every
+`hop_s`, emotion per utterance). Per N: result lag P50/P99 (the client's clock: the frame
+holding a result's last sample sent -> the result received), skipped results, and the
+server's CPU seconds per stream-second (its whole process tree, /proc). The same run is
+repeated with MAX_BATCH_SIZE=1 (no batching), and the model ceiling is measured alone
+(bench.raw_ceiling: windows/s the CLAP audio graph computes at batch 8, no service), so
+`held / ceiling` says what share of the raw model the service turns into live streams
+(ceiling streams = windows/s ÷ windows per stream-second = windows/s x hop_s; CLAP is the
+bound: a stream costs one 10 s window every hop_s, emotion one pass over its speech).
+
+    .venv/bin/python -m bench.bench_live [--streams 1 2 4 8 16] [--seconds 15]
+        [--random-real] [--out bench/results/live-<stamp>]
+
+Held: P99 lag < 1 s and nothing skipped. Writes <out>.md, <out>/points.json, <out>/lag.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+from websockets.asyncio.client import connect
+
+from bench import raw_ceiling
+from bench.packs import ensure_pack
+from bench.server import REPO, ServerProcess, audioserve, cpu_used_by_role
+
+SPEECH = REPO.parent / "shared" / "data" / "speech"
+RATE = 16_000
+FRAME_S = 0.1
+LABELS = ["speech", "music", "dog barking", "rain", "siren", "applause", "laughter",
+          "car horn"]
+HELD_P99_S = 1.0
+
+
+@dataclass
+class StreamResult:
+    lags_s: list[float] = field(default_factory=list)
+    emotion_lags_s: list[float] = field(default_factory=list)
+    windows: int = 0
+    utterances: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Point:
+    config: str
+    streams: int
+    seconds: float
+    p50_s: float
+    p99_s: float
+    emotion_p50_s: float
+    emotion_p99_s: float
+    results: int
+    windows: int
+    utterances: int
+    skipped: int
+    errors: int
+    cpu_s_per_stream_s: float
+
+    @property
+    def held(self) -> bool:
+        return (max(self.p99_s, self.emotion_p99_s) < HELD_P99_S and self.skipped == 0
+                and self.errors == 0)
+
+
+def speech_audio(seconds: float) -> np.ndarray:
+    """Real speech clips with 1 s gaps, 16-bit at 16 kHz, repeated to `seconds`."""
+    parts: list[np.ndarray] = []
+    for path in sorted(SPEECH.glob("*.flac")):
+        samples, rate = sf.read(path, dtype="float32")
+        parts += [np.zeros(RATE, np.float32), soxr.resample(samples, rate, RATE)]
+        if sum(len(p) for p in parts) >= seconds * RATE:
+            break
+    audio = np.concatenate(parts)[:round(seconds * RATE)]
+    return np.clip(np.round(audio * 32768), -32768, 32767).astype("<i2")
+
+
+async def one_stream(url: str, audio: np.ndarray, hop_s: float, offset_s: float
+                     ) -> StreamResult:
+    result = StreamResult()
+    frame = round(FRAME_S * RATE)
+    sent_at: list[tuple[float, float]] = []  # (audio end in s, wall time sent)
+    await asyncio.sleep(offset_s)  # streams start spread over one hop
+    async with connect(url, max_size=None, open_timeout=60) as ws:
+        await ws.send(json.dumps({
+            "type": "session.config", "input": {"format": "pcm_s16le", "sample_rate": RATE},
+            "classify": {"labels": LABELS, "hop_s": hop_s}, "emotion": {}}))
+
+        async def send() -> None:
+            start = time.monotonic()
+            for k, i in enumerate(range(0, len(audio), frame)):
+                delay = start + k * FRAME_S - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await ws.send(audio[i:i + frame].tobytes())
+                sent_at.append((min(i + frame, len(audio)) / RATE, time.monotonic()))
+            await ws.send(json.dumps({"type": "input.done"}))
+
+        sender = asyncio.create_task(send())
+        async for message in ws:
+            now = time.monotonic()
+            event = json.loads(message)
+            kind = event["type"]
+            if kind in ("classify.window", "emotion.utterance"):
+                end = event["end_s"]
+                sent = next((t for a, t in sent_at if a >= end - 1e-6), now)
+                if kind == "classify.window":
+                    result.windows += 1
+                    result.lags_s.append(max(0.0, now - sent))
+                else:
+                    result.utterances += 1
+                    result.emotion_lags_s.append(max(0.0, now - sent))
+            elif kind == "skipped":
+                result.skipped += 1
+            elif kind == "error":
+                result.errors.append(event["code"])
+        await sender
+    return result
+
+
+async def run_point(url: str, streams: int, seconds: float, hop_s: float) -> list[StreamResult]:
+    audio = speech_audio(seconds)
+    tasks = [one_stream(url, audio, hop_s, hop_s * i / streams) for i in range(streams)]
+    return list(await asyncio.gather(*tasks, return_exceptions=False))
+
+
+def measure(server: ServerProcess, config: str, streams: int, seconds: float,
+            hop_s: float) -> Point:
+    url = f"ws://127.0.0.1:{server.port}/v1/audio/analysis/stream"
+    before = server.cpu_seconds()
+    results = asyncio.run(run_point(url, streams, seconds, hop_s))
+    used = sum(cpu_used_by_role(before, server.cpu_seconds()).values())
+    lags = np.array([lag for r in results for lag in r.lags_s])
+    emotion = np.array([lag for r in results for lag in r.emotion_lags_s])
+
+    def pct(values: np.ndarray, q: float) -> float:
+        return float(np.percentile(values, q)) if values.size else float("nan")
+
+    return Point(
+        config=config, streams=streams, seconds=seconds,
+        p50_s=pct(lags, 50), p99_s=pct(lags, 99),
+        emotion_p50_s=pct(emotion, 50), emotion_p99_s=pct(emotion, 99),
+        results=int(lags.size + emotion.size), windows=sum(r.windows for r in results),
+        utterances=sum(r.utterances for r in results),
+        skipped=sum(r.skipped for r in results),
+        errors=sum(len(r.errors) for r in results),
+        cpu_s_per_stream_s=used / (streams * seconds))
+
+
+def sweep(models_dir: Path, config: str, settings: dict[str, str], streams: list[int],
+          seconds: float, hop_s: float, log_dir: Path) -> list[Point]:
+    points = []
+    with audioserve(f"live-{config}", models_dir, settings, log_dir=log_dir).start() as server:
+        for n in streams:
+            point = measure(server, config, n, seconds, hop_s)
+            print(json.dumps(asdict(point)), flush=True)
+            points.append(point)
+    return points
+
+
+def plot(points: list[Point], out: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for config in sorted({p.config for p in points}):
+        mine = [p for p in points if p.config == config]
+        ns = [p.streams for p in mine]
+        ax.plot(ns, [p.p50_s for p in mine], "o--", label=f"{config} window P50")
+        ax.plot(ns, [p.p99_s for p in mine], "o-", label=f"{config} window P99")
+        ax.plot(ns, [p.emotion_p99_s for p in mine], "s:", label=f"{config} utterance P99")
+    ax.axhline(HELD_P99_S, color="grey", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent live streams (real-time speech, CLAP + emotion)")
+    ax.set_ylabel("result lag (s)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    path = out / "lag.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def report(points: list[Point], ceiling_windows_s: float, hop_s: float, args: argparse.Namespace,
+           out: Path, plot_path: Path | None) -> str:
+    ceiling_streams = ceiling_windows_s * hop_s
+    lines = [f"# Live analysis under load ({time.strftime('%Y-%m-%d %H:%M')})", "",
+             f"`python -m bench.bench_live {' '.join(args.argv)}`; packs: "
+             f"{'random weights at real size' if args.random_real else 'tiny test packs'}; "
+             f"{args.seconds:g} s of real speech per stream at real-time pace, 100 ms frames, "
+             f"CLAP hop {hop_s:g} s + emotion per utterance; held = P99 lag < "
+             f"{HELD_P99_S:g} s and nothing skipped.", "",
+             "Lag is the client's: the frame holding a result's last sample sent -> the result "
+             "received. An utterance's lag includes its end-pointing (it is known to be over "
+             "only after `min_silence_ms` of non-speech: 500 ms, less the 200 ms kept after it).",
+             "",
+             "| config | streams | window lag P50 / P99 s | utterance lag P50 / P99 s | results | "
+             "windows | utterances | skipped | errors | server CPU s / stream-s | held |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p in points:
+        lines.append(f"| {p.config} | {p.streams} | {p.p50_s:.3f} / {p.p99_s:.3f} | "
+                     f"{p.emotion_p50_s:.3f} / {p.emotion_p99_s:.3f} | "
+                     f"{p.results} | {p.windows} | {p.utterances} | {p.skipped} | {p.errors} | "
+                     f"{p.cpu_s_per_stream_s:.3f} | {'yes' if p.held else 'no'} |")
+    lines += ["", f"Raw CLAP ceiling (audio graph alone, batch 8, the service's threads): "
+              f"{ceiling_windows_s:.1f} windows/s = {ceiling_streams:.1f} streams at one "
+              f"window per {hop_s:g} s.", ""]
+    for config in sorted({p.config for p in points}):
+        held = [p.streams for p in points if p.config == config and p.held]
+        best = max(held) if held else 0
+        lines.append(f"- {config}: largest N held {best}"
+                     + (f" = {best / ceiling_streams:.2f} of the CLAP ceiling"
+                        if ceiling_streams > 0 else ""))
+    if plot_path is not None:
+        lines += ["", f"![lag]({out.name}/{plot_path.name})"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--hop", type=float, default=2.0)
+    p.add_argument("--models-dir", type=Path, default=None)
+    p.add_argument("--random-real", action="store_true")
+    p.add_argument("--no-unbatched", action="store_true", help="skip MAX_BATCH_SIZE=1")
+    p.add_argument("--replot", type=Path, default=None,
+                   help="only redraw <dir>/lag.png from <dir>/points.json")
+    p.add_argument("--out", type=Path,
+                   default=REPO / "bench" / "results" / f"live-{time.strftime('%Y-%m-%d-%H%M')}")
+    args = p.parse_args()
+    if args.replot is not None:
+        saved = json.loads((args.replot / "points.json").read_text())
+        print(plot([Point(**pt) for pt in saved], args.replot))
+        return
+    args.argv = sys.argv[1:]
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    models_dir = args.models_dir or REPO / "models" / (
+        "bench-random-real" if args.random_real else "bench-tiny")  # /models/ is not in git
+    for model in ("clap", "emotion2vec"):
+        status = ensure_pack(model, models_dir, random_real=args.random_real, log_dir=out)
+        if not status.ready:
+            raise SystemExit(f"{model}: {status.note}")
+    live = {"live_max_streams": "1024", "live_max_ahead_s": "1", "live_max_pending": "8",
+            "models": "clap,emotion2vec", "ui": "false"}
+    points = sweep(models_dir, "batched", live, args.streams, args.seconds, args.hop, out)
+    if not args.no_unbatched:
+        points += sweep(models_dir, "max_batch_1", {**live, "max_batch_size": "1"},
+                        args.streams, args.seconds, args.hop, out)
+    ceiling = max(pt.items_per_s for pt in raw_ceiling.ceiling(
+        "clap", models_dir / "clap", [8], seconds=3.0))
+    (out / "points.json").write_text(json.dumps([asdict(pt) for pt in points], indent=1))
+    text = report(points, ceiling, args.hop, args, out, plot(points, out))
+    out.with_suffix(".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Who may open a live stream: the API key and the page's origin, checked before accept.
+
+The key is checked as the HTTP routes check it (service.middleware.AuthMiddleware:
+constant time, `Authorization: Bearer <key>`). Browsers cannot set headers on a WebSocket,
+so the key may instead be offered as a subprotocol, `bearer.<key>`, beside
+`audioserve.live.v1`: it travels in the `Sec-WebSocket-Protocol` header, which no access
+log records (a `?key=` query would be logged with the path), and is never echoed back (the
+server selects `audioserve.live.v1`). `Origin`, which browsers always send, must be one of
+AUDIOSERVE_LIVE_ALLOWED_ORIGINS (`*`: any), or by default the server's own origin;
+clients that send no Origin (not browsers) pass that check.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.websockets import WebSocket
+
+from service.settings import Settings
+
+KEY_PREFIX = "bearer."
+
+
+def _header(websocket: WebSocket, name: str) -> str | None:
+    return websocket.headers.get(name)
+
+
+def offered_key(websocket: WebSocket) -> str | None:
+    scheme, _, token = (_header(websocket, "authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    for protocol in websocket.scope.get("subprotocols", []):
+        if protocol.startswith(KEY_PREFIX):
+            return protocol[len(KEY_PREFIX):]
+    return None
+
+
+def key_error(websocket: WebSocket, settings: Settings) -> str | None:
+    """Why the stream may not open (None: it may)."""
+    if settings.api_key is None:
+        return None
+    offered = offered_key(websocket)
+    expected = settings.api_key.get_secret_value().encode()
+    if offered is not None and hmac.compare_digest(offered.encode("latin-1", "replace"),
+                                                   expected):
+        return None
+    return ("missing or wrong API key: send `Authorization: Bearer <key>`, or (browsers) "
+            "offer the subprotocols `audioserve.live.v1` and `bearer.<key>`")
+
+
+def origin_error(websocket: WebSocket, settings: Settings) -> str | None:
+    origin = _header(websocket, "origin")
+    if origin is None:
+        return None
+    allowed = [o.strip().rstrip("/") for o in settings.live_allowed_origins.split(",")
+               if o.strip()]
+    if "*" in allowed or origin.rstrip("/") in allowed:
+        return None
+    host = _header(websocket, "host")
+    if not allowed and host is not None and origin.split("://", 1)[-1] == host:
+        return None
+    return (f"origin {origin!r} may not open live streams; allowed: "
+            f"{', '.join(allowed) or 'this server only'} (AUDIOSERVE_LIVE_ALLOWED_ORIGINS)")

@@ -1,0 +1,168 @@
+"""Incremental decoding of a live stream to mono float32, and per-model resampling.
+
+PCM frames may be cut anywhere (mid-sample, mid-frame): the remainder waits for the next
+frame. PCM s16 becomes float exactly as the upload decoder does it (x / 32768, bit for
+bit libsndfile's), so a live window equals `/classify` of the same samples as 16-bit WAV.
+WebM/Ogg Opus are demuxed and decoded by PyAV (FFmpeg) in a thread of their own, reading
+from a pipe the socket fills (FFmpeg's demuxers pull bytes: a blocking reader is the way to
+feed them incrementally); the frames become mono through the upload decoder's own code.
+Resampling to each model's rate is soxr HQ streamed (`soxr.ResampleStream`), as the
+upload decoder does it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+from collections.abc import Callable
+
+import av
+import numpy as np
+import soxr
+
+from service.audio import _AV_ERRORS, MAX_SAMPLE_PEAK, _from_pcm16, _planes_to_mono
+from service.live.protocol import ProtocolError
+
+Sink = Callable[[np.ndarray, int], None]
+"""Takes mono float32 blocks and their (source) rate, in order."""
+
+
+class PcmDecoder:
+    """Interleaved little-endian PCM frames -> mono float32 blocks."""
+
+    def __init__(self, fmt: str, channels: int) -> None:
+        self.dtype = np.dtype("<i2") if fmt == "pcm_s16le" else np.dtype("<f4")
+        self.channels = channels
+        self.frame_bytes = self.dtype.itemsize * channels
+        self._rest = b""
+
+    def feed(self, data: bytes) -> np.ndarray:
+        data = self._rest + data
+        usable = len(data) - len(data) % self.frame_bytes
+        self._rest = data[usable:]
+        raw = np.frombuffer(data[:usable], dtype=self.dtype)
+        if self.dtype.kind == "i":
+            samples = _from_pcm16(raw)
+        else:
+            samples = raw.astype(np.float32)
+            if samples.size and not float(np.max(np.abs(samples))) <= MAX_SAMPLE_PEAK:
+                raise ProtocolError("unsupported_audio",
+                                    "pcm_f32le audio holds NaN, infinity or samples beyond "
+                                    f"±{MAX_SAMPLE_PEAK:g} (full scale is ±1)")
+        if self.channels > 1:
+            return _planes_to_mono(samples.reshape(-1, self.channels).T, "flt")
+        return samples
+
+    def leftover(self) -> int:
+        """Bytes of an incomplete sample frame still held (at the end: the client's error)."""
+        return len(self._rest)
+
+
+class _Pipe(io.RawIOBase):
+    """A blocking byte pipe: the socket writes, FFmpeg's demuxer reads (in its thread)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._buf = bytearray()
+        self._closed = False
+        self._cond = threading.Condition()
+        self.max_bytes = max_bytes
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: memoryview) -> int:  # type: ignore[override]
+        with self._cond:
+            while not self._buf and not self._closed:
+                self._cond.wait()
+            n = min(len(target), len(self._buf))
+            target[:n] = self._buf[:n]
+            del self._buf[:n]
+            self._cond.notify_all()
+            return n
+
+    def write_bytes(self, data: bytes) -> bool:
+        """False when the decoder is that far behind (the caller waits and retries)."""
+        with self._cond:
+            if len(self._buf) > self.max_bytes:
+                return False
+            self._buf.extend(data)
+            self._cond.notify_all()
+            return True
+
+    def finish(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class EncodedDecoder:
+    """WebM or Ogg (Opus, or whatever FFmpeg finds in them) decoded as the bytes arrive.
+
+    Decoded blocks are handed to `sink` on the event loop; a decode error to `on_error`."""
+
+    def __init__(self, fmt: str, loop: asyncio.AbstractEventLoop, sink: Sink,
+                 on_error: Callable[[ProtocolError], None], max_buffer: int) -> None:
+        self.format = fmt
+        self.container_format = "matroska" if fmt == "webm" else "ogg"
+        self.loop = loop
+        self.sink = sink
+        self.on_error = on_error
+        self.pipe = _Pipe(max_buffer)
+        self.finished = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name="live-decode", daemon=True)
+        self._thread.start()
+
+    async def feed(self, data: bytes) -> None:
+        while not self.pipe.write_bytes(data):  # bounded: the demuxer reads it soon
+            await asyncio.sleep(0.01)
+
+    async def finish(self) -> None:
+        self.pipe.finish()
+        await self.finished.wait()
+
+    def abort(self) -> None:
+        self.pipe.finish()
+
+    def _run(self) -> None:
+        try:
+            with av.open(self.pipe, mode="r", format=self.container_format,
+                         metadata_errors="ignore") as container:
+                if not container.streams.audio:
+                    raise ProtocolError("unsupported_audio", "the stream has no audio track")
+                stream = container.streams.audio[0]
+                for packet in container.demux(stream):
+                    for frame in packet.decode():
+                        self._emit(frame)
+        except ProtocolError as exc:
+            self._fail(exc)
+        except _AV_ERRORS as exc:
+            self._fail(ProtocolError("unsupported_audio",
+                                     f"cannot decode the {self.format} stream "
+                                     f"({exc}); send WebM or Ogg with Opus audio, or PCM"))
+        finally:
+            self.loop.call_soon_threadsafe(self.finished.set)
+
+    def _emit(self, frame: av.AudioFrame) -> None:
+        arr = frame.to_ndarray()
+        if not frame.format.is_planar:
+            arr = arr.reshape(-1, frame.layout.nb_channels).T
+        mono = _planes_to_mono(arr, frame.format.name.rstrip("p"))
+        self.loop.call_soon_threadsafe(self.sink, mono, frame.sample_rate)
+
+    def _fail(self, exc: ProtocolError) -> None:
+        self.loop.call_soon_threadsafe(self.on_error, exc)
+
+
+class Resampler:
+    """One model's rate: streamed soxr HQ (nothing to do when the rates agree)."""
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        self._stream = (None if from_rate == to_rate else
+                        soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32",
+                                            quality="HQ"))
+
+    def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        if self._stream is None:
+            return block
+        return self._stream.resample_chunk(np.ascontiguousarray(block, np.float32), last=last)

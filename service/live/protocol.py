@@ -1,0 +1,230 @@
+"""The live-analysis protocol as data: every message of `WS /v1/audio/analysis/stream`.
+
+Client -> server (JSON text frames unless said otherwise):
+
+- `session.config` — first message, once:
+  `{"type": "session.config",
+    "input": {"format": "pcm_s16le" | "pcm_f32le" | "webm" | "ogg",
+              "sample_rate": 16000, "channels": 1},
+    "classify": {"labels": [...], "prompt_template": null, "top_k": null, "hop_s": 2.0} | null,
+    "emotion": {"granularity": "utterance" | "frame", "vad_aggressiveness": 3,
+                "min_speech_ms": 250, "min_silence_ms": 500, "padding_ms": 200,
+                "max_utterance_s": 20.0} | null}`
+  At least one of `classify` and `emotion`. For `webm`/`ogg` (Opus from MediaRecorder)
+  `sample_rate` and `channels` are read from the stream and may be left out.
+- binary frames: audio in the configured format, any size up to AUDIOSERVE_LIVE_MAX_FRAME_BYTES.
+- `{"type": "input.done"}`: no more audio; what is pending is flushed (the last partial
+  window, the open utterance), then `session.done` and close 1000.
+- `{"type": "session.close"}`: stop now; pending work is cancelled, `session.done`, close 1000.
+
+Server -> client (JSON text frames); every result carries stream time, `start_s`/`end_s`:
+seconds of audio received (at the model's rate), not wall clock.
+
+- `session.created`: `{"config": <resolved config>, "limits": {...}, "models": {...}}`.
+- `classify.window`: `{"index", "start_s", "end_s", "silent", "labels": [{"label",
+  "probability", "similarity"}]}` — the scores `/classify` gives for exactly the audio in
+  [start_s, end_s) (CLAP's 10 s window ending there; shorter at the start of the stream).
+  A window ends every `hop_s` of audio, and at `input.done`.
+- `emotion.utterance`: `{"index", "start_s", "end_s", "granularity", "emotion", "scores",
+  "chunks", "frames"?}` — `/emotion`'s answer for exactly that utterance's audio (as found by
+  the voice-activity detector); with `frame` granularity `frames.times_s` and the segments
+  are in stream time (`/emotion`'s shifted by `start_s`).
+- `skipped`: `{"task": "classify" | "emotion", "index", "start_s", "end_s", "reason"}` —
+  a window or utterance that got no result: `behind` (the stream already had
+  AUDIOSERVE_LIVE_MAX_PENDING results being computed), `overloaded` (the model's admission
+  or queue refused it), `timeout`, `too_short` (an utterance under the model's first frame).
+  Nothing is ever dropped without one.
+- `error`: `{"code", "message"}` — what was wrong and what is allowed; the socket is then
+  closed with the close code in `CLOSE_CODES` (see `ErrorCode`).
+- `session.done`: `{"audio_s", "windows", "utterances", "skipped", "cancelled"}`.
+
+`emotion.partial` is reserved (not sent yet): every emotion result is final.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+PROTOCOL = "audioserve.live.v1"
+"""The subprotocol the server selects; a browser offers it beside its key (see auth)."""
+
+InputFormat = Literal["pcm_s16le", "pcm_f32le", "webm", "ogg"]
+PCM_FORMATS = ("pcm_s16le", "pcm_f32le")
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputConfig(_Message):
+    format: InputFormat
+    sample_rate: int | None = Field(None, ge=8000, le=192_000)
+    channels: int | None = Field(None, ge=1, le=8)
+
+
+class ClassifyConfig(_Message):
+    labels: list[str] = Field(min_length=1)
+    prompt_template: str | None = None
+    top_k: int | None = Field(None, ge=1)
+    hop_s: float = Field(2.0, gt=0, le=10.0)
+    """A window is scored every `hop_s` seconds of audio (the window is CLAP's 10 s)."""
+
+
+class EmotionConfig(_Message):
+    granularity: Literal["utterance", "frame"] = "utterance"
+    vad_aggressiveness: int = Field(3, ge=0, le=3)
+    """webrtcvad's mode: 0 keeps most, 3 filters non-speech hardest."""
+    min_speech_ms: int = Field(250, ge=30, le=10_000)
+    """A voiced run shorter than this is not an utterance."""
+    min_silence_ms: int = Field(500, ge=90, le=10_000)
+    """Non-speech that ends an utterance."""
+    padding_ms: int = Field(200, ge=0, le=1000)
+    """Audio kept before the first and after the last voiced frame."""
+    max_utterance_s: float = Field(20.0, ge=1.0, le=300.0)
+    """An utterance that runs this long is cut there (and the next one starts)."""
+
+
+class SessionConfig(_Message):
+    type: Literal["session.config"]
+    input: InputConfig
+    classify: ClassifyConfig | None = None
+    emotion: EmotionConfig | None = None
+
+
+class InputDone(_Message):
+    type: Literal["input.done"]
+
+
+class SessionClose(_Message):
+    type: Literal["session.close"]
+
+
+ClientMessage = Annotated[SessionConfig | InputDone | SessionClose, Field(discriminator="type")]
+CLIENT_MESSAGES: TypeAdapter[SessionConfig | InputDone | SessionClose] = TypeAdapter(
+    ClientMessage)
+
+
+# -- server -> client ----------------------------------------------------------------
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionCreated(_Event):
+    type: Literal["session.created"] = "session.created"
+    config: dict[str, Any]
+    limits: dict[str, Any]
+    models: dict[str, Any]
+
+
+class LabelScoreOut(_Event):
+    label: str
+    probability: float
+    similarity: float
+
+
+class ClassifyWindow(_Event):
+    type: Literal["classify.window"] = "classify.window"
+    index: int
+    start_s: float
+    end_s: float
+    silent: bool
+    labels: list[LabelScoreOut]
+
+
+class EmotionUtterance(_Event):
+    type: Literal["emotion.utterance"] = "emotion.utterance"
+    index: int
+    start_s: float
+    end_s: float
+    granularity: Literal["utterance", "frame"]
+    emotion: dict[str, Any]
+    scores: list[dict[str, Any]]
+    chunks: int
+    frames: dict[str, Any] | None = None
+
+
+SkipReason = Literal["behind", "overloaded", "timeout", "too_short"]
+Task = Literal["classify", "emotion"]
+
+
+class Skipped(_Event):
+    type: Literal["skipped"] = "skipped"
+    task: Task
+    index: int
+    start_s: float
+    end_s: float
+    reason: SkipReason
+    message: str
+
+
+ErrorCode = Literal[
+    "invalid_message", "invalid_config", "unsupported_audio", "frame_too_large",
+    "stream_too_long", "idle_timeout", "config_timeout", "slow_reader", "too_many_streams",
+    "model_not_loaded", "internal_error",
+]
+
+CLOSE_CODES: dict[str, int] = {
+    "invalid_message": 4400, "invalid_config": 4400,
+    "unsupported_audio": 1003,
+    "frame_too_large": 1009,
+    "stream_too_long": 1008, "idle_timeout": 1008, "config_timeout": 1008, "slow_reader": 1008,
+    "too_many_streams": 1013,
+    "model_not_loaded": 4503,
+    "internal_error": 1011,
+}
+"""The close code that follows each `error` (1000 after `session.done`)."""
+
+
+class ErrorEvent(_Event):
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+
+
+class SessionDone(_Event):
+    type: Literal["session.done"] = "session.done"
+    audio_s: float
+    windows: int
+    utterances: int
+    skipped: int
+    cancelled: int
+
+
+ServerEvent = Annotated[
+    SessionCreated | ClassifyWindow | EmotionUtterance | Skipped | ErrorEvent | SessionDone,
+    Field(discriminator="type"),
+]
+SERVER_EVENTS: TypeAdapter[Any] = TypeAdapter(ServerEvent)
+"""For clients and tests: `SERVER_EVENTS.validate_json(text)` types any server event."""
+
+
+class ProtocolError(Exception):
+    """A client mistake: sent as an `error` event, then the socket closes with its code."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+
+    @property
+    def close_code(self) -> int:
+        return CLOSE_CODES[self.code]
+
+    def event(self) -> ErrorEvent:
+        return ErrorEvent(code=self.code, message=self.message)
+
+
+def parse_client_message(text: str) -> SessionConfig | InputDone | SessionClose:
+    """The one place client JSON is validated; what is wrong comes back as a ProtocolError."""
+    try:
+        return CLIENT_MESSAGES.validate_json(text)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
+                             for e in exc.errors()[:5])
+        raise ProtocolError(
+            "invalid_message",
+            f"{problems} (messages: session.config first, then binary audio frames, "
+            "input.done or session.close)") from None

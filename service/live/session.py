@@ -1,0 +1,547 @@
+"""One live stream: audio in, CLAP windows and emotion utterances out, every limit enforced.
+
+Design note. The socket's reader decodes each frame (service.live.decode), resamples it
+to each model's rate and hands it to the window planner (CLAP) and the endpointer
+(emotion). Each window or utterance becomes one job that calls the same pipeline entry
+points the HTTP routes call (`ClapPipeline.embed_samples` + `score`,
+`Emotion2vecPipeline.analyse_samples`), through the model's admission gate and its
+batcher: live and HTTP work share forward passes, on one process or through the cluster's
+seam. A stream holds at most `live_max_pending` jobs; a window or utterance beyond that
+is skipped with a `skipped` event. Results go out in order per task through a bounded
+outbox; a client that leaves `live_send_buffer` events unread is cut off (1008) and its
+jobs are cancelled. A stream is read no faster than real time plus `live_max_ahead_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from batcher import BatcherClosed, DeadlineExceeded, Overloaded
+from service.admission import AdmissionGate, CpuWorkers
+from service.errors import ApiError, InvalidInput
+from service.live import protocol as p
+from service.live.decode import EncodedDecoder, PcmDecoder, Resampler
+from service.live.vad import Endpointer, Utterance
+from service.live.windows import SlidingWindows, Window
+from service.metrics import Metrics
+from service.pipelines.clap import ClapPipeline
+from service.pipelines.clap_text import validate_labels, validate_template
+from service.pipelines.emotion2vec import Emotion2vecPipeline, EmotionOptions, Granularity
+from service.routes.common import model_fields
+from service.routes.emotion import emotion_body
+from service.settings import Settings
+
+log = logging.getLogger("audioserve.live")
+
+_KINDS: dict[str, str] = {"classify": "clap", "emotion": "emotion2vec"}
+
+
+@dataclass
+class Counts:
+    windows: int = 0
+    utterances: int = 0
+    skipped: int = 0
+    cancelled: int = 0
+
+
+@dataclass
+class _Outgoing:
+    text: str
+    task: str | None = None
+    received_at: float = 0.0
+    """When the result's last sample arrived (monotonic): its lag is measured from here."""
+
+
+@dataclass
+class LiveContext:
+    """What a session needs from the app (no module state)."""
+
+    settings: Settings
+    metrics: Metrics
+    cpu: CpuWorkers
+    pipelines: dict[str, Any]
+    gates: dict[str, AdmissionGate]
+
+
+def _round(x: float) -> float:
+    return round(x, 4)
+
+
+class LiveSession:
+    def __init__(self, websocket: WebSocket, ctx: LiveContext) -> None:
+        self.ws = websocket
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.metrics = ctx.metrics
+        self.counts = Counts()
+        self.audio_samples = 0
+        self.input_rate: int | None = None
+        self._outbox: asyncio.Queue[_Outgoing | None] = asyncio.Queue()
+        self._fatal: asyncio.Future[p.ProtocolError] = (
+            asyncio.get_running_loop().create_future())
+        self._pending: set[asyncio.Task[None]] = set()
+        self._last_job: dict[str, asyncio.Task[None] | None] = {"classify": None,
+                                                                "emotion": None}
+        self._config: p.SessionConfig | None = None
+        self._pcm: PcmDecoder | None = None
+        self._encoded: EncodedDecoder | None = None
+        self._resamplers: dict[str, Resampler] = {}
+        self._windows: SlidingWindows | None = None
+        self._endpointer: Endpointer | None = None
+        self._texts: np.ndarray | None = None
+        self._labels: list[str] = []
+        self._top_k = 0
+        self._emotion_options = EmotionOptions()
+        self._first_audio_at: float | None = None
+        self._ended = False
+        """Set when the session stops: late decoder callbacks are ignored."""
+        self.end_reason = "done"
+        """How the stream ended: done, closed (session.close), disconnected, or the error's
+        code (the `reason` label of audioserve_live_closed)."""
+
+    # -- the whole session -----------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve the stream; the close code it ended with."""
+        sender = asyncio.create_task(self._send_loop())
+        code = 1000
+        try:
+            self._start(await self._receive_config())
+            await self._prepare_models()
+            self._emit(self._created())
+            if await self._receive_audio():
+                await self._flush()
+            else:
+                self.end_reason = "closed"
+                self._cancel_pending()
+            self._emit(p.SessionDone(
+                audio_s=_round(self.audio_samples / (self.input_rate or 1)),
+                windows=self.counts.windows, utterances=self.counts.utterances,
+                skipped=self.counts.skipped, cancelled=self.counts.cancelled))
+        except p.ProtocolError as exc:
+            code = exc.close_code
+            self.end_reason = exc.code
+            self._cancel_pending()
+            log.info("live stream ended: %s (%s)", exc.code, exc.message)
+            self._emit(exc.event(), force=True)
+        except WebSocketDisconnect:
+            self.end_reason = "disconnected"
+            self._cancel_pending()
+            sender.cancel()
+            return 1001
+        except Exception:  # a defect: said to the client, never a silent drop
+            log.exception("live stream failed")
+            code = p.CLOSE_CODES["internal_error"]
+            self.end_reason = "internal_error"
+            self._emit(p.ErrorEvent(code="internal_error", message="the server failed on "
+                                    "this stream (logged); please report it"), force=True)
+        finally:
+            self._ended = True
+            self._cancel_pending()
+            if self._encoded is not None:
+                self._encoded.abort()
+        await self._finish_sending(sender, code)
+        return code
+
+    async def _finish_sending(self, sender: asyncio.Task[None], code: int) -> None:
+        """Send what is queued and close; a client that does not read gets no more than
+        a bounded wait (its unsent events are dropped, the error and close tried once)."""
+        grace = self.settings.live_close_timeout_s
+        if self._slow():
+            last = None
+            while not self._outbox.empty():
+                last = self._outbox.get_nowait()
+            sender.cancel()
+            if last is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.ws.send_text(last.text), timeout=grace)
+        else:
+            self._outbox.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sender, timeout=grace)
+        sender.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(code), timeout=grace)
+
+    def _slow(self) -> bool:
+        return self._fatal.done() and self._fatal.result().code == "slow_reader"
+
+    # -- receiving ---------------------------------------------------------------------
+
+    async def _next_message(self, timeout_s: float, on_timeout: p.ProtocolError
+                            ) -> dict[str, Any]:
+        if self._fatal.done():  # checked first: a client that keeps sending always has
+            raise self._fatal.result()  # a message ready as well
+        receive: asyncio.Future[Any] = asyncio.ensure_future(self.ws.receive())
+        waits: set[asyncio.Future[Any]] = {receive, self._fatal}
+        done, _ = await asyncio.wait(waits, timeout=timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if self._fatal.done() or receive not in done:
+            receive.cancel()
+            raise self._fatal.result() if self._fatal.done() else on_timeout
+        message: dict[str, Any] = dict(receive.result())
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        size = len(message.get("bytes") or message.get("text") or "")
+        if size > self.settings.live_max_frame_bytes:
+            raise p.ProtocolError("frame_too_large",
+                                  f"a {size}-byte message; the limit is "
+                                  f"{self.settings.live_max_frame_bytes} bytes "
+                                  "(AUDIOSERVE_LIVE_MAX_FRAME_BYTES): send smaller frames")
+        return message
+
+    async def _receive_config(self) -> p.SessionConfig:
+        timeout = self.settings.live_config_timeout_s
+        message = await self._next_message(timeout, p.ProtocolError(
+            "config_timeout", f"no session.config within {timeout:g} s of connecting"))
+        text = message.get("text")
+        if text is None:
+            raise p.ProtocolError("invalid_message",
+                                  "the first message must be a session.config JSON text frame")
+        parsed = p.parse_client_message(text)
+        if not isinstance(parsed, p.SessionConfig):
+            raise p.ProtocolError("invalid_message",
+                                  f"the first message must be session.config, not {parsed.type}")
+        return parsed
+
+    async def _receive_audio(self) -> bool:
+        """Read frames until input.done (True) or session.close (False)."""
+        idle = self.settings.live_idle_timeout_s
+        timeout = p.ProtocolError("idle_timeout", f"no message for {idle:g} s "
+                                  "(AUDIOSERVE_LIVE_IDLE_TIMEOUT_S); send audio or input.done")
+        while True:
+            message = await self._next_message(idle, timeout)
+            data = message.get("bytes")
+            if data is not None:
+                await self._on_frame(data)
+                continue
+            parsed = p.parse_client_message(message.get("text") or "")
+            if isinstance(parsed, p.SessionConfig):
+                raise p.ProtocolError("invalid_message", "session.config was already sent; "
+                                      "a stream has one configuration")
+            return isinstance(parsed, p.InputDone)
+
+    async def _on_frame(self, data: bytes) -> None:
+        now = time.monotonic()
+        if self._first_audio_at is None:
+            self._first_audio_at = now
+        if self._pcm is not None:
+            self._on_samples(self._pcm.feed(data), self._pcm_rate())
+        elif self._encoded is not None:
+            await self._encoded.feed(data)
+        await self._pace()
+
+    def _pcm_rate(self) -> int:
+        assert self._config is not None and self._config.input.sample_rate is not None
+        return self._config.input.sample_rate
+
+    async def _pace(self) -> None:
+        """Read no faster than real time plus live_max_ahead_s (the client waits, in TCP)."""
+        if self._first_audio_at is None or self.input_rate is None:
+            return
+        ahead = (self.audio_samples / self.input_rate
+                 - (time.monotonic() - self._first_audio_at))
+        excess = ahead - self.settings.live_max_ahead_s
+        if excess > 0:
+            await asyncio.sleep(excess)
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def _start(self, config: p.SessionConfig) -> None:
+        s = self.settings
+        if config.classify is None and config.emotion is None:
+            raise p.ProtocolError("invalid_config",
+                                  "nothing to do: set `classify`, `emotion` or both")
+        for task in ("classify", "emotion"):
+            kind = _KINDS[task]
+            if getattr(config, task) is not None and kind not in self.ctx.pipelines:
+                loaded = ", ".join(sorted(self.ctx.pipelines)) or "none"
+                raise p.ProtocolError("model_not_loaded", f"`{task}` needs the {kind} model, "
+                                      f"which is not loaded (loaded: {loaded})")
+        i = config.input
+        if i.format in p.PCM_FORMATS:
+            if i.sample_rate is None:
+                raise p.ProtocolError("invalid_config",
+                                      f"input.sample_rate is required for {i.format}")
+            channels = i.channels or 1
+            self._pcm = PcmDecoder(i.format, channels)
+            config = config.model_copy(update={"input": i.model_copy(
+                update={"channels": channels})})
+        else:
+            self._encoded = EncodedDecoder(
+                i.format, asyncio.get_running_loop(), self._on_decoded, self._fail,
+                max_buffer=4 * s.live_max_frame_bytes)
+        if config.classify is not None:
+            config = config.model_copy(update={"classify": self._classify_config(
+                config.classify)})
+        if config.emotion is not None:
+            emotion = config.emotion
+            limit = min(s.emotion_max_seconds, s.max_audio_seconds)
+            if emotion.max_utterance_s > limit:
+                raise p.ProtocolError("invalid_config", f"emotion.max_utterance_s is "
+                                      f"{emotion.max_utterance_s:g}; the limit is {limit:g} s "
+                                      "(AUDIOSERVE_EMOTION_MAX_SECONDS)")
+            pipeline: Emotion2vecPipeline = self.ctx.pipelines["emotion2vec"]
+            self._endpointer = Endpointer(emotion, pipeline.constants.sample_rate)
+            self._emotion_options = EmotionOptions(granularity=Granularity(emotion.granularity))
+        self._config = config
+
+    def _classify_config(self, c: p.ClassifyConfig) -> p.ClassifyConfig:
+        s = self.settings
+        clap: ClapPipeline = self.ctx.pipelines["clap"]
+        try:
+            labels = validate_labels(c.labels, s)
+            template = (validate_template(c.prompt_template, s.max_template_chars)
+                        if c.prompt_template is not None else clap.default_template)
+        except InvalidInput as exc:
+            raise p.ProtocolError("invalid_config", f"classify: {exc.message}") from None
+        if c.hop_s < s.live_min_hop_s:
+            raise p.ProtocolError("invalid_config", f"classify.hop_s is {c.hop_s:g}; the "
+                                  f"smallest is {s.live_min_hop_s:g} s "
+                                  "(AUDIOSERVE_LIVE_MIN_HOP_S)")
+        if clap.fused:
+            raise p.ProtocolError("invalid_config", "live classify needs an unfused CLAP pack")
+        self._labels = labels
+        self._top_k = min(c.top_k or len(labels), len(labels))
+        rate = clap.mel.sample_rate
+        self._windows = SlidingWindows(clap.mel.max_length_samples, round(c.hop_s * rate))
+        return c.model_copy(update={"labels": labels, "prompt_template": template,
+                                    "top_k": self._top_k})
+
+    async def _prepare_models(self) -> None:
+        """The label prompts' embeddings, once per stream (cached across streams)."""
+        config = self._config
+        assert config is not None
+        if config.classify is None:
+            return
+        clap: ClapPipeline = self.ctx.pipelines["clap"]
+        template = config.classify.prompt_template
+        assert template is not None
+        prompts = [template.format(label=label) for label in self._labels]
+        try:
+            self._texts = await clap.embed_text(prompts)
+        except (Overloaded, ApiError) as exc:
+            raise p.ProtocolError("too_many_streams", f"the CLAP text model refused the "
+                                  f"labels ({exc}); retry later") from None
+
+    def _created(self) -> p.SessionCreated:
+        assert self._config is not None
+        s = self.settings
+        models: dict[str, Any] = {}
+        if self._config.classify is not None:
+            clap: ClapPipeline = self.ctx.pipelines["clap"]
+            models["clap"] = {**model_fields(clap.info(), "clap", "scores"),
+                              "sample_rate": clap.mel.sample_rate,
+                              "window_s": clap.mel.max_length_samples / clap.mel.sample_rate}
+        if self._config.emotion is not None:
+            emo: Emotion2vecPipeline = self.ctx.pipelines["emotion2vec"]
+            models["emotion2vec"] = {**model_fields(emo.info(), "emotion2vec", "emotions"),
+                                     "sample_rate": emo.constants.sample_rate,
+                                     "vad": "webrtcvad"}
+        limits = {"max_frame_bytes": s.live_max_frame_bytes,
+                  "max_stream_s": s.live_max_stream_seconds,
+                  "idle_timeout_s": s.live_idle_timeout_s,
+                  "max_ahead_s": s.live_max_ahead_s,
+                  "max_pending": s.live_max_pending,
+                  "send_buffer": s.live_send_buffer}
+        return p.SessionCreated(config=self._config.model_dump(), limits=limits, models=models)
+
+    # -- audio -> windows and utterances -----------------------------------------------
+
+    def _on_decoded(self, block: np.ndarray, rate: int) -> None:
+        """An encoded stream's decoded block (called on the loop by the decoder thread)."""
+        if self._ended:
+            return
+        try:
+            self._on_samples(block, rate)
+        except p.ProtocolError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: p.ProtocolError) -> None:
+        if not self._fatal.done():
+            self._fatal.set_result(exc)
+
+    def _on_samples(self, block: np.ndarray, rate: int, last: bool = False) -> None:
+        if self.input_rate is None:
+            self.input_rate = rate
+            if self._windows is not None:
+                self._resamplers["classify"] = Resampler(
+                    rate, self.ctx.pipelines["clap"].mel.sample_rate)
+            if self._endpointer is not None:
+                self._resamplers["emotion"] = Resampler(rate, self._endpointer.rate)
+        elif rate != self.input_rate:
+            raise p.ProtocolError("unsupported_audio", f"the stream changed its sample rate "
+                                  f"from {self.input_rate} to {rate} Hz")
+        self.audio_samples += len(block)
+        limit = self.settings.live_max_stream_seconds
+        if self.audio_samples > limit * rate:
+            raise p.ProtocolError("stream_too_long", f"more than {limit:g} s of audio "
+                                  "(AUDIOSERVE_LIVE_MAX_STREAM_SECONDS); open a new stream")
+        self.metrics.live_audio_seconds.inc(len(block) / rate)
+        now = time.monotonic()
+        if self._windows is not None:
+            for window in self._windows.push(self._resamplers["classify"](block, last)):
+                self._submit_window(window, now)
+        if self._endpointer is not None:
+            for utterance in self._endpointer.push(self._resamplers["emotion"](block, last)):
+                self._submit_utterance(utterance, now)
+
+    async def _flush(self) -> None:
+        """input.done: the decoder's tail, the last window and utterance, then every job."""
+        if self._encoded is not None:
+            await self._encoded.finish()
+            if self._fatal.done():
+                raise self._fatal.result()
+        if self._pcm is not None and self._pcm.leftover():
+            raise p.ProtocolError("unsupported_audio", f"the stream ended inside a sample "
+                                  f"frame ({self._pcm.leftover()} bytes left over); frames "
+                                  f"are {self._pcm.frame_bytes} bytes")
+        if self.input_rate is not None:
+            self._on_samples(np.zeros(0, np.float32), self.input_rate, last=True)
+        now = time.monotonic()
+        if self._windows is not None:
+            for window in self._windows.finish():
+                self._submit_window(window, now)
+        if self._endpointer is not None:
+            for utterance in self._endpointer.finish():
+                self._submit_utterance(utterance, now)
+        while self._pending:
+            waits: set[asyncio.Future[Any]] = {*self._pending, self._fatal}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if self._fatal.done():
+                raise self._fatal.result()
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def _submit_window(self, window: Window, received_at: float) -> None:
+        rate = self.ctx.pipelines["clap"].mel.sample_rate
+        self._submit("classify", window.index, window.start / rate, window.end / rate,
+                     received_at, lambda: self._classify(window))
+
+    def _submit_utterance(self, utterance: Utterance, received_at: float) -> None:
+        assert self._endpointer is not None
+        rate = self._endpointer.rate
+        self._submit("emotion", utterance.index, utterance.start / rate, utterance.end / rate,
+                     received_at, lambda: self._emotion(utterance))
+
+    def _submit(self, task: p.Task, index: int, start_s: float, end_s: float, received_at: float,
+                compute: Callable[[], Awaitable[BaseModel]]) -> None:
+        if len(self._pending) >= self.settings.live_max_pending:
+            self._skip(task, index, start_s, end_s, "behind",
+                       f"{len(self._pending)} results of this stream are still being "
+                       "computed (AUDIOSERVE_LIVE_MAX_PENDING): the models are behind")
+            return
+        previous = self._last_job[task]
+        job = asyncio.create_task(self._job(task, index, start_s, end_s, received_at,
+                                            compute, previous))
+        self._last_job[task] = job
+        self._pending.add(job)
+        job.add_done_callback(self._pending.discard)
+
+    async def _job(self, task: p.Task, index: int, start_s: float, end_s: float,
+                   received_at: float, compute: Callable[[], Awaitable[BaseModel]],
+                   previous: asyncio.Task[None] | None) -> None:
+        gate = self.ctx.gates[_KINDS[task]]
+        event: BaseModel | None = None
+        try:
+            async with gate.admit():
+                event = await compute()
+        except (Overloaded, BatcherClosed) as exc:
+            self._skip(task, index, start_s, end_s, "overloaded", str(exc))
+        except DeadlineExceeded as exc:
+            self._skip(task, index, start_s, end_s, "timeout", str(exc))
+        except InvalidInput as exc:
+            self._skip(task, index, start_s, end_s, "too_short", exc.message)
+        except ApiError as exc:
+            reason: p.SkipReason = "overloaded" if exc.status in (503, 504) else "too_short"
+            self._skip(task, index, start_s, end_s, reason, exc.message)
+        except Exception:
+            log.exception("live %s job failed", task)
+            self._fail(p.ProtocolError("internal_error", f"computing {task} {index} failed"))
+        if event is None:
+            return
+        if previous is not None:  # results go out in order per task
+            await asyncio.wait({previous})
+        if task == "classify":
+            self.counts.windows += 1
+        else:
+            self.counts.utterances += 1
+        self._emit(event, task=task, received_at=received_at)
+
+    async def _classify(self, window: Window) -> p.ClassifyWindow:
+        clap: ClapPipeline = self.ctx.pipelines["clap"]
+        assert self._texts is not None
+        audio = await clap.embed_samples(window.samples)
+        scores = clap.score(audio.embedding, self._texts, self._labels, self._top_k)
+        rate = clap.mel.sample_rate
+        return p.ClassifyWindow(
+            index=window.index, start_s=_round(window.start / rate),
+            end_s=_round(window.end / rate), silent=all(s.silent for s in audio.spans),
+            labels=[p.LabelScoreOut(label=s.label, probability=s.probability,
+                                    similarity=s.similarity) for s in scores])
+
+    async def _emotion(self, utterance: Utterance) -> p.EmotionUtterance:
+        emo: Emotion2vecPipeline = self.ctx.pipelines["emotion2vec"]
+        options = self._emotion_options
+        result = await emo.analyse_samples(utterance.samples, options)
+        body = emotion_body(emo, result, options)
+        start_s = utterance.start / emo.constants.sample_rate
+        frames = body.get("frames")
+        if frames is not None:  # in stream time
+            frames["times_s"] = [_round(t + start_s) for t in frames["times_s"]]
+            for segment in frames["segments"]:
+                segment["start_s"] = _round(segment["start_s"] + start_s)
+                segment["end_s"] = _round(segment["end_s"] + start_s)
+        return p.EmotionUtterance(
+            index=utterance.index, start_s=_round(start_s),
+            end_s=_round(utterance.end / emo.constants.sample_rate),
+            granularity=options.granularity.value, emotion=body["emotion"],
+            scores=body["scores"], chunks=body["chunks"], frames=frames)
+
+    def _skip(self, task: p.Task, index: int, start_s: float, end_s: float,
+              reason: p.SkipReason, message: str) -> None:
+        self.counts.skipped += 1
+        self.metrics.live_skipped.labels(task, reason).inc()
+        self._emit(p.Skipped(task=task, index=index, start_s=_round(start_s),
+                             end_s=_round(end_s), reason=reason, message=message))
+
+    def _cancel_pending(self) -> None:
+        for job in list(self._pending):
+            if not job.done():
+                job.cancel()
+                self.counts.cancelled += 1
+        self._pending.clear()
+
+    # -- sending -------------------------------------------------------------------------
+
+    def _emit(self, event: BaseModel, *, task: str | None = None, received_at: float = 0.0,
+              force: bool = False) -> None:
+        """Queue an event; a client that leaves live_send_buffer unread is cut off."""
+        if not force and self._outbox.qsize() >= self.settings.live_send_buffer:
+            self._fail(p.ProtocolError(
+                "slow_reader", f"{self._outbox.qsize()} events unread "
+                "(AUDIOSERVE_LIVE_SEND_BUFFER): read the results as they come"))
+            return
+        self._outbox.put_nowait(_Outgoing(event.model_dump_json(exclude_none=True), task,
+                                          received_at))
+
+    async def _send_loop(self) -> None:
+        while True:
+            item = await self._outbox.get()
+            if item is None:
+                return
+            await self.ws.send_text(item.text)
+            if item.task is not None:
+                lag = max(0.0, time.monotonic() - item.received_at)
+                self.metrics.live_result_lag.labels(item.task).observe(lag)
+

@@ -1,0 +1,282 @@
+"""WS /v1/audio/analysis/stream under bad and hostile clients, over a real socket: the API
+key and origins, bad config, bad audio, bad frames, every limit (streams, frame size,
+duration, idle, pending work, unread results) -> an `error` event and its close code
+(or a refused handshake), never a crash; and what /metrics says about it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from service.live.protocol import PROTOCOL
+from tests.clap_fixtures import clap_models_dir  # noqa: F401  (fixtures)
+from tests.emotion2vec_fixtures import emotion_models_dir  # noqa: F401
+from tests.live_fixtures import (  # noqa: F401  (fixtures)
+    LABELS,
+    Transcript,
+    live_models_dir,
+    open_stream,
+    read_all,
+    ws_url,
+)
+from tests.tts_server import RunningServer, serve_app
+
+KEY = "s3cret-key"
+ORIGIN = "https://app.example"
+FRAME_LIMIT = 128 * 1024
+PCM8K = {"format": "pcm_s16le", "sample_rate": 8000}
+AUTH = {"additional_headers": {"Authorization": f"Bearer {KEY}"}}
+
+
+@pytest.fixture(scope="module")
+def server(live_models_dir: Path) -> Iterator[RunningServer]:  # noqa: F811
+    with serve_app(models_dir=live_models_dir, api_key=KEY, live_allowed_origins=ORIGIN,
+                   live_max_frame_bytes=FRAME_LIMIT, live_max_streams=2, live_max_pending=1,
+                   live_idle_timeout_s=2.0, live_config_timeout_s=2.0,
+                   live_max_stream_seconds=30.0, live_max_ahead_s=1e6,
+                   emotion_max_seconds=60.0) as s:
+        yield s
+
+
+def _tone(seconds: float, rate: int = 8000) -> bytes:
+    t = np.arange(round(seconds * rate)) / rate
+    return (3000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
+
+
+def _session(server: RunningServer, messages: list[str | bytes], **kwargs: Any) -> Transcript:
+    with open_stream(server, **{**AUTH, **kwargs}) as ws:
+        try:
+            for message in messages:
+                ws.send(message)
+        except ConnectionClosed:
+            pass
+        return read_all(ws)
+
+
+def _config(**parts: Any) -> str:
+    return json.dumps({"type": "session.config", "input": PCM8K, **parts})
+
+
+def _error(t: Transcript) -> dict[str, Any]:
+    errors = t.of("error")
+    assert len(errors) == 1, t.events
+    return errors[0]
+
+
+def _metric(server: RunningServer, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` that carry `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == name and labels.items() <= sample.labels.items())
+
+
+# -- who may connect ----------------------------------------------------------------------
+
+def test_key_required_in_a_header_or_a_subprotocol(server: RunningServer) -> None:
+    for kwargs in ({}, {"additional_headers": {"Authorization": "Bearer wrong"}},
+                   {"subprotocols": [PROTOCOL, "bearer.wrong"]}):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(ws_url(server), open_timeout=30, **kwargs)  # type: ignore[arg-type]
+        assert refused.value.response.status_code == 401
+        assert b"API key" in refused.value.response.body
+    with connect(ws_url(server), subprotocols=[PROTOCOL, f"bearer.{KEY}"],  # type: ignore[list-item]
+                 open_timeout=30) as ws:
+        assert ws.subprotocol == PROTOCOL  # the key is never echoed back
+        ws.send(_config(classify={"labels": LABELS}))
+        ws.send(json.dumps({"type": "session.close"}))
+        t = read_all(ws)
+    assert [e["type"] for e in t.events] == ["session.created", "session.done"]
+    assert t.close_code == 1000
+
+
+def test_origins(server: RunningServer) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        open_stream(server, origin="https://evil.example", **AUTH)
+    assert refused.value.response.status_code == 403
+    t = _session(server, [_config(classify={"labels": LABELS}),
+                          json.dumps({"type": "session.close"})], origin=ORIGIN)
+    assert t.close_code == 1000
+
+
+# -- bad messages -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("first", "code", "close", "says"), [
+    ("{not json", "invalid_message", 4400, "JSON"),
+    (json.dumps({"type": "hello"}), "invalid_message", 4400, "session.config"),
+    (json.dumps({"type": "input.done"}), "invalid_message", 4400, "first message"),
+    (b"\x00\x01", "invalid_message", 4400, "session.config"),
+    (_config(), "invalid_config", 4400, "nothing to do"),
+    (_config(classify={"labels": []}), "invalid_message", 4400, "classify.labels"),
+    (_config(classify={"labels": ["a", "a"]}), "invalid_config", 4400, "a"),
+    (_config(classify={"labels": LABELS, "hop_s": 0.1}), "invalid_config", 4400,
+     "AUDIOSERVE_LIVE_MIN_HOP_S"),
+    (_config(classify={"labels": LABELS, "prompt_template": "no label"}), "invalid_config",
+     4400, "{label}"),
+    (_config(classify={"labels": LABELS}, extra=1), "invalid_message", 4400, "extra"),
+    (json.dumps({"type": "session.config", "input": {"format": "mp3", "sample_rate": 8000},
+                 "emotion": {}}), "invalid_message", 4400, "pcm_s16le"),
+    (json.dumps({"type": "session.config", "input": {"format": "pcm_s16le"},
+                 "emotion": {}}), "invalid_config", 4400, "sample_rate"),
+    (_config(emotion={"max_utterance_s": 100.0}), "invalid_config", 4400,
+     "AUDIOSERVE_EMOTION_MAX_SECONDS"),
+])
+def test_bad_config(server: RunningServer, first: str | bytes, code: str, close: int,
+                    says: str) -> None:
+    t = _session(server, [first])
+    error = _error(t)
+    assert (error["code"], t.close_code) == (code, close)
+    assert says in error["message"]
+
+
+def test_config_twice_and_frame_after_done(server: RunningServer) -> None:
+    config = _config(classify={"labels": LABELS})
+    t = _session(server, [config, config])
+    assert (_error(t)["code"], t.close_code) == ("invalid_message", 4400)
+
+
+@pytest.mark.parametrize(("config", "audio", "says"), [
+    ({"format": "pcm_f32le", "sample_rate": 8000},
+     np.array([0.1, np.nan], "<f4").tobytes(), "NaN"),
+    ({"format": "pcm_f32le", "sample_rate": 8000},
+     np.array([0.1, 1e9], "<f4").tobytes(), "full scale"),
+    ({"format": "webm"}, b"\x1aE\xdf\xa3 not really webm" * 50, "webm"),
+    ({"format": "ogg"}, b"OggS garbage" * 100, "ogg"),
+    ({"format": "pcm_s16le", "sample_rate": 8000}, b"\x00\x01\x02", "sample frame"),
+])
+def test_bad_audio(server: RunningServer, config: dict[str, Any], audio: bytes,
+                   says: str) -> None:
+    messages: list[str | bytes] = [
+        json.dumps({"type": "session.config", "input": config, "emotion": {}}), audio,
+        json.dumps({"type": "input.done"})]
+    t = _session(server, messages)
+    error = _error(t)
+    assert (error["code"], t.close_code) == ("unsupported_audio", 1003), error
+    assert says in error["message"]
+
+
+def test_frame_too_large(server: RunningServer) -> None:
+    config = _config(classify={"labels": LABELS})
+    t = _session(server, [config, b"\x00" * (FRAME_LIMIT + 2)])
+    error = _error(t)
+    assert (error["code"], t.close_code) == ("frame_too_large", 1009)
+    assert "AUDIOSERVE_LIVE_MAX_FRAME_BYTES" in error["message"]
+    # beyond twice the limit the server's WebSocket layer refuses it before reading it
+    t = _session(server, [config, b"\x00" * (2 * FRAME_LIMIT + 2)])
+    assert t.close_code == 1009
+
+
+# -- limits -------------------------------------------------------------------------------
+
+def test_too_many_streams(server: RunningServer) -> None:
+    config = _config(classify={"labels": LABELS})
+    with open_stream(server, **AUTH) as a, open_stream(server, **AUTH) as b:
+        for ws in (a, b):
+            ws.send(config)
+            assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
+        t = _session(server, [config])
+        assert (_error(t)["code"], t.close_code) == ("too_many_streams", 1013)
+        for ws in (a, b):
+            ws.send(json.dumps({"type": "session.close"}))
+            assert read_all(ws).close_code == 1000
+    assert _session(server, [config, json.dumps({"type": "session.close"})]).close_code == 1000
+
+
+def test_idle_and_config_timeouts(server: RunningServer) -> None:
+    t = _session(server, [])
+    assert (_error(t)["code"], t.close_code) == ("config_timeout", 1008)
+    t = _session(server, [_config(classify={"labels": LABELS}), _tone(0.5)])
+    assert (_error(t)["code"], t.close_code) == ("idle_timeout", 1008)
+    assert t.events[0]["type"] == "session.created"
+
+
+def test_stream_too_long(server: RunningServer) -> None:
+    frames = [_tone(5.0)] * 7  # 35 s of audio; the limit is 30 s
+    t = _session(server, [_config(emotion={}), *frames])
+    error = _error(t)
+    assert (error["code"], t.close_code) == ("stream_too_long", 1008)
+    assert "AUDIOSERVE_LIVE_MAX_STREAM_SECONDS" in error["message"]
+
+
+def test_pending_windows_beyond_the_bound_are_skipped_and_said(server: RunningServer) -> None:
+    """max_pending=1: 5 s in one frame completes 9-10 windows (hop 0.5 s) at once; one is
+    computed, the others are skipped with `behind` -- every window accounted for."""
+    before = _metric(server, "audioserve_live_skipped_total", reason="behind",
+                     task="classify")
+    t = _session(server, [_config(classify={"labels": LABELS, "hop_s": 0.5}), _tone(5.0),
+                          json.dumps({"type": "input.done"})])
+    assert t.close_code == 1000, t.events
+    windows = {e["index"] for e in t.of("classify.window")}
+    skipped = t.of("skipped")
+    assert skipped and all(s["reason"] == "behind" and s["task"] == "classify"
+                           for s in skipped)
+    assert "AUDIOSERVE_LIVE_MAX_PENDING" in skipped[0]["message"]
+    indices = windows | {s["index"] for s in skipped}
+    assert indices == set(range(len(indices))) and not windows & {s["index"] for s in skipped}
+    done = t.of("session.done")[0]
+    assert (done["windows"], done["skipped"]) == (len(windows), len(skipped))
+    after = _metric(server, "audioserve_live_skipped_total", reason="behind",
+                     task="classify")
+    assert after - before == len(skipped)
+
+
+def test_metrics_after_a_stream(server: RunningServer) -> None:
+    lag_before = _metric(server, "audioserve_live_result_lag_seconds_count",
+                         task="classify")
+    t = _session(server, [_config(classify={"labels": LABELS, "hop_s": 1.0}),
+                          *[_tone(1.0)] * 3, json.dumps({"type": "input.done"})])
+    assert t.close_code == 1000
+    windows = len(t.of("classify.window"))
+    assert windows >= 1
+    lag_after = _metric(server, "audioserve_live_result_lag_seconds_count",
+                         task="classify")
+    assert lag_after - lag_before == windows
+    assert _metric(server, "audioserve_live_streams") == 0
+    assert _metric(server, "audioserve_live_audio_seconds_total") >= 3.0
+    assert _metric(server, "audioserve_live_closed_total", reason="done") >= 1
+
+
+# -- a client that does not read ------------------------------------------------------------
+
+def test_a_client_that_does_not_read_is_cut_off(live_models_dir: Path) -> None:  # noqa: F811
+    """Small socket buffers both ends, a client that never reads: once live_send_buffer
+    events wait unsent, the stream is cut off (1008, slow_reader) and its work cancelled;
+    the server keeps serving. The client sends until the server cuts it off."""
+    labels = [f"label number {i} " + "x" * 180 for i in range(64)]
+    with serve_app(models_dir=live_models_dir, send_buffer_bytes=4096, live_send_buffer=4,
+                   live_max_pending=64, live_max_ahead_s=1e6, live_close_timeout_s=1.0,
+                   live_max_stream_seconds=1e6, live_max_frame_bytes=1024 * 1024) as server:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((server.host, server.port))
+        with connect(ws_url(server), sock=sock, open_timeout=30, close_timeout=5,
+                     max_size=None, max_queue=1, ping_interval=None) as ws:
+            ws.send(json.dumps({"type": "session.config", "input": PCM8K,
+                                "classify": {"labels": labels, "hop_s": 0.5}}))
+            sent = 0
+            try:
+                while sent < 1e6:  # until the server cuts it off
+                    ws.send(_tone(10.0))
+                    sent += 10
+            except ConnectionClosed:
+                pass
+            t = read_all(ws)
+        assert t.close_code in (1008, None)  # the close frame may not get through either
+        deadline = time.monotonic() + 60
+        while _metric(server, "audioserve_live_closed_total", reason="slow_reader") < 1:
+            assert time.monotonic() < deadline, "the stream was not ended"
+            time.sleep(0.05)
+        assert _metric(server, "audioserve_live_streams") == 0
+        assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
