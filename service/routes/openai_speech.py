@@ -50,7 +50,7 @@ MODEL_NAMES = ("chattts", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 """OpenAI's model names are accepted as aliases: clients hard-code them."""
 DEFAULT_VOICE = "alloy"
 _PARAMS = ("model", "input", "voice", "response_format", "speed", "stream_format", "stream",
-           "instructions", "seed")
+           "instructions", "seed", "split")
 _PARAM_AT_START = re.compile(r"^`?(\w+)`?\b")
 
 
@@ -89,6 +89,9 @@ class SpeechBody(BaseModel):
     instructions: str | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     """Sampling seed (an extension): the same seed and voice give the same audio."""
+    split: Literal["long", "sentence"] = "long"
+    """Extension: `sentence` speaks every sentence as its own piece, as the speech
+    WebSocket does (same text, seed and split: the same audio)."""
 
 
 def _speech_request(body: SpeechBody) -> SpeechRequest:
@@ -96,7 +99,8 @@ def _speech_request(body: SpeechBody) -> SpeechRequest:
         raise InvalidInput(f"model {body.model!r} is not served here; use one of "
                            f"{', '.join(MODEL_NAMES)}")
     return SpeechRequest(text=body.input, voice=body.voice, speed=body.speed,
-                         sampling_seed=body.seed, format=body.response_format)
+                         sampling_seed=body.seed, format=body.response_format,
+                         split=body.split)
 
 
 async def _sse(request: Request, stream: SpeechStream) -> AsyncIterator[bytes]:
@@ -106,8 +110,14 @@ async def _sse(request: Request, stream: SpeechStream) -> AsyncIterator[bytes]:
             event = {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()}
             yield f"data: {json.dumps(event)}\n\n".encode()
     tokens = stream.stats.tokens
+    rate = stream.pipeline.c.sample_rate
     done = {"type": "speech.audio.done",
-            "usage": {"input_tokens": 0, "output_tokens": tokens, "total_tokens": tokens}}
+            "usage": {"input_tokens": 0, "output_tokens": tokens, "total_tokens": tokens},
+            # an extension: where each piece lies in the audio, and the stream's SLOs
+            "audioserve": {"sample_rate": rate, "pieces": [
+                {"index": i, "start_sample": a, "end_sample": b,
+                 "start_s": round(a / rate, 6), "end_s": round(b / rate, 6)}
+                for i, (a, b) in enumerate(stream.spans)], **stream.slo.summary()}}
     yield f"data: {json.dumps(done)}\n\n".encode()
 
 
@@ -118,7 +128,8 @@ async def speech(body: SpeechBody, request: Request) -> Response:
     req = _speech_request(body)
     streamed = body.stream if body.stream is not None else req.format != "flac"
     if streamed or body.stream_format == "sse":
-        stream = await start_stream(request, pipeline, req)
+        path = "sse" if body.stream_format == "sse" else "http"
+        stream = await start_stream(request, pipeline, req, path)
         if stream is None:
             return Response(status_code=CLIENT_CLOSED)
         try:
