@@ -30,7 +30,7 @@ log = logging.getLogger("audioserve")
 
 ROUTE_MODULES = ("service.routes.clap", "service.routes.emotion", "service.routes.tts",
                  "service.routes.openai_speech", "service.routes.voices",
-                 "service.routes.live_analysis")
+                 "service.routes.live_analysis", "service.routes.speech_stream")
 _JSON_OVERHEAD_BYTES = 64 * 1024
 UPLOAD_PATHS = frozenset({"/classify", "/embed/audio", "/emotion"})
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, seam: Seam | None = None) -> Fa
 
     app.state.cpu = cpu
     app.state.live_streams = {"open": 0}  # service/routes/live_analysis.py
+    app.state.speech_sessions = {"open": 0}  # service/routes/speech_stream.py
     # outermost last: request ids and logs, then the body's limits, then the API key
     if settings.api_key is not None:
         app.add_middleware(AuthMiddleware, key=settings.api_key.get_secret_value(),
