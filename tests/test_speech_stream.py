@@ -5,6 +5,7 @@ and the audio SLO metrics."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
@@ -112,7 +113,7 @@ def test_any_fragmentation_gives_tts_audio_with_sentence_spans(server: RunningSe
             assert starts[0]["sentence_text"].startswith("Hello there")
             assert dones[0]["start_sample"] == 0
             assert dones[-1]["end_sample"] == len(u.audio) // 2
-            for a, b in zip(dones, dones[1:], strict=False):  # neighbours share the crossfade
+            for a, b in itertools.pairwise(dones):  # neighbours share the crossfade
                 assert 0 < a["end_sample"] - b["start_sample"] <= 240
             done = u.events[-1]
             assert done["type"] == "session.done" and done["total_sentences"] == pieces

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -52,6 +53,7 @@ class Utterance:
     req: SpeechRequest
     sampling_seed: int
     splitter: SentenceSplitter
+    speaker: np.ndarray | None
     inbox: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     """Sentences for the feeder, then None (input.done)."""
     texts: list[str] = field(default_factory=list)
@@ -97,6 +99,7 @@ class SpeechSession:
         self.metrics = metrics
         self.pipeline = pipeline
         self.config: p.SessionConfig | None = None
+        self._speaker: np.ndarray | None = None
         self.end_reason = "done"
         self._open: Utterance | None = None
         """The utterance whose text is arriving (None between utterances)."""
@@ -170,7 +173,7 @@ class SpeechSession:
                                       f"session.config, not {message.type}")
             first = False
             if isinstance(message, p.SessionConfig):
-                self._configure(message)
+                await self._configure(message)
             elif isinstance(message, p.InputText):
                 self._on_text(message.text)
             elif isinstance(message, p.InputDone):
@@ -214,14 +217,16 @@ class SpeechSession:
                                       "(AUDIOSERVE_TTS_WS_MAX_MESSAGE_BYTES)")
             return str(text)
 
-    def _configure(self, config: p.SessionConfig) -> None:
+    async def _configure(self, config: p.SessionConfig) -> None:
         if self._open is not None:
             raise p.ProtocolError("invalid_message", "session.config arrived inside an "
                                   "utterance; send it after input.done")
         if config.model not in MODEL_NAMES:
             raise p.ProtocolError("invalid_config", f"model {config.model!r} is not served "
                                   f"here; use one of {', '.join(MODEL_NAMES)}")
-        self.pipeline.check_output(self._request(config))  # 413-class -> invalid_config
+        req = self._request(config)
+        self.pipeline.check_output(req)  # 413-class -> invalid_config
+        self._speaker = await self.pipeline.speaker(req)  # an unknown voice: said now
         self.config = config
 
     def _request(self, c: p.SessionConfig) -> SpeechRequest:
@@ -235,7 +240,7 @@ class SpeechSession:
             assert self.config is not None
             req = self._request(self.config)
             u = Utterance(self._count, req, self.pipeline.sampling_seed(req),
-                          SentenceSplitter(self.settings.tts_piece_max_chars))
+                          SentenceSplitter(self.settings.tts_piece_max_chars), self._speaker)
             self._count += 1
             u.feeder = asyncio.create_task(self._feed(u))
             self._open = u
@@ -283,7 +288,7 @@ class SpeechSession:
     async def _feed(self, u: Utterance) -> None:
         """The utterance's sentences, in order, into its stream as engine jobs."""
         try:
-            spk = await self.pipeline.speaker(u.req)
+            spk = u.speaker
             while (sentence := await u.inbox.get()) is not None:
                 while self._pending >= self.settings.tts_ws_max_pending_sentences:
                     self._room.clear()
