@@ -212,3 +212,20 @@ def test_barge_in_frees_the_slot_for_a_waiting_session(chattts_models_dir: Path 
             assert {e["utterance_index"] for e in after.events} == {1}
             assert after.audio
         assert engine.active == 0
+
+
+def test_the_documented_client_runs(server: RunningServer, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/speech-stream.md's client, as written, against this server: the whole reply,
+    then a barge-in."""
+    doc = (Path(__file__).parents[1] / "docs" / "speech-stream.md").read_text()
+    code = doc.split("## A complete Python client")[1].split("```python\n")[1].split("```")[0]
+    code = code.replace("ws://localhost:8000", f"ws://{server.host}:{server.port}")
+    code = code.replace('"seed": 42}', '"seed": 42, "max_new_tokens": 40}')
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "speech-stream.md", "exec"), {"__name__": "doc"})
+    printed = capsys.readouterr().out
+    assert "'type': 'session.done'" in printed and "sentence 2: 'Then we restart" in printed
+    assert "'type': 'audio.cancelled'" in printed or printed.count("session.done") == 2
+    assert (tmp_path / "reply.pcm").stat().st_size > 0
