@@ -12,6 +12,7 @@ body gets through), so what is measured is reading and parsing, not the model.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ def run(models_dir: Path, budget: str | None, uploads: int, mb: int) -> str:
     if budget is not None:
         settings["max_body_bytes_in_flight"] = budget
     name = f"body-budget-{'off' if budget == HUGE else 'default'}"
-    with audioserve(name, models_dir, settings, log_dir=REPO / "bench/results/logs"
+    with audioserve(name, models_dir, settings, log_dir=Path(tempfile.gettempdir())
                     ).start() as server:
         _reset_peak(server.pid)
         before = server.rss_mb()

@@ -10,7 +10,12 @@ opened, the bytes the server sent each stalled stream, how many of those streams
 generated to the end, and the server's peak RSS growth. With `--baseline-root PATH` (a
 checkout of an older commit) the same runs against that code too, side by side.
 
-    .venv/bin/python -m bench.bench_tts_stalled [--stalled 12] [--baseline-root /tmp/base]
+    .venv/bin/python -m bench.bench_tts_stalled [--stalled 12] [--speed 1.0]
+        [--baseline-root /tmp/base]
+
+`--speed` (issue 21, item 7): the stalled streams ask for that speed; before the
+streaming stretch a stretched piece was generated whole before any of it was sent, so
+stalled streams at 0.5 or 2.0 never paused.
 """
 
 from __future__ import annotations
@@ -52,12 +57,12 @@ class Result:
     rss_growth_mb: float
 
 
-def stalled(host: str, port: int, seed: int) -> socket.socket:
+def stalled(host: str, port: int, seed: int, speed: float) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect((host, port))
     body = json.dumps({"text": TEXT, "seed": seed, "stream": True, "format": "pcm",
-                       "sample_rate": 48000}).encode()
+                       "sample_rate": 48000, "speed": speed}).encode()
     sock.sendall(f"POST /tts HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     return sock
@@ -97,12 +102,12 @@ def drain(sock: socket.socket) -> tuple[float, bool]:
 
 
 def run(name: str, root: Path, models_dir: Path, log_dir: Path, stalled_n: int,
-        duration_s: float) -> Result:
+        duration_s: float, speed: float = 1.0) -> Result:
     with audioserve(name, models_dir, {k: str(v) for k, v in SETTINGS.items()},
                     log_dir=log_dir, service_root=root).start() as server:
         quiet, _ = legit(server.url, time.perf_counter() + 3.0, 60, time.perf_counter())
         rss0 = server.rss_mb()
-        socks = [stalled("127.0.0.1", server.port, 5 + i) for i in range(stalled_n)]
+        socks = [stalled("127.0.0.1", server.port, 5 + i, speed) for i in range(stalled_n)]
         opened = time.perf_counter()
         rss = [rss0]
         sampler_stop = threading.Event()
@@ -132,6 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stalled", type=int, default=12)
     parser.add_argument("--duration-s", type=float, default=20.0)
+    parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--baseline-root", type=Path, default=None)
     parser.add_argument("--models-dir", type=Path, default=None)
     args = parser.parse_args()
@@ -143,11 +149,12 @@ def main() -> None:
     roots = [("audioserve", REPO)]
     if args.baseline_root:
         roots.append(("baseline", args.baseline_root.resolve()))
-    results = [run(name, root, models_dir, work, args.stalled, args.duration_s)
+    results = [run(name, root, models_dir, work, args.stalled, args.duration_s, args.speed)
                for name, root in roots]
     print(f"\n{args.stalled} streaming clients that never read (48 kHz PCM of {len(TEXT)} "
-          "characters each); short one-shot /tts one after another beside them. Legitimate "
-          "latency P50 / max (n) per window after the stalled streams opened:\n")
+          f"characters each, speed {args.speed:g}); short one-shot /tts one after another "
+          "beside them. Legitimate latency P50 / max (n) per window after the stalled "
+          "streams opened:\n")
     heads = " | ".join(f"{lo:g}-{hi:g} s" for lo, hi in WINDOWS_S)
     print(f"| server | quiet P50 s | {heads} | errors | MB sent per stalled stream | "
           "stalled streams completed | RSS growth MB |")

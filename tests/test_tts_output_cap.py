@@ -52,6 +52,8 @@ def test_max_new_tokens_over_the_cap_is_refused_up_front(server: RunningServer, 
 @pytest.mark.parametrize("speed", [1.0, 0.5, 2.0])
 def test_a_long_text_is_cut_at_the_cap_and_says_so(server: RunningServer,
                                                    speed: float) -> None:
+    engine = server.app.state.pipelines["chattts"].engine
+    aborted = engine.stats().aborted
     answer = httpx.post(server.url + "/tts", json={
         "text": TEXT, "seed": 1, "speed": speed, "format": "wav"}, timeout=120)
     assert answer.status_code == 200, answer.text[:300]
@@ -62,6 +64,9 @@ def test_a_long_text_is_cut_at_the_cap_and_says_so(server: RunningServer,
     assert len(wave) / rate <= CAP_S
     assert int(answer.headers["X-Audioserve-Tokens"]) <= CAP_S * speed / TOKEN_S + 1
     assert pieces >= 1
+    # generation stopped at the cap: later pieces were aborted, not run to their end
+    assert engine.stats().aborted > aborted
+    assert engine.active == 0
 
 
 @pytest.mark.parametrize("speed", [1.0, 0.5])

@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from batcher.steps import Admission, StepConfig
+from batcher.steps import Admission, FinishReason, StepConfig
 from service.admission import deadline_scope
 from service.audio import resample
 from service.audio_encode import encode_audio
@@ -41,7 +41,7 @@ from service.tts import speaker as speakers
 from service.tts import text as texts
 from service.tts.chunking import split_at_sentences, split_long_text
 from service.tts.engine import EngineConfig, KVCacheKind
-from service.tts.jobs import GenerationJob, GenerationResult, PassKind
+from service.tts.jobs import CodeStep, GenerationJob, GenerationResult, PassKind
 from service.tts.model import TTSConstants, TTSGraphs
 from service.tts.streaming import PEAK, receptive_field_tokens, stitch
 from service.tts.stretch import time_stretch
@@ -312,13 +312,18 @@ class ChatTTSPipeline:
         timings = dict(prepared.timings_ms)
         self.engine.check_capacity(len(prepared.jobs))
         assert self._decoder is not None, "pipeline not started"
+        budget = self.token_budget(req)
         with self._decoder.expecting():
-            results = await gather_or_cancel(*(self.engine.generate(j) for j in prepared.jobs))
+            if sum(j.max_new_tokens for j in prepared.jobs) <= budget:
+                results = await gather_or_cancel(*(self.engine.generate(j)
+                                                   for j in prepared.jobs))
+            else:  # the cap may bind: watch the tokens and stop the pieces at it
+                results = await self._generate_capped(prepared.jobs, budget)
         timings["queue"] = max(r.queued_s for r in results) * 1000.0
         timings["generate"] = max(r.queued_s + r.generate_s for r in results) * 1000.0
         timings["generate"] -= timings["queue"]
-        kept, cut = cut_to_budget([int(r.tokens.shape[0]) for r in results],
-                                  self.token_budget(req))
+        kept, cut = cut_to_budget([int(r.tokens.shape[0]) for r in results], budget)
+        cut = cut or any(r.finish is FinishReason.ABORTED for r in results)
         results = [replace(r, tokens=r.tokens[:k], hidden=None if r.hidden is None
                            else r.hidden[:k]) for r, k in zip(results, kept, strict=True)
                    if k or r is results[0]]
@@ -362,6 +367,39 @@ class ChatTTSPipeline:
         prompt = await self.ctx.cpu.run(functools.partial(
             self.prompts.code_prompt_ids, text, spk is not None, normalize=False))
         return self._code_job(req, prompt, spk, (sampling_seed + index) % 2**63, start_by)
+
+    async def _generate_capped(self, jobs: tuple[GenerationJob, ...], budget: int
+                               ) -> list[GenerationResult]:
+        """Every piece's tokens, each piece stopped (its sequence aborted) once it and the
+        pieces before it hold `budget` tokens (`cut_to_budget`'s rule): generation ends
+        at the output cap instead of running every piece to its own end. A piece so
+        stopped is returned with what it had, finish reason ABORTED."""
+        counts = [0] * len(jobs)
+
+        async def piece(k: int, job: GenerationJob) -> GenerationResult:
+            tokens = self.engine.open_stream(job)
+            steps: list[CodeStep] = []
+            started = time.perf_counter()
+            try:
+                async for event in tokens:
+                    if not isinstance(event, CodeStep):
+                        return event
+                    steps.append(event)
+                    counts[k] += 1
+                    if sum(counts[: k + 1]) >= budget:
+                        break
+            finally:
+                tokens.close()
+            return GenerationResult(
+                request_id=job.request_id,
+                tokens=np.stack([s.token for s in steps]) if steps
+                else np.zeros((0, self.c.num_vq), np.int64),
+                hidden=np.stack([s.hidden for s in steps]) if steps
+                else np.zeros((0, self.c.hidden_size), np.float32),
+                finish=FinishReason.ABORTED, queued_s=0.0,
+                generate_s=time.perf_counter() - started)
+
+        return await gather_or_cancel(*(piece(k, j) for k, j in enumerate(jobs)))
 
     def _speaker(self, req: SpeechRequest) -> np.ndarray | None:
         if req.voice is not None:
