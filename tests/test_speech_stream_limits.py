@@ -118,6 +118,11 @@ def test_config_and_idle_time_are_bounded(server: RunningServer) -> None:
         speak(ws, ["Done, then quiet."])
         event, close = refused(ws)
     assert event["code"] == "idle_timeout" and close == 1008
+    with connect(ws_url(server), **AUTH) as ws:  # type: ignore[arg-type]
+        ws.send(json.dumps(CONFIG))
+        ws.send(text("half a sentence, then nothing"))  # an open utterance, no sentence
+        event, close = refused(ws)
+    assert event["code"] == "idle_timeout" and close == 1008
 
 
 def test_sessions_are_counted(server: RunningServer) -> None:

@@ -196,7 +196,7 @@ class SpeechSession:
                 receive.cancel()
                 if self._fatal.done():
                     raise self._fatal.result()
-                if not first and any(not u.cancelled.is_set() for u in self._live):
+                if not first and self._busy():
                     continue  # audio is being made or sent: the client may be quiet
                 if first:
                     raise p.ProtocolError("config_timeout", f"no session.config within "
@@ -216,6 +216,13 @@ class SpeechSession:
                                       f"is {self.settings.tts_ws_max_message_bytes} "
                                       "(AUDIOSERVE_TTS_WS_MAX_MESSAGE_BYTES)")
             return str(text)
+
+    def _busy(self) -> bool:
+        """Audio is being generated or sent (an open utterance whose sentences are all
+        sent waits for the client: its silence counts as idle)."""
+        return any(not u.cancelled.is_set() and (u is not self._open or u.appended > u.done
+                                                  or not u.inbox.empty())
+                   for u in self._live)
 
     async def _configure(self, config: p.SessionConfig) -> None:
         if self._open is not None:
