@@ -32,7 +32,8 @@ log = logging.getLogger("audioserve")
 ROUTE_MODULES = ("service.routes.openai_models", "service.routes.clap",
                  "service.routes.openai_embeddings", "service.routes.emotion",
                  "service.routes.tts", "service.routes.openai_speech", "service.routes.voices",
-                 "service.routes.openai_voices", "service.routes.live_analysis")
+                 "service.routes.openai_voices", "service.routes.live_analysis",
+                 "service.routes.speech_stream")
 _JSON_OVERHEAD_BYTES = 64 * 1024
 UPLOAD_PATHS = frozenset({"/classify", "/embed/audio", "/emotion", "/v1/embeddings",
                           "/v1/audio/voices"})
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, seam: Seam | None = None,
 
     app.state.cpu = cpu
     app.state.live_streams = {"open": 0}  # service/routes/live_analysis.py
+    app.state.speech_sessions = {"open": 0}  # service/routes/speech_stream.py
     # outermost last: request ids and logs, then the body's limits, then the API key
     if settings.api_key is not None:
         app.add_middleware(AuthMiddleware, key=settings.api_key.get_secret_value(),

@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from batcher import BatchStats
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_RTF_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 4, 10)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 
 
@@ -84,6 +85,45 @@ class Metrics:
             "audioserve_live_closed", "Live streams ended: done, closed, disconnected or "
             "the error's code", ["reason"],
             registry=r,
+        )
+
+        # audio SLOs of streamed TTS, per path (http, sse, ws): service/tts/slo.py
+        self.tts_first_audio = Histogram(
+            "audioserve_tts_time_to_first_audio_seconds",
+            "Streamed TTS: stream opened (a live utterance: its first sentence) -> first "
+            "audio handed to the transport", ["path"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.tts_real_time_factor = Histogram(
+            "audioserve_tts_real_time_factor",
+            "Streamed TTS: wall time to the last chunk / seconds of audio (< 1: faster "
+            "than real time)", ["path"], buckets=_RTF_BUCKETS, registry=r,
+        )
+        self.tts_chunk_interval = Histogram(
+            "audioserve_tts_chunk_interval_seconds",
+            "Streamed TTS: time between consecutive audio chunks", ["path"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.tts_underrun = Histogram(
+            "audioserve_tts_underrun_seconds",
+            "Streamed TTS: silence a player starting at the first chunk would have had, "
+            "per stream", ["path"], buckets=(0, *_LATENCY_BUCKETS), registry=r,
+        )
+        self.tts_streams = Counter(
+            "audioserve_tts_streams",
+            "Streamed TTS responses that ended whole, by whether any gap exceeded "
+            "AUDIOSERVE_TTS_SLO_GAP_MS (result: smooth, gapped)", ["path", "result"],
+            registry=r,
+        )
+        self.tts_ws_sessions = Gauge(
+            "audioserve_tts_ws_sessions", "Open WS /v1/audio/speech/stream sessions",
+            registry=r,
+        )
+        self.tts_ws_closed = Counter(
+            "audioserve_tts_ws_closed", "Speech WebSocket sessions ended: done, closed, "
+            "disconnected or the error's code", ["reason"], registry=r,
+        )
+        self.tts_ws_cancelled = Counter(
+            "audioserve_tts_ws_cancelled", "Utterances stopped by input.cancel", registry=r,
         )
 
     def observer(self, queue: str) -> QueueObserver:

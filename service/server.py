@@ -365,7 +365,8 @@ def uvicorn_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicor
         "backlog": max(2048, settings.max_connections),
         # larger WebSocket messages are refused (1009) before they are read; up to it the
         # live route answers an oversized frame with an error event (service/live)
-        "ws_max_size": 2 * settings.live_max_frame_bytes,
+        "ws_max_size": 2 * max(settings.live_max_frame_bytes,
+                               settings.tts_ws_max_message_bytes),
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)

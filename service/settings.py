@@ -195,6 +195,28 @@ class Settings(BaseSettings):
     """A streaming client that takes no bytes for this long is given up: its generation
     is aborted (slot and cache freed) and its response ends mid-body (truncated)."""
 
+    tts_slo_gap_ms: float = Field(100.0, ge=0)
+    """A streamed TTS response with no playback gap longer than this counts as smooth
+    (audioserve_tts_streams{result="smooth"}; service/tts/slo.py)."""
+
+    # -- speech WebSocket, WS /v1/audio/speech/stream (docs/speech-stream.md) -------
+    tts_ws_max_sessions: int = Field(64, ge=0)
+    """Speech sessions open at once; one more gets `error` too_many_sessions, close 1013."""
+    tts_ws_max_utterance_chars: int = Field(4000, ge=1)
+    """Text of one utterance (input.text up to input.done); error text_too_long, 1009."""
+    tts_ws_max_session_chars: int = Field(100_000, ge=1)
+    """Text of a whole session; error text_too_long, close 1009."""
+    tts_ws_idle_timeout_s: float = Field(60.0, gt=0)
+    """Longest time without a client message while no audio is being generated or sent
+    (error idle_timeout, close 1008)."""
+    tts_ws_config_timeout_s: float = Field(10.0, gt=0)
+    """Time to send the first message (session.config) after connecting."""
+    tts_ws_max_message_bytes: int = Field(64 * 1024, ge=1024)
+    """Largest client message (error message_too_large, close 1009)."""
+    tts_ws_max_pending_sentences: int = Field(16, ge=1)
+    """Sentences of a session given to the engine and not yet sent whole; one more is an
+    error too_many_pending (close 1008): a client must read the audio it asked for."""
+
     # -- HTTP -------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000

@@ -282,6 +282,35 @@ def test_live_stream_equals_single_process(cluster: RayAudioserve, local: TestCl
     _assert_close(results(remote), results(alone))
 
 
+def test_speech_stream_equals_single_process(cluster: RayAudioserve,
+                                             local: TestClient) -> None:
+    """WS /v1/audio/speech/stream through HAProxy and an ingress replica, the sentences
+    generated in the ChatTTS replica as they arrive: the audio of `/tts` with
+    `split: "sentence"` in one process."""
+    from websockets.sync.client import connect
+
+    text = "A first sentence for the cluster. Then a second one, and a third ends it."
+    url = urlsplit(cluster.url)
+    audio, events = bytearray(), []
+    with connect(f"ws://{url.netloc}/v1/audio/speech/stream", open_timeout=60) as ws:
+        ws.send(json.dumps({"type": "session.config", "voice": "alloy", "seed": 3,
+                            "response_format": "pcm", "max_new_tokens": 40}))
+        for word in text.split(" "):
+            ws.send(json.dumps({"type": "input.text", "text": word + " "}))
+        ws.send(json.dumps({"type": "input.done"}))
+        while not events or events[-1]["type"] not in ("session.done", "error"):
+            message = ws.recv(timeout=60)
+            if isinstance(message, bytes):
+                audio += message
+            else:
+                events.append(json.loads(message))
+    assert events[-1]["type"] == "session.done" and events[-1]["total_sentences"] == 2
+    alone = local.post("/tts", json={"text": text, "voice": "alloy", "sampling_seed": 3,
+                                     "format": "pcm", "max_new_tokens": 40,
+                                     "split": "sentence"})
+    _assert_same_pcm(bytes(audio), alone.content)
+
+
 # -- replicas -----------------------------------------------------------------------------
 
 def test_http_ends_in_haproxy(cluster: RayAudioserve) -> None:

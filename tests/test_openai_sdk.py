@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.routes.openai_speech import MODEL_NAME
+from service.tts.model_names import MODEL_NAME
 from service.tts.voices import DEFAULT_VOICE_SEEDS
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
 from tests.clap_fixtures import clap_models_dir, make_clip, wav_bytes  # noqa: F401

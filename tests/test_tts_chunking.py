@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 import re
 
 import pytest
 
-from service.tts.chunking import split_long_text
+from service.tts.chunking import SentenceSplitter, split_at_sentences, split_long_text
 
 EN = ("The quick brown fox jumps over the lazy dog. It wasn't amused; the dog, however, "
       "slept on. Pi is 3.14159 and e is 2.71828! Would you believe it? [uv_break] Yes.")
@@ -48,3 +50,54 @@ def test_prefers_sentence_then_clause_breaks() -> None:
 def test_rejects_non_positive_limit() -> None:
     with pytest.raises(ValueError):
         split_long_text("abc", 0)
+
+
+# -- text that arrives in fragments (the speech WebSocket) ---------------------------------
+
+FRAGMENTED = [
+    "Hello there. How are you today? I'm fine, thanks! Pi is 3.14 and e is 2.72. "
+    "[uv_break] Don't stop-me-now... ok",
+    "你好。今天天气很好！我们去公园吧，好不好？然后回家。",
+    "A very long sentence without any full stop, but with clauses, many clauses, and more "
+    "words to push it past the limit of forty characters, so it must be cut early",
+    "line one\nline two\n\nline three [laugh] end.",
+]
+
+
+def _fed(text: str, cuts: list[int], max_chars: int) -> list[str]:
+    splitter = SentenceSplitter(max_chars)
+    bounds = [0, *cuts, len(text)]
+    pieces = [p for a, b in itertools.pairwise(bounds)
+              for p in splitter.feed(text[a:b])]
+    return pieces + splitter.flush()
+
+
+@pytest.mark.parametrize("text", FRAGMENTED)
+def test_pieces_do_not_depend_on_how_the_text_was_fragmented(text: str) -> None:
+    rng = random.Random(len(text))
+    whole = split_at_sentences(text, 40)
+    assert _fed(text, list(range(1, len(text))), 40) == whole  # a character at a time
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(text)), rng.randint(1, min(30, len(text) - 1))))
+        assert _fed(text, cuts, 40) == whole, cuts
+    assert all(len(p) <= 40 for p in whole)
+    assert "".join(whole).replace(" ", "") == "".join(text.split()).replace(" ", "")
+
+
+def test_a_sentence_is_given_as_soon_as_it_is_decided() -> None:
+    splitter = SentenceSplitter(200)
+    assert splitter.feed("Hello there.") == []  # '.' ends a sentence only before a space
+    assert splitter.feed(" How") == ["Hello there."]
+    assert splitter.feed(" are you? I'm") == ["How are you?"]
+    assert splitter.feed(" pi is 3.") == []
+    assert splitter.feed("14 don'") == []
+    assert splitter.flush() == ["I'm pi is 3.14 don'"]
+    zh = SentenceSplitter(200)
+    assert zh.feed("你好。今天") == ["你好。"]  # no space needed after a full-width mark
+
+
+def test_an_open_sentence_past_the_limit_gives_its_settled_pieces() -> None:
+    splitter = SentenceSplitter(40)
+    text = FRAGMENTED[2]
+    early = splitter.feed(text[:100])
+    assert early and early == split_at_sentences(text, 40)[: len(early)]

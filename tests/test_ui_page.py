@@ -350,6 +350,59 @@ def test_streamed_speech_starts_playing_before_the_request_ends(
     assert_clean_console(browser)
 
 
+def live_timings(browser: Browser, timeout_s: float = 90) -> dict[str, float]:
+    timings: dict[str, float] = browser.wait(lambda d: browser.js(
+        "const m = document.getElementById('speech-meta').dataset;"
+        "return m.totalMs ? Object.fromEntries(Object.entries(m).map(([k, v]) => [k, +v]))"
+        " : false"), timeout_s, "the live utterance to end")
+    return timings
+
+
+def test_live_speech_feeds_words_and_plays_each_sentence(browser: Browser,
+                                                         server: RunningServer) -> None:
+    """Live mode: the text fed word by word over WS /v1/audio/speech/stream; the saved
+    audio is /tts's with split "sentence" and the same seed."""
+    said = "Live speech starts early. A second sentence follows it."
+    open_tab(browser, server, "speech")
+    text = browser.by_id("speech-text")
+    text.clear()
+    text.send_keys(said)
+    choose(browser, "speech-voice", "")
+    browser.by_id("speech-seed").send_keys("1")
+    browser.by_id("speech-live").click()
+    assert browser.by_id("speech-live").get_attribute("aria-pressed") == "true"
+    timings = live_timings(browser)
+    assert timings["sentences"] == 2 and timings["cancelled"] == 0
+    assert 0 < timings["ttfaMs"] < timings["totalMs"]
+    assert browser.by_id("speech-live").get_attribute("aria-pressed") == "false"
+    whole = httpx.post(server.url + "/tts", json={"text": said, "voice": "alloy",
+                                                   "sampling_seed": 1, "format": "pcm",
+                                                   "split": "sentence"}, timeout=120)
+    assert audio_duration(browser) == pytest.approx(len(whole.content) / 2 / 24000, abs=1e-3)
+    assert "time to first audio" in browser.by_id("speech-meta").text
+    assert_clean_console(browser)
+
+
+def test_live_speech_barge_in(browser: Browser, server: RunningServer) -> None:
+    open_tab(browser, server, "speech")
+    text = browser.by_id("speech-text")
+    text.clear()
+    text.send_keys(f"{LONG_SPEECH}. " * 4)
+    choose(browser, "speech-voice", "")
+    browser.by_id("speech-seed").send_keys("1")
+    wps = browser.by_id("speech-live-wps")
+    wps.clear()
+    wps.send_keys("5")
+    browser.by_id("speech-live").click()
+    browser.wait(lambda d: "first audio" in browser.by_id("speech-meta").text, 60,
+                 "the first sentence's audio")
+    browser.by_id("speech-barge").click()
+    timings = live_timings(browser)
+    assert timings["cancelled"] == 1
+    assert "barged in after" in browser.by_id("speech-meta").text
+    assert_clean_console(browser)
+
+
 def test_save_the_current_voice(browser: Browser, server: RunningServer) -> None:
     open_tab(browser, server, "speech")
     choose(browser, "speech-voice", "")

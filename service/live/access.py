@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import hmac
 
+from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
+from service.errors import error_body
 from service.settings import Settings
 
 KEY_PREFIX = "bearer."
@@ -61,3 +63,24 @@ def origin_error(websocket: WebSocket, settings: Settings) -> str | None:
         return None
     return (f"origin {origin!r} may not open live streams; allowed: "
             f"{', '.join(allowed) or 'this server only'} (AUDIOSERVE_LIVE_ALLOWED_ORIGINS)")
+
+
+async def accept(websocket: WebSocket, settings: Settings, protocol: str) -> bool:
+    """Accept the handshake (selecting `protocol` where it was offered) if the key and the
+    origin pass; else refuse it (401 / 403) and return False."""
+    for status, code, refusal in ((401, "unauthorized", key_error(websocket, settings)),
+                                  (403, "forbidden", origin_error(websocket, settings))):
+        if refusal is not None:
+            await _deny(websocket, status, code, refusal)
+            return False
+    offered = websocket.scope.get("subprotocols", [])
+    await websocket.accept(subprotocol=protocol if protocol in offered else None)
+    return True
+
+
+async def _deny(websocket: WebSocket, status: int, code: str, message: str) -> None:
+    """Refuse the handshake: an HTTP answer where the server can send one, else 1008."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse(error_body(code, message), status))
+    else:
+        await websocket.close(1008, reason=message[:120])

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -39,7 +39,7 @@ from service.seam import BatchQueue
 from service.settings import Settings
 from service.tts import speaker as speakers
 from service.tts import text as texts
-from service.tts.chunking import split_long_text
+from service.tts.chunking import split_at_sentences, split_long_text
 from service.tts.engine import EngineConfig, KVCacheKind
 from service.tts.jobs import CodeStep, GenerationJob, GenerationResult, PassKind
 from service.tts.model import TTSConstants, TTSGraphs
@@ -71,6 +71,10 @@ class SpeechRequest:
     """0.25-4.0, by time-stretching each piece (service/tts/stretch.py)."""
     greedy: bool = False
     """Argmax sampling (tests and parity checks; not exposed over HTTP)."""
+    split: Literal["long", "sentence"] = "long"
+    """How the text is cut into pieces: `long` fills pieces up to `tts_piece_max_chars`
+    (`split_long_text`); `sentence` makes every sentence a piece (`split_at_sentences`),
+    as `WS /v1/audio/speech/stream` cuts text that arrives in fragments."""
     deadline: float | None = None
     """`time.monotonic()` by which the request must have started (its first sequence got a
     decoding slot), else 504; default: `request_timeout_s` after `prepare` begins."""
@@ -273,8 +277,8 @@ class ChatTTSPipeline:
         deadline = req.deadline or time.monotonic() + self.settings.request_timeout_s
         with deadline_scope(deadline):
             spk = await self.ctx.cpu.run(self._speaker, req)
-            pieces = await self.ctx.cpu.run(self._pieces, req.text)
-        sampling_seed = self._sampling_seed(req)
+            pieces = await self.ctx.cpu.run(self._pieces, req.text, req.split)
+        sampling_seed = self.sampling_seed(req)
         if req.refine_text:
             t1 = time.perf_counter()
             pieces = list(await gather_or_cancel(*(
@@ -293,9 +297,10 @@ class ChatTTSPipeline:
         timings["prepare"] = _ms(t0) - timings.get("refine", 0.0)
         return PreparedSpeech(tuple(jobs), sampling_seed, timings)
 
-    def _pieces(self, text: str) -> list[str]:
+    def _pieces(self, text: str, split: str = "long") -> list[str]:
+        cut = split_at_sentences if split == "sentence" else split_long_text
         pieces = [self.prompts.normalize(p)
-                  for p in split_long_text(text, self.settings.tts_piece_max_chars)]
+                  for p in cut(text, self.settings.tts_piece_max_chars)]
         pieces = [p for p in pieces if p.strip()]
         if not pieces:
             raise InvalidInput("the text has nothing the model can speak after normalisation")
@@ -346,6 +351,23 @@ class ChatTTSPipeline:
             truncated_at_s=truncated_at,
         )
 
+    async def speaker(self, req: SpeechRequest) -> np.ndarray | None:
+        """The request's speaker embedding (voice, spk_emb or seed), in the CPU pool."""
+        return await self.ctx.cpu.run(self._speaker, req)
+
+    async def piece_job(self, req: SpeechRequest, spk: np.ndarray | None, piece: str,
+                        index: int, sampling_seed: int, start_by: float | None = None
+                        ) -> GenerationJob | None:
+        """The code job of one piece of text that arrived on its own (a sentence of a
+        live utterance), made as `prepare` makes piece `index`'s; None when nothing of it
+        is left to speak after normalisation (`prepare` drops such pieces too)."""
+        text = await self.ctx.cpu.run(self.prompts.normalize, piece)
+        if not text.strip():
+            return None
+        prompt = await self.ctx.cpu.run(functools.partial(
+            self.prompts.code_prompt_ids, text, spk is not None, normalize=False))
+        return self._code_job(req, prompt, spk, (sampling_seed + index) % 2**63, start_by)
+
     async def _generate_capped(self, jobs: tuple[GenerationJob, ...], budget: int
                                ) -> list[GenerationResult]:
         """Every piece's tokens, each piece stopped (its sequence aborted) once it and the
@@ -389,7 +411,7 @@ class ChatTTSPipeline:
         return None
 
     @staticmethod
-    def _sampling_seed(req: SpeechRequest) -> int:
+    def sampling_seed(req: SpeechRequest) -> int:
         if req.sampling_seed is not None:
             return req.sampling_seed
         if req.seed is not None:

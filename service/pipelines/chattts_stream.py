@@ -43,7 +43,8 @@ import soxr
 from service.audio_encode import StreamingEncoder
 from service.pipelines.chattts import ChatTTSPipeline, PreparedSpeech, SpeechRequest
 from service.seam import SequenceStream
-from service.tts.jobs import CodeStep
+from service.tts.jobs import CodeStep, GenerationJob
+from service.tts.slo import AudioClock
 from service.tts.streaming import RunningLimiter, Stitcher, WindowPlanner
 from service.tts.stretch import StreamingStretch
 
@@ -65,25 +66,51 @@ class StreamStats:
     chunks: int = 0
 
 
+@dataclass(frozen=True)
+class PieceMark:
+    """Between audio chunks: piece `index` starts at sample `start` of the joined audio
+    (the pack's rate), or, with `end`, is done: its samples are [start, end), neighbours
+    overlapping by the crossfade."""
+
+    index: int
+    start: int
+    end: int | None = None
+
+
 class SpeechStream:
     """Async iterator of encoded audio bytes for one prepared request."""
 
     def __init__(self, pipeline: ChatTTSPipeline, req: SpeechRequest,
-                 prepared: PreparedSpeech) -> None:
+                 prepared: PreparedSpeech, *, open_ended: bool = False,
+                 path: str = "http") -> None:
         """Reserves an engine place per piece (Overloaded if there is no room) and starts
-        the first pieces; the caller must `abort()` or `aclose()` it."""
+        the first pieces; the caller must `abort()` or `aclose()` it. `open_ended`: more
+        pieces come with `append` until `end_input` (a live utterance); `path` labels the
+        stream's audio SLO metrics (http, sse, ws)."""
         self.pipeline = pipeline
         self.req = req
         self.prepared = prepared
         self.encoder = StreamingEncoder(req.format, req.sample_rate)
         self.media_type = self.encoder.media_type
         self.stats = StreamStats()
+        self.slo = AudioClock(pipeline.ctx.metrics, path, req.sample_rate,
+                              pipeline.settings.tts_slo_gap_ms / 1000)
         n = len(prepared.jobs)
+        self.jobs: list[GenerationJob] = list(prepared.jobs)
         self.tokens: list[SequenceStream | None] = [None] * n
         """Each piece's engine stream, once it was started."""
         self._ready = [asyncio.Event() for _ in range(n)]
+        self._queues: list[asyncio.Queue[object]] = [asyncio.Queue(PIECE_QUEUE_WINDOWS)
+                                                     for _ in range(n)]
         self._tasks: list[asyncio.Task[None]] = []
+        self.spans: list[tuple[int, int]] = []
+        """[start, end) of each piece sent so far, in samples of the joined audio at the
+        pack's rate (the SSE path's final event states them)."""
+        self._reading = False
+        self._input_done = not open_ended
+        self._grown = asyncio.Event()
         self._ahead = max(1, pipeline.settings.tts_stream_pieces_ahead)
+        self._generating = 0
         self.budget = pipeline.token_budget(req)
         self.piece_tokens = [0] * n
         self.capped_piece: int | None = None
@@ -94,22 +121,51 @@ class SpeechStream:
         self._next = 0
         self._stopped = False
         try:
-            for _ in range(min(self._ahead, n)):
-                self._start_next()
+            self._fill()
         except BaseException:
             self.abort()
             raise
 
-    def _start_next(self) -> None:
-        """Submit the next piece into its reserved place (none left, or stopped: no-op)."""
-        i = self._next
-        if self._stopped or i >= len(self.tokens) or self.capped_piece is not None:
-            return
-        self.tokens[i] = self.pipeline.engine.open_stream(
-            self.prepared.jobs[i], self.pipeline.settings.tts_stream_buffer_tokens,
-            reserved=True)
-        self._next, self._reserved = i + 1, self._reserved - 1
-        self._ready[i].set()
+    def append(self, job: GenerationJob) -> None:
+        """One more piece at the end of an open-ended stream: its place is reserved now
+        (Overloaded if there is none) and it starts as soon as fewer than
+        `tts_stream_pieces_ahead` pieces of this stream generate."""
+        if self._input_done or self._stopped:
+            raise RuntimeError("the stream takes no more pieces")
+        self.pipeline.engine.reserve(1)
+        i = len(self.jobs)
+        self.jobs.append(job)
+        self.tokens.append(None)
+        self._ready.append(asyncio.Event())
+        self._queues.append(asyncio.Queue(PIECE_QUEUE_WINDOWS))
+        self.piece_tokens.append(0)
+        self._reserved += 1
+        if self._reading:
+            self._tasks.append(asyncio.create_task(self._piece(i, self._queues[i])))
+        self._grown.set()
+        self._fill()
+
+    def end_input(self) -> None:
+        """No more pieces: the stream ends after the last one appended."""
+        self._input_done = True
+        self._grown.set()
+
+    @property
+    def pieces(self) -> int:
+        return len(self.jobs)
+
+    def _fill(self) -> None:
+        """Start pieces, in order, into their reserved places while fewer than
+        `tts_stream_pieces_ahead` generate (stopped, capped or none left: no-op)."""
+        while (self._generating < self._ahead and not self._stopped
+               and self._next < len(self.jobs) and self.capped_piece is None):
+            i = self._next
+            self.tokens[i] = self.pipeline.engine.open_stream(
+                self.jobs[i], self.pipeline.settings.tts_stream_buffer_tokens,
+                reserved=True)
+            self._next, self._reserved = i + 1, self._reserved - 1
+            self._generating += 1
+            self._ready[i].set()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._bytes()
@@ -117,26 +173,66 @@ class SpeechStream:
     async def samples(self) -> AsyncIterator[np.ndarray]:
         """float32 chunks at the pack's rate after stitching and limiting (before
         resampling and encoding): what tests compare with the one-shot output."""
-        queues: list[asyncio.Queue[object]] = [asyncio.Queue(PIECE_QUEUE_WINDOWS)
-                                               for _ in self.tokens]
-        self._tasks = [asyncio.create_task(self._piece(i, q)) for i, q in enumerate(queues)]
+        async for item in self._joined():
+            if isinstance(item, np.ndarray):
+                yield item
+
+    async def _queue(self, i: int) -> asyncio.Queue[object] | None:
+        """Piece `i`'s queue once it exists; None at the end (input done, or the output
+        cap reached in an earlier piece)."""
+        while i >= len(self._queues) and not self._input_done:
+            self._grown.clear()
+            await self._grown.wait()
+        if i >= len(self._queues) or (self.capped_piece is not None and i > self.capped_piece):
+            return None
+        return self._queues[i]
+
+    async def _joined(self) -> AsyncIterator[np.ndarray | PieceMark]:
+        """The stitched, limited audio, with a `PieceMark` where each piece starts and,
+        once its last sample is out (its crossfade tail goes out with the next piece),
+        where it ended."""
+        self._reading = True
+        self._tasks = [asyncio.create_task(self._piece(i, q))
+                       for i, q in enumerate(self._queues)]
         stitcher = Stitcher(self.pipeline.crossfade)
         limiter = RunningLimiter()
+        done: int | None = None  # the piece whose end mark waits for the next start
+        announced = False
+
+        def marks(i: int) -> list[PieceMark]:
+            nonlocal done, announced
+            if len(stitcher.starts) <= i or announced:
+                return []
+            announced = True
+            out = [] if done is None else [PieceMark(done, stitcher.starts[done],
+                                                     stitcher.ends[done])]
+            done = None
+            return [*out, PieceMark(i, stitcher.starts[i])]
+
         try:
-            for i, q in enumerate(queues):
-                if self.capped_piece is not None and i > self.capped_piece:
-                    break  # the output cap was reached in an earlier piece
+            i = 0
+            while (q := await self._queue(i)) is not None:
                 stitcher.start_piece()
+                announced = False
                 while (item := await q.get()) is not _END:
                     if isinstance(item, BaseException):
                         raise item
                     assert isinstance(item, np.ndarray)
-                    if (out := stitcher.feed(item, piece_done=False)).size:
+                    out = stitcher.feed(item, piece_done=False)
+                    for mark in marks(i):
+                        yield mark
+                    if out.size:
                         yield limiter(out)
-                if (out := stitcher.feed(np.zeros(0, np.float32), piece_done=True)).size:
+                out = stitcher.feed(np.zeros(0, np.float32), piece_done=True)
+                for mark in marks(i):
+                    yield mark
+                if out.size:
                     yield limiter(out)
+                done, i = i, i + 1
             if (out := stitcher.finish()).size:
                 yield limiter(out)
+            if done is not None:
+                yield PieceMark(done, stitcher.starts[done], stitcher.ends[done])
         finally:
             await self.aclose()
 
@@ -163,8 +259,14 @@ class SpeechStream:
                 await task
 
     async def _bytes(self) -> AsyncIterator[bytes]:
-        """Resampling and encoding run in the CPU pool, a chunk at a time, in order: up to
-        96 tokens of audio each, MP3/Opus/AAC at 48 kHz, for every stream at once."""
+        async for item in self.frames():
+            if isinstance(item, bytes):
+                yield item
+
+    async def frames(self) -> AsyncIterator[bytes | PieceMark]:
+        """Encoded audio with the pieces' marks between chunks. Resampling and encoding
+        run in the CPU pool, a chunk at a time, in order: up to 96 tokens of audio each,
+        MP3/Opus/AAC at 48 kHz, for every stream at once."""
         rate = self.pipeline.c.sample_rate
         resampler = (None if self.req.sample_rate == rate else
                      soxr.ResampleStream(rate, self.req.sample_rate, 1, dtype="float32",
@@ -177,22 +279,33 @@ class SpeechStream:
             data = self.encoder.write(chunk) if chunk.size else b""
             return (data + self.encoder.flush() if last else data), len(chunk)
 
-        async for chunk in self.samples():
+        async for chunk in self._joined():
+            if isinstance(chunk, PieceMark):
+                if chunk.end is not None:
+                    self.spans.append((chunk.start, chunk.end))
+                yield chunk
+                continue
             data, samples = await cpu.run(encode, chunk, False)
-            self.stats.samples += samples
+            self._sent(data, samples)
             if data:
-                self._first_audio()
-                self.stats.chunks += 1
                 yield data
         data, samples = await cpu.run(encode, np.zeros(0, np.float32), True)
-        self.stats.samples += samples
+        self._sent(data, samples)
         if data:
-            self._first_audio()
             yield data
+        self.slo.finish()
         log.info("stream done: %d pieces, %d tokens, %.2f s audio, first audio %.1f ms",
-                 len(self.prepared.jobs), self.stats.tokens,
+                 len(self.jobs), self.stats.tokens,
                  self.stats.samples / self.req.sample_rate,
                  1000 * (self.stats.first_audio_s or 0.0))
+
+    def _sent(self, data: bytes, samples: int) -> None:
+        self.stats.samples += samples
+        if samples:
+            self.slo.chunk(samples)
+        if data:
+            self._first_audio()
+            self.stats.chunks += 1
 
     def _first_audio(self) -> None:
         if self.stats.first_audio_s is None:
@@ -235,7 +348,8 @@ class SpeechStream:
             if window := planner.next(len(hidden), finished=False):
                 wave = await p.decode_hidden(np.stack(hidden[window.start : window.stop]))
                 await self._put(out, planner.cut(window, wave), stretch)
-        self._start_next()  # this one is generated: the next piece may start
+        self._generating -= 1
+        self._fill()  # this one is generated: the next piece may start
         if (window := planner.next(len(hidden), finished=True)) is not None:
             wave = await p.decode_hidden(np.stack(hidden[window.start : window.stop]))
             await self._put(out, planner.cut(window, wave), stretch)
@@ -254,12 +368,13 @@ class SpeechStream:
         await out.put(wave)
 
 
-async def open_stream(pipeline: ChatTTSPipeline, req: SpeechRequest) -> SpeechStream:
+async def open_stream(pipeline: ChatTTSPipeline, req: SpeechRequest, path: str = "http"
+                      ) -> SpeechStream:
     """Validate, prepare, reserve every piece's place and start the first; return once it
     has its first token, so bad input (4xx), overload (503) and a missed deadline (504)
     are normal errors before any audio is sent. The caller must `aclose()` the stream."""
     prepared = await pipeline.prepare(req)
-    stream = SpeechStream(pipeline, req, prepared)
+    stream = SpeechStream(pipeline, req, prepared, path=path)
     try:
         first = stream.tokens[0]
         assert first is not None

@@ -10,9 +10,7 @@ import json
 import logging
 
 from fastapi import APIRouter, WebSocket
-from starlette.responses import JSONResponse
 
-from service.errors import error_body
 from service.live import access
 from service.live.protocol import PROTOCOL, ErrorEvent
 from service.live.session import LiveContext, LiveSession
@@ -24,14 +22,6 @@ router = APIRouter(tags=["live"])
 PATH = "/v1/audio/analysis/stream"
 
 
-async def _deny(websocket: WebSocket, status: int, code: str, message: str) -> None:
-    """Refuse the handshake: an HTTP answer where the server can send one, else 1008."""
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(JSONResponse(error_body(code, message), status))
-    else:
-        await websocket.close(1008, reason=message[:120])
-
-
 @router.websocket(PATH)
 async def live_analysis(websocket: WebSocket) -> None:
     """Stream audio in; CLAP window scores and emotion utterances come back as they are
@@ -39,16 +29,8 @@ async def live_analysis(websocket: WebSocket) -> None:
     app = websocket.app
     settings = app.state.settings
     metrics = app.state.metrics
-    refusal = access.key_error(websocket, settings)
-    if refusal is not None:
-        await _deny(websocket, 401, "unauthorized", refusal)
+    if not await access.accept(websocket, settings, PROTOCOL):
         return
-    refusal = access.origin_error(websocket, settings)
-    if refusal is not None:
-        await _deny(websocket, 403, "forbidden", refusal)
-        return
-    offered = websocket.scope.get("subprotocols", [])
-    await websocket.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
     streams: dict[str, int] = app.state.live_streams
     if streams["open"] >= settings.live_max_streams:
         error = ErrorEvent(code="too_many_streams",

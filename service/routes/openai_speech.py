@@ -3,9 +3,9 @@ openedai-speech users call), on the same ChatTTS pipeline as `/tts`.
 
 `voice` takes OpenAI's built-in names (each a seeded ChatTTS speaker) and its custom-voice
 object `{"id": "<saved voice>"}`; `model` any OpenAI speech model name by rule (a family
-and an optional date, `MODEL_NAME`). `stream_format: "sse"` ends with `speech.audio.done`,
-whose `usage` counts the prompt's tokens (text and control tokens) as input and the
-audio-code tokens as output.
+and an optional date, `service.tts.model_names`). `stream_format: "sse"` ends with
+`speech.audio.done`, whose `usage` counts the prompt's tokens (text and control tokens)
+as input and the audio-code tokens as output.
 Differences from OpenAI, on purpose: `voice` also takes saved voices by name, mixes
 `a(2)+b(1)` and raw `spk_emb` strings; `speed` is met by time-stretching (service/tts/stretch.py);
 `instructions` is accepted and ignored (ChatTTS takes no style prompt); `stream` (as
@@ -53,18 +53,12 @@ from service.routes.tts import (
     stream_headers,
     streaming_response,
 )
+from service.tts.model_names import unknown_model
 from service.tts.stretch import MAX_SPEED, MIN_SPEED
 
-MODEL_FAMILIES = ("chattts", "tts-1", "tts-1-hd", "gpt-<name>-tts")
-MODEL_NAME = re.compile(r"(?:chattts|tts-1(?:-hd)?|gpt-[a-z0-9.]+(?:-[a-z0-9.]+)*?-tts)"
-                        r"(?:-\d{4}-\d{2}-\d{2})?")
-"""OpenAI's speech model names are accepted as aliases (clients hard-code them) by rule,
-not by list, so a new snapshot (`gpt-4o-mini-tts-2025-12-15`) works the day it ships: a
-family (`tts-1`, `tts-1-hd`, any `gpt-...-tts`, or `chattts`) and an optional
-`-YYYY-MM-DD` date."""
 DEFAULT_VOICE = "alloy"
 _PARAMS = ("model", "input", "voice", "response_format", "speed", "stream_format", "stream",
-           "instructions", "seed")
+           "instructions", "seed", "split")
 _PARAM_AT_START = re.compile(r"^`?(\w+)`?\b")
 
 
@@ -116,16 +110,18 @@ class SpeechBody(BaseModel):
     instructions: str | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SAMPLING_SEED)
     """Sampling seed (an extension): the same seed and voice give the same audio."""
+    split: Literal["long", "sentence"] = "long"
+    """Extension: `sentence` speaks every sentence as its own piece, as the speech
+    WebSocket does (same text, seed and split: the same audio)."""
 
 
 def _speech_request(body: SpeechBody) -> SpeechRequest:
-    if not MODEL_NAME.fullmatch(body.model):
-        raise InvalidInput(f"model {body.model[:80]!r} is not served here; use one of "
-                           f"{', '.join(MODEL_FAMILIES)}, optionally with a -YYYY-MM-DD "
-                           "date (all are ChatTTS)")
+    if (problem := unknown_model(body.model)) is not None:
+        raise InvalidInput(problem)
     voice = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice
     return SpeechRequest(text=body.input, voice=voice, speed=body.speed,
-                         sampling_seed=body.seed, format=body.response_format)
+                         sampling_seed=body.seed, format=body.response_format,
+                         split=body.split)
 
 
 async def _sse(request: Request, stream: SpeechStream) -> AsyncIterator[bytes]:
@@ -134,11 +130,17 @@ async def _sse(request: Request, stream: SpeechStream) -> AsyncIterator[bytes]:
         async for chunk in chunks:
             event = {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()}
             yield f"data: {json.dumps(event)}\n\n".encode()
-    prompt = sum(int(job.prompt_ids.shape[0]) for job in stream.prepared.jobs)
+    prompt = sum(int(job.prompt_ids.shape[0]) for job in stream.jobs)
     tokens = stream.stats.tokens
+    rate = stream.pipeline.c.sample_rate
     done = {"type": "speech.audio.done",
             "usage": {"input_tokens": prompt, "output_tokens": tokens,
-                      "total_tokens": prompt + tokens}}
+                      "total_tokens": prompt + tokens},
+            # an extension: where each piece lies in the audio, and the stream's SLOs
+            "audioserve": {"sample_rate": rate, "pieces": [
+                {"index": i, "start_sample": a, "end_sample": b,
+                 "start_s": round(a / rate, 6), "end_s": round(b / rate, 6)}
+                for i, (a, b) in enumerate(stream.spans)], **stream.slo.summary()}}
     yield f"data: {json.dumps(done)}\n\n".encode()
 
 
@@ -160,7 +162,8 @@ async def speech(body: SpeechBody, request: Request) -> Response:
     req = _speech_request(body)
     streamed = body.stream if body.stream is not None else req.format != "flac"
     if streamed or body.stream_format == "sse":
-        stream = await start_stream(request, pipeline, req)
+        path = "sse" if body.stream_format == "sse" else "http"
+        stream = await start_stream(request, pipeline, req, path)
         if stream is None:
             return Response(status_code=CLIENT_CLOSED)
         try:

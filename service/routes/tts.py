@@ -8,7 +8,7 @@ aborted and their slots freed.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -47,10 +47,10 @@ def streaming_response(request: Request, stream: SpeechStream, headers: dict[str
 
 
 async def start_stream(request: Request, pipeline: ChatTTSPipeline,
-                       speech: SpeechRequest) -> SpeechStream | None:
+                       speech: SpeechRequest, path: str = "http") -> SpeechStream | None:
     """`open_stream`, given up (None) if the client leaves while it waits for a slot."""
     try:
-        return await cancel_on_disconnect(request, open_stream(pipeline, speech))
+        return await cancel_on_disconnect(request, open_stream(pipeline, speech, path))
     except ClientGone:
         return None
 
@@ -85,6 +85,9 @@ class TTSBody(BaseModel):
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     stream: bool = False
     """Send the audio as it is generated (chunked; WAV with 0xFFFFFFFF sizes)."""
+    split: Literal["long", "sentence"] = "long"
+    """`sentence`: every sentence is its own piece, as WS /v1/audio/speech/stream speaks
+    text that arrives in fragments (same text, seed and split: the same audio)."""
 
 
 def check_text(text: str, max_chars: int, field: str = "text") -> None:
@@ -157,7 +160,7 @@ def stream_headers(pipeline: ChatTTSPipeline, stream: SpeechStream) -> dict[str,
         **attachment(stream.req.format),
         "X-Audioserve-Sample-Rate": str(stream.req.sample_rate),
         "X-Audioserve-Sampling-Seed": str(stream.prepared.sampling_seed),
-        "X-Audioserve-Pieces": str(len(stream.prepared.jobs)),
+        "X-Audioserve-Pieces": str(stream.pieces),
         "X-Audioserve-Stream-Chunk-Tokens": str(pipeline.settings.tts_stream_chunk_tokens),
         "Cache-Control": "no-store",
         "X-Audioserve-Max-Output-S": f"{pipeline.settings.tts_max_output_s:g}",
@@ -181,7 +184,7 @@ async def tts(body: TTSBody, request: Request) -> Response:
         temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
         max_new_tokens=body.max_new_tokens, refine_text=body.refine_text,
         format=body.format.lower(), sample_rate=body.sample_rate, voice=body.voice,
-        speed=body.speed,
+        speed=body.speed, split=body.split,
     )
     if body.stream:
         stream = await start_stream(request, pipeline, speech)

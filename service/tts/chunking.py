@@ -49,13 +49,10 @@ def _cut(atoms: list[str], start: int, end: int, min_len: int) -> int:
     return best_at
 
 
-def split_long_text(text: str, max_chars: int) -> list[str]:
-    """Pieces of at most `max_chars` characters (stripped; empty ones dropped) whose
-    concatenation, whitespace aside, is the input."""
-    if max_chars < 1:
-        raise ValueError("max_chars must be >= 1")
-    atoms = _ATOM.findall(text)
-    pieces: list[str] = []
+def _piece_ranges(atoms: list[str], max_chars: int) -> list[tuple[int, int]]:
+    """The greedy cut of `atoms` into pieces of at most `max_chars`: [start, stop) ranges,
+    in order, covering every atom."""
+    ranges: list[tuple[int, int]] = []
     start, length, i = 0, 0, 0
     min_len = max(1, max_chars // 3)
     while i < len(atoms):
@@ -65,7 +62,90 @@ def split_long_text(text: str, max_chars: int) -> list[str]:
             i += 1
             continue
         at = _cut(atoms, start, i, min_len)
-        pieces.append("".join(atoms[start : at + 1]))
+        ranges.append((start, at + 1))
         start, i, length = at + 1, at + 1, 0
-    pieces.append("".join(atoms[start:]))
-    return [p.strip() for p in pieces if p.strip()]
+    ranges.append((start, len(atoms)))
+    return ranges
+
+
+def _texts(atoms: list[str], ranges: list[tuple[int, int]]) -> list[str]:
+    pieces = ("".join(atoms[a:b]).strip() for a, b in ranges)
+    return [p for p in pieces if p]
+
+
+def split_long_text(text: str, max_chars: int) -> list[str]:
+    """Pieces of at most `max_chars` characters (stripped; empty ones dropped) whose
+    concatenation, whitespace aside, is the input."""
+    if max_chars < 1:
+        raise ValueError("max_chars must be >= 1")
+    atoms = _ATOM.findall(text)
+    return _texts(atoms, _piece_ranges(atoms, max_chars))
+
+
+def split_at_sentences(text: str, max_chars: int) -> list[str]:
+    """Every sentence its own piece (one over `max_chars` cut as `split_long_text` cuts
+    it): how text that arrives in fragments is spoken (`SentenceSplitter`), since it cannot
+    wait to fill a piece up to `max_chars` before the first audio."""
+    splitter = SentenceSplitter(max_chars)
+    return splitter.feed(text) + splitter.flush()
+
+
+# Text at the end of the buffer that more text could turn into a longer atom: an open
+# `[tag`, or a word whose apostrophe or hyphen waits for its next letter.
+_GROWING = re.compile(r"\[\w*|[A-Za-z0-9]+(?:['’\-][A-Za-z0-9]+)*['’\-]?")
+
+
+class SentenceSplitter:
+    """`split_at_sentences` for text that arrives in fragments of any size (an LLM's
+    tokens): `feed` gives each piece as soon as it is complete, and the pieces are the same
+    however the text was cut into fragments.
+
+    Design note. That invariance is the point: a piece is given only once no later text
+    can change it. Atoms are decided up to the first one that more text could extend (the
+    last atom, an open `[tag`, a word before a dangling apostrophe); a sentence is complete
+    once its end mark is decided (a '.' ends one only before whitespace, so its next
+    character must have arrived); an open sentence longer than `max_chars` gives the
+    pieces that `split_long_text` cuts before its last one (the greedy cut looks back only,
+    so more text cannot move them)."""
+
+    def __init__(self, max_chars: int) -> None:
+        if max_chars < 1:
+            raise ValueError("max_chars must be >= 1")
+        self.max_chars = max_chars
+        self._text = ""
+        """Text not yet given out as pieces."""
+
+    @property
+    def pending(self) -> str:
+        return self._text
+
+    def feed(self, fragment: str) -> list[str]:
+        self._text += fragment
+        atoms = _ATOM.findall(self._text)
+        decided = self._decided(atoms)
+        pieces: list[str] = []
+        start = 0
+        for i in range(decided):
+            if i + 1 < len(atoms) and _break_rank(atoms[i : i + 2], 0) == 3:
+                pieces += _texts(atoms, [(start + a, start + b) for a, b in
+                                         _piece_ranges(atoms[start : i + 1], self.max_chars)])
+                start = i + 1
+        ranges = _piece_ranges(atoms[start:decided], self.max_chars)
+        if len(ranges) > 1:  # all but the open last piece are final
+            pieces += _texts(atoms, [(start + a, start + b) for a, b in ranges[:-1]])
+            start += ranges[-1][0]
+        self._text = "".join(atoms[start:])
+        return pieces
+
+    def flush(self) -> list[str]:
+        """The rest, as the end of the text (`input.done`)."""
+        rest, self._text = self._text, ""
+        return split_long_text(rest, self.max_chars)
+
+    @staticmethod
+    def _decided(atoms: list[str]) -> int:
+        """How many leading atoms no later text can change."""
+        for i in range(len(atoms)):
+            if i == len(atoms) - 1 or _GROWING.fullmatch("".join(atoms[i:])):
+                return i
+        return len(atoms)

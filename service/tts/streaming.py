@@ -98,10 +98,19 @@ class Stitcher:
         self._head = np.zeros(0, np.float32)
         self._merged = True  # the first piece has nothing to cross into
         self._started = False
+        self.emitted = 0
+        """Samples returned so far."""
+        self.starts: list[int] = []
+        """Where each piece's first sample lies in the joined audio (sample-exact: the
+        crossfade makes a piece start `k` samples before its predecessor's end)."""
+        self.ends: list[int] = []
+        """Where each finished piece's audio ends (exclusive)."""
 
     def start_piece(self) -> None:
         if self._started:
             self._merged = False
+        else:
+            self.starts.append(0)
         self._started = True
 
     def feed(self, chunk: np.ndarray, piece_done: bool) -> np.ndarray:
@@ -113,16 +122,21 @@ class Stitcher:
             k = min(len(self._held), len(self._head), self.crossfade)
             fade = (np.arange(1, k + 1, dtype=np.float32) / (k + 1)) if k else np.zeros(0)
             mixed = self._held[len(self._held) - k:] * (1 - fade) + self._head[:k] * fade
+            self.starts.append(self.emitted + len(self._held) - k)
             chunk = np.concatenate([self._held[: len(self._held) - k], mixed.astype(np.float32),
                                     self._head[k:]])
             self._held, self._head, self._merged = np.zeros(0, np.float32), self._head[:0], True
         out = np.concatenate([self._held, chunk])
         keep = min(self.crossfade, len(out))
         self._held = out[len(out) - keep:].copy()
+        self.emitted += len(out) - keep
+        if piece_done:
+            self.ends.append(self.emitted + keep)
         return out[: len(out) - keep]
 
     def finish(self) -> np.ndarray:
         out, self._held = self._held, np.zeros(0, np.float32)
+        self.emitted += len(out)
         return out
 
 

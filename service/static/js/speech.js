@@ -4,6 +4,7 @@
 import { ApiError, postJson, request, requestJson } from "./api.js";
 import { $, busy, clearError, el, secs, showError } from "./dom.js";
 import { PcmPlayer } from "./pcm-player.js";
+import { LiveSpeech, liveConfig, setLivePressed } from "./speech-live.js";
 
 const SAMPLE_RATE = 24000;
 const EXTENSIONS = { wav: "wav", mp3: "mp3", flac: "flac", opus: "opus", aac: "aac", pcm: "pcm" };
@@ -11,6 +12,7 @@ const EXTENSIONS = { wav: "wav", mp3: "mp3", flac: "flac", opus: "opus", aac: "a
 let abort = null;
 let player = null;
 let downloadUrl = null;
+let live = null;
 
 export function setupSpeech() {
   $("speech-form").addEventListener("submit", (e) => {
@@ -25,6 +27,41 @@ export function setupSpeech() {
     $("speech-seed").disabled = Boolean($("speech-voice").value);
   });
   $("speech-save").addEventListener("click", saveVoice);
+  $("speech-live").addEventListener("click", toggleLive);
+  $("speech-barge").addEventListener("click", () => live && live.bargeIn());
+}
+
+/** Live mode: the text fed word by word over the speech WebSocket (speech-live.js). */
+function toggleLive() {
+  if (live) {
+    live.bargeIn();
+    return;
+  }
+  const error = $("speech-error");
+  clearError(error);
+  stop();
+  const meta = $("speech-meta");
+  Object.keys(meta.dataset).forEach((name) => delete meta.dataset[name]);
+  $("speech-result").hidden = false;
+  const picked = $("speech-mix").value.trim() || $("speech-voice").value;
+  const seedField = $("speech-seed");
+  const seed = seedField.disabled ? undefined : numberField("speech-seed");
+  const speed = numberField("speech-speed");
+  const config = liveConfig(picked, seed, {
+    temperature: numberField("speech-temperature"), top_p: numberField("speech-top-p"),
+    top_k: numberField("speech-top-k"), ...(speed !== undefined ? { speed } : {}),
+  });
+  live = new LiveSpeech($("speech-text").value, numberField("speech-live-wps") || 20, config, {
+    onUpdate: (text) => { meta.textContent = text; },
+    onEnd: (result) => {
+      live = null;
+      setLivePressed(false);
+      if (result.error) showError(error, result.error);
+      else show(result.wav, "wav", result.parts, result.timings);
+    },
+  });
+  setLivePressed(true);
+  live.start();
 }
 
 /** Fill the voice picker from /v1/voices (built-in seeds, saved voices, saved mixes). */

@@ -1,0 +1,182 @@
+"""The speech-stream protocol as data: every message of `WS /v1/audio/speech/stream`.
+
+vLLM-Omni's speech WebSocket protocol, so its clients work unchanged, plus our additions
+(marked +). Client -> server, JSON text frames:
+
+- `session.config` — first message; again between utterances to change it. This service's
+  `/v1/audio/speech` fields: `{"type": "session.config", "model": "tts-1", "voice": "alloy",
+  "response_format": "pcm" | "wav" | "mp3" | "opus" | "aac" | "flac", "speed": 1.0,
+  "seed": null, "temperature": null, "top_p": null, "top_k": null,
+  "max_new_tokens": null, "instructions": null}` (all optional; `instructions` ignored).
+- `input.text` `{"text": "..."}` — a fragment of any size (an LLM's token). Each sentence
+  starts generating as soon as it is complete (`service.tts.chunking.SentenceSplitter`).
+- `input.done` — the utterance's text is complete: the rest is spoken; the socket stays
+  open for the next utterance.
+- + `input.cancel` — barge-in: the utterances in progress stop (their engine sequences
+  leave the batch at the next step, unsent audio is dropped); the socket stays usable.
+- `session.close` — stop after what was asked for is sent, then close 1000.
+
+Server -> client:
+
+- `audio.start` `{"utterance_index", "sentence_index", "sentence_text", "format",
+  "sample_rate"+}` — before the sentence's first audio.
+- binary frames — the utterance's audio, in order: ONE stream per utterance in the
+  configured format (pcm: 16-bit LE mono at 24 kHz). Sentences are joined by a 10 ms
+  crossfade, which goes out after the next sentence's `audio.start`.
+- `audio.done` `{"utterance_index", "sentence_index", "start_sample"+, "end_sample"+,
+  "start_s"+, "end_s"+}` — the sentence's span in the utterance's audio, sample-exact
+  (neighbours overlap by the crossfade).
+- `session.done` `{"utterance_index", "total_sentences", "audio_s"+, "first_audio_s"+,
+  "underrun_s"+}` — the utterance is sent whole.
+- + `audio.cancelled` `{"utterance_index", "sent_samples", "sent_s", "sentences_done"}` —
+  after `input.cancel`: how much of that utterance's audio was sent (no more follows).
+- `error` `{"message", "code"+}` — then close with `CLOSE_CODES[code]`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from service.tts.stretch import MAX_SPEED, MIN_SPEED
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionConfig(_Message):
+    type: Literal["session.config"]
+    model: str = "chattts"
+    voice: str = "alloy"
+    response_format: Literal["pcm", "wav", "mp3", "opus", "aac", "flac"] = "pcm"
+    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    """Sampling seed: sentence i of an utterance samples with seed + i (as `/tts` piece i)."""
+    temperature: float | None = Field(None, gt=0, le=5)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1, le=1000)
+    max_new_tokens: int | None = Field(None, ge=1)
+    """Per sentence, as `/tts`'s per piece."""
+    instructions: str | None = None
+
+
+class InputText(_Message):
+    type: Literal["input.text"]
+    text: str
+
+
+class InputDone(_Message):
+    type: Literal["input.done"]
+
+
+class InputCancel(_Message):
+    type: Literal["input.cancel"]
+
+
+class SessionClose(_Message):
+    type: Literal["session.close"]
+
+
+ClientMessage = SessionConfig | InputText | InputDone | InputCancel | SessionClose
+CLIENT_MESSAGES: TypeAdapter[ClientMessage] = TypeAdapter(
+    Annotated[ClientMessage, Field(discriminator="type")])
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AudioStart(_Event):
+    type: Literal["audio.start"] = "audio.start"
+    utterance_index: int
+    sentence_index: int
+    sentence_text: str
+    format: str
+    sample_rate: int
+
+
+class AudioDone(_Event):
+    type: Literal["audio.done"] = "audio.done"
+    utterance_index: int
+    sentence_index: int
+    start_sample: int
+    end_sample: int
+    start_s: float
+    end_s: float
+
+
+class SessionDone(_Event):
+    type: Literal["session.done"] = "session.done"
+    utterance_index: int
+    total_sentences: int
+    audio_s: float = 0.0
+    first_audio_s: float | None = None
+    underrun_s: float = 0.0
+
+
+class AudioCancelled(_Event):
+    type: Literal["audio.cancelled"] = "audio.cancelled"
+    utterance_index: int
+    sent_samples: int
+    sent_s: float
+    sentences_done: int
+
+
+ErrorCode = Literal[
+    "invalid_message", "invalid_config", "message_too_large", "text_too_long",
+    "idle_timeout", "config_timeout", "slow_reader", "too_many_sessions", "overloaded",
+    "timeout", "model_not_loaded", "internal_error",
+]
+
+CLOSE_CODES: dict[str, int] = {
+    "invalid_message": 4400, "invalid_config": 4400,
+    "message_too_large": 1009, "text_too_long": 1009,
+    "idle_timeout": 1008, "config_timeout": 1008, "slow_reader": 1008,
+    "too_many_sessions": 1013, "overloaded": 1013, "timeout": 1013,
+    "model_not_loaded": 4503,
+    "internal_error": 1011,
+}
+"""The close code that follows each `error` (1000 after `session.close`)."""
+
+
+class ErrorEvent(_Event):
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+
+
+ServerEvent = AudioStart | AudioDone | SessionDone | AudioCancelled | ErrorEvent
+SERVER_EVENTS: TypeAdapter[Any] = TypeAdapter(
+    Annotated[ServerEvent, Field(discriminator="type")])
+"""For clients and tests: `SERVER_EVENTS.validate_json(text)` types any server event."""
+
+
+class ProtocolError(Exception):
+    """Sent as an `error` event, then the socket closes with its code."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+
+    @property
+    def close_code(self) -> int:
+        return CLOSE_CODES[self.code]
+
+    def event(self) -> ErrorEvent:
+        return ErrorEvent(code=self.code, message=self.message)
+
+
+def parse_client_message(text: str) -> ClientMessage:
+    """The one place client JSON is validated; what is wrong comes back as a ProtocolError."""
+    try:
+        return CLIENT_MESSAGES.validate_json(text)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
+                             for e in exc.errors()[:5])
+        raise ProtocolError(
+            "invalid_message",
+            f"{problems} (messages: session.config, input.text, input.done, input.cancel, "
+            "session.close)") from None

@@ -1,0 +1,414 @@
+"""One speech-stream session: text in as it is written, audio out sentence by sentence.
+
+Design note. Three parts, one writer. The receive loop (`run`) parses every client
+message (service.live.speech_protocol) and feeds the open utterance's `SentenceSplitter`;
+each complete sentence goes to that utterance's feeder task, which makes its engine job
+(`ChatTTSPipeline.piece_job`: seed `seed + i` for sentence i, as `/tts` with
+`split: "sentence"` seeds piece i) and appends it to the utterance's open-ended
+`SpeechStream`, so generation starts at once, overlapping with the text still arriving,
+and neighbouring sentences are joined by the same `Stitcher` crossfade as one request's
+pieces: the utterance's audio equals `/tts`'s for the same text, seed and split. The
+sender task alone writes to the socket: utterances in order, their audio, marks and
+`session.done`. `input.cancel` aborts the utterances' streams in the receive loop (their
+sequences leave the batch at the engine's next step, even while the sender waits on a
+slow socket); the sender then drops what is unsent and says `audio.cancelled`.
+
+Bounds: sentences given to the engine and not yet sent whole are at most
+`tts_ws_max_pending_sentences` per session (later ones wait as text, so a fast writer
+cannot flood the engine); every send must complete within `tts_stream_stall_timeout_s`
+(the buffers behind it are the HTTP stream's: a client that stops reading pauses its
+sequences, then loses them: error slow_reader); text per utterance and per session,
+message size, idle and config time are settings (docs/speech-stream.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from batcher import BatcherClosed, DeadlineExceeded, Overloaded
+from service.errors import ApiError
+from service.live import speech_protocol as p
+from service.metrics import Metrics
+from service.pipelines.chattts import ChatTTSPipeline, PreparedSpeech, SpeechRequest
+from service.pipelines.chattts_stream import PieceMark, SpeechStream
+from service.settings import Settings
+from service.tts.chunking import SentenceSplitter
+from service.tts.model_names import unknown_model
+
+log = logging.getLogger("audioserve.speech_stream")
+
+
+@dataclass
+class Utterance:
+    index: int
+    req: SpeechRequest
+    sampling_seed: int
+    splitter: SentenceSplitter
+    speaker: np.ndarray | None
+    inbox: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    """Sentences for the feeder, then None (input.done)."""
+    texts: list[str] = field(default_factory=list)
+    """The spoken sentences, by sentence index (ones with nothing to speak are dropped)."""
+    chars: int = 0
+    stream: SpeechStream | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the stream exists, or the utterance ended with nothing to speak."""
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    feeder: asyncio.Task[None] | None = None
+    appended: int = 0
+    done: int = 0
+    sent_samples: int = 0
+
+    def abort(self) -> None:
+        self.cancelled.set()
+        if self.feeder is not None:
+            self.feeder.cancel()
+        if self.stream is not None:
+            self.stream.abort()
+
+
+def _fail_reason(exc: BaseException) -> p.ProtocolError:
+    if isinstance(exc, p.ProtocolError):
+        return exc
+    if isinstance(exc, Overloaded | BatcherClosed):
+        return p.ProtocolError("overloaded", f"the speech engine is full ({exc}); retry later")
+    if isinstance(exc, DeadlineExceeded):
+        return p.ProtocolError("timeout", "no decoding slot in time "
+                               "(AUDIOSERVE_REQUEST_TIMEOUT_S); retry later")
+    if isinstance(exc, ApiError):
+        return p.ProtocolError("invalid_config", str(exc))
+    log.error("speech session failed", exc_info=exc)
+    return p.ProtocolError("internal_error",
+                           "the server failed on this session (logged); please report it")
+
+
+class SpeechSession:
+    def __init__(self, websocket: WebSocket, settings: Settings, metrics: Metrics,
+                 pipeline: ChatTTSPipeline) -> None:
+        self.ws = websocket
+        self.settings = settings
+        self.metrics = metrics
+        self.pipeline = pipeline
+        self.config: p.SessionConfig | None = None
+        self._speaker: np.ndarray | None = None
+        self.end_reason = "done"
+        self._open: Utterance | None = None
+        """The utterance whose text is arriving (None between utterances)."""
+        self._live: list[Utterance] = []
+        """Utterances not yet sent whole or cancelled, in order."""
+        self._queue: asyncio.Queue[Utterance | None] = asyncio.Queue()
+        self._count = 0
+        self._session_chars = 0
+        self._pending = 0
+        self._room = asyncio.Event()
+        self._fatal: asyncio.Future[p.ProtocolError] = (
+            asyncio.get_running_loop().create_future())
+
+    # -- the whole session -------------------------------------------------------------
+
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._send_loop())
+        code = 1000
+        error: p.ProtocolError | None = None
+        try:
+            await self._receive_loop()
+            self._end_open()
+            self._queue.put_nowait(None)
+            await self._wait_sender(sender)
+        except WebSocketDisconnect:
+            self.end_reason = "disconnected"
+        except Exception as exc:  # every failure is said to the client
+            error = _fail_reason(exc)
+            code, self.end_reason = error.close_code, error.code
+            log.info("speech session ended: %s (%s)", error.code, error.message)
+        finally:
+            for u in self._live:
+                u.abort()
+            sender.cancel()
+            with contextlib.suppress(BaseException):
+                await sender
+        if self.end_reason == "disconnected":
+            return
+        grace = self.settings.live_close_timeout_s
+        with contextlib.suppress(Exception):
+            if error is not None:
+                await asyncio.wait_for(self.ws.send_text(error.event().model_dump_json()),
+                                       grace)
+            await asyncio.wait_for(self.ws.close(code), grace)
+
+    async def _wait_sender(self, sender: asyncio.Task[None]) -> None:
+        waits: set[asyncio.Future[Any]] = {sender, self._fatal}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if self._fatal.done():
+            raise self._fatal.result()
+        sender.result()
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._fatal.done():
+            self._fatal.set_result(_fail_reason(exc))
+        for u in self._live:
+            u.abort()
+
+    # -- receiving ---------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        """Until session.close (the sender then finishes what was asked for)."""
+        s = self.settings
+        first = True
+        while True:
+            timeout = s.tts_ws_config_timeout_s if first else s.tts_ws_idle_timeout_s
+            text = await self._next_text(timeout, first)
+            message = p.parse_client_message(text)
+            if first and not isinstance(message, p.SessionConfig):
+                raise p.ProtocolError("invalid_message", "the first message must be "
+                                      f"session.config, not {message.type}")
+            first = False
+            if isinstance(message, p.SessionConfig):
+                await self._configure(message)
+            elif isinstance(message, p.InputText):
+                self._on_text(message.text)
+            elif isinstance(message, p.InputDone):
+                self._utterance()  # an empty one too: it gets its session.done
+                self._end_open()
+            elif isinstance(message, p.InputCancel):
+                self._cancel()
+            else:
+                return
+
+    async def _next_text(self, timeout: float, first: bool) -> str:
+        while True:
+            if self._fatal.done():
+                raise self._fatal.result()
+            receive: asyncio.Future[Any] = asyncio.ensure_future(self.ws.receive())
+            waits: set[asyncio.Future[Any]] = {receive, self._fatal}
+            done, _ = await asyncio.wait(waits, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if receive not in done:
+                receive.cancel()
+                if self._fatal.done():
+                    raise self._fatal.result()
+                if not first and self._busy():
+                    continue  # audio is being made or sent: the client may be quiet
+                if first:
+                    raise p.ProtocolError("config_timeout", f"no session.config within "
+                                          f"{timeout:g} s (AUDIOSERVE_TTS_WS_CONFIG_TIMEOUT_S)")
+                raise p.ProtocolError("idle_timeout", f"no message for {timeout:g} s and "
+                                      "nothing to send (AUDIOSERVE_TTS_WS_IDLE_TIMEOUT_S)")
+            message: dict[str, Any] = dict(receive.result())
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000))
+            text = message.get("text")
+            if text is None:
+                raise p.ProtocolError("invalid_message", "binary frames are not taken: "
+                                      "send JSON text messages")
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if size > self.settings.tts_ws_max_message_bytes:
+                raise p.ProtocolError("message_too_large", f"a {size}-byte message; the limit "
+                                      f"is {self.settings.tts_ws_max_message_bytes} "
+                                      "(AUDIOSERVE_TTS_WS_MAX_MESSAGE_BYTES)")
+            return str(text)
+
+    def _busy(self) -> bool:
+        """Audio is being generated or sent (an open utterance whose sentences are all
+        sent waits for the client: its silence counts as idle)."""
+        return any(not u.cancelled.is_set() and (u is not self._open or u.appended > u.done
+                                                  or not u.inbox.empty())
+                   for u in self._live)
+
+    async def _configure(self, config: p.SessionConfig) -> None:
+        if self._open is not None:
+            raise p.ProtocolError("invalid_message", "session.config arrived inside an "
+                                  "utterance; send it after input.done")
+        if (problem := unknown_model(config.model)) is not None:
+            raise p.ProtocolError("invalid_config", problem)
+        req = self._request(config)
+        self.pipeline.check_output(req)  # 413-class -> invalid_config
+        self._speaker = await self.pipeline.speaker(req)  # an unknown voice: said now
+        self.config = config
+
+    def _request(self, c: p.SessionConfig) -> SpeechRequest:
+        return SpeechRequest(text="", voice=c.voice, speed=c.speed, sampling_seed=c.seed,
+                             temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
+                             max_new_tokens=c.max_new_tokens, format=c.response_format,
+                             sample_rate=self.pipeline.c.sample_rate, split="sentence")
+
+    def _utterance(self) -> Utterance:
+        if self._open is None:
+            assert self.config is not None
+            req = self._request(self.config)
+            u = Utterance(self._count, req, self.pipeline.sampling_seed(req),
+                          SentenceSplitter(self.settings.tts_piece_max_chars), self._speaker)
+            self._count += 1
+            u.feeder = asyncio.create_task(self._feed(u))
+            self._open = u
+            self._live.append(u)
+            self._queue.put_nowait(u)
+        return self._open
+
+    def _end_open(self) -> None:
+        u, self._open = self._open, None
+        if u is not None:
+            for sentence in u.splitter.flush():
+                u.inbox.put_nowait(sentence)
+            u.inbox.put_nowait(None)
+
+    def _on_text(self, text: str) -> None:
+        s = self.settings
+        u = self._utterance()
+        u.chars += len(text)
+        self._session_chars += len(text)
+        if u.chars > s.tts_ws_max_utterance_chars:
+            raise p.ProtocolError("text_too_long", f"utterance {u.index} has {u.chars} "
+                                  f"characters; the limit is {s.tts_ws_max_utterance_chars} "
+                                  "(AUDIOSERVE_TTS_WS_MAX_UTTERANCE_CHARS): send input.done "
+                                  "sooner")
+        if self._session_chars > s.tts_ws_max_session_chars:
+            raise p.ProtocolError("text_too_long", f"the session sent {self._session_chars} "
+                                  f"characters; the limit is {s.tts_ws_max_session_chars} "
+                                  "(AUDIOSERVE_TTS_WS_MAX_SESSION_CHARS)")
+        for sentence in u.splitter.feed(text):
+            u.inbox.put_nowait(sentence)
+
+    def _cancel(self) -> None:
+        """Barge-in: every utterance in progress stops now (the sender reports each)."""
+        self._open = None
+        for u in self._live:
+            if not u.cancelled.is_set():
+                u.abort()
+                self._pending -= u.appended - u.done
+                u.done = u.appended
+                self.metrics.tts_ws_cancelled.inc()
+        self._room.set()
+
+    # -- generating --------------------------------------------------------------------
+
+    async def _feed(self, u: Utterance) -> None:
+        """The utterance's sentences, in order, into its stream as engine jobs."""
+        try:
+            spk = u.speaker
+            while (sentence := await u.inbox.get()) is not None:
+                while self._pending >= self.settings.tts_ws_max_pending_sentences:
+                    self._room.clear()
+                    await self._room.wait()
+                first = u.stream is None
+                deadline = (time.monotonic() + self.settings.request_timeout_s
+                            if first else None)
+                job = await self.pipeline.piece_job(u.req, spk, sentence, len(u.texts),
+                                                    u.sampling_seed, start_by=deadline)
+                if job is None or u.cancelled.is_set():
+                    continue
+                if u.stream is None:
+                    u.stream = SpeechStream(self.pipeline, u.req,
+                                            PreparedSpeech((), u.sampling_seed, {}),
+                                            open_ended=True, path="ws")
+                    u.ready.set()
+                u.stream.append(job)
+                u.texts.append(sentence)
+                u.appended += 1
+                self._pending += 1
+            if u.stream is not None:
+                u.stream.end_input()
+            u.ready.set()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._fail(exc)
+
+    # -- sending -----------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        try:
+            while (u := await self._queue.get()) is not None:
+                await self._send_utterance(u)
+                self._live.remove(u)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._fail(exc)
+
+    async def _send(self, data: BaseModel | bytes) -> None:
+        timeout = self.settings.tts_stream_stall_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                if isinstance(data, bytes):
+                    await self.ws.send_bytes(data)
+                else:
+                    await self.ws.send_text(data.model_dump_json())
+        except TimeoutError:
+            self.metrics.rejections.labels("chattts_ws", "stalled_reader").inc()
+            raise p.ProtocolError("slow_reader", f"the client took no audio for {timeout:g} "
+                                  "s (AUDIOSERVE_TTS_STREAM_STALL_TIMEOUT_S): generation "
+                                  "stopped") from None
+
+    async def _until_cancelled(self, u: Utterance, step: asyncio.Future[Any]) -> bool:
+        """Wait for `step`; False (and `step` cancelled) if the utterance is cancelled."""
+        if not u.cancelled.is_set():
+            cancel = asyncio.ensure_future(u.cancelled.wait())
+            await asyncio.wait({step, cancel}, return_when=asyncio.FIRST_COMPLETED)
+            cancel.cancel()
+        if u.cancelled.is_set():
+            step.cancel()
+            with contextlib.suppress(BaseException):
+                await step
+            return False
+        return True
+
+    async def _send_utterance(self, u: Utterance) -> None:
+        ready = await self._until_cancelled(u, asyncio.ensure_future(u.ready.wait()))
+        if ready and u.stream is not None:
+            await self._send_audio(u, u.stream)
+        if u.cancelled.is_set():
+            rate = self.pipeline.c.sample_rate
+            await self._send(p.AudioCancelled(
+                utterance_index=u.index, sent_samples=u.sent_samples,
+                sent_s=round(u.sent_samples / rate, 6), sentences_done=u.done))
+            return
+        slo = u.stream.slo.summary() if u.stream is not None else {}
+        await self._send(p.SessionDone(
+            utterance_index=u.index, total_sentences=len(u.texts),
+            audio_s=slo.get("audio_s", 0.0), first_audio_s=slo.get("first_audio_s"),
+            underrun_s=slo.get("underrun_s", 0.0)))
+
+    async def _send_audio(self, u: Utterance, stream: SpeechStream) -> None:
+        rate = self.pipeline.c.sample_rate
+        frames = aiter(stream.frames())
+        try:
+            while await self._until_cancelled(u, step := asyncio.ensure_future(
+                    anext(frames))):
+                try:
+                    item = step.result()
+                except StopAsyncIteration:
+                    return
+                if isinstance(item, bytes):
+                    await self._send(item)
+                    u.sent_samples = stream.stats.samples
+                elif item.end is None:
+                    await self._send(p.AudioStart(
+                        utterance_index=u.index, sentence_index=item.index,
+                        sentence_text=u.texts[item.index], format=u.req.format,
+                        sample_rate=rate))
+                else:
+                    await self._sentence_done(u, item, rate)
+        finally:
+            await frames.aclose()  # type: ignore[attr-defined]
+
+    async def _sentence_done(self, u: Utterance, mark: PieceMark, rate: int) -> None:
+        assert mark.end is not None
+        await self._send(p.AudioDone(
+            utterance_index=u.index, sentence_index=mark.index, start_sample=mark.start,
+            end_sample=mark.end, start_s=round(mark.start / rate, 6),
+            end_s=round(mark.end / rate, 6)))
+        if not u.cancelled.is_set():
+            u.done += 1
+            self._pending -= 1
+            self._room.set()
+

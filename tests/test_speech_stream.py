@@ -1,0 +1,231 @@
+"""WS /v1/audio/speech/stream over a real socket against the real app (uvicorn + the tiny
+ChatTTS pack): the same audio as `/tts` with `split: "sentence"` whatever the text's
+fragmentation, sentence spans, several utterances per socket, barge-in freeing the slot,
+and the audio SLO metrics."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from service.live.speech_protocol import SERVER_EVENTS
+from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
+from tests.tts_server import RunningServer, serve_app
+
+TEXT = ("Hello there, this is the first sentence. A second one follows it! "
+        "Is the third a question? And the last one ends without a mark")
+TOKENS = 40
+CONFIG = {"type": "session.config", "voice": "alloy", "seed": 7, "response_format": "pcm",
+          "max_new_tokens": TOKENS}
+
+
+@pytest.fixture(scope="module")
+def server(chattts_models_dir: Path) -> Iterator[RunningServer]:  # noqa: F811
+    with serve_app(models_dir=chattts_models_dir, models="chattts", intra_op_threads=1,
+                   tts_stream_chunk_tokens=8, tts_piece_max_chars=60, warmup=False) as s:
+        yield s
+
+
+def ws_url(server: RunningServer) -> str:
+    return f"ws://{server.host}:{server.port}/v1/audio/speech/stream"
+
+
+@dataclass
+class Utterance:
+    audio: bytearray = field(default_factory=bytearray)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def read_utterance(ws: ClientConnection, end: str = "session.done") -> Utterance:
+    """Messages up to `end` (audio joined, events typed by the protocol's models)."""
+    u = Utterance()
+    while True:
+        message = ws.recv(timeout=60)
+        if isinstance(message, bytes):
+            u.audio += message
+            continue
+        event = json.loads(message)
+        SERVER_EVENTS.validate_python(event)
+        u.events.append(event)
+        if event["type"] in (end, "error"):
+            return u
+
+
+def fragments(text: str, how: str, rng: random.Random) -> list[str]:
+    if how == "whole":
+        return [text]
+    if how == "words":
+        words = text.split(" ")
+        return [w + " " for w in words[:-1]] + [words[-1]]
+    cuts = sorted(rng.sample(range(1, len(text)), rng.randint(1, len(text) // 3)))
+    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+
+
+def speak(ws: ClientConnection, parts: list[str]) -> Utterance:
+    for part in parts:
+        ws.send(json.dumps({"type": "input.text", "text": part}))
+    ws.send(json.dumps({"type": "input.done"}))
+    return read_utterance(ws)
+
+
+def offline(server: RunningServer, text: str = TEXT) -> httpx.Response:
+    r = httpx.post(server.url + "/tts", timeout=120, json={
+        "text": text, "voice": "alloy", "sampling_seed": 7, "format": "pcm",
+        "max_new_tokens": TOKENS, "split": "sentence"})
+    assert r.status_code == 200, r.text
+    return r
+
+
+def assert_same_pcm(got: bytes, want: bytes, what: str) -> None:
+    """Sample for sample, up to the decoder's documented float rounding: the streamed
+    windows and the one-shot decode differ by ~1e-7, which can flip the last bit of a
+    16-bit sample (docs/tts-api.md)."""
+    a, b = np.frombuffer(got, "<i2"), np.frombuffer(want, "<i2")
+    assert len(a) == len(b), what
+    assert int(np.max(np.abs(a.astype(np.int32) - b))) <= 1, what
+
+
+def test_any_fragmentation_gives_tts_audio_with_sentence_spans(server: RunningServer) -> None:
+    reference = offline(server)
+    pieces = int(reference.headers["x-audioserve-pieces"])
+    assert pieces == 4
+    rng = random.Random(5)
+    with connect(ws_url(server)) as ws:
+        ws.send(json.dumps(CONFIG))
+        for how in ("whole", "words", "random", "random", "random"):
+            u = speak(ws, fragments(TEXT, how, rng))
+            assert_same_pcm(bytes(u.audio), reference.content, how)
+            starts = [e for e in u.events if e["type"] == "audio.start"]
+            dones = [e for e in u.events if e["type"] == "audio.done"]
+            assert [e["sentence_index"] for e in starts] == list(range(pieces))
+            assert [e["sentence_index"] for e in dones] == list(range(pieces))
+            assert starts[0]["sentence_text"].startswith("Hello there")
+            assert dones[0]["start_sample"] == 0
+            assert dones[-1]["end_sample"] == len(u.audio) // 2
+            for a, b in itertools.pairwise(dones):  # neighbours share the crossfade
+                assert 0 < a["end_sample"] - b["start_sample"] <= 240
+            done = u.events[-1]
+            assert done["type"] == "session.done" and done["total_sentences"] == pieces
+            # protocol order per sentence: start, then done, before the next start
+            kinds = [(e["type"], e.get("sentence_index")) for e in u.events[:-1]]
+            assert kinds == [(t, i) for i in range(pieces)
+                             for t in ("audio.start", "audio.done")]
+
+
+def test_utterances_on_one_socket_are_numbered_and_reconfigurable(
+        server: RunningServer) -> None:
+    with connect(ws_url(server)) as ws:
+        ws.send(json.dumps(CONFIG))
+        first = speak(ws, ["Just one sentence here."])
+        ws.send(json.dumps({**CONFIG, "seed": 8}))
+        second = speak(ws, ["Just one sentence here."])
+        ws.send(json.dumps({"type": "input.done"}))  # nothing said: an empty utterance
+        empty = read_utterance(ws)
+        ws.send(json.dumps({"type": "session.close"}))
+        with pytest.raises(Exception):  # noqa: B017 - closed 1000 after the close
+            ws.recv(timeout=30)
+        assert ws.close_code == 1000
+    assert first.events[-1]["utterance_index"] == 0
+    assert second.events[-1]["utterance_index"] == 1
+    assert empty.events == [{"type": "session.done", "utterance_index": 2,
+                             "total_sentences": 0, "audio_s": 0.0, "first_audio_s": None,
+                             "underrun_s": 0.0}]
+    assert first.audio and second.audio and first.audio != second.audio  # seed 7 vs 8
+
+
+def test_sse_done_event_states_piece_spans(server: RunningServer) -> None:
+    body = {"model": "tts-1", "input": TEXT, "voice": "alloy", "seed": 7,
+            "response_format": "pcm", "stream_format": "sse", "split": "sentence"}
+    with httpx.stream("POST", server.url + "/v1/audio/speech", json=body, timeout=120) as r:
+        lines = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    done = lines[-1]
+    assert done["type"] == "speech.audio.done"
+    spans = done["audioserve"]["pieces"]
+    assert len(spans) == 4 and spans[0]["start_sample"] == 0
+    assert done["audioserve"]["first_audio_s"] is not None
+
+
+def test_slo_metrics_for_every_streamed_path(server: RunningServer) -> None:
+    with connect(ws_url(server)) as ws:
+        ws.send(json.dumps(CONFIG))
+        speak(ws, ["One more sentence."])
+    with httpx.stream("POST", server.url + "/tts", timeout=120, json={
+            "text": "hello", "seed": 1, "max_new_tokens": TOKENS, "stream": True}) as r:
+        r.read()
+    metrics = httpx.get(server.url + "/metrics").text
+    for path in ("ws", "http"):
+        for name in ("audioserve_tts_time_to_first_audio_seconds_count",
+                     "audioserve_tts_real_time_factor_count",
+                     "audioserve_tts_underrun_seconds_count"):
+            assert f'{name}{{path="{path}"}}' in metrics, (name, path)
+    assert 'audioserve_tts_streams_total{path="ws",result=' in metrics
+
+
+def test_barge_in_frees_the_slot_for_a_waiting_session(chattts_models_dir: Path  # noqa: F811
+                                                       ) -> None:
+    with serve_app(models_dir=chattts_models_dir, models="chattts", intra_op_threads=1,
+                   tts_stream_chunk_tokens=8, tts_max_active=1, warmup=False) as server:
+        engine = server.app.state.pipelines["chattts"].engine
+        long_text = " ".join(f"Sentence number {i} goes on for a while." for i in range(6))
+        with connect(ws_url(server)) as a:
+            a.send(json.dumps({**CONFIG, "max_new_tokens": 1500}))
+            a.send(json.dumps({"type": "input.text", "text": long_text}))
+            first = a.recv(timeout=60)
+            while not isinstance(first, bytes):
+                first = a.recv(timeout=60)
+            before = engine.stats()
+            waiting: dict[str, Utterance] = {}
+
+            def other() -> None:
+                with connect(ws_url(server)) as b:
+                    b.send(json.dumps(CONFIG))
+                    waiting["b"] = speak(b, ["The waiting session speaks."])
+
+            thread = threading.Thread(target=other)
+            thread.start()
+            while engine.scheduler.num_waiting < 2:  # A's next piece, then B's
+                threading.Event().wait(0.01)
+            assert "b" not in waiting  # B cannot start while A holds the only slot
+            a.send(json.dumps({"type": "input.cancel"}))
+            cancelled = read_utterance(a, end="audio.cancelled")
+            assert cancelled.events[-1]["utterance_index"] == 0
+            assert cancelled.events[-1]["sent_samples"] == (len(cancelled.audio)
+                                                            + len(first)) // 2
+            thread.join(timeout=120)
+            assert waiting["b"].events[-1]["type"] == "session.done"
+            assert engine.stats().aborted >= before.aborted + 1
+            # the socket stays usable, and nothing of utterance 0 follows its cancel
+            a.send(json.dumps({"type": "input.text", "text": "After the cancel."}))
+            a.send(json.dumps({"type": "input.done"}))
+            after = read_utterance(a)
+            assert {e["utterance_index"] for e in after.events} == {1}
+            assert after.audio
+        assert engine.active == 0
+
+
+def test_the_documented_client_runs(server: RunningServer, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/speech-stream.md's client, as written, against this server: the whole reply,
+    then a barge-in."""
+    doc = (Path(__file__).parents[1] / "docs" / "speech-stream.md").read_text()
+    code = doc.split("## A complete Python client")[1].split("```python\n")[1].split("```")[0]
+    code = code.replace("ws://localhost:8000", f"ws://{server.host}:{server.port}")
+    code = code.replace('"seed": 42}', '"seed": 42, "max_new_tokens": 40}')
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "speech-stream.md", "exec"), {"__name__": "doc"})
+    printed = capsys.readouterr().out
+    assert "'type': 'session.done'" in printed and "sentence 2: 'Then we restart" in printed
+    assert "'type': 'audio.cancelled'" in printed or printed.count("session.done") == 2
+    assert (tmp_path / "reply.pcm").stat().st_size > 0

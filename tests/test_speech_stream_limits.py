@@ -1,0 +1,178 @@
+"""WS /v1/audio/speech/stream under bad and hostile clients, over a real socket: the API
+key and origins (as the live-analysis socket), bad messages, every limit (sessions,
+message size, text per utterance and per session, config and idle time, pending
+sentences, a client that stops reading) -> an `error` event and its close code, never a
+crash."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from service.live.protocol import PROTOCOL
+from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
+from tests.test_speech_stream import CONFIG, read_utterance, speak, ws_url
+from tests.tts_server import RunningServer, serve_app
+
+KEY = "s3cret-key"
+ORIGIN = "https://app.example"
+AUTH = {"additional_headers": {"Authorization": f"Bearer {KEY}"}}
+
+
+@pytest.fixture(scope="module")
+def server(chattts_models_dir: Path) -> Iterator[RunningServer]:  # noqa: F811
+    with serve_app(models_dir=chattts_models_dir, models="chattts", intra_op_threads=1,
+                   warmup=False, api_key=KEY, live_allowed_origins=ORIGIN,
+                   tts_stream_chunk_tokens=8, tts_piece_max_chars=60,
+                   tts_ws_max_sessions=2, tts_ws_max_utterance_chars=200,
+                   tts_ws_max_session_chars=300, tts_ws_max_message_bytes=1024,
+                   tts_ws_config_timeout_s=1.0, tts_ws_idle_timeout_s=1.0,
+                   tts_ws_max_pending_sentences=2) as s:
+        yield s
+
+
+def refused(ws: ClientConnection) -> tuple[dict[str, Any], int | None]:
+    """The error event, then the close code."""
+    while True:
+        message = ws.recv(timeout=30)
+        if isinstance(message, str) and json.loads(message)["type"] == "error":
+            event = json.loads(message)
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=30)
+            return event, ws.close_code
+
+
+def session(server: RunningServer, *messages: str | bytes) -> tuple[dict[str, Any], int | None]:
+    with connect(ws_url(server), **AUTH) as ws:  # type: ignore[arg-type]
+        for m in messages:
+            try:
+                ws.send(m)
+            except ConnectionClosed:  # closed by an error on an earlier message
+                break
+        return refused(ws)
+
+
+def text(t: str) -> str:
+    return json.dumps({"type": "input.text", "text": t})
+
+
+def test_key_and_origin_are_checked_as_on_the_live_socket(server: RunningServer) -> None:
+    with pytest.raises(InvalidStatus) as no_key:
+        connect(ws_url(server))
+    assert no_key.value.response.status_code == 401
+    with pytest.raises(InvalidStatus) as bad_origin:
+        connect(ws_url(server), origin="https://evil.example", **AUTH)  # type: ignore[arg-type]
+    assert bad_origin.value.response.status_code == 403
+    with connect(ws_url(server), origin=ORIGIN,  # type: ignore[arg-type]
+                 subprotocols=[PROTOCOL, f"bearer.{KEY}"]) as ws:  # a browser's way
+        assert ws.subprotocol == PROTOCOL
+        ws.send(json.dumps(CONFIG))
+        assert speak(ws, ["Allowed."]).events[-1]["type"] == "session.done"
+
+
+@pytest.mark.parametrize(("messages", "code", "close"), [
+    ([text("hi")], "invalid_message", 4400),  # config must come first
+    (["{not json"], "invalid_message", 4400),
+    ([json.dumps({"type": "audio.start"})], "invalid_message", 4400),
+    ([json.dumps({**CONFIG, "surprise": 1})], "invalid_message", 4400),
+    ([b"\x00\x01"], "invalid_message", 4400),
+    ([json.dumps({**CONFIG, "voice": "nobody-knows-me"})], "invalid_config", 4400),
+    ([json.dumps({**CONFIG, "model": "whisper-1"})], "invalid_config", 4400),
+    ([json.dumps(CONFIG), text("half a sentence"), json.dumps(CONFIG)],
+     "invalid_message", 4400),  # a config inside an utterance
+    ([json.dumps(CONFIG), text("x" * 2000)], "message_too_large", 1009),
+    ([json.dumps(CONFIG), *[text("word " * 30)] * 2], "text_too_long", 1009),
+])
+def test_bad_messages_get_an_error_and_a_close_code(
+        server: RunningServer, messages: list[str | bytes], code: str, close: int) -> None:
+    event, close_code = session(server, *messages)
+    assert event["code"] == code, event
+    assert close_code == close
+    assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+def test_session_text_is_bounded_across_utterances(server: RunningServer) -> None:
+    with connect(ws_url(server), **AUTH) as ws:  # type: ignore[arg-type]
+        ws.send(json.dumps({**CONFIG, "max_new_tokens": 4}))
+        for _ in range(2):
+            speak(ws, ["a sentence of some length, " * 5])
+        ws.send(text("a sentence of some length, " * 5))
+        event, close = refused(ws)
+    assert event["code"] == "text_too_long" and "SESSION_CHARS" in event["message"]
+    assert close == 1009
+
+
+def test_config_and_idle_time_are_bounded(server: RunningServer) -> None:
+    assert session(server)[0]["code"] == "config_timeout"
+    with connect(ws_url(server), **AUTH) as ws:  # type: ignore[arg-type]
+        ws.send(json.dumps({**CONFIG, "max_new_tokens": 4}))
+        speak(ws, ["Done, then quiet."])
+        event, close = refused(ws)
+    assert event["code"] == "idle_timeout" and close == 1008
+    with connect(ws_url(server), **AUTH) as ws:  # type: ignore[arg-type]
+        ws.send(json.dumps(CONFIG))
+        ws.send(text("half a sentence, then nothing"))  # an open utterance, no sentence
+        event, close = refused(ws)
+    assert event["code"] == "idle_timeout" and close == 1008
+
+
+def test_sessions_are_counted(server: RunningServer) -> None:
+    with connect(ws_url(server), **AUTH) as a, \
+            connect(ws_url(server), **AUTH) as b:  # type: ignore[arg-type]
+        for ws in (a, b):
+            ws.send(json.dumps(CONFIG))
+        event, close = session(server)
+        assert event["code"] == "too_many_sessions" and close == 1013
+        assert speak(a, ["Still served."]).events[-1]["type"] == "session.done"
+
+
+def test_pending_sentences_wait_as_text_and_all_arrive(server: RunningServer) -> None:
+    sentences = [f"Sentence {i}." for i in range(6)]
+    with connect(ws_url(server), **AUTH) as ws:  # type: ignore[arg-type]
+        ws.send(json.dumps({**CONFIG, "max_new_tokens": 8}))
+        u = speak(ws, [" ".join(sentences)])
+    assert [e["sentence_text"] for e in u.events if e["type"] == "audio.start"] == sentences
+
+
+def test_a_client_that_stops_reading_loses_its_generation(
+        chattts_models_dir: Path) -> None:  # noqa: F811
+    with serve_app(send_buffer_bytes=8192, models_dir=chattts_models_dir, models="chattts",
+                   intra_op_threads=1, warmup=False, tts_stream_chunk_tokens=8,
+                   tts_stream_buffer_tokens=16, tts_stream_stall_timeout_s=1.0) as server:
+        engine = server.app.state.pipelines["chattts"].engine
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the handshake
+        sock.connect((server.host, server.port))
+        with connect(ws_url(server), sock=sock, max_queue=1) as ws:
+            ws.send(json.dumps({**CONFIG, "max_new_tokens": 2000}))
+            ws.send(text("A long sentence that will not be read. " * 8))
+            ws.send(json.dumps({"type": "input.done"}))
+            closed = server.app.state.metrics.tts_ws_closed
+            deadline = time.monotonic() + 60
+            while (closed.labels("slow_reader")._value.get() < 1
+                   and time.monotonic() < deadline):
+                time.sleep(0.05)
+            assert closed.labels("slow_reader")._value.get() == 1
+            while engine.active and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert engine.active == 0  # its sequences are gone, not generated to the end
+            stats = engine.stats()
+            assert stats.paused + stats.aborted >= 1
+        with connect(ws_url(server)) as ws:  # the server serves the next one
+            ws.send(json.dumps({**CONFIG, "max_new_tokens": 4}))
+            assert read_utterance_after(ws)
+
+
+def read_utterance_after(ws: ClientConnection) -> bool:
+    ws.send(text("Next."))
+    ws.send(json.dumps({"type": "input.done"}))
+    return read_utterance(ws).events[-1]["type"] == "session.done"
