@@ -5,7 +5,7 @@ follows on CPU.
     python -m bench.bench_clap_features                       # tiny pack (built if missing)
     python -m bench.bench_clap_features --pack models/clap-random-real --provider cuda
 
-Each round runs the same B windows both ways: host = `service.clap_features.log_mel` per
+Each round runs the same B windows both ways: host = `service.audio.clap_features.log_mel` per
 window + the `audio` graph; graph = the `audio_waveform` graph on the padded windows.
 CPU ms is process CPU time (all threads); with one ORT thread on CPU it equals wall time,
 which is how the service runs its CPU batch workers.
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service import clap_features as cf
-from service.packs import ModelPack, load_pack
-from service.runtime import GraphRunner, RuntimeConfig, open_graph
+from service.audio import clap_features as cf
+from service.runtime.packs import ModelPack, load_pack
+from service.runtime.sessions import GraphRunner, RuntimeConfig, open_graph
 
 
 def _windows(cfg: cf.MelConfig, count: int) -> list[np.ndarray]:

@@ -31,7 +31,7 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.audio import decode_audio
+from service.audio.decode import decode_audio
 from tests.audio_fixtures import make_tone, write_audio
 
 FORMATS = ("wav", "flac", "ogg_vorbis", "opus", "mp3", "m4a", "aac_adts", "webm_opus")

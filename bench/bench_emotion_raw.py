@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.packs import load_pack
-from service.runtime import GraphRunner, RuntimeConfig, create_session
+from service.runtime.packs import load_pack
+from service.runtime.sessions import GraphRunner, RuntimeConfig, create_session
 
 BATCHES = (1, 4, 8)
 CLIP_S = 5.0

@@ -1,4 +1,4 @@
-"""Pinned malloc thresholds vs glibc's defaults, side by side (service/allocator.py).
+"""Pinned malloc thresholds vs glibc's defaults, side by side (service/runtime/allocator.py).
 
 Starts `python -m service` with the CLAP pack alone, twice per round (pinned, default),
 and loads /classify with wrk at one concurrency. Per configuration it prints requests/s,

@@ -15,8 +15,8 @@ import argparse
 from pathlib import Path
 
 from bench.raw_ceiling import ceiling
-from service.models import cpu_cores
-from service.packs import load_pack
+from service.pipelines.loader import cpu_cores
+from service.runtime.packs import load_pack
 
 
 def main() -> None:

@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from batcher.steps import Admission, StepConfig
-from service.metrics import Metrics
-from service.packs import ModelPack, load_pack
 from service.pipelines.base import LoadContext
-from service.runtime import RuntimeConfig
+from service.runtime.metrics import Metrics
+from service.runtime.packs import ModelPack, load_pack
+from service.runtime.sessions import RuntimeConfig
 from service.settings import Settings
 from service.tts.engine import EngineConfig, GenerationEngine, KVCacheKind
 from service.tts.jobs import GenerationJob, PassKind

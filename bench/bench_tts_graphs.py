@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from service.packs import ModelPack, load_pack
-from service.runtime import RuntimeConfig, create_session
+from service.runtime.packs import ModelPack, load_pack
+from service.runtime.sessions import RuntimeConfig, create_session
 
 TOKEN_SECONDS = 512 / 24000
 BATCHES = (1, 2, 4, 8)

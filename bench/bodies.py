@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from service.clap_features import window_starts
+from service.audio.clap_features import window_starts
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH_DIR = REPO.parent / "shared" / "data" / "speech"

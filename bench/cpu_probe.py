@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # the app (onnxruntime): imported once the command line is re
     from service.settings import Settings
 
 PROBES: dict[str, list[tuple[str, str]]] = {
-    "ort": [("service.runtime", "GraphRunner.run"), ("service.tts.model", "TTSGraphs.gpt_bound")],
+    "ort": [("service.runtime.sessions", "GraphRunner.run"),
+            ("service.tts.model", "TTSGraphs.gpt_bound")],
     "decode": [("service.pipelines.clap", "decode_audio"),
                ("service.pipelines.emotion2vec", "decode_audio")],
     "features": [("service.pipelines.clap", "ClapPipeline.prepare_samples"),

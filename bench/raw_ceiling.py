@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import bench_clap_raw, bench_emotion_raw
-from service.packs import load_pack
-from service.runtime import GraphRunner, RuntimeConfig, create_session
+from service.runtime.packs import load_pack
+from service.runtime.sessions import GraphRunner, RuntimeConfig, create_session
 
 
 @dataclass(frozen=True)

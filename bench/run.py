@@ -153,8 +153,8 @@ def commit() -> str:
 def resolve_parallelism(args: argparse.Namespace) -> None:
     """Fix --workers and --threads to what the service would choose on this machine, so the
     service, the raw ceiling and the peers all run the same parallelism."""
-    from service.models import parallelism
-    from service.runtime import resolve_provider
+    from service.pipelines.loader import parallelism
+    from service.runtime.sessions import resolve_provider
     from service.settings import Settings
 
     settings = Settings(_env_file=None, batch_workers=args.workers,

@@ -229,7 +229,7 @@ def _write_pack(model: ClapModel, tok: Any, extractor: ClapFeatureExtractor, out
         "bos_token_id": tok_info.bos_token_id,
         "eos_token_id": tok_info.eos_token_id,
         "embed_dim": int(model.config.projection_dim),
-        # fused: one [4, frames, mels] item per clip (see service/clap_features.py)
+        # fused: one [4, frames, mels] item per clip (see service/audio/clap_features.py)
         "fusion": fused,
     }
     audio_entry = graph_entry(AUDIO_GRAPH, FUSED_AUDIO_INPUTS if fused else ["input_features"],

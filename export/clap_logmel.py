@@ -25,7 +25,7 @@ path. The front-end therefore stays outside fp16/int8 conversion: the waveform g
 precision is this front-end put in front of that precision's audio graph
 (`compose_waveform_graph`), so its HTSAT part is the very graph the host path runs.
 
-Fused checkpoints: their item is 4 mel maps (see service/clap_features.py). The fused
+Fused checkpoints: their item is 4 mel maps (see service/audio/clap_features.py). The fused
 front-end takes the 10 s window and, per row, either tiles its log-mel 4 times (a clip of
 at most 10 s) or passes the host's 4 maps through (a longer clip's shrunk mel + crops,
 which need the whole clip), chosen by `use_waveform`.

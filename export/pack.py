@@ -1,4 +1,4 @@
-"""Writing model packs: manifest.json in the format `service/packs.py` reads."""
+"""Writing model packs: manifest.json in the format `service/runtime/packs.py` reads."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1  # must equal service.packs.FORMAT_VERSION (a test checks it)
+FORMAT_VERSION = 1  # must equal service.runtime.packs.FORMAT_VERSION (a test checks it)
 MANIFEST = "manifest.json"
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from service import clap_features as cf
-from service.audio import decode_audio
-from service.packs import ModelPack
+from service.audio import clap_features as cf
+from service.audio.decode import decode_audio
 from service.pipelines.clap_text import PromptTokenizer
+from service.runtime.packs import ModelPack
 
 Feed = dict[str, np.ndarray]
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm"}

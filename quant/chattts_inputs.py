@@ -20,8 +20,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from service.packs import ModelPack
-from service.runtime import RuntimeConfig, create_session
+from service.runtime.packs import ModelPack
+from service.runtime.sessions import RuntimeConfig, create_session
 
 Feed = dict[str, np.ndarray]
 STEPS = 16
@@ -82,7 +82,7 @@ def gpt_prefill_feeds(pack: ModelPack, prompts: list[str]) -> Feed:
 
 @lru_cache(maxsize=2)
 def _prefill_hidden(root: Path, prompts: tuple[str, ...]) -> np.ndarray:
-    from service.packs import load_pack
+    from service.runtime.packs import load_pack
 
     pack = load_pack(root)
     return _out(_session(pack, "gpt"), gpt_prefill_feeds(pack, list(prompts)), "hidden")

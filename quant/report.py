@@ -9,7 +9,7 @@ for logits the top-1 agreement. Batch invariance compares an item alone with the
 inside the batch of 8 at the same precision (fp32's own figure is the floor). Task-level
 agreement: CLAP's zero-shot top-1 label (every audio item against every prompt), and for
 ChatTTS greedy code agreement over a few GPT steps. Sessions are the service's own
-(`service.runtime.create_session`) on CPU.
+(`service.runtime.sessions.create_session`) on CPU.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from quant.chattts_inputs import (
     greedy_codes,
 )
 from quant.recipes import Compare, pad_values, recipe
-from service.packs import ModelPack, load_pack
-from service.runtime import RuntimeConfig, create_session
+from service.runtime.packs import ModelPack, load_pack
+from service.runtime.sessions import RuntimeConfig, create_session
 
 BATCH = 8
 REPORT_SEED = 1  # calibration defaults to seed 0: report on other inputs

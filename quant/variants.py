@@ -28,7 +28,7 @@ from export.pack import read_manifest, update_manifest
 from quant import fp16, int8
 from quant.calibration import AudioSource, ItemReader, graph_items, items_hash
 from quant.recipes import Method, recipe
-from service.packs import ModelPack, load_pack
+from service.runtime.packs import ModelPack, load_pack
 
 log = logging.getLogger("audioserve.quant")
 

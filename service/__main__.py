@@ -36,11 +36,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
     from service.app import create_app
+    from service.edge.server import ServiceServer, uvicorn_config
     from service.errors import PackError
     from service.logs import configure_logging
-    from service.models import packs_to_load
-    from service.runtime import resolve_provider
-    from service.server import ServiceServer, uvicorn_config
+    from service.pipelines.loader import packs_to_load
+    from service.runtime.sessions import resolve_provider
 
     configure_logging(settings.log_level)
     try:  # what would fail the app's start-up, as one line instead of a traceback

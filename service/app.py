@@ -13,19 +13,25 @@ from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.admission import AdmissionGate, CpuWorkers
-from service.allocator import pin_malloc_thresholds
+from service.edge.middleware import AuthMiddleware, HeadAsGetMiddleware, RequestContextMiddleware
+from service.edge.read_limits import BodyBudget, BodyLimit, ReadLimitsMiddleware, ReadTimeouts
 from service.errors import error_formatters, install_handlers
-from service.metrics import Metrics
-from service.middleware import AuthMiddleware, HeadAsGetMiddleware, RequestContextMiddleware
-from service.models import ModelLoader, packs_to_load
-from service.openapi import install_openapi
-from service.packs import ModelPack
-from service.read_limits import BodyBudget, BodyLimit, ReadLimitsMiddleware, ReadTimeouts
-from service.replicas import ReplicaHeaderMiddleware
-from service.seam import LocalSeam, Seam
+from service.pipelines.loader import ModelLoader, packs_to_load
+from service.routes.openapi import install_openapi
+from service.routes.web import (
+    DOCS_ASSETS_PREFIX,
+    SWAGGER_UI_PARAMETERS,
+    UI_PREFIX,
+    add_docs,
+    add_page,
+)
+from service.runtime.admission import AdmissionGate, CpuWorkers
+from service.runtime.allocator import pin_malloc_thresholds
+from service.runtime.metrics import Metrics
+from service.runtime.packs import ModelPack
+from service.seam.handoff import LocalSeam, Seam
+from service.seam.replicas import ReplicaHeaderMiddleware
 from service.settings import MODEL_NAMES, Settings
-from service.web import DOCS_ASSETS_PREFIX, SWAGGER_UI_PARAMETERS, UI_PREFIX, add_docs, add_page
 
 log = logging.getLogger("audioserve")
 
@@ -43,7 +49,7 @@ DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.js
 
 def create_app(settings: Settings | None = None, seam: Seam | None = None,
                packs: list[ModelPack] | None = None) -> FastAPI:
-    """`seam`: where the models run (`service.seam`); default: in this process. `packs`:
+    """`seam`: where the models run (`service.seam.handoff`); default: in this process. `packs`:
     the packs to serve, already checked (`packs_to_load`); default: checked at start-up."""
     settings = settings or Settings()
     metrics = Metrics()
@@ -69,7 +75,7 @@ def create_app(settings: Settings | None = None, seam: Seam | None = None,
             cpu.shutdown()
 
     # Swagger UI's and ReDoc's files served by the app (fastapi-offline): /docs, /redoc
-    # work offline (service/web.py)
+    # work offline (service/routes/web.py)
     app = FastAPIOffline(title="audioserve", version="0.1.0", lifespan=lifespan,
                          docs_url=None, redoc_url=None, static_url=DOCS_ASSETS_PREFIX,
                          swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
@@ -101,7 +107,7 @@ def create_app(settings: Settings | None = None, seam: Seam | None = None,
                        budget=BodyBudget(settings.max_body_bytes_in_flight))
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
-    app.add_middleware(ReplicaHeaderMiddleware)  # X-Audioserve-Replica (service/replicas.py)
+    app.add_middleware(ReplicaHeaderMiddleware)  # X-Audioserve-Replica (service/seam/replicas.py)
     _add_health_routes(app)
     add_docs(app)
     if settings.ui:  # the web page: public, it asks for the API key on a 401
@@ -133,7 +139,7 @@ def public_paths(settings: Settings) -> Callable[[str], bool]:
 
 def body_limits(settings: Settings) -> Callable[[str], BodyLimit]:
     """Uploads may carry `max_upload_bytes` of audio (base64 JSON adds a third; the
-    exact audio limit is checked in service.uploads); every other body is small JSON."""
+    exact audio limit is checked in service.routes.uploads); every other body is small JSON."""
     upload = BodyLimit(settings.max_upload_bytes * 4 // 3 + _JSON_OVERHEAD_BYTES,
                        "AUDIOSERVE_MAX_UPLOAD_BYTES sets the audio part; base64 JSON "
                        "adds a third")

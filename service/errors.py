@@ -96,7 +96,7 @@ class PackError(RuntimeError):
 
 
 class ReadLimitExceeded(Exception):
-    """A request body over a reading limit (service.read_limits). Not an ApiError on
+    """A request body over a reading limit (service.edge.read_limits). Not an ApiError on
     purpose: it is answered by the middleware that owns the limit, at once and without
     reading more of the body, never by a route's handler."""
 
@@ -161,7 +161,7 @@ def to_api_error(exc: Exception) -> ApiError | None:
 
 ABORT_EXTENSION = "audioserve.abort"
 """`scope["extensions"][ABORT_EXTENSION]()` drops the connection at once (TCP reset, the
-unsent buffer discarded); the server (service.server) puts it in every request's scope. A
+unsent buffer discarded); the server (service.edge.server) puts it in every request's scope. A
 response given up on a client that stopped reading calls it: a plain close waits for that
 client to read the megabytes already queued, so its connection would stay open, counted
 against the connection cap, for as long as it likes."""

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     high-water mark forever (reached at start-up by the warm-up at every batch size);
     turn it off where steady memory matters more than speed."""
     pin_malloc_thresholds: bool = True
-    """Pin glibc malloc's mmap and trim thresholds at start-up (service/allocator.py), so
+    """Pin glibc malloc's mmap and trim thresholds at start-up (service/runtime/allocator.py), so
     per-request arrays of a few MB reuse freed heap instead of a fresh mmap each, and cap
     malloc arenas at 2 (CLAP alone, 2 cores: 1.38-1.53x req/s, bench/results/malloc.md).
     False: glibc's defaults."""
@@ -233,7 +233,7 @@ class Settings(BaseSettings):
     Empty: none, so the logged client address is the socket's and cannot be forged. Set
     it to the proxy's address (e.g. `127.0.0.1` behind a local nginx)."""
 
-    # -- reading requests (service/server.py, service/read_limits.py) -------------------
+    # -- reading requests (service/edge/server.py, service/edge/read_limits.py) -------------------
     max_connections: int = Field(1024, ge=1)
     """Open connections; one more is answered 503 + Retry-After and closed."""
     header_timeout_s: float = Field(10.0, gt=0)
@@ -264,7 +264,7 @@ class Settings(BaseSettings):
     /embed/text); the upload routes take `max_upload_bytes` of audio."""
     max_body_bytes_in_flight: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
     """Bytes of request bodies read or held at once, process-wide, taken by Content-Length
-    before reading (service/read_limits.py): no room -> 503 + Retry-After, a body larger
+    before reading (service/edge/read_limits.py): no room -> 503 + Retry-After, a body larger
     than all of it -> 413. Keep it above the largest body a route takes (a base64 JSON
     upload of AUDIOSERVE_MAX_UPLOAD_BYTES is 4/3 of it)."""
     json_max_containers: int = Field(10_000, ge=16)
@@ -306,7 +306,7 @@ class Settings(BaseSettings):
     `*`: any; empty: only pages served by this server. Clients that send no Origin
     header (not browsers) are not affected."""
 
-    # -- web page (service/web.py) ------------------------------------------------------
+    # -- web page (service/routes/web.py) ------------------------------------------------------
     ui: bool = True
     """Serve the page at `/` (assets under `/ui/`); False: `/` is 404. `/docs` and
     `/redoc` are served either way."""

@@ -1,6 +1,6 @@
 """Audio files made in the test, in every format uploads come in, plus broken ones.
 
-Written with soundfile and PyAV directly (not with `service.audio_encode`), so the decoder
+Written with soundfile and PyAV directly (not with `service.audio.encode`), so the decoder
 tests do not depend on the service's own encoder. Reused by the endpoint tests (CLAP,
 emotion): `write_audio(make_tone(1.0), 48000, "mp3")` gives bytes to post.
 """

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from service.packs import ModelPack, load_pack
+from service.runtime.packs import ModelPack, load_pack
 from tests.tools import require_module
 
 SHARED_CHATTTS_TOKENIZER = (

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.packs import ModelPack, load_pack
+from service.runtime.packs import ModelPack, load_pack
 
 SR = 48_000
 WINDOW = 10 * SR

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.packs import ModelPack, load_pack
+from service.runtime.packs import ModelPack, load_pack
 from tests.tools import require_module
 
 SR = 16_000

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from batcher import DeadlineExceeded, Overloaded
-from service import admission
-from service.admission import AdmissionGate, CpuWorkers, deadline_scope, request_deadline
+from service.runtime import admission
+from service.runtime.admission import AdmissionGate, CpuWorkers, deadline_scope, request_deadline
 from tests.clap_fixtures import make_clip, wav_bytes
 from tests.conftest import running_app
 
@@ -52,7 +52,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(admission, "time", fake)  # service.admission's `time` only
+    monkeypatch.setattr(admission, "time", fake)  # service.runtime.admission's `time` only
     return fake
 
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
 import resource, sys
 import numpy as np
-from service.allocator import pin_malloc_thresholds
+from service.runtime.allocator import pin_malloc_thresholds
 
 if sys.argv[1] == "pinned":
     assert pin_malloc_thresholds()

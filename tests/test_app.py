@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service import models
 from service.app import create_app
 from service.errors import PackError
+from service.pipelines import loader as models
 from service.settings import Settings
 from tests.conftest import running_app, wait_ready, wait_until
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.audio import MAX_CHANNELS, DecodedAudio, decode_audio
+from service.audio.decode import MAX_CHANNELS, DecodedAudio, decode_audio
 from service.errors import ApiError, InvalidInput, PayloadTooLarge, UnsupportedMedia
 from tests.audio_fixtures import (
     make_tone,
@@ -213,7 +213,7 @@ def test_decoding_work_is_bounded_above_96_khz() -> None:
 
 def test_streamed_resampling_equals_one_call() -> None:
     """Block-by-block soxr gives the samples one soxr call gives."""
-    from service.audio import resample
+    from service.audio.decode import resample
 
     tone = make_tone(7.3, rate=44_100, channels=1)
     decoded = decode_audio(write_audio(tone, 44_100, "wav"), target_rate=48_000,

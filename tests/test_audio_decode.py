@@ -1,4 +1,4 @@
-"""service.audio.decode_audio on real files in every upload format, made in the test."""
+"""service.audio.decode.decode_audio on real files in every upload format, made in the test."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.audio import decode_audio, is_silent, require_audible, resample, rms_dbfs
+from service.audio.decode import decode_audio, is_silent, require_audible, resample, rms_dbfs
 from service.errors import InvalidInput, PayloadTooLarge
 from tests.audio_fixtures import FORMATS, LOSSLESS, best_lag, compare, make_tone, write_audio
 

@@ -1,4 +1,4 @@
-"""service.audio_encode: every format round-trips through the decoder; streaming output
+"""service.audio.encode: every format round-trips through the decoder; streaming output
 plays like the one-shot file; overshoots clip instead of wrapping."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.audio import decode_audio
-from service.audio_encode import (
+from service.audio.decode import decode_audio
+from service.audio.encode import (
     MEDIA_TYPES,
     AudioFormat,
     StreamingEncoder,

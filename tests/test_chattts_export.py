@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.packs import ModelPack
+from service.runtime.packs import ModelPack
 from tests.chattts_fixtures import shared_tokenizer_dir, tiny_modules
 
 pytest.importorskip("ChatTTS", reason="chattts not installed (export/install_chattts.sh)")

@@ -13,8 +13,8 @@ from tokenizers import Tokenizer
 
 from export import clap as export_clap
 from export import clap_tokenizer
-from service.packs import ModelPack, load_pack
 from service.pipelines.clap_text import PromptTokenizer
+from service.runtime.packs import ModelPack, load_pack
 from tests.clap_fixtures import (
     SR,
     WINDOW,

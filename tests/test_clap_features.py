@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import clap_features as cf
-from service.audio import decode_audio
-from service.packs import ModelPack
+from service.audio import clap_features as cf
+from service.audio.decode import decode_audio
+from service.runtime.packs import ModelPack
 from tests.clap_fixtures import (
     SR,
     WINDOW,

@@ -12,8 +12,8 @@ import torch
 
 from export import clap as export_clap
 from export.clap_fused import reference_embeds
-from service import clap_features as cf
-from service.packs import load_pack
+from service.audio import clap_features as cf
+from service.runtime.packs import load_pack
 from tests.clap_fixtures import SR, extractor_from_pack, make_clip, middle_choice, wav_bytes
 from tests.conftest import running_app
 

@@ -14,10 +14,10 @@ import onnxruntime as ort
 import pytest
 
 from export.clap_waveform import CUDA_KERNELS, FRONT_END_PREFIX, LOG_MEL, log_mel_output
-from service import clap_features as cf
-from service.audio import decode_audio
+from service.audio import clap_features as cf
+from service.audio.decode import decode_audio
 from service.errors import PackError
-from service.packs import ModelPack, load_pack
+from service.runtime.packs import ModelPack, load_pack
 from tests.clap_fixtures import SR, extractor_from_pack, make_clip, wav_bytes
 from tests.conftest import SHARED_DATA, running_app
 

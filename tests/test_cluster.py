@@ -364,7 +364,7 @@ def test_reading_limits_hold_behind_haproxy(cluster: RayAudioserve) -> None:
 
 def test_the_connection_edge_holds_behind_haproxy(cluster: RayAudioserve) -> None:
     """Issue 21's connection classes through HAProxy, whose ingress replicas' uvicorn reads
-    with this service's protocol too (service.server.serve_auto_as_guarded): connections
+    with this service's protocol too (service.edge.server.serve_auto_as_guarded): connections
     holding bodies nobody reads are closed; a trailer never reaches the app; the field cap
     is the ingress's (431 JSON; Ray's plain uvicorn has none); HEAD answers like GET; no
     redirect is built from Host."""

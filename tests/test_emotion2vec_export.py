@@ -15,7 +15,7 @@ import torch
 from export import emotion2vec as exp
 from export.emotion2vec_model import Emotion2vec
 from export.pack import read_manifest
-from service.packs import ModelPack
+from service.runtime.packs import ModelPack
 from tests.emotion2vec_fixtures import (  # noqa: F401  (fixtures)
     emotion_models_dir,
     emotion_pack,

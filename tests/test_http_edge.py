@@ -1,4 +1,4 @@
-"""The HTTP edge over a real socket (service/server.py): every connection state has a bound.
+"""The HTTP edge over a real socket (service/edge/server.py): every connection state has a bound.
 
 Unread bodies are closed after a linger (no number of them denies /healthz), pipelining
 is taken in one request at a time, a response nobody reads is dropped by the write
@@ -23,7 +23,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from bench.hostile import read_response
-from service.server import bound_socket, guarded_protocol, uvicorn_config
+from service.edge.server import bound_socket, guarded_protocol, uvicorn_config
 from service.settings import Settings
 from tests.tts_server import RunningServer, serve_app
 

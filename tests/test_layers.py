@@ -47,12 +47,6 @@ FORBIDDEN = {
 }
 RAY_ONLY_IN = "service.cluster"
 
-# BEGIN pending re-layout (issue 22: the re-layout script deletes this block)
-RELAYOUT_PENDING = True
-"""Until the re-layout moves service/'s loose modules into their layers' folders, they lie
-in no layer: the layer checks pass over them, and the check that every module has one
-is skipped."""
-# END pending re-layout
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -166,8 +166,8 @@ def test_encoded_streams_decode_as_uploads_do(
         live_server: RunningServer, fmt: str, speech_files: list[Path]) -> None:  # noqa: F811
     """Ogg/Opus and WebM/Opus decoded as they arrive: each utterance's scores equal
     /emotion of the same span of the whole file as the upload decoder decodes it."""
-    from service.audio import decode_audio
-    from service.audio_encode import encode_audio
+    from service.audio.decode import decode_audio
+    from service.audio.encode import encode_audio
 
     stream48 = speech_stream(speech_files, count=2)
     data = (encode_audio(stream48.astype(np.float32) / 32768, 48_000, "opus") if fmt == "ogg"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.audio import decode_audio
+from service.audio.decode import decode_audio
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
 from tests.tools import require_module
 from tests.tts_server import RunningServer, serve_app

@@ -15,7 +15,7 @@ import soundfile as sf
 from quant.__main__ import main as quant_main
 from quant.calibration import AudioSource, graph_items
 from quant.report import batch_invariance
-from service.packs import load_pack
+from service.runtime.packs import load_pack
 from tests.conftest import running_app
 from tests.tools import require_module
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.packs import ModelPack
-from service.runtime import GraphRunner, RuntimeConfig, open_graph
+from service.runtime.packs import ModelPack
+from service.runtime.sessions import GraphRunner, RuntimeConfig, open_graph
 
 pytest_plugins = ("tests.emotion2vec_fixtures",)
 

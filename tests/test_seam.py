@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from batcher import Overloaded
-from service.seam import LocalEngine, LocalQueue
+from service.seam.handoff import LocalEngine, LocalQueue
 from service.tts.engine import GenerationEngine
 from tests.clap_fixtures import clap_models_dir, make_clip, wav_bytes  # noqa: F401
 from tests.conftest import running_app

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
-from service.audio import decode_audio
+from service.audio.decode import decode_audio
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
 from tests.conftest import HANG_S, running_app
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from batcher.steps import FinishReason, SeqStatus, StepConfig
-from service.packs import load_pack
-from service.runtime import RuntimeConfig
+from service.runtime.packs import load_pack
+from service.runtime.sessions import RuntimeConfig
 from service.tts.engine import EngineConfig, GenerationEngine, KVCacheKind
 from service.tts.jobs import EngineStats, GenerationJob, GenerationResult, PassKind
 from service.tts.model import TTSGraphs
@@ -270,9 +270,9 @@ def test_whole_service_pipeline_matches_the_package(
 ) -> None:
     """Text and speaker string in, as a client sends them: the service's normaliser, prompt,
     speaker decoding, engine, decode batcher and post-processing against upstream."""
-    from service.metrics import Metrics
     from service.pipelines.base import LoadContext
     from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest, peak_limit
+    from service.runtime.metrics import Metrics
     from service.settings import Settings
 
     settings = Settings(_env_file=None, warmup=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.packs import ModelPack
+from service.runtime.packs import ModelPack
 from service.tts.speaker import (
     SpeakerStats,
     decode_spk_emb,

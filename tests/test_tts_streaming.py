@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.audio import decode_audio
+from service.audio.decode import decode_audio
 from service.tts.streaming import (
     RunningLimiter,
     Stitcher,

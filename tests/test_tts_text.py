@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from service.packs import ModelPack
+from service.runtime.packs import ModelPack
 from service.tts.text import (
     Language,
     PromptBuilder,

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.web import DOCS_ASSETS_PREFIX
+from service.routes.web import DOCS_ASSETS_PREFIX
 from tests.tts_server import RunningServer, serve_app
 from tests.ui_browser import LOCAL_NAME, Browser, chromium, problems_in, require_browser
 

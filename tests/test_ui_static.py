@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.web import DOCS_ASSETS_PREFIX, STATIC_DIR, UI_PREFIX
+from service.routes.web import DOCS_ASSETS_PREFIX, STATIC_DIR, UI_PREFIX
 from tests.conftest import running_app
 
 REPO = Path(__file__).resolve().parents[1]

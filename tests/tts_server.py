@@ -1,7 +1,7 @@
 """The real app served by uvicorn on 127.0.0.1 (a free port) in a thread, for tests that
 need a real HTTP connection: chunked streaming, a client closing the socket, slow
 clients, the openai client. The server is configured exactly as `python -m service`
-configures it (service.server.uvicorn_config).
+configures it (service.edge.server.uvicorn_config).
 `with serve_app(models_dir=..., ...) as server: httpx.get(server.url + ...)`."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
-from service.server import bound_socket, uvicorn_config
+from service.edge.server import bound_socket, uvicorn_config
 from service.settings import Settings
 
 

@@ -178,7 +178,7 @@ def quantize(check: Check, packs: dict[str, Path], precision: str) -> None:
 
 
 def _precisions(pack_dir: Path) -> list[str]:
-    from service.packs import load_pack
+    from service.runtime.packs import load_pack
 
     return load_pack(pack_dir).common_precisions()
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from service import clap_features as cf
-from service.packs import ModelPack, load_pack
-from service.runtime import CUDA, RuntimeConfig, create_session
+from service.audio import clap_features as cf
+from service.runtime.packs import ModelPack, load_pack
+from service.runtime.sessions import CUDA, RuntimeConfig, create_session
 
 EMBED_BAR = {"fp32": 1e-4, "fp16": 2e-3, "int8": 2e-3}
 """Graph vs host features, and batched vs alone, per precision: 1e-4 is the issue's bar
@@ -56,7 +56,7 @@ def _session(path: Path, provider: str, profile: bool = False) -> Any:
         return create_session(path, runtime)
     import onnxruntime as ort
 
-    from service.runtime import providers_for, resolve_provider
+    from service.runtime.sessions import providers_for, resolve_provider
 
     options = ort.SessionOptions()
     options.enable_profiling = True

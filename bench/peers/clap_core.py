@@ -1,9 +1,9 @@
 """The CLAP classify work every peer server does, built from the service's own pieces.
 
 Peers must differ from audioserve only in how they queue, batch and serve, so the request
-parsing result, the decode (service.audio.decode_audio), the windowing and log-mel front-end
-(service.clap_features), the tokenizer, the ONNX sessions (service.runtime, same threads)
-and the scoring are the service's own functions. Text embeddings of a label set are cached
+parsing result, the decode (service.audio.decode.decode_audio), the windowing and log-mel front-end
+(service.audio.clap_features), the tokenizer, the ONNX sessions (service.runtime.sessions, same
+threads) and the scoring are the service's own functions. Text embeddings of a label set are cached
 per prompt, as the service's LRU cache does once warm.
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from service import clap_features as cf
-from service.audio import decode_audio
-from service.packs import load_pack
+from service.audio import clap_features as cf
+from service.audio.decode import decode_audio
 from service.pipelines.clap import softmax
 from service.pipelines.clap_text import PromptTokenizer, pad_batch
-from service.runtime import GraphRunner, RuntimeConfig, create_session
+from service.runtime.packs import load_pack
+from service.runtime.sessions import GraphRunner, RuntimeConfig, create_session
 
 MAX_SECONDS = 120.0  # the service's classify_max_seconds default
 MAX_BYTES = 25 * 1024 * 1024

@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_clap_raw import ensure_pack, measure  # noqa: E402
 
-from service.packs import load_pack  # noqa: E402
-from service.runtime import GraphRunner, RuntimeConfig, create_session  # noqa: E402
+from service.runtime.packs import load_pack  # noqa: E402
+from service.runtime.sessions import GraphRunner, RuntimeConfig, create_session  # noqa: E402
 
 LUA = Path(__file__).with_name("clap_classify.lua")
 BOUNDARY = "audioserve-bench-7d3f"

@@ -27,7 +27,7 @@ from service.cli import (
     unknown_variables,
 )
 from service.cluster.config import ClusterSettings
-from service.packs import ModelPack
+from service.runtime.packs import ModelPack
 from service.settings import Settings
 
 PROG = "python -m service.cluster"
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from service.errors import PackError
     from service.logs import configure_logging
-    from service.models import packs_to_load
-    from service.runtime import resolve_provider
+    from service.pipelines.loader import packs_to_load
+    from service.runtime.sessions import resolve_provider
 
     configure_logging(settings.log_level)
     address = args.address or os.environ.get("RAY_ADDRESS") or "local"
@@ -99,8 +99,8 @@ def serve_until_stopped(settings: Settings, cluster: ClusterSettings, packs: lis
 
     from service.cluster.app import build
     from service.cluster.runtime import init_ray, start_serve
+    from service.edge.server import base_url
     from service.logs import adopt
-    from service.server import base_url
 
     for name in ("ray", "ray.serve"):  # the driver's Ray and Serve lines in the one format
         adopt(name)

@@ -19,8 +19,8 @@ from service.cli import unknown_keys
 from service.cluster.config import INGRESS, ClusterSettings, deployment_options
 from service.cluster.ingress import Ingress
 from service.cluster.replica import ModelReplica
-from service.models import packs_to_load
-from service.packs import ModelPack
+from service.pipelines.loader import packs_to_load
+from service.runtime.packs import ModelPack
 from service.settings import Settings
 
 

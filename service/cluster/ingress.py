@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
 from service.cluster.remote import RaySeam, SeamOptions
-from service.server import serve_auto_as_guarded
+from service.edge.server import serve_auto_as_guarded
 from service.settings import Settings
 
 

@@ -1,6 +1,6 @@
 """Prometheus metrics of many replicas in one exposition, each sample labelled `replica`.
 
-Every replica keeps its own registry (`service.metrics.Metrics`): its batchers' queue
+Every replica keeps its own registry (`service.runtime.metrics.Metrics`): its batchers' queue
 depths, batch sizes, waits and compute times are its own. A scrape of the cluster's
 /metrics asks every replica for its families and serves them merged by name, so one
 scrape target shows every replica side by side (`sum by (queue)` adds them up again).

@@ -1,4 +1,4 @@
-"""The Ray side of the seam (`service.seam`): batcher queues and the TTS engine behind a
+"""The Ray side of the seam (`service.seam.handoff`): batcher queues and the TTS engine behind a
 model deployment's handle, as the ingress's pipelines call them.
 
 Design note. Every call is bounded, so nothing waits forever for a replica that is gone:
@@ -35,8 +35,6 @@ from ray.serve import exceptions as serve_errors
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from batcher import BatchConfig, BatchObserver, DeadlineExceeded, Overloaded
-from service import replicas
-from service.admission import request_deadline
 from service.cluster.calls import (
     Admitted,
     EngineCall,
@@ -48,7 +46,9 @@ from service.cluster.calls import (
 )
 from service.cluster.metrics import exposition
 from service.errors import ApiError
-from service.seam import ModelFacts, no_announcements
+from service.runtime.admission import request_deadline
+from service.seam import replicas
+from service.seam.handoff import ModelFacts, no_announcements
 from service.tts.engine import EngineConfig
 from service.tts.jobs import CodeStep, GenerationJob, GenerationResult
 from service.tts.model import TTSGraphs
@@ -219,7 +219,7 @@ class ModelClient:
 
 
 class RemoteQueue(Generic[T, R]):
-    """A batcher queue in the model replicas (`service.seam.BatchQueue`)."""
+    """A batcher queue in the model replicas (`service.seam.handoff.BatchQueue`)."""
 
     def __init__(self, client: ModelClient, name: str, config: BatchConfig) -> None:
         self.client = client
@@ -266,7 +266,7 @@ class RemoteQueue(Generic[T, R]):
 
 
 class RemoteEngine:
-    """The TTS step engine in the model replicas (`service.seam.TokenEngine`).
+    """The TTS step engine in the model replicas (`service.seam.handoff.TokenEngine`).
 
     Admission is the replicas' own: a stream's pieces are admitted (or refused, 503) as
     each is opened, the first before the response starts (`open_stream` waits for it),
@@ -350,7 +350,7 @@ class RemoteEngine:
 
 
 class RemoteTokenStream:
-    """One streamed sequence in a model replica (`service.seam.SequenceStream`): opened at
+    """One streamed sequence in a model replica (`service.seam.handoff.SequenceStream`): opened at
     once, its events read in the batches (`Steps`) the replica sends."""
 
     def __init__(self, engine: RemoteEngine, job: GenerationJob) -> None:

@@ -24,8 +24,6 @@ from typing import Any
 import ray
 from ray import serve
 
-from service.admission import CpuWorkers, adopt_deadline
-from service.allocator import pin_malloc_thresholds
 from service.cluster.calls import (
     Admitted,
     EngineCall,
@@ -35,11 +33,13 @@ from service.cluster.calls import (
     SubmitCall,
     deadline_from,
 )
-from service.metrics import Metrics
-from service.models import ModelLoader
-from service.packs import load_pack
 from service.pipelines.base import Pipeline
-from service.seam import LocalEngine, LocalSeam
+from service.pipelines.loader import ModelLoader
+from service.runtime.admission import CpuWorkers, adopt_deadline
+from service.runtime.allocator import pin_malloc_thresholds
+from service.runtime.metrics import Metrics
+from service.runtime.packs import load_pack
+from service.seam.handoff import LocalEngine, LocalSeam
 from service.settings import Settings
 from service.tts.jobs import CodeStep, GenerationJob, GenerationResult
 

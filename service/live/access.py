@@ -1,6 +1,6 @@
 """Who may open a live stream: the API key and the page's origin, checked before accept.
 
-The key is checked as the HTTP routes check it (service.middleware.AuthMiddleware:
+The key is checked as the HTTP routes check it (service.edge.middleware.AuthMiddleware:
 constant time, `Authorization: Bearer <key>`). Browsers cannot set headers on a WebSocket,
 so the key may instead be offered as a subprotocol, `bearer.<key>`, beside
 `audioserve.live.v1`: it travels in the `Sec-WebSocket-Protocol` header, which no access

@@ -21,7 +21,7 @@ import av
 import numpy as np
 import soxr
 
-from service.audio import AV_ERRORS, MAX_SAMPLE_PEAK, from_pcm16, planes_to_mono
+from service.audio.decode import AV_ERRORS, MAX_SAMPLE_PEAK, from_pcm16, planes_to_mono
 from service.live.protocol import ProtocolError
 
 Sink = Callable[[np.ndarray, int], None]

@@ -27,18 +27,18 @@ from pydantic import BaseModel
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from batcher import BatcherClosed, DeadlineExceeded, Overloaded
-from service.admission import AdmissionGate, CpuWorkers
 from service.errors import ApiError, InvalidInput
 from service.live import protocol as p
 from service.live.decode import EncodedDecoder, PcmDecoder, Resampler
 from service.live.vad import Endpointer, Utterance
 from service.live.windows import SlidingWindows, Window
-from service.metrics import Metrics
 from service.pipelines.clap import ClapPipeline
 from service.pipelines.clap_text import validate_labels, validate_template
 from service.pipelines.emotion2vec import Emotion2vecPipeline, EmotionOptions, Granularity
 from service.routes.common import model_fields
 from service.routes.emotion import emotion_body
+from service.runtime.admission import AdmissionGate, CpuWorkers
+from service.runtime.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger("audioserve.live")

@@ -37,9 +37,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from batcher import BatcherClosed, DeadlineExceeded, Overloaded
 from service.errors import ApiError
 from service.live import speech_protocol as p
-from service.metrics import Metrics
 from service.pipelines.chattts import ChatTTSPipeline, PreparedSpeech, SpeechRequest
 from service.pipelines.chattts_stream import PieceMark, SpeechStream
+from service.runtime.metrics import Metrics
 from service.settings import Settings
 from service.tts.chunking import SentenceSplitter
 from service.tts.model_names import unknown_model

@@ -1,6 +1,6 @@
 """What every model pipeline offers the app: load, start (warm-up), stop (drain), info.
 
-A pipeline owns its ONNX sessions (through `service.runtime`) and its batchers; routes
+A pipeline owns its ONNX sessions (through `service.runtime.sessions`) and its batchers; routes
 only call its public coroutines. Only the batch functions touch a session.
 """
 
@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from batcher import BatchConfig
-from service.admission import CpuWorkers
-from service.metrics import Metrics
-from service.packs import ModelPack
-from service.runtime import RuntimeConfig
-from service.seam import LocalSeam, Seam
+from service.runtime.admission import CpuWorkers
+from service.runtime.metrics import Metrics
+from service.runtime.packs import ModelPack
+from service.runtime.sessions import RuntimeConfig
+from service.seam.handoff import LocalSeam, Seam
 from service.settings import Settings
 
 
@@ -33,7 +33,7 @@ class LoadContext:
     """The shared, deadline-aware pool for decode/feature/encode work."""
     seam: Seam = field(default_factory=LocalSeam)
     """Where the batchers and the engine run: here, or in a model deployment's replicas
-    (`service.seam`); when not here, `load()` opens no session."""
+    (`service.seam.handoff`); when not here, `load()` opens no session."""
 
 
 class Pipeline(Protocol):

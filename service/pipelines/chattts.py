@@ -29,13 +29,13 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from batcher.steps import Admission, FinishReason, StepConfig
-from service.admission import deadline_scope
-from service.audio import resample
-from service.audio_encode import encode_audio
+from service.audio.decode import resample
+from service.audio.encode import encode_audio
 from service.errors import InvalidInput, PayloadTooLarge
-from service.packs import ModelPack
 from service.pipelines.base import LoadContext
-from service.seam import BatchQueue
+from service.runtime.admission import deadline_scope
+from service.runtime.packs import ModelPack
+from service.seam.handoff import BatchQueue
 from service.settings import Settings
 from service.tts import speaker as speakers
 from service.tts import text as texts

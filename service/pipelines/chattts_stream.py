@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import soxr
 
-from service.audio_encode import StreamingEncoder
+from service.audio.encode import StreamingEncoder
 from service.pipelines.chattts import ChatTTSPipeline, PreparedSpeech, SpeechRequest
-from service.seam import SequenceStream
+from service.seam.handoff import SequenceStream
 from service.tts.jobs import CodeStep, GenerationJob
 from service.tts.slo import AudioClock
 from service.tts.streaming import RunningLimiter, Stitcher, WindowPlanner

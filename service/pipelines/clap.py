@@ -1,7 +1,7 @@
 """LAION CLAP zero-shot classification and embeddings on ONNX Runtime.
 
 Design note. A request is decoded to 48 kHz mono, cut into 10 s windows (see
-`service.clap_features`), and each window's log-mel is one item for the audio batcher,
+`service.audio.clap_features`), and each window's log-mel is one item for the audio batcher,
 so the windows of one long clip and the clips of concurrent requests share forward
 passes. Label prompts go through a second batcher for the text graph, behind an LRU cache
 (with in-flight de-duplication) so a repeated label set costs no inference. The clip's
@@ -27,20 +27,20 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from service import clap_features as cf
-from service import replicas
-from service.admission import request_deadline
-from service.audio import MinimumAudio, decode_audio
+from service.audio import clap_features as cf
+from service.audio.decode import MinimumAudio, decode_audio
 from service.errors import InvalidInput, PackError
-from service.packs import MANIFEST, ModelPack
 from service.pipelines.base import LoadContext
 from service.pipelines.clap_text import (
     EmbeddingCache,
     PromptTokenizer,
     pad_batch,
 )
-from service.runtime import GraphRunner, open_graph, resolve_provider
-from service.seam import BatchQueue
+from service.runtime.admission import request_deadline
+from service.runtime.packs import MANIFEST, ModelPack
+from service.runtime.sessions import GraphRunner, open_graph, resolve_provider
+from service.seam import replicas
+from service.seam.handoff import BatchQueue
 
 T = TypeVar("T")
 
@@ -311,7 +311,7 @@ class ClapPipeline:
         log-mel them. The stage is timed as `features`, or as `windows` when the log-mel
         runs in the graph (its time is then part of `audio_embed`)."""
         t0 = time.perf_counter()
-        if self.fused:  # one item for the whole clip (see service.clap_features)
+        if self.fused:  # one item for the whole clip (see service.audio.clap_features)
             spans = used = [cf.whole_clip_span(samples, self.mel)]
             items = [self._fused_item(samples)]
         else:

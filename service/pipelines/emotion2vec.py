@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from service.admission import request_deadline
-from service.audio import MinimumAudio, decode_audio
+from service.audio.decode import MinimumAudio, decode_audio
 from service.errors import PackError
-from service.packs import ModelPack
 from service.pipelines import emotion2vec_post as post
 from service.pipelines.base import LoadContext
-from service.runtime import GraphRunner, open_graph
-from service.seam import BatchQueue
+from service.runtime.admission import request_deadline
+from service.runtime.packs import ModelPack
+from service.runtime.sessions import GraphRunner, open_graph
+from service.seam.handoff import BatchQueue
 
 MERGE_RULE = "frame-weighted mean of chunk embeddings, then the classification head"
 

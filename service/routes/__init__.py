@@ -1,1 +1,1 @@
-"""HTTP routes, one module per model; each exposes `router`."""
+"""Routes, HTTP and WebSocket (each exposes `router`), reading requests and shaping answers."""

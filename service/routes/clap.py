@@ -1,7 +1,7 @@
 """CLAP routes: zero-shot `POST /classify`, `POST /embed/audio`, `POST /embed/text`.
 
 `/classify` and `/embed/audio` take multipart (`file` + form fields) or JSON with base64
-`audio` (service.uploads). Labels come as repeated `labels` fields, one comma-separated
+`audio` (service.routes.uploads). Labels come as repeated `labels` fields, one comma-separated
 `labels` field, or a JSON list. `/embed/text` takes OpenAI-embeddings-style JSON
 `{"input": "text" | ["text", ...]}` and answers in that API's shape.
 """
@@ -15,9 +15,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from service.deps import admit, check_admission, get_pipeline, get_settings
 from service.errors import InvalidInput
-from service.json_body import JsonBodyRoute
 from service.pipelines.clap import (
     AudioEmbedding,
     ClapPipeline,
@@ -27,6 +25,8 @@ from service.pipelines.clap import (
 )
 from service.pipelines.clap_text import validate_labels, validate_template
 from service.routes.common import model_fields
+from service.routes.deps import admit, check_admission, get_pipeline, get_settings
+from service.routes.json_body import JsonBodyRoute
 from service.routes.params import (
     UploadParams,
     parse_flag,
@@ -43,8 +43,8 @@ from service.routes.responses import (
     model_response,
 )
 from service.routes.upload_schema import upload_body
+from service.routes.uploads import read_upload
 from service.settings import Settings
-from service.uploads import read_upload
 
 router = APIRouter(tags=["clap"], route_class=JsonBodyRoute)
 

@@ -1,6 +1,6 @@
 """`POST /emotion`: speech emotion recognition with Emotion2Vec+ (utterance or frame level).
 
-Multipart (`file` + form fields) or JSON with base64 `audio` (service.uploads). Fields:
+Multipart (`file` + form fields) or JSON with base64 `audio` (service.routes.uploads). Fields:
 `granularity` = `utterance` (default) | `frame`, `return_embedding` (bool), `trim_silence`
 (bool: energy-based trim of both ends before analysis).
 """
@@ -12,8 +12,6 @@ from typing import Any, ClassVar, Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import Field, ValidationInfo, field_validator
 
-from service.deps import admit, check_admission, get_pipeline, get_settings
-from service.json_body import JsonBodyRoute
 from service.pipelines import emotion2vec_post as post
 from service.pipelines.emotion2vec import (
     MERGE_RULE,
@@ -24,10 +22,12 @@ from service.pipelines.emotion2vec import (
     Granularity,
 )
 from service.routes.common import model_fields
+from service.routes.deps import admit, check_admission, get_pipeline, get_settings
+from service.routes.json_body import JsonBodyRoute
 from service.routes.params import UploadParams, parse_flag, refuse, shown
 from service.routes.responses import UPLOAD_ERRORS, EmotionAnswer, model_response
 from service.routes.upload_schema import upload_body
-from service.uploads import read_upload
+from service.routes.uploads import read_upload
 
 router = APIRouter(tags=["emotion"], route_class=JsonBodyRoute)
 

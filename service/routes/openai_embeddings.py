@@ -26,19 +26,19 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict
 
-from service.deps import admit, get_pipeline, get_settings
 from service.errors import InvalidInput, NonFiniteResult, PayloadTooLarge
 from service.pipelines.clap import AudioEmbedding, ClapPipeline
 from service.routes.clap import embed_texts
 from service.routes.common import model_fields
+from service.routes.deps import admit, get_pipeline, get_settings
 from service.routes.openai_speech import OpenAIRoute
 from service.routes.responses import (
     OPENAI_EMBEDDING_ERRORS,
     OpenAIEmbeddingsAnswer,
     model_response,
 )
+from service.routes.uploads import decode_base64_audio
 from service.settings import Settings
-from service.uploads import decode_base64_audio
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 

@@ -10,10 +10,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request
 
 from service.errors import NotFound
-from service.packs import MANIFEST
 from service.pipelines.base import Pipeline
 from service.routes.responses import ModelCard, ModelList, errors, path_example
-from service.seam import Seam
+from service.runtime.packs import MANIFEST
+from service.seam.handoff import Seam
 
 router = APIRouter(tags=["models"])
 OWNER = "audioserve"

@@ -31,12 +31,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.audio_encode import MEDIA_TYPES
-from service.deps import get_pipeline, get_settings
+from service.audio.encode import MEDIA_TYPES
 from service.errors import CLIENT_CLOSED, InvalidInput
-from service.json_body import JsonBodyRoute
 from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest
 from service.pipelines.chattts_stream import SpeechStream
+from service.routes.deps import get_pipeline, get_settings
+from service.routes.json_body import JsonBodyRoute
 from service.routes.responses import OPENAI_TTS_ERRORS
 from service.routes.streaming import (
     ClientGone,

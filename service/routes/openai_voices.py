@@ -24,15 +24,15 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import ApiError, InvalidInput, UnsupportedMedia
-from service.json_body import loads
-from service.multipart import parse_multipart, text_field
 from service.pipelines.chattts import ChatTTSPipeline
+from service.routes.json_body import loads
+from service.routes.multipart import parse_multipart, text_field
 from service.routes.openai_speech import OpenAIRoute
 from service.routes.params import describe
 from service.routes.responses import Answer, openai_errors, path_example
+from service.routes.uploads import JSON, MAX_FORM_PARTS, MULTIPART
 from service.routes.voices import pipeline_of
 from service.tts.voices import Voice, VoiceStore
-from service.uploads import JSON, MAX_FORM_PARTS, MULTIPART
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 

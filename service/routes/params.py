@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, mod
 from pydantic_core import PydanticCustomError
 
 from service.errors import InvalidInput
+from service.routes.uploads import AudioInput
 from service.settings import Settings
-from service.uploads import AudioInput
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}

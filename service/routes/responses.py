@@ -15,8 +15,8 @@ from typing import Annotated, Any
 from fastapi import Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.admission import CpuWorkers
 from service.errors import NonFiniteResult
+from service.runtime.admission import CpuWorkers
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 

@@ -14,12 +14,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.audio_encode import MEDIA_TYPES, AudioFormat
-from service.deps import get_metrics, get_pipeline, get_settings
+from service.audio.encode import MEDIA_TYPES, AudioFormat
 from service.errors import CLIENT_CLOSED, InvalidInput, PayloadTooLarge
-from service.json_body import JsonBodyRoute
 from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest, SpeechResult
 from service.pipelines.chattts_stream import SpeechStream, open_stream
+from service.routes.deps import get_metrics, get_pipeline, get_settings
+from service.routes.json_body import JsonBodyRoute
 from service.routes.responses import TTS_ERRORS
 from service.routes.streaming import (
     AudioStreamResponse,

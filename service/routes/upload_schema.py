@@ -1,6 +1,6 @@
 """The OpenAPI request body of an upload route, built from its params model.
 
-The upload routes read their body themselves (service.deps.read_upload: whole, then
+The upload routes read their body themselves (service.routes.deps.read_upload: whole, then
 parsed in the CPU pool), so FastAPI sees no body parameter and would publish none; this
 publishes both shapes the route takes, from the same model that validates them:
 multipart (a binary `file` plus the fields) and JSON (base64 `audio` plus the fields).
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from service.audio import ACCEPTED_FORMATS
+from service.audio.decode import ACCEPTED_FORMATS
 from service.routes.params import UploadParams
 
 EXAMPLE_RATE = 16_000

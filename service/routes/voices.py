@@ -11,9 +11,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.deps import get_pipeline
-from service.json_body import JsonBodyRoute
 from service.pipelines.chattts import ChatTTSPipeline
+from service.routes.deps import get_pipeline
+from service.routes.json_body import JsonBodyRoute
 from service.routes.responses import errors, path_example
 from service.tts.voices import VoiceStore
 

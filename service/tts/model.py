@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.packs import ModelPack
-from service.runtime import GraphRunner, RuntimeConfig, open_graph, resolve_provider
+from service.runtime.packs import ModelPack
+from service.runtime.sessions import GraphRunner, RuntimeConfig, open_graph, resolve_provider
 from service.tts.sampler_graph import GraphSampler
 from service.tts.sampling import SamplingParams
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from service.metrics import Metrics
+from service.runtime.metrics import Metrics
 
 
 class AudioClock:

@@ -26,7 +26,7 @@ import numpy as np
 import pybase16384 as b14
 
 from service.errors import PackError
-from service.packs import ModelPack
+from service.runtime.packs import ModelPack
 
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 MAX_SPK_EMB_CHARS = 8192  # a 768-d speaker encodes to ~1,100 characters

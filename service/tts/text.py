@@ -27,7 +27,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from service.errors import PackError
-from service.packs import ModelPack
+from service.runtime.packs import ModelPack
 
 
 class Language(StrEnum):

@@ -2,7 +2,7 @@
 
 Both shapes end as one `AudioInput`, so each route validates its fields once (with its
 pydantic params model, service.routes.params) whatever the client sent. The body is read
-whole first, under the body limits (service.read_limits), and parsed in the CPU pool:
+whole first, under the body limits (service.edge.read_limits), and parsed in the CPU pool:
 nothing that grows with the upload runs on the event loop. The byte limit is then
 checked on the audio itself.
 """
@@ -16,10 +16,10 @@ from typing import Any, Protocol, Self, TypeVar
 
 from fastapi import Request
 
-from service import json_body
-from service.admission import CpuWorkers
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
-from service.multipart import parse_multipart, text_field
+from service.routes import json_body
+from service.routes.multipart import parse_multipart, text_field
+from service.runtime.admission import CpuWorkers
 from service.settings import Settings
 
 MAX_FORM_PARTS = 1024

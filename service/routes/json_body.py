@@ -29,8 +29,8 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from service.admission import CpuWorkers
 from service.errors import BadRequest, InvalidInput
+from service.runtime.admission import CpuWorkers
 from service.settings import Settings
 
 MAX_INT_DIGITS = 40

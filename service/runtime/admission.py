@@ -30,7 +30,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import TypeVar
 
 from batcher import DeadlineExceeded, Overloaded
-from service.metrics import Metrics
+from service.runtime.metrics import Metrics
 
 T = TypeVar("T")
 

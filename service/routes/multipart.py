@@ -2,7 +2,7 @@
 
 Starlette's `request.form()` parses as the body arrives, on the event loop, and spools
 files over 1 MB to temporary files. Uploads here are read whole first (under the body
-limits of service.read_limits), so the parse is a function of bytes: python-multipart's
+limits of service.edge.read_limits), so the parse is a function of bytes: python-multipart's
 push parser fed the body at once, run in the CPU pool by the caller, parts kept in memory.
 """
 

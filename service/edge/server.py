@@ -20,7 +20,7 @@ An HTTP/1.1 connection is always in one of a few states, and each has its bound 
   closed is found gone by a probe, so its work stops).
 
 A cap on open connections answers the connection over it 503 + Retry-After. Body-reading
-limits live in `service.read_limits`, where the ASGI receive is.
+limits live in `service.edge.read_limits`, where the ASGI receive is.
 
 `uvicorn_config` is the one place the server is configured: `python -m service` and the
 live-socket tests use it alike.

@@ -1,7 +1,7 @@
 """Pure-ASGI middleware: request ids, access log and HTTP metrics; the API key.
 
 Pure ASGI (not BaseHTTPMiddleware) so streaming responses pass through untouched and the
-key is checked before the body is read (the body's own limits: service.read_limits).
+key is checked before the body is read (the body's own limits: service.edge.read_limits).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.edge.server import expects_continue
 from service.errors import drain_body, error_body_for
-from service.metrics import Metrics
-from service.server import expects_continue
+from service.runtime.metrics import Metrics
 
 log = logging.getLogger("audioserve.access")
 

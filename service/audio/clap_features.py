@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
-from service.audio import is_silent
+from service.audio.decode import is_silent
 
 SILENCE_DBFS = -60.0
 """A 10 s window whose RMS is below this is near-silence (-60 dBFS ~ 1e-3 full scale)."""

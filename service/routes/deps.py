@@ -8,9 +8,9 @@ from typing import Any
 
 from fastapi import Request
 
-from service.admission import AdmissionGate
 from service.errors import ModelNotLoaded
-from service.metrics import Metrics
+from service.runtime.admission import AdmissionGate
+from service.runtime.metrics import Metrics
 from service.settings import Settings
 
 

@@ -9,7 +9,7 @@ connection closed. The deadline is `body_timeout_s`
 plus one second per `body_min_rate` bytes received (the rule of Apache's mod_reqtimeout):
 a large upload on a slow link gets the time its size needs, a client dripping a byte a
 second is cut off after `body_timeout_s`. Routes read the whole body before they take an
-admission slot (service.deps.admit), so a slow client holds a connection, never a slot.
+admission slot (service.routes.deps.admit), so a slow client holds a connection, never a slot.
 
 Once the body is complete, `receive` passes through untouched: streaming responses
 listen on it for the client's disconnect for as long as they run.

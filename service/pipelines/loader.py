@@ -11,13 +11,13 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from service.admission import CpuWorkers
 from service.errors import PackError
-from service.metrics import Metrics
-from service.packs import MANIFEST, ModelPack, load_pack
 from service.pipelines.base import LoadContext, Pipeline
-from service.runtime import RuntimeConfig, resolve_provider
-from service.seam import LocalSeam, ModelFacts, Seam
+from service.runtime.admission import CpuWorkers
+from service.runtime.metrics import Metrics
+from service.runtime.packs import MANIFEST, ModelPack, load_pack
+from service.runtime.sessions import RuntimeConfig, resolve_provider
+from service.seam.handoff import LocalSeam, ModelFacts, Seam
 from service.settings import MODEL_NAMES, Settings
 
 log = logging.getLogger("audioserve.models")

@@ -12,7 +12,7 @@ side they are on; the answers are the same either way.
 What crosses the seam is the batcher's own item and result types (numpy arrays, frozen
 dataclasses) and, on the cluster, the request's deadline as seconds left (clocks of two
 machines differ) and the name of the replica that answered, which the response carries
-(`service.replicas`). A seam that does not run models here (`runs_models` False) tells
+(`service.seam.replicas`). A seam that does not run models here (`runs_models` False) tells
 `load()` not to open any ONNX session: the model replicas own them.
 """
 
@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 from prometheus_client import CollectorRegistry, generate_latest
 
 from batcher import BatchConfig, BatchObserver, DynamicBatcher
-from service import replicas
+from service.seam import replicas
 from service.tts.engine import EngineConfig, GenerationEngine
 from service.tts.jobs import CodeStep, GenerationJob, GenerationResult
 from service.tts.model import TTSGraphs

@@ -1,7 +1,7 @@
 """Which model replica computed a response: `X-Audioserve-Replica`.
 
 Each request gets a `RequestReplicas` record in a context variable (asyncio tasks and
-`run_in_executor` with a copied context share it). The seam (`service.seam`) notes the
+`run_in_executor` with a copied context share it). The seam (`service.seam.handoff`) notes the
 replica behind every batcher or engine call it makes: `clap#local` in one process, the Ray
 replica (`clap#a1b2c3d4`) on a cluster. The middleware names them, in the order first
 used, in the response's header; a response no model touched carries none. Work shared by

@@ -1,0 +1,1 @@
+"""The model runtime, a floor: packs, ONNX Runtime sessions, admission, metrics, memory."""

@@ -1,0 +1,1 @@
+"""The seam: where a pipeline hands work to its batcher or TTS engine, here or on a cluster."""
