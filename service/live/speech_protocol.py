@@ -39,6 +39,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from service.pipelines.chattts import MAX_SAMPLING_SEED
 from service.tts.stretch import MAX_SPEED, MIN_SPEED
 
 
@@ -52,7 +53,7 @@ class SessionConfig(_Message):
     voice: str = "alloy"
     response_format: Literal["pcm", "wav", "mp3", "opus", "aac", "flac"] = "pcm"
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(None, ge=0, le=MAX_SAMPLING_SEED)
     """Sampling seed: sentence i of an utterance samples with seed + i (as `/tts` piece i)."""
     temperature: float | None = Field(None, gt=0, le=5)
     top_p: float | None = Field(None, gt=0, le=1)

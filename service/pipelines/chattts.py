@@ -51,6 +51,11 @@ from service.tts.voices import StoreLimits, VoiceStore
 T = TypeVar("T")
 
 
+MAX_SAMPLING_SEED = 2**53 - 1
+"""The largest seed a JSON client may send intact: JavaScript (Swagger UI, the web page)
+holds numbers as doubles, so a larger one arrives rounded to another value."""
+
+
 @dataclass(frozen=True)
 class SpeechRequest:
     text: str

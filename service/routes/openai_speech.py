@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.audio.encode import MEDIA_TYPES
 from service.errors import CLIENT_CLOSED, InvalidInput
-from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest
+from service.pipelines.chattts import MAX_SAMPLING_SEED, ChatTTSPipeline, SpeechRequest
 from service.pipelines.chattts_stream import SpeechStream
 from service.routes.deps import get_pipeline, get_settings
 from service.routes.json_body import JsonBodyRoute
@@ -44,7 +44,6 @@ from service.routes.streaming import (
     stream_audio,
 )
 from service.routes.tts import (
-    MAX_SAMPLING_SEED,
     attachment,
     audio_responses,
     check_text,

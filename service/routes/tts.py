@@ -16,7 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.audio.encode import MEDIA_TYPES, AudioFormat
 from service.errors import CLIENT_CLOSED, InvalidInput, PayloadTooLarge
-from service.pipelines.chattts import ChatTTSPipeline, SpeechRequest, SpeechResult
+from service.pipelines.chattts import (
+    MAX_SAMPLING_SEED,
+    ChatTTSPipeline,
+    SpeechRequest,
+    SpeechResult,
+)
 from service.pipelines.chattts_stream import SpeechStream, open_stream
 from service.routes.deps import get_metrics, get_pipeline, get_settings
 from service.routes.json_body import JsonBodyRoute
@@ -55,9 +60,6 @@ async def start_stream(request: Request, pipeline: ChatTTSPipeline,
         return None
 
 
-MAX_SAMPLING_SEED = 2**53 - 1
-"""The largest seed a JSON client may send intact: JavaScript (Swagger UI, the web page)
-holds numbers as doubles, so a larger one arrives rounded to another value."""
 FORMATS = (AudioFormat.WAV, AudioFormat.FLAC, AudioFormat.MP3, AudioFormat.OPUS,
            AudioFormat.AAC, AudioFormat.PCM)
 
