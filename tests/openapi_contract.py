@@ -105,10 +105,11 @@ def check(app: Any, template: str | None, method: str, path: str, status: int,
               f"{list(errors[0].absolute_path)}")
 
 
-def _record(app: Any, scope: Scope, start: dict[str, Any], body: bytes | None) -> None:
+def _record(app: Any, scope: Scope, method: str, start: dict[str, Any],
+            body: bytes | None) -> None:
     template = getattr(scope.get("route"), "path", None)
     with _lock:
-        pending.append((app, template, scope["method"], scope["path"], start["status"],
+        pending.append((app, template, method, scope["path"], start["status"],
                         start["content_type"], body if start["json"] else None))
 
 
@@ -129,6 +130,7 @@ def checking() -> Iterator[None]:
         start: dict[str, Any] = {}
         chunks: list[bytes] = []
         size = 0
+        method = scope["method"]  # as sent: the app may answer a HEAD as its GET
 
         async def watch(message: Message) -> None:
             nonlocal size
@@ -143,7 +145,8 @@ def checking() -> Iterator[None]:
                 if size <= MAX_BODY and start.get("json"):
                     chunks.append(data)
                 if not message.get("more_body", False):
-                    _record(self, scope, start, b"".join(chunks) if size <= MAX_BODY else None)
+                    _record(self, scope, method, start,
+                            b"".join(chunks) if size <= MAX_BODY else None)
                     start.clear()
             await send(message)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.clap_fixtures import clap_models_dir  # noqa: F401
+from tests.conftest import HANG_S
 from tests.tools import require_module, require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,6 +133,21 @@ def _check_serving(api: str, root: Path) -> None:
     assert {s["label"] for s in answer.json()["labels"]} == {"dog", "rain"}
 
 
+def _app_listed(bin_dir: Path, url: str, env: dict[str, str], wait_s: float = 20.0) -> bool:
+    """Whether `serve status` shows the audioserve app deploying or running within
+    `wait_s` (not the one `serve run` left being deleted)."""
+    yaml = require_module("yaml", "pyyaml")
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        status = subprocess.run([bin_dir / "serve", "status", "-a", url], env=env,
+                                capture_output=True, text=True, timeout=120).stdout
+        apps = (yaml.safe_load(status) or {}).get("applications") or {}
+        if apps.get("audioserve", {}).get("status") in ("DEPLOYING", "RUNNING"):
+            return True
+        time.sleep(1)
+    return False
+
+
 def _documented_env(base: dict[str, str]) -> dict[str, str]:
     """The environment after `eval "$(python -m service.cluster --print-env)"`, as a shell
     that follows docs/cluster.md has it."""
@@ -205,10 +221,17 @@ def test_serve_run_and_deploy_of_the_shipped_config_on_a_ray_the_cli_started(
         assert run.wait(timeout=120) is not None
         run = None
 
-        # `serve deploy`: sent to the dashboard, and back
-        deploy = subprocess.run([bin_dir / "serve", "deploy", str(config), "-a", url],
-                                env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        # `serve deploy`: sent to the dashboard, and back. Serve's controller may still be
+        # going down after `serve run`'s Ctrl-C; it then ignores the config, so the deploy
+        # is sent again until the app is there (what a user at the prompt would do)
+        deadline = time.monotonic() + HANG_S
+        while True:
+            deploy = subprocess.run([bin_dir / "serve", "deploy", str(config), "-a", url],
+                                    env=env, cwd=ROOT, capture_output=True, text=True,
+                                    timeout=120)
+            assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+            if _app_listed(bin_dir, url, env) or time.monotonic() > deadline:
+                break
         _check_serving(api, root)
         # what docs/cluster.md warns of: without RAY_AUTH_MODE the CLI sends no token
         bare = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}

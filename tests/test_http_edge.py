@@ -92,7 +92,7 @@ def test_unread_bodies_are_closed_and_cannot_fill_the_connection_cap(
     sending one more byte after its answer: every one is closed by the server (before:
     open for ever, and the next client got 503 too_many_connections)."""
     cap = 4
-    with serve_app(models_dir=empty_models, max_connections=cap, api_key=KEY,
+    with serve_app(models_dir=empty_models, models="none", max_connections=cap, api_key=KEY,
                    unread_body_linger_s=0.5) as server:
         socks = [connect(server) for _ in range(cap)]
         try:
@@ -118,7 +118,7 @@ def test_pipelined_requests_are_taken_in_one_at_a_time(empty_models: Path) -> No
     drops it."""
     request = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
     count = 2_000_000
-    with serve_app(models_dir=empty_models, write_timeout_s=1.0) as server:
+    with serve_app(models_dir=empty_models, models="none", write_timeout_s=1.0) as server:
         before = server.server.server_state.total_requests
         sock = connect(server)
         sent = threading.Thread(target=lambda: _send_quietly(sock, request * count))
@@ -188,7 +188,8 @@ def chunked_with_trailer(target: str, trailer: str, headers: str = "") -> bytes:
 @pytest.mark.parametrize("trailer", [f"Authorization: Bearer {KEY}",
                                      f"authorization: bearer {KEY}"])
 def test_a_key_in_a_trailer_does_not_authenticate(empty_models: Path, trailer: str) -> None:
-    with serve_app(models_dir=empty_models, api_key=KEY) as server, connect(server) as sock:
+    with serve_app(models_dir=empty_models, models="none", api_key=KEY) as server, \
+            connect(server) as sock:
         sock.sendall(chunked_with_trailer("/embed/text", trailer))
         assert read_response(sock)[0] == 401
 
@@ -220,7 +221,7 @@ def test_trailers_never_reach_the_scope() -> None:
 def test_100_continue_comes_only_after_the_key(empty_models: Path) -> None:
     head = ("POST /embed/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             "Content-Length: 1000\r\nExpect: 100-continue\r\n{}\r\n")
-    with serve_app(models_dir=empty_models, api_key=KEY) as server:
+    with serve_app(models_dir=empty_models, models="none", api_key=KEY) as server:
         with connect(server) as sock:
             sock.sendall(head.format("").encode())
             first = sock.recv(65536)
@@ -289,7 +290,7 @@ def test_a_client_that_closes_after_its_request_is_seen_as_gone() -> None:
     "".join(f"X-{i}: v\r\n" for i in range(101)),  # over the field count
 ])
 def test_the_raw_head_is_capped_in_bytes_and_fields(empty_models: Path, head: str) -> None:
-    with serve_app(models_dir=empty_models) as server, connect(server) as sock:
+    with serve_app(models_dir=empty_models, models="none") as server, connect(server) as sock:
         sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
         status, _, body = read_response(sock)
     assert status == 431 and b"AUDIOSERVE_MAX_HEADER_FIELDS" in body
@@ -297,20 +298,20 @@ def test_the_raw_head_is_capped_in_bytes_and_fields(empty_models: Path, head: st
 
 def test_a_head_within_the_caps_is_served(empty_models: Path) -> None:
     head = "".join(f"X-{i}: v\r\n" for i in range(90))
-    with serve_app(models_dir=empty_models) as server, connect(server) as sock:
+    with serve_app(models_dir=empty_models, models="none") as server, connect(server) as sock:
         sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
         assert read_response(sock)[0] == 200
 
 
 def test_no_redirect_builds_location_from_host(empty_models: Path) -> None:
-    with serve_app(models_dir=empty_models) as server, connect(server) as sock:
+    with serve_app(models_dir=empty_models, models="none") as server, connect(server) as sock:
         sock.sendall(b"GET /healthz/ HTTP/1.1\r\nHost: evil.example\r\n\r\n")
         status, headers, _ = read_response(sock)
     assert status == 404 and "location" not in headers
 
 
 def test_head_answers_like_get_without_a_body(empty_models: Path) -> None:
-    with serve_app(models_dir=empty_models) as server, connect(server) as sock:
+    with serve_app(models_dir=empty_models, models="none") as server, connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         body = read_response(sock)[2]
         sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
