@@ -217,14 +217,19 @@ class ProtocolError(Exception):
         return ErrorEvent(code=self.code, message=self.message)
 
 
+def validation_problems(exc: ValidationError) -> str:
+    """What was wrong with a client message, on one line: each field and why (five at
+    most), for the `error` event of every live protocol."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
+                     for e in exc.errors()[:5])
+
+
 def parse_client_message(text: str) -> SessionConfig | InputDone | SessionClose:
     """The one place client JSON is validated; what is wrong comes back as a ProtocolError."""
     try:
         return CLIENT_MESSAGES.validate_json(text)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
-                             for e in exc.errors()[:5])
         raise ProtocolError(
             "invalid_message",
-            f"{problems} (messages: session.config first, then binary audio frames, "
-            "input.done or session.close)") from None
+            f"{validation_problems(exc)} (messages: session.config first, then binary "
+            "audio frames, input.done or session.close)") from None

@@ -39,6 +39,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from service.live.protocol import validation_problems
 from service.pipelines.chattts import MAX_SAMPLING_SEED
 from service.tts.stretch import MAX_SPEED, MIN_SPEED
 
@@ -175,9 +176,7 @@ def parse_client_message(text: str) -> ClientMessage:
     try:
         return CLIENT_MESSAGES.validate_json(text)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
-                             for e in exc.errors()[:5])
         raise ProtocolError(
             "invalid_message",
-            f"{problems} (messages: session.config, input.text, input.done, input.cancel, "
-            "session.close)") from None
+            f"{validation_problems(exc)} (messages: session.config, input.text, "
+            "input.done, input.cancel, session.close)") from None
