@@ -1,15 +1,24 @@
 """The cliff curve of WS /v1/audio/speech/stream: K concurrent voice-agent sessions.
 
-Each session connects, sends `session.config`, then a reply of three sentences word by
+K sessions stay open at once, as K users talking to agents: each connects, sends
+`session.config`, then `--turns` replies. A reply is three sentences written word by
 word at an LLM's pace (a rate drawn per session in `--wps`, default 15-30 words/s), then
-`input.done`, and reads the audio. Per session: time to first audio (TTFA: from the
-moment the first sentence was complete in the text sent, which is when generation can
-start, to its first audio byte), underrun (the silence a player that starts at the first
-byte would have had, from the arrival times and sizes of the PCM frames), and audio
-seconds. Aggregate real-time factor: wall time of the round / audio seconds of all its
-sessions (< 1: the server keeps up). K = 1, 2, 4, 8, 16, 32 and beyond, against a
-one-at-a-time server (AUDIOSERVE_TTS_SCHEDULING=sequential: one lock, the Kokoro /
-ChatTTS-API model) in the same run.
+`input.done`; the session reads the audio, waits until a player started at its first
+byte would have played it all, plus the user's turn (0.5-1.5 s, drawn), and writes the
+next reply. Sessions start spread over the first two seconds (users do not arrive in
+one instant; `--burst` starts them together instead).
+
+Per reply: time to first audio (TTFA: from the moment the first sentence was complete
+in the text sent, which is when generation can start, to its first audio byte), underrun
+(the silence a player that starts at the first byte would have had, from the arrival
+times and sizes of the PCM frames) and its real-time factor (RTF: first word sent -> last
+audio byte, over its audio seconds; < 1: the reply's audio was all there before a player
+started with the text would have needed it). Per K: TTFA P50/P95/P99, underrun, RTF
+mean/P95, and the server's output in x real time (audio seconds of all replies / wall
+time). K = 1, 2, 4, 8, 16, 32 and beyond, against a one-at-a-time server
+(AUDIOSERVE_TTS_SCHEDULING=sequential: one lock, the Kokoro / ChatTTS-API model) in the
+same run. The issue's target: up to the highest K whose RTF P95 stays below 1, TTFA P95
+<= 2x its value at K=1 and no underrun.
 
 Random weights rarely stop by themselves, so every sentence has the same token budget
 (`--tokens`, default 60 = 1.3 s of audio).
@@ -29,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from bench.packs import ensure_pack
 from bench.server import audioserve
@@ -37,97 +46,154 @@ from bench.server import audioserve
 RATE = 24000
 REPLY = ("Sure, I can help with that today. First we look at what went wrong last night. "
          "Then we fix it and check that everything works again.")
+GAP_S = 0.1
+"""A gap a listener hears (the `smooth` share counts replies with none longer)."""
 
 
 @dataclass(frozen=True)
-class Session:
+class Reply:
     ttfa_s: float
     underrun_s: float
+    max_gap_s: float
     audio_s: float
+    rtf: float
 
 
 @dataclass(frozen=True)
 class Point:
     server: str
     sessions: int
+    replies: int
     ttfa_p50: float
     ttfa_p95: float
     ttfa_p99: float
     underrun_mean: float
     underrun_max: float
     smooth: float
-    """Share of sessions with no gap over 100 ms."""
-    rtf: float
+    """Share of replies with no gap over GAP_S."""
+    rtf_mean: float
+    rtf_p95: float
+    x_real_time: float
+    """Audio seconds of all replies / wall seconds of the round."""
 
 
-async def one_session(url: str, seed: int, wps: float, tokens: int) -> tuple[Session, float]:
+async def one_reply(ws: ClientConnection, wps: float) -> Reply:
+    """Write one reply word by word, read its audio up to session.done."""
     words = REPLY.split(" ")
     first_sentence_at: float | None = None
+    started = time.perf_counter()
+
+    async def writer() -> None:
+        nonlocal first_sentence_at
+        for i, word in enumerate(words):
+            last = i == len(words) - 1
+            await ws.send(json.dumps({"type": "input.text",
+                                      "text": word + ("" if last else " ")}))
+            if first_sentence_at is None and word.endswith("."):
+                first_sentence_at = time.perf_counter()  # complete once a space follows
+            await asyncio.sleep(1 / wps)
+        await ws.send(json.dumps({"type": "input.done"}))
+
+    task = asyncio.create_task(writer())
+    play_end = first = last = None
+    underrun, max_gap, samples = 0.0, 0.0, 0
+    async for message in ws:
+        now = time.perf_counter()
+        if isinstance(message, bytes):
+            if first is None:
+                first = play_end = now
+            assert play_end is not None
+            if now > play_end:
+                underrun += now - play_end
+                max_gap = max(max_gap, now - play_end)
+            play_end = max(now, play_end) + len(message) / 2 / RATE
+            samples += len(message) // 2
+            last = now
+        else:
+            event = json.loads(message)
+            if event["type"] == "error":
+                raise RuntimeError(event)
+            if event["type"] == "session.done":
+                break
+    await task
+    assert first is not None and last is not None and first_sentence_at is not None
+    audio_s = samples / RATE
+    reply = Reply(first - first_sentence_at, underrun, max_gap, audio_s,
+                  (last - started) / audio_s)
+    if play_end is not None:  # the user listens to the end, then takes a turn
+        await asyncio.sleep(max(0.0, play_end - time.perf_counter()))
+    return reply
+
+
+async def one_session(url: str, seed: int, wps: float, tokens: int, turns: int,
+                      start_s: float, rng: random.Random) -> list[Reply]:
+    await asyncio.sleep(start_s)
+    replies = []
     async with connect(url, max_size=2**24) as ws:
         await ws.send(json.dumps({"type": "session.config", "voice": "alloy", "seed": seed,
                                   "response_format": "pcm", "max_new_tokens": tokens}))
-
-        async def writer() -> None:
-            nonlocal first_sentence_at
-            for i, word in enumerate(words):
-                last = i == len(words) - 1
-                await ws.send(json.dumps({"type": "input.text",
-                                          "text": word + ("" if last else " ")}))
-                if first_sentence_at is None and word.endswith("."):
-                    first_sentence_at = time.perf_counter()  # complete once a space follows
-                await asyncio.sleep(1 / wps)
-            await ws.send(json.dumps({"type": "input.done"}))
-
-        task = asyncio.create_task(writer())
-        play_end = first = None
-        underrun, max_gap, audio = 0.0, 0.0, 0
-        async for message in ws:
-            now = time.perf_counter()
-            if isinstance(message, bytes):
-                if first is None:
-                    first = play_end = now
-                assert play_end is not None
-                if now > play_end:
-                    underrun += now - play_end
-                    max_gap = max(max_gap, now - play_end)
-                play_end = max(now, play_end) + len(message) / 2 / RATE
-                audio += len(message) // 2
-            elif json.loads(message)["type"] in ("session.done", "error"):
-                break
-        await task
-    assert first is not None and first_sentence_at is not None
-    return Session(first - first_sentence_at, underrun, audio / RATE), max_gap
+        for turn in range(turns):
+            if turn:
+                await asyncio.sleep(rng.uniform(0.5, 1.5))  # the user's turn
+            replies.append(await one_reply(ws, wps))
+    return replies
 
 
-async def round_of(url: str, k: int, tokens: int, wps: tuple[float, float], rng: random.Random
-                   ) -> tuple[list[Session], float, list[float]]:
+async def round_of(url: str, k: int, tokens: int, turns: int, wps: tuple[float, float],
+                   rng: random.Random, burst: bool) -> tuple[list[Reply], float]:
     started = time.perf_counter()
-    results = await asyncio.gather(*(one_session(url, i, rng.uniform(*wps), tokens)
-                                     for i in range(k)))
-    wall = time.perf_counter() - started
-    return [s for s, _ in results], wall, [g for _, g in results]
+    runs = [one_session(url, i, rng.uniform(*wps), tokens, turns,
+                        0.0 if burst else rng.uniform(0, 2.0), random.Random(rng.random()))
+            for i in range(k)]
+    results = await asyncio.gather(*runs)
+    return [r for replies in results for r in replies], time.perf_counter() - started
 
 
-def point(name: str, k: int, sessions: list[Session], wall: float, gaps: list[float]
-          ) -> Point:
-    ttfa = [s.ttfa_s for s in sessions]
-    under = [s.underrun_s for s in sessions]
-    return Point(name, k, *(float(np.percentile(ttfa, q)) for q in (50, 95, 99)),
+def point(name: str, k: int, replies: list[Reply], wall: float) -> Point:
+    def pct(values: list[float], q: float) -> float:
+        return float(np.percentile(values, q))
+
+    ttfa = [r.ttfa_s for r in replies]
+    under = [r.underrun_s for r in replies]
+    rtf = [r.rtf for r in replies]
+    return Point(name, k, len(replies), pct(ttfa, 50), pct(ttfa, 95), pct(ttfa, 99),
                  float(np.mean(under)), float(np.max(under)),
-                 sum(g <= 0.1 for g in gaps) / len(gaps),
-                 wall / sum(s.audio_s for s in sessions))
+                 sum(r.max_gap_s <= GAP_S for r in replies) / len(replies),
+                 float(np.mean(rtf)), pct(rtf, 95),
+                 sum(r.audio_s for r in replies) / wall)
 
 
 def table(points: list[Point]) -> str:
-    lines = ["| server | K | TTFA P50 ms | P95 ms | P99 ms | underrun mean s | max s | "
-             "smooth | aggregate RTF |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | "
-             "---: | ---: |"]
+    lines = ["| server | K | replies | TTFA P50 ms | P95 ms | P99 ms | underrun mean s | "
+             "max s | smooth | RTF mean | RTF P95 | x real time |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for p in points:
-        lines.append(f"| {p.server} | {p.sessions} | {1000 * p.ttfa_p50:.0f} | "
+        lines.append(f"| {p.server} | {p.sessions} | {p.replies} | {1000 * p.ttfa_p50:.0f} | "
                      f"{1000 * p.ttfa_p95:.0f} | {1000 * p.ttfa_p99:.0f} | "
-                     f"{p.underrun_mean:.2f} | {p.underrun_max:.2f} | {p.smooth:.0%} | "
-                     f"{p.rtf:.3f} |")
+                     f"{p.underrun_mean:.3f} | {p.underrun_max:.2f} | {p.smooth:.0%} | "
+                     f"{p.rtf_mean:.2f} | {p.rtf_p95:.2f} | {p.x_real_time:.1f} |")
     return "\n".join(lines)
+
+
+def verdict(points: list[Point]) -> list[str]:
+    """The issue's target per server: up to the highest K whose RTF P95 stays below 1,
+    TTFA P95 <= 2x its K=1 value and no underrun."""
+    lines = []
+    for name in sorted({p.server for p in points}):
+        ps = sorted((p for p in points if p.server == name), key=lambda p: p.sessions)
+        base = ps[0].ttfa_p95
+        keeps_up = [p for p in ps if p.rtf_p95 < 1]
+        top = max((p.sessions for p in keeps_up), default=0)
+        misses = [f"K={p.sessions} (TTFA P95 {1000 * p.ttfa_p95:.0f} ms, underrun max "
+                  f"{p.underrun_max:.3f} s)" for p in ps
+                  if p.sessions <= top and (p.ttfa_p95 > 2 * base or p.underrun_max > 0)]
+        held = max((p.sessions for p in ps if p.sessions <= top
+                    and all(q.ttfa_p95 <= 2 * base and q.underrun_max == 0
+                            for q in ps if q.sessions <= p.sessions)), default=0)
+        lines.append(f"- {name}: K=1 TTFA P95 {1000 * base:.0f} ms; RTF P95 < 1 up to K={top}; "
+                     f"target held up to K={held}"
+                     + (f"; missed at {', '.join(misses)}" if misses else " (met)"))
+    return lines
 
 
 def plot(points: list[Point], out: Path) -> None:
@@ -142,7 +208,7 @@ def plot(points: list[Point], out: Path) -> None:
         a.plot(ks, [1000 * p.ttfa_p95 for p in ps], marker="o", label=f"{name} P95")
         a.plot(ks, [1000 * p.ttfa_p50 for p in ps], marker=".", ls="--", label=f"{name} P50")
         b.plot(ks, [p.underrun_mean for p in ps], marker="o", label=name)
-    for ax, title in ((a, "time to first audio (ms)"), (b, "mean underrun per session (s)")):
+    for ax, title in ((a, "time to first audio (ms)"), (b, "mean underrun per reply (s)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent sessions")
         ax.set_title(title)
@@ -157,12 +223,16 @@ async def main() -> None:
     parser.add_argument("--sessions", default="1,2,4,8,16,32,64")
     parser.add_argument("--tokens", type=int, default=60)
     parser.add_argument("--wps", default="15,30")
+    parser.add_argument("--turns", type=int, default=3, help="replies per session")
+    parser.add_argument("--burst", action="store_true",
+                        help="start every session at once (default: spread over 2 s)")
     parser.add_argument("--quick", action="store_true", help="K = 1, 4, 16")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.quick:
         args.sessions = "1,4,16"
-    wps = tuple(float(x) for x in args.wps.split(","))
+    low, high = (float(x) for x in args.wps.split(","))
+    wps = (low, high)
     tmp = Path(tempfile.mkdtemp(prefix="bench_speech_stream_"))
     models_dir = args.models_dir or tmp / "models"
     status = ensure_pack("chattts", models_dir, log_dir=tmp / "logs")
@@ -178,17 +248,20 @@ async def main() -> None:
         with server.start(600):
             url = server.url.replace("http", "ws") + "/v1/audio/speech/stream"
             rng = random.Random(1)
-            await round_of(url, 1, 8, wps, rng)  # warm
+            await round_of(url, 1, 8, 1, wps, rng, True)  # warm
             for k in (int(x) for x in args.sessions.split(",")):
-                sessions, wall, gaps = await round_of(url, k, args.tokens, wps, rng)
-                points.append(point(name, k, sessions, wall, gaps))
+                replies, wall = await round_of(url, k, args.tokens, args.turns, wps, rng,
+                                               args.burst)
+                points.append(point(name, k, replies, wall))
                 print(table(points[-1:]).splitlines()[-1], flush=True)
     print(table(points))
+    print("\n".join(verdict(points)))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "points.json").write_text(json.dumps([asdict(p) for p in points],
                                                          indent=1))
-        (args.out / "table.md").write_text(table(points) + "\n")
+        (args.out / "table.md").write_text(table(points) + "\n\n"
+                                           + "\n".join(verdict(points)) + "\n")
         plot(points, args.out / "cliff.png")
 
 
