@@ -255,6 +255,7 @@ def test_partials_of_a_long_utterance_equal_offline(
         np.testing.assert_allclose(e["frames"]["scores"], offline["frames"]["scores"],
                                    atol=EXACT)
     done = t.of("session.done")[0]
+    print("partials:", {k: v for k, v in done.items() if k.startswith("partials")})
     assert (done["utterances"], done["partials"]) == (1, len(partials))
     after = _partials_metric(live_server)
     assert after["sent"] - before["sent"] == len(partials)
