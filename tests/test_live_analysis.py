@@ -92,6 +92,9 @@ def test_live_equals_offline_at_the_models_rates(
     assert t.close_code == 1000, t.events[-1]
     utterances = t.of("emotion.utterance")
     assert len(utterances) == 4, [(u["start_s"], u["end_s"]) for u in utterances]
+    assert all(u["final"] is True for u in utterances)
+    assert not t.of("emotion.partial")  # partials are off by default
+    assert t.of("session.done")[0]["partials"] == 0
     for u in utterances:
         segment = _span(stream16, u, 16_000)
         offline = _emotion(live_server, segment, 16_000, "frame")
@@ -182,3 +185,92 @@ def test_encoded_streams_decode_as_uploads_do(
         offline = _emotion(live_server, _span(whole, u, 16_000), 16_000)
         assert _max_diff(_by_label(u["scores"], "score"),
                          _by_label(offline["scores"], "score")) < RESAMPLED
+
+
+def _until_partial(ws: Any, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Read events (kept in order) until the next emotion.partial."""
+    import json
+
+    from service.live.protocol import SERVER_EVENTS
+
+    while True:
+        message = ws.recv(timeout=60)
+        SERVER_EVENTS.validate_json(message)
+        events.append(json.loads(message))
+        assert events[-1]["type"] not in ("error", "session.done"), events[-1]
+        if events[-1]["type"] == "emotion.partial":
+            return events[-1]
+
+
+def test_partials_of_a_long_utterance_equal_offline(
+        live_server: RunningServer, speech_files: list[Path]) -> None:  # noqa: F811
+    """Three clips with 2 s pauses held as one utterance (min_silence 2.5 s), partials every
+    1 s. The audio goes in three stages, each growing the utterance by more than 1 s, and
+    the client waits for a partial after each: so at least three arrive whatever the
+    machine's speed (while one is computed the next is coalesced). Each equals /emotion of
+    exactly its span; end_s grows; the final comes after them and covers them."""
+    import json
+
+    from tests.live_fixtures import frames, open_stream, read_all
+
+    stream16 = to_rate(speech_stream(speech_files, gap_s=0.0, count=3), 16_000)
+    cuts = [round(s * 16_000) for s in (3.0, 6.5)] + [len(stream16)]
+    before = _partials_metric(live_server)
+    events: list[dict[str, Any]] = []
+    with open_stream(live_server) as ws:
+        ws.send(json.dumps({"type": "session.config",
+                            "input": {"format": "pcm_s16le", "sample_rate": 16_000},
+                            "emotion": {"granularity": "frame", "min_silence_ms": 2500,
+                                        "partial_every_s": 1.0}}))
+        sent = 0
+        for cut in cuts:  # the speech ends open: its trailing silence is under 2.5 s
+            for frame in frames(stream16[sent:cut].tobytes()):
+                ws.send(frame)
+            sent = cut
+            _until_partial(ws, events)
+        ws.send(np.zeros(3 * 16_000, np.int16).tobytes())  # closes it
+        ws.send(json.dumps({"type": "input.done"}))
+        t = read_all(ws)
+    events += t.events
+    assert t.close_code == 1000, events[-1]
+    kinds = [e["type"] for e in events if e["type"].startswith("emotion.")]
+    partials = [e for e in events if e["type"] == "emotion.partial"]
+    assert kinds == ["emotion.partial"] * len(partials) + ["emotion.utterance"], kinds
+    assert len(partials) >= 3
+    final = t.of("emotion.utterance")[0]
+    assert final["final"] is True and final["index"] == 0
+    ends = [e["end_s"] for e in partials]
+    assert all(b > a for a, b in itertools.pairwise(ends)), ends
+    assert ends[-1] <= final["end_s"]
+    assert final["end_s"] - final["start_s"] > 8.0  # one utterance over the three clips
+    for e in partials:
+        assert (e["final"], e["index"], e["start_s"]) == (False, 0, final["start_s"])
+        assert e["granularity"] == "frame"
+        offline = _emotion(live_server, _span(stream16, e, 16_000), 16_000, "frame")
+        assert _max_diff(_by_label(e["scores"], "score"),
+                         _by_label(offline["scores"], "score")) < EXACT
+        assert e["emotion"]["label"] == offline["emotion"]["label"]
+        np.testing.assert_allclose(np.array(e["frames"]["times_s"]) - e["start_s"],
+                                   offline["frames"]["times_s"], atol=2e-4)
+        np.testing.assert_allclose(e["frames"]["scores"], offline["frames"]["scores"],
+                                   atol=EXACT)
+    done = t.of("session.done")[0]
+    print("partials:", {k: v for k, v in done.items() if k.startswith("partials")})
+    assert (done["utterances"], done["partials"]) == (1, len(partials))
+    after = _partials_metric(live_server)
+    assert after["sent"] - before["sent"] == len(partials)
+    for outcome, key in (("coalesced", "partials_coalesced"),
+                         ("cancelled", "partials_cancelled")):
+        assert after[outcome] - before[outcome] == done[key]
+
+
+def _partials_metric(server: RunningServer) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    counts = dict.fromkeys(("sent", "coalesced", "behind", "refused", "cancelled"), 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "audioserve_live_partials_total":
+                counts[sample.labels["outcome"]] += sample.value
+    return counts

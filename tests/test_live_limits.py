@@ -20,13 +20,15 @@ from websockets.sync.client import connect
 
 from service.live.protocol import PROTOCOL
 from tests.clap_fixtures import clap_models_dir  # noqa: F401  (fixtures)
-from tests.emotion2vec_fixtures import emotion_models_dir  # noqa: F401
+from tests.emotion2vec_fixtures import emotion_models_dir, speech_files  # noqa: F401
 from tests.live_fixtures import (  # noqa: F401  (fixtures)
     LABELS,
     Transcript,
     live_models_dir,
     open_stream,
     read_all,
+    speech_stream,
+    to_rate,
     ws_url,
 )
 from tests.tts_server import RunningServer, serve_app
@@ -132,6 +134,11 @@ def test_origins(server: RunningServer) -> None:
                  "emotion": {}}), "invalid_config", 4400, "sample_rate"),
     (_config(emotion={"max_utterance_s": 100.0}), "invalid_config", 4400,
      "AUDIOSERVE_EMOTION_MAX_SECONDS"),
+    (_config(emotion={"partial_every_s": 0.1}), "invalid_message", 4400,
+     "emotion.partial_every_s"),
+    (_config(emotion={"partial_every_s": "often"}), "invalid_message", 4400,
+     "emotion.partial_every_s"),
+    (_config(emotion={"partial_every_s": 30.0}), "invalid_config", 4400, "max_utterance_s"),
 ])
 def test_bad_config(server: RunningServer, first: str | bytes, code: str, close: int,
                     says: str) -> None:
@@ -230,6 +237,35 @@ def test_pending_windows_beyond_the_bound_are_skipped_and_said(server: RunningSe
     after = _metric(server, "audioserve_live_skipped_total", reason="behind",
                      task="classify")
     assert after - before == len(skipped)
+
+
+def test_partials_give_way_to_finals(server: RunningServer,
+                                     speech_files: list[Path]) -> None:  # noqa: F811
+    """max_pending=1: one frame of speech (its utterance still open at the end) completes
+    windows and makes a partial due in the same step; the first window holds the one
+    place, so the partial is skipped (`behind`), counted in session.done and /metrics,
+    and said in no event."""
+    outcomes = ("sent", "coalesced", "behind", "refused", "cancelled")
+    before = {o: _metric(server, "audioserve_live_partials_total", outcome=o)
+              for o in outcomes}
+    speech = to_rate(speech_stream(speech_files, gap_s=0.0, count=1), 8000)
+    assert len(speech) * 2 <= FRAME_LIMIT
+    t = _session(server, [_config(classify={"labels": LABELS, "hop_s": 0.5},
+                                  emotion={"min_silence_ms": 2000, "partial_every_s": 0.5}),
+                          speech.tobytes(), json.dumps({"type": "input.done"})])
+    assert t.close_code == 1000, t.events
+    done = t.of("session.done")[0]
+    assert done["partials_skipped"] >= 1
+    after = {o: _metric(server, "audioserve_live_partials_total", outcome=o) - before[o]
+             for o in outcomes}
+    assert after["behind"] >= 1
+    assert (after["sent"], after["coalesced"], after["cancelled"]) == (
+        done["partials"], done["partials_coalesced"], done["partials_cancelled"])
+    assert after["behind"] + after["refused"] == done["partials_skipped"]
+    assert len(t.of("emotion.partial")) == done["partials"]
+    assert all(s["task"] in ("classify", "emotion") for s in t.of("skipped"))
+    assert len(t.of("emotion.utterance")) + len(
+        [s for s in t.of("skipped") if s["task"] == "emotion"]) == 1  # its final: sent or said
 
 
 def test_metrics_after_a_stream(server: RunningServer) -> None:

@@ -305,6 +305,14 @@ def test_emotion_live_from_the_microphone(server: RunningServer, speech_files: l
         browser.wait(lambda d: live.get_attribute("aria-pressed") == "false", 30,
                      "the stream to end")
         assert not browser.visible("emotion-error")
+        # every partial the server sent was shown, and every one was replaced by its final
+        meta = browser.by_id("emotion-meta")
+        shown_partials = meta.get_attribute("data-partials")
+        print(f"emotion.partial events shown: {shown_partials}")
+        assert shown_partials == meta.get_attribute("data-partials-sent")
+        assert browser.js("return document.querySelectorAll('#emotion-segments .interim, "
+                          "#emotion-top.interim, #emotion-bars.interim').length") == 0
+        assert "so far" not in meta.text
         assert_clean_console(browser)
 
 

@@ -9,7 +9,7 @@ Client -> server (JSON text frames unless said otherwise):
     "classify": {"labels": [...], "prompt_template": null, "top_k": null, "hop_s": 2.0} | null,
     "emotion": {"granularity": "utterance" | "frame", "vad_aggressiveness": 3,
                 "min_speech_ms": 250, "min_silence_ms": 500, "padding_ms": 200,
-                "max_utterance_s": 20.0} | null}`
+                "max_utterance_s": 20.0, "partial_every_s": null} | null}`
   At least one of `classify` and `emotion`. For `webm`/`ogg` (Opus from MediaRecorder)
   `sample_rate` and `channels` are read from the stream and may be left out.
 - binary frames: audio in the configured format, any size up to AUDIOSERVE_LIVE_MAX_FRAME_BYTES.
@@ -26,9 +26,14 @@ seconds of audio received (at the model's rate), not wall clock.
   [start_s, end_s) (CLAP's 10 s window ending there; shorter at the start of the stream).
   A window ends every `hop_s` of audio, and at `input.done`.
 - `emotion.utterance`: `{"index", "start_s", "end_s", "granularity", "emotion", "scores",
-  "chunks", "frames"?}` — `/emotion`'s answer for exactly that utterance's audio (as found by
-  the voice-activity detector); with `frame` granularity `frames.times_s` and the segments
-  are in stream time (`/emotion`'s shifted by `start_s`).
+  "chunks", "frames"?, "final": true}` — `/emotion`'s answer for exactly that utterance's
+  audio (as found by the voice-activity detector); with `frame` granularity `frames.times_s`
+  and the segments are in stream time (`/emotion`'s shifted by `start_s`).
+- `emotion.partial` (only with `emotion.partial_every_s`): the same fields with
+  `"final": false` — `/emotion`'s answer for the open utterance so far (from its start to
+  its last voiced frame plus padding), under the index its final will have; interim and
+  best effort (coalesced, skipped or cancelled, and counted, never an error). A partial of
+  utterance i always arrives before the `emotion.utterance` of i.
 - `skipped`: `{"task": "classify" | "emotion", "index", "start_s", "end_s", "reason"}` —
   a window or utterance that got no result: `behind` (the stream already had
   AUDIOSERVE_LIVE_MAX_PENDING results being computed), `overloaded` (the model's admission
@@ -36,9 +41,8 @@ seconds of audio received (at the model's rate), not wall clock.
   Nothing is ever dropped without one.
 - `error`: `{"code", "message"}` — what was wrong and what is allowed; the socket is then
   closed with the close code in `CLOSE_CODES` (see `ErrorCode`).
-- `session.done`: `{"audio_s", "windows", "utterances", "skipped", "cancelled"}`.
-
-`emotion.partial` is reserved (not sent yet): every emotion result is final.
+- `session.done`: `{"audio_s", "windows", "utterances", "skipped", "cancelled", "partials",
+  "partials_coalesced", "partials_skipped", "partials_cancelled"}`.
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ class EmotionConfig(_Message):
     """Audio kept before the first and after the last voiced frame."""
     max_utterance_s: float = Field(20.0, ge=1.0, le=300.0)
     """An utterance that runs this long is cut there (and the next one starts)."""
+    partial_every_s: float | None = Field(None, ge=0.5, le=60.0)
+    """An `emotion.partial` each time the open utterance has grown this much (None: off)."""
 
 
 class SessionConfig(_Message):
@@ -134,8 +140,7 @@ class ClassifyWindow(_Event):
     labels: list[LabelScoreOut]
 
 
-class EmotionUtterance(_Event):
-    type: Literal["emotion.utterance"] = "emotion.utterance"
+class _EmotionResult(_Event):
     index: int
     start_s: float
     end_s: float
@@ -144,6 +149,18 @@ class EmotionUtterance(_Event):
     scores: list[dict[str, Any]]
     chunks: int
     frames: dict[str, Any] | None = None
+
+
+class EmotionUtterance(_EmotionResult):
+    type: Literal["emotion.utterance"] = "emotion.utterance"
+    final: Literal[True] = True
+
+
+class EmotionPartial(_EmotionResult):
+    """The open utterance so far (interim: the `emotion.utterance` of its index follows)."""
+
+    type: Literal["emotion.partial"] = "emotion.partial"
+    final: Literal[False] = False
 
 
 SkipReason = Literal["behind", "overloaded", "timeout", "too_short"]
@@ -191,10 +208,18 @@ class SessionDone(_Event):
     utterances: int
     skipped: int
     cancelled: int
+    partials: int = 0
+    """`emotion.partial` events sent; the other partials were coalesced (one was still
+    being computed), skipped (the stream was at live_max_pending, or the model refused it)
+    or cancelled (its final came first, a final needed its place, or the stream ended)."""
+    partials_coalesced: int = 0
+    partials_skipped: int = 0
+    partials_cancelled: int = 0
 
 
 ServerEvent = Annotated[
-    SessionCreated | ClassifyWindow | EmotionUtterance | Skipped | ErrorEvent | SessionDone,
+    SessionCreated | ClassifyWindow | EmotionUtterance | EmotionPartial | Skipped | ErrorEvent
+    | SessionDone,
     Field(discriminator="type"),
 ]
 SERVER_EVENTS: TypeAdapter[Any] = TypeAdapter(ServerEvent)

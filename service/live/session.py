@@ -10,6 +10,14 @@ seam. A stream holds at most `live_max_pending` jobs; a window or utterance beyo
 is skipped with a `skipped` event. Results go out in order per task through a bounded
 outbox; a client that leaves `live_send_buffer` events unread is cut off (1008) and its
 jobs are cancelled. A stream is read no faster than real time plus `live_max_ahead_s`.
+
+Partials (`emotion.partial_every_s`) are interim and best effort: each time the open
+utterance has grown that much, one job computes it so far through the same entry point,
+chained in the same per-task order (so a partial of utterance i goes out before its final).
+At most one is in flight per stream (a partial due meanwhile is coalesced into the next);
+none is started while the stream is at `live_max_pending`; one still running is cancelled
+when its final is submitted or when a final would otherwise be skipped for want of room.
+Each outcome is counted (session.done, audioserve_live_partials_total), never an event.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -52,6 +60,24 @@ class Counts:
     utterances: int = 0
     skipped: int = 0
     cancelled: int = 0
+    partials: int = 0
+    partials_coalesced: int = 0
+    partials_skipped: int = 0
+    partials_cancelled: int = 0
+
+
+PartialOutcome = Literal["sent", "coalesced", "behind", "refused", "cancelled"]
+"""The `outcome` label of audioserve_live_partials_total."""
+
+PARTIAL_LAG_LABEL = "emotion_partial"
+"""The `task` label of a partial's result lag (finals keep `classify` / `emotion`)."""
+
+
+@dataclass
+class _PartialJob:
+    task: asyncio.Task[None]
+    previous: asyncio.Task[None] | None
+    """The emotion job it was chained after: its successor waits on this if it is cancelled."""
 
 
 @dataclass
@@ -102,6 +128,12 @@ class LiveSession:
         self._labels: list[str] = []
         self._top_k = 0
         self._emotion_options = EmotionOptions()
+        self._partial_every: int | None = None
+        """Growth (samples at the model's rate) between partials; None: partials off."""
+        self._partial_due: tuple[int, int] = (-1, 0)
+        """(utterance index, its length at which the next partial is due)."""
+        self._partial: _PartialJob | None = None
+        """The stream's partial job in flight (at most one)."""
         self._first_audio_at: float | None = None
         self._ended = False
         """Set when the session stops: late decoder callbacks are ignored."""
@@ -124,10 +156,13 @@ class LiveSession:
             else:
                 self.end_reason = "closed"
                 self._cancel_pending()
+            c = self.counts
             self._emit(p.SessionDone(
                 audio_s=_round(self.audio_samples / (self.input_rate or 1)),
-                windows=self.counts.windows, utterances=self.counts.utterances,
-                skipped=self.counts.skipped, cancelled=self.counts.cancelled))
+                windows=c.windows, utterances=c.utterances, skipped=c.skipped,
+                cancelled=c.cancelled, partials=c.partials,
+                partials_coalesced=c.partials_coalesced, partials_skipped=c.partials_skipped,
+                partials_cancelled=c.partials_cancelled))
         except p.ProtocolError as exc:
             code = exc.close_code
             self.end_reason = exc.code
@@ -291,8 +326,16 @@ class LiveSession:
                 raise p.ProtocolError("invalid_config", f"emotion.max_utterance_s is "
                                       f"{emotion.max_utterance_s:g}; the limit is {limit:g} s "
                                       "(AUDIOSERVE_EMOTION_MAX_SECONDS)")
+            if (emotion.partial_every_s is not None
+                    and emotion.partial_every_s >= emotion.max_utterance_s):
+                raise p.ProtocolError("invalid_config", f"emotion.partial_every_s is "
+                                      f"{emotion.partial_every_s:g}; it must be under "
+                                      f"max_utterance_s ({emotion.max_utterance_s:g} s), or "
+                                      "no utterance ever gets a partial")
             pipeline: Emotion2vecPipeline = self.ctx.pipelines["emotion2vec"]
             self._endpointer = Endpointer(emotion, pipeline.constants.sample_rate)
+            if emotion.partial_every_s is not None:
+                self._partial_every = round(emotion.partial_every_s * self._endpointer.rate)
             self._emotion_options = EmotionOptions(granularity=Granularity(emotion.granularity))
         self._config = config
 
@@ -395,6 +438,8 @@ class LiveSession:
         if self._endpointer is not None:
             for utterance in self._endpointer.push(self._resamplers["emotion"](block, last)):
                 self._submit_utterance(utterance, now)
+            if not last:  # at input.done the final follows at once
+                self._maybe_partial(now)
 
     async def _flush(self) -> None:
         """input.done: the decoder's tail, the last window and utterance, then every job."""
@@ -431,52 +476,127 @@ class LiveSession:
     def _submit_utterance(self, utterance: Utterance, received_at: float) -> None:
         assert self._endpointer is not None
         rate = self._endpointer.rate
+        self._cancel_partial()  # its final is here: the interim view is moot
         self._submit("emotion", utterance.index, utterance.start / rate, utterance.end / rate,
                      received_at, lambda: self._emotion(utterance))
 
     def _submit(self, task: p.Task, index: int, start_s: float, end_s: float, received_at: float,
                 compute: Callable[[], Awaitable[BaseModel]]) -> None:
         if len(self._pending) >= self.settings.live_max_pending:
+            self._cancel_partial()  # finals have priority over an interim view
+        if len(self._pending) >= self.settings.live_max_pending:
             self._skip(task, index, start_s, end_s, "behind",
                        f"{len(self._pending)} results of this stream are still being "
                        "computed (AUDIOSERVE_LIVE_MAX_PENDING): the models are behind")
             return
+        self._start_job(task, index, start_s, end_s, received_at, compute, partial=False)
+
+    def _start_job(self, task: p.Task, index: int, start_s: float, end_s: float,
+                   received_at: float, compute: Callable[[], Awaitable[BaseModel]], *,
+                   partial: bool) -> asyncio.Task[None]:
         previous = self._last_job[task]
         job = asyncio.create_task(self._job(task, index, start_s, end_s, received_at,
-                                            compute, previous))
+                                            compute, previous, partial))
         self._last_job[task] = job
         self._pending.add(job)
         job.add_done_callback(self._pending.discard)
+        if partial:
+            self._partial = _PartialJob(job, previous)
+        return job
 
     async def _job(self, task: p.Task, index: int, start_s: float, end_s: float,
                    received_at: float, compute: Callable[[], Awaitable[BaseModel]],
-                   previous: asyncio.Task[None] | None) -> None:
+                   previous: asyncio.Task[None] | None, partial: bool) -> None:
         gate = self.ctx.gates[_KINDS[task]]
         event: BaseModel | None = None
+        refused: tuple[p.SkipReason, str] | None = None
         try:
             async with gate.admit():
                 event = await compute()
         except (Overloaded, BatcherClosed) as exc:
-            self._skip(task, index, start_s, end_s, "overloaded", str(exc))
+            refused = ("overloaded", str(exc))
         except DeadlineExceeded as exc:
-            self._skip(task, index, start_s, end_s, "timeout", str(exc))
+            refused = ("timeout", str(exc))
         except InvalidInput as exc:
-            self._skip(task, index, start_s, end_s, "too_short", exc.message)
+            refused = ("too_short", exc.message)
         except ApiError as exc:
-            reason: p.SkipReason = "overloaded" if exc.status in (503, 504) else "too_short"
-            self._skip(task, index, start_s, end_s, reason, exc.message)
+            refused = ("overloaded" if exc.status in (503, 504) else "too_short", exc.message)
         except Exception:
             log.exception("live %s job failed", task)
             self._fail(p.ProtocolError("internal_error", f"computing {task} {index} failed"))
+        if refused is not None:
+            if partial:  # an interim view: counted, not said (its final still comes)
+                self._count_partial("refused")
+            else:
+                self._skip(task, index, start_s, end_s, *refused)
         if event is None:
             return
         if previous is not None:  # results go out in order per task
             await asyncio.wait({previous})
-        if task == "classify":
+        label: str = task
+        if partial:
+            label = PARTIAL_LAG_LABEL
+            self._count_partial("sent")
+        elif task == "classify":
             self.counts.windows += 1
         else:
             self.counts.utterances += 1
-        self._emit(event, task=task, received_at=received_at)
+        self._emit(event, task=label, received_at=received_at)
+
+    # -- partials ------------------------------------------------------------------------
+
+    def _maybe_partial(self, received_at: float) -> None:
+        """Start a partial of the open utterance if it has grown `partial_every` since the
+        last one was due: coalesced while one is in flight, skipped while the stream is at
+        live_max_pending (finals have priority)."""
+        if self._partial_every is None or self._endpointer is None:
+            return
+        span = self._endpointer.open_span()
+        if span is None:
+            return
+        index, start, end = span
+        due_index, due_at = self._partial_due
+        if index != due_index:  # a new utterance: its first partial after one period
+            due_at = self._partial_every
+        if end - start < due_at:
+            self._partial_due = (index, due_at)
+            return
+        self._partial_due = (index, end - start + self._partial_every)
+        if self._partial is not None and not self._partial.task.done():
+            self._count_partial("coalesced")
+            return
+        if len(self._pending) >= self.settings.live_max_pending:
+            self._count_partial("behind")
+            return
+        utterance = self._endpointer.so_far()
+        assert utterance is not None
+        rate = self._endpointer.rate
+        self._start_job("emotion", index, start / rate, end / rate, received_at,
+                        lambda: self._emotion(utterance, partial=True), partial=True)
+
+    def _cancel_partial(self) -> None:
+        """Cancel the partial in flight (if any); the emotion job chained after it next
+        waits on what it waited on, so results keep their order."""
+        job, self._partial = self._partial, None
+        if job is None or job.task.done():
+            return
+        job.task.cancel()
+        self._pending.discard(job.task)
+        if self._last_job["emotion"] is job.task:
+            self._last_job["emotion"] = job.previous
+        self._count_partial("cancelled")
+
+    def _count_partial(self, outcome: PartialOutcome) -> None:
+        c = self.counts
+        if outcome == "sent":
+            c.partials += 1
+        elif outcome == "coalesced":
+            c.partials_coalesced += 1
+        elif outcome == "cancelled":
+            c.partials_cancelled += 1
+        else:
+            c.partials_skipped += 1
+        self.metrics.live_partials.labels(outcome).inc()
 
     async def _classify(self, window: Window) -> p.ClassifyWindow:
         clap: ClapPipeline = self.ctx.pipelines["clap"]
@@ -490,7 +610,8 @@ class LiveSession:
             labels=[p.LabelScoreOut(label=s.label, probability=s.probability,
                                     similarity=s.similarity) for s in scores])
 
-    async def _emotion(self, utterance: Utterance) -> p.EmotionUtterance:
+    async def _emotion(self, utterance: Utterance, partial: bool = False
+                       ) -> p.EmotionUtterance | p.EmotionPartial:
         emo: Emotion2vecPipeline = self.ctx.pipelines["emotion2vec"]
         options = self._emotion_options
         result = await emo.analyse_samples(utterance.samples, options)
@@ -502,7 +623,8 @@ class LiveSession:
             for segment in frames["segments"]:
                 segment["start_s"] = _round(segment["start_s"] + start_s)
                 segment["end_s"] = _round(segment["end_s"] + start_s)
-        return p.EmotionUtterance(
+        event = p.EmotionPartial if partial else p.EmotionUtterance
+        return event(
             index=utterance.index, start_s=_round(start_s),
             end_s=_round(utterance.end / emo.constants.sample_rate),
             granularity=options.granularity.value, emotion=body["emotion"],
@@ -516,6 +638,7 @@ class LiveSession:
                              end_s=_round(end_s), reason=reason, message=message))
 
     def _cancel_pending(self) -> None:
+        self._cancel_partial()
         for job in list(self._pending):
             if not job.done():
                 job.cancel()

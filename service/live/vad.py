@@ -6,6 +6,9 @@ speech or not. An utterance starts at its first voiced frame and ends once
 kept on each side (after: at most `min_silence_ms`, so an utterance is cut as soon as it
 is known to be over), an utterance voiced for less than `min_speech_ms` is not one, and
 one that runs `max_utterance_s` is cut there (its speech goes on in the next).
+
+While an utterance is open, `so_far` gives it as it would be if it ended now (from its
+start to its last voiced frame plus `padding_ms`): what a partial result is computed on.
 """
 
 from __future__ import annotations
@@ -95,6 +98,22 @@ class Endpointer:
         if self._first_voiced is not None and self._pos - self._last_voiced >= self.min_silence:
             return self._close(self._last_voiced + self.pad_after)
         return None
+
+    def open_span(self) -> tuple[int, int, int] | None:
+        """The open utterance so far as (index, start, end), once it has `min_speech` of
+        voice (so its final will come, under this index): from its start to its last voiced
+        frame plus the padding after, as if it ended now; None while there is none."""
+        if self._first_voiced is None or self._last_voiced - self._first_voiced < self.min_speech:
+            return None
+        return self._index, self._start, min(self._pos, self._last_voiced + self.pad_after)
+
+    def so_far(self) -> Utterance | None:
+        """The open utterance's audio so far (see open_span)."""
+        span = self.open_span()
+        if span is None:
+            return None
+        index, start, end = span
+        return Utterance(index, start, end, self.buffer.span(start, end))
 
     def finish(self) -> list[Utterance]:
         if self._first_voiced is None:

@@ -78,6 +78,11 @@ class Metrics:
             "audioserve_live_skipped", "Live windows/utterances skipped (each said in an "
             "event)", ["task", "reason"], registry=r,
         )
+        self.live_partials = Counter(
+            "audioserve_live_partials", "Live emotion.partial results by outcome: sent, "
+            "coalesced, behind, refused or cancelled (interim results: never an error)",
+            ["outcome"], registry=r,
+        )
         self.live_audio_seconds = Counter(
             "audioserve_live_audio_seconds", "Seconds of live audio received", registry=r
         )

@@ -55,7 +55,11 @@ export function setupEmotion() {
   setupLive(error);
 }
 
-// Live: the microphone streamed; each utterance's frames join the timeline as it ends.
+// Live: the microphone streamed; each utterance's frames join the timeline as it ends,
+// and while it goes on its partial (emotion.partial, every second) is drawn dimmed in its
+// place until the final replaces it.
+const PARTIAL_EVERY_S = 1;
+
 function setupLive(error) {
   const button = $("emotion-live");
   let session = null;
@@ -69,16 +73,28 @@ function setupLive(error) {
     clearError(error);
     const frames = { labels: [], frame_rate: 50, times_s: [], scores: [], segments: [] };
     let utterances = 0;
-    session = new LiveSession({ emotion: { granularity: "frame" } }, {
+    let last = null;  // the last final (a skipped utterance's partial gives way to it)
+    const meta = $("emotion-meta");
+    meta.dataset.partials = "0";  // partials shown (the test compares session.done's count)
+    delete meta.dataset.partialsSent;
+    session = new LiveSession({ emotion: { granularity: "frame", partial_every_s: PARTIAL_EVERY_S } }, {
       onEvent: (event) => {
-        if (event.type === "emotion.utterance") {
+        if (event.type === "emotion.partial") {
+          meta.dataset.partials = String(Number(meta.dataset.partials) + 1);
+          renderLive(event, frames, utterances);
+        } else if (event.type === "emotion.utterance") {
           utterances += 1;
           const f = event.frames;
           Object.assign(frames, { labels: f.labels, frame_rate: f.frame_rate });
           frames.times_s.push(...f.times_s);
           frames.scores.push(...f.scores);
           frames.segments.push(...f.segments);
+          last = event;
           renderLive(event, frames, utterances);
+        } else if (event.type === "skipped" && event.task === "emotion" && last) {
+          renderLive(last, frames, utterances);
+        } else if (event.type === "session.done") {
+          meta.dataset.partialsSent = String(event.partials);
         } else if (event.type === "error") {
           showError(error, `${event.code}: ${event.message}`);
         }
@@ -99,28 +115,38 @@ function setupLive(error) {
   });
 }
 
+// `event`: the last final, or a partial (interim: dimmed, its frames drawn after the
+// finals' until its final replaces it).
 function renderLive(event, frames, utterances) {
   $("emotion-result").hidden = false;
+  const interim = event.final === false;
   const top = event.emotion;
   $("emotion-top").replaceChildren(
     el("span", { class: "emoji", text: top.emoji, "aria-hidden": "true" }),
     el("span", { class: "top-label", text: top.label }),
     el("span", { class: "top-score", text: pct(top.score) }),
+    ...(interim ? [el("span", { class: "top-score", text: "so far" })] : []),
   );
+  $("emotion-top").classList.toggle("interim", interim);
+  $("emotion-bars").classList.toggle("interim", interim);
   $("emotion-meta").textContent = `live · ${utterances} utterance${utterances === 1 ? "" : "s"}` +
-    ` · the last ${secs(event.start_s)}–${secs(event.end_s)}`;
+    (interim ? ` · speaking ${secs(event.start_s)}–${secs(event.end_s)} (so far)`
+      : ` · the last ${secs(event.start_s)}–${secs(event.end_s)}`);
   drawBars($("emotion-bars"), event.scores.map((s) => ({ label: s.label, value: s.score, emoji: s.emoji })),
     { color: colorOf });
   $("emotion-timeline-figure").hidden = false;
   shown = null;  // no recording to play back: no cursor
-  drawTimeline(frames, event.end_s);
-  drawSegments(frames.segments, event.end_s);
+  const partial = interim ? event.frames : null;
+  drawTimeline(frames, event.end_s, partial);
+  drawSegments(frames.segments, event.end_s, partial ? partial.segments : []);
   $("emotion-legend").replaceChildren(...frames.labels.map((label, i) => el("li", {},
     el("span", { class: "swatch", style: { background: colorOf(label, i) } }), label)));
 }
 
 function render(result, audio) {
   $("emotion-result").hidden = false;
+  $("emotion-top").classList.remove("interim");
+  $("emotion-bars").classList.remove("interim");
   const top = result.emotion;
   $("emotion-top").replaceChildren(
     el("span", { class: "emoji", text: top.emoji, "aria-hidden": "true" }),
@@ -152,7 +178,7 @@ function render(result, audio) {
 
 const AXIS_PX = 34; // left margin for the probability axis
 
-function drawTimeline(frames, duration) {
+function drawTimeline(frames, duration, partial = null) {
   const canvas = $("emotion-canvas");
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth || 600;
@@ -163,7 +189,7 @@ function drawTimeline(frames, duration) {
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   ctx.clearRect(0, 0, width, height);
   // the axis tops out at the largest probability, rounded up to a round step
-  const peak = Math.max(0.05, ...frames.scores.flat());
+  const peak = Math.max(0.05, ...frames.scores.flat(), ...(partial ? partial.scores.flat() : []));
   const step = peak <= 0.25 ? 0.05 : peak <= 0.5 ? 0.1 : 0.25;
   const top = Math.min(1, Math.ceil(peak / step - 1e-9) * step);
   const y = (p) => height - 4 - (p / top) * (height - 14);
@@ -184,29 +210,36 @@ function drawTimeline(frames, duration) {
     ctx.fillStyle = "#475569";
     if (i > 0) ctx.fillText(`${Math.round(level * 100)}%`, AXIS_PX - 4, y(level));
   }
-  const frame = 1 / frames.frame_rate;
-  frames.labels.forEach((label, c) => {
-    ctx.strokeStyle = colorOf(label, c);
-    ctx.lineWidth = 1.6;
-    ctx.beginPath();
-    frames.scores.forEach((row, f) => {
-      const px = x(frames.times_s[f] + frame / 2);
-      if (f === 0) ctx.moveTo(px, y(row[c]));
-      else ctx.lineTo(px, y(row[c]));
+  const plotFrames = (shownFrames, alpha) => {
+    const frame = 1 / shownFrames.frame_rate;
+    ctx.globalAlpha = alpha;
+    shownFrames.labels.forEach((label, c) => {
+      ctx.strokeStyle = colorOf(label, c);
+      ctx.lineWidth = 1.6;
+      ctx.beginPath();
+      shownFrames.scores.forEach((row, f) => {
+        const px = x(shownFrames.times_s[f] + frame / 2);
+        if (f === 0) ctx.moveTo(px, y(row[c]));
+        else ctx.lineTo(px, y(row[c]));
+      });
+      ctx.stroke();
     });
-    ctx.stroke();
-  });
+    ctx.globalAlpha = 1;
+  };
+  plotFrames(frames, 1);
+  if (partial) plotFrames(partial, 0.4);  // interim: the final replaces it
   canvas.setAttribute("aria-label",
     `Emotion probabilities for ${frames.scores.length} frames over ${secs(duration)}`);
 }
 
-function drawSegments(segments, duration) {
+function drawSegments(segments, duration, interim = []) {
   const band = $("emotion-segments");
   band.style.marginLeft = `${AXIS_PX}px`;
-  band.replaceChildren(...segments.map((s) => {
+  const all = [...segments, ...interim.map((s) => ({ ...s, interim: true }))];
+  band.replaceChildren(...all.map((s) => {
     const width = ((s.end_s - s.start_s) / duration) * 100;
     return el("span", {
-      class: "segment", "data-label": s.label,
+      class: s.interim ? "segment interim" : "segment", "data-label": s.label,
       title: `${s.label} ${s.emoji}: ${secs(s.start_s)}–${secs(s.end_s)} (${pct(s.score)})`,
       style: { left: `${(s.start_s / duration) * 100}%`, width: `${width}%`, background: colorOf(s.label) },
     }, width > 6 ? `${s.emoji} ${s.label}` : s.emoji);
