@@ -35,12 +35,14 @@ Server -> client:
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from service.live.protocol import validation_problems
 from service.pipelines.chattts import MAX_SAMPLING_SEED
+from service.tts.chunking import Split
 from service.tts.stretch import MAX_SPEED, MIN_SPEED
 
 
@@ -48,12 +50,31 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Granularity = Literal["none", "sentence", "clause"]
+GRANULARITY_SPLIT: dict[str, Split] = {"none": "long", "sentence": "sentence",
+                                       "clause": "clause"}
+"""`split_granularity` -> the `/tts` `split` that cuts the same pieces (same audio)."""
+
+DEFAULT_VOICE = "alloy"
+_OUR_LANGUAGES = re.compile(r"auto|english|chinese|mandarin|(?:en|zh|cmn)(?:[-_]\w+)*",
+                            re.IGNORECASE)
+_SAVED_VOICE = ("use `voice` with a built-in or saved ChatTTS voice (POST /v1/voices saves "
+                "one under any name, e.g. the one this client sends; GET /v1/voices lists them)")
+
+
 class SessionConfig(_Message):
+    """Our `/v1/audio/speech` fields plus every field of vLLM-Omni's
+    `StreamingSpeechSessionConfig`, each with a defined behaviour: used, ignored (said in
+    `ignored()`, sent on the next utterance's first event) or refused (`refused()`, an
+    `error` naming the field). Anything else is refused by name (a typo shows)."""
+
     type: Literal["session.config"]
-    model: str = "chattts"
-    voice: str = "alloy"
+    model: str | None = None
+    """None: chattts (vLLM-Omni's default model)."""
+    voice: str | None = Field(None, validation_alias=AliasChoices("voice", "speaker"))
+    """`speaker` is vLLM-Omni's alias. None: `alloy`."""
     response_format: Literal["pcm", "wav", "mp3", "opus", "aac", "flac"] = "pcm"
-    speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
+    speed: float | None = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     seed: int | None = Field(None, ge=0, le=MAX_SAMPLING_SEED)
     """Sampling seed: sentence i of an utterance samples with seed + i (as `/tts` piece i)."""
     temperature: float | None = Field(None, gt=0, le=5)
@@ -62,6 +83,71 @@ class SessionConfig(_Message):
     max_new_tokens: int | None = Field(None, ge=1)
     """Per sentence, as `/tts`'s per piece."""
     instructions: str | None = None
+    split_granularity: Granularity = "sentence"
+    """Where a piece ends and starts generating: each sentence, each clause too, or
+    `none`: nothing before `input.done`, then the text cut as `/tts` cuts it (`long`)."""
+    stream_audio: bool = True
+    """vLLM-Omni's switch between a file per sentence and streamed PCM; here the audio is
+    always one stream per utterance, so `false` is accepted and listed as ignored."""
+    # vLLM-Omni fields that only steer Qwen3-TTS (ignored) or ask for what ChatTTS cannot
+    # do (refused): see `ignored()` and `refused()`.
+    task_type: Literal["CustomVoice", "VoiceDesign", "Base"] | None = None
+    language: str | None = Field(None, max_length=64)
+    initial_codec_chunk_frames: int | None = Field(None, ge=0)
+    non_streaming_mode: bool | None = None
+    ref_audio: str | list[str] | None = None
+    ref_text: str | None = None
+    x_vector_only_mode: bool | None = None
+    speaker_embedding: list[float] | list[list[float]] | None = Field(None, max_length=8192)
+    word_timestamps: bool = False
+    request_id: str | None = Field(None, max_length=256)
+    session_id: str | None = Field(None, max_length=256)
+
+    def refused(self) -> list[str]:
+        """What this config asks for that this server cannot do: one line per field."""
+        problems = []
+        if self.ref_audio is not None:
+            problems.append("ref_audio: voice cloning from reference audio is not supported "
+                            f"(ChatTTS has no speaker encoder); {_SAVED_VOICE}")
+        if self.ref_text is not None:
+            problems.append("ref_text: it belongs to ref_audio voice cloning, which is not "
+                            f"supported; {_SAVED_VOICE}")
+        if self.x_vector_only_mode:
+            problems.append("x_vector_only_mode: voice cloning is not supported; "
+                            + _SAVED_VOICE)
+        if self.speaker_embedding is not None:
+            problems.append("speaker_embedding: a Qwen3-TTS speaker vector means nothing to "
+                            "ChatTTS; give a ChatTTS speaker as `voice` (a saved voice's "
+                            "name, a mix, or an spk_emb string)")
+        if self.word_timestamps:
+            problems.append("word_timestamps: there is no word aligner here; every "
+                            "audio.done carries its sentence's start_s/end_s in the "
+                            "utterance's audio (split_granularity \"clause\" for finer "
+                            "spans): set word_timestamps to false")
+        if self.language is not None and not _OUR_LANGUAGES.fullmatch(self.language.strip()):
+            problems.append(f"language {self.language!r}: ChatTTS speaks English and Chinese; "
+                            "give English, Chinese or Auto, or leave it out")
+        return problems
+
+    def ignored(self) -> dict[str, str]:
+        """The fields given that have no effect here, each with why."""
+        why = {
+            "task_type": "a Qwen3-TTS task; ChatTTS speaks every text with `voice`",
+            "language": "ChatTTS reads English and Chinese from the text itself",
+            "instructions": "ChatTTS takes no style instructions",
+            "initial_codec_chunk_frames": "a Qwen3-TTS chunk size; the first audio comes "
+                                          "after AUDIOSERVE_TTS_STREAM_CHUNK_TOKENS tokens",
+            "non_streaming_mode": "a Qwen3-TTS prompt mode; ChatTTS has none",
+            "x_vector_only_mode": "no voice cloning here",
+            "stream_audio": "audio is always streamed: one stream per utterance in "
+                            "response_format",
+            "request_id": "not used",
+            "session_id": "not used",
+        }
+        given = {name for name in why if getattr(self, name) is not None}
+        if self.stream_audio:
+            given.discard("stream_audio")
+        return {name: why[name] for name in why if name in given & self.model_fields_set}
 
 
 class InputText(_Message):
@@ -90,13 +176,20 @@ class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class AudioStart(_Event):
+class _FirstEvent(_Event):
+    ignored: dict[str, str] | None = Field(None, exclude_if=lambda v: v is None)
+    """On an utterance's first event only, after a session.config with fields that have
+    no effect here: each such field and why (`SessionConfig.ignored`)."""
+
+
+class AudioStart(_FirstEvent):
     type: Literal["audio.start"] = "audio.start"
     utterance_index: int
     sentence_index: int
     sentence_text: str
     format: str
     sample_rate: int
+    channels: int = 1
 
 
 class AudioDone(_Event):
@@ -109,7 +202,7 @@ class AudioDone(_Event):
     end_s: float
 
 
-class SessionDone(_Event):
+class SessionDone(_FirstEvent):
     type: Literal["session.done"] = "session.done"
     utterance_index: int
     total_sentences: int
@@ -118,7 +211,7 @@ class SessionDone(_Event):
     underrun_s: float = 0.0
 
 
-class AudioCancelled(_Event):
+class AudioCancelled(_FirstEvent):
     type: Literal["audio.cancelled"] = "audio.cancelled"
     utterance_index: int
     sent_samples: int
