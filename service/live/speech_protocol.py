@@ -7,9 +7,20 @@ vLLM-Omni's speech WebSocket protocol, so its clients work unchanged, plus our a
   `/v1/audio/speech` fields: `{"type": "session.config", "model": "tts-1", "voice": "alloy",
   "response_format": "pcm" | "wav" | "mp3" | "opus" | "aac" | "flac", "speed": 1.0,
   "seed": null, "temperature": null, "top_p": null, "top_k": null,
-  "max_new_tokens": null, "instructions": null}` (all optional; `instructions` ignored).
+  "max_new_tokens": null, "split_granularity": "sentence" | "clause" | "none"}` (all
+  optional; null = the default), and every other field of vLLM-Omni's
+  `StreamingSpeechSessionConfig`, each with a defined behaviour (`SessionConfig`;
+  docs/speech-stream.md has the table): `speaker` = `voice`; `task_type`, `language`
+  (English, Chinese or Auto), `instructions`, `initial_codec_chunk_frames`,
+  `non_streaming_mode`, `x_vector_only_mode: false`, `stream_audio: false`, `request_id`,
+  `session_id` are ignored and listed, with why, in `ignored` on the next utterance's first
+  event; `ref_audio`, `ref_text`, `x_vector_only_mode: true`, `speaker_embedding`,
+  `word_timestamps: true` and other languages get `error` invalid_config naming the field.
+  A field not in either set: `error` invalid_message naming it.
 - `input.text` `{"text": "..."}` — a fragment of any size (an LLM's token). Each sentence
-  starts generating as soon as it is complete (`service.tts.chunking.SentenceSplitter`).
+  (with `split_granularity: "clause"` each clause) starts generating as soon as it is
+  complete (`service.tts.chunking.SentenceSplitter`); with `"none"` nothing starts before
+  `input.done`, then the text is cut as `/tts` cuts it (`split: "long"`).
 - `input.done` — the utterance's text is complete: the rest is spoken; the socket stays
   open for the next utterance.
 - + `input.cancel` — barge-in: the utterances in progress stop (their engine sequences
@@ -19,7 +30,7 @@ vLLM-Omni's speech WebSocket protocol, so its clients work unchanged, plus our a
 Server -> client:
 
 - `audio.start` `{"utterance_index", "sentence_index", "sentence_text", "format",
-  "sample_rate"+}` — before the sentence's first audio.
+  "sample_rate", "channels", "ignored"+}` — before the sentence's first audio.
 - binary frames — the utterance's audio, in order: ONE stream per utterance in the
   configured format (pcm: 16-bit LE mono at 24 kHz). Sentences are joined by a 10 ms
   crossfade, which goes out after the next sentence's `audio.start`.
@@ -27,9 +38,12 @@ Server -> client:
   "start_s"+, "end_s"+}` — the sentence's span in the utterance's audio, sample-exact
   (neighbours overlap by the crossfade).
 - `session.done` `{"utterance_index", "total_sentences", "audio_s"+, "first_audio_s"+,
-  "underrun_s"+}` — the utterance is sent whole.
-- + `audio.cancelled` `{"utterance_index", "sent_samples", "sent_s", "sentences_done"}` —
-  after `input.cancel`: how much of that utterance's audio was sent (no more follows).
+  "underrun_s"+, "ignored"+}` — the utterance is sent whole.
+- + `audio.cancelled` `{"utterance_index", "sent_samples", "sent_s", "sentences_done",
+  "ignored"+}` — after `input.cancel`: how much of that utterance's audio was sent (no
+  more follows).
+- + `ignored` `{field: why}` — only on an utterance's first event, after a
+  `session.config` that gave fields with no effect here.
 - `error` `{"message", "code"+}` — then close with `CLOSE_CODES[code]`.
 """
 

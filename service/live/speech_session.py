@@ -1,10 +1,12 @@
 """One speech-stream session: text in as it is written, audio out sentence by sentence.
 
 Design note. Three parts, one writer. The receive loop (`run`) parses every client
-message (service.live.speech_protocol) and feeds the open utterance's `SentenceSplitter`;
-each complete sentence goes to that utterance's feeder task, which makes its engine job
-(`ChatTTSPipeline.piece_job`: seed `seed + i` for sentence i, as `/tts` with
-`split: "sentence"` seeds piece i) and appends it to the utterance's open-ended
+message (service.live.speech_protocol) and feeds the open utterance's `SentenceSplitter`
+(cutting as `/tts` with the `split` that the config's `split_granularity` names: sentence,
+clause, or none = `long`, whose pieces are complete only at `input.done`); each complete
+sentence goes to that utterance's feeder task, which makes its engine job
+(`ChatTTSPipeline.piece_job`: seed `seed + i` for sentence i, as `/tts` with the same
+`split` seeds piece i) and appends it to the utterance's open-ended
 `SpeechStream`, so generation starts at once, overlapping with the text still arriving,
 and neighbouring sentences are joined by the same `Stitcher` crossfade as one request's
 pieces: the utterance's audio equals `/tts`'s for the same text, seed and split. The
