@@ -8,6 +8,10 @@ and `clause` speaks clauses, each with `/tts`'s audio for the same split."""
 from __future__ import annotations
 
 import json
+import logging
+import socket
+import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -213,3 +217,25 @@ def test_granularity_clause_speaks_each_clause_as_tts_does(server: RunningServer
         e["sentence_text"] for e in rest.events if e["type"] == "audio.start"]
     assert texts == ["Well,", "it costs 3,000 dollars;", "we pay at 10:30.", "Then we go home"]
     assert_same_pcm(bytes(rest.audio), tts_pcm(server, text, "clause"), "clause")
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_a_client_that_hangs_up_mid_audio_is_a_disconnect_not_a_failure(
+        server: RunningServer, caplog: pytest.LogCaptureFixture, how: str) -> None:
+    closed = server.app.state.metrics.tts_ws_closed.labels("disconnected")
+    before = closed._value.get()
+    with connect(ws_url(server)) as ws:
+        ws.send(json.dumps({**OMNI_CLIENT_CONFIG, "voice": "alloy", "seed": 7,
+                            "max_new_tokens": 400, "response_format": "pcm"}))
+        ws.send(json.dumps({"type": "input.text", "text": "A long sentence. " * 3}))
+        while not isinstance(ws.recv(timeout=60), bytes):  # audio is flowing: hang up
+            pass
+        if how == "reset":  # no close handshake: the server's next send fails
+            ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                 struct.pack("ii", 1, 0))
+            ws.socket.close()
+    deadline = time.monotonic() + 60
+    while closed._value.get() == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert closed._value.get() == before + 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -116,8 +116,9 @@ class SpeechSession:
         self._session_chars = 0
         self._pending = 0
         self._room = asyncio.Event()
-        self._fatal: asyncio.Future[p.ProtocolError] = (
+        self._fatal: asyncio.Future[p.ProtocolError | WebSocketDisconnect] = (
             asyncio.get_running_loop().create_future())
+        """Why the session must end, from a task beside the receive loop."""
 
     # -- the whole session -------------------------------------------------------------
 
@@ -159,8 +160,9 @@ class SpeechSession:
         sender.result()
 
     def _fail(self, exc: BaseException) -> None:
-        if not self._fatal.done():
-            self._fatal.set_result(_fail_reason(exc))
+        if not self._fatal.done():  # a client gone while audio was sent: a disconnect
+            self._fatal.set_result(exc if isinstance(exc, WebSocketDisconnect)
+                                   else _fail_reason(exc))
         for u in self._live:
             u.abort()
 
@@ -403,6 +405,7 @@ class SpeechSession:
     async def _send_audio(self, u: Utterance, stream: SpeechStream) -> None:
         rate = self.pipeline.c.sample_rate
         frames = aiter(stream.frames())
+        step: asyncio.Future[Any] | None = None
         try:
             while await self._until_cancelled(u, step := asyncio.ensure_future(
                     anext(frames))):
@@ -421,6 +424,10 @@ class SpeechSession:
                 else:
                     await self._sentence_done(u, item, rate)
         finally:
+            if step is not None and not step.done():  # the sender itself was cancelled
+                step.cancel()  # (session over): a running generator cannot be closed
+                with contextlib.suppress(BaseException):
+                    await step
             await frames.aclose()  # type: ignore[attr-defined]
 
     async def _sentence_done(self, u: Utterance, mark: PieceMark, rate: int) -> None:
