@@ -8,7 +8,14 @@ import re
 
 import pytest
 
-from service.tts.chunking import SentenceSplitter, split_at_sentences, split_long_text
+from service.tts.chunking import (
+    SentenceSplitter,
+    Split,
+    split_at_clauses,
+    split_at_sentences,
+    split_long_text,
+    split_pieces,
+)
 
 EN = ("The quick brown fox jumps over the lazy dog. It wasn't amused; the dog, however, "
       "slept on. Pi is 3.14159 and e is 2.71828! Would you believe it? [uv_break] Yes.")
@@ -64,24 +71,27 @@ FRAGMENTED = [
 ]
 
 
-def _fed(text: str, cuts: list[int], max_chars: int) -> list[str]:
-    splitter = SentenceSplitter(max_chars)
+def _fed(text: str, cuts: list[int], max_chars: int, split: Split = "sentence"
+         ) -> list[str]:
+    splitter = SentenceSplitter(max_chars, split)
     bounds = [0, *cuts, len(text)]
     pieces = [p for a, b in itertools.pairwise(bounds)
               for p in splitter.feed(text[a:b])]
     return pieces + splitter.flush()
 
 
+@pytest.mark.parametrize("split", ["sentence", "clause", "long"])
 @pytest.mark.parametrize("text", FRAGMENTED)
-def test_pieces_do_not_depend_on_how_the_text_was_fragmented(text: str) -> None:
+def test_pieces_do_not_depend_on_how_the_text_was_fragmented(text: str, split: Split
+                                                             ) -> None:
     rng = random.Random(len(text))
-    whole = split_at_sentences(text, 40)
-    assert _fed(text, list(range(1, len(text))), 40) == whole  # a character at a time
+    whole = split_pieces(text, 40, split)
+    assert _fed(text, list(range(1, len(text))), 40, split) == whole  # a character at a time
     for _ in range(200):
         cuts = sorted(rng.sample(range(1, len(text)), rng.randint(1, min(30, len(text) - 1))))
-        assert _fed(text, cuts, 40) == whole, cuts
+        assert _fed(text, cuts, 40, split) == whole, cuts
     assert all(len(p) <= 40 for p in whole)
-    assert "".join(whole).replace(" ", "") == "".join(text.split()).replace(" ", "")
+    assert "".join("".join(whole).split()) == "".join(text.split())  # nothing lost
 
 
 def test_a_sentence_is_given_as_soon_as_it_is_decided() -> None:
@@ -94,6 +104,20 @@ def test_a_sentence_is_given_as_soon_as_it_is_decided() -> None:
     assert splitter.flush() == ["I'm pi is 3.14 don'"]
     zh = SentenceSplitter(200)
     assert zh.feed("你好。今天") == ["你好。"]  # no space needed after a full-width mark
+
+
+def test_clauses_end_pieces_too_but_not_inside_numbers() -> None:
+    text = "Well, it costs 3,000 dollars; at 10:30 we pay: cash. 我们去公园吧，好不好？"
+    assert split_at_clauses(text, 200) == [
+        "Well,", "it costs 3,000 dollars;", "at 10:30 we pay:", "cash.", "我们去公园吧，",
+        "好不好？"]
+    assert split_at_sentences(text, 200) == [
+        "Well, it costs 3,000 dollars; at 10:30 we pay: cash.", "我们去公园吧，好不好？"]
+    splitter = SentenceSplitter(200, "clause")
+    assert splitter.feed("First,") == []  # an ASCII mark ends a clause only before a space
+    assert splitter.feed(" then") == ["First,"]
+    long = SentenceSplitter(200, "long")  # /tts's default cut: nothing before the end
+    assert long.feed("One. Two. ") == [] and long.flush() == ["One. Two."]
 
 
 def test_an_open_sentence_past_the_limit_gives_its_settled_pieces() -> None:

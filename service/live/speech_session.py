@@ -1,10 +1,12 @@
 """One speech-stream session: text in as it is written, audio out sentence by sentence.
 
 Design note. Three parts, one writer. The receive loop (`run`) parses every client
-message (service.live.speech_protocol) and feeds the open utterance's `SentenceSplitter`;
-each complete sentence goes to that utterance's feeder task, which makes its engine job
-(`ChatTTSPipeline.piece_job`: seed `seed + i` for sentence i, as `/tts` with
-`split: "sentence"` seeds piece i) and appends it to the utterance's open-ended
+message (service.live.speech_protocol) and feeds the open utterance's `SentenceSplitter`
+(cutting as `/tts` with the `split` that the config's `split_granularity` names: sentence,
+clause, or none = `long`, whose pieces are complete only at `input.done`); each complete
+sentence goes to that utterance's feeder task, which makes its engine job
+(`ChatTTSPipeline.piece_job`: seed `seed + i` for sentence i, as `/tts` with the same
+`split` seeds piece i) and appends it to the utterance's open-ended
 `SpeechStream`, so generation starts at once, overlapping with the text still arriving,
 and neighbouring sentences are joined by the same `Stitcher` crossfade as one request's
 pieces: the utterance's audio equals `/tts`'s for the same text, seed and split. The
@@ -67,6 +69,8 @@ class Utterance:
     appended: int = 0
     done: int = 0
     sent_samples: int = 0
+    ignored: dict[str, str] | None = None
+    """The config's fields that have no effect, for the utterance's first event."""
 
     def abort(self) -> None:
         self.cancelled.set()
@@ -100,6 +104,8 @@ class SpeechSession:
         self.pipeline = pipeline
         self.config: p.SessionConfig | None = None
         self._speaker: np.ndarray | None = None
+        self._ignored: dict[str, str] | None = None
+        """Said on the first event of the next utterance (`SessionConfig.ignored`)."""
         self.end_reason = "done"
         self._open: Utterance | None = None
         """The utterance whose text is arriving (None between utterances)."""
@@ -110,8 +116,9 @@ class SpeechSession:
         self._session_chars = 0
         self._pending = 0
         self._room = asyncio.Event()
-        self._fatal: asyncio.Future[p.ProtocolError] = (
+        self._fatal: asyncio.Future[p.ProtocolError | WebSocketDisconnect] = (
             asyncio.get_running_loop().create_future())
+        """Why the session must end, from a task beside the receive loop."""
 
     # -- the whole session -------------------------------------------------------------
 
@@ -153,8 +160,9 @@ class SpeechSession:
         sender.result()
 
     def _fail(self, exc: BaseException) -> None:
-        if not self._fatal.done():
-            self._fatal.set_result(_fail_reason(exc))
+        if not self._fatal.done():  # a client gone while audio was sent: a disconnect
+            self._fatal.set_result(exc if isinstance(exc, WebSocketDisconnect)
+                                   else _fail_reason(exc))
         for u in self._live:
             u.abort()
 
@@ -212,9 +220,11 @@ class SpeechSession:
                                       "send JSON text messages")
             size = len(text.encode("utf-8", "surrogatepass"))
             if size > self.settings.tts_ws_max_message_bytes:
+                cloning = ("; ref_audio (voice cloning) is not supported here: use `voice`"
+                           if '"ref_audio"' in text else "")
                 raise p.ProtocolError("message_too_large", f"a {size}-byte message; the limit "
                                       f"is {self.settings.tts_ws_max_message_bytes} "
-                                      "(AUDIOSERVE_TTS_WS_MAX_MESSAGE_BYTES)")
+                                      f"(AUDIOSERVE_TTS_WS_MAX_MESSAGE_BYTES){cloning}")
             return str(text)
 
     def _busy(self) -> bool:
@@ -228,25 +238,32 @@ class SpeechSession:
         if self._open is not None:
             raise p.ProtocolError("invalid_message", "session.config arrived inside an "
                                   "utterance; send it after input.done")
-        if (problem := unknown_model(config.model)) is not None:
+        if problems := config.refused():
+            raise p.ProtocolError("invalid_config", "; ".join(problems))
+        if (problem := unknown_model(config.model or "chattts")) is not None:
             raise p.ProtocolError("invalid_config", problem)
         req = self._request(config)
         self.pipeline.check_output(req)  # 413-class -> invalid_config
         self._speaker = await self.pipeline.speaker(req)  # an unknown voice: said now
         self.config = config
+        self._ignored = config.ignored() or None
 
     def _request(self, c: p.SessionConfig) -> SpeechRequest:
-        return SpeechRequest(text="", voice=c.voice, speed=c.speed, sampling_seed=c.seed,
-                             temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
-                             max_new_tokens=c.max_new_tokens, format=c.response_format,
-                             sample_rate=self.pipeline.c.sample_rate, split="sentence")
+        return SpeechRequest(text="", voice=c.voice or p.DEFAULT_VOICE,
+                             speed=1.0 if c.speed is None else c.speed,
+                             sampling_seed=c.seed, temperature=c.temperature, top_p=c.top_p,
+                             top_k=c.top_k, max_new_tokens=c.max_new_tokens,
+                             format=c.response_format, sample_rate=self.pipeline.c.sample_rate,
+                             split=p.GRANULARITY_SPLIT[c.split_granularity])
 
     def _utterance(self) -> Utterance:
         if self._open is None:
             assert self.config is not None
             req = self._request(self.config)
             u = Utterance(self._count, req, self.pipeline.sampling_seed(req),
-                          SentenceSplitter(self.settings.tts_piece_max_chars), self._speaker)
+                          SentenceSplitter(self.settings.tts_piece_max_chars, req.split),
+                          self._speaker, ignored=self._ignored)
+            self._ignored = None
             self._count += 1
             u.feeder = asyncio.create_task(self._feed(u))
             self._open = u
@@ -370,17 +387,25 @@ class SpeechSession:
             rate = self.pipeline.c.sample_rate
             await self._send(p.AudioCancelled(
                 utterance_index=u.index, sent_samples=u.sent_samples,
-                sent_s=round(u.sent_samples / rate, 6), sentences_done=u.done))
+                sent_s=round(u.sent_samples / rate, 6), sentences_done=u.done,
+                ignored=self._take_ignored(u)))
             return
         slo = u.stream.slo.summary() if u.stream is not None else {}
         await self._send(p.SessionDone(
             utterance_index=u.index, total_sentences=len(u.texts),
             audio_s=slo.get("audio_s", 0.0), first_audio_s=slo.get("first_audio_s"),
-            underrun_s=slo.get("underrun_s", 0.0)))
+            underrun_s=slo.get("underrun_s", 0.0), ignored=self._take_ignored(u)))
+
+    @staticmethod
+    def _take_ignored(u: Utterance) -> dict[str, str] | None:
+        """The config's ignored fields, once: for the utterance's first event."""
+        ignored, u.ignored = u.ignored, None
+        return ignored
 
     async def _send_audio(self, u: Utterance, stream: SpeechStream) -> None:
         rate = self.pipeline.c.sample_rate
         frames = aiter(stream.frames())
+        step: asyncio.Future[Any] | None = None
         try:
             while await self._until_cancelled(u, step := asyncio.ensure_future(
                     anext(frames))):
@@ -395,10 +420,14 @@ class SpeechSession:
                     await self._send(p.AudioStart(
                         utterance_index=u.index, sentence_index=item.index,
                         sentence_text=u.texts[item.index], format=u.req.format,
-                        sample_rate=rate))
+                        sample_rate=rate, ignored=self._take_ignored(u)))
                 else:
                     await self._sentence_done(u, item, rate)
         finally:
+            if step is not None and not step.done():  # the sender itself was cancelled
+                step.cancel()  # (session over): a running generator cannot be closed
+                with contextlib.suppress(BaseException):
+                    await step
             await frames.aclose()  # type: ignore[attr-defined]
 
     async def _sentence_done(self, u: Utterance, mark: PieceMark, rate: int) -> None:

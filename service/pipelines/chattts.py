@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -39,7 +39,7 @@ from service.seam.handoff import BatchQueue
 from service.settings import Settings
 from service.tts import speaker as speakers
 from service.tts import text as texts
-from service.tts.chunking import split_at_sentences, split_long_text
+from service.tts.chunking import Split, split_pieces
 from service.tts.engine import EngineConfig, KVCacheKind
 from service.tts.jobs import CodeStep, GenerationJob, GenerationResult, PassKind
 from service.tts.model import TTSConstants, TTSGraphs
@@ -76,10 +76,11 @@ class SpeechRequest:
     """0.25-4.0, by time-stretching each piece (service/tts/stretch.py)."""
     greedy: bool = False
     """Argmax sampling (tests and parity checks; not exposed over HTTP)."""
-    split: Literal["long", "sentence"] = "long"
+    split: Split = "long"
     """How the text is cut into pieces: `long` fills pieces up to `tts_piece_max_chars`
-    (`split_long_text`); `sentence` makes every sentence a piece (`split_at_sentences`),
-    as `WS /v1/audio/speech/stream` cuts text that arrives in fragments."""
+    (`split_long_text`); `sentence` / `clause` make every sentence / clause a piece
+    (`split_at_sentences` / `split_at_clauses`), as `WS /v1/audio/speech/stream` cuts text
+    that arrives in fragments."""
     deadline: float | None = None
     """`time.monotonic()` by which the request must have started (its first sequence got a
     decoding slot), else 504; default: `request_timeout_s` after `prepare` begins."""
@@ -302,10 +303,9 @@ class ChatTTSPipeline:
         timings["prepare"] = _ms(t0) - timings.get("refine", 0.0)
         return PreparedSpeech(tuple(jobs), sampling_seed, timings)
 
-    def _pieces(self, text: str, split: str = "long") -> list[str]:
-        cut = split_at_sentences if split == "sentence" else split_long_text
+    def _pieces(self, text: str, split: Split = "long") -> list[str]:
         pieces = [self.prompts.normalize(p)
-                  for p in cut(text, self.settings.tts_piece_max_chars)]
+                  for p in split_pieces(text, self.settings.tts_piece_max_chars, split)]
         pieces = [p for p in pieces if p.strip()]
         if not pieces:
             raise InvalidInput("the text has nothing the model can speak after normalisation")

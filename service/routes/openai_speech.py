@@ -52,6 +52,7 @@ from service.routes.tts import (
     stream_headers,
     streaming_response,
 )
+from service.tts.chunking import Split
 from service.tts.model_names import unknown_model
 from service.tts.stretch import MAX_SPEED, MIN_SPEED
 
@@ -109,9 +110,9 @@ class SpeechBody(BaseModel):
     instructions: str | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SAMPLING_SEED)
     """Sampling seed (an extension): the same seed and voice give the same audio."""
-    split: Literal["long", "sentence"] = "long"
-    """Extension: `sentence` speaks every sentence as its own piece, as the speech
-    WebSocket does (same text, seed and split: the same audio)."""
+    split: Split = "long"
+    """Extension: `sentence` / `clause` speaks every sentence / clause as its own piece,
+    as the speech WebSocket does (same text, seed and split: the same audio)."""
 
 
 def _speech_request(body: SpeechBody) -> SpeechRequest:

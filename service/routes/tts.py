@@ -8,7 +8,7 @@ aborted and their slots freed.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -32,6 +32,7 @@ from service.routes.streaming import (
     cancel_on_disconnect,
     stream_audio,
 )
+from service.tts.chunking import Split
 from service.tts.stretch import MAX_SPEED, MIN_SPEED
 
 router = APIRouter(tags=["tts"], route_class=JsonBodyRoute)
@@ -87,9 +88,10 @@ class TTSBody(BaseModel):
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     stream: bool = False
     """Send the audio as it is generated (chunked; WAV with 0xFFFFFFFF sizes)."""
-    split: Literal["long", "sentence"] = "long"
-    """`sentence`: every sentence is its own piece, as WS /v1/audio/speech/stream speaks
-    text that arrives in fragments (same text, seed and split: the same audio)."""
+    split: Split = "long"
+    """`sentence` / `clause`: every sentence / clause is its own piece, as WS
+    /v1/audio/speech/stream speaks text that arrives in fragments (same text, seed and
+    split: the same audio)."""
 
 
 def check_text(text: str, max_chars: int, field: str = "text") -> None:
