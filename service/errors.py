@@ -165,6 +165,11 @@ unsent buffer discarded); the server (service.edge.server) puts it in every requ
 response given up on a client that stopped reading calls it: a plain close waits for that
 client to read the megabytes already queued, so its connection would stay open, counted
 against the connection cap, for as long as it likes."""
+TRAILERS_EXTENSION = "http.response.trailers"
+"""ASGI's response-trailers extension, which the server (service.edge.server) offers where
+an answer can carry trailers (HTTP/1.1, not HEAD): the app sends `http.response.start`
+with `"trailers": True`, its body, then `{"type": "http.response.trailers", "headers":
+[...], "more_trailers": False}`. A streamed TTS answer states its pieces' spans so."""
 DRAIN_TIMEOUT_S = 5.0
 
 

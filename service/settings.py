@@ -159,6 +159,11 @@ class Settings(BaseSettings):
     order, at this many seconds' worth of tokens and the answer says so
     (`X-Audioserve-Truncated-At-S`, finish reason `max_output`). A 2 KB request at speed
     0.25 and 48 kHz was a 351 MB WAV (+4.1 GB RSS) before it."""
+    tts_spans_field_max_bytes: int = Field(4096, ge=0)
+    """Largest `X-Audioserve-Sentences` value (each piece's span; a header of a whole
+    answer, a trailer of a stream). A longer one says only how many were left out
+    (`omitted=N`): at most ~16 bytes a piece, a 2000-character text of 3-character
+    sentences would need ~11 KB, past the 8 KB many clients and proxies allow a field."""
     tts_encode_slots: int = Field(1, ge=1)
     """Whole-file TTS answers post-processed (stretch, resample, encode) at once; the
     others wait, so long encodes leave the rest of the CPU pool to other routes (two

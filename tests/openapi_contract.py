@@ -1,15 +1,19 @@
 """Every answer the service sends in the test suite, checked against its route's OpenAPI:
 its status is documented, its media type is one the status declares, and a JSON body
-validates against the declared schema (jsonschema, OAS 3.1 = JSON Schema 2020-12). So
-the docs cannot drift from the code: a test that provokes an undocumented status, or an
-answer of another shape, fails (tests/conftest.py checks after every test).
+validates against the declared schema (jsonschema, OAS 3.1 = JSON Schema 2020-12), a
+declared header's value against its schema, and every HTTP trailer sent (ASGI's
+`http.response.trailers`) is declared among the answer's headers and matches its schema
+(OpenAPI has no trailers: a trailer is documented as a header the description says comes
+after the body). So the docs cannot drift from the code: a test that provokes an
+undocumented status, or an answer of another shape, fails (tests/conftest.py checks
+after every test).
 
 It wraps `Starlette.__call__`, so it sees every app the suite builds (TestClient or a
-live server). The server only records each answer (its status, media type and, for JSON,
-its body); the checks run after the test (`check_pending`), never on the server's event
-loop, so tests that time the server measure the server. Answers of paths outside the
-schema (health, docs, aliases), of methods a path lacks, and 499 (the client left; nobody
-reads it) are not checked.
+live server). The server only records each answer (its status, media type, headers,
+trailers and, for JSON, its body); the checks run after the test (`check_pending`),
+never on the server's event loop, so tests that time the server measure the server.
+Answers of paths outside the schema (health, docs, aliases), of methods a path lacks, and
+499 (the client left; nobody reads it) are not checked.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ UNCHECKED_STATUSES = {499}
 _ROOT = "urn:audioserve-openapi"
 
 violations: list[str] = []
-pending: list[tuple[Any, str | None, str, str, int, str, bytes | None]] = []
-"""(app, route template, method, path, status, content type, JSON body) to check."""
+Fields = dict[str, str]
+pending: list[tuple[Any, str | None, str, str, int, str, bytes | None, Fields, Fields]] = []
+"""(app, route template, method, path, status, content type, JSON body, headers,
+trailers) to check."""
 checked: list[str] = []
 """`METHOD template status` of every answer checked (a test that the checker runs)."""
 _lock = threading.Lock()
@@ -67,8 +73,10 @@ def check_pending() -> list[str]:
 
 
 def check(app: Any, template: str | None, method: str, path: str, status: int,
-          content_type: str, body: bytes | None) -> None:
-    """One answer against the schema; a problem is appended to `violations`."""
+          content_type: str, body: bytes | None, headers: Fields | None = None,
+          trailers: Fields | None = None) -> None:
+    """One answer against the schema; a problem is appended to `violations`. Header and
+    trailer names are lower case."""
     method = method.lower()
     if template is None or status in UNCHECKED_STATUSES:
         return
@@ -83,6 +91,7 @@ def check(app: Any, template: str | None, method: str, path: str, status: int,
     if answer is None:
         _note(f"{where}: status not documented (documented: {sorted(answers)})")
         return
+    _check_fields(where, answer, headers or {}, trailers or {})
     media = content_type.split(";")[0].strip().lower()
     content = answer.get("content") or {}
     if status in (204, 304) or not content:
@@ -105,12 +114,38 @@ def check(app: Any, template: str | None, method: str, path: str, status: int,
               f"{list(errors[0].absolute_path)}")
 
 
+def _check_fields(where: str, answer: dict[str, Any], headers: Fields, trailers: Fields
+                  ) -> None:
+    """Declared headers' values against their schemas; trailers: declared, and the same."""
+    declared = {name.lower(): spec.get("schema", {})
+                for name, spec in (answer.get("headers") or {}).items()}
+    for name in sorted(set(trailers) - set(declared)):
+        _note(f"{where}: trailer {name!r} not documented (headers: {sorted(declared)})")
+    for kind, fields in (("header", headers), ("trailer", trailers)):
+        for name, value in fields.items():
+            if name in declared and (problem := _value_problem(declared[name], value)):
+                _note(f"{where}: {kind} {name}: {value[:200]!r} {problem}")
+
+
+def _value_problem(schema: dict[str, Any], value: str) -> str | None:
+    """Why a header's value does not match its schema (an integer's is its digits)."""
+    if schema.get("type") == "integer":
+        return None if value.strip().isdigit() else "is not an integer"
+    error = next(Draft202012Validator(schema).iter_errors(value), None)
+    return None if error is None else f"does not match its schema: {error.message[:200]}"
+
+
+def _fields(items: Any) -> Fields:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in items}
+
+
 def _record(app: Any, scope: Scope, method: str, start: dict[str, Any],
-            body: bytes | None) -> None:
+            body: bytes | None, trailers: Fields) -> None:
     template = getattr(scope.get("route"), "path", None)
     with _lock:
         pending.append((app, template, method, scope["path"], start["status"],
-                        start["content_type"], body if start["json"] else None))
+                        start["content_type"], body if start["json"] else None,
+                        start["headers"], trailers))
 
 
 def _note(problem: str) -> None:
@@ -129,24 +164,32 @@ def checking() -> Iterator[None]:
             return
         start: dict[str, Any] = {}
         chunks: list[bytes] = []
+        trailers: Fields = {}
         size = 0
         method = scope["method"]  # as sent: the app may answer a HEAD as its GET
 
         async def watch(message: Message) -> None:
             nonlocal size
             if message["type"] == "http.response.start":
-                headers = {k.lower(): v for k, v in message.get("headers", [])}
-                content_type = headers.get(b"content-type", b"").decode("latin-1")
+                headers = _fields(message.get("headers", []))
+                content_type = headers.get("content-type", "")
                 start.update(status=message["status"], content_type=content_type,
-                             json=content_type.startswith("application/json"))
+                             json=content_type.startswith("application/json"),
+                             headers=headers, trailing=message.get("trailers", False))
             elif message["type"] == "http.response.body" and start:
                 data = message.get("body", b"")
                 size += len(data)
                 if size <= MAX_BODY and start.get("json"):
                     chunks.append(data)
                 if not message.get("more_body", False):
-                    _record(self, scope, method, start,
-                            b"".join(chunks) if size <= MAX_BODY else None)
+                    start["body"] = b"".join(chunks) if size <= MAX_BODY else None
+                    if not start["trailing"]:  # else the answer ends with its trailers
+                        _record(self, scope, method, start, start["body"], {})
+                        start.clear()
+            elif message["type"] == "http.response.trailers" and "body" in start:
+                trailers.update(_fields(message.get("headers", [])))
+                if not message.get("more_trailers", False):
+                    _record(self, scope, method, start, start["body"], dict(trailers))
                     start.clear()
             await send(message)
 

@@ -33,6 +33,7 @@ from tests.conftest import HANG_S, running_app, wait_until
 from tests.emotion2vec_fixtures import emotion_models_dir  # noqa: F401
 from tests.emotion2vec_fixtures import make_clip as speech_clip
 from tests.emotion2vec_fixtures import wav_bytes as speech_wav
+from tests.h11_client import post_json
 from tests.ray_cluster import RayAudioserve, processes_under, ray_audioserve
 
 DEADLINE_S = 15.0
@@ -170,7 +171,7 @@ def test_tts_whole_equals_single_process(http: httpx.Client, local: TestClient) 
     alone = local.post("/tts", json=TTS_BODY)
     assert remote.status_code == alone.status_code == 200, remote.text
     for header in ("x-audioserve-tokens", "x-audioserve-pieces", "x-audioserve-finish-reason",
-                   "x-audioserve-sampling-seed"):
+                   "x-audioserve-sampling-seed", "x-audioserve-sentences"):
         assert remote.headers[header] == alone.headers[header]
     assert remote.content == alone.content  # same codes, decoded by the same graphs
     assert _replicas(remote)[0].startswith("chattts#")
@@ -190,6 +191,12 @@ def test_tts_streamed_in_chunks_equals_single_process(cluster: RayAudioserve,
     alone = local.post("/tts", json=body)
     _assert_same_pcm(b"".join(chunks), alone.content)
     assert len(chunks) >= 3, len(chunks)  # sent as generated, not in one write
+    # the pieces' spans come after the audio, as a trailer, through HAProxy too
+    address = urlsplit(cluster.url)
+    answer = post_json(address.hostname or "", address.port or 80, "/tts", body)
+    assert answer.complete and answer.headers["trailer"].lower() == "x-audioserve-sentences"
+    whole = local.post("/tts", json={**body, "stream": False})  # TestClient has no trailers
+    assert answer.trailers["x-audioserve-sentences"] == whole.headers["x-audioserve-sentences"]
 
 
 def test_openai_speech_equals_single_process(http: httpx.Client, local: TestClient) -> None:

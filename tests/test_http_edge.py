@@ -2,7 +2,8 @@
 
 Unread bodies are closed after a linger (no number of them denies /healthz), pipelining
 is taken in one request at a time, a response nobody reads is dropped by the write
-timeout, trailers never reach the app, 100 Continue comes only after the key, a
+timeout, request trailers never reach the app while response trailers (ASGI's extension)
+end a chunked answer, 100 Continue comes only after the key, a
 half-close gets its answer, the raw head is capped in bytes and fields, HEAD answers like
 GET and no Location is built from Host. Ordered by events (a socket's close, a thread's
 end, the server's own connection set), never by sleeps."""
@@ -18,13 +19,16 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import h11
 import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from bench.hostile import read_response
 from service.edge.server import bound_socket, guarded_protocol, uvicorn_config
+from service.errors import TRAILERS_EXTENSION
 from service.settings import Settings
+from tests.h11_client import exchange
 from tests.tts_server import RunningServer, serve_app
 
 KEY = "edge-test-key"
@@ -214,6 +218,64 @@ def test_trailers_never_reach_the_scope() -> None:
     assert b"x-request-id" not in names
     assert (b"content-type", b"application/json") in seen[0]
     assert (b"content-type", b"text/evil") not in seen[0]
+
+
+async def trailing_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """Says whether the scope offers response trailers, then sends one anyway (as an app
+    unaware of the extension's absence might): a body in two parts, then the trailer."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    offered = TRAILERS_EXTENSION in scope.get("extensions", {})
+    await send({"type": "http.response.start", "status": 200, "trailers": True,
+                "headers": [(b"trailer", b"x-checksum"),
+                            (b"x-offered", b"yes" if offered else b"no")]})
+    await send({"type": "http.response.body", "body": b"first ", "more_body": True})
+    await send({"type": "http.response.body", "body": b"second"})
+    await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"a")],
+                "more_trailers": True})
+    await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"b")]})
+
+
+def test_response_trailers_end_a_chunked_answer_and_keep_the_connection() -> None:
+    with serve_asgi(trailing_app) as server, connect(server) as sock:
+        conn = h11.Connection(h11.CLIENT)
+        for _ in range(2):  # the second answer on the same connection: the first ended
+            answer = exchange(sock, "GET", "/", conn=conn)
+            assert answer.complete and answer.headers["x-offered"] == "yes"
+            assert answer.headers["transfer-encoding"] == "chunked"
+            assert answer.body == b"first second"
+            assert answer.trailers == {"x-checksum": "b"}  # both sent; h11 keeps the last
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")  # no body: not offered
+        assert b"x-offered: no" in sock.recv(65536)
+
+
+def test_an_http_1_0_answer_is_whole_without_trailers() -> None:
+    """HTTP/1.0 has no chunks, so nowhere to put a trailer: not offered; an app that sends
+    one anyway still gets its whole answer out (close-delimited)."""
+    with serve_asgi(trailing_app) as server, connect(server) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"x-offered: no" in head
+    assert body == b"first second"
+
+
+def test_an_answer_whose_trailers_never_come_is_cut() -> None:
+    """The body's last part does not end the message while trailers were announced: an app
+    that returns without them leaves it incomplete (the client sees a cut transfer)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "trailers": True})
+            await send({"type": "http.response.body", "body": b"audio"})
+
+    with serve_asgi(app) as server, connect(server) as sock:
+        answer = exchange(sock, "GET", "/")
+    assert answer.body == b"audio" and not answer.complete
 
 
 # -- 5: 100-continue, half-close, head caps, Location, HEAD --------------------------------

@@ -166,6 +166,18 @@ def test_every_answer_is_checked_and_drift_is_caught(client: TestClient) -> None
     assert "418: status not documented" in found[0]
     assert "does not match its schema" in found[1]
     assert "content type 'text/plain' not documented" in found[2]
+    # headers and trailers: a declared one must match its schema, a trailer be declared
+    tts = (client.app, "/tts", "POST", "/tts", 200, "audio/wav", None)
+    spans = {"x-audioserve-sentences": "rate=24000; spans=0-10,5-20"}
+    openapi_contract.check(*tts, spans, {})
+    openapi_contract.check(*tts, {}, spans)
+    assert not openapi_contract.violations
+    openapi_contract.check(*tts, {"x-audioserve-sentences": "0-10"}, {"x-other": "1"})
+    found = list(openapi_contract.violations)
+    openapi_contract.violations.clear()
+    assert len(found) == 2, found
+    assert "trailer 'x-other' not documented" in found[0]
+    assert "header x-audioserve-sentences: '0-10' does not match its schema" in found[1]
 
 
 def test_no_route_documents_fastapis_detail_422(spec: dict[str, Any]) -> None:

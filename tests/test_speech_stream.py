@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from websockets.sync.client import ClientConnection, connect
 
 from service.live.speech_protocol import SERVER_EVENTS
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
+from tests.h11_client import post_json
+from tests.tools import require_tool
 from tests.tts_server import RunningServer, serve_app
 
 TEXT = ("Hello there, this is the first sentence. A second one follows it! "
@@ -154,6 +157,73 @@ def test_sse_done_event_states_piece_spans(server: RunningServer) -> None:
     spans = done["audioserve"]["pieces"]
     assert len(spans) == 4 and spans[0]["start_sample"] == 0
     assert done["audioserve"]["first_audio_s"] is not None
+
+
+def parse_sentences(value: str) -> tuple[int, list[tuple[int, int]]]:
+    """`X-Audioserve-Sentences` (docs/speech-stream.md): the rate and each piece's span."""
+    fields = dict(part.split("=", 1) for part in value.split("; "))
+    spans = [tuple(map(int, span.split("-"))) for span in fields["spans"].split(",") if span]
+    return int(fields["rate"]), spans  # type: ignore[misc]
+
+
+def test_every_http_path_states_the_sse_spans(server: RunningServer) -> None:
+    """Whole answers in a header, streamed audio in a trailer (read off the wire by h11,
+    and by curl): the same spans as the SSE event's, for the same text, voice and seed."""
+    speech = {"model": "tts-1", "input": TEXT, "voice": "alloy", "seed": 7,
+              "response_format": "pcm", "split": "sentence"}
+    with httpx.stream("POST", server.url + "/v1/audio/speech", timeout=120,
+                      json={**speech, "stream_format": "sse"}) as r:
+        lines = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    pieces = lines[-1]["audioserve"]["pieces"]
+    want = (lines[-1]["audioserve"]["sample_rate"],
+            [(p["start_sample"], p["end_sample"]) for p in pieces])
+    assert len(want[1]) == 4
+    tts = {"text": TEXT, "voice": "alloy", "sampling_seed": 7, "format": "pcm",
+           "split": "sentence"}
+
+    whole = httpx.post(server.url + "/tts", json=tts, timeout=120)
+    assert parse_sentences(whole.headers["x-audioserve-sentences"]) == want
+    whole_openai = httpx.post(server.url + "/v1/audio/speech", timeout=120,
+                              json={**speech, "stream": False})
+    assert parse_sentences(whole_openai.headers["x-audioserve-sentences"]) == want
+    assert want[1][-1][1] == len(whole.content) // 2  # at 24 kHz, as the PCM
+
+    for target, body in (("/tts", {**tts, "stream": True}), ("/v1/audio/speech", speech)):
+        answer = post_json(server.host, server.port, target, body)
+        assert answer.status == 200 and answer.complete, target
+        assert answer.headers["transfer-encoding"] == "chunked"
+        assert answer.headers["trailer"].lower() == "x-audioserve-sentences"
+        assert "x-audioserve-sentences" not in answer.headers
+        assert parse_sentences(answer.trailers["x-audioserve-sentences"]) == want, target
+        assert_same_pcm(answer.body, whole.content, target)
+
+    curl = require_tool("curl", "apt-get install curl")
+    out = subprocess.run([curl, "-sS", "-D", "-", "-o", "/dev/null", "-H",
+                          "Content-Type: application/json", "--data", json.dumps(speech),
+                          server.url + "/v1/audio/speech"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    # -D prints the head, then (the body going to -o) the trailer
+    trailer = [line for line in out.splitlines()
+               if line.lower().startswith("x-audioserve-sentences:")]
+    assert len(trailer) == 1 and out.lower().index("trailer:") < out.index(trailer[0])
+    assert parse_sentences(trailer[0].split(":", 1)[1].strip()) == want
+
+
+def test_a_long_span_list_says_how_many_it_left_out(server: RunningServer) -> None:
+    settings = server.app.state.settings
+    limit = settings.tts_spans_field_max_bytes
+    settings.tts_spans_field_max_bytes = 40  # four spans need more
+    try:
+        r = httpx.post(server.url + "/tts", timeout=120, json={
+            "text": TEXT, "voice": "alloy", "sampling_seed": 7, "format": "pcm",
+            "max_new_tokens": TOKENS, "split": "sentence"})
+        answer = post_json(server.host, server.port, "/tts", {
+            "text": TEXT, "voice": "alloy", "sampling_seed": 7, "format": "pcm",
+            "max_new_tokens": TOKENS, "split": "sentence", "stream": True})
+    finally:
+        settings.tts_spans_field_max_bytes = limit
+    assert r.headers["x-audioserve-sentences"] == "rate=24000; omitted=4"
+    assert answer.trailers["x-audioserve-sentences"] == "rate=24000; omitted=4"
 
 
 def test_slo_metrics_for_every_streamed_path(server: RunningServer) -> None:

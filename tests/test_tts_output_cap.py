@@ -64,6 +64,10 @@ def test_a_long_text_is_cut_at_the_cap_and_says_so(server: RunningServer,
     assert len(wave) / rate <= CAP_S
     assert int(answer.headers["X-Audioserve-Tokens"]) <= CAP_S * speed / TOKEN_S + 1
     assert pieces >= 1
+    # the spans stop where the audio does (this WAV is at the model's 24 kHz)
+    spans = answer.headers["X-Audioserve-Sentences"].removeprefix("rate=24000; spans=")
+    ends = [int(span.split("-")[1]) for span in spans.split(",")]
+    assert len(ends) == pieces and ends[-1] == len(wave)
     # generation stopped at the cap: later pieces were aborted, not run to their end
     assert engine.stats().aborted > aborted
     assert engine.active == 0

@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 
 from service.audio.decode import decode_audio
+from service.routes.tts import sentences_field
 from service.tts.streaming import (
     RunningLimiter,
     Stitcher,
     WindowPlanner,
     receptive_field_tokens,
     stitch,
+    stitch_with_spans,
 )
 from service.tts.stretch import StreamingStretch, time_stretch
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
@@ -196,6 +198,21 @@ def test_streamed_stitching_equals_one_shot(lengths: list[int]) -> None:
         out.append(stitcher.feed(np.zeros(0, np.float32), piece_done=True))
     out.append(stitcher.finish())
     np.testing.assert_array_equal(np.concatenate(out), stitch(pieces, 240))
+    joined, spans = stitch_with_spans(pieces, 240)  # the one-shot spans: the stream's
+    assert spans == list(zip(stitcher.starts, stitcher.ends, strict=True))
+    assert spans[0][0] == 0 and spans[-1][1] == len(joined)
+
+
+def test_the_spans_field_stays_inside_client_limits() -> None:
+    """2000 characters (TTS_MAX_TEXT_CHARS) of 3-character sentences are 667 pieces; with
+    7-digit sample numbers (TTS_MAX_OUTPUT_S = 300 s) their spans need ~11 KB, past the
+    8 KB field many clients and proxies take: over TTS_SPANS_FIELD_MAX_BYTES only the
+    count is said."""
+    worst = [(7_200_000 - 16 * (i + 1), 7_200_000 - 16 * i) for i in range(667)]
+    assert len(sentences_field(worst, 24000, 1 << 20)) > 8192
+    assert sentences_field(worst, 24000, 4096) == "rate=24000; omitted=667"
+    assert sentences_field([(0, 10), (5, 20)], 24000, 4096) == "rate=24000; spans=0-10,5-20"
+    assert sentences_field([], 24000, 4096) == "rate=24000; spans="
 
 
 def test_stitch_crossfades_between_pieces() -> None:

@@ -16,6 +16,9 @@ An HTTP/1.1 connection is always in one of a few states, and each has its bound 
 - trailers of a chunked body: h11 parses them and uvicorn drops them, so they never reach
   the scope (under httptools they became headers: an `Authorization` trailer
   authenticated);
+- trailers of a chunked *response*: ASGI's `http.response.trailers` extension, which
+  uvicorn lacks, is offered on HTTP/1.1 requests (`TrailerCycle`): a streamed TTS answer
+  states its pieces' spans after its audio (docs/speech-stream.md);
 - a client that half-closes after a whole request still gets its answer (and one that
   closed is found gone by a probe, so its work stops).
 
@@ -39,9 +42,9 @@ from typing import Any, ClassVar, cast
 import h11
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
-from service.errors import ABORT_EXTENSION, error_body
+from service.errors import ABORT_EXTENSION, TRAILERS_EXTENSION, error_body
 from service.settings import Settings
 
 REFUSAL_DRAIN_S = 2.0
@@ -125,6 +128,63 @@ class HeadLimitedConnection(h11.Connection):
         return event
 
 
+def chunked_framing(http_version: bytes | None, method: str, status: int,
+                    headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether h11 sends this answer chunked, the only framing that carries trailers
+    (h11's own rule: an HTTP/1.1 peer, a body, no Content-Length)."""
+    return (http_version == b"1.1" and method != "HEAD" and status >= 200
+            and status not in (204, 304)
+            and not any(name.lower() == b"content-length" for name, _ in headers))
+
+
+class TrailerCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle that also sends ASGI response trailers: after an
+    answer started with `"trailers": True`, the last body message leaves the message open
+    and the trailers message ends it (`0\r\n`, the fields, `\r\n`). An answer h11 does
+    not chunk (HTTP/1.0, a Content-Length) ends without them: nowhere to put them."""
+
+    _trailers_expected = False
+    _chunked = False
+    _body_done = False
+    _trailers: list[tuple[bytes, bytes]]
+
+    async def send(self, message: Any) -> None:
+        kind = message["type"]
+        if kind == "http.response.start" and not self.response_started:
+            self._trailers_expected = bool(message.get("trailers", False))
+            self._chunked = chunked_framing(
+                self.conn.their_http_version, self.scope["method"], message["status"],
+                list(message.get("headers", [])))
+        elif (kind == "http.response.body" and self._trailers_expected
+              and not message.get("more_body", False) and not self.response_complete):
+            if self._body_done:
+                raise RuntimeError("a second last body message before the trailers")
+            await super().send(cast(Any, {**message, "more_body": True}))  # the end waits
+            self._body_done, self._trailers = True, []
+            return
+        elif kind == "http.response.trailers" and self._body_done and not self.response_complete:
+            await self._send_trailers(message)
+            return
+        await super().send(message)
+
+    async def _send_trailers(self, message: Any) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        self._trailers.extend(message.get("headers", []))
+        if message.get("more_trailers", False):
+            return
+        self.response_complete = True
+        self.message_event.set()
+        self.transport.write(self.conn.send(h11.EndOfMessage(
+            headers=self._trailers if self._chunked else [])))
+        if self.conn.our_state is h11.MUST_CLOSE or not self.keep_alive:
+            self.conn.send(h11.ConnectionClosed())
+            self.transport.close()
+        self.on_response()
+
+
 class GuardedProtocol(H11Protocol):
     """uvicorn's h11 protocol with a timer on every connection state (module docstring);
     the limits are class attributes, set per server by `guarded_protocol`."""
@@ -171,6 +231,11 @@ class GuardedProtocol(H11Protocol):
             self._disarm_header_timer()
             extensions = cast(dict[str, Any], self.scope.setdefault("extensions", {}))
             extensions[ABORT_EXTENSION] = self._reset
+            cycle = self.cycle
+            if cycle is not None and cycle.scope is self.scope:  # HTTP, not a WebSocket
+                cycle.__class__ = TrailerCycle  # its task looks `send` up when it runs
+                if self.scope["http_version"] == "1.1" and self.scope["method"] != "HEAD":
+                    extensions[TRAILERS_EXTENSION] = {}
 
     def send_400_response(self, msg: str) -> None:
         """A malformed request (h11's error): 431 for a head over the caps, else 400, in

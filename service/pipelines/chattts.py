@@ -43,7 +43,7 @@ from service.tts.chunking import Split, split_pieces
 from service.tts.engine import EngineConfig, KVCacheKind
 from service.tts.jobs import CodeStep, GenerationJob, GenerationResult, PassKind
 from service.tts.model import TTSConstants, TTSGraphs
-from service.tts.streaming import PEAK, receptive_field_tokens, stitch
+from service.tts.streaming import PEAK, receptive_field_tokens, stitch_with_spans
 from service.tts.stretch import time_stretch
 from service.tts.voice_spec import VoiceLimits
 from service.tts.voices import StoreLimits, VoiceStore
@@ -101,6 +101,9 @@ class SpeechResult:
     pieces: int = 1
     truncated_at_s: float | None = None
     """Set when the audio was cut at AUDIOSERVE_TTS_MAX_OUTPUT_S (said in a header)."""
+    spans: tuple[tuple[int, int], ...] = ()
+    """[start, end) of each piece in the joined audio, in samples at the pack's rate (not
+    `sample_rate`): the same numbers as a stream's `SpeechStream.spans`."""
 
 
 @dataclass(frozen=True)
@@ -337,7 +340,8 @@ class ChatTTSPipeline:
         timings["decode"] = _ms(t2)
         t3 = time.perf_counter()
         async with self._encode_slots:  # big encodes leave the rest of the pool free
-            samples, audio = await self.ctx.cpu.run(self._postprocess, list(waves), req)
+            samples, audio, spans = await self.ctx.cpu.run(self._postprocess, list(waves),
+                                                           req)
         timings["encode"] = _ms(t3)
         limit_s = self.settings.tts_max_output_s
         truncated_at = limit_s if cut or len(samples) >= limit_s * req.sample_rate else None
@@ -353,7 +357,7 @@ class ChatTTSPipeline:
             tokens=sum(int(r.tokens.shape[0]) for r in results),
             codes=np.concatenate([r.tokens for r in results]), finish_reason=finish,
             sampling_seed=prepared.sampling_seed, timings_ms=timings, pieces=len(results),
-            truncated_at_s=truncated_at,
+            truncated_at_s=truncated_at, spans=tuple(spans),
         )
 
     async def speaker(self, req: SpeechRequest) -> np.ndarray | None:
@@ -484,12 +488,18 @@ class ChatTTSPipeline:
         return time_stretch(wave, speed) if speed != 1.0 else wave
 
     def _postprocess(self, waves: list[np.ndarray], req: SpeechRequest
-                     ) -> tuple[np.ndarray, bytes]:
-        wave = stitch([self.piece_wave(w, req.speed) for w in waves], self.crossfade)
-        wave = wave[: int(self.settings.tts_max_output_s * self.c.sample_rate)]
+                     ) -> tuple[np.ndarray, bytes, list[tuple[int, int]]]:
+        """Samples at the request's rate, the encoded file, and each piece's span in
+        samples at the pack's rate (a piece past the output cap is left out, the one it
+        cuts ends at the cut)."""
+        wave, spans = stitch_with_spans([self.piece_wave(w, req.speed) for w in waves],
+                                        self.crossfade)
+        cap = int(self.settings.tts_max_output_s * self.c.sample_rate)
+        wave = wave[:cap]
+        spans = [(a, min(b, cap)) for a, b in spans if a < cap]
         samples = resample(peak_limit(wave), self.c.sample_rate, req.sample_rate)
         del wave
-        return samples, encode_audio(samples, req.sample_rate, req.format)
+        return samples, encode_audio(samples, req.sample_rate, req.format), spans
 
 
 ChattsPipeline = ChatTTSPipeline

@@ -180,5 +180,5 @@ async def speech(body: SpeechBody, request: Request) -> Response:
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
     return Response(content=result.audio, media_type=MEDIA_TYPES[req.format],
-                    headers={**response_headers(result, pipeline.pack.manifest.demo),
+                    headers={**response_headers(result, pipeline),
                              **attachment(req.format)})

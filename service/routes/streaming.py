@@ -15,6 +15,10 @@ Three cases, each freeing the request's engine sequences promptly:
   Meanwhile the buffers behind the response are bounded, so the generation has paused
   long before (service/pipelines/chattts_stream.py). A client that reads, even slowly (a
   player reading in real time), keeps every send short and is never cut off.
+
+What is only known once the audio is out (each piece's span) goes in HTTP trailers, where
+the server offers them (ASGI's `http.response.trailers`: this service's own server, on
+HTTP/1.1): declared by `Trailer` in the head, sent after the last chunk.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from service.errors import ABORT_EXTENSION
+from service.errors import ABORT_EXTENSION, TRAILERS_EXTENSION
 from service.pipelines.chattts_stream import SpeechStream
 
 log = logging.getLogger("audioserve.tts")
@@ -116,9 +120,13 @@ class AudioStreamResponse(StreamingResponse):
                  stall_timeout_s: float, media_type: str | None = None,
                  headers: dict[str, str] | None = None,
                  on_stall: Callable[[], None] | None = None,
-                 on_close: Callable[[], None] | None = None) -> None:
+                 on_close: Callable[[], None] | None = None,
+                 trailers: dict[str, Callable[[], str]] | None = None) -> None:
         super().__init__(content, media_type=media_type, headers=headers)
         self.stall_timeout_s = stall_timeout_s
+        self.trailers = trailers or {}
+        """Trailer fields by name, each value made once the body is out."""
+        self._trailing = False
         self.on_stall = on_stall
         self.on_close = on_close
         """Called (synchronously) however the response ends, even cancelled before its
@@ -127,19 +135,27 @@ class AudioStreamResponse(StreamingResponse):
         self._abort: Callable[[], None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._abort = scope.get("extensions", {}).get(ABORT_EXTENSION)
+        extensions = scope.get("extensions") or {}
+        self._abort = extensions.get(ABORT_EXTENSION)
+        self._trailing = bool(self.trailers) and TRAILERS_EXTENSION in extensions
+        if self._trailing:
+            self.raw_headers.append((b"trailer", ", ".join(self.trailers).encode("latin-1")))
         await super().__call__(scope, receive, send)
 
     async def stream_response(self, send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": self.status_code,
-                        "headers": self.raw_headers})
+                        "headers": self.raw_headers, "trailers": self._trailing})
             async for chunk in self.body_iterator:
                 data = chunk if isinstance(chunk, bytes | memoryview) else chunk.encode()
                 for start in range(0, len(data), SEND_BYTES):
                     if not await self._send(send, data[start:start + SEND_BYTES], True):
                         return  # incomplete on purpose: the server closes the connection
-            await self._send(send, b"", False)
+            if await self._send(send, b"", False) and self._trailing:
+                fields = [(name.encode("latin-1"), make().encode("latin-1"))
+                          for name, make in self.trailers.items()]
+                await self._send_message(send, {"type": "http.response.trailers",
+                                                "headers": fields, "more_trailers": False})
         finally:
             if self.on_close is not None:
                 self.on_close()
@@ -148,10 +164,13 @@ class AudioStreamResponse(StreamingResponse):
                 await close()
 
     async def _send(self, send: Send, body: bytes | memoryview, more: bool) -> bool:
+        return await self._send_message(send, {"type": "http.response.body",
+                                               "body": bytes(body), "more_body": more})
+
+    async def _send_message(self, send: Send, message: Message) -> bool:
         try:
             async with asyncio.timeout(self.stall_timeout_s):
-                await send({"type": "http.response.body", "body": bytes(body),
-                            "more_body": more})
+                await send(message)
             return True
         except TimeoutError:
             self.stalled = True

@@ -7,7 +7,7 @@ aborted and their slots freed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -38,18 +38,34 @@ from service.tts.stretch import MAX_SPEED, MIN_SPEED
 router = APIRouter(tags=["tts"], route_class=JsonBodyRoute)
 
 
+SENTENCES_FIELD = "X-Audioserve-Sentences"
+
+
+def sentences_field(spans: Sequence[tuple[int, int]], rate: int, max_bytes: int) -> str:
+    """Each piece's [start, end) in the joined audio, in samples at `rate` (the pack's,
+    24000), as `rate=24000; spans=0-52800,52560-100080` (neighbours overlap by the
+    crossfade); over `max_bytes` (AUDIOSERVE_TTS_SPANS_FIELD_MAX_BYTES), only how many
+    were left out: `rate=24000; omitted=700` (docs/speech-stream.md)."""
+    value = f"rate={rate}; spans=" + ",".join(f"{a}-{b}" for a, b in spans)
+    return value if len(value) <= max_bytes else f"rate={rate}; omitted={len(spans)}"
+
+
 def streaming_response(request: Request, stream: SpeechStream, headers: dict[str, str],
                        content: AsyncIterator[bytes] | None = None,
                        media_type: str | None = None) -> AudioStreamResponse:
-    """The stream's audio (or `content` made from it), cut off if the client stalls."""
+    """The stream's audio (or `content` made from it), cut off if the client stalls;
+    audio ends with the pieces' spans as a trailer where the server offers trailers."""
     rejections = get_metrics(request).rejections
-
+    settings = get_settings(request)
+    rate = stream.pipeline.c.sample_rate
+    trailers = None if content is not None else {SENTENCES_FIELD: lambda: sentences_field(
+        stream.spans, rate, settings.tts_spans_field_max_bytes)}
     return AudioStreamResponse(
         content if content is not None else stream_audio(request, stream),
-        stall_timeout_s=get_settings(request).tts_stream_stall_timeout_s,
+        stall_timeout_s=settings.tts_stream_stall_timeout_s,
         media_type=media_type or stream.media_type, headers=headers,
         on_stall=lambda: rejections.labels("chattts_stream", "stalled_reader").inc(),
-        on_close=stream.abort)
+        on_close=stream.abort, trailers=trailers)
 
 
 async def start_stream(request: Request, pipeline: ChatTTSPipeline,
@@ -135,12 +151,30 @@ _AUDIO_HEADERS = {
                             "schema": {"type": "string"}},
     "X-Audioserve-Sampling-Seed": {"description": "The sampler's seed: send it back as the "
                                    "seed to get the same audio.", "schema": {"type": "string"}},
+    "X-Audioserve-Sample-Rate": {"description": "The audio's sample rate (Hz).",
+                                 "schema": {"type": "string"}},
+    "X-Audioserve-Pieces": {"description": "How many pieces the text was cut into (one "
+                            "engine sequence each).", "schema": {"type": "string"}},
+    SENTENCES_FIELD: {
+        "description": "Where each piece lies in the audio: `rate=24000; spans=0-52800,"
+        "52560-100080` ([start, end) in samples at `rate`, the model's rate, whatever "
+        "the answer's; neighbours overlap by the crossfade), or `rate=24000; omitted=N` "
+        "when longer than AUDIOSERVE_TTS_SPANS_FIELD_MAX_BYTES. A whole answer has it as "
+        "a header; a streamed one (chunked, HTTP/1.1) as a trailer, declared by "
+        "`Trailer: X-Audioserve-Sentences` (docs/speech-stream.md).",
+        "schema": {"type": "string", "pattern": r"^rate=\d+; (spans=(\d+-\d+(,\d+-\d+)*)?"
+                   r"|omitted=\d+)$"}},
+    "Trailer": {"description": "Streamed answers: `X-Audioserve-Sentences`, sent as a "
+                "trailer after the last chunk.", "schema": {"type": "string"}},
 }
 
 
-def response_headers(result: SpeechResult, demo: bool) -> dict[str, str]:
+def response_headers(result: SpeechResult, pipeline: ChatTTSPipeline) -> dict[str, str]:
+    """A whole answer's headers: what it took, and where each piece lies in it."""
     timings = ";".join(f"{k}={v:.1f}" for k, v in result.timings_ms.items())
     headers = {
+        SENTENCES_FIELD: sentences_field(result.spans, pipeline.c.sample_rate,
+                                         pipeline.settings.tts_spans_field_max_bytes),
         "X-Audioserve-Duration-S": f"{result.duration_s:.3f}",
         "X-Audioserve-Tokens": str(result.tokens),
         "X-Audioserve-Finish-Reason": result.finish_reason,
@@ -154,7 +188,7 @@ def response_headers(result: SpeechResult, demo: bool) -> dict[str, str]:
     }
     if result.truncated_at_s is not None:  # never silently: AUDIOSERVE_TTS_MAX_OUTPUT_S
         headers["X-Audioserve-Truncated-At-S"] = f"{result.truncated_at_s:g}"
-    if demo:
+    if pipeline.pack.manifest.demo:
         headers["X-Audioserve-Demo"] = "true"
     return headers
 
@@ -205,6 +239,6 @@ async def tts(body: TTSBody, request: Request) -> Response:
         return Response(status_code=CLIENT_CLOSED)
     return Response(
         content=result.audio, media_type=MEDIA_TYPES[body.format.lower()],
-        headers={**response_headers(result, pipeline.pack.manifest.demo),
+        headers={**response_headers(result, pipeline),
                  **attachment(body.format.lower())},
     )

@@ -142,13 +142,20 @@ class Stitcher:
 
 def stitch(pieces: list[np.ndarray], crossfade: int) -> np.ndarray:
     """One-shot join of whole pieces, by the same rules as a stream."""
+    return stitch_with_spans(pieces, crossfade)[0]
+
+
+def stitch_with_spans(pieces: list[np.ndarray], crossfade: int
+                      ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """`stitch`, and each piece's [start, end) in the joined audio (a stream's spans)."""
     stitcher = Stitcher(crossfade)
     parts = []
     for piece in pieces:
         stitcher.start_piece()
         parts.append(stitcher.feed(piece, piece_done=True))
     parts.append(stitcher.finish())
-    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    joined = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return joined, list(zip(stitcher.starts, stitcher.ends, strict=True))
 
 
 class RunningLimiter:
