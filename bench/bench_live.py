@@ -295,6 +295,8 @@ def main() -> None:
                    help="both: CLAP + emotion per stream; classify: CLAP only")
     p.add_argument("--models-dir", type=Path, default=None)
     p.add_argument("--random-real", action="store_true")
+    p.add_argument("--set", nargs="*", default=[], metavar="SETTING=VALUE",
+                   help="more AUDIOSERVE_* settings for the server (without the prefix)")
     p.add_argument("--no-unbatched", action="store_true", help="skip MAX_BATCH_SIZE=1")
     p.add_argument("--replot", type=Path, default=None,
                    help="only redraw <dir>/lag.png from <dir>/points.json")
@@ -315,7 +317,8 @@ def main() -> None:
         if not status.ready:
             raise SystemExit(f"{model}: {status.note}")
     live = {"live_max_streams": "1024", "live_max_ahead_s": "1", "live_max_pending": "8",
-            "models": "clap,emotion2vec", "ui": "false"}
+            "models": "clap,emotion2vec", "ui": "false",
+            **dict(item.split("=", 1) for item in args.set)}
     points: list[Point] = []
     for tasks in args.tasks:
         points += sweep(models_dir, f"{tasks} batched", live, args.streams, args.seconds,
