@@ -450,9 +450,10 @@ def test_live_speech_typed_word_by_word(browser: Browser, server: RunningServer)
     text.send_keys(Keys.BACKSPACE)  # would change the sent part: undone
     text.send_keys(Keys.HOME, "X")  # so would an insert before its end
     assert text.get_attribute("value") == first
-    assert "Sent, locked: “Live speech starts early. ”" in browser.by_id("speech-live-sent").text
-    browser.wait(lambda d: "sentence 1: “Live speech starts early.”"
-                 in browser.by_id("speech-meta").text, 60, "sentence 0's audio.start")
+    assert "Sent, locked: “Live speech starts early.”" in browser.by_id("speech-live-sent").text
+    browser.wait(lambda d: "sentence 1: “Live speech starts early.” · first audio after "
+                 in browser.by_id("speech-meta").text, 60, "sentence 0's first audio")
+    browser.screenshot("speech-typed")
     type_keys(text, second)
     text.send_keys(Keys.ENTER)
     timings = live_timings(browser)

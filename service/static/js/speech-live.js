@@ -25,6 +25,7 @@ export class LiveSpeech {
     this.firstTextAt = null;
     this.ttfaMs = null;
     this.sentences = 0;
+    this.speaking = "live…";
     this.ended = false;
   }
 
@@ -56,14 +57,17 @@ export class LiveSpeech {
 
   message(data) {
     if (data instanceof ArrayBuffer) {
-      if (this.ttfaMs === null) this.ttfaMs = performance.now() - this.firstTextAt;
+      if (this.ttfaMs === null) {
+        this.ttfaMs = performance.now() - this.firstTextAt;
+        this.update();
+      }
       this.player.push(new Uint8Array(data));
       return;
     }
     const event = JSON.parse(data);
     if (event.type === "audio.start") {
-      this.onUpdate(`live… sentence ${event.sentence_index + 1}: “${event.sentence_text}” · ` +
-        `first audio after ${Math.round(this.ttfaMs ?? 0)} ms`);
+      this.speaking = `live… sentence ${event.sentence_index + 1}: “${event.sentence_text}”`;
+      this.update();
     } else if (event.type === "audio.done") {
       this.sentences += 1;
     } else if (event.type === "session.done" || event.type === "audio.cancelled") {
@@ -71,6 +75,13 @@ export class LiveSpeech {
     } else if (event.type === "error") {
       this.finish({ error: event.message });
     }
+  }
+
+  /** The meta line: the sentence being spoken; the time to first audio once it is known
+   * (the first sentence's audio.start comes before its audio). */
+  update() {
+    const ttfa = this.ttfaMs === null ? "" : ` · first audio after ${Math.round(this.ttfaMs)} ms`;
+    this.onUpdate(this.speaking + ttfa);
   }
 
   /** Barge-in: the server stops generating; what is still queued to play is dropped. */

@@ -54,7 +54,8 @@ export class TypedFeeder {
   send(text) {
     this.live.sendText(text);
     this.sent += text;
-    const shown = this.sent.length > 80 ? `…${this.sent.slice(-80)}` : this.sent;
+    const tail = this.sent.trimEnd();
+    const shown = tail.length > 80 ? `…${tail.slice(-80)}` : tail;
     const locked = $("speech-live-sent");
     locked.hidden = false;
     locked.textContent = `Sent, locked: “${shown}” — type on at the end; Enter or Done ends it.`;
