@@ -411,6 +411,101 @@ def test_live_speech_barge_in(browser: Browser, server: RunningServer) -> None:
     assert_clean_console(browser)
 
 
+SEND_LOG = ("window.sentLog = []; const send = WebSocket.prototype.send;"
+            "WebSocket.prototype.send = function (d) {"
+            "  if (typeof d === 'string') sentLog.push(JSON.parse(d));"
+            "  return send.call(this, d); }")
+"""Records every JSON message the page sends on a socket, in `sentLog`."""
+
+
+def type_keys(element: Any, text: str) -> None:
+    for key in text:  # one key at a time, as a person types
+        element.send_keys(key)
+
+
+def start_typing_live(browser: Browser, server: RunningServer) -> Any:
+    open_tab(browser, server, "speech")
+    browser.js(SEND_LOG)
+    text = browser.by_id("speech-text")
+    text.clear()
+    choose(browser, "speech-voice", "")
+    browser.by_id("speech-seed").send_keys("1")
+    browser.by_id("speech-live-typed").click()
+    browser.by_id("speech-live").click()
+    assert browser.by_id("speech-live-done").is_enabled()
+    browser.wait(lambda d: any(m["type"] == "session.config"
+                               for m in browser.js("return sentLog")), 20, "the socket")
+    return text
+
+
+def test_live_speech_typed_word_by_word(browser: Browser, server: RunningServer) -> None:
+    """"Type live": each word goes as it is typed; the first sentence's audio starts before
+    the second is typed (so before input.done); Enter ends the utterance; the sent part
+    cannot be edited; the audio is /tts's with split "sentence" and the same seed."""
+    from selenium.webdriver.common.keys import Keys
+
+    first, second = "Live speech starts early. ", "A second sentence follows it."
+    text = start_typing_live(browser, server)
+    type_keys(text, first)
+    text.send_keys(Keys.BACKSPACE)  # would change the sent part: undone
+    text.send_keys(Keys.HOME, "X")  # so would an insert before its end
+    assert text.get_attribute("value") == first
+    assert "Sent, locked: “Live speech starts early.”" in browser.by_id("speech-live-sent").text
+    browser.wait(lambda d: "sentence 1: “Live speech starts early.” · first audio after "
+                 in browser.by_id("speech-meta").text, 60, "sentence 0's first audio")
+    browser.screenshot("speech-typed")
+    type_keys(text, second)
+    text.send_keys(Keys.ENTER)
+    timings = live_timings(browser)
+    assert timings["sentences"] == 2 and timings["cancelled"] == 0
+    assert 0 < timings["ttfaMs"] < timings["totalMs"]
+    meta = browser.by_id("speech-meta").text
+    assert f"time to first audio {timings['ttfaMs']:.0f} ms" in meta
+    sent = browser.js("return sentLog")
+    fragments = [m["text"] for m in sent if m["type"] == "input.text"]
+    assert "".join(fragments) == first + second
+    assert fragments[:4] == ["Live ", "speech ", "starts ", "early."]  # word by word
+    assert [m["type"] for m in sent][-2:] == ["input.done", "session.close"]
+    assert text.get_attribute("readonly") is None and not browser.visible("speech-live-sent")
+    assert not browser.by_id("speech-live-done").is_enabled()
+    whole = httpx.post(server.url + "/tts", json={"text": first + second, "voice": "alloy",
+                                                   "sampling_seed": 1, "format": "pcm",
+                                                   "split": "sentence"}, timeout=120)
+    assert audio_duration(browser) == pytest.approx(len(whole.content) / 2 / 24000, abs=1e-3)
+    assert_clean_console(browser)
+
+
+def test_live_speech_typed_barge_in(browser: Browser, server: RunningServer) -> None:
+    text = start_typing_live(browser, server)
+    type_keys(text, f"{LONG_SPEECH}. ")
+    browser.wait(lambda d: "first audio" in browser.by_id("speech-meta").text, 60,
+                 "the first sentence's audio")
+    type_keys(text, "Still typ")
+    browser.by_id("speech-barge").click()
+    timings = live_timings(browser)
+    assert timings["cancelled"] == 1
+    assert "barged in after" in browser.by_id("speech-meta").text
+    types = [m["type"] for m in browser.js("return sentLog")]
+    assert "input.done" not in types and types[-2:] == ["input.cancel", "session.close"]
+    type_keys(text, "ping")  # the box is free again
+    assert text.get_attribute("value") == f"{LONG_SPEECH}. Still typping"
+    assert_clean_console(browser)
+
+
+def test_live_speech_typed_done_button(browser: Browser, server: RunningServer) -> None:
+    text = start_typing_live(browser, server)
+    type_keys(text, "Done ends it")
+    browser.by_id("speech-live-done").click()  # the last word, unfinished, goes with it
+    timings = live_timings(browser)
+    assert timings["sentences"] == 1 and timings["cancelled"] == 0
+    sent = [m for m in browser.js("return sentLog") if m["type"] != "session.config"]
+    assert sent == [{"type": "input.text", "text": "Done "},
+                    {"type": "input.text", "text": "ends "},
+                    {"type": "input.text", "text": "it"}, {"type": "input.done"},
+                    {"type": "session.close"}]
+    assert_clean_console(browser)
+
+
 def test_save_the_current_voice(browser: Browser, server: RunningServer) -> None:
     open_tab(browser, server, "speech")
     choose(browser, "speech-voice", "")

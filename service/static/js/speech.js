@@ -4,7 +4,8 @@
 import { ApiError, postJson, request, requestJson } from "./api.js";
 import { $, busy, clearError, el, secs, showError } from "./dom.js";
 import { PcmPlayer } from "./pcm-player.js";
-import { LiveSpeech, liveConfig, setLivePressed } from "./speech-live.js";
+import { LiveSpeech, liveConfig, pacedFeeder, setLivePressed } from "./speech-live.js";
+import { TypedFeeder } from "./speech-typed.js";
 
 const SAMPLE_RATE = 24000;
 const EXTENSIONS = { wav: "wav", mp3: "mp3", flac: "flac", opus: "opus", aac: "aac", pcm: "pcm" };
@@ -29,9 +30,11 @@ export function setupSpeech() {
   $("speech-save").addEventListener("click", saveVoice);
   $("speech-live").addEventListener("click", toggleLive);
   $("speech-barge").addEventListener("click", () => live && live.bargeIn());
+  $("speech-live-done").addEventListener("click", () => live?.feeder.done?.());
 }
 
-/** Live mode: the text fed word by word over the speech WebSocket (speech-live.js). */
+/** Live mode: the text fed word by word over the speech WebSocket (speech-live.js), at a
+ * pace or as it is typed (speech-typed.js). */
 function toggleLive() {
   if (live) {
     live.bargeIn();
@@ -51,7 +54,10 @@ function toggleLive() {
     temperature: numberField("speech-temperature"), top_p: numberField("speech-top-p"),
     top_k: numberField("speech-top-k"), ...(speed !== undefined ? { speed } : {}),
   });
-  live = new LiveSpeech($("speech-text").value, numberField("speech-live-wps") || 20, config, {
+  const typed = $("speech-live-typed").checked;
+  const feeder = typed ? new TypedFeeder($("speech-text"))
+    : pacedFeeder($("speech-text").value, numberField("speech-live-wps") || 20);
+  live = new LiveSpeech(config, feeder, {
     onUpdate: (text) => { meta.textContent = text; },
     onEnd: (result) => {
       live = null;
@@ -60,7 +66,8 @@ function toggleLive() {
       else show(result.wav, "wav", result.parts, result.timings);
     },
   });
-  setLivePressed(true);
+  setLivePressed(true, typed);
+  meta.textContent = typed ? "live: type; each word is sent when it is complete" : "";
   live.start();
 }
 
