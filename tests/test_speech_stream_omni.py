@@ -237,5 +237,8 @@ def test_a_client_that_hangs_up_mid_audio_is_a_disconnect_not_a_failure(
     deadline = time.monotonic() + 60
     while closed._value.get() == before and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert closed._value.get() == before + 1
+    reasons = {sample.labels["reason"]: sample.value
+               for metric in server.app.state.metrics.tts_ws_closed.collect()
+               for sample in metric.samples if sample.name.endswith("_total")}
+    assert closed._value.get() == before + 1, (reasons, caplog.text)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
