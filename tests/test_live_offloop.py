@@ -1,7 +1,8 @@
 """A live stream's per-frame analysis runs off the event loop, over a real socket: while
-one stream's frame analysis is held (a threading.Event the test controls), /healthz and a
-whole second stream are served; once released, the held stream's results are those of
-the same stream run unheld. Ordered by events, never by timing."""
+one stream's analysis is held (a threading.Event the test controls; PCM: in the CPU pool,
+Ogg/Opus: in its decoder thread), /healthz and a whole second stream are served; once
+released, the held stream's results are those of the same stream run unheld. Ordered by
+events, never by timing."""
 
 from __future__ import annotations
 
@@ -25,15 +26,12 @@ from tests.live_fixtures import (  # noqa: F401  (fixtures)
     open_stream,
     read_all,
     speech_stream,
-    to_rate,
 )
 from tests.tts_server import RunningServer
 
 RATE = 16_000
-HELD_MIN_SAMPLES = RATE
-"""A block this long is the held stream's (the other stream sends 0.25 s frames)."""
-CONFIG = {"type": "session.config", "input": {"format": "pcm_s16le", "sample_rate": RATE},
-          "classify": {"labels": LABELS, "hop_s": 1.0}, "emotion": {}}
+"""The other stream's rate; the held stream's is 48 kHz (so its analysis is told apart)."""
+TASKS = {"classify": {"labels": LABELS, "hop_s": 1.0}, "emotion": {}}
 
 
 def _results(t: Transcript) -> list[dict[str, Any]]:
@@ -58,15 +56,24 @@ def _same(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
         assert max(abs(p - q) for p, q in pairs) <= 1e-5
 
 
+@pytest.mark.parametrize(("fmt", "where"), [("pcm_s16le", "audioserve-cpu"),
+                                             ("ogg", "live-decode")])
 def test_a_held_analysis_does_not_hold_the_loop(live_server: RunningServer,  # noqa: F811
                                                 speech_files: list[Path],  # noqa: F811
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    speech = to_rate(speech_stream(speech_files, gap_s=0.5, count=1), RATE).tobytes()
-    assert len(speech) // 2 >= HELD_MIN_SAMPLES
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                fmt: str, where: str) -> None:
+    from service.audio.encode import encode_audio
 
-    def stream(frames: list[bytes]) -> Transcript:
+    speech48 = speech_stream(speech_files, gap_s=0.5, count=1)
+    speech = (speech48.tobytes() if fmt == "pcm_s16le" else
+              encode_audio(speech48.astype(np.float32) / 32768, 48_000, "opus"))
+    held_input = {"format": fmt, "sample_rate": 48_000} if fmt == "pcm_s16le" else {
+        "format": fmt}
+
+    def stream(frames: list[bytes], source: dict[str, Any] | None = None) -> Transcript:
         with open_stream(live_server) as ws:
-            ws.send(json.dumps(CONFIG))
+            ws.send(json.dumps({"type": "session.config", "input": source or held_input,
+                                **TASKS}))
             for frame in frames:
                 ws.send(frame)
             ws.send(json.dumps({"type": "input.done"}))
@@ -79,7 +86,7 @@ def test_a_held_analysis_does_not_hold_the_loop(live_server: RunningServer,  # n
     unheld_push = StreamAnalyser.push
 
     def push(self: StreamAnalyser, block: np.ndarray, rate: int) -> Found:
-        if len(block) >= HELD_MIN_SAMPLES and not held:
+        if rate == 48_000 and not held:
             held.append(threading.current_thread().name)
             entered.set()
             release.wait(120)  # the test's failure path: never for ever
@@ -87,7 +94,7 @@ def test_a_held_analysis_does_not_hold_the_loop(live_server: RunningServer,  # n
 
     monkeypatch.setattr(StreamAnalyser, "push", push)
     with open_stream(live_server) as ws:
-        ws.send(json.dumps(CONFIG))
+        ws.send(json.dumps({"type": "session.config", "input": held_input, **TASKS}))
         ws.send(speech)
         assert entered.wait(60), "the frame's analysis never started"
         try:
@@ -95,13 +102,14 @@ def test_a_held_analysis_does_not_hold_the_loop(live_server: RunningServer,  # n
             assert httpx.get(f"{live_server.url}/healthz", timeout=30).status_code == 200
             tone = (3000 * np.sin(2 * np.pi * 440 * np.arange(RATE * 3) / RATE)).astype("<i2")
             other = stream([tone[i:i + RATE // 4].tobytes() for i in range(0, len(tone),
-                                                                             RATE // 4)])
+                                                                             RATE // 4)],
+                           {"format": "pcm_s16le", "sample_rate": RATE})
             assert other.of("session.done") and len(other.of("classify.window")) == 3
             assert not release.is_set()  # all of it while the analysis was still held
         finally:
             release.set()
         ws.send(json.dumps({"type": "input.done"}))
         held_results = _results(read_all(ws))
-    assert held[0].startswith("audioserve-cpu")  # it ran in the CPU pool
+    assert held[0].startswith(where)  # where it ran: the CPU pool, the decoder thread
     _same(held_results, reference)
     assert any(e["type"] == "emotion.utterance" for e in reference)
