@@ -366,18 +366,29 @@ def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
     })
 
 
+def guarded_websocket_protocol(settings: Settings) -> type[GuardedWebSocketProtocol]:
+    """The WebSocket protocol class for one server, with the settings' write timeout."""
+    return type("GuardedWebSocketProtocol", (GuardedWebSocketProtocol,),
+                {"write_timeout_s": settings.write_timeout_s})
+
+
 PROCESS_PROTOCOL: type[GuardedProtocol] | None = None
 """This process's protocol when uvicorn is started by someone else (`serve_auto_as_guarded`)."""
+PROCESS_WS_PROTOCOL: type[GuardedWebSocketProtocol] | None = None
+"""Its WebSocket protocol, likewise."""
 
 
 def serve_auto_as_guarded(settings: Settings) -> None:
     """Make uvicorn's `http="auto"` mean this service's protocol, in this process. Ray Serve
     starts its ingress replicas' uvicorn itself, with no way to name a protocol, and "auto"
     is httptools: behind HAProxy the cluster's ingress would take trailers as headers and
-    hold unread bodies as one process did before. Called before that server starts."""
-    global PROCESS_PROTOCOL
+    hold unread bodies as one process did before. `ws="auto"` likewise means the guarded
+    WebSocket protocol. Called before that server starts."""
+    global PROCESS_PROTOCOL, PROCESS_WS_PROTOCOL
     PROCESS_PROTOCOL = guarded_protocol(settings)
+    PROCESS_WS_PROTOCOL = guarded_websocket_protocol(settings)
     uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:PROCESS_PROTOCOL"
+    uvicorn.config.WS_PROTOCOLS["auto"] = f"{__name__}:PROCESS_WS_PROTOCOL"
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -398,8 +409,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicor
         # live route answers an oversized frame with an error event (service/live)
         "ws_max_size": 2 * max(settings.live_max_frame_bytes,
                                settings.tts_ws_max_message_bytes),
-        "ws": type("GuardedWebSocketProtocol", (GuardedWebSocketProtocol,),
-                   {"write_timeout_s": settings.write_timeout_s}),
+        "ws": guarded_websocket_protocol(settings),
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)
