@@ -293,7 +293,8 @@ def test_a_client_that_does_not_read_is_cut_off(live_models_dir: Path) -> None: 
     labels = [f"label number {i} " + "x" * 180 for i in range(64)]
     with serve_app(models_dir=live_models_dir, send_buffer_bytes=4096, live_send_buffer=4,
                    live_max_pending=64, live_max_ahead_s=1e6, live_close_timeout_s=1.0,
-                   live_max_stream_seconds=1e6, live_max_frame_bytes=1024 * 1024) as server:
+                   live_max_stream_seconds=1e6, live_max_frame_bytes=1024 * 1024,
+                   write_timeout_s=2.0) as server:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect((server.host, server.port))

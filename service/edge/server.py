@@ -20,7 +20,11 @@ An HTTP/1.1 connection is always in one of a few states, and each has its bound 
   uvicorn lacks, is offered on HTTP/1.1 requests (`TrailerCycle`): a streamed TTS answer
   states its pieces' spans after its audio (docs/speech-stream.md);
 - a client that half-closes after a whole request still gets its answer (and one that
-  closed is found gone by a probe, so its work stops).
+  closed is found gone by a probe, so its work stops);
+- a WebSocket whose route is done but whose client does not read: uvicorn closes it with
+  `transport.close()`, which waits for the unsent bytes to drain, so such a connection
+  (and what it buffered both ways) was held for ever, the client blocked in its own send;
+  the write timeout after the route returns resets it.
 
 A cap on open connections answers the connection over it 503 + Retry-After. Body-reading
 limits live in `service.edge.read_limits`, where the ASGI receive is.
@@ -43,6 +47,7 @@ import h11
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from service.errors import ABORT_EXTENSION, TRAILERS_EXTENSION, error_body
 from service.settings import Settings
@@ -344,14 +349,7 @@ class GuardedProtocol(H11Protocol):
                                                  self._check_write_progress)
 
     def _reset(self) -> None:
-        """Drop the connection with a TCP reset: the unsent answer is discarded by the
-        kernel too (a plain close would leave it queued there, for a client that never
-        reads, and the client would not learn it was cut)."""
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.transport.abort()
+        reset_connection(self.transport)
 
     def _arm_header_timer(self) -> None:
         if self._header_timer is None:
@@ -374,6 +372,39 @@ class GuardedProtocol(H11Protocol):
         if self.cycle is None or self.cycle.response_complete:
             self.transport.write(self.timeout_answer)
         self.transport.close()
+
+
+def reset_connection(transport: asyncio.Transport) -> None:
+    """Drop the connection with a TCP reset: the unsent answer is discarded by the kernel
+    too (a plain close would leave it queued there, for a client that never reads, and the
+    client would not learn it was cut)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, reset `write_timeout_s` after the route is done if the
+    connection is still open then (its client does not read what is left to send)."""
+
+    write_timeout_s: ClassVar[float]
+    _lost = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        super().connection_lost(exc)
+
+    async def run_asgi(self) -> None:
+        await super().run_asgi()
+        if not self._lost:
+            self.loop.call_later(self.write_timeout_s, self._reset_if_open)
+
+    def _reset_if_open(self) -> None:
+        if not self._lost:
+            log.info("a WebSocket left unread after its route ended: reset")
+            reset_connection(self.transport)
 
 
 def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
@@ -400,18 +431,29 @@ def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
     })
 
 
+def guarded_websocket_protocol(settings: Settings) -> type[GuardedWebSocketProtocol]:
+    """The WebSocket protocol class for one server, with the settings' write timeout."""
+    return type("GuardedWebSocketProtocol", (GuardedWebSocketProtocol,),
+                {"write_timeout_s": settings.write_timeout_s})
+
+
 PROCESS_PROTOCOL: type[GuardedProtocol] | None = None
 """This process's protocol when uvicorn is started by someone else (`serve_auto_as_guarded`)."""
+PROCESS_WS_PROTOCOL: type[GuardedWebSocketProtocol] | None = None
+"""Its WebSocket protocol, likewise."""
 
 
 def serve_auto_as_guarded(settings: Settings) -> None:
     """Make uvicorn's `http="auto"` mean this service's protocol, in this process. Ray Serve
     starts its ingress replicas' uvicorn itself, with no way to name a protocol, and "auto"
     is httptools: behind HAProxy the cluster's ingress would take trailers as headers and
-    hold unread bodies as one process did before. Called before that server starts."""
-    global PROCESS_PROTOCOL
+    hold unread bodies as one process did before. `ws="auto"` likewise means the guarded
+    WebSocket protocol. Called before that server starts."""
+    global PROCESS_PROTOCOL, PROCESS_WS_PROTOCOL
     PROCESS_PROTOCOL = guarded_protocol(settings)
+    PROCESS_WS_PROTOCOL = guarded_websocket_protocol(settings)
     uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:PROCESS_PROTOCOL"
+    uvicorn.config.WS_PROTOCOLS["auto"] = f"{__name__}:PROCESS_WS_PROTOCOL"
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -432,6 +474,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicor
         # live route answers an oversized frame with an error event (service/live)
         "ws_max_size": 2 * max(settings.live_max_frame_bytes,
                                settings.tts_ws_max_message_bytes),
+        "ws": guarded_websocket_protocol(settings),
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)

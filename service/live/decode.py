@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import threading
 from collections.abc import Callable
 
@@ -24,8 +25,10 @@ import soxr
 from service.audio.decode import AV_ERRORS, MAX_SAMPLE_PEAK, from_pcm16, planes_to_mono
 from service.live.protocol import ProtocolError
 
+log = logging.getLogger("audioserve.live")
+
 Sink = Callable[[np.ndarray, int], None]
-"""Takes mono float32 blocks and their (source) rate, in order."""
+"""Takes mono float32 blocks and their (source) rate, in order, in the decoder's thread."""
 
 
 class PcmDecoder:
@@ -99,7 +102,9 @@ class _Pipe(io.RawIOBase):
 class EncodedDecoder:
     """WebM or Ogg (Opus, or whatever FFmpeg finds in them) decoded as the bytes arrive.
 
-    Decoded blocks are handed to `sink` on the event loop; a decode error to `on_error`."""
+    Decoded blocks are handed to `sink` in the decoder's thread (the stream's analysis runs
+    there too, off the event loop); a decode error, or a ProtocolError the sink raises
+    (which ends decoding), goes to `on_error` on the loop."""
 
     def __init__(self, fmt: str, loop: asyncio.AbstractEventLoop, sink: Sink,
                  on_error: Callable[[ProtocolError], None], max_buffer: int) -> None:
@@ -140,6 +145,10 @@ class EncodedDecoder:
             self._fail(ProtocolError("unsupported_audio",
                                      f"cannot decode the {self.format} stream "
                                      f"({exc}); send WebM or Ogg with Opus audio, or PCM"))
+        except Exception:  # a defect (in the sink too): said, never a silent stop
+            log.exception("live decoding failed")
+            self._fail(ProtocolError("internal_error", "the server failed decoding this "
+                                     "stream (logged); please report it"))
         finally:
             self.loop.call_soon_threadsafe(self.finished.set)
 
@@ -148,7 +157,7 @@ class EncodedDecoder:
         if not frame.format.is_planar:
             arr = arr.reshape(-1, frame.layout.nb_channels).T
         mono = planes_to_mono(arr, frame.format.name.rstrip("p"))
-        self.loop.call_soon_threadsafe(self.sink, mono, frame.sample_rate)
+        self.sink(mono, frame.sample_rate)
 
     def _fail(self, exc: ProtocolError) -> None:
         self.loop.call_soon_threadsafe(self.on_error, exc)

@@ -1,8 +1,9 @@
 """One live stream: audio in, CLAP windows and emotion utterances out, every limit enforced.
 
-Design note. The socket's reader decodes each frame (service.live.decode), resamples it
-to each model's rate and hands it to the window planner (CLAP) and the endpointer
-(emotion). Each window or utterance becomes one job that calls the same pipeline entry
+Design note. Each frame is decoded (service.live.decode), resampled to each model's rate
+and handed to the window planner (CLAP) and the endpointer (emotion): a
+`StreamAnalyser` (service.live.analysis) that returns the windows, utterances and partial
+due it found. Each window or utterance becomes one job that calls the same pipeline entry
 points the HTTP routes call (`ClapPipeline.embed_samples` + `score`,
 `Emotion2vecPipeline.analyse_samples`), through the model's admission gate and its
 batcher: live and HTTP work share forward passes, on one process or through the cluster's
@@ -18,6 +19,25 @@ At most one is in flight per stream (a partial due meanwhile is coalesced into t
 none is started while the stream is at `live_max_pending`; one still running is cancelled
 when its final is submitted or when a final would otherwise be skipped for want of room.
 Each outcome is counted (session.done, audioserve_live_partials_total), never an event.
+
+Where the work runs. The analysis grows with a frame (up to LIVE_MAX_FRAME_BYTES of
+audio: bytes to float, soxr, 10 s window copies, VAD), so none of it runs on the event
+loop; the loop only turns a `Found` into jobs, in the order the steps ran. PCM: the
+reader awaits each frame's decode + analysis in the app's CPU pool (one frame at a time
+per stream, so the analyser is touched by one thread at a time); a fatal error meanwhile
+(a client cut off) ends the wait at once and the step's result is dropped. WebM/Ogg: the
+decoder thread analyses each block right after decoding it and posts only the result.
+input.done's flush (the resamplers' tails, the last window and utterance) runs in the
+pool after the decoder thread has finished. A ProtocolError from a step (rate changed,
+stream too long) ends the stream as before; results that arrive after it ended are
+ignored (`_ended`). The shared pool, not one of its own: a frame's step queues behind the
+window/utterance features already queued there (the stream's own included), which paces
+a stream that produces work faster than the pool does it, and a stream cut off
+meanwhile is not held by it (the wait above). A test hung when this moved off the loop;
+the cause was the edge, not the pool: results now went out while the stream was read, so
+a client that never read had unsent bytes left at the close, and uvicorn's
+`transport.close()` waited for them to drain for ever (service.edge.server now resets
+such a connection after the write timeout).
 """
 
 from __future__ import annotations
@@ -37,7 +57,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from batcher import BatcherClosed, DeadlineExceeded, Overloaded
 from service.errors import ApiError, InvalidInput
 from service.live import protocol as p
-from service.live.decode import EncodedDecoder, PcmDecoder, Resampler
+from service.live.analysis import Found, StreamAnalyser
+from service.live.decode import EncodedDecoder, PcmDecoder
 from service.live.vad import Endpointer, Utterance
 from service.live.windows import SlidingWindows, Window
 from service.pipelines.clap import ClapPipeline
@@ -112,6 +133,7 @@ class LiveSession:
         self.counts = Counts()
         self.audio_samples = 0
         self.input_rate: int | None = None
+        self._loop = asyncio.get_running_loop()
         self._outbox: asyncio.Queue[_Outgoing | None] = asyncio.Queue()
         self._fatal: asyncio.Future[p.ProtocolError] = (
             asyncio.get_running_loop().create_future())
@@ -121,22 +143,22 @@ class LiveSession:
         self._config: p.SessionConfig | None = None
         self._pcm: PcmDecoder | None = None
         self._encoded: EncodedDecoder | None = None
-        self._resamplers: dict[str, Resampler] = {}
         self._windows: SlidingWindows | None = None
         self._endpointer: Endpointer | None = None
+        self._analyser: StreamAnalyser | None = None
+        """Touched by one thread at a time (see the design note), never by the loop."""
+        self._emotion_rate = 16_000
         self._texts: np.ndarray | None = None
         self._labels: list[str] = []
         self._top_k = 0
         self._emotion_options = EmotionOptions()
         self._partial_every: int | None = None
         """Growth (samples at the model's rate) between partials; None: partials off."""
-        self._partial_due: tuple[int, int] = (-1, 0)
-        """(utterance index, its length at which the next partial is due)."""
         self._partial: _PartialJob | None = None
         """The stream's partial job in flight (at most one)."""
         self._first_audio_at: float | None = None
         self._ended = False
-        """Set when the session stops: late decoder callbacks are ignored."""
+        """Set when the session stops: late analysis results are ignored."""
         self.end_reason = "done"
         """How the stream ended: done, closed (session.close), disconnected, or the error's
         code (the `reason` label of audioserve_live_closed)."""
@@ -271,7 +293,7 @@ class LiveSession:
         if self._first_audio_at is None:
             self._first_audio_at = now
         if self._pcm is not None:
-            self._on_samples(self._pcm.feed(data), self._pcm_rate())
+            self._apply(await self._analyse(self._analyse_pcm, data))
         elif self._encoded is not None:
             await self._encoded.feed(data)
         await self._pace()
@@ -314,7 +336,7 @@ class LiveSession:
                 update={"channels": channels})})
         else:
             self._encoded = EncodedDecoder(
-                i.format, asyncio.get_running_loop(), self._on_decoded, self._fail,
+                i.format, self._loop, self._analyse_decoded, self._fail,
                 max_buffer=4 * s.live_max_frame_bytes)
         if config.classify is not None:
             config = config.model_copy(update={"classify": self._classify_config(
@@ -334,9 +356,16 @@ class LiveSession:
                                       "no utterance ever gets a partial")
             pipeline: Emotion2vecPipeline = self.ctx.pipelines["emotion2vec"]
             self._endpointer = Endpointer(emotion, pipeline.constants.sample_rate)
+            self._emotion_rate = self._endpointer.rate
             if emotion.partial_every_s is not None:
                 self._partial_every = round(emotion.partial_every_s * self._endpointer.rate)
             self._emotion_options = EmotionOptions(granularity=Granularity(emotion.granularity))
+        clap_rate = (self.ctx.pipelines["clap"].mel.sample_rate if self._windows is not None
+                     else 0)
+        self._analyser = StreamAnalyser(
+            windows=self._windows, clap_rate=clap_rate, endpointer=self._endpointer,
+            partial_every=self._partial_every, max_stream_s=s.live_max_stream_seconds,
+            count_audio=self.metrics.live_audio_seconds.inc)
         self._config = config
 
     def _classify_config(self, c: p.ClassifyConfig) -> p.ClassifyConfig:
@@ -401,45 +430,47 @@ class LiveSession:
 
     # -- audio -> windows and utterances -----------------------------------------------
 
-    def _on_decoded(self, block: np.ndarray, rate: int) -> None:
-        """An encoded stream's decoded block (called on the loop by the decoder thread)."""
+    def _analyse_pcm(self, data: bytes) -> Found:
+        """A PCM frame decoded and analysed (in the CPU pool)."""
+        assert self._pcm is not None and self._analyser is not None
+        return self._analyser.push(self._pcm.feed(data), self._pcm_rate())
+
+    def _analyse_decoded(self, block: np.ndarray, rate: int) -> None:
+        """An encoded stream's decoded block, analysed in the decoder's thread; only the
+        result goes to the loop. A ProtocolError ends the decoder (it reports it)."""
         if self._ended:
             return
-        try:
-            self._on_samples(block, rate)
-        except p.ProtocolError as exc:
-            self._fail(exc)
+        assert self._analyser is not None
+        found = self._analyser.push(block, rate)
+        self._loop.call_soon_threadsafe(self._apply, found)
+
+    async def _analyse(self, fn: Callable[..., Found], *args: object) -> Found:
+        """Run one analysis step in the CPU pool; the stream's fatal error (a client cut
+        off meanwhile) ends the wait at once: the step's result is then dropped."""
+        work: asyncio.Future[Found] = asyncio.ensure_future(self.ctx.cpu.run(fn, *args))
+        waits: set[asyncio.Future[Any]] = {work, self._fatal}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            work.cancel()
+            raise self._fatal.result()
+        return work.result()
 
     def _fail(self, exc: p.ProtocolError) -> None:
         if not self._fatal.done():
             self._fatal.set_result(exc)
 
-    def _on_samples(self, block: np.ndarray, rate: int, last: bool = False) -> None:
-        if self.input_rate is None:
-            self.input_rate = rate
-            if self._windows is not None:
-                self._resamplers["classify"] = Resampler(
-                    rate, self.ctx.pipelines["clap"].mel.sample_rate)
-            if self._endpointer is not None:
-                self._resamplers["emotion"] = Resampler(rate, self._endpointer.rate)
-        elif rate != self.input_rate:
-            raise p.ProtocolError("unsupported_audio", f"the stream changed its sample rate "
-                                  f"from {self.input_rate} to {rate} Hz")
-        self.audio_samples += len(block)
-        limit = self.settings.live_max_stream_seconds
-        if self.audio_samples > limit * rate:
-            raise p.ProtocolError("stream_too_long", f"more than {limit:g} s of audio "
-                                  "(AUDIOSERVE_LIVE_MAX_STREAM_SECONDS); open a new stream")
-        self.metrics.live_audio_seconds.inc(len(block) / rate)
-        now = time.monotonic()
-        if self._windows is not None:
-            for window in self._windows.push(self._resamplers["classify"](block, last)):
-                self._submit_window(window, now)
-        if self._endpointer is not None:
-            for utterance in self._endpointer.push(self._resamplers["emotion"](block, last)):
-                self._submit_utterance(utterance, now)
-            if not last:  # at input.done the final follows at once
-                self._maybe_partial(now)
+    def _apply(self, found: Found) -> None:
+        """Submit what an analysis step found (on the loop, in the steps' order)."""
+        if self._ended:
+            return
+        self.input_rate, self.audio_samples = found.rate, found.samples
+        for job in found.jobs:
+            if isinstance(job, Window):
+                self._submit_window(job, found.received_at)
+            else:
+                self._submit_utterance(job, found.received_at)
+        if found.partial is not None:
+            self._maybe_partial(found.partial, found.received_at)
 
     async def _flush(self) -> None:
         """input.done: the decoder's tail, the last window and utterance, then every job."""
@@ -451,15 +482,8 @@ class LiveSession:
             raise p.ProtocolError("unsupported_audio", f"the stream ended inside a sample "
                                   f"frame ({self._pcm.leftover()} bytes left over); frames "
                                   f"are {self._pcm.frame_bytes} bytes")
-        if self.input_rate is not None:
-            self._on_samples(np.zeros(0, np.float32), self.input_rate, last=True)
-        now = time.monotonic()
-        if self._windows is not None:
-            for window in self._windows.finish():
-                self._submit_window(window, now)
-        if self._endpointer is not None:
-            for utterance in self._endpointer.finish():
-                self._submit_utterance(utterance, now)
+        assert self._analyser is not None
+        self._apply(await self._analyse(self._analyser.finish))
         while self._pending:
             waits: set[asyncio.Future[Any]] = {*self._pending, self._fatal}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -474,8 +498,7 @@ class LiveSession:
                      received_at, lambda: self._classify(window))
 
     def _submit_utterance(self, utterance: Utterance, received_at: float) -> None:
-        assert self._endpointer is not None
-        rate = self._endpointer.rate
+        rate = self._emotion_rate
         self._cancel_partial()  # its final is here: the interim view is moot
         self._submit("emotion", utterance.index, utterance.start / rate, utterance.end / rate,
                      received_at, lambda: self._emotion(utterance))
@@ -545,33 +568,19 @@ class LiveSession:
 
     # -- partials ------------------------------------------------------------------------
 
-    def _maybe_partial(self, received_at: float) -> None:
-        """Start a partial of the open utterance if it has grown `partial_every` since the
-        last one was due: coalesced while one is in flight, skipped while the stream is at
-        live_max_pending (finals have priority)."""
-        if self._partial_every is None or self._endpointer is None:
-            return
-        span = self._endpointer.open_span()
-        if span is None:
-            return
-        index, start, end = span
-        due_index, due_at = self._partial_due
-        if index != due_index:  # a new utterance: its first partial after one period
-            due_at = self._partial_every
-        if end - start < due_at:
-            self._partial_due = (index, due_at)
-            return
-        self._partial_due = (index, end - start + self._partial_every)
+    def _maybe_partial(self, utterance: Utterance, received_at: float) -> None:
+        """Start the partial that fell due (`utterance`: the open one so far) unless one is
+        in flight (coalesced) or the stream is at live_max_pending (skipped: finals have
+        priority)."""
         if self._partial is not None and not self._partial.task.done():
             self._count_partial("coalesced")
             return
         if len(self._pending) >= self.settings.live_max_pending:
             self._count_partial("behind")
             return
-        utterance = self._endpointer.so_far()
-        assert utterance is not None
-        rate = self._endpointer.rate
-        self._start_job("emotion", index, start / rate, end / rate, received_at,
+        rate = self._emotion_rate
+        self._start_job("emotion", utterance.index, utterance.start / rate,
+                        utterance.end / rate, received_at,
                         lambda: self._emotion(utterance, partial=True), partial=True)
 
     def _cancel_partial(self) -> None:
