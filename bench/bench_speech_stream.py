@@ -11,17 +11,23 @@ one instant; `--burst` starts them together instead).
 Per reply: time to first audio (TTFA: from the moment the first sentence was complete
 in the text sent, which is when generation can start, to its first audio byte), underrun
 (the silence a player that starts at the first byte would have had, from the arrival
-times and sizes of the PCM frames) and its real-time factor (RTF: first word sent -> last
-audio byte, over its audio seconds; < 1: the reply's audio was all there before a player
-started with the text would have needed it). Per K: TTFA P50/P95/P99, underrun, RTF
+times and sizes of the PCM frames), split in two: waiting on text, a silence before a
+sentence's first audio when its text was completed only after the audio before it had
+run out (the LLM's pace plus that sentence's own first-audio latency, which the TTFA
+figures cover; with random weights a sentence may stop after a few tokens, so this
+happens), and the underrun proper, every other silence: the server had the text in time
+and still left the player without audio) and its real-time factor (RTF: first word
+sent -> last audio byte, over its audio seconds; < 1: the reply's audio was all there
+before a player started with the text would have needed it). Per K: TTFA P50/P95/P99, underrun, RTF
 mean/P95, and the server's output in x real time (audio seconds of all replies / wall
 time). K = 1, 2, 4, 8, 16, 32 and beyond, against a one-at-a-time server
 (AUDIOSERVE_TTS_SCHEDULING=sequential: one lock, the Kokoro / ChatTTS-API model) in the
 same run. The issue's target: up to the highest K whose RTF P95 stays below 1, TTFA P95
-<= 2x its value at K=1 and no underrun.
+<= 2x its value at K=1 and no underrun (the server's part).
 
 Random weights rarely stop by themselves, so every sentence has the same token budget
-(`--tokens`, default 60 = 1.3 s of audio).
+(`--tokens`, default 60 = 1.3 s of audio); the few that do stop early leave a silence
+until the next sentence's text is there (counted as waiting on text).
 
     .venv/bin/python -m bench.bench_speech_stream [--quick] [--out bench/results/...]
 """
@@ -36,6 +42,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
@@ -54,6 +61,9 @@ GAP_S = 0.1
 class Reply:
     ttfa_s: float
     underrun_s: float
+    """Silence although the server had the text in time."""
+    text_wait_s: float
+    """Silence before a sentence whose text came after the audio before it ran out."""
     max_gap_s: float
     audio_s: float
     rtf: float
@@ -69,6 +79,7 @@ class Point:
     ttfa_p99: float
     underrun_mean: float
     underrun_max: float
+    text_wait_mean: float
     smooth: float
     """Share of replies with no gap over GAP_S."""
     rtf_mean: float
@@ -77,51 +88,79 @@ class Point:
     """Audio seconds of all replies / wall seconds of the round."""
 
 
+@dataclass
+class Player:
+    """A player that starts at the first audio byte, and who its silences are owed to."""
+
+    complete_at: list[float]
+    """When each sentence's text was all sent."""
+    first: float | None = None
+    last: float = 0.0
+    play_end: float = 0.0
+    samples: int = 0
+    underrun: float = 0.0
+    text_wait: float = 0.0
+    max_gap: float = 0.0
+    sentence: int = 0
+    sentence_starts: bool = False
+    """The next frame is a sentence's first audio."""
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        if event["type"] == "audio.start":
+            self.sentence, self.sentence_starts = event["sentence_index"], True
+
+    def on_audio(self, now: float, frame: bytes) -> None:
+        if self.first is None:
+            self.first = self.play_end = now
+        if now > self.play_end:  # a gap: whose wait was it?
+            there = (self.complete_at[self.sentence]
+                     if self.sentence < len(self.complete_at) else now)
+            if self.sentence_starts and there > self.play_end:
+                self.text_wait += now - self.play_end
+            else:
+                self.underrun += now - self.play_end
+                self.max_gap = max(self.max_gap, now - self.play_end)
+        self.sentence_starts = False
+        self.play_end = max(now, self.play_end) + len(frame) / 2 / RATE
+        self.samples += len(frame) // 2
+        self.last = now
+
+
 async def one_reply(ws: ClientConnection, wps: float) -> Reply:
     """Write one reply word by word, read its audio up to session.done."""
     words = REPLY.split(" ")
-    first_sentence_at: float | None = None
+    player = Player(complete_at=[])
     started = time.perf_counter()
 
     async def writer() -> None:
-        nonlocal first_sentence_at
         for i, word in enumerate(words):
             last = i == len(words) - 1
             await ws.send(json.dumps({"type": "input.text",
                                       "text": word + ("" if last else " ")}))
-            if first_sentence_at is None and word.endswith("."):
-                first_sentence_at = time.perf_counter()  # complete once a space follows
+            if word.endswith(".") and not last:  # complete once a space follows
+                player.complete_at.append(time.perf_counter())
             await asyncio.sleep(1 / wps)
         await ws.send(json.dumps({"type": "input.done"}))
+        player.complete_at.append(time.perf_counter())
 
     task = asyncio.create_task(writer())
-    play_end = first = last = None
-    underrun, max_gap, samples = 0.0, 0.0, 0
     async for message in ws:
-        now = time.perf_counter()
         if isinstance(message, bytes):
-            if first is None:
-                first = play_end = now
-            assert play_end is not None
-            if now > play_end:
-                underrun += now - play_end
-                max_gap = max(max_gap, now - play_end)
-            play_end = max(now, play_end) + len(message) / 2 / RATE
-            samples += len(message) // 2
-            last = now
-        else:
-            event = json.loads(message)
-            if event["type"] == "error":
-                raise RuntimeError(event)
-            if event["type"] == "session.done":
-                break
+            player.on_audio(time.perf_counter(), message)
+            continue
+        event = json.loads(message)
+        if event["type"] == "error":
+            raise RuntimeError(event)
+        if event["type"] == "session.done":
+            break
+        player.on_event(event)
     await task
-    assert first is not None and last is not None and first_sentence_at is not None
-    audio_s = samples / RATE
-    reply = Reply(first - first_sentence_at, underrun, max_gap, audio_s,
-                  (last - started) / audio_s)
-    if play_end is not None:  # the user listens to the end, then takes a turn
-        await asyncio.sleep(max(0.0, play_end - time.perf_counter()))
+    assert player.first is not None and player.complete_at
+    audio_s = player.samples / RATE
+    reply = Reply(player.first - player.complete_at[0], player.underrun, player.text_wait,
+                  player.max_gap, audio_s, (player.last - started) / audio_s)
+    # the user listens to the end, then takes a turn
+    await asyncio.sleep(max(0.0, player.play_end - time.perf_counter()))
     return reply
 
 
@@ -158,6 +197,7 @@ def point(name: str, k: int, replies: list[Reply], wall: float) -> Point:
     rtf = [r.rtf for r in replies]
     return Point(name, k, len(replies), pct(ttfa, 50), pct(ttfa, 95), pct(ttfa, 99),
                  float(np.mean(under)), float(np.max(under)),
+                 float(np.mean([r.text_wait_s for r in replies])),
                  sum(r.max_gap_s <= GAP_S for r in replies) / len(replies),
                  float(np.mean(rtf)), pct(rtf, 95),
                  sum(r.audio_s for r in replies) / wall)
@@ -165,12 +205,14 @@ def point(name: str, k: int, replies: list[Reply], wall: float) -> Point:
 
 def table(points: list[Point]) -> str:
     lines = ["| server | K | replies | TTFA P50 ms | P95 ms | P99 ms | underrun mean s | "
-             "max s | smooth | RTF mean | RTF P95 | x real time |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "max s | smooth | waiting on text mean s | RTF mean | RTF P95 | x real time |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: |"]
     for p in points:
         lines.append(f"| {p.server} | {p.sessions} | {p.replies} | {1000 * p.ttfa_p50:.0f} | "
                      f"{1000 * p.ttfa_p95:.0f} | {1000 * p.ttfa_p99:.0f} | "
-                     f"{p.underrun_mean:.3f} | {p.underrun_max:.2f} | {p.smooth:.0%} | "
+                     f"{p.underrun_mean:.3f} | {p.underrun_max:.3f} | {p.smooth:.0%} | "
+                     f"{p.text_wait_mean:.3f} | "
                      f"{p.rtf_mean:.2f} | {p.rtf_p95:.2f} | {p.x_real_time:.1f} |")
     return "\n".join(lines)
 

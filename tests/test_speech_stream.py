@@ -299,3 +299,41 @@ def test_the_documented_client_runs(server: RunningServer, tmp_path: Path,
     assert "'type': 'session.done'" in printed and "sentence 2: 'Then we restart" in printed
     assert "'type': 'audio.cancelled'" in printed or printed.count("session.done") == 2
     assert (tmp_path / "reply.pcm").stat().st_size > 0
+
+
+
+def _piece_lengths(r: httpx.Response) -> list[int]:
+    """Each piece's samples, from X-Audioserve-Sentences (`rate=R; spans=a-b,...`)."""
+    spans = r.headers["x-audioserve-sentences"].split("; ")[1].removeprefix("spans=")
+    return [int(b) - int(a) for a, b in (span.split("-") for span in spans.split(","))]
+
+
+EARLY_STOP_SEED = 3
+"""A sampling seed whose random-weight pieces do not all run to max_new_tokens."""
+
+
+def test_min_new_tokens_holds_every_sentence_to_its_budget(server: RunningServer) -> None:
+    """Upstream's `min_new_token`: with min = max every piece is exactly that many tokens
+    long (random weights otherwise stop where they please), on /tts and on the socket
+    alike (same audio); min above max is refused by both, naming the two fields."""
+    body = {"text": TEXT, "voice": "alloy", "sampling_seed": EARLY_STOP_SEED, "format": "pcm",
+            "max_new_tokens": TOKENS, "split": "sentence"}
+    free = httpx.post(server.url + "/tts", timeout=120, json=body)
+    held = httpx.post(server.url + "/tts", timeout=120, json={**body, "min_new_tokens": TOKENS})
+    assert free.status_code == held.status_code == 200, (free.text, held.text)
+    assert len(set(_piece_lengths(free))) > 1, "this seed should stop a piece early"
+    assert len(set(_piece_lengths(held))) == 1, _piece_lengths(held)
+    with connect(ws_url(server)) as ws:
+        ws.send(json.dumps({**CONFIG, "seed": EARLY_STOP_SEED, "min_new_tokens": TOKENS}))
+        u = speak(ws, fragments(TEXT, "words", random.Random(1)))
+    assert_same_pcm(bytes(u.audio), held.content, "min_new_tokens")
+
+    bad = httpx.post(server.url + "/tts", timeout=30,
+                     json={**body, "min_new_tokens": TOKENS + 1})
+    assert bad.status_code == 422
+    assert "min_new_tokens" in bad.text and "max_new_tokens" in bad.text
+    with connect(ws_url(server)) as ws:
+        ws.send(json.dumps({**CONFIG, "min_new_tokens": TOKENS + 1}))
+        ws.send(json.dumps({"type": "input.text", "text": "Hi."}))
+        error = read_utterance(ws).events[-1]
+    assert error["type"] == "error" and "min_new_tokens" in error["message"], error

@@ -7,8 +7,9 @@ vLLM-Omni's speech WebSocket protocol, so its clients work unchanged, plus our a
   `/v1/audio/speech` fields: `{"type": "session.config", "model": "tts-1", "voice": "alloy",
   "response_format": "pcm" | "wav" | "mp3" | "opus" | "aac" | "flac", "speed": 1.0,
   "seed": null, "temperature": null, "top_p": null, "top_k": null,
-  "max_new_tokens": null, "split_granularity": "sentence" | "clause" | "none"}` (all
-  optional; null = the default), and every other field of vLLM-Omni's
+  "max_new_tokens": null, "min_new_tokens": null,
+  "split_granularity": "sentence" | "clause" | "none"}` (all optional; null = the
+  default), and every other field of vLLM-Omni's
   `StreamingSpeechSessionConfig`, each with a defined behaviour (`SessionConfig`;
   docs/speech-stream.md has the table): `speaker` = `voice`; `task_type`, `language`
   (English, Chinese or Auto), `instructions`, `initial_codec_chunk_frames`,
@@ -55,7 +56,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from service.live.protocol import validation_problems
-from service.pipelines.chattts import MAX_SAMPLING_SEED
+from service.pipelines.chattts import MAX_SAMPLING_SEED, token_bounds_problem
 from service.tts.chunking import Split
 from service.tts.stretch import MAX_SPEED, MIN_SPEED
 
@@ -96,6 +97,8 @@ class SessionConfig(_Message):
     top_k: int | None = Field(None, ge=1, le=1000)
     max_new_tokens: int | None = Field(None, ge=1)
     """Per sentence, as `/tts`'s per piece."""
+    min_new_tokens: int | None = Field(None, ge=0)
+    """Per sentence, as `/tts`'s per piece (upstream's `min_new_token`)."""
     instructions: str | None = None
     split_granularity: Granularity = "sentence"
     """Where a piece ends and starts generating: each sentence, each clause too, or
@@ -138,6 +141,8 @@ class SessionConfig(_Message):
                             "audio.done carries its sentence's start_s/end_s in the "
                             "utterance's audio (split_granularity \"clause\" for finer "
                             "spans): set word_timestamps to false")
+        if (bounds := token_bounds_problem(self.min_new_tokens, self.max_new_tokens)):
+            problems.append(bounds)
         if self.language is not None and not _OUR_LANGUAGES.fullmatch(self.language.strip()):
             problems.append(f"language {self.language!r}: ChatTTS speaks English and Chinese; "
                             "give English, Chinese or Auto, or leave it out")

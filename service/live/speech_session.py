@@ -253,6 +253,7 @@ class SpeechSession:
                              speed=1.0 if c.speed is None else c.speed,
                              sampling_seed=c.seed, temperature=c.temperature, top_p=c.top_p,
                              top_k=c.top_k, max_new_tokens=c.max_new_tokens,
+                             min_new_tokens=c.min_new_tokens,
                              format=c.response_format, sample_rate=self.pipeline.c.sample_rate,
                              split=p.GRANULARITY_SPLIT[c.split_granularity])
 

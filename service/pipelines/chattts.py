@@ -56,6 +56,15 @@ MAX_SAMPLING_SEED = 2**53 - 1
 holds numbers as doubles, so a larger one arrives rounded to another value."""
 
 
+
+def token_bounds_problem(min_new: int | None, max_new: int | None) -> str | None:
+    """What is wrong with a piece's token bounds, if anything: `min_new_tokens` (ChatTTS's
+    `min_new_token`: EOS is masked until then) cannot be above `max_new_tokens`."""
+    if min_new is not None and max_new is not None and min_new > max_new:
+        return f"min_new_tokens ({min_new}) is above max_new_tokens ({max_new})"
+    return None
+
+
 @dataclass(frozen=True)
 class SpeechRequest:
     text: str

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.audio.encode import MEDIA_TYPES, AudioFormat
 from service.errors import CLIENT_CLOSED, InvalidInput, PayloadTooLarge
@@ -21,6 +21,7 @@ from service.pipelines.chattts import (
     ChatTTSPipeline,
     SpeechRequest,
     SpeechResult,
+    token_bounds_problem,
 )
 from service.pipelines.chattts_stream import SpeechStream, open_stream
 from service.routes.deps import get_metrics, get_pipeline, get_settings
@@ -96,6 +97,8 @@ class TTSBody(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=1, le=1000)
     max_new_tokens: int | None = Field(None, ge=1)
+    min_new_tokens: int | None = Field(None, ge=0)
+    """Upstream's `min_new_token`: no end of speech before this many tokens (per piece)."""
     refine_text: bool = False
     format: str = "wav"
     sample_rate: int = Field(24000, ge=8000, le=48000)
@@ -108,6 +111,12 @@ class TTSBody(BaseModel):
     """`sentence` / `clause`: every sentence / clause is its own piece, as WS
     /v1/audio/speech/stream speaks text that arrives in fragments (same text, seed and
     split: the same audio)."""
+
+    @model_validator(mode="after")
+    def _token_bounds(self) -> TTSBody:
+        if (problem := token_bounds_problem(self.min_new_tokens, self.max_new_tokens)):
+            raise ValueError(problem)
+        return self
 
 
 def check_text(text: str, max_chars: int, field: str = "text") -> None:
@@ -220,7 +229,8 @@ async def tts(body: TTSBody, request: Request) -> Response:
     speech = SpeechRequest(
         text=body.text, seed=body.seed, spk_emb=body.spk_emb, sampling_seed=body.sampling_seed,
         temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
-        max_new_tokens=body.max_new_tokens, refine_text=body.refine_text,
+        max_new_tokens=body.max_new_tokens, min_new_tokens=body.min_new_tokens,
+        refine_text=body.refine_text,
         format=body.format.lower(), sample_rate=body.sample_rate, voice=body.voice,
         speed=body.speed, split=body.split,
     )
