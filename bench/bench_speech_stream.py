@@ -25,9 +25,10 @@ time). K = 1, 2, 4, 8, 16, 32 and beyond, against a one-at-a-time server
 same run. The issue's target: up to the highest K whose RTF P95 stays below 1, TTFA P95
 <= 2x its value at K=1 and no underrun (the server's part).
 
-Random weights rarely stop by themselves, so every sentence has the same token budget
-(`--tokens`, default 60 = 1.3 s of audio); the few that do stop early leave a silence
-until the next sentence's text is there (counted as waiting on text).
+Random weights stop where they please (a sentence may end after two tokens and leave
+the player waiting for the next sentence's text), so every sentence is held to exactly
+`--tokens` (default 60 = 1.3 s of audio: `min_new_tokens` = `max_new_tokens`), as a
+trained model's speech is longer than the time its text takes to write.
 
     .venv/bin/python -m bench.bench_speech_stream [--quick] [--out bench/results/...]
 """
@@ -170,7 +171,8 @@ async def one_session(url: str, seed: int, wps: float, tokens: int, turns: int,
     replies = []
     async with connect(url, max_size=2**24) as ws:
         await ws.send(json.dumps({"type": "session.config", "voice": "alloy", "seed": seed,
-                                  "response_format": "pcm", "max_new_tokens": tokens}))
+                                  "response_format": "pcm", "max_new_tokens": tokens,
+                                  "min_new_tokens": tokens}))
         for turn in range(turns):
             if turn:
                 await asyncio.sleep(rng.uniform(0.5, 1.5))  # the user's turn
