@@ -252,6 +252,10 @@ def plot(points: list[Point], out: Path) -> None:
         a.plot(ks, [1000 * p.ttfa_p95 for p in ps], marker="o", label=f"{name} P95")
         a.plot(ks, [1000 * p.ttfa_p50 for p in ps], marker=".", ls="--", label=f"{name} P50")
         b.plot(ks, [p.underrun_mean for p in ps], marker="o", label=name)
+    base = min((p for p in points if p.sessions == 1), key=lambda p: p.ttfa_p95, default=None)
+    if base is not None:
+        a.axhline(2000 * base.ttfa_p95, color="grey", lw=0.8, ls=":", label="2x K=1 P95")
+    a.set_yscale("log")
     for ax, title in ((a, "time to first audio (ms)"), (b, "mean underrun per reply (s)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent sessions")
