@@ -85,10 +85,13 @@ class Point:
                 and self.errors == 0)
 
 
-def speech_audio(seconds: float) -> np.ndarray:
+def speech_audio(seconds: float, folder: Path = SPEECH) -> np.ndarray:
     """Real speech clips with 1 s gaps, 16-bit at 16 kHz, repeated to `seconds`."""
     parts: list[np.ndarray] = []
-    for path in sorted(SPEECH.glob("*.flac")):
+    clips = sorted(folder.glob("*.flac"))
+    if not clips:
+        raise SystemExit(f"no speech clips (*.flac) in {folder}: give --speech-dir")
+    for path in clips:
         samples, rate = sf.read(path, dtype="float32")
         parts += [np.zeros(RATE, np.float32), soxr.resample(samples, rate, RATE)]
         if sum(len(p) for p in parts) >= seconds * RATE:
@@ -142,9 +145,9 @@ async def one_stream(url: str, audio: np.ndarray, hop_s: float, offset_s: float,
     return result
 
 
-async def run_point(url: str, streams: int, seconds: float, hop_s: float, tasks: str
-                    ) -> list[StreamResult]:
-    audio = speech_audio(seconds)
+async def run_point(url: str, streams: int, seconds: float, hop_s: float, tasks: str,
+                    speech: Path) -> list[StreamResult]:
+    audio = speech_audio(seconds, speech)
     # N independent speakers are not in step: stream i starts i/N of the way into the
     # speech (rotated), so utterances end spread over time, not in one burst per clip.
     # Windows are spread too: stream i starts i/N of a hop late.
@@ -154,10 +157,10 @@ async def run_point(url: str, streams: int, seconds: float, hop_s: float, tasks:
 
 
 def measure(server: ServerProcess, config: str, streams: int, seconds: float,
-            hop_s: float, tasks: str) -> Point:
+            hop_s: float, tasks: str, speech: Path) -> Point:
     url = f"ws://127.0.0.1:{server.port}/v1/audio/analysis/stream"
     before = server.cpu_seconds()
-    results = asyncio.run(run_point(url, streams, seconds, hop_s, tasks))
+    results = asyncio.run(run_point(url, streams, seconds, hop_s, tasks, speech))
     used = sum(cpu_used_by_role(before, server.cpu_seconds()).values())
     lags = np.array([lag for r in results for lag in r.lags_s])
     emotion = np.array([lag for r in results for lag in r.emotion_lags_s])
@@ -178,11 +181,12 @@ def measure(server: ServerProcess, config: str, streams: int, seconds: float,
 
 
 def sweep(models_dir: Path, config: str, settings: dict[str, str], streams: list[int],
-          seconds: float, hop_s: float, tasks: str, log_dir: Path) -> list[Point]:
+          seconds: float, hop_s: float, tasks: str, log_dir: Path, speech: Path
+          ) -> list[Point]:
     points = []
     with audioserve(f"live-{config}", models_dir, settings, log_dir=log_dir).start() as server:
         for n in streams:
-            point = measure(server, config, n, seconds, hop_s, tasks)
+            point = measure(server, config, n, seconds, hop_s, tasks, speech)
             print(json.dumps(asdict(point)), flush=True)
             points.append(point)
     return points
@@ -231,13 +235,13 @@ class Ceiling:
         return 1 / cost
 
 
-def best_rate(model: str, pack: Path) -> float:
+def best_rate(model: str, pack: Path, seconds: float) -> float:
     """The graph's best rate over batch sizes 1, 2, 8 and both ways the service may run
     it on these cores (one worker with every core, or two single-threaded workers): the
     ceiling no server of this graph could pass."""
     rates = [pt.items_per_s
              for threads, workers in ((0, 1), (1, 2))
-             for pt in raw_ceiling.ceiling(model, pack, [1, 2, 8], seconds=3.0,
+             for pt in raw_ceiling.ceiling(model, pack, [1, 2, 8], seconds=seconds,
                                            threads=threads, workers=workers)]
     return max(rates)
 
@@ -294,7 +298,10 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", choices=["both", "classify"], default=["both"],
                    help="both: CLAP + emotion per stream; classify: CLAP only")
     p.add_argument("--models-dir", type=Path, default=None)
+    p.add_argument("--speech-dir", type=Path, default=SPEECH,
+                   help="real speech clips (*.flac; default ../shared/data/speech)")
     p.add_argument("--random-real", action="store_true")
+    p.add_argument("--ceiling-seconds", type=float, default=3.0)
     p.add_argument("--set", nargs="*", default=[], metavar="SETTING=VALUE",
                    help="more AUDIOSERVE_* settings for the server (without the prefix)")
     p.add_argument("--no-unbatched", action="store_true", help="skip MAX_BATCH_SIZE=1")
@@ -322,12 +329,14 @@ def main() -> None:
     points: list[Point] = []
     for tasks in args.tasks:
         points += sweep(models_dir, f"{tasks} batched", live, args.streams, args.seconds,
-                        args.hop, tasks, out)
+                        args.hop, tasks, out, args.speech_dir)
         if not args.no_unbatched:
             points += sweep(models_dir, f"{tasks} max_batch_1", {**live, "max_batch_size": "1"},
-                            args.streams, args.seconds, args.hop, tasks, out)
-    ceiling = Ceiling(clap_windows_s=best_rate("clap", models_dir / "clap"),
-                      emotion_audio_s_s=best_rate("emotion2vec", models_dir / "emotion2vec"))
+                            args.streams, args.seconds, args.hop, tasks, out, args.speech_dir)
+    ceiling = Ceiling(
+        clap_windows_s=best_rate("clap", models_dir / "clap", args.ceiling_seconds),
+        emotion_audio_s_s=best_rate("emotion2vec", models_dir / "emotion2vec",
+                                    args.ceiling_seconds))
     (out / "points.json").write_text(json.dumps([asdict(pt) for pt in points], indent=1))
     (out / "ceiling.json").write_text(json.dumps(asdict(ceiling)))
     text = report(points, ceiling, args.hop, args, out, plot(points, out))

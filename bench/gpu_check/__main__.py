@@ -234,6 +234,39 @@ def benchmarks(check: Check, real: dict[str, Path], tiny: dict[str, Path]) -> No
                "--out", str(check.out / "host_cpu"),
                *(["--uploads", "wav 48k"] if a.quick else [])]
         check.run(f"host CPU per request {flavour}", cmd, need_s=40, max_s=180)
+    live_streams(check, packs, flavour)
+
+
+SPEECH_DIRS = (REPO / "models" / "speech", REPO.parent / "shared" / "data" / "speech")
+"""Real speech for the live bench: ../shared's clips, or a copy in the ignored models/
+(carried to a device machine, which has no ../shared; docs/gpu-check.md)."""
+
+
+def live_streams(check: Check, packs: dict[str, Path], flavour: str) -> None:
+    """The two WebSocket benches: live analysis streams and the speech cliff curve."""
+    a, py = check.args, sys.executable
+    if "clap" in packs and "emotion2vec" in packs:
+        speech = next((d for d in SPEECH_DIRS if any(d.glob("*.flac"))), None)
+        if speech is None:
+            step = Step(f"live analysis streams {flavour}", status="skipped",
+                        output=f"skipped: no speech clips in {' or '.join(map(str, SPEECH_DIRS))}")
+            check.steps.append(step)
+        else:
+            streams = ["1", "2"] if a.quick else ["8", "16", "32", "64"]
+            cmd = [py, "-m", "bench.bench_live", "--models-dir", str(packs["clap"].parent),
+                   "--speech-dir", str(speech), "--streams", *streams,
+                   "--seconds", "4" if a.quick else "12", "--ceiling-seconds",
+                   "0.5" if a.quick else "3", "--out", str(check.out / "live"),
+                   *(["--no-unbatched"] if a.quick else [])]
+            check.run(f"live analysis streams {flavour}", cmd, need_s=40 if a.quick else 150,
+                      max_s=420)
+    if "chattts" in packs:
+        cmd = [py, "-m", "bench.bench_speech_stream", "--models-dir",
+               str(packs["chattts"].parent), "--turns", "1" if a.quick else "2",
+               "--sessions", "1,4" if a.quick else "1,4,16,64,128",
+               "--tokens", "20" if a.quick else "60", "--out", str(check.out / "speech_stream")]
+        check.run(f"speech socket cliff curve {flavour}", cmd, need_s=40 if a.quick else 150,
+                  max_s=420)
 
 
 def app_tests(check: Check) -> None:
