@@ -241,7 +241,12 @@ def verdict(points: list[Point]) -> list[str]:
 
 
 def plot(points: list[Point], out: Path) -> None:
-    import matplotlib
+    """The curve as a PNG; without matplotlib (the `bench` extra) only the table."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no plot: matplotlib is not installed (pip install -e '.[bench]'); {out}")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
