@@ -218,7 +218,12 @@ def test_serve_run_and_deploy_of_the_shipped_config_on_a_ray_the_cli_started(
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         _check_serving(api, root)
         run.send_signal(signal.SIGINT)
-        assert run.wait(timeout=120) is not None
+        try:  # Serve drains the app's replicas first (graceful shutdown, HAProxy's drain)
+            run.wait(timeout=5 * HANG_S)
+        except subprocess.TimeoutExpired:
+            log = (root / "serve-run.log").read_text(errors="replace").splitlines()[-30:]
+            raise AssertionError("`serve run` still running 5 min after Ctrl-C\n"
+                                 + "\n".join(log) + "\n" + _serve_logs(root)) from None
         run = None
 
         # `serve deploy`: sent to the dashboard, and back. Serve's controller may still be
