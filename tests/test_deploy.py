@@ -107,6 +107,10 @@ def ray_root() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _serve_logs(root: Path) -> str:
     """The end of every Serve log of the Ray under `root`: why a deploy did not come up."""
     logs = sorted((root / "session_latest" / "logs" / "serve").glob("*.log"))
@@ -213,9 +217,13 @@ def test_serve_run_and_deploy_of_the_shipped_config_on_a_ray_the_cli_started(
 
         # `serve run`, in the foreground, onto this cluster; Ctrl-C takes the app down
         with (root / "serve-run.log").open("wb") as out:
+            # Ctrl-C as a terminal sends it: SIGINT at its default, even where this test
+            # runs as a background job (a shell without job control starts those with
+            # SIGINT ignored, and children inherit that: `serve run` would never stop)
             run = subprocess.Popen([bin_dir / "serve", "run", str(config)],
                                    env={**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}, cwd=ROOT,
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=_default_sigint)
         _check_serving(api, root)
         run.send_signal(signal.SIGINT)
         try:  # Serve drains the app's replicas first (graceful shutdown, HAProxy's drain)
