@@ -251,6 +251,10 @@ class Settings(BaseSettings):
     write_timeout_s: float = Field(30.0, gt=0)
     """A response whose unsent part does not shrink by 64 KiB within this is dropped
     (connection reset, its buffer freed): a client that stops reading cannot pin it."""
+    ws_compression: bool = False
+    """permessage-deflate on the WebSockets. Off: audio frames do not compress, and
+    deflating them cost the speech socket's event loop a third of its time at 64 sessions
+    (py-spy), plus zlib state for every open connection."""
     unread_body_linger_s: float = Field(2.0, gt=0)
     """A request answered before its body was read (a refusal, a route that takes no
     body) has its connection closed after the answer; the client gets this long to stop

@@ -386,3 +386,35 @@ def test_head_answers_like_get_without_a_body(empty_models: Path) -> None:
         assert read_response(sock)[0] == 200  # the next answer follows at once: no body
         sock.sendall(b"HEAD /classify HTTP/1.1\r\nHost: x\r\n\r\n")
         assert sock.recv(64).startswith(b"HTTP/1.1 405")
+
+
+# -- 6: WebSocket compression ---------------------------------------------------------------
+
+async def _ws_echo_once(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    assert scope["type"] == "websocket"
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    message = await receive()
+    await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
+    await send({"type": "websocket.close", "code": 1000})
+
+
+@pytest.mark.parametrize("compression", [False, True])
+def test_websocket_compression_is_a_setting_and_off_by_default(compression: bool) -> None:
+    """A client that offers permessage-deflate (websockets does by default) gets it only
+    when AUDIOSERVE_WS_COMPRESSION is on: audio does not compress, and deflating it cost
+    the speech socket's event loop a third of its time at 64 sessions."""
+    from websockets.sync.client import connect as ws_connect
+
+    overrides = {"ws_compression": True} if compression else {}
+    with (serve_asgi(_ws_echo_once, **overrides) as server,
+          ws_connect(server.url.replace("http", "ws") + "/") as ws):
+        offered = ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+        ws.send(b"\x00\x01" * 1000)
+        assert ws.recv() == b"\x00\x01" * 1000
+    assert ("permessage-deflate" in offered) is compression

@@ -390,7 +390,13 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     connection is still open then (its client does not read what is left to send)."""
 
     write_timeout_s: ClassVar[float]
+    per_message_deflate: ClassVar[bool]
     _lost = False
+
+    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+        # the cluster's ingress builds its uvicorn Config itself: the class decides here
+        config.ws_per_message_deflate = self.per_message_deflate
+        super().__init__(config, *args, **kwargs)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -432,9 +438,11 @@ def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
 
 
 def guarded_websocket_protocol(settings: Settings) -> type[GuardedWebSocketProtocol]:
-    """The WebSocket protocol class for one server, with the settings' write timeout."""
+    """The WebSocket protocol class for one server, with the settings' write timeout and
+    compression."""
     return type("GuardedWebSocketProtocol", (GuardedWebSocketProtocol,),
-                {"write_timeout_s": settings.write_timeout_s})
+                {"write_timeout_s": settings.write_timeout_s,
+                 "per_message_deflate": settings.ws_compression})
 
 
 PROCESS_PROTOCOL: type[GuardedProtocol] | None = None
