@@ -5,8 +5,10 @@ K sessions stay open at once, as K users talking to agents: each connects, sends
 word at an LLM's pace (a rate drawn per session in `--wps`, default 15-30 words/s), then
 `input.done`; the session reads the audio, waits until a player started at its first
 byte would have played it all, plus the user's turn (0.5-1.5 s, drawn), and writes the
-next reply. Sessions start spread over the first two seconds (users do not arrive in
-one instant; `--burst` starts them together instead).
+next reply. Sessions start spread over `--spread` seconds (default 5, about one reply's
+cycle of writing, listening and a turn, so the K users are at independent points of
+their conversations from the start, as on a server that has been up a while; `--spread
+2` is a ramp of K new users, `--burst` starts them together).
 
 Per reply: time to first audio (TTFA: from the moment the first sentence was complete
 in the text sent, which is when generation can start, to its first audio byte), underrun
@@ -20,10 +22,14 @@ and still left the player without audio) and its real-time factor (RTF: first wo
 sent -> last audio byte, over its audio seconds; < 1: the reply's audio was all there
 before a player started with the text would have needed it). Per K: TTFA P50/P95/P99, underrun, RTF
 mean/P95, and the server's output in x real time (audio seconds of all replies / wall
-time). K = 1, 2, 4, 8, 16, 32 and beyond, against a one-at-a-time server
-(AUDIOSERVE_TTS_SCHEDULING=sequential: one lock, the Kokoro / ChatTTS-API model) in the
-same run. The issue's target: up to the highest K whose RTF P95 stays below 1, TTFA P95
-<= 2x its value at K=1 and no underrun (the server's part).
+time). K = 1, 2, 4, 8, 16, 32 and beyond. Servers (`--servers`), all up at once, their
+rounds interleaved (`--rounds` per point, server after server, so a drift of the
+machine hits them alike): `continuous` (the defaults: continuous batching),
+`sequential` (TTS_SCHEDULING=sequential: one lock, the Kokoro / ChatTTS-API model) and,
+on demand, `deflate` (continuous with WS_COMPRESSION on, which the client accepts).
+Small K get more turns, so every point has at least `--min-replies` replies (K=1's P95
+is the target's baseline). The issue's target: up to the highest K whose RTF P95 stays
+below 1, TTFA P95 <= 2x its value at K=1 and no underrun (the server's part).
 
 Random weights stop where they please (a sentence may end after two tokens and leave
 the player waiting for the next sentence's text), so every sentence is held to exactly
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import tempfile
@@ -181,10 +188,10 @@ async def one_session(url: str, seed: int, wps: float, tokens: int, turns: int,
 
 
 async def round_of(url: str, k: int, tokens: int, turns: int, wps: tuple[float, float],
-                   rng: random.Random, burst: bool) -> tuple[list[Reply], float]:
+                   rng: random.Random, spread_s: float) -> tuple[list[Reply], float]:
     started = time.perf_counter()
     runs = [one_session(url, i, rng.uniform(*wps), tokens, turns,
-                        0.0 if burst else rng.uniform(0, 2.0), random.Random(rng.random()))
+                        rng.uniform(0, spread_s), random.Random(rng.random()))
             for i in range(k)]
     results = await asyncio.gather(*runs)
     return [r for replies in results for r in replies], time.perf_counter() - started
@@ -254,9 +261,11 @@ def plot(points: list[Point], out: Path) -> None:
     for name in sorted({p.server for p in points}):
         ps = [p for p in points if p.server == name]
         ks = [p.sessions for p in ps]
-        a.plot(ks, [1000 * p.ttfa_p95 for p in ps], marker="o", label=f"{name} P95")
-        a.plot(ks, [1000 * p.ttfa_p50 for p in ps], marker=".", ls="--", label=f"{name} P50")
-        b.plot(ks, [p.underrun_mean for p in ps], marker="o", label=name)
+        (line,) = a.plot(ks, [1000 * p.ttfa_p95 for p in ps], marker="o", label=f"{name} P95")
+        colour = line.get_color()  # one colour per server in both panels
+        a.plot(ks, [1000 * p.ttfa_p50 for p in ps], marker=".", ls="--", color=colour,
+               label=f"{name} P50")
+        b.plot(ks, [p.underrun_mean for p in ps], marker="o", color=colour, label=name)
     base = min((p for p in points if p.sessions == 1), key=lambda p: p.ttfa_p95, default=None)
     if base is not None:
         a.axhline(2000 * base.ttfa_p95, color="grey", lw=0.8, ls=":", label="2x K=1 P95")
@@ -277,11 +286,28 @@ async def main() -> None:
     parser.add_argument("--tokens", type=int, default=60)
     parser.add_argument("--wps", default="15,30")
     parser.add_argument("--turns", type=int, default=3, help="replies per session")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds per point, the servers' rounds interleaved")
+    parser.add_argument("--min-replies", type=int, default=12,
+                        help="small K get more turns, so every point's percentiles (K=1's "
+                        "is the target's baseline) come from at least this many replies")
+    parser.add_argument("--spread", type=float, default=5.0,
+                        help="seconds over which the sessions start (default: about one "
+                        "reply cycle)")
     parser.add_argument("--burst", action="store_true",
-                        help="start every session at once (default: spread over 2 s)")
+                        help="start every session at once (--spread 0)")
     parser.add_argument("--quick", action="store_true", help="K = 1, 4, 16")
+    parser.add_argument("--servers", default="continuous,sequential",
+                        help="continuous: continuous batching (the default settings); "
+                        "deflate: the same with WebSocket compression on; sequential: one "
+                        "lock")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--replot", type=Path, help="redraw DIR/cliff.png from its points")
     args = parser.parse_args()
+    if args.replot:
+        plot([Point(**p) for p in json.loads((args.replot / "points.json").read_text())],
+             args.replot / "cliff.png")
+        return
     if args.quick:
         args.sessions = "1,4,16"
     low, high = (float(x) for x in args.wps.split(","))
@@ -292,20 +318,32 @@ async def main() -> None:
     if not status.ready:
         raise SystemExit(f"no ChatTTS pack: {status.note}")
     points: list[Point] = []
-    for name, extra in (("continuous", {}), ("sequential", {"tts_scheduling": "sequential"})):
-        settings = {"models": "chattts", "intra_op_threads": 1, "tts_max_active": 32,
-                    "max_queue": 4096, "request_timeout_s": 600, "tts_ws_max_sessions": 256,
-                    **extra}
-        server = audioserve(name, models_dir, {k: str(v) for k, v in settings.items()},
-                            log_dir=tmp / "logs")
-        with server.start(600):
-            url = server.url.replace("http", "ws") + "/v1/audio/speech/stream"
-            rng = random.Random(1)
-            await round_of(url, 1, 8, 1, wps, rng, True)  # warm
-            for k in (int(x) for x in args.sessions.split(",")):
-                replies, wall = await round_of(url, k, args.tokens, args.turns, wps, rng,
-                                               args.burst)
-                points.append(point(name, k, replies, wall))
+    servers = {"continuous": {}, "deflate": {"ws_compression": True},
+               "sequential": {"tts_scheduling": "sequential"}}
+    names = args.servers.split(",")
+    with contextlib.ExitStack() as running:
+        urls = {}
+        for name in names:  # all up at once (idle ones cost nothing): rounds interleave
+            settings = {"models": "chattts", "intra_op_threads": 1, "tts_max_active": 32,
+                        "max_queue": 4096, "request_timeout_s": 600,
+                        "tts_ws_max_sessions": 256, **servers[name]}
+            server = audioserve(name, models_dir, {k: str(v) for k, v in settings.items()},
+                                log_dir=tmp / "logs")
+            running.enter_context(server.start(600))
+            urls[name] = server.url.replace("http", "ws") + "/v1/audio/speech/stream"
+        rng = random.Random(1)
+        for url in urls.values():
+            await round_of(url, 1, 8, 1, wps, rng, 0.0)  # warm
+        for k in (int(x) for x in args.sessions.split(",")):
+            turns = max(args.turns, -(-args.min_replies // k))
+            got: dict[str, tuple[list[Reply], float]] = {name: ([], 0.0) for name in names}
+            for _ in range(args.rounds):  # server after server, round after round: a
+                for name in names:        # drift of the machine hits them alike
+                    replies, wall = await round_of(urls[name], k, args.tokens, turns, wps,
+                                                   rng, 0.0 if args.burst else args.spread)
+                    got[name] = (got[name][0] + replies, got[name][1] + wall)
+            for name in names:
+                points.append(point(name, k, *got[name]))
                 print(table(points[-1:]).splitlines()[-1], flush=True)
     print(table(points))
     print("\n".join(verdict(points)))

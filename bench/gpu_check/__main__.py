@@ -264,7 +264,9 @@ def live_streams(check: Check, packs: dict[str, Path], flavour: str) -> None:
         cmd = [py, "-m", "bench.bench_speech_stream", "--models-dir",
                str(packs["chattts"].parent), "--turns", "1" if a.quick else "2",
                "--sessions", "1,4" if a.quick else "1,4,16,64,128",
-               "--tokens", "20" if a.quick else "60", "--out", str(check.out / "speech_stream")]
+               "--tokens", "20" if a.quick else "60", "--min-replies", "1" if a.quick else "6",
+               "--spread", "1" if a.quick else "5", "--servers", "continuous,sequential",
+               "--out", str(check.out / "speech_stream")]
         check.run(f"speech socket cliff curve {flavour}", cmd, need_s=40 if a.quick else 150,
                   max_s=420)
 
