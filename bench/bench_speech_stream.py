@@ -296,7 +296,8 @@ async def main() -> None:
                         "reply cycle)")
     parser.add_argument("--burst", action="store_true",
                         help="start every session at once (--spread 0)")
-    parser.add_argument("--quick", action="store_true", help="K = 1, 4, 16")
+    parser.add_argument("--quick", action="store_true",
+                        help="K = 1, 4, 16, no extra turns for small K")
     parser.add_argument("--servers", default="continuous,sequential",
                         help="continuous: continuous batching (the default settings); "
                         "deflate: the same with WebSocket compression on; sequential: one "
@@ -309,7 +310,8 @@ async def main() -> None:
              args.replot / "cliff.png")
         return
     if args.quick:
-        args.sessions = "1,4,16"
+        args.sessions, args.min_replies = "1,4,16", 0
+    spread_s = 0.0 if args.burst else args.spread
     low, high = (float(x) for x in args.wps.split(","))
     wps = (low, high)
     tmp = Path(tempfile.mkdtemp(prefix="bench_speech_stream_"))
@@ -340,7 +342,7 @@ async def main() -> None:
             for _ in range(args.rounds):  # server after server, round after round: a
                 for name in names:        # drift of the machine hits them alike
                     replies, wall = await round_of(urls[name], k, args.tokens, turns, wps,
-                                                   rng, 0.0 if args.burst else args.spread)
+                                                   rng, spread_s)
                     got[name] = (got[name][0] + replies, got[name][1] + wall)
             for name in names:
                 points.append(point(name, k, *got[name]))

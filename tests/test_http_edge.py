@@ -391,12 +391,8 @@ def test_head_answers_like_get_without_a_body(empty_models: Path) -> None:
 # -- 6: WebSocket compression ---------------------------------------------------------------
 
 async def _ws_echo_once(scope: Scope, receive: Receive, send: Send) -> None:
-    if scope["type"] == "lifespan":
-        while (message := await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+    if scope["type"] != "websocket":
         return
-    assert scope["type"] == "websocket"
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})
     message = await receive()
