@@ -6,6 +6,7 @@ and receive plain results or the errors below.
 
 from batcher.dynamic import BatchConfig, BatchObserver, BatchStats, DynamicBatcher
 from batcher.errors import BatcherClosed, BatcherError, DeadlineExceeded, Overloaded
+from batcher.gate import CoreGate, due_since
 from batcher.sizing import BatchSizer
 
 __all__ = [
@@ -15,7 +16,9 @@ __all__ = [
     "BatchStats",
     "BatcherClosed",
     "BatcherError",
+    "CoreGate",
     "DeadlineExceeded",
     "DynamicBatcher",
     "Overloaded",
+    "due_since",
 ]

@@ -28,6 +28,9 @@ before serving. An exception fails exactly the futures of that batch and the
 loop goes on; observer errors are logged and never stop serving. If the loop itself dies,
 every queued and running item fails with `BatcherClosed` (no caller waits forever) and
 `running` turns False. `close()` stops admission and, by default, drains what is queued.
+
+With a `CoreGate` (batcher/gate.py: models sharing CPU cores), a due batch waits for one
+of the gate's slots before it is cut, and items that arrive meanwhile join it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
 
 from batcher.errors import BatcherClosed, DeadlineExceeded, Overloaded
+from batcher.gate import CoreGate, current_due_since
 from batcher.sizing import BatchSizer
 
 T = TypeVar("T")
@@ -69,6 +73,11 @@ class BatchConfig:
     workers: int = 1
     """Batches that may run at once. One per GPU stream; on CPU two single-threaded
     batches overlap better than one batch on two threads (bench/results/batch-sizing)."""
+    core_slots: int = 0
+    """0: batches compute on their own device or threads. n > 0: on CPU cores that other
+    models' batches share; whoever builds the batchers gives them one `CoreGate` of n
+    slots (service.seam.handoff.LocalSeam does), so batches run one per core, oldest
+    due work first, instead of all at once."""
     adaptive_size: bool = False
     """Cap batches at the measured best size instead of always filling `max_batch_size`."""
     cost_clock: Literal["wall", "thread_cpu"] = "wall"
@@ -81,7 +90,7 @@ class BatchConfig:
 
     def __post_init__(self) -> None:
         if (self.max_batch_size < 1 or self.max_queue < 1 or self.max_wait_ms < 0
-                or self.workers < 1):
+                or self.workers < 1 or self.core_slots < 0):
             raise ValueError(f"invalid batch config: {self}")
 
 
@@ -116,6 +125,8 @@ class _Pending(Generic[T, R]):
     future: asyncio.Future[R]
     enqueued_at: float
     deadline: float | None
+    due: float
+    """Since when its work has been due (`batcher.gate.due_since`): the core gate's order."""
     started: bool = False
     timer: asyncio.TimerHandle | None = None
 
@@ -130,8 +141,12 @@ class DynamicBatcher(Generic[T, R]):
         *,
         name: str = "batcher",
         observer: BatchObserver | None = None,
+        gate: CoreGate | None = None,
     ) -> None:
+        """`gate`: shared with the batchers of other models computing on the same CPU
+        cores; each batch then computes only while it holds one of the gate's slots."""
         self.name = name
+        self._gate = gate
         self.config = config or BatchConfig()
         self._batch_fn = batch_fn
         self._observer = observer
@@ -173,6 +188,8 @@ class DynamicBatcher(Generic[T, R]):
             "max_batch_size": self.config.max_batch_size, "workers": self.config.workers,
             "adaptive": self.sizer is not None, "size_limit": self.size_limit,
         }
+        if self._gate is not None:  # sharing the CPU cores with other models' batches
+            described["core_gate_slots"] = self._gate.slots
         if self.sizer is not None:  # what the cap was chosen from
             described["ms_per_unit"] = {str(size): round(cost * 1000, 4)
                                         for size, cost in self.sizer.costs().items()}
@@ -281,6 +298,7 @@ class DynamicBatcher(Generic[T, R]):
             future=loop.create_future(),
             enqueued_at=now,
             deadline=None if timeout is None else now + timeout,
+            due=current_due_since(),
         )
         if timeout is not None:
             pending.timer = loop.call_later(max(0.0, timeout), self._expire, pending)
@@ -345,7 +363,8 @@ class DynamicBatcher(Generic[T, R]):
             self._queue.clear()
 
     async def _next_batch(self) -> list[_Pending[T, R]] | None:
-        """Wait until a batch is due, then cut it. None: closing and nothing is left."""
+        """Wait until a batch is due (and, with a gate, a core is granted to it), then cut
+        it. None: closing and nothing is left."""
         cfg = self.config
         while True:
             self._drop_dead()
@@ -364,10 +383,26 @@ class DynamicBatcher(Generic[T, R]):
                 or cfg.dispatch_when_idle
                 or (cfg.announced_arrivals and not self._expected)
             ):
-                return self._cut()
+                if self._gate is None:
+                    return self._cut()
+                if await self._gated():
+                    return self._cut()  # the slot passes to the batch; _run releases it
+                continue
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
+
+    async def _gated(self) -> bool:
+        """Wait for a core for the queue's oldest due work. True: granted, and items are
+        queued to cut at once (what came while waiting joins the batch); False: the queue
+        emptied meanwhile (callers gone, deadlines past) and the slot went back."""
+        assert self._gate is not None
+        await self._gate.acquire(min(p.due for p in self._queue))
+        self._drop_dead()
+        if self._queue:
+            return True
+        self._gate.release()
+        return False
 
     def _drop_dead(self) -> None:
         """Remove items nobody waits for, and fail those whose deadline has passed."""
@@ -410,9 +445,13 @@ class DynamicBatcher(Generic[T, R]):
         failed = False
         compute_s = cost_s = 0.0
         try:
-            results, compute_s, cost_s = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._timed_call, [p.item for p in batch]
-            )
+            try:
+                results, compute_s, cost_s = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._timed_call, [p.item for p in batch]
+                )
+            finally:
+                if self._gate is not None:
+                    self._gate.release()
             if len(results) != len(batch):
                 raise RuntimeError(
                     f"{self.name}: batch function returned {len(results)} results "

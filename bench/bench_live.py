@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -180,16 +181,21 @@ def measure(server: ServerProcess, config: str, streams: int, seconds: float,
         speech_fraction=sum(r.speech_s for r in results) / (streams * seconds))
 
 
-def sweep(models_dir: Path, config: str, settings: dict[str, str], streams: list[int],
-          seconds: float, hop_s: float, tasks: str, log_dir: Path, speech: Path
-          ) -> list[Point]:
+def sweep(models_dir: Path, configs: dict[str, dict[str, str]], streams: list[int],
+          seconds: float, hop_s: float, log_dir: Path, speech: Path) -> list[Point]:
+    """Every config's server up at once (idle while another is measured), the configs
+    measured in turn at each N: a drift of the machine hits them alike."""
     points = []
-    with audioserve(f"live-{config}", models_dir, settings, log_dir=log_dir).start() as server:
+    with contextlib.ExitStack() as stack:
+        servers = {config: stack.enter_context(audioserve(
+            f"live-{config.replace(' ', '-')}", models_dir, settings, log_dir=log_dir).start())
+            for config, settings in configs.items()}
         for n in streams:
-            point = measure(server, config, n, seconds, hop_s, tasks, speech)
-            print(json.dumps(asdict(point)), flush=True)
-            points.append(point)
-    return points
+            for config, server in servers.items():
+                point = measure(server, config, n, seconds, hop_s, tasks_of(config), speech)
+                print(json.dumps(asdict(point)), flush=True)
+                points.append(point)
+    return sorted(points, key=lambda pt: (list(configs).index(pt.config), pt.streams))
 
 
 def plot(points: list[Point], out: Path) -> Path | None:
@@ -305,6 +311,9 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="SETTING=VALUE",
                    help="more AUDIOSERVE_* settings for the server (without the prefix)")
     p.add_argument("--no-unbatched", action="store_true", help="skip MAX_BATCH_SIZE=1")
+    p.add_argument("--compare", nargs="*", default=[], metavar="SETTING=VALUE[,...]",
+                   help="also measure a server with these settings changed, each N in "
+                        "turn with the others (e.g. cpu_core_gate=false,batch_workers=2)")
     p.add_argument("--replot", type=Path, default=None,
                    help="only redraw <dir>/lag.png from <dir>/points.json")
     p.add_argument("--out", type=Path,
@@ -328,11 +337,14 @@ def main() -> None:
             **dict(item.split("=", 1) for item in args.set)}
     points: list[Point] = []
     for tasks in args.tasks:
-        points += sweep(models_dir, f"{tasks} batched", live, args.streams, args.seconds,
-                        args.hop, tasks, out, args.speech_dir)
+        configs = {f"{tasks} batched": live}
         if not args.no_unbatched:
-            points += sweep(models_dir, f"{tasks} max_batch_1", {**live, "max_batch_size": "1"},
-                            args.streams, args.seconds, args.hop, tasks, out, args.speech_dir)
+            configs[f"{tasks} max_batch_1"] = {**live, "max_batch_size": "1"}
+        for changed in args.compare:
+            configs[f"{tasks} {changed}"] = {
+                **live, **dict(setting.split("=", 1) for setting in changed.split(","))}
+        points += sweep(models_dir, configs, args.streams, args.seconds, args.hop, out,
+                        args.speech_dir)
     ceiling = Ceiling(
         clap_windows_s=best_rate("clap", models_dir / "clap", args.ceiling_seconds),
         emotion_audio_s_s=best_rate("emotion2vec", models_dir / "emotion2vec",

@@ -54,7 +54,7 @@ import numpy as np
 from pydantic import BaseModel
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from batcher import BatcherClosed, DeadlineExceeded, Overloaded
+from batcher import BatcherClosed, DeadlineExceeded, Overloaded, due_since
 from service.errors import ApiError, InvalidInput
 from service.live import protocol as p
 from service.live.analysis import Found, StreamAnalyser
@@ -495,13 +495,19 @@ class LiveSession:
     def _submit_window(self, window: Window, received_at: float) -> None:
         rate = self.ctx.pipelines["clap"].mel.sample_rate
         self._submit("classify", window.index, window.start / rate, window.end / rate,
-                     received_at, lambda: self._classify(window))
+                     received_at, lambda: self._classify(window, due=received_at))
 
     def _submit_utterance(self, utterance: Utterance, received_at: float) -> None:
         rate = self._emotion_rate
         self._cancel_partial()  # its final is here: the interim view is moot
+        # Its last sample arrived before the end-pointer's silence confirmed it: that
+        # much audio ago, at real-time pace (at most the silence waited for). Since then
+        # it is due, for the order in which the models' batches get the cores.
+        assert self._endpointer is not None and self.input_rate
+        trailing_s = self.audio_samples / self.input_rate - utterance.end / rate
+        due = received_at - min(max(trailing_s, 0.0), self._endpointer.confirm_s)
         self._submit("emotion", utterance.index, utterance.start / rate, utterance.end / rate,
-                     received_at, lambda: self._emotion(utterance))
+                     received_at, lambda: self._emotion(utterance, due=due))
 
     def _submit(self, task: p.Task, index: int, start_s: float, end_s: float, received_at: float,
                 compute: Callable[[], Awaitable[BaseModel]]) -> None:
@@ -607,10 +613,11 @@ class LiveSession:
             c.partials_skipped += 1
         self.metrics.live_partials.labels(outcome).inc()
 
-    async def _classify(self, window: Window) -> p.ClassifyWindow:
+    async def _classify(self, window: Window, *, due: float) -> p.ClassifyWindow:
         clap: ClapPipeline = self.ctx.pipelines["clap"]
         assert self._texts is not None
-        audio = await clap.embed_samples(window.samples)
+        with due_since(due):
+            audio = await clap.embed_samples(window.samples)
         scores = clap.score(audio.embedding, self._texts, self._labels, self._top_k)
         rate = clap.mel.sample_rate
         return p.ClassifyWindow(
@@ -619,11 +626,13 @@ class LiveSession:
             labels=[p.LabelScoreOut(label=s.label, probability=s.probability,
                                     similarity=s.similarity) for s in scores])
 
-    async def _emotion(self, utterance: Utterance, partial: bool = False
-                       ) -> p.EmotionUtterance | p.EmotionPartial:
+    async def _emotion(self, utterance: Utterance, partial: bool = False, *,
+                       due: float | None = None) -> p.EmotionUtterance | p.EmotionPartial:
+        """`due`: since when the utterance's result has been due (None: from now)."""
         emo: Emotion2vecPipeline = self.ctx.pipelines["emotion2vec"]
         options = self._emotion_options
-        result = await emo.analyse_samples(utterance.samples, options)
+        with due_since(time.monotonic() if due is None else due):
+            result = await emo.analyse_samples(utterance.samples, options)
         body = emotion_body(emo, result, options)
         start_s = utterance.start / emo.constants.sample_rate
         frames = body.get("frames")

@@ -50,6 +50,8 @@ class Endpointer:
         self.min_silence = config.min_silence_ms * ms
         self.pad_before = config.padding_ms * ms
         self.pad_after = min(config.padding_ms, config.min_silence_ms) * ms
+        self.confirm_s = (self.min_silence - self.pad_after) / rate
+        """Audio after an utterance's end before it is known to be over."""
         self.max_length = round(config.max_utterance_s * rate)
         self.buffer = SampleBuffer()
         self._pos = 0

@@ -223,7 +223,9 @@ class ChatTTSPipeline:
         # a whole-file request announces its decode while its tokens are generated
         self._decoder = self.ctx.seam.queue(
             "chattts", "chattts_decode", self._decode_batch,
-            replace(self.ctx.batch, timeout_s=None, announced_arrivals=True),
+            # not gated: the stream's playback waits on it, and the step loop beside it
+            # is not gated either (the gate orders the analysis models' batches)
+            replace(self.ctx.batch, timeout_s=None, announced_arrivals=True, core_slots=0),
             self.ctx.metrics.observer("chattts_decode"),
         )
         self._decoder.start()

@@ -107,6 +107,10 @@ def load_pipeline(
         provider = resolve_provider(settings.provider)
     cls = _pipeline_class(pack.kind)
     workers, threads = parallelism(settings, provider, cls.concurrent_batches)
+    # on CPU the models' batches share the cores through one gate, a slot per `threads`
+    # cores (ORT's default, 0, is every core: one slot)
+    core_slots = (max(1, cpu_cores() // threads) if threads else 1) if (
+        provider == "cpu" and settings.cpu_core_gate) else 0
     runtime = RuntimeConfig(
         provider=provider,
         device_id=settings.cuda_device_id,
@@ -123,6 +127,7 @@ def load_pipeline(
             # one ORT thread per worker computes on the worker's own thread: its CPU time is
             # the batch's cost; otherwise (pools, a GPU) the wall time is
             cost_clock="thread_cpu" if provider == "cpu" and threads == 1 else "wall",
+            core_slots=core_slots,
         ),
         cpu=cpu,
         seam=seam or LocalSeam(),

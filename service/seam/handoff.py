@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from batcher import BatchConfig, BatchObserver, DynamicBatcher
+from batcher import BatchConfig, BatchObserver, CoreGate, DynamicBatcher
 from service.seam import replicas
 from service.tts.engine import EngineConfig, GenerationEngine
 from service.tts.jobs import CodeStep, GenerationJob, GenerationResult
@@ -185,14 +185,24 @@ class LocalSeam:
         self.replica = replica
         self.queues: dict[str, LocalQueue[Any, Any]] = {}
         self.engines: dict[str, LocalEngine] = {}
+        self.core_gate: CoreGate | None = None
+        """One for every queue of this process whose batches share the CPU cores."""
 
     async def attach(self, kind: str) -> ModelFacts | None:
         return None
 
     def queue(self, kind: str, name: str, batch_fn: Callable[[list[Any]], Sequence[Any]],
               config: BatchConfig, observer: BatchObserver | None) -> LocalQueue[Any, Any]:
+        gate = None
+        if config.core_slots:
+            if self.core_gate is None:
+                self.core_gate = CoreGate(config.core_slots)
+            elif self.core_gate.slots != config.core_slots:
+                raise ValueError(f"{name}: {config.core_slots} core slots where this "
+                                 f"process's gate has {self.core_gate.slots}")
+            gate = self.core_gate
         queue: LocalQueue[Any, Any] = LocalQueue(f"{kind}#{self.replica}", batch_fn, config,
-                                                 name=name, observer=observer)
+                                                 name=name, observer=observer, gate=gate)
         self.queues[name] = queue
         return queue
 
