@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
+import pytest
 from pydantic import BaseModel
 
 from service.live import protocol as p
@@ -69,7 +70,8 @@ def test_a_cancelled_partial_keeps_the_finals_in_order() -> None:
         await asyncio.sleep(0)
         s._endpointer = Endpointer(p.EmotionConfig(), 16_000)
 
-        async def emotion(utterance: Utterance, partial: bool = False) -> BaseModel:
+        async def emotion(utterance: Utterance, partial: bool = False, *,
+                          due: float | None = None) -> BaseModel:
             return _event(utterance.index, partial)
 
         s._emotion = emotion  # type: ignore[assignment,method-assign]
@@ -100,3 +102,20 @@ def test_a_final_short_of_room_takes_the_partials_place() -> None:
         return _sent(s)
 
     assert asyncio.run(scenario()) == [("classify.window", 0)]
+
+
+@pytest.mark.parametrize(("received_s", "expected_s"), [(2.5, 0.3), (2.1, 0.1), (1.9, 0.0)])
+def test_an_utterance_is_due_from_its_last_sample_at_most_the_confirming_silence_ago(
+        received_s: float, expected_s: float) -> None:
+    """What the core gate orders by (batcher/gate.py): 500 ms of silence confirm an
+    utterance whose audio keeps 200 ms of it, so its last sample came 0.3 s earlier;
+    less if the stream had less audio after it (input.done flushes it at once)."""
+    async def confirmed_after() -> float:
+        s = _session()
+        s._endpointer = Endpointer(p.EmotionConfig(min_silence_ms=500, padding_ms=200),
+                                   16_000)
+        s.input_rate, s.audio_samples = 48_000, round(received_s * 48_000)
+        utterance = Utterance(0, 0, 32_000, np.zeros(32_000, np.float32))  # ends at 2.0 s
+        return s._confirmed_after(utterance)
+
+    assert asyncio.run(confirmed_after()) == pytest.approx(expected_s)

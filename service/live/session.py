@@ -500,14 +500,19 @@ class LiveSession:
     def _submit_utterance(self, utterance: Utterance, received_at: float) -> None:
         rate = self._emotion_rate
         self._cancel_partial()  # its final is here: the interim view is moot
-        # Its last sample arrived before the end-pointer's silence confirmed it: that
-        # much audio ago, at real-time pace (at most the silence waited for). Since then
-        # it is due, for the order in which the models' batches get the cores.
-        assert self._endpointer is not None and self.input_rate
-        trailing_s = self.audio_samples / self.input_rate - utterance.end / rate
-        due = received_at - min(max(trailing_s, 0.0), self._endpointer.confirm_s)
+        due = received_at - self._confirmed_after(utterance)
         self._submit("emotion", utterance.index, utterance.start / rate, utterance.end / rate,
                      received_at, lambda: self._emotion(utterance, due=due))
+
+    def _confirmed_after(self, utterance: Utterance) -> float:
+        """Seconds between an utterance's last sample arriving and the end-pointer's
+        silence confirming it: the audio received after its end, at real-time pace, and
+        at most the silence waited for. Its result has been due since then, for the order
+        in which the models' batches get the cores (batcher/gate.py)."""
+        if self._endpointer is None or not self.input_rate:
+            return 0.0
+        after_s = self.audio_samples / self.input_rate - utterance.end / self._emotion_rate
+        return min(max(after_s, 0.0), self._endpointer.confirm_s)
 
     def _submit(self, task: p.Task, index: int, start_s: float, end_s: float, received_at: float,
                 compute: Callable[[], Awaitable[BaseModel]]) -> None:
