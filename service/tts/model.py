@@ -118,7 +118,7 @@ class TTSGraphs:
     def open(cls, pack: ModelPack, precision: str, runtime: RuntimeConfig,
              sampler: str = "auto") -> TTSGraphs:
         """`sampler`: `graph` (the device's session), `host` (numpy) or `auto`: the graph on
-        CUDA, where numpy's sort and sums would hold every step on one host core (1.3 ms
+        CUDA, where numpy's sort and sums would hold every step on one host core (0.6 ms
         a step for 8 sequences on this project's CPU), numpy on CPU, where it is cheaper."""
         runners = {}
         for name in GRAPHS:
