@@ -8,8 +8,8 @@ for as long as they do, and every result is late by the share it gave away. The 
 that into a queue: at most `slots` gated batches compute at once (a slot is the cores one
 batch's graph threads use: one core, with the CPU default of single-threaded workers),
 and a free slot goes to the waiting batch whose work has been due the longest, whichever
-model it is for. A result's wait is then
-the work ahead of it, done at full speed, not a slice of everything that is running.
+model it is for. A result's wait is then the work ahead of it, done at full speed, not a
+slice of everything that is running (bench/results/live-gate-2026-12-07.md).
 
 "Due since" is when the work's input was complete. By default it is when the item was
 submitted; a caller that knows better says so with `due_since(t)` around its submit (a live
