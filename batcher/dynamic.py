@@ -76,7 +76,7 @@ class BatchConfig:
     core_slots: int = 0
     """0: batches compute on their own device or threads. n > 0: on CPU cores that other
     models' batches share; whoever builds the batchers gives them one `CoreGate` of n
-    slots (service.seam.handoff.LocalSeam does), so batches run one per core, oldest
+    slots (service.seam.handoff.LocalSeam does), so batches run one per slot, oldest
     due work first, instead of all at once."""
     adaptive_size: bool = False
     """Cap batches at the measured best size instead of always filling `max_batch_size`."""

@@ -53,9 +53,10 @@ class Settings(BaseSettings):
     """Let idle ORT threads spin. Off: several models share the cores, and spinning
     threads of one session slowed the others 3-5x on a 2-core machine."""
     cpu_core_gate: bool = True
-    """On CPU, the analysis models' batches (CLAP, emotion2vec) run one per core, the
-    oldest due work first, instead of all at once with the kernel sharing the cores
-    among them (batcher/gate.py). The TTS decoding loop and vocoder are not gated."""
+    """On CPU, the analysis models' batches (CLAP, emotion2vec) take the cores in turn
+    (one batch per core with the default single-threaded workers), the oldest due work
+    first, instead of all at once with the kernel sharing the cores among them
+    (batcher/gate.py). The TTS decoding loop and vocoder are not gated."""
     cpu_arena: bool = True
     """ORT's CPU memory arena: 20 % faster on CLAP at batch 8 here, but it holds its
     high-water mark forever (reached at start-up by the warm-up at every batch size);

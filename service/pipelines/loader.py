@@ -107,10 +107,9 @@ def load_pipeline(
         provider = resolve_provider(settings.provider)
     cls = _pipeline_class(pack.kind)
     workers, threads = parallelism(settings, provider, cls.concurrent_batches)
-    # on CPU the models' batches share the cores through one gate, a slot per `threads`
-    # cores (ORT's default, 0, is every core: one slot)
-    core_slots = (max(1, cpu_cores() // threads) if threads else 1) if (
-        provider == "cpu" and settings.cpu_core_gate) else 0
+    core_slots = 0  # on CPU the models' batches share the cores through one gate
+    if provider == "cpu" and settings.cpu_core_gate:  # a slot per batch's threads (0: all)
+        core_slots = max(1, cpu_cores() // threads) if threads else 1
     runtime = RuntimeConfig(
         provider=provider,
         device_id=settings.cuda_device_id,

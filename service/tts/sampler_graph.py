@@ -28,7 +28,12 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from service.tts.sampling import MIN_TOKENS_TO_KEEP, REPETITION_WINDOW, SamplingParams
+from service.tts.sampling import (
+    MIN_TOKENS_TO_KEEP,
+    REPETITION_WINDOW,
+    SamplingParams,
+    penalised_ids,
+)
 
 _OPSET = 17
 F, D, I64, B = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64, TensorProto.BOOL
@@ -130,15 +135,10 @@ def penalty_slots(histories: Sequence[np.ndarray], penalties: np.ndarray, vocab:
     rows = len(histories)
     ids = np.full((rows, window), vocab, np.int64)
     factors = np.ones((rows, window), np.float32)
-    recent = [np.asarray(h[-window:], dtype=np.int64) for h in histories]
-    row_of = np.repeat(np.arange(rows), [len(h) for h in recent])
-    if row_of.size == 0:
-        return ids, factors
-    keys, counts = np.unique(row_of * (vocab + 1) + np.concatenate(recent), return_counts=True)
-    row, token = keys // (vocab + 1), keys % (vocab + 1)
-    slot = np.arange(keys.size) - np.searchsorted(row, np.arange(rows))[row]
+    row, token, factor = penalised_ids(histories, penalties, vocab, window)
+    slot = np.arange(row.size) - np.searchsorted(row, np.arange(rows))[row]
     ids[row, slot] = token
-    factors[row, slot] = np.power(penalties[row], counts.astype(np.float32))
+    factors[row, slot] = factor
     return ids, factors
 
 

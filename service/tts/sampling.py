@@ -59,6 +59,21 @@ def _row_values(params: Sequence[SamplingParams], attr: str, off: float) -> np.n
                     dtype=np.float32)
 
 
+def penalised_ids(histories: Sequence[np.ndarray], penalties: np.ndarray, vocab: int,
+                  window: int = REPETITION_WINDOW
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, token, factor) for every distinct id among each row's last `window` ids, rows
+    in order: the only logits the penalty changes (penalty**0 is exactly 1), and
+    `penalty ** count` in float32."""
+    recent = [np.asarray(h[-window:], dtype=np.int64) for h in histories]
+    row_of = np.repeat(np.arange(len(recent)), [len(h) for h in recent])
+    if row_of.size == 0:
+        return row_of, row_of, np.ones(0, np.float32)
+    keys, counts = np.unique(row_of * vocab + np.concatenate(recent), return_counts=True)
+    row, token = keys // vocab, keys % vocab
+    return row, token, np.power(penalties[row], counts.astype(np.float32)).astype(np.float32)
+
+
 def apply_repetition_penalty(
     logits: np.ndarray, histories: Sequence[np.ndarray], penalties: np.ndarray,
     window: int = REPETITION_WINDOW,
@@ -67,17 +82,13 @@ def apply_repetition_penalty(
 
     `histories[r]` holds row r's generated ids (any length). Negative logits are
     multiplied, others divided, as upstream does (EOS included: see the module note).
+    Only the penalised ids are touched, in place of a copy.
     """
-    recent = [np.asarray(h[-window:], dtype=np.int64) for h in histories]
-    rows = np.repeat(np.arange(len(recent)), [len(h) for h in recent])
-    if rows.size == 0 or np.all(penalties == 1.0):
+    if np.all(penalties == 1.0):
         return logits
-    # only the <= `window` recent ids of a row change (penalty**0 is exactly 1): scale
-    # those in place rather than raising every logit to a power
-    vocab = logits.shape[-1]
-    keys, counts = np.unique(rows * vocab + np.concatenate(recent), return_counts=True)
-    row, token = keys // vocab, keys % vocab
-    alpha = np.power(penalties[row], counts.astype(np.float32)).astype(np.float32)
+    row, token, alpha = penalised_ids(histories, penalties, logits.shape[-1], window)
+    if row.size == 0:
+        return logits
     values = logits[row, token]
     out = logits.astype(np.float32, copy=True)
     out[row, token] = np.where(values < 0, values * alpha, values / alpha)
