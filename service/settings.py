@@ -308,6 +308,11 @@ class Settings(BaseSettings):
     live_max_pending: int = Field(4, ge=1)
     """Windows and utterances of one stream being computed at once; beyond, the next is
     skipped and a `skipped` event says so (the models are behind)."""
+    live_early_emotion: bool = True
+    """Start an utterance's emotion once its audio is complete (`padding_ms` of silence
+    after its speech) instead of once its end is confirmed (`min_silence_ms`): its result
+    comes up to the difference sooner. When the speech goes on, that work is cancelled
+    (audioserve_live_early_emotion_total{outcome="wasted"})."""
     live_send_buffer: int = Field(64, ge=1)
     """Events queued for a client that is not reading; one more cuts it off (error
     slow_reader, close 1008) and cancels its work."""

@@ -70,8 +70,8 @@ def test_a_cancelled_partial_keeps_the_finals_in_order() -> None:
         await asyncio.sleep(0)
         s._endpointer = Endpointer(p.EmotionConfig(), 16_000)
 
-        async def emotion(utterance: Utterance, partial: bool = False, *,
-                          due: float | None = None) -> BaseModel:
+        async def emotion(utterance: Utterance, partial: bool = False,
+                          **_: object) -> BaseModel:
             return _event(utterance.index, partial)
 
         s._emotion = emotion  # type: ignore[assignment,method-assign]

@@ -31,6 +31,9 @@ class Found:
     """Complete windows and utterances, in the order they are submitted."""
     partial: Utterance | None = None
     """The open utterance so far, when a partial of it is due."""
+    ending: Utterance | None = None
+    """The open utterance once its audio is complete, before its end is confirmed
+    (Endpointer.ending); None when there is none, or when speech goes on."""
     samples: int = 0
     """Audio samples received so far (at the source rate)."""
     rate: int | None = None
@@ -64,6 +67,7 @@ class StreamAnalyser:
         self._take(block, rate, last=False, found=found)
         if self.endpointer is not None:
             found.partial = self._partial_due_now()
+            found.ending = self.endpointer.ending()
         return self._totals(found)
 
     def finish(self) -> Found:

@@ -20,6 +20,10 @@ none is started while the stream is at `live_max_pending`; one still running is 
 when its final is submitted or when a final would otherwise be skipped for want of room.
 Each outcome is counted (session.done, audioserve_live_partials_total), never an event.
 
+An utterance's final emotion starts once its audio is complete, before the end-pointer
+confirms it (service.live.early, LIVE_EARLY_EMOTION): the confirmed utterance's job then
+awaits that work instead of starting its own (the early work holds the admission slot).
+
 Where the work runs. The analysis grows with a frame (up to LIVE_MAX_FRAME_BYTES of
 audio: bytes to float, soxr, 10 s window copies, VAD), so none of it runs on the event
 loop; the loop only turns a `Found` into jobs, in the order the steps ran. PCM: the
@@ -46,7 +50,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -59,11 +63,17 @@ from service.errors import ApiError, InvalidInput
 from service.live import protocol as p
 from service.live.analysis import Found, StreamAnalyser
 from service.live.decode import EncodedDecoder, PcmDecoder
+from service.live.early import EarlyOutcome, EarlyStart
 from service.live.vad import Endpointer, Utterance
 from service.live.windows import SlidingWindows, Window
 from service.pipelines.clap import ClapPipeline
 from service.pipelines.clap_text import validate_labels, validate_template
-from service.pipelines.emotion2vec import Emotion2vecPipeline, EmotionOptions, Granularity
+from service.pipelines.emotion2vec import (
+    Emotion2vecPipeline,
+    EmotionOptions,
+    EmotionResult,
+    Granularity,
+)
 from service.routes.common import model_fields
 from service.routes.emotion import emotion_body
 from service.runtime.admission import AdmissionGate, CpuWorkers
@@ -156,6 +166,8 @@ class LiveSession:
         """Growth (samples at the model's rate) between partials; None: partials off."""
         self._partial: _PartialJob | None = None
         """The stream's partial job in flight (at most one)."""
+        self._early: EarlyStart[EmotionResult] | None = None
+        """The open utterance's emotion, started before its end is confirmed (None: off)."""
         self._first_audio_at: float | None = None
         self._ended = False
         """Set when the session stops: late analysis results are ignored."""
@@ -356,6 +368,8 @@ class LiveSession:
                                       "no utterance ever gets a partial")
             pipeline: Emotion2vecPipeline = self.ctx.pipelines["emotion2vec"]
             self._endpointer = Endpointer(emotion, pipeline.constants.sample_rate)
+            if s.live_early_emotion:
+                self._early = EarlyStart(self._early_emotion, self._count_early)
             self._emotion_rate = self._endpointer.rate
             if emotion.partial_every_s is not None:
                 self._partial_every = round(emotion.partial_every_s * self._endpointer.rate)
@@ -471,6 +485,8 @@ class LiveSession:
                 self._submit_utterance(job, found.received_at)
         if found.partial is not None:
             self._maybe_partial(found.partial, found.received_at)
+        if self._early is not None:
+            self._early.offer(found.ending, found.received_at)
 
     async def _flush(self) -> None:
         """input.done: the decoder's tail, the last window and utterance, then every job."""
@@ -501,8 +517,29 @@ class LiveSession:
         rate = self._emotion_rate
         self._cancel_partial()  # its final is here: the interim view is moot
         due = received_at - self._confirmed_after(utterance)
-        self._submit("emotion", utterance.index, utterance.start / rate, utterance.end / rate,
-                     received_at, lambda: self._emotion(utterance, due=due))
+        early = self._early.take(utterance) if self._early is not None else None
+        started = self._submit("emotion", utterance.index, utterance.start / rate,
+                               utterance.end / rate, received_at,
+                               lambda: self._emotion(utterance, due=due, early=early),
+                               admit=early is None)
+        if early is not None and self._early is not None:
+            self._early.settle(early, used=started)
+
+    def _early_emotion(self, utterance: Utterance,
+                       received_at: float) -> Coroutine[Any, Any, EmotionResult]:
+        """An utterance's emotion started before its end is confirmed (service.live.early):
+        due, as the confirmed one's would be, since its last sample arrived."""
+        due = received_at - self._confirmed_after(utterance)
+
+        async def compute() -> EmotionResult:
+            emo: Emotion2vecPipeline = self.ctx.pipelines["emotion2vec"]
+            async with self.ctx.gates["emotion2vec"].admit():
+                with due_since(due):
+                    return await emo.analyse_samples(utterance.samples, self._emotion_options)
+        return compute()
+
+    def _count_early(self, outcome: EarlyOutcome) -> None:
+        self.metrics.live_early_emotion.labels(outcome).inc()
 
     def _confirmed_after(self, utterance: Utterance) -> float:
         """Seconds between an utterance's last sample arriving and the end-pointer's
@@ -515,22 +552,26 @@ class LiveSession:
         return min(max(after_s, 0.0), self._endpointer.confirm_s)
 
     def _submit(self, task: p.Task, index: int, start_s: float, end_s: float, received_at: float,
-                compute: Callable[[], Awaitable[BaseModel]]) -> None:
+                compute: Callable[[], Awaitable[BaseModel]], *, admit: bool = True) -> bool:
+        """Start a final's job (`admit`: through the model's admission gate); False when
+        the stream is at live_max_pending (skipped, with an event)."""
         if len(self._pending) >= self.settings.live_max_pending:
             self._cancel_partial()  # finals have priority over an interim view
         if len(self._pending) >= self.settings.live_max_pending:
             self._skip(task, index, start_s, end_s, "behind",
                        f"{len(self._pending)} results of this stream are still being "
                        "computed (AUDIOSERVE_LIVE_MAX_PENDING): the models are behind")
-            return
-        self._start_job(task, index, start_s, end_s, received_at, compute, partial=False)
+            return False
+        self._start_job(task, index, start_s, end_s, received_at, compute, partial=False,
+                        admit=admit)
+        return True
 
     def _start_job(self, task: p.Task, index: int, start_s: float, end_s: float,
                    received_at: float, compute: Callable[[], Awaitable[BaseModel]], *,
-                   partial: bool) -> asyncio.Task[None]:
+                   partial: bool, admit: bool = True) -> asyncio.Task[None]:
         previous = self._last_job[task]
         job = asyncio.create_task(self._job(task, index, start_s, end_s, received_at,
-                                            compute, previous, partial))
+                                            compute, previous, partial, admit))
         self._last_job[task] = job
         self._pending.add(job)
         job.add_done_callback(self._pending.discard)
@@ -540,12 +581,12 @@ class LiveSession:
 
     async def _job(self, task: p.Task, index: int, start_s: float, end_s: float,
                    received_at: float, compute: Callable[[], Awaitable[BaseModel]],
-                   previous: asyncio.Task[None] | None, partial: bool) -> None:
+                   previous: asyncio.Task[None] | None, partial: bool, admit: bool) -> None:
         gate = self.ctx.gates[_KINDS[task]]
         event: BaseModel | None = None
         refused: tuple[p.SkipReason, str] | None = None
         try:
-            async with gate.admit():
+            async with gate.admit() if admit else contextlib.nullcontext():
                 event = await compute()
         except (Overloaded, BatcherClosed) as exc:
             refused = ("overloaded", str(exc))
@@ -632,12 +673,17 @@ class LiveSession:
                                     similarity=s.similarity) for s in scores])
 
     async def _emotion(self, utterance: Utterance, partial: bool = False, *,
-                       due: float | None = None) -> p.EmotionUtterance | p.EmotionPartial:
-        """`due`: since when the utterance's result has been due (None: from now)."""
+                       due: float | None = None, early: asyncio.Task[EmotionResult] | None = None,
+                       ) -> p.EmotionUtterance | p.EmotionPartial:
+        """`due`: since when the utterance's result has been due (None: from now);
+        `early`: its result, started before its end was confirmed."""
         emo: Emotion2vecPipeline = self.ctx.pipelines["emotion2vec"]
         options = self._emotion_options
-        with due_since(time.monotonic() if due is None else due):
-            result = await emo.analyse_samples(utterance.samples, options)
+        if early is not None:
+            result = await early
+        else:
+            with due_since(time.monotonic() if due is None else due):
+                result = await emo.analyse_samples(utterance.samples, options)
         body = emotion_body(emo, result, options)
         start_s = utterance.start / emo.constants.sample_rate
         frames = body.get("frames")
@@ -662,6 +708,8 @@ class LiveSession:
 
     def _cancel_pending(self) -> None:
         self._cancel_partial()
+        if self._early is not None:
+            self._early.drop()
         for job in list(self._pending):
             if not job.done():
                 job.cancel()

@@ -9,6 +9,9 @@ one that runs `max_utterance_s` is cut there (its speech goes on in the next).
 
 While an utterance is open, `so_far` gives it as it would be if it ended now (from its
 start to its last voiced frame plus `padding_ms`): what a partial result is computed on.
+Once `padding_ms` of silence follows its speech, `ending` gives the same: its audio is
+complete if it ends there, which `min_silence_ms` of silence will confirm (or more speech
+refute); an early start of its result is computed on it.
 """
 
 from __future__ import annotations
@@ -116,6 +119,14 @@ class Endpointer:
             return None
         index, start, end = span
         return Utterance(index, start, end, self.buffer.span(start, end))
+
+    def ending(self) -> Utterance | None:
+        """The open utterance as it will be if the silence after it goes on to
+        `min_silence` (the padding after its speech has all arrived, so this equals the
+        utterance `push` or `finish` then returns); None while it is still voiced."""
+        if self._first_voiced is None or self._pos - self._last_voiced < self.pad_after:
+            return None
+        return self.so_far()
 
     def finish(self) -> list[Utterance]:
         if self._first_voiced is None:

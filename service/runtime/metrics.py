@@ -83,6 +83,11 @@ class Metrics:
             "coalesced, behind, refused or cancelled (interim results: never an error)",
             ["outcome"], registry=r,
         )
+        self.live_early_emotion = Counter(
+            "audioserve_live_early_emotion", "Live utterances whose emotion started before "
+            "the end-pointer confirmed them: used (the end was confirmed) or wasted (the "
+            "speech went on, or the stream ended first)", ["outcome"], registry=r,
+        )
         self.live_audio_seconds = Counter(
             "audioserve_live_audio_seconds", "Seconds of live audio received", registry=r
         )
