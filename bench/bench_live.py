@@ -60,6 +60,8 @@ class StreamResult:
     skipped: int = 0
     speech_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+    timeline: list[tuple[float, str, float]] = field(default_factory=list)
+    """(received, monotonic s; result type; lag s) of every result: when lags cluster."""
 
 
 @dataclass
@@ -131,6 +133,7 @@ async def one_stream(url: str, audio: np.ndarray, hop_s: float, offset_s: float,
             if kind in ("classify.window", "emotion.utterance"):
                 end = event["end_s"]
                 sent = next((t for a, t in sent_at if a >= end - 1e-6), now)
+                result.timeline.append((now, kind, max(0.0, now - sent)))
                 if kind == "classify.window":
                     result.windows += 1
                     result.lags_s.append(max(0.0, now - sent))
@@ -158,10 +161,15 @@ async def run_point(url: str, streams: int, seconds: float, hop_s: float, tasks:
 
 
 def measure(server: ServerProcess, config: str, streams: int, seconds: float,
-            hop_s: float, tasks: str, speech: Path) -> Point:
+            hop_s: float, tasks: str, speech: Path, log_dir: Path) -> Point:
     url = f"ws://127.0.0.1:{server.port}/v1/audio/analysis/stream"
     before = server.cpu_seconds()
     results = asyncio.run(run_point(url, streams, seconds, hop_s, tasks, speech))
+    start = min((t for r in results for t, _, _ in r.timeline), default=0.0)
+    timeline = sorted((round(t - start, 3), i, kind, round(lag, 3))
+                      for i, r in enumerate(results) for t, kind, lag in r.timeline)
+    name = f"timeline-{config.replace(' ', '-')}-{streams}.json"
+    (log_dir / name).write_text(json.dumps(timeline))
     used = sum(cpu_used_by_role(before, server.cpu_seconds()).values())
     lags = np.array([lag for r in results for lag in r.lags_s])
     emotion = np.array([lag for r in results for lag in r.emotion_lags_s])
@@ -192,7 +200,8 @@ def sweep(models_dir: Path, configs: dict[str, dict[str, str]], streams: list[in
             for config, settings in configs.items()}
         for n in streams:
             for config, server in servers.items():
-                point = measure(server, config, n, seconds, hop_s, tasks_of(config), speech)
+                point = measure(server, config, n, seconds, hop_s, tasks_of(config), speech,
+                                log_dir)
                 print(json.dumps(asdict(point)), flush=True)
                 points.append(point)
     return sorted(points, key=lambda pt: (list(configs).index(pt.config), pt.streams))
