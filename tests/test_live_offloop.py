@@ -1,13 +1,15 @@
 """A live stream's per-frame analysis runs off the event loop, over a real socket: while
 one stream's analysis is held (a threading.Event the test controls; PCM: in the CPU pool,
 Ogg/Opus: in its decoder thread), /healthz and a whole second stream are served; once
-released, the held stream's results are those of the same stream run unheld. Ordered by
-events, never by timing."""
+released, the held stream's results are those of the same stream run unheld, and their
+lag in /metrics counts from the frame's arrival, the hold included. Ordered by events,
+never by timing (the hold lasts at least HOLD_S, however fast the machine)."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,26 @@ from tests.tts_server import RunningServer
 RATE = 16_000
 """The other stream's rate; the held stream's is 48 kHz (so its analysis is told apart)."""
 TASKS = {"classify": {"labels": LABELS, "hop_s": 1.0}, "emotion": {}}
+HOLD_S = 1.1
+"""The least a held analysis is held: over the lag histogram's 1 s bucket."""
+
+
+def _lags_over_1s(server: RunningServer) -> float:
+    """Final results (windows, utterances) the server sent more than 1 s after their last
+    sample arrived, so far."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = within = 0.0
+    for family in text_string_to_metric_families(
+            httpx.get(f"{server.url}/metrics", timeout=30).text):
+        for sample in family.samples:
+            if (sample.name == "audioserve_live_result_lag_seconds_bucket"
+                    and sample.labels["task"] in ("classify", "emotion")):
+                if sample.labels["le"] == "+Inf":
+                    total += sample.value
+                elif float(sample.labels["le"]) == 1.0:
+                    within += sample.value
+    return total - within
 
 
 def _results(t: Transcript) -> list[dict[str, Any]]:
@@ -88,18 +110,19 @@ def test_a_held_analysis_does_not_hold_the_loop(live_server: RunningServer,  # n
     held: list[str] = []
     unheld_push = StreamAnalyser.push
 
-    def push(self: StreamAnalyser, block: np.ndarray, rate: int) -> Found:
+    def push(self: StreamAnalyser, block: np.ndarray, rate: int, received_at: float) -> Found:
         if rate == 48_000 and not held:
             held.append(threading.current_thread().name)
             entered.set()
             release.wait(120)  # the test's failure path: never for ever
-        return unheld_push(self, block, rate)
+        return unheld_push(self, block, rate, received_at)
 
     monkeypatch.setattr(StreamAnalyser, "push", push)
     with open_stream(live_server) as ws:
         ws.send(json.dumps({"type": "session.config", "input": held_input, **TASKS}))
         ws.send(speech)
         assert entered.wait(60), "the frame's analysis never started"
+        entered_at = time.monotonic()
         try:
             # the held step blocks a worker thread, not the loop: the server goes on
             assert httpx.get(f"{live_server.url}/healthz", timeout=30).status_code == 200
@@ -109,10 +132,15 @@ def test_a_held_analysis_does_not_hold_the_loop(live_server: RunningServer,  # n
                            {"format": "pcm_s16le", "sample_rate": RATE})
             assert other.of("session.done") and len(other.of("classify.window")) == 3
             assert not release.is_set()  # all of it while the analysis was still held
+            while time.monotonic() - entered_at < HOLD_S:
+                time.sleep(0.05)
+            late_before = _lags_over_1s(live_server)
         finally:
             release.set()
         ws.send(json.dumps({"type": "input.done"}))
         held_results = _results(read_all(ws))
+    # the frame arrived before its analysis was held: its results' lag includes the hold
+    assert _lags_over_1s(live_server) - late_before >= 1
     assert held[0].startswith(where)  # where it ran: the CPU pool, the decoder thread
     _same(held_results, reference)
     assert any(e["type"] == "emotion.utterance" for e in reference)

@@ -61,9 +61,10 @@ class StreamAnalyser:
         self._partial_due: tuple[int, int] = (-1, 0)
         """(utterance index, its length at which the next partial is due)."""
 
-    def push(self, block: np.ndarray, rate: int) -> Found:
-        """Take the next decoded block (mono float32 at `rate`)."""
-        found = Found(received_at=time.monotonic())
+    def push(self, block: np.ndarray, rate: int, received_at: float) -> Found:
+        """Take the next decoded block (mono float32 at `rate`) that arrived at
+        `received_at` (monotonic: when the socket delivered it, not when this runs)."""
+        found = Found(received_at=received_at)
         self._take(block, rate, last=False, found=found)
         if self.endpointer is not None:
             found.partial = self._partial_due_now()

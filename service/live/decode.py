@@ -16,6 +16,7 @@ import asyncio
 import io
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import av
@@ -27,8 +28,10 @@ from service.live.protocol import ProtocolError
 
 log = logging.getLogger("audioserve.live")
 
-Sink = Callable[[np.ndarray, int], None]
-"""Takes mono float32 blocks and their (source) rate, in order, in the decoder's thread."""
+Sink = Callable[[np.ndarray, int, float], None]
+"""Takes mono float32 blocks, their (source) rate and when the newest bytes fed to the
+decoder arrived (monotonic; the block's own came then or before), in order, in the
+decoder's thread."""
 
 
 class PcmDecoder:
@@ -70,6 +73,8 @@ class _Pipe(io.RawIOBase):
         self._closed = False
         self._cond = threading.Condition()
         self.max_bytes = max_bytes
+        self.written_at = 0.0
+        """When the newest bytes were written (monotonic)."""
 
     def readable(self) -> bool:
         return True
@@ -90,6 +95,7 @@ class _Pipe(io.RawIOBase):
             if len(self._buf) > self.max_bytes:
                 return False
             self._buf.extend(data)
+            self.written_at = time.monotonic()
             self._cond.notify_all()
             return True
 
@@ -157,7 +163,7 @@ class EncodedDecoder:
         if not frame.format.is_planar:
             arr = arr.reshape(-1, frame.layout.nb_channels).T
         mono = planes_to_mono(arr, frame.format.name.rstrip("p"))
-        self.sink(mono, frame.sample_rate)
+        self.sink(mono, frame.sample_rate, self.pipe.written_at)
 
     def _fail(self, exc: ProtocolError) -> None:
         self.loop.call_soon_threadsafe(self.on_error, exc)

@@ -305,7 +305,7 @@ class LiveSession:
         if self._first_audio_at is None:
             self._first_audio_at = now
         if self._pcm is not None:
-            self._apply(await self._analyse(self._analyse_pcm, data))
+            self._apply(await self._analyse(self._analyse_pcm, data, now))
         elif self._encoded is not None:
             await self._encoded.feed(data)
         await self._pace()
@@ -444,18 +444,19 @@ class LiveSession:
 
     # -- audio -> windows and utterances -----------------------------------------------
 
-    def _analyse_pcm(self, data: bytes) -> Found:
-        """A PCM frame decoded and analysed (in the CPU pool)."""
+    def _analyse_pcm(self, data: bytes, received_at: float) -> Found:
+        """A PCM frame decoded and analysed (in the CPU pool); `received_at`: when the
+        socket delivered it (results' lag counts from there, the pool's queue included)."""
         assert self._pcm is not None and self._analyser is not None
-        return self._analyser.push(self._pcm.feed(data), self._pcm_rate())
+        return self._analyser.push(self._pcm.feed(data), self._pcm_rate(), received_at)
 
-    def _analyse_decoded(self, block: np.ndarray, rate: int) -> None:
+    def _analyse_decoded(self, block: np.ndarray, rate: int, received_at: float) -> None:
         """An encoded stream's decoded block, analysed in the decoder's thread; only the
         result goes to the loop. A ProtocolError ends the decoder (it reports it)."""
         if self._ended:
             return
         assert self._analyser is not None
-        found = self._analyser.push(block, rate)
+        found = self._analyser.push(block, rate, received_at)
         self._loop.call_soon_threadsafe(self._apply, found)
 
     async def _analyse(self, fn: Callable[..., Found], *args: object) -> Found:
