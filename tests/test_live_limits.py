@@ -317,3 +317,64 @@ def test_a_client_that_does_not_read_is_cut_off(live_models_dir: Path) -> None: 
             time.sleep(0.05)
         assert _metric(server, "audioserve_live_streams") == 0
         assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
+
+
+def test_a_client_gone_with_audio_still_queued_ends_at_the_failed_send(
+        live_models_dir: Path) -> None:  # noqa: F811
+    """The client queues a minute of audio at once (the server reads it at real-time pace)
+    and resets the connection. The next result cannot be sent: the stream ends there,
+    counted as disconnected, instead of reading the queued audio for nothing."""
+    import struct
+
+    with serve_app(models_dir=live_models_dir, live_max_ahead_s=0.0,
+                   live_max_stream_seconds=1e6) as server:
+        audio_before = _metric(server, "audioserve_live_audio_seconds_total")
+        sock = socket.create_connection((server.host, server.port))
+        ws = connect(ws_url(server), sock=sock, open_timeout=30, ping_interval=None,
+                     subprotocols=[PROTOCOL])
+        ws.send(json.dumps({"type": "session.config", "input": PCM8K,
+                            "classify": {"labels": ["tone", "noise"], "hop_s": 0.5}}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
+        for _ in range(60):
+            ws.send(_tone(1.0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset: no close frame, nothing more read
+        deadline = time.monotonic() + 60
+        while _metric(server, "audioserve_live_closed_total", reason="disconnected") < 1:
+            assert time.monotonic() < deadline, "the stream was not ended"
+            time.sleep(0.05)
+        read = _metric(server, "audioserve_live_audio_seconds_total") - audio_before
+        assert _metric(server, "audioserve_live_streams") == 0
+        assert read < 30, f"{read:.0f} s of the queued 60 s were read after the client left"
+
+
+def test_a_failed_send_ends_the_stream_at_once(live_models_dir: Path,  # noqa: F811
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result that cannot be sent (the transport failed under the server: a keepalive
+    timeout, say, while the client's queued audio still waits to be read) ends the stream
+    as disconnected there, instead of reading the queued audio and filling the outbox."""
+    from starlette.websockets import WebSocket
+
+    send_text = WebSocket.send_text
+
+    async def failing(self: WebSocket, data: str) -> None:
+        if '"classify.window"' in data:
+            raise RuntimeError("the transport is gone")
+        await send_text(self, data)
+
+    monkeypatch.setattr(WebSocket, "send_text", failing)
+    with serve_app(models_dir=live_models_dir, live_max_ahead_s=0.0,
+                   live_max_stream_seconds=1e6) as server:
+        audio_before = _metric(server, "audioserve_live_audio_seconds_total")
+        with connect(ws_url(server), open_timeout=30, subprotocols=[PROTOCOL]) as ws:
+            ws.send(json.dumps({"type": "session.config", "input": PCM8K,
+                                "classify": {"labels": ["tone", "noise"], "hop_s": 0.5}}))
+            for _ in range(60):
+                ws.send(_tone(1.0))
+            deadline = time.monotonic() + 60
+            while _metric(server, "audioserve_live_closed_total", reason="disconnected") < 1:
+                assert time.monotonic() < deadline, "the stream was not ended"
+                time.sleep(0.05)
+            read = _metric(server, "audioserve_live_audio_seconds_total") - audio_before
+        assert _metric(server, "audioserve_live_streams") == 0
+        assert read < 30, f"{read:.0f} s of the queued 60 s were read after the failed send"

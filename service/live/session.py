@@ -145,7 +145,7 @@ class LiveSession:
         self.input_rate: int | None = None
         self._loop = asyncio.get_running_loop()
         self._outbox: asyncio.Queue[_Outgoing | None] = asyncio.Queue()
-        self._fatal: asyncio.Future[p.ProtocolError] = (
+        self._fatal: asyncio.Future[p.ProtocolError | WebSocketDisconnect] = (
             asyncio.get_running_loop().create_future())
         self._pending: set[asyncio.Task[None]] = set()
         self._last_job: dict[str, asyncio.Task[None] | None] = {"classify": None,
@@ -243,7 +243,10 @@ class LiveSession:
             await asyncio.wait_for(self.ws.close(code), timeout=grace)
 
     def _slow(self) -> bool:
-        return self._fatal.done() and self._fatal.result().code == "slow_reader"
+        if not self._fatal.done():
+            return False
+        fatal = self._fatal.result()
+        return isinstance(fatal, p.ProtocolError) and fatal.code == "slow_reader"
 
     # -- receiving ---------------------------------------------------------------------
 
@@ -735,7 +738,12 @@ class LiveSession:
             item = await self._outbox.get()
             if item is None:
                 return
-            await self.ws.send_text(item.text)
+            try:
+                await self.ws.send_text(item.text)
+            except Exception:  # the connection is gone (reset, closed by a keepalive)
+                if not self._fatal.done():  # end now, not after its buffered audio
+                    self._fatal.set_result(WebSocketDisconnect(1006))
+                return
             if item.task is not None:
                 lag = max(0.0, time.monotonic() - item.received_at)
                 self.metrics.live_result_lag.labels(item.task).observe(lag)
