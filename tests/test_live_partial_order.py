@@ -119,3 +119,27 @@ def test_an_utterance_is_due_from_its_last_sample_at_most_the_confirming_silence
         return s._confirmed_after(utterance)
 
     assert asyncio.run(confirmed_after()) == pytest.approx(expected_s)
+
+
+def test_an_utterances_lag_counts_from_its_last_sample() -> None:
+    """audioserve_live_result_lag_seconds: from the last sample received to the result
+    sent. For an utterance that sample came before the confirming silence (0.3 s of a
+    real-time stream here), not with the frame that confirmed it."""
+    async def lag_origin() -> float:
+        s = _session()
+        s._endpointer = Endpointer(p.EmotionConfig(min_silence_ms=500, padding_ms=200),
+                                   16_000)
+        s.input_rate, s.audio_samples = 16_000, round(2.5 * 16_000)
+
+        async def emotion(utterance: Utterance, partial: bool = False,
+                          **_: object) -> BaseModel:
+            return _event(utterance.index, partial)
+
+        s._emotion = emotion  # type: ignore[assignment,method-assign]
+        s._submit_utterance(Utterance(0, 0, 32_000, np.zeros(32_000, np.float32)), 100.0)
+        await asyncio.wait(set(s._pending))
+        item = s._outbox.get_nowait()
+        assert item is not None and item.task == "emotion"
+        return item.received_at
+
+    assert asyncio.run(lag_origin()) == pytest.approx(100.0 - 0.3)

@@ -520,10 +520,12 @@ class LiveSession:
     def _submit_utterance(self, utterance: Utterance, received_at: float) -> None:
         rate = self._emotion_rate
         self._cancel_partial()  # its final is here: the interim view is moot
+        # its last sample came before the silence that confirmed it: lag and order count
+        # from there (the frame received now is up to `min_silence_ms` later)
         due = received_at - self._confirmed_after(utterance)
         early = self._early.take(utterance) if self._early is not None else None
         started = self._submit("emotion", utterance.index, utterance.start / rate,
-                               utterance.end / rate, received_at,
+                               utterance.end / rate, due,
                                lambda: self._emotion(utterance, due=due, early=early),
                                admit=early is None)
         if early is not None and self._early is not None:
