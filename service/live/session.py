@@ -538,10 +538,8 @@ class LiveSession:
         due = received_at - self._confirmed_after(utterance)
 
         async def compute() -> EmotionResult:
-            emo: Emotion2vecPipeline = self.ctx.pipelines["emotion2vec"]
             async with self.ctx.gates["emotion2vec"].admit():
-                with due_since(due):
-                    return await emo.analyse_samples(utterance.samples, self._emotion_options)
+                return await self._emotion_result(utterance, due)
         return compute()
 
     def _count_early(self, outcome: EarlyOutcome) -> None:
@@ -685,11 +683,8 @@ class LiveSession:
         `early`: its result, started before its end was confirmed."""
         emo: Emotion2vecPipeline = self.ctx.pipelines["emotion2vec"]
         options = self._emotion_options
-        if early is not None:
-            result = await early
-        else:
-            with due_since(time.monotonic() if due is None else due):
-                result = await emo.analyse_samples(utterance.samples, options)
+        result = await (early if early is not None else self._emotion_result(
+            utterance, time.monotonic() if due is None else due))
         body = emotion_body(emo, result, options)
         start_s = utterance.start / emo.constants.sample_rate
         frames = body.get("frames")
@@ -704,6 +699,13 @@ class LiveSession:
             end_s=_round(utterance.end / emo.constants.sample_rate),
             granularity=options.granularity.value, emotion=body["emotion"],
             scores=body["scores"], chunks=body["chunks"], frames=frames)
+
+    async def _emotion_result(self, utterance: Utterance, due: float) -> EmotionResult:
+        """The model's result for an utterance whose work has been due since `due`: the
+        one call an early start and a confirmed utterance both make."""
+        emo: Emotion2vecPipeline = self.ctx.pipelines["emotion2vec"]
+        with due_since(due):
+            return await emo.analyse_samples(utterance.samples, self._emotion_options)
 
     def _skip(self, task: p.Task, index: int, start_s: float, end_s: float,
               reason: p.SkipReason, message: str) -> None:
