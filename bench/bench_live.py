@@ -39,7 +39,7 @@ import soundfile as sf
 import soxr
 from websockets.asyncio.client import connect
 
-from bench import raw_ceiling
+from bench import prom, raw_ceiling
 from bench.packs import ensure_pack
 from bench.server import REPO, ServerProcess, audioserve, cpu_used_by_role, http_get
 
@@ -166,34 +166,20 @@ async def run_point(url: str, streams: int, seconds: float, hop_s: float, tasks:
     return list(await asyncio.gather(*runs, return_exceptions=False))
 
 
-def server_lags(server: ServerProcess) -> tuple[float, float]:
-    """(results sent, those sent within HELD_P99_S) so far, from the server's histogram of
-    final results' lag (its bucket bounds include HELD_P99_S)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
+def metrics(server: ServerProcess) -> dict[prom.Key, float]:
     status, body = http_get(server.url + "/metrics", timeout=30.0)
-    if status != 200:
-        return float("nan"), float("nan")
-    total = within = 0.0
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            if (sample.name != "audioserve_live_result_lag_seconds_bucket"
-                    or sample.labels["task"] not in ("classify", "emotion")):
-                continue
-            if sample.labels["le"] == "+Inf":
-                total += sample.value
-            elif float(sample.labels["le"]) == HELD_P99_S:
-                within += sample.value
-    return total, within
+    return prom.snapshot(body.decode()) if status == 200 else {}
 
 
 def measure(server: ServerProcess, config: str, streams: int, seconds: float,
             hop_s: float, tasks: str, speech: Path, log_dir: Path) -> Point:
     url = f"ws://127.0.0.1:{server.port}/v1/audio/analysis/stream"
     before = server.cpu_seconds()
-    lags_before = server_lags(server)
+    metrics_before = metrics(server)
     results = asyncio.run(run_point(url, streams, seconds, hop_s, tasks, speech))
-    lags_after = server_lags(server)
+    server_late = prom.count_over(prom.delta(metrics_before, metrics(server)),
+                                  "audioserve_live_result_lag_seconds", HELD_P99_S, "task",
+                                  ("classify", "emotion"))
     start = min((t for r in results for t, _, _ in r.timeline), default=0.0)
     timeline = sorted((round(t - start, 3), i, kind, round(lag, 3))
                       for i, r in enumerate(results) for t, kind, lag in r.timeline)
@@ -217,7 +203,7 @@ def measure(server: ServerProcess, config: str, streams: int, seconds: float,
         cpu_s_per_stream_s=used / (streams * seconds),
         speech_fraction=sum(r.speech_s for r in results) / (streams * seconds),
         late=int((lags > HELD_P99_S).sum() + (emotion > HELD_P99_S).sum()),
-        server_late=round((lags_after[0] - lags_before[0]) - (lags_after[1] - lags_before[1])))
+        server_late=round(server_late))
 
 
 def sweep(models_dir: Path, configs: dict[str, dict[str, str]], streams: list[int],

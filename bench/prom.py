@@ -52,6 +52,18 @@ def _histogram(d: dict[Key, float], name: str, value: str,
     return sorted(rows)
 
 
+def count_over(d: dict[Key, float], name: str, bound: float, label: str,
+               values: tuple[str, ...]) -> float:
+    """Observations of histogram `name` whose `label` is one of `values` that are above
+    `bound` (one of its bucket bounds)."""
+    total = 0.0
+    for value in values:
+        buckets = dict(_histogram(d, name, value, label))
+        if buckets:
+            total += buckets[math.inf] - buckets[bound]
+    return total
+
+
 @dataclass(frozen=True)
 class RouteTime:
     """Server-side request time of one route (RequestContextMiddleware), over one run."""
