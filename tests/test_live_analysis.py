@@ -19,6 +19,7 @@ from tests.live_fixtures import (  # noqa: F401  (fixtures)
     LABELS,
     live_models_dir,
     live_server,
+    metric,
     run_stream,
     speech_stream,
     to_rate,
@@ -265,12 +266,5 @@ def test_partials_of_a_long_utterance_equal_offline(
 
 
 def _partials_metric(server: RunningServer) -> dict[str, float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    counts = dict.fromkeys(("sent", "coalesced", "behind", "refused", "cancelled"), 0.0)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "audioserve_live_partials_total":
-                counts[sample.labels["outcome"]] += sample.value
-    return counts
+    return {outcome: metric(server, "audioserve_live_partials_total", outcome=outcome)
+            for outcome in ("sent", "coalesced", "behind", "refused", "cancelled")}

@@ -22,6 +22,7 @@ from tests.emotion2vec_fixtures import emotion_models_dir, speech_files  # noqa:
 from tests.live_fixtures import (  # noqa: F401  (fixtures)
     live_models_dir,
     live_server,
+    metric,
     open_stream,
     read_all,
     to_rate,
@@ -125,15 +126,8 @@ def test_early_start_runs_one_task_per_ending_and_cancels_the_refuted() -> None:
 
 
 def _early_metric(server: RunningServer) -> dict[str, float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    counts = {"used": 0.0, "wasted": 0.0}
-    for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics",
-                                                           timeout=30).text):
-        for sample in family.samples:
-            if sample.name == "audioserve_live_early_emotion_total":
-                counts[sample.labels["outcome"]] += sample.value
-    return counts
+    return {outcome: metric(server, "audioserve_live_early_emotion_total", outcome=outcome)
+            for outcome in ("used", "wasted")}
 
 
 def test_early_results_over_a_socket_equal_offline(

@@ -25,6 +25,7 @@ from tests.live_fixtures import (  # noqa: F401  (fixtures)
     LABELS,
     Transcript,
     live_models_dir,
+    metric,
     open_stream,
     read_all,
     speech_stream,
@@ -73,16 +74,6 @@ def _error(t: Transcript) -> dict[str, Any]:
     errors = t.of("error")
     assert len(errors) == 1, t.events
     return errors[0]
-
-
-def _metric(server: RunningServer, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` that carry `labels`."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               for sample in family.samples
-               if sample.name == name and labels.items() <= sample.labels.items())
 
 
 # -- who may connect ----------------------------------------------------------------------
@@ -220,7 +211,7 @@ def test_stream_too_long(server: RunningServer) -> None:
 def test_pending_windows_beyond_the_bound_are_skipped_and_said(server: RunningServer) -> None:
     """max_pending=1: 5 s in one frame completes 9-10 windows (hop 0.5 s) at once; one is
     computed, the others are skipped with `behind` -- every window accounted for."""
-    before = _metric(server, "audioserve_live_skipped_total", reason="behind",
+    before = metric(server, "audioserve_live_skipped_total", reason="behind",
                      task="classify")
     t = _session(server, [_config(classify={"labels": LABELS, "hop_s": 0.5}), _tone(5.0),
                           json.dumps({"type": "input.done"})])
@@ -234,7 +225,7 @@ def test_pending_windows_beyond_the_bound_are_skipped_and_said(server: RunningSe
     assert indices == set(range(len(indices))) and not windows & {s["index"] for s in skipped}
     done = t.of("session.done")[0]
     assert (done["windows"], done["skipped"]) == (len(windows), len(skipped))
-    after = _metric(server, "audioserve_live_skipped_total", reason="behind",
+    after = metric(server, "audioserve_live_skipped_total", reason="behind",
                      task="classify")
     assert after - before == len(skipped)
 
@@ -246,7 +237,7 @@ def test_partials_give_way_to_finals(server: RunningServer,
     place, so the partial is skipped (`behind`), counted in session.done and /metrics,
     and said in no event."""
     outcomes = ("sent", "coalesced", "behind", "refused", "cancelled")
-    before = {o: _metric(server, "audioserve_live_partials_total", outcome=o)
+    before = {o: metric(server, "audioserve_live_partials_total", outcome=o)
               for o in outcomes}
     speech = to_rate(speech_stream(speech_files, gap_s=0.0, count=1), 8000)
     assert len(speech) * 2 <= FRAME_LIMIT
@@ -256,7 +247,7 @@ def test_partials_give_way_to_finals(server: RunningServer,
     assert t.close_code == 1000, t.events
     done = t.of("session.done")[0]
     assert done["partials_skipped"] >= 1
-    after = {o: _metric(server, "audioserve_live_partials_total", outcome=o) - before[o]
+    after = {o: metric(server, "audioserve_live_partials_total", outcome=o) - before[o]
              for o in outcomes}
     assert after["behind"] >= 1
     assert (after["sent"], after["coalesced"], after["cancelled"]) == (
@@ -269,19 +260,19 @@ def test_partials_give_way_to_finals(server: RunningServer,
 
 
 def test_metrics_after_a_stream(server: RunningServer) -> None:
-    lag_before = _metric(server, "audioserve_live_result_lag_seconds_count",
+    lag_before = metric(server, "audioserve_live_result_lag_seconds_count",
                          task="classify")
     t = _session(server, [_config(classify={"labels": LABELS, "hop_s": 1.0}),
                           *[_tone(1.0)] * 3, json.dumps({"type": "input.done"})])
     assert t.close_code == 1000
     windows = len(t.of("classify.window"))
     assert windows >= 1
-    lag_after = _metric(server, "audioserve_live_result_lag_seconds_count",
+    lag_after = metric(server, "audioserve_live_result_lag_seconds_count",
                          task="classify")
     assert lag_after - lag_before == windows
-    assert _metric(server, "audioserve_live_streams") == 0
-    assert _metric(server, "audioserve_live_audio_seconds_total") >= 3.0
-    assert _metric(server, "audioserve_live_closed_total", reason="done") >= 1
+    assert metric(server, "audioserve_live_streams") == 0
+    assert metric(server, "audioserve_live_audio_seconds_total") >= 3.0
+    assert metric(server, "audioserve_live_closed_total", reason="done") >= 1
 
 
 # -- a client that does not read ------------------------------------------------------------
@@ -312,10 +303,10 @@ def test_a_client_that_does_not_read_is_cut_off(live_models_dir: Path) -> None: 
             t = read_all(ws)
         assert t.close_code in (1008, None)  # the close frame may not get through either
         deadline = time.monotonic() + 60
-        while _metric(server, "audioserve_live_closed_total", reason="slow_reader") < 1:
+        while metric(server, "audioserve_live_closed_total", reason="slow_reader") < 1:
             assert time.monotonic() < deadline, "the stream was not ended"
             time.sleep(0.05)
-        assert _metric(server, "audioserve_live_streams") == 0
+        assert metric(server, "audioserve_live_streams") == 0
         assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
 
 
@@ -323,11 +314,11 @@ def _assert_ended_disconnected_early(server: RunningServer, audio_before: float)
     """The stream ends, counted as disconnected, having read under half of the 60 s of
     audio its client queued (read at real-time pace: the rest was never needed)."""
     deadline = time.monotonic() + 60
-    while _metric(server, "audioserve_live_closed_total", reason="disconnected") < 1:
+    while metric(server, "audioserve_live_closed_total", reason="disconnected") < 1:
         assert time.monotonic() < deadline, "the stream was not ended"
         time.sleep(0.05)
-    read = _metric(server, "audioserve_live_audio_seconds_total") - audio_before
-    assert _metric(server, "audioserve_live_streams") == 0
+    read = metric(server, "audioserve_live_audio_seconds_total") - audio_before
+    assert metric(server, "audioserve_live_streams") == 0
     assert read < 30, f"{read:.0f} s of the queued 60 s were read after the client was gone"
 
 
@@ -340,7 +331,7 @@ def test_a_client_gone_with_audio_still_queued_ends_at_the_failed_send(
 
     with serve_app(models_dir=live_models_dir, live_max_ahead_s=0.0,
                    live_max_stream_seconds=1e6) as server:
-        audio_before = _metric(server, "audioserve_live_audio_seconds_total")
+        audio_before = metric(server, "audioserve_live_audio_seconds_total")
         sock = socket.create_connection((server.host, server.port))
         ws = connect(ws_url(server), sock=sock, open_timeout=30, ping_interval=None,
                      subprotocols=[PROTOCOL])
@@ -371,7 +362,7 @@ def test_a_failed_send_ends_the_stream_at_once(live_models_dir: Path,  # noqa: F
     monkeypatch.setattr(WebSocket, "send_text", failing)
     with serve_app(models_dir=live_models_dir, live_max_ahead_s=0.0,
                    live_max_stream_seconds=1e6) as server:
-        audio_before = _metric(server, "audioserve_live_audio_seconds_total")
+        audio_before = metric(server, "audioserve_live_audio_seconds_total")
         with connect(ws_url(server), open_timeout=30, subprotocols=[PROTOCOL]) as ws:
             ws.send(json.dumps({"type": "session.config", "input": PCM8K,
                                 "classify": {"labels": ["tone", "noise"], "hop_s": 0.5}}))

@@ -25,6 +25,7 @@ from tests.live_fixtures import (  # noqa: F401  (fixtures)
     Transcript,
     live_models_dir,
     live_server,
+    metric,
     open_stream,
     read_all,
     speech_stream,
@@ -41,19 +42,10 @@ HOLD_S = 1.1
 def _lags_over_1s(server: RunningServer) -> float:
     """Final results (windows, utterances) the server sent more than 1 s after their last
     sample arrived, so far."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = within = 0.0
-    for family in text_string_to_metric_families(
-            httpx.get(f"{server.url}/metrics", timeout=30).text):
-        for sample in family.samples:
-            if (sample.name == "audioserve_live_result_lag_seconds_bucket"
-                    and sample.labels["task"] in ("classify", "emotion")):
-                if sample.labels["le"] == "+Inf":
-                    total += sample.value
-                elif float(sample.labels["le"]) == 1.0:
-                    within += sample.value
-    return total - within
+    name = "audioserve_live_result_lag_seconds_bucket"
+    return sum(metric(server, name, task=task, le="+Inf") - metric(server, name, task=task,
+                                                                     le="1.0")
+               for task in ("classify", "emotion"))
 
 
 def _results(t: Transcript) -> list[dict[str, Any]]:
