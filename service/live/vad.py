@@ -68,6 +68,9 @@ class Endpointer:
         """An utterance never starts before the previous one ended."""
         self._index = 0
         self.voiced_frames = 0
+        self._ending: Utterance | None = None
+        """What `ending` last returned: asked after every block, it copies the samples
+        once per span, not once per block."""
 
     @property
     def total(self) -> int:
@@ -126,7 +129,14 @@ class Endpointer:
         utterance `push` or `finish` then returns); None while it is still voiced."""
         if self._first_voiced is None or self._pos - self._last_voiced < self.pad_after:
             return None
-        return self.so_far()
+        span = self.open_span()
+        if span is None:
+            return None
+        last = self._ending
+        if last is None or (last.index, last.start, last.end) != span:
+            index, start, end = span
+            self._ending = Utterance(index, start, end, self.buffer.span(start, end))
+        return self._ending
 
     def finish(self) -> list[Utterance]:
         if self._first_voiced is None:
