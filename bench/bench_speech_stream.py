@@ -302,6 +302,10 @@ async def main() -> None:
                         help="continuous: continuous batching (the default settings); "
                         "deflate: the same with WebSocket compression on; sequential: one "
                         "lock")
+    parser.add_argument("--compare", nargs="*", default=[], metavar="SETTING=VALUE[,...]",
+                        help="also measure the defaults with these settings changed, as a "
+                        "server of that name (e.g. tts_stream_chunk_tokens=4), its rounds "
+                        "interleaved with the others")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--replot", type=Path, help="redraw DIR/cliff.png from its points")
     args = parser.parse_args()
@@ -322,7 +326,9 @@ async def main() -> None:
     points: list[Point] = []
     servers = {"continuous": {}, "deflate": {"ws_compression": True},
                "sequential": {"tts_scheduling": "sequential"}}
-    names = args.servers.split(",")
+    for changed in args.compare:
+        servers[changed] = dict(setting.split("=", 1) for setting in changed.split(","))
+    names = args.servers.split(",") + args.compare
     with contextlib.ExitStack() as running:
         urls = {}
         for name in names:  # all up at once (idle ones cost nothing): rounds interleave
