@@ -274,6 +274,8 @@ def test_barge_in_frees_the_slot_for_a_waiting_session(chattts_models_dir: Path 
             assert cancelled.events[-1]["utterance_index"] == 0
             assert cancelled.events[-1]["sent_samples"] == (len(cancelled.audio)
                                                             + len(first)) // 2
+            whole = sum(e["type"] == "audio.done" for e in cancelled.events)
+            assert cancelled.events[-1]["sentences_done"] == whole  # sent whole, not queued
             thread.join(timeout=120)
             assert waiting["b"].events[-1]["type"] == "session.done"
             assert engine.stats().aborted >= before.aborted + 1

@@ -20,7 +20,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from service.live.protocol import PROTOCOL
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
-from tests.test_speech_stream import CONFIG, read_utterance, speak, ws_url
+from tests.test_speech_stream import CONFIG, assert_same_pcm, read_utterance, speak, ws_url
 from tests.tts_server import RunningServer, serve_app
 
 KEY = "s3cret-key"
@@ -176,3 +176,52 @@ def read_utterance_after(ws: ClientConnection) -> bool:
     ws.send(text("Next."))
     ws.send(json.dumps({"type": "input.done"}))
     return read_utterance(ws).events[-1]["type"] == "session.done"
+
+
+def test_an_utterance_over_the_output_cap_says_where_its_audio_stops(
+        chattts_models_dir: Path) -> None:  # noqa: F811
+    """AUDIOSERVE_TTS_MAX_OUTPUT_S on the socket: the audio stops where `/tts` cuts the same
+    text (the same PCM, also streamed over HTTP: a piece generated beside the one before it
+    sent 4 tokens past the cut before), and `session.done` says so instead of looking
+    complete."""
+    text_ = "One sentence here. Then a second. And a third one. A fourth to be sure."
+    with serve_app(models_dir=chattts_models_dir, models="chattts", intra_op_threads=1,
+                   warmup=False, tts_stream_chunk_tokens=8, tts_max_output_s=1.5) as server:
+        cap = {**CONFIG, "min_new_tokens": CONFIG["max_new_tokens"]}  # 40 tokens: 0.85 s each
+        with connect(ws_url(server)) as ws:
+            ws.send(json.dumps(cap))
+            capped = speak(ws, [text_])
+            ws.send(json.dumps({"type": "input.text", "text": "Short."}))
+            ws.send(json.dumps({"type": "input.done"}))
+            whole = read_utterance(ws)
+        body = {"text": text_, "voice": "alloy", "sampling_seed": 7, "format": "pcm",
+                "max_new_tokens": 40, "min_new_tokens": 40, "split": "sentence"}
+        one_shot = httpx.post(server.url + "/tts", timeout=120, json=body)
+        streamed = httpx.post(server.url + "/tts", timeout=120, json={**body, "stream": True})
+    done = capped.events[-1]
+    assert done["type"] == "session.done" and done["truncated_at_s"] == 1.5, done
+    assert done["total_sentences"] == 4
+    spoken = [e["sentence_index"] for e in capped.events if e["type"] == "audio.start"]
+    assert spoken == [0, 1], spoken  # 0.85 s each: the second reaches the cap
+    assert one_shot.headers["X-Audioserve-Truncated-At-S"] == "1.5"
+    assert_same_pcm(bytes(capped.audio), one_shot.content, "capped utterance")
+    assert_same_pcm(streamed.content, one_shot.content, "capped HTTP stream")
+    assert whole.events[-1]["type"] == "session.done"
+    assert "truncated_at_s" not in whole.events[-1]  # only an utterance that was cut
+
+
+def test_a_session_that_ends_mid_utterance_leaves_no_task_behind(
+        server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    """The sender waits for the utterance's stream and for a cancel at once; when the
+    session ends under it (here: a config inside an utterance), both waits are cancelled,
+    not left for the garbage collector to find pending (`Task was destroyed...`)."""
+    import gc
+
+    for _ in range(5):
+        event, code = session(server, json.dumps(CONFIG), text("Hello there. And more"),
+                              json.dumps(CONFIG))
+        assert event["code"] == "invalid_message" and code == 4400, (event, code)
+    gc.collect()
+    leaked = [r.getMessage() for r in caplog.records if "destroyed but it is pending"
+              in r.getMessage()]
+    assert not leaked, leaked[:2]

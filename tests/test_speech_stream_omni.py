@@ -128,9 +128,9 @@ def test_aliases_nulls_and_ignored_fields(server: RunningServer) -> None:
                "session_id": "s-1"}
     with connect(ws_url(server)) as ws:
         ws.send(json.dumps({"type": "session.config", "speaker": "alloy", "model": None,
-                            "speed": None, "response_format": "pcm", "ref_audio": None,
-                            "speaker_embedding": None, "word_timestamps": False,
-                            "split_granularity": "sentence", **SEEDED, **ignored}))
+                            "speed": None, "response_format": None, "ref_audio": None,
+                            "speaker_embedding": None, "word_timestamps": None,
+                            "split_granularity": None, **SEEDED, **ignored}))
         ws.send(json.dumps({"type": "input.done"}))  # an empty utterance: its only event
         empty = read_utterance(ws)
         assert empty.events[0]["type"] == "session.done"

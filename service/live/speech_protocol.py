@@ -39,10 +39,11 @@ Server -> client:
   "start_s"+, "end_s"+}` — the sentence's span in the utterance's audio, sample-exact
   (neighbours overlap by the crossfade).
 - `session.done` `{"utterance_index", "total_sentences", "audio_s"+, "first_audio_s"+,
-  "underrun_s"+, "ignored"+}` — the utterance is sent whole.
+  "underrun_s"+, "truncated_at_s"+, "ignored"+}` — the utterance is sent whole, or up to
+  the output cap (`truncated_at_s`).
 - + `audio.cancelled` `{"utterance_index", "sent_samples", "sent_s", "sentences_done",
-  "ignored"+}` — after `input.cancel`: how much of that utterance's audio was sent (no
-  more follows).
+  "ignored"+}` — after `input.cancel`: how much of that utterance's audio was sent and how
+  many of its sentences were sent whole (`audio.done`); no more of it follows.
 - + `ignored` `{field: why}` — only on an utterance's first event, after a
   `session.config` that gave fields with no effect here.
 - `error` `{"message", "code"+}` — then close with `CLOSE_CODES[code]`.
@@ -53,7 +54,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from service.live.protocol import validation_problems
 from service.pipelines.chattts import MAX_SAMPLING_SEED, token_bounds_problem
@@ -84,6 +93,15 @@ class SessionConfig(_Message):
     `error` naming the field). Anything else is refused by name (a typo shows)."""
 
     type: Literal["session.config"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: Any) -> Any:
+        """`null` means the field's default, for every field (vLLM-Omni's clients send
+        nulls for what they leave unset), not only for those whose default is None."""
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
     model: str | None = None
     """None: chattts (vLLM-Omni's default model)."""
     voice: str | None = Field(None, validation_alias=AliasChoices("voice", "speaker"))
@@ -228,6 +246,9 @@ class SessionDone(_FirstEvent):
     audio_s: float = 0.0
     first_audio_s: float | None = None
     underrun_s: float = 0.0
+    truncated_at_s: float | None = Field(None, exclude_if=lambda v: v is None)
+    """Only when the utterance reached AUDIOSERVE_TTS_MAX_OUTPUT_S: its audio stops
+    there, and its sentences after that point were not spoken."""
 
 
 class AudioCancelled(_FirstEvent):

@@ -302,8 +302,7 @@ class SpeechSession:
         for u in self._live:
             if not u.cancelled.is_set():
                 u.abort()
-                self._pending -= u.appended - u.done
-                u.done = u.appended
+                self._pending -= u.appended - u.done  # its audio.done events stop here
                 self.metrics.tts_ws_cancelled.inc()
         self._room.set()
 
@@ -368,11 +367,18 @@ class SpeechSession:
                                   "stopped") from None
 
     async def _until_cancelled(self, u: Utterance, step: asyncio.Future[Any]) -> bool:
-        """Wait for `step`; False (and `step` cancelled) if the utterance is cancelled."""
+        """Wait for `step`; False (and `step` cancelled) if the utterance is cancelled.
+        If the sender itself is cancelled (session over), `step` is cancelled too: no
+        task it started is left pending."""
         if not u.cancelled.is_set():
             cancel = asyncio.ensure_future(u.cancelled.wait())
-            await asyncio.wait({step, cancel}, return_when=asyncio.FIRST_COMPLETED)
-            cancel.cancel()
+            try:
+                await asyncio.wait({step, cancel}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                step.cancel()
+                raise
+            finally:
+                cancel.cancel()
         if u.cancelled.is_set():
             step.cancel()
             with contextlib.suppress(BaseException):
@@ -392,10 +398,13 @@ class SpeechSession:
                 ignored=self._take_ignored(u)))
             return
         slo = u.stream.slo.summary() if u.stream is not None else {}
+        capped = u.stream is not None and u.stream.capped_piece is not None
         await self._send(p.SessionDone(
             utterance_index=u.index, total_sentences=len(u.texts),
             audio_s=slo.get("audio_s", 0.0), first_audio_s=slo.get("first_audio_s"),
-            underrun_s=slo.get("underrun_s", 0.0), ignored=self._take_ignored(u)))
+            underrun_s=slo.get("underrun_s", 0.0),
+            truncated_at_s=self.settings.tts_max_output_s if capped else None,
+            ignored=self._take_ignored(u)))
 
     @staticmethod
     def _take_ignored(u: Utterance) -> dict[str, str] | None:

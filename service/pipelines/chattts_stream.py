@@ -100,6 +100,8 @@ class SpeechStream:
         self.tokens: list[SequenceStream | None] = [None] * n
         """Each piece's engine stream, once it was started."""
         self._ready = [asyncio.Event() for _ in range(n)]
+        self._generated = [asyncio.Event() for _ in range(n)]
+        """Set once a piece's token count is final (generated, stopped or failed)."""
         self._queues: list[asyncio.Queue[object]] = [asyncio.Queue(PIECE_QUEUE_WINDOWS)
                                                      for _ in range(n)]
         self._tasks: list[asyncio.Task[None]] = []
@@ -137,6 +139,7 @@ class SpeechStream:
         self.jobs.append(job)
         self.tokens.append(None)
         self._ready.append(asyncio.Event())
+        self._generated.append(asyncio.Event())
         self._queues.append(asyncio.Queue(PIECE_QUEUE_WINDOWS))
         self.piece_tokens.append(0)
         self._reserved += 1
@@ -324,6 +327,7 @@ class SpeechStream:
         except BaseException as exc:  # handed to the reader, who raises it
             await out.put(exc)
         finally:
+            self._generated[i].set()
             tokens.close()
 
     async def _run_piece(self, i: int, tokens: SequenceStream,
@@ -345,17 +349,34 @@ class SpeechStream:
                                         else i)
                 tokens.close()  # AUDIOSERVE_TTS_MAX_OUTPUT_S: this piece ends here
                 break
-            if window := planner.next(len(hidden), finished=False):
+            if window := planner.next(min(len(hidden), self._sure_tokens(i)),
+                                      finished=False):
                 wave = await p.decode_hidden(np.stack(hidden[window.start : window.stop]))
                 await self._put(out, planner.cut(window, wave), stretch)
         self._generating -= 1
+        self._generated[i].set()
         self._fill()  # this one is generated: the next piece may start
+        for earlier in self._generated[:i]:  # their audio plays first: no wait for anyone
+            await earlier.wait()
+        keep = max(0, self.budget - sum(self.piece_tokens[:i]))
+        if keep < len(hidden):  # the cap falls inside this piece: `cut_to_budget`'s cut
+            del hidden[keep:]
+            self.capped_piece = min(i, self.capped_piece if self.capped_piece is not None
+                                    else i)
         if (window := planner.next(len(hidden), finished=True)) is not None:
             wave = await p.decode_hidden(np.stack(hidden[window.start : window.stop]))
             await self._put(out, planner.cut(window, wave), stretch)
         if stretch is not None:
             await out.put(await p.ctx.cpu.run(stretch.finish))
         await out.put(_END)
+
+    def _sure_tokens(self, i: int) -> int:
+        """Tokens of piece `i` the output cap keeps whatever the pieces before it still
+        generate (each at most its `max_new_tokens`): windows stay within them, so a piece
+        the cap cuts later has sent no audio past the cut (the audio equals `/tts`'s)."""
+        before = sum(self.piece_tokens[j] if self._generated[j].is_set()
+                     else self.jobs[j].max_new_tokens for j in range(i))
+        return self.budget - before
 
     async def _put(self, out: asyncio.Queue[object], wave: np.ndarray,
                    stretch: StreamingStretch | None) -> None:
