@@ -118,8 +118,11 @@ def test_sdk_models_list_and_retrieve(client) -> None:  # type: ignore[no-untype
     assert clap.object == "model" and clap.owned_by == "audioserve" and clap.created > 0
     assert clap.created == listed["clap"].created
     assert clap.model_extra and clap.model_extra["precision"] == "fp32"  # our fields stay
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.NotFoundError) as missing:
         client.models.retrieve("whisper-1")
+    error = missing.value.body  # OpenAI's shape, as every /v1 route's errors
+    assert isinstance(error, dict) and error["type"] == "invalid_request_error", error
+    assert error["code"] == "not_found" and "whisper-1" in error["message"], error
 
 
 # -- voices ---------------------------------------------------------------------------
