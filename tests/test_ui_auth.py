@@ -66,7 +66,10 @@ def test_page_asks_for_the_key_then_works(browser: Browser, server: RunningServe
     assert "refused" in browser.by_id("key-error").text
     give_key(browser, KEY)
     browser.wait(lambda d: not dialog_open(browser), 20, "the dialog to close")
-    assert browser.js("return sessionStorage.getItem('audioserve.apiKey')") == KEY
+    # the page stores the key in the dialog's `close` event, a task queued after `open`
+    # turns false: wait for it rather than read in between
+    browser.wait(lambda d: browser.js("return sessionStorage.getItem('audioserve.apiKey')")
+                 == KEY, 20, "the key stored")
     browser.wait(lambda d: browser.visible("demo-banner"), 20, "/v1/models read with the key")
 
     browser.by_id("classify-file").send_keys(str(clip))
