@@ -59,7 +59,8 @@ PCM_FORMATS = ("pcm_s16le", "pcm_f32le")
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN / Infinity (JSON extensions Python reads) are refused as such, not as "out of range"
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class InputConfig(_Message):

@@ -71,7 +71,8 @@ from service.tts.stretch import MAX_SPEED, MIN_SPEED
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN / Infinity (JSON extensions Python reads) are refused as such, not as "out of range"
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 Granularity = Literal["none", "sentence", "clause"]
