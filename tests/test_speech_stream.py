@@ -194,8 +194,10 @@ def test_every_http_path_states_the_sse_spans(server: RunningServer) -> None:
         answer = post_json(server.host, server.port, target, body)
         assert answer.status == 200 and answer.complete, target
         assert answer.headers["transfer-encoding"] == "chunked"
-        assert answer.headers["trailer"].lower() == "x-audioserve-sentences"
+        assert answer.headers["trailer"].lower() == ("x-audioserve-sentences, "
+                                                     "x-audioserve-truncated-at-s")
         assert "x-audioserve-sentences" not in answer.headers
+        assert answer.trailers["x-audioserve-truncated-at-s"] == "no", target
         assert parse_sentences(answer.trailers["x-audioserve-sentences"]) == want, target
         assert_same_pcm(answer.body, whole.content, target)
 

@@ -6,6 +6,7 @@ piece up to the cap and the answer says where it was cut, whole file or stream."
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import soundfile as sf
 
 from service.pipelines.chattts import cut_to_budget
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
+from tests.h11_client import post_json
 from tests.tts_server import RunningServer, serve_app
 
 CAP_S = 1.0
@@ -83,3 +85,21 @@ def test_a_stream_ends_at_the_cap(server: RunningServer, speed: float) -> None:
     assert r.headers["X-Audioserve-Max-Output-S"] == f"{CAP_S:g}"
     seconds = len(data) / 2 / 24000
     assert 0.5 * CAP_S < seconds <= CAP_S + 0.05, seconds
+
+
+def test_a_stream_cut_at_the_cap_says_so_at_its_end(server: RunningServer) -> None:
+    """A stream cannot say up front that it will be cut: its trailer does (h11 reads
+    trailers), and so does the SSE stream's last event."""
+    body = {"text": TEXT, "seed": 1, "format": "pcm", "stream": True}
+    answer = post_json(server.host, server.port, "/tts", body)
+    assert answer.status == 200 and answer.complete
+    assert answer.trailers["x-audioserve-truncated-at-s"] == f"{CAP_S:g}", answer.trailers
+    short = post_json(server.host, server.port, "/tts", {**body, "text": "one two.",
+                                                         "max_new_tokens": 20})
+    assert short.trailers["x-audioserve-truncated-at-s"] == "no", short.trailers
+    with httpx.stream("POST", server.url + "/v1/audio/speech", timeout=120, json={
+            "model": "tts-1", "input": TEXT, "voice": "alloy", "seed": 1,
+            "response_format": "pcm", "stream_format": "sse"}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1]["type"] == "speech.audio.done"
+    assert events[-1]["audioserve"]["truncated_at_s"] == CAP_S, events[-1]["audioserve"]

@@ -398,12 +398,11 @@ class SpeechSession:
                 ignored=self._take_ignored(u)))
             return
         slo = u.stream.slo.summary() if u.stream is not None else {}
-        capped = u.stream is not None and u.stream.capped_piece is not None
         await self._send(p.SessionDone(
             utterance_index=u.index, total_sentences=len(u.texts),
             audio_s=slo.get("audio_s", 0.0), first_audio_s=slo.get("first_audio_s"),
             underrun_s=slo.get("underrun_s", 0.0),
-            truncated_at_s=self.settings.tts_max_output_s if capped else None,
+            truncated_at_s=u.stream.truncated_at_s if u.stream is not None else None,
             ignored=self._take_ignored(u)))
 
     @staticmethod

@@ -157,6 +157,12 @@ class SpeechStream:
     def pieces(self) -> int:
         return len(self.jobs)
 
+    @property
+    def truncated_at_s(self) -> float | None:
+        """AUDIOSERVE_TTS_MAX_OUTPUT_S when the stream reached it (its audio stops there,
+        later pieces are not spoken), else None; final once the audio is all read."""
+        return self.pipeline.settings.tts_max_output_s if self.capped_piece is not None else None
+
     def _fill(self) -> None:
         """Start pieces, in order, into their reserved places while fewer than
         `tts_stream_pieces_ahead` generate (stopped, capped or none left: no-op)."""

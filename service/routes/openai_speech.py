@@ -133,14 +133,17 @@ async def _sse(request: Request, stream: SpeechStream) -> AsyncIterator[bytes]:
     prompt = sum(int(job.prompt_ids.shape[0]) for job in stream.jobs)
     tokens = stream.stats.tokens
     rate = stream.pipeline.c.sample_rate
+    # an extension: where each piece lies in the audio, and the stream's SLOs
+    ours: dict[str, Any] = {"sample_rate": rate, "pieces": [
+        {"index": i, "start_sample": a, "end_sample": b,
+         "start_s": round(a / rate, 6), "end_s": round(b / rate, 6)}
+        for i, (a, b) in enumerate(stream.spans)], **stream.slo.summary()}
+    if stream.truncated_at_s is not None:  # never silently: AUDIOSERVE_TTS_MAX_OUTPUT_S
+        ours["truncated_at_s"] = stream.truncated_at_s
     done = {"type": "speech.audio.done",
             "usage": {"input_tokens": prompt, "output_tokens": tokens,
                       "total_tokens": prompt + tokens},
-            # an extension: where each piece lies in the audio, and the stream's SLOs
-            "audioserve": {"sample_rate": rate, "pieces": [
-                {"index": i, "start_sample": a, "end_sample": b,
-                 "start_s": round(a / rate, 6), "end_s": round(b / rate, 6)}
-                for i, (a, b) in enumerate(stream.spans)], **stream.slo.summary()}}
+            "audioserve": ours}
     yield f"data: {json.dumps(done)}\n\n".encode()
 
 

@@ -40,6 +40,7 @@ router = APIRouter(tags=["tts"], route_class=JsonBodyRoute)
 
 
 SENTENCES_FIELD = "X-Audioserve-Sentences"
+TRUNCATED_FIELD = "X-Audioserve-Truncated-At-S"
 
 
 def sentences_field(spans: Sequence[tuple[int, int]], rate: int, max_bytes: int) -> str:
@@ -59,8 +60,12 @@ def streaming_response(request: Request, stream: SpeechStream, headers: dict[str
     rejections = get_metrics(request).rejections
     settings = get_settings(request)
     rate = stream.pipeline.c.sample_rate
-    trailers = None if content is not None else {SENTENCES_FIELD: lambda: sentences_field(
-        stream.spans, rate, settings.tts_spans_field_max_bytes)}
+    trailers = None if content is not None else {
+        SENTENCES_FIELD: lambda: sentences_field(stream.spans, rate,
+                                                 settings.tts_spans_field_max_bytes),
+        # a stream cannot know up front: the cap in seconds if it was reached, else "no"
+        TRUNCATED_FIELD: lambda: (f"{stream.truncated_at_s:g}"
+                                  if stream.truncated_at_s is not None else "no")}
     return AudioStreamResponse(
         content if content is not None else stream_audio(request, stream),
         stall_timeout_s=settings.tts_stream_stall_timeout_s,
@@ -173,8 +178,14 @@ _AUDIO_HEADERS = {
         "`Trailer: X-Audioserve-Sentences` (docs/speech-stream.md).",
         "schema": {"type": "string", "pattern": r"^rate=\d+; (spans=(\d+-\d+(,\d+-\d+)*)?"
                    r"|omitted=\d+)$"}},
-    "Trailer": {"description": "Streamed answers: `X-Audioserve-Sentences`, sent as a "
-                "trailer after the last chunk.", "schema": {"type": "string"}},
+    TRUNCATED_FIELD: {
+        "description": "The answer reached AUDIOSERVE_TTS_MAX_OUTPUT_S (this many seconds "
+        "of audio): its audio stops there and the text after it was not spoken. A whole "
+        "answer has it as a header only then; a streamed one always as a trailer: the cap, "
+        "or `no`.", "schema": {"type": "string", "pattern": r"^(\d+(\.\d+)?(e[+-]?\d+)?|no)$"}},
+    "Trailer": {"description": "Streamed answers: `X-Audioserve-Sentences, "
+                "X-Audioserve-Truncated-At-S`, sent as trailers after the last chunk.",
+                "schema": {"type": "string"}},
 }
 
 
@@ -196,7 +207,7 @@ def response_headers(result: SpeechResult, pipeline: ChatTTSPipeline) -> dict[st
         ),
     }
     if result.truncated_at_s is not None:  # never silently: AUDIOSERVE_TTS_MAX_OUTPUT_S
-        headers["X-Audioserve-Truncated-At-S"] = f"{result.truncated_at_s:g}"
+        headers[TRUNCATED_FIELD] = f"{result.truncated_at_s:g}"
     if pipeline.pack.manifest.demo:
         headers["X-Audioserve-Demo"] = "true"
     return headers
