@@ -5,7 +5,8 @@ all, or the piece waits for earlier pieces to be sent). Tokens delivered but not
 are counted: at `max_buffered` the stream asks the engine to pause the sequence (it
 leaves the decoding batch, its KV cache parked, its slot free for others), and once the
 reader is down to half of that it asks to resume. So what one sequence holds unread is
-bounded (plus the one or two tokens of steps already under way), and a reader that never
+bounded (plus the tokens of steps the engine ran before the request reached it: one or
+two while the event loop keeps up, more on a starved host), and a reader that never
 reads costs no compute. Giving up on a reader that stalls is the HTTP layer's decision
 (`AUDIOSERVE_TTS_STREAM_STALL_TIMEOUT_S`); `aclose()` then aborts the sequence.
 """
