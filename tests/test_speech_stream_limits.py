@@ -6,6 +6,7 @@ crash."""
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import time
@@ -218,8 +219,6 @@ def test_a_session_that_ends_mid_utterance_leaves_no_task_behind(
     """The sender waits for the utterance's stream and for a cancel at once; when the
     session ends under it (here: a config inside an utterance), both waits are cancelled,
     not left for the garbage collector to find pending (`Task was destroyed...`)."""
-    import gc
-
     for _ in range(5):
         event, code = session(server, json.dumps(CONFIG), text("Hello there. And more"),
                               json.dumps(CONFIG))

@@ -94,15 +94,6 @@ class SessionConfig(_Message):
     `error` naming the field). Anything else is refused by name (a typo shows)."""
 
     type: Literal["session.config"]
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_is_the_default(cls, data: Any) -> Any:
-        """`null` means the field's default, for every field (vLLM-Omni's clients send
-        nulls for what they leave unset), not only for those whose default is None."""
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None}
-        return data
     model: str | None = None
     """None: chattts (vLLM-Omni's default model)."""
     voice: str | None = Field(None, validation_alias=AliasChoices("voice", "speaker"))
@@ -138,6 +129,15 @@ class SessionConfig(_Message):
     word_timestamps: bool = False
     request_id: str | None = Field(None, max_length=256)
     session_id: str | None = Field(None, max_length=256)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: Any) -> Any:
+        """`null` means the field's default, for every field (vLLM-Omni's clients send
+        nulls for what they leave unset), not only for those whose default is None."""
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
 
     def refused(self) -> list[str]:
         """What this config asks for that this server cannot do: one line per field."""

@@ -41,7 +41,12 @@ import numpy as np
 import soxr
 
 from service.audio.encode import StreamingEncoder
-from service.pipelines.chattts import ChatTTSPipeline, PreparedSpeech, SpeechRequest
+from service.pipelines.chattts import (
+    ChatTTSPipeline,
+    PreparedSpeech,
+    SpeechRequest,
+    cut_to_budget,
+)
 from service.seam.handoff import SequenceStream
 from service.tts.jobs import CodeStep, GenerationJob
 from service.tts.slo import AudioClock
@@ -351,8 +356,7 @@ class SpeechStream:
             self.stats.tokens += 1
             self.piece_tokens[i] += 1
             if sum(self.piece_tokens[: i + 1]) >= self.budget:
-                self.capped_piece = min(i, self.capped_piece if self.capped_piece is not None
-                                        else i)
+                self._cap(i)
                 tokens.close()  # AUDIOSERVE_TTS_MAX_OUTPUT_S: this piece ends here
                 break
             if window := planner.next(min(len(hidden), self._sure_tokens(i)),
@@ -364,17 +368,20 @@ class SpeechStream:
         self._fill()  # this one is generated: the next piece may start
         for earlier in self._generated[:i]:  # their audio plays first: no wait for anyone
             await earlier.wait()
-        keep = max(0, self.budget - sum(self.piece_tokens[:i]))
-        if keep < len(hidden):  # the cap falls inside this piece: `cut_to_budget`'s cut
-            del hidden[keep:]
-            self.capped_piece = min(i, self.capped_piece if self.capped_piece is not None
-                                    else i)
+        kept = cut_to_budget(self.piece_tokens[: i + 1], self.budget)[0][-1]
+        if kept < len(hidden):  # the cap falls inside this piece, now that those before
+            del hidden[kept:]   # it are final: the one-shot path's cut
+            self._cap(i)
         if (window := planner.next(len(hidden), finished=True)) is not None:
             wave = await p.decode_hidden(np.stack(hidden[window.start : window.stop]))
             await self._put(out, planner.cut(window, wave), stretch)
         if stretch is not None:
             await out.put(await p.ctx.cpu.run(stretch.finish))
         await out.put(_END)
+
+    def _cap(self, i: int) -> None:
+        """The output cap falls in piece `i`: the stream ends with the earliest such."""
+        self.capped_piece = i if self.capped_piece is None else min(i, self.capped_piece)
 
     def _sure_tokens(self, i: int) -> int:
         """Tokens of piece `i` the output cap keeps whatever the pieces before it still
