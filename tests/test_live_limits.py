@@ -132,6 +132,8 @@ def test_origins(server: RunningServer) -> None:
     (_config(emotion={"partial_every_s": 30.0}), "invalid_config", 4400, "max_utterance_s"),
     (_config(classify={"labels": LABELS, "hop_s": float("nan")}), "invalid_message", 4400,
      "classify.hop_s: Input should be a finite number"),
+    (_config(classify={"labels": ["a", "b\udc00"]}), "invalid_message", 4400,
+     "classify.labels[1] holds a lone UTF-16 surrogate"),
 ])
 def test_bad_config(server: RunningServer, first: str | bytes, code: str, close: int,
                     says: str) -> None:

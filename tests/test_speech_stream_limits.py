@@ -91,6 +91,7 @@ def test_key_and_origin_are_checked_as_on_the_live_socket(server: RunningServer)
     ([json.dumps(CONFIG), text("half a sentence"), json.dumps(CONFIG)],
      "invalid_message", 4400),  # a config inside an utterance
     ([json.dumps({**CONFIG, "speed": float("nan")})], "invalid_message", 4400),
+    ([json.dumps(CONFIG), text("a lone \ud800 surrogate.")], "invalid_message", 4400),
     ([json.dumps(CONFIG), text("x" * 2000)], "message_too_large", 1009),
     ([json.dumps(CONFIG), *[text("word " * 30)] * 2], "text_too_long", 1009),
 ])
@@ -100,6 +101,8 @@ def test_bad_messages_get_an_error_and_a_close_code(
     assert event["code"] == code, event
     if "NaN" in str(messages[0]):
         assert "speed: Input should be a finite number" in event["message"], event
+    if "\\ud800" in str(messages[-1]):  # said as the HTTP routes say it, field named
+        assert event["message"].startswith("text holds a lone UTF-16 surrogate"), event
     assert close_code == close
     assert httpx.get(server.url + "/healthz").status_code == 200
 

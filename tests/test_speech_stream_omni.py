@@ -171,6 +171,11 @@ def test_unknown_fields_and_oversized_clones_are_named(server: RunningServer) ->
         event, close = refused(ws)
     assert event["code"] == "message_too_large" and close == 1009
     assert "ref_audio (voice cloning) is not supported here: use `voice`" in event["message"]
+    with connect(ws_url(server)) as ws:  # the alias and the field at once
+        ws.send(json.dumps({**OMNI_CLIENT_CONFIG, "voice": "alloy", "speaker": "echo"}))
+        event, close = refused(ws)
+    assert event["code"] == "invalid_message" and close == 4400
+    assert "give one of the two, not both" in event["message"], event
 
 
 def test_granularity_none_waits_for_input_done_then_speaks_as_tts(

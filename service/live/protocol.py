@@ -51,6 +51,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from service.routes.json_body import lone_surrogate_problem
+
 PROTOCOL = "audioserve.live.v1"
 """The subprotocol the server selects; a browser offers it beside its key (see auth)."""
 
@@ -243,9 +245,12 @@ class ProtocolError(Exception):
         return ErrorEvent(code=self.code, message=self.message)
 
 
-def validation_problems(exc: ValidationError) -> str:
-    """What was wrong with a client message, on one line: each field and why (five at
-    most), for the `error` event of every live protocol."""
+def validation_problems(exc: ValidationError, text: str) -> str:
+    """What was wrong with client message `text`, on one line: each field and why (five
+    at most), for the `error` event of every live protocol."""
+    if any(e["type"] == "json_invalid" for e in exc.errors()) and (
+            problem := lone_surrogate_problem(text)) is not None:
+        return problem
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
                      for e in exc.errors()[:5])
 
@@ -257,5 +262,5 @@ def parse_client_message(text: str) -> SessionConfig | InputDone | SessionClose:
     except ValidationError as exc:
         raise ProtocolError(
             "invalid_message",
-            f"{validation_problems(exc)} (messages: session.config first, then binary "
+            f"{validation_problems(exc, text)} (messages: session.config first, then binary "
             "audio frames, input.done or session.close)") from None

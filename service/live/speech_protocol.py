@@ -63,6 +63,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from service.live.protocol import validation_problems
 from service.pipelines.chattts import MAX_SAMPLING_SEED, token_bounds_problem
@@ -136,7 +137,11 @@ class SessionConfig(_Message):
         """`null` means the field's default, for every field (vLLM-Omni's clients send
         nulls for what they leave unset), not only for those whose default is None."""
         if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None}
+            data = {key: value for key, value in data.items() if value is not None}
+            if "voice" in data and "speaker" in data:
+                raise PydanticCustomError(
+                    "voice_and_speaker", "`speaker` is vLLM-Omni's name for `voice`: give "
+                    "one of the two, not both")
         return data
 
     def refused(self) -> list[str]:
@@ -312,5 +317,5 @@ def parse_client_message(text: str) -> ClientMessage:
     except ValidationError as exc:
         raise ProtocolError(
             "invalid_message",
-            f"{validation_problems(exc)} (messages: session.config, input.text, "
+            f"{validation_problems(exc, text)} (messages: session.config, input.text, "
             "input.done, input.cancel, session.close)") from None

@@ -94,12 +94,30 @@ def loads(body: bytes | str, limits: JsonLimits | None = None) -> Any:
         raise BadRequest("body is not valid JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if (problem := _surrogate_problem(body, value)) is not None:
+        raise InvalidInput(problem)
+    return value
+
+
+def lone_surrogate_problem(text: str) -> str | None:
+    """What is wrong with a JSON message that a strict parser refused, when the cause is a
+    lone surrogate: the field, said as `loads` says it (jiter, which the WebSocket
+    protocols parse with, says only "unexpected end of hex escape"). None otherwise."""
+    if not _SURROGATE.search(text.encode("utf-8", "surrogatepass")):
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return _surrogate_problem(text, value)
+
+
+def _surrogate_problem(body: bytes | str, value: Any) -> str | None:
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     if _SURROGATE.search(raw) and (where := _lone_surrogate(value, "")) is not None:
-        raise InvalidInput(
-            f"{where or 'the body'} holds a lone UTF-16 surrogate (like \\ud800), which "
-            "is not a character; send valid Unicode text")
-    return value
+        return (f"{where or 'the body'} holds a lone UTF-16 surrogate (like \\ud800), "
+                "which is not a character; send valid Unicode text")
+    return None
 
 
 def _lone_surrogate(value: Any, path: str) -> str | None:
