@@ -98,6 +98,7 @@ def test_speaker_string_and_refine(client: TestClient) -> None:
         ({"spk_emb": "not a speaker"}, "seed"),
         ({"seed": None, "spk_emb": "not a speaker"}, "spk_emb"),
         ({"temperature": 0}, "temperature"),
+        ({"temperature": 5e-324}, "temperature"),  # 0 in float32: it sampled to the cap
         ({"max_new_tokens": 0}, "max_new_tokens"),
         ({"sample_rate": 1000}, "sample_rate"),
         ({"voice": "x"}, "voice"),

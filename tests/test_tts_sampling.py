@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from service.tts.sampling import (
+    MIN_TEMPERATURE,
     SamplingParams,
     apply_repetition_penalty,
     draw_rows,
@@ -142,6 +143,19 @@ def test_greedy_picks_argmax() -> None:
 def test_invalid_params_rejected() -> None:
     with pytest.raises(ValueError):
         SamplingParams(temperature=0)
+    with pytest.raises(ValueError):
+        SamplingParams(temperature=MIN_TEMPERATURE / 2)
+
+
+def test_the_smallest_temperature_still_samples_the_best_token() -> None:
+    """At MIN_TEMPERATURE the scaled logits stay finite in float32: no NaN, the draw is
+    the argmax (a temperature that is 0 in float32 drew id 0 forever)."""
+    rng = np.random.default_rng(2)
+    logits = (rng.standard_normal((8, CODE_VOCAB)) * 30).astype(np.float32)
+    params = SamplingParams(temperature=MIN_TEMPERATURE, repetition_penalty=1.0)
+    with np.errstate(divide="raise", over="raise", invalid="raise"):  # underflow is fine
+        ids = sample(logits, np.zeros((8, 0), int), params, rng, step=0, eos_id=EOS)
+    assert np.array_equal(ids, logits.argmax(axis=-1))
     with pytest.raises(ValueError):
         SamplingParams(top_p=1.5)
     with pytest.raises(ValueError):

@@ -68,6 +68,7 @@ from pydantic_core import PydanticCustomError
 from service.live.protocol import validation_problems
 from service.pipelines.chattts import MAX_SAMPLING_SEED, token_bounds_problem
 from service.tts.chunking import Split
+from service.tts.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE
 from service.tts.stretch import MAX_SPEED, MIN_SPEED
 
 
@@ -103,7 +104,7 @@ class SessionConfig(_Message):
     speed: float | None = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     seed: int | None = Field(None, ge=0, le=MAX_SAMPLING_SEED)
     """Sampling seed: sentence i of an utterance samples with seed + i (as `/tts` piece i)."""
-    temperature: float | None = Field(None, gt=0, le=5)
+    temperature: float | None = Field(None, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=1, le=1000)
     max_new_tokens: int | None = Field(None, ge=1)

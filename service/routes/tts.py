@@ -34,6 +34,7 @@ from service.routes.streaming import (
     stream_audio,
 )
 from service.tts.chunking import Split
+from service.tts.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE
 from service.tts.stretch import MAX_SPEED, MIN_SPEED
 
 router = APIRouter(tags=["tts"], route_class=JsonBodyRoute)
@@ -98,7 +99,7 @@ class TTSBody(BaseModel):
     """An upstream-format speaker string (base16384 of LZMA2 float16[768])."""
     sampling_seed: int | None = Field(None, ge=0, le=MAX_SAMPLING_SEED)
     """Seed of the token sampler; default: the speaker seed, else random (see headers)."""
-    temperature: float | None = Field(None, gt=0, le=5)
+    temperature: float | None = Field(None, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=1, le=1000)
     max_new_tokens: int | None = Field(None, ge=1)

@@ -30,6 +30,11 @@ import numpy as np
 
 REPETITION_WINDOW = 16
 MIN_TOKENS_TO_KEEP = 3
+MIN_TEMPERATURE = 1e-5
+"""The smallest temperature taken (ChatTTS's web UI slider starts here). Logits are
+float32: a temperature of ~1e-38 and below is 0 there, the division makes inf and NaN, and
+the sampler then drew one token until the length cap (a 5e-324 gave 2,048 tokens)."""
+MAX_TEMPERATURE = 5.0
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,9 @@ class SamplingParams:
     """Argmax of the filtered logits instead of a draw (tests, parity checks)."""
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
+            raise ValueError(f"temperature must be in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], "
+                             f"got {self.temperature}")
         if self.top_p is not None and not 0.0 <= self.top_p <= 1.0:
             raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
         if self.top_k is not None and self.top_k < 1:
