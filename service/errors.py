@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import BaseRoute, compile_path
+from starlette.routing import BaseRoute, Match, Mount, compile_path
 from starlette.types import Scope
 
 from batcher import BatcherClosed, DeadlineExceeded, Overloaded
@@ -193,6 +193,24 @@ def error_formatters(routes: Iterable[BaseRoute]) -> dict[str, Formatter]:
             and (formatter := getattr(route, "error_formatter", None)) is not None}
 
 
+METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this path. Starlette's 405 names only those of the
+    first route that matches the path, so a path served by a GET route and a POST route
+    (`/v1/voices`) answered `Allow: GET` (RFC 9110: a 405 lists all of them). Asked of the
+    routes themselves (`matches`), so included routers count; mounted apps (static files)
+    answer their own 405s."""
+    routes = [route for route in request.app.router.routes if not isinstance(route, Mount)]
+    methods = {method for method in METHODS if any(
+        route.matches({**request.scope, "method": method})[0] == Match.FULL
+        for route in routes)}
+    if "GET" in methods:
+        methods.add("HEAD")  # edge.middleware.HeadAsGetMiddleware answers it as GET
+    return sorted(methods)
+
+
 def install_handlers(app: FastAPI, formatters: dict[str, Formatter] | None = None) -> None:
     """Map every error type to the JSON error shape `{"error": {"code", "message"}}`, or
     to the shape a route declares (`formatters`, see `error_formatters`)."""
@@ -208,7 +226,12 @@ def install_handlers(app: FastAPI, formatters: dict[str, Formatter] | None = Non
         await drain_body(request)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         headers = dict(exc.headers) if exc.headers else None
-        return _response(request, exc.status_code, code, str(exc.detail), headers)
+        detail = str(exc.detail)
+        if exc.status_code == 405 and (allowed := allowed_methods(request)):
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+            detail = (f"{request.method} is not allowed on {request.url.path}; "
+                      f"allowed: {', '.join(allowed)}")
+        return _response(request, exc.status_code, code, detail, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -106,3 +106,19 @@ def test_auth_comes_before_the_body_is_read(empty_models: Path) -> None:
         sock.shutdown(socket.SHUT_WR)  # the rest never comes
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+
+
+def test_a_405_lists_every_method_of_its_path(server: RunningServer) -> None:
+    """For every path of the OpenAPI, a method it does not take: a 405 whose `Allow` is
+    what the OpenAPI lists there (+ HEAD beside GET), not only the first route's."""
+    paths = httpx.get(server.url + "/openapi.json").json()["paths"]
+    assert {"get", "post"} <= paths["/v1/voices"].keys()  # two routes share this path
+    for path, operations in paths.items():
+        listed = {method.upper() for method in operations}
+        listed |= {"HEAD"} if "GET" in listed else set()
+        other = next(m for m in ("PATCH", "PUT", "DELETE", "POST", "GET") if m not in listed)
+        url = server.url + path.replace("{", "").replace("}", "")  # {name} -> name
+        r = httpx.request(other, url)
+        assert r.status_code == 405, (other, path, r.status_code)
+        assert r.headers["allow"] == ", ".join(sorted(listed)), (other, path)
+        assert r.json()["error"]["message"].endswith(f"allowed: {r.headers['allow']}")
