@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
@@ -26,6 +26,7 @@ from service.pipelines.clap import (
 from service.pipelines.clap_text import validate_labels, validate_template
 from service.routes.common import model_fields
 from service.routes.deps import admit, check_admission, get_pipeline, get_settings
+from service.routes.field_rules import NotBlank
 from service.routes.json_body import JsonBodyRoute
 from service.routes.params import (
     UploadParams,
@@ -52,9 +53,9 @@ router = APIRouter(tags=["clap"], route_class=JsonBodyRoute)
 class EmbedTextRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: str | list[str]
+    input: NotBlank | Annotated[list[NotBlank], Field(json_schema_extra={"minItems": 1})]
     model: str | None = None
-    encoding_format: str = "float"
+    encoding_format: str = Field("float", json_schema_extra={"enum": ["float"]})
 
 
 # -- fields ---------------------------------------------------------------------------

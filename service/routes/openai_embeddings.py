@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import InvalidInput, NonFiniteResult, PayloadTooLarge
 from service.pipelines.clap import AudioEmbedding, ClapPipeline
 from service.routes.clap import embed_texts
 from service.routes.common import model_fields
 from service.routes.deps import admit, get_pipeline, get_settings
+from service.routes.field_rules import NotBlank
 from service.routes.openai_speech import OpenAIRoute
 from service.routes.responses import (
     OPENAI_EMBEDDING_ERRORS,
@@ -52,7 +53,8 @@ class EmbeddingsBody(BaseModel):
          "encoding_format": "float"}]})
 
     model: str
-    input: str | list[str] | list[int] | list[list[int]]
+    input: (NotBlank | Annotated[list[NotBlank], Field(json_schema_extra={"minItems": 1})]
+           | list[int] | list[list[int]])
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None

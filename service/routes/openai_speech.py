@@ -25,7 +25,7 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -36,6 +36,7 @@ from service.errors import CLIENT_CLOSED, InvalidInput
 from service.pipelines.chattts import MAX_SAMPLING_SEED, ChatTTSPipeline, SpeechRequest
 from service.pipelines.chattts_stream import SpeechStream
 from service.routes.deps import get_pipeline, get_settings
+from service.routes.field_rules import NON_EMPTY, NOT_BLANK
 from service.routes.json_body import JsonBodyRoute
 from service.routes.responses import OPENAI_TTS_ERRORS
 from service.routes.streaming import (
@@ -89,7 +90,7 @@ class VoiceRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str
+    id: str = Field(json_schema_extra=NON_EMPTY)
 
 
 class SpeechBody(BaseModel):
@@ -98,8 +99,8 @@ class SpeechBody(BaseModel):
          "response_format": "mp3"}]})
 
     model: str
-    input: str
-    voice: str | VoiceRef = DEFAULT_VOICE
+    input: str = Field(json_schema_extra=NOT_BLANK)
+    voice: Annotated[str, Field(json_schema_extra=NON_EMPTY)] | VoiceRef = DEFAULT_VOICE
     """A built-in name (OpenAI's), `{"id": "<saved voice>"}`, a saved voice's name, a mix
     `a(2)+b(1)`, or an `spk_emb` string."""
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import ApiError, InvalidInput, UnsupportedMedia
 from service.pipelines.chattts import ChatTTSPipeline
+from service.routes.field_rules import VOICE_NAME
 from service.routes.json_body import loads
 from service.routes.multipart import parse_multipart, text_field
 from service.routes.openai_speech import OpenAIRoute
@@ -44,7 +45,7 @@ class VoiceFromSampleUnsupported(ApiError):
 class CreateVoiceBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(json_schema_extra=VOICE_NAME)
     type: Literal["audio_sample", "prompt"] | None = None
     prompt: str | None = None
     """Here: a voice spec (a name, a mix `alloy(2)+echo(1)`, or an `spk_emb` string)."""
@@ -84,7 +85,7 @@ _SAMPLE = ("ChatTTS cannot make a voice from an audio sample: it has no speaker 
            "`prompt` naming a voice or a mix of voices (alloy(2)+echo(1)), or with `seed` or "
            "`spk_emb` (extensions)")
 _CREATE_FORM = {"type": "object", "required": ["name"], "properties": {
-    "name": {"type": "string", "examples": ["warm-narrator"]},
+    "name": {"type": "string", "examples": ["warm-narrator"], **VOICE_NAME},
     "type": {"type": "string", "enum": ["prompt", "audio_sample"],
              "description": "`audio_sample` is refused (422): ChatTTS cannot clone."},
     "prompt": {"type": "string", "examples": ["alloy(2)+echo(1)"],
@@ -93,7 +94,11 @@ _CREATE_FORM = {"type": "object", "required": ["name"], "properties": {
              "description": "Extension: a seeded random speaker (instead of `prompt`)."},
     "spk_emb": {"type": "string", "example": "",
                 "description": "Extension: an upstream speaker string (instead of `prompt`)."},
-    "overwrite": {"type": "boolean", "default": False}}}
+    "overwrite": {"type": "boolean", "default": False},
+    "consent": {"type": "string"}, "model": {"type": "string"},
+    "script_hint": {"type": "string"}},
+    "additionalProperties": False}
+"""The form's schema; the JSON body's is CreateVoiceBody's (the same fields, null = unset)."""
 
 
 def voice_object(voice: Voice, created_at: int) -> dict[str, Any]:
@@ -144,7 +149,7 @@ def create(store: VoiceStore, content_type: str, body: bytes) -> dict[str, Any]:
 
 @router.post("/v1/audio/voices", response_model=VoiceObject,
              openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": _CREATE_FORM, "example": {
+                 "application/json": {"schema": CreateVoiceBody.model_json_schema(), "example": {
                      "name": "warm-narrator", "type": "prompt", "prompt": "alloy(2)+echo(1)",
                      "overwrite": True}},
                  "multipart/form-data": {"schema": _CREATE_FORM}}}},
@@ -172,7 +177,7 @@ async def list_audio_voices(request: Request) -> dict[str, Any]:
 
 @router.delete("/v1/audio/voices/{voice_id}", response_model=VoiceDeleted,
                responses=openai_errors(401, 404, 409, 422, 503))
-async def delete_audio_voice(voice_id: Annotated[str, path_example("warm-narrator")],
+async def delete_audio_voice(voice_id: Annotated[str, path_example("warm-narrator", VOICE_NAME)],
                              request: Request) -> dict[str, Any]:
     """Delete a saved voice (built-in ones cannot be: 409)."""
     pipeline = pipeline_of(request)

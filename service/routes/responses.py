@@ -74,9 +74,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 """Every error an API route may answer, for the OpenAPI `responses` of each route."""
 
 
-def path_example(value: str) -> Any:
-    """A path parameter's example, which Swagger UI's "Try it out" fills in."""
-    return Path(openapi_examples={"example": {"value": value}})
+def path_example(value: str, schema: dict[str, Any] | None = None) -> Any:
+    """A path parameter's example, which Swagger UI's "Try it out" fills in, and what its
+    schema says beyond `string` (service.routes.field_rules)."""
+    return Path(openapi_examples={"example": {"value": value}}, json_schema_extra=schema)
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

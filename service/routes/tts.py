@@ -25,6 +25,7 @@ from service.pipelines.chattts import (
 )
 from service.pipelines.chattts_stream import SpeechStream, open_stream
 from service.routes.deps import get_metrics, get_pipeline, get_settings
+from service.routes.field_rules import NOT_BLANK
 from service.routes.json_body import JsonBodyRoute
 from service.routes.responses import TTS_ERRORS
 from service.routes.streaming import (
@@ -92,7 +93,7 @@ class TTSBody(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"text": "Hello from audioserve.", "voice": "alloy", "format": "wav"}]})
 
-    text: str
+    text: str = Field(json_schema_extra=NOT_BLANK)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     """Speaker seed: a deterministic random speaker, as upstream samples it."""
     spk_emb: str | None = None

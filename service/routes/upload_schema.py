@@ -49,18 +49,22 @@ def upload_body(params: type[UploadParams]) -> dict[str, Any]:
     form_properties = {"file": {"type": "string", "format": "binary",
                                 "description": f"The audio file. {audio_note}"},
                        **properties}
+    # unknown fields are refused (UploadParams forbids them) in both shapes
     multipart = {
         "type": "object",
         "properties": form_properties,
         "required": ["file", *required],
+        "additionalProperties": False,
     }
     as_json = {
         "type": "object",
-        "properties": {"audio": {"type": "string", "contentEncoding": "base64",
+        "properties": {"audio": {"type": "string", "contentEncoding": "base64", "minLength": 1,
                                  "description": "The audio file's bytes, base64 (a data: URL "
                                                 f"is accepted too). {audio_note}"},
-                       **properties},
+                       **{name: spec if name in required else _nullable(spec)
+                          for name, spec in properties.items()}},
         "required": ["audio", *required],
+        "additionalProperties": False,
     }
     lists = [name for name, spec in properties.items() if spec.get("type") == "array"]
     # JSON first: Swagger UI opens the first media type, and the JSON example (with its
@@ -75,6 +79,18 @@ def upload_body(params: type[UploadParams]) -> dict[str, Any]:
             "encoding": {name: {"style": "form", "explode": True} for name in lists},
         },
     }}}
+
+
+def _nullable(spec: dict[str, Any]) -> dict[str, Any]:
+    """A JSON field whose null means unset (service.routes.uploads drops nulls, as OpenAI's
+    clients send them for what they leave out)."""
+    if "anyOf" in spec:
+        nulls = [b for b in spec["anyOf"] if b.get("type") == "null"]
+        return spec if nulls else {**spec, "anyOf": [*spec["anyOf"], {"type": "null"}]}
+    if isinstance(spec.get("type"), str):
+        enum = {"enum": [*spec["enum"], None]} if "enum" in spec else {}
+        return {**spec, "type": [spec["type"], "null"], **enum}
+    return spec
 
 
 def _form_fields(properties: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.pipelines.chattts import ChatTTSPipeline
 from service.routes.deps import get_pipeline
+from service.routes.field_rules import VOICE_NAME
 from service.routes.json_body import JsonBodyRoute
 from service.routes.responses import errors, path_example
 from service.tts.voices import VoiceStore
@@ -24,7 +25,7 @@ class VoiceBody(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"name": "narrator", "seed": 1234, "overwrite": True}]})
 
-    name: str
+    name: str = Field(json_schema_extra=VOICE_NAME)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     spk_emb: str | None = None
     mix: str | None = None
@@ -62,7 +63,7 @@ async def save_voice(body: VoiceBody, request: Request) -> JSONResponse:
 @router.delete("/v1/voices/{name}", status_code=204,
                 responses=errors(401, 404, 409, 422, 503))
 @router.delete("/voices/{name}", status_code=204, include_in_schema=False)
-async def delete_voice(name: Annotated[str, path_example("narrator")],
+async def delete_voice(name: Annotated[str, path_example("narrator", VOICE_NAME)],
                        request: Request) -> Response:
     pipeline = pipeline_of(request)
     await pipeline.ctx.cpu.run(pipeline.voices.delete, name)
