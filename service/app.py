@@ -40,7 +40,6 @@ ROUTE_MODULES = ("service.routes.openai_models", "service.routes.clap",
                  "service.routes.tts", "service.routes.openai_speech", "service.routes.voices",
                  "service.routes.openai_voices", "service.routes.live_analysis",
                  "service.routes.speech_stream")
-_JSON_OVERHEAD_BYTES = 64 * 1024
 UPLOAD_PATHS = frozenset({"/classify", "/embed/audio", "/emotion", "/v1/embeddings",
                           "/v1/audio/voices"})
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
@@ -140,7 +139,7 @@ def public_paths(settings: Settings) -> Callable[[str], bool]:
 def body_limits(settings: Settings) -> Callable[[str], BodyLimit]:
     """Uploads may carry `max_upload_bytes` of audio (base64 JSON adds a third; the
     exact audio limit is checked in service.routes.uploads); every other body is small JSON."""
-    upload = BodyLimit(settings.max_upload_bytes * 4 // 3 + _JSON_OVERHEAD_BYTES,
+    upload = BodyLimit(settings.upload_body_bytes,
                        "AUDIOSERVE_MAX_UPLOAD_BYTES sets the audio part; base64 JSON "
                        "adds a third")
     json_only = BodyLimit(settings.max_json_bytes, "AUDIOSERVE_MAX_JSON_BYTES")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from batcher import BatchConfig
@@ -28,6 +28,15 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 MODEL_NAMES = ("clap", "emotion2vec", "chattts")
 
 
+UPLOAD_JSON_OVERHEAD_BYTES = 64 * 1024
+"""Room for an upload's JSON fields beside its base64 audio."""
+
+
+def upload_body_bytes(max_upload_bytes: int) -> int:
+    """The largest body of an upload route: the audio as base64 JSON (4/3 of its bytes)."""
+    return max_upload_bytes * 4 // 3 + UPLOAD_JSON_OVERHEAD_BYTES
+
+
 def default_voices_dir(env: Mapping[str, str]) -> Path:
     """Where saved voices go unless `AUDIOSERVE_VOICES_DIR` says: the XDG data folder."""
     data = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -35,7 +44,9 @@ def default_voices_dir(env: Mapping[str, str]) -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AUDIOSERVE_", env_file=".env", extra="ignore")
+    # NaN and infinity are no limit, timeout or rate: "must be a finite number" for all
+    model_config = SettingsConfigDict(env_prefix="AUDIOSERVE_", env_file=".env", extra="ignore",
+                                      allow_inf_nan=False)
 
     # -- where models come from and how they run ------------------------------------
     models_dir: Path = Path("models")
@@ -45,8 +56,8 @@ class Settings(BaseSettings):
     with no model routes, on purpose). A pack named here but missing fails start-up."""
     provider: Provider = "auto"
     """`auto`: CUDA when onnxruntime has it, else CPU (logged). `cuda`: fail without it."""
-    cuda_device_id: int = 0
-    intra_op_threads: int = 0
+    cuda_device_id: int = Field(0, ge=0)
+    intra_op_threads: int = Field(0, ge=0)
     """ONNX Runtime threads per session on CPU; 0: the cores shared out among the
     model's batch workers (every core for one worker)."""
     intra_op_spinning: bool = False
@@ -228,8 +239,11 @@ class Settings(BaseSettings):
     error too_many_pending (close 1008): a client must read the audio it asked for."""
 
     # -- HTTP -------------------------------------------------------------------------
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", min_length=1)
+    """An empty host listened on every interface while the log said 127.0.0.1: say
+    `0.0.0.0` (or `::`) for that."""
+    port: int = Field(8000, ge=0, le=65535)
+    """0: a free port the system picks (the log says which)."""
     api_key: SecretStr | None = None
     """When set, every route except health, metrics and the web page needs
     `Authorization: Bearer <key>`, checked before any of the body is read."""
@@ -279,8 +293,8 @@ class Settings(BaseSettings):
     max_body_bytes_in_flight: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
     """Bytes of request bodies read or held at once, process-wide, taken by Content-Length
     before reading (service/edge/read_limits.py): no room -> 503 + Retry-After, a body larger
-    than all of it -> 413. Keep it above the largest body a route takes (a base64 JSON
-    upload of AUDIOSERVE_MAX_UPLOAD_BYTES is 4/3 of it)."""
+    than all of it -> 413. At least the largest body a route takes (`upload_body_bytes`,
+    `max_json_bytes`): below it start-up fails, as every larger upload would be a 413."""
     json_max_containers: int = Field(10_000, ge=16)
     """Arrays and objects in one JSON body (its `[` and `{` bytes, counted before parsing;
     400 beyond): no route takes more than a few, and millions of empty lists stalled the
@@ -329,6 +343,24 @@ class Settings(BaseSettings):
     ui: bool = True
     """Serve the page at `/` (assets under `/ui/`); False: `/` is 404. `/docs` and
     `/redoc` are served either way."""
+
+    @field_validator("max_body_bytes_in_flight")
+    @classmethod
+    def _room_for_the_largest_body(cls, value: int, info: ValidationInfo) -> int:
+        upload, json_bytes = info.data.get("max_upload_bytes"), info.data.get("max_json_bytes")
+        if upload is None or json_bytes is None:  # refused already, said there
+            return value
+        largest = max(upload_body_bytes(upload), json_bytes)
+        if value < largest:
+            raise ValueError(
+                f"below the largest body a route takes ({largest} bytes: a base64 JSON "
+                "upload of AUDIOSERVE_MAX_UPLOAD_BYTES, or AUDIOSERVE_MAX_JSON_BYTES), so "
+                "every body above it would be refused; raise it or lower those")
+        return value
+
+    @property
+    def upload_body_bytes(self) -> int:
+        return upload_body_bytes(self.max_upload_bytes)
 
     def batch_config(self, **overrides: object) -> BatchConfig:
         values: dict[str, object] = {

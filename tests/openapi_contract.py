@@ -37,9 +37,10 @@ _ROOT = "urn:audioserve-openapi"
 
 violations: list[str] = []
 Fields = dict[str, str]
-pending: list[tuple[Any, str | None, str, str, int, str, bytes | None, Fields, Fields]] = []
+pending: list[tuple[Any, str | None, str, str, int, str, bytes | None, Fields, Fields,
+                   bytes | None]] = []
 """(app, route template, method, path, status, content type, JSON body, headers,
-trailers) to check."""
+trailers, JSON request body) to check."""
 checked: list[str] = []
 """`METHOD template status` of every answer checked (a test that the checker runs)."""
 _lock = threading.Lock()
@@ -74,9 +75,10 @@ def check_pending() -> list[str]:
 
 def check(app: Any, template: str | None, method: str, path: str, status: int,
           content_type: str, body: bytes | None, headers: Fields | None = None,
-          trailers: Fields | None = None) -> None:
+          trailers: Fields | None = None, request: bytes | None = None) -> None:
     """One answer against the schema; a problem is appended to `violations`. Header and
-    trailer names are lower case."""
+    trailer names are lower case. A JSON request the server took (2xx) must be one its
+    schema allows: else a client generated from the schema cannot send what works."""
     method = method.lower()
     if template is None or status in UNCHECKED_STATUSES:
         return
@@ -92,6 +94,8 @@ def check(app: Any, template: str | None, method: str, path: str, status: int,
         _note(f"{where}: status not documented (documented: {sorted(answers)})")
         return
     _check_fields(where, answer, headers or {}, trailers or {})
+    if request is not None and 200 <= status < 300:
+        _check_request(app, template, method, where, operation, request)
     media = content_type.split(";")[0].strip().lower()
     content = answer.get("content") or {}
     if status in (204, 304) or not content:
@@ -112,6 +116,23 @@ def check(app: Any, template: str | None, method: str, path: str, status: int,
     if errors:
         _note(f"{where}: body does not match its schema: {errors[0].message[:300]} at "
               f"{list(errors[0].absolute_path)}")
+
+
+def _check_request(app: Any, template: str, method: str, where: str,
+                   operation: dict[str, Any], request: bytes) -> None:
+    content = operation.get("requestBody", {}).get("content", {})
+    if "schema" not in content.get("application/json", {}):
+        return
+    try:
+        document = json.loads(request)
+    except ValueError:
+        return
+    pointer = "/".join(("", "paths", _escape(template), method, "requestBody", "content",
+                        _escape("application/json"), "schema"))
+    errors = list(_validator(app, pointer).iter_errors(document))
+    if errors:
+        _note(f"{where}: the request it took is one its schema refuses: "
+              f"{errors[0].message[:300]} at {list(errors[0].absolute_path)}")
 
 
 def _check_fields(where: str, answer: dict[str, Any], headers: Fields, trailers: Fields
@@ -140,17 +161,39 @@ def _fields(items: Any) -> Fields:
 
 
 def _record(app: Any, scope: Scope, method: str, start: dict[str, Any],
-            body: bytes | None, trailers: Fields) -> None:
+            body: bytes | None, trailers: Fields, request: bytes | None) -> None:
     template = getattr(scope.get("route"), "path", None)
     with _lock:
         pending.append((app, template, method, scope["path"], start["status"],
                         start["content_type"], body if start["json"] else None,
-                        start["headers"], trailers))
+                        start["headers"], trailers, request))
 
 
 def _note(problem: str) -> None:
     with _lock:
         violations.append(problem)
+
+
+class _RequestBody:
+    """A JSON request's body as the app reads it (None: another type, or past MAX_BODY)."""
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        content_type = _fields(scope.get("headers", [])).get("content-type", "")
+        self.json = content_type.startswith("application/json")
+        self._receive = receive
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request" and self.json:
+            self._size += len(message.get("body", b""))
+            if self._size <= MAX_BODY:
+                self._chunks.append(message.get("body", b""))
+        return message
+
+    def body(self) -> bytes | None:
+        return b"".join(self._chunks) if self.json and self._size <= MAX_BODY else None
 
 
 @contextmanager
@@ -167,6 +210,7 @@ def checking() -> Iterator[None]:
         trailers: Fields = {}
         size = 0
         method = scope["method"]  # as sent: the app may answer a HEAD as its GET
+        request = _RequestBody(scope, receive)
 
         async def watch(message: Message) -> None:
             nonlocal size
@@ -184,16 +228,18 @@ def checking() -> Iterator[None]:
                 if not message.get("more_body", False):
                     start["body"] = b"".join(chunks) if size <= MAX_BODY else None
                     if not start["trailing"]:  # else the answer ends with its trailers
-                        _record(self, scope, method, start, start["body"], {})
+                        _record(self, scope, method, start, start["body"], {},
+                                request.body())
                         start.clear()
             elif message["type"] == "http.response.trailers" and "body" in start:
                 trailers.update(_fields(message.get("headers", [])))
                 if not message.get("more_trailers", False):
-                    _record(self, scope, method, start, start["body"], dict(trailers))
+                    _record(self, scope, method, start, start["body"], dict(trailers),
+                            request.body())
                     start.clear()
             await send(message)
 
-        await original(self, scope, receive, watch)
+        await original(self, scope, request.receive, watch)
 
     Starlette.__call__ = call  # type: ignore[method-assign]
     try:

@@ -178,6 +178,15 @@ def test_every_answer_is_checked_and_drift_is_caught(client: TestClient) -> None
     assert len(found) == 2, found
     assert "trailer 'x-other' not documented" in found[0]
     assert "header x-audioserve-sentences: '0-10' does not match its schema" in found[1]
+    # a request the server took must be one its schema allows
+    body = (client.app, "/embed/text", "POST", "/embed/text", 200, "application/json",
+            client.post("/embed/text", json={"input": "x"}).content, {}, {})
+    openapi_contract.check(*body, b'{"input": "x", "encoding_format": "float"}')
+    assert not openapi_contract.violations
+    openapi_contract.check(*body, b'{"input": "x", "surprise": 1}')
+    found = list(openapi_contract.violations)
+    openapi_contract.violations.clear()
+    assert len(found) == 1 and "the request it took is one its schema refuses" in found[0]
 
 
 def test_no_route_documents_fastapis_detail_422(spec: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -98,6 +99,43 @@ def test_bad_settings_are_one_line_each_naming_the_variable(tmp_path: Path) -> N
     assert "AUDIOSERVE_MODELS='clap,tts': tts is not a model; allowed: auto, none" in text
     assert "--port='eighty': input should be a valid integer" in text
     assert "Traceback" not in text and list(tmp_path.iterdir()) == []
+
+
+def test_values_with_no_meaning_are_refused_too(tmp_path: Path) -> None:
+    """Out of range for what they are (a port, an interface, a count), not a number, or a
+    limit that breaks the server (every upload a 413): each refused, not started on."""
+    done = run_service(["--port", "70000"], tmp_path, AUDIOSERVE_HOST="",
+                       AUDIOSERVE_INTRA_OP_THREADS="-2", AUDIOSERVE_MAX_WAIT_MS="nan",
+                       AUDIOSERVE_REQUEST_TIMEOUT_S="inf",
+                       AUDIOSERVE_MAX_BODY_BYTES_IN_FLIGHT=str(2**20))
+    assert done.returncode == 2
+    text = done.stderr
+    assert len(text.splitlines()) == 6, text
+    assert "--port='70000': input should be less than or equal to 65535" in text
+    assert "AUDIOSERVE_HOST='': string should have at least 1 character" in text
+    assert "AUDIOSERVE_INTRA_OP_THREADS='-2': input should be greater than or equal to 0" in text
+    assert "AUDIOSERVE_MAX_WAIT_MS='nan': input should be a finite number" in text
+    assert "AUDIOSERVE_REQUEST_TIMEOUT_S='inf': input should be a finite number" in text
+    assert ("AUDIOSERVE_MAX_BODY_BYTES_IN_FLIGHT='1048576': below the largest body a route "
+            "takes (35018069 bytes" in text)
+
+
+def test_a_port_in_use_exits_1_and_the_load_stops_with_it(tmp_path: Path,
+                                                           clap_models_dir: Path) -> None:
+    """uvicorn's one line names the cause; the packs loading beside it say nothing after
+    the shutdown (a load finished after it logged "loaded clap")."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_service(["--port", str(port), "--models-dir", str(clap_models_dir)],
+                           tmp_path)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.splitlines()
+    assert any("address already in use" in line for line in lines), done.stderr
+    shutdown = next(i for i, line in enumerate(lines) if "Application shutdown" in line)
+    assert not [line for line in lines[shutdown:] if "loaded" in line], done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_a_setting_in_the_env_file_is_checked_alike(tmp_path: Path) -> None:

@@ -98,9 +98,11 @@ def parallelism(settings: Settings, provider: str, concurrent: bool) -> tuple[in
 def load_pipeline(
     pack: ModelPack, settings: Settings, metrics: Metrics, cpu: CpuWorkers,
     seam: Seam | None = None, facts: ModelFacts | None = None, provider: str | None = None,
-) -> Pipeline:
-    """`facts`: the provider and precision chosen where the model runs, when that is not
-    this process (a cluster's ingress); `provider`: the one resolved for this process."""
+) -> tuple[Pipeline, str]:
+    """The pipeline and a line saying what was loaded (logged by the caller, so a load that
+    ends after shutdown began says nothing). `facts`: the provider and precision chosen
+    where the model runs, when that is not this process (a cluster's ingress); `provider`:
+    the one resolved for this process."""
     if facts:
         provider = facts.provider
     elif provider is None:
@@ -138,10 +140,10 @@ def load_pipeline(
                     "batch-mates); choose another precision for exact answers",
                     pack.kind, precision, ", ".join(dependent))
     pipeline: Pipeline = cls.load(pack, context)
-    log.info("loaded %s from %s: %s, %s on %s (%d batch worker(s), %s intra-op threads)",
-             pack.kind, pack.root, "DEMO pack (random weights)" if pack.manifest.demo
-             else pack.manifest.source, precision, provider, workers, threads or "all")
-    return pipeline
+    source = "DEMO pack (random weights)" if pack.manifest.demo else pack.manifest.source
+    return pipeline, (f"loaded {pack.kind} from {pack.root}: {source}, {precision} on "
+                      f"{provider} ({workers} batch worker(s), {threads or 'all'} intra-op "
+                      "threads)")
 
 
 def describe(pipeline: Pipeline) -> str:
@@ -239,10 +241,13 @@ class ModelLoader:
         for pack in self._packs:
             facts = await self.seam.attach(pack.kind)
             provider = None if facts else self.provider()
-            pipeline = await asyncio.to_thread(
+            # cancelled by close(), this await ends at once; the thread finishes the load
+            # and the interpreter waits for it at exit, but nothing more is logged or started
+            pipeline, loaded = await asyncio.to_thread(
                 load_pipeline, pack, self._settings, self._metrics, self._cpu, self.seam, facts,
                 provider,
             )
+            log.info("%s", loaded)
             try:
                 await pipeline.start()
             except BaseException:
