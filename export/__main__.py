@@ -43,9 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     args = parser(chosen if chosen in MODELS else None).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.model == "demo":
-        return build_demo(args.models_dir, args.force)
-    return int(args.run(args) or 0)
+    try:
+        if args.model == "demo":
+            return build_demo(args.models_dir, args.force)
+        return int(args.run(args) or 0)
+    except OSError as exc:  # a checkpoint or asset not there, the hub out of reach
+        logging.getLogger("export").debug("failed", exc_info=exc)
+        print(f"python -m export {args.model}: {exc}", file=sys.stderr)
+        return 1
 
 
 def build_demo(models_dir: Path, force: bool) -> int:

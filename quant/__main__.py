@@ -77,7 +77,18 @@ def _source(args: argparse.Namespace) -> AudioSource:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """What `_run` does; a pack or file that is not there is one line and status 1."""
+    from service.errors import PackError
+
+    try:
+        return _run(sys.argv[1:] if argv is None else argv)
+    except (PackError, OSError) as exc:
+        logging.getLogger("quant").debug("failed", exc_info=exc)
+        print(f"python -m quant: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # the quantizers' per-tensor and per-node chatter
     logging.getLogger("root").setLevel(logging.ERROR)

@@ -75,3 +75,21 @@ def test_the_bench_run_script(tmp_path: Path) -> None:
     refused = subprocess.run([str(ROOT / "bench" / "run"), "--bogus"], env=env, cwd=tmp_path,
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "error:" in refused.stderr
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["quant", "missing", "--to", "int8"], "python -m quant: model pack missing: missing "),
+    (["quant", "report", "missing"], "python -m quant: model pack missing: missing "),
+    (["export", "emotion2vec", "--model-dir", "missing"],
+     "python -m export emotion2vec: missing: missing config.yaml"),
+    (["export", "chattts", "--assets", "missing"],
+     "python -m export chattts: ChatTTS tokenizer not found"),
+])
+def test_a_pack_or_checkpoint_not_there_is_one_line(args: list[str], says: str,
+                                                    tmp_path: Path) -> None:
+    """What the command was pointed at is not there: one line naming it, status 1."""
+    if args[0] == "export":
+        pytest.importorskip("torch", reason="the `export` extra")
+    done = run([sys.executable, "-m", *args], tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(says) and len(done.stderr.splitlines()) == 1, done.stderr

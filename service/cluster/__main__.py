@@ -11,6 +11,7 @@ holds), from the same settings.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import shlex
@@ -78,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     from service.errors import PackError
     from service.logs import configure_logging
     from service.pipelines.loader import packs_to_load
+
+    if importlib.util.find_spec("ray") is None:
+        print(f"{PROG}: Ray is not installed here: pip install -e '.[cluster]' (README, "
+              "Running on a cluster)", file=sys.stderr)
+        return EXIT_CANNOT_SERVE
     from service.runtime.sessions import resolve_provider
 
     configure_logging(settings.log_level)
