@@ -117,6 +117,9 @@ class BatchObserver(Protocol):
 
     def on_reject(self, reason: str) -> None: ...
 
+    def on_limit(self, limit: int) -> None:
+        """The batch-size cap now in force: at start, and each time it is learnt anew."""
+
 
 @dataclass(eq=False)
 class _Pending(Generic[T, R]):
@@ -167,6 +170,8 @@ class DynamicBatcher(Generic[T, R]):
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=self.name)
+            if self._observer is not None:
+                self._observer.on_limit(self.size_limit)
 
     @property
     def running(self) -> bool:
@@ -222,6 +227,8 @@ class DynamicBatcher(Generic[T, R]):
             timings[size] = min(rounds)
             if self.sizer is not None:
                 self.sizer.observe(size, size * max(length, 1), timings[size])
+        if self._observer is not None:
+            self._observer.on_limit(self.size_limit)
         if self.sizer is not None:
             log.info("%s: batch cap %d of %d after calibration (ms per batch: %s)", self.name,
                      self.sizer.limit, self.config.max_batch_size,

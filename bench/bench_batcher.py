@@ -76,6 +76,9 @@ class SizeRecorder:
     def on_reject(self, reason: str) -> None:
         pass
 
+    def on_limit(self, limit: int) -> None:
+        pass
+
 
 @dataclass(frozen=True)
 class ThroughputRow:

@@ -105,6 +105,9 @@ class RecordingObserver:
     def on_reject(self, reason: str) -> None:
         self.rejects.append(reason)
 
+    def on_limit(self, limit: int) -> None:
+        pass
+
 
 Scenario = Callable[[DynamicBatcher[Seq, Out]], Awaitable[Any]]
 

@@ -197,6 +197,12 @@ def test_startup_log_readiness_and_a_clean_stop(tmp_path: Path, clap_models_dir:
         assert ready.status_code == 200
         assert ready.json() == {"status": "ready", "models": ["clap"], "expected": ["clap"]}
         assert httpx.get(url + "/docs").status_code == 200
+        metrics = httpx.get(url + "/metrics").text  # every queue's series before any batch
+        for queue in ("clap_audio", "clap_text"):
+            assert f'audioserve_queue_depth{{queue="{queue}"}} 0.0' in metrics
+            assert f'audioserve_batch_size_count{{queue="{queue}"}} 0.0' in metrics
+            limit = re.search(rf'audioserve_batch_size_limit{{queue="{queue}"}} (\S+)', metrics)
+            assert limit and float(limit.group(1)) >= 1, metrics
         server.process.send_signal(signal.SIGINT)
         assert server.process.wait(timeout=STARTUP_S) == 0  # a stop asked for
         lines = server.rest()

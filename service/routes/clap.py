@@ -75,6 +75,7 @@ class ClassifyParams(UploadParams):
     per_window: bool = Field(False, description="Also score every 10 s window (timeline).")
 
     upload_example: ClassVar[dict[str, Any]] = {"labels": ["dog barking", "rain", "car horn"]}
+    comma_lists: ClassVar[tuple[str, ...]] = ("labels",)
 
     @model_validator(mode="before")
     @classmethod

@@ -81,6 +81,9 @@ class UploadParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     upload_example: ClassVar[dict[str, Any]] = {}
     """Field values for the OpenAPI examples: with any audio file they give a 200."""
+    comma_lists: ClassVar[tuple[str, ...]] = ()
+    """List fields that a JSON body may also give as one comma-separated string (the
+    OpenAPI says so: service.routes.upload_schema)."""
 
     @model_validator(mode="before")
     @classmethod

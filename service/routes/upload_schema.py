@@ -61,7 +61,8 @@ def upload_body(params: type[UploadParams]) -> dict[str, Any]:
         "properties": {"audio": {"type": "string", "contentEncoding": "base64", "minLength": 1,
                                  "description": "The audio file's bytes, base64 (a data: URL "
                                                 f"is accepted too). {audio_note}"},
-                       **{name: spec if name in required else _nullable(spec)
+                       **{name: _json_field(spec, name in required,
+                                            name in params.comma_lists)
                           for name, spec in properties.items()}},
         "required": ["audio", *required],
         "additionalProperties": False,
@@ -79,6 +80,17 @@ def upload_body(params: type[UploadParams]) -> dict[str, Any]:
             "encoding": {name: {"style": "form", "explode": True} for name in lists},
         },
     }}}
+
+
+def _json_field(spec: dict[str, Any], required: bool, comma_list: bool) -> dict[str, Any]:
+    """A field as the JSON body takes it: a list also as one comma-separated string, an
+    optional field also as null."""
+    if comma_list:
+        notes = {k: v for k, v in spec.items() if k in ("title", "description", "examples")}
+        shape = {k: v for k, v in spec.items() if k not in notes}
+        spec = {**notes, "anyOf": [shape, {"type": "string", "description":
+                                           "the items, comma-separated"}]}
+    return spec if required else _nullable(spec)
 
 
 def _nullable(spec: dict[str, Any]) -> dict[str, Any]:

@@ -146,6 +146,16 @@ class QueueObserver:
     def __init__(self, metrics: Metrics, queue: str) -> None:
         self._m = metrics
         self._queue = queue
+        # every series of the queue from the start, at zero: a dashboard or an alert on
+        # `rate(...)` sees the queue before its first batch, not a missing series
+        metrics.queue_depth.labels(queue).set(0)
+        for series in (metrics.batch_size, metrics.queue_wait_seconds,
+                       metrics.compute_seconds, metrics.padding_fraction,
+                       metrics.batch_failures):
+            series.labels(queue)
+
+    def on_limit(self, limit: int) -> None:
+        self._m.batch_size_limit.labels(self._queue).set(limit)
 
     def on_queue_depth(self, depth: int) -> None:
         self._m.queue_depth.labels(self._queue).set(depth)

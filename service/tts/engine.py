@@ -179,6 +179,8 @@ class GenerationEngine:
     def start(self) -> None:
         if self._thread is None:
             self._accepting = True
+            if self._observer is not None:
+                self._observer.on_limit(self.config.step.max_active)
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
 
@@ -441,6 +443,7 @@ class GenerationEngine:
         mask = self.cache.mask
         padding = 1.0 - float(mask.mean()) if mask.size else 0.0
         self._observer.on_batch(BatchStats(size=len(decode) + len(prefill),
+                                           limit=self.config.step.max_active,
                                            queue_waits_s=tuple(waits), compute_s=seconds,
                                            padding_fraction=padding, failed=False))
         self._observer.on_queue_depth(self.scheduler.num_waiting)
