@@ -303,6 +303,10 @@ class Settings(BaseSettings):
     """Elements and members in one JSON body (its `,` bytes, counted before parsing)."""
     keep_alive_timeout_s: float = Field(5.0, gt=0)
     """Idle keep-alive connections are closed after this."""
+    shutdown_timeout_s: float = Field(30.0, gt=0)
+    """On SIGTERM / Ctrl-C, how long requests in flight may finish (new connections are
+    refused at once); then what is left is cut and the process exits. Keep an
+    orchestrator's grace period above it (docker-compose.yml's `stop_grace_period`)."""
 
     # -- live analysis, WS /v1/audio/analysis/stream (docs/live-analysis.md) ----------
     live_max_streams: int = Field(64, ge=0)

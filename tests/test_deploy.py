@@ -295,3 +295,17 @@ def test_saved_voices_default_outside_the_working_directory(
     monkeypatch.delenv("XDG_DATA_HOME")
     voices = Settings(_env_file=None).voices_dir
     assert voices.is_absolute() and voices == Path.home() / ".local/share/audioserve/voices"
+
+
+def test_compose_waits_for_the_shutdown_and_the_build_context_is_small() -> None:
+    """Docker's stop gives the server its whole shutdown timeout (its default 10 s SIGKILLed
+    requests in flight, exit 137); the build context leaves out the venv and the packs."""
+    yaml = require_module("yaml", "pyyaml")
+    from service.settings import Settings
+
+    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["audioserve"]
+    grace = service["stop_grace_period"]
+    assert grace.endswith("s") and float(grace[:-1]) > Settings(_env_file=None).shutdown_timeout_s
+    assert all(port.startswith("127.0.0.1:") for port in service["ports"])  # no key set
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "models", ".git"} <= set(ignored)

@@ -215,6 +215,27 @@ def test_startup_log_readiness_and_a_clean_stop(tmp_path: Path, clap_models_dir:
     assert any("loaded clap from" in line and "DEMO pack" in line for line in lines)
 
 
+def test_a_stop_waits_for_requests_in_flight_only_as_long_as_the_setting(
+        tmp_path: Path) -> None:
+    """SIGTERM with a request whose body is still coming (the body timeouts are 10
+    minutes): the process exits 0 once `SHUTDOWN_TIMEOUT_S` has passed, not when the
+    client is done. Without the bound uvicorn waited for the request as long as it took."""
+    with started(["--port", "0", "--models", "none"], tmp_path,
+                 AUDIOSERVE_SHUTDOWN_TIMEOUT_S="1", AUDIOSERVE_BODY_TIMEOUT_S="600",
+                 AUDIOSERVE_BODY_IDLE_TIMEOUT_S="600") as server:
+        host, port = server.wait_for(r"audioserve on http://([\d.]+):(\d+)").groups()
+        with socket.create_connection((host, int(port)), timeout=STARTUP_S) as sock:
+            sock.sendall(b"POST /embed/text HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: 1000\r\n"
+                         b"Expect: 100-continue\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue")  # in the app
+            sock.sendall(b'{"input": "')  # and the rest of it never comes
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(timeout=60) == 0
+        lines = server.rest()
+    assert any("Waiting for connections to close" in line for line in lines), lines
+
+
 def run_cluster(args: list[str], cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "service.cluster", *args], cwd=cwd,
                           env=environment(**variables), capture_output=True, text=True,

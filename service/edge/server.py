@@ -474,6 +474,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicor
         "access_log": False,  # RequestContextMiddleware logs each request with its id
         "http": guarded_protocol(settings),
         "timeout_keep_alive": settings.keep_alive_timeout_s,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
         "proxy_headers": bool(trusted),
         "forwarded_allow_ips": trusted or None,
         "lifespan": "on",
