@@ -219,7 +219,8 @@ def test_a_stop_waits_for_requests_in_flight_only_as_long_as_the_setting(
         tmp_path: Path) -> None:
     """SIGTERM with a request whose body is still coming (the body timeouts are 10
     minutes): the process exits 0 once `SHUTDOWN_TIMEOUT_S` has passed, not when the
-    client is done. Without the bound uvicorn waited for the request as long as it took."""
+    client is done (uvicorn waited as long as it took), and the request cut gets a 503
+    to retry, not uvicorn's plain-text 500 and a traceback in the log."""
     with started(["--port", "0", "--models", "none"], tmp_path,
                  AUDIOSERVE_SHUTDOWN_TIMEOUT_S="1", AUDIOSERVE_BODY_TIMEOUT_S="600",
                  AUDIOSERVE_BODY_IDLE_TIMEOUT_S="600") as server:
@@ -232,8 +233,17 @@ def test_a_stop_waits_for_requests_in_flight_only_as_long_as_the_setting(
             sock.sendall(b'{"input": "')  # and the rest of it never comes
             server.process.send_signal(signal.SIGTERM)
             assert server.process.wait(timeout=60) == 0
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
         lines = server.rest()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head.lower(), answer
+    assert json.loads(body)["error"]["code"] == "shutting_down"
     assert any("Waiting for connections to close" in line for line in lines), lines
+    assert any("POST /embed/text cut: the server stopped" in line for line in lines), lines
+    assert any('"POST /embed/text" 503' in line for line in lines), lines  # the access log
+    assert not any("Traceback" in line for line in lines), lines
 
 
 def run_cluster(args: list[str], cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:

@@ -6,6 +6,7 @@ key is checked before the body is read (the body's own limits: service.edge.read
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -56,6 +57,9 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:  # the server stopped (edge.server.cut_at_shutdown)
+            status = 503 if status == 500 else status  # what that answers if nothing was
+            raise
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")

@@ -45,11 +45,11 @@ from typing import Any, ClassVar, cast
 
 import h11
 import uvicorn
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from service.errors import ABORT_EXTENSION, TRAILERS_EXTENSION, error_body
+from service.errors import ABORT_EXTENSION, TRAILERS_EXTENSION, error_body, error_body_for
 from service.settings import Settings
 
 REFUSAL_DRAIN_S = 2.0
@@ -153,6 +153,15 @@ class TrailerCycle(RequestResponseCycle):
     _body_done = False
     _trailers: list[tuple[bytes, bytes]]
 
+    async def send_500_response(self) -> None:
+        """What escaped every handler (logged by uvicorn with its traceback) is answered in
+        the service's JSON error shape, not uvicorn's plain text."""
+        await self._send_error(500, "internal_error", "an unexpected error; it is logged")
+
+    async def _send_error(self, status: int, code: str, message: str) -> None:
+        await send_error(cast(Scope, self.scope), self.send, status, code, message)
+
+
     async def send(self, message: Any) -> None:
         kind = message["type"]
         if kind == "http.response.start" and not self.response_started:
@@ -190,6 +199,52 @@ class TrailerCycle(RequestResponseCycle):
         self.on_response()
 
 
+async def send_error(scope: Scope, send: Send, status: int, code: str, message: str,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A whole error answer in the service's JSON shape, the connection closed after it."""
+    body = json.dumps(error_body_for(scope, status, code, message)).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+        (b"connection", b"close"), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def cut_at_shutdown(app: ASGIApp) -> ASGIApp:
+    """uvicorn cancels a request's task only when the server stops: past
+    SHUTDOWN_TIMEOUT_S, or at a second Ctrl-C. Such a request gets a 503 the client may
+    retry elsewhere (its answer begun: the connection dropped), and the log one line; it
+    got a plain-text 500 and the log a traceback per request."""
+    async def app_until_shutdown(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        watched = _WatchedSend(send)
+        try:
+            await app(scope, receive, watched)
+        except asyncio.CancelledError:
+            log.warning("%s %s cut: the server stopped before it was done", scope["method"],
+                        scope["path"])
+            if watched.started:
+                scope["extensions"][ABORT_EXTENSION]()
+            else:
+                await send_error(scope, send, 503, "shutting_down",
+                                 "the server is stopping; retry the request (elsewhere)",
+                                 [(b"retry-after", b"1")])
+    return app_until_shutdown
+
+
+class _WatchedSend:
+    """An ASGI `send` that knows whether the answer has begun."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self._send(message)
+
+
 class GuardedProtocol(H11Protocol):
     """uvicorn's h11 protocol with a timer on every connection state (module docstring);
     the limits are class attributes, set per server by `guarded_protocol`."""
@@ -214,6 +269,7 @@ class GuardedProtocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.conn = HeadLimitedConnection(self.max_header_bytes, self.max_header_fields)
+        self.app = cut_at_shutdown(self.app)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
