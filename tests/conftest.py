@@ -44,7 +44,8 @@ def _no_openapi_drift() -> Iterator[None]:
     yield
     found = openapi_contract.check_pending()
     openapi_contract.violations.clear()
-    assert not found, "answers, or requests taken, that the OpenAPI does not document:\n" + "\n".join(found)
+    assert not found, ("answers, or requests taken, that the OpenAPI does not document:\n"
+                       + "\n".join(found))
 
 
 @pytest.fixture(scope="session")
