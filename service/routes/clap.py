@@ -63,13 +63,15 @@ class EmbedTextRequest(BaseModel):
 class ClassifyParams(UploadParams):
     """The fields of `/classify` besides the audio."""
 
-    labels: list[str] = Field(
+    labels: list[NotBlank] = Field(
+        json_schema_extra={"minItems": 1},
         description="Candidate labels: repeated form fields, one comma-separated field, "
                     "or a JSON list (whose items are never split).",
         examples=[["dog barking", "rain", "car horn"]])
     prompt_template: str | None = Field(
-        None, description="Prompt for each label, holding `{label}` exactly once; "
-                          "default: the pack's ('This is a sound of {label}.').",
+        None, json_schema_extra={"pattern": r"\{label\}"},
+        description="Prompt for each label, holding `{label}` exactly once; "
+                    "default: the pack's ('This is a sound of {label}.').",
         examples=["This is a sound of {label}."])
     top_k: int | None = Field(None, ge=1, description="Return the k best labels only.")
     per_window: bool = Field(False, description="Also score every 10 s window (timeline).")

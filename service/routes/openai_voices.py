@@ -90,7 +90,7 @@ _CREATE_FORM = {"type": "object", "required": ["name"], "properties": {
              "description": "`audio_sample` is refused (422): ChatTTS cannot clone."},
     "prompt": {"type": "string", "examples": ["alloy(2)+echo(1)"],
                "description": "A voice spec: a name, a mix `a(2)+b(1)` or an spk_emb."},
-    "seed": {"type": "integer", "example": "",
+    "seed": {"type": "integer", "example": "", "minimum": 0, "maximum": 2**32 - 1,
              "description": "Extension: a seeded random speaker (instead of `prompt`)."},
     "spk_emb": {"type": "string", "example": "",
                 "description": "Extension: an upstream speaker string (instead of `prompt`)."},

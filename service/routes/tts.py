@@ -25,7 +25,7 @@ from service.pipelines.chattts import (
 )
 from service.pipelines.chattts_stream import SpeechStream, open_stream
 from service.routes.deps import get_metrics, get_pipeline, get_settings
-from service.routes.field_rules import NOT_BLANK
+from service.routes.field_rules import NON_EMPTY, NOT_BLANK
 from service.routes.json_body import JsonBodyRoute
 from service.routes.responses import TTS_ERRORS
 from service.routes.streaming import (
@@ -96,7 +96,7 @@ class TTSBody(BaseModel):
     text: str = Field(json_schema_extra=NOT_BLANK)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     """Speaker seed: a deterministic random speaker, as upstream samples it."""
-    spk_emb: str | None = None
+    spk_emb: str | None = Field(None, json_schema_extra=NON_EMPTY)
     """An upstream-format speaker string (base16384 of LZMA2 float16[768])."""
     sampling_seed: int | None = Field(None, ge=0, le=MAX_SAMPLING_SEED)
     """Seed of the token sampler; default: the speaker seed, else random (see headers)."""
@@ -109,7 +109,7 @@ class TTSBody(BaseModel):
     refine_text: bool = False
     format: str = "wav"
     sample_rate: int = Field(24000, ge=8000, le=48000)
-    voice: str | None = None
+    voice: str | None = Field(None, json_schema_extra=NON_EMPTY)
     """A saved or default voice name, a mix `a(2)+b(1)`, or an `spk_emb` string."""
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     stream: bool = False

@@ -88,8 +88,8 @@ def _json_field(spec: dict[str, Any], required: bool, comma_list: bool) -> dict[
     if comma_list:
         notes = {k: v for k, v in spec.items() if k in ("title", "description", "examples")}
         shape = {k: v for k, v in spec.items() if k not in notes}
-        spec = {**notes, "anyOf": [shape, {"type": "string", "description":
-                                           "the items, comma-separated"}]}
+        spec = {**notes, "anyOf": [shape, {"type": "string", "pattern": r"\S",
+                                           "description": "the items, comma-separated"}]}
     return spec if required else _nullable(spec)
 
 

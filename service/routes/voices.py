@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.pipelines.chattts import ChatTTSPipeline
 from service.routes.deps import get_pipeline
-from service.routes.field_rules import VOICE_NAME
+from service.routes.field_rules import NON_EMPTY, VOICE_NAME
 from service.routes.json_body import JsonBodyRoute
 from service.routes.responses import errors, path_example
 from service.tts.voices import VoiceStore
@@ -27,8 +27,8 @@ class VoiceBody(BaseModel):
 
     name: str = Field(json_schema_extra=VOICE_NAME)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    spk_emb: str | None = None
-    mix: str | None = None
+    spk_emb: str | None = Field(None, json_schema_extra=NON_EMPTY)
+    mix: str | None = Field(None, json_schema_extra=NON_EMPTY)
     """A weighted mix of known voices, `alice(2)+bob(1)`, stored as its embedding."""
     overwrite: bool = False
 
