@@ -323,7 +323,9 @@ def test_speech_generates_a_playable_file(browser: Browser, server: RunningServe
     duration = audio_duration(browser)
     meta = browser.by_id("speech-meta").text
     said = float(meta.split(" s of speech")[0])
-    assert duration > 0.05 and duration == pytest.approx(said, abs=0.051)  # shown to 0.1 s
+    # the demo pack's random weights may end a piece after one token (10.7 ms: a CI run
+    # had it); the file plays, and as long as the page says (shown to 0.1 s)
+    assert duration > 0 and duration == pytest.approx(said, abs=0.051)
     link = browser.by_id("speech-download")
     assert link.get_attribute("href").startswith("blob:")
     assert link.get_attribute("download") == "speech.wav"
