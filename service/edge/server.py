@@ -156,11 +156,8 @@ class TrailerCycle(RequestResponseCycle):
     async def send_500_response(self) -> None:
         """What escaped every handler (logged by uvicorn with its traceback) is answered in
         the service's JSON error shape, not uvicorn's plain text."""
-        await self._send_error(500, "internal_error", "an unexpected error; it is logged")
-
-    async def _send_error(self, status: int, code: str, message: str) -> None:
-        await send_error(cast(Scope, self.scope), self.send, status, code, message)
-
+        await send_error(cast(Scope, self.scope), self.send, 500, "internal_error",
+                         "an unexpected error; it is logged")
 
     async def send(self, message: Any) -> None:
         kind = message["type"]

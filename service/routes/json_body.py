@@ -94,7 +94,8 @@ def loads(body: bytes | str, limits: JsonLimits | None = None) -> Any:
         raise BadRequest("body is not valid JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise BadRequest(f"body is not valid JSON: {exc}") from None
-    if (problem := _surrogate_problem(body, value)) is not None:
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    if _SURROGATE.search(raw) and (problem := _surrogate_problem(value)) is not None:
         raise InvalidInput(problem)
     return value
 
@@ -106,18 +107,17 @@ def lone_surrogate_problem(text: str) -> str | None:
     if not _SURROGATE.search(text.encode("utf-8", "surrogatepass")):
         return None
     try:
-        value = json.loads(text)
+        return _surrogate_problem(json.loads(text))
     except (ValueError, RecursionError):
         return None
-    return _surrogate_problem(text, value)
 
 
-def _surrogate_problem(body: bytes | str, value: Any) -> str | None:
-    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
-    if _SURROGATE.search(raw) and (where := _lone_surrogate(value, "")) is not None:
-        return (f"{where or 'the body'} holds a lone UTF-16 surrogate (like \\ud800), "
-                "which is not a character; send valid Unicode text")
-    return None
+def _surrogate_problem(value: Any) -> str | None:
+    """The first string of a parsed body that is not Unicode, said with its field."""
+    if (where := _lone_surrogate(value, "")) is None:
+        return None
+    return (f"{where or 'the body'} holds a lone UTF-16 surrogate (like \\ud800), which "
+            "is not a character; send valid Unicode text")
 
 
 def _lone_surrogate(value: Any, path: str) -> str | None:
