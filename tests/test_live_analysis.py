@@ -115,7 +115,8 @@ def test_live_equals_offline_at_the_models_rates(
 def test_live_resampled_within_the_measured_tolerance(
         live_server: RunningServer, speech_files: list[Path]) -> None:  # noqa: F811
     """Both tasks on a 48 kHz stream: emotion is resampled to 16 kHz as a stream; /emotion
-    of the same 48 kHz segment resamples it alone (edges differ by soxr's filter)."""
+    of the same 48 kHz segment resamples it alone (edges differ by soxr's filter). CLAP
+    is at its own rate here (its windows are resampled alone: the next test)."""
     stream48 = speech_stream(speech_files, count=3)
     t = run_stream(live_server, {
         "input": {"format": "pcm_s16le", "sample_rate": 48_000},
@@ -133,18 +134,6 @@ def test_live_resampled_within_the_measured_tolerance(
     print(f"emotion, 48 kHz stream vs /emotion of the 48 kHz segment: max |diff| {worst:.2e}")
     assert worst < RESAMPLED
 
-    stream16 = to_rate(stream48, 16_000)  # CLAP resampled up to 48 kHz as a stream
-    t = run_stream(live_server, {"input": {"format": "pcm_s16le", "sample_rate": 16_000},
-                                 "classify": {"labels": LABELS, "hop_s": 5.0}},
-                   stream16.tobytes())
-    assert t.close_code == 1000, t.events[-1]
-    worst = 0.0
-    for w in t.of("classify.window"):
-        offline = _classify(live_server, _span(stream16, w, 16_000), 16_000)
-        worst = max(worst, _max_diff(_by_label(w["labels"], "probability"),
-                                     _by_label(offline["labels"], "probability")))
-    print(f"classify, 16 kHz stream vs /classify of the 16 kHz window: max |diff| {worst:.2e}")
-    assert worst < RESAMPLED
 
 
 def _webm_opus(samples: np.ndarray, rate: int) -> bytes:

@@ -1,12 +1,13 @@
 """A live stream's per-frame analysis: decoded samples in; the windows, utterances and
 partial due out. Pure per-stream state, no asyncio.
 
-It holds the source-rate check, the stream-length limit, the streamed resamplers to each
-model's rate, CLAP's sliding windows, the endpointer and the partials' schedule: work that
-grows with a frame's size (up to LIVE_MAX_FRAME_BYTES of audio), so the session runs it
-off the event loop, one call at a time per stream, and only turns the `Found` into jobs on
-the loop (service/live/session.py says where each call runs). A call that finds the
-stream broken (its rate changed, it is too long) raises ProtocolError.
+It holds the source-rate check, the stream-length limit, CLAP's sliding windows (cut at
+the source rate, each resampled alone), the streamed resampler to the emotion model's
+rate, the endpointer and the partials' schedule: work that grows with a frame's size (up
+to LIVE_MAX_FRAME_BYTES of audio), so the session runs it off the event loop, one call at
+a time per stream, and only turns the `Found` into jobs on the loop
+(service/live/session.py says where each call runs). A call that finds the stream broken
+(its rate changed, it is too long) raises ProtocolError.
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ from service.live.decode import Resampler
 from service.live.protocol import ProtocolError
 from service.live.vad import Endpointer, Utterance
 from service.live.windows import SlidingWindows, Window
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """CLAP's windows of a stream, in seconds and at the model's rate."""
+
+    window_s: float
+    hop_s: float
+    model_rate: int
 
 
 @dataclass
@@ -43,21 +53,23 @@ class Found:
 
 
 class StreamAnalyser:
-    def __init__(self, *, windows: SlidingWindows | None, clap_rate: int,
-                 endpointer: Endpointer | None, partial_every: int | None,
-                 max_stream_s: float, count_audio: Callable[[float], None]) -> None:
-        """`partial_every`: growth (samples at the emotion rate) between partials, None:
-        no partials; `count_audio(seconds)` is called with each block's length (from the
-        calling thread: it must be thread-safe, as prometheus counters are)."""
-        self.windows = windows
-        self.clap_rate = clap_rate
+    def __init__(self, *, windows: WindowPlan | None, endpointer: Endpointer | None,
+                 partial_every: int | None, max_stream_s: float,
+                 count_audio: Callable[[float], None]) -> None:
+        """`windows`: CLAP's windows, None: no classify (they are cut once the stream's
+        rate is known); `partial_every`: growth (samples at the emotion rate) between
+        partials, None: no partials; `count_audio(seconds)` is called with each block's
+        length (from the calling thread: it must be thread-safe, as prometheus counters
+        are)."""
+        self.plan = windows
+        self.windows: SlidingWindows | None = None
         self.endpointer = endpointer
         self.partial_every = partial_every
         self.max_stream_s = max_stream_s
         self.count_audio = count_audio
         self.rate: int | None = None
         self.samples = 0
-        self._resamplers: dict[str, Resampler] = {}
+        self._emotion_resampler: Resampler | None = None
         self._partial_due: tuple[int, int] = (-1, 0)
         """(utterance index, its length at which the next partial is due)."""
 
@@ -72,7 +84,7 @@ class StreamAnalyser:
         return self._totals(found)
 
     def finish(self) -> Found:
-        """At input.done: the resamplers' tails, the last window and utterance."""
+        """At input.done: the resampler's tail, the last window and utterance."""
         found = Found(received_at=time.monotonic())
         if self.rate is None:
             return self._totals(found)
@@ -90,10 +102,11 @@ class StreamAnalyser:
     def _take(self, block: np.ndarray, rate: int, *, last: bool, found: Found) -> None:
         if self.rate is None:
             self.rate = rate
-            if self.windows is not None:
-                self._resamplers["classify"] = Resampler(rate, self.clap_rate)
+            if self.plan is not None:
+                self.windows = SlidingWindows(self.plan.window_s, self.plan.hop_s, rate,
+                                              self.plan.model_rate)
             if self.endpointer is not None:
-                self._resamplers["emotion"] = Resampler(rate, self.endpointer.rate)
+                self._emotion_resampler = Resampler(rate, self.endpointer.rate)
         elif rate != self.rate:
             raise ProtocolError("unsupported_audio", f"the stream changed its sample rate "
                                 f"from {self.rate} to {rate} Hz")
@@ -103,9 +116,10 @@ class StreamAnalyser:
                                 "audio (AUDIOSERVE_LIVE_MAX_STREAM_SECONDS); open a new stream")
         self.count_audio(len(block) / rate)
         if self.windows is not None:
-            found.jobs += self.windows.push(self._resamplers["classify"](block, last))
+            found.jobs += self.windows.push(block)
         if self.endpointer is not None:
-            found.jobs += self.endpointer.push(self._resamplers["emotion"](block, last))
+            assert self._emotion_resampler is not None
+            found.jobs += self.endpointer.push(self._emotion_resampler(block, last))
 
     def _partial_due_now(self) -> Utterance | None:
         """The open utterance so far if it has grown `partial_every` since the last partial

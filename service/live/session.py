@@ -1,7 +1,8 @@
 """One live stream: audio in, CLAP windows and emotion utterances out, every limit enforced.
 
-Design note. Each frame is decoded (service.live.decode), resampled to each model's rate
-and handed to the window planner (CLAP) and the endpointer (emotion): a
+Design note. Each frame is decoded (service.live.decode) and handed to the window planner
+(CLAP: windows cut at the stream's rate, each resampled alone as /classify resamples an
+upload) and, resampled as a stream, to the endpointer (emotion): a
 `StreamAnalyser` (service.live.analysis) that returns the windows, utterances and partial
 due it found. Each window or utterance becomes one job that calls the same pipeline entry
 points the HTTP routes call (`ClapPipeline.embed_samples` + `score`,
@@ -31,7 +32,7 @@ reader awaits each frame's decode + analysis in the app's CPU pool (one frame at
 per stream, so the analyser is touched by one thread at a time); a fatal error meanwhile
 (a client cut off) ends the wait at once and the step's result is dropped. WebM/Ogg: the
 decoder thread analyses each block right after decoding it and posts only the result.
-input.done's flush (the resamplers' tails, the last window and utterance) runs in the
+input.done's flush (the resampler's tail, the last window and utterance) runs in the
 pool after the decoder thread has finished. A ProtocolError from a step (rate changed,
 stream too long) ends the stream as before; results that arrive after it ended are
 ignored (`_ended`). The shared pool, not one of its own: a frame's step queues behind the
@@ -61,11 +62,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from batcher import BatcherClosed, DeadlineExceeded, Overloaded, due_since
 from service.errors import ApiError, InvalidInput
 from service.live import protocol as p
-from service.live.analysis import Found, StreamAnalyser
+from service.live.analysis import Found, StreamAnalyser, WindowPlan
 from service.live.decode import EncodedDecoder, PcmDecoder
 from service.live.early import EarlyOutcome, EarlyStart
 from service.live.vad import Endpointer, Utterance
-from service.live.windows import SlidingWindows, Window
+from service.live.windows import Window
 from service.pipelines.clap import ClapPipeline
 from service.pipelines.clap_text import validate_labels, validate_template
 from service.pipelines.emotion2vec import (
@@ -153,7 +154,7 @@ class LiveSession:
         self._config: p.SessionConfig | None = None
         self._pcm: PcmDecoder | None = None
         self._encoded: EncodedDecoder | None = None
-        self._windows: SlidingWindows | None = None
+        self._windows: WindowPlan | None = None
         self._endpointer: Endpointer | None = None
         self._analyser: StreamAnalyser | None = None
         """Touched by one thread at a time (see the design note), never by the loop."""
@@ -377,10 +378,8 @@ class LiveSession:
             if emotion.partial_every_s is not None:
                 self._partial_every = round(emotion.partial_every_s * self._endpointer.rate)
             self._emotion_options = EmotionOptions(granularity=Granularity(emotion.granularity))
-        clap_rate = (self.ctx.pipelines["clap"].mel.sample_rate if self._windows is not None
-                     else 0)
         self._analyser = StreamAnalyser(
-            windows=self._windows, clap_rate=clap_rate, endpointer=self._endpointer,
+            windows=self._windows, endpointer=self._endpointer,
             partial_every=self._partial_every, max_stream_s=s.live_max_stream_seconds,
             count_audio=self.metrics.live_audio_seconds.inc)
         self._config = config
@@ -403,7 +402,7 @@ class LiveSession:
         self._labels = labels
         self._top_k = min(c.top_k or len(labels), len(labels))
         rate = clap.mel.sample_rate
-        self._windows = SlidingWindows(clap.mel.max_length_samples, round(c.hop_s * rate))
+        self._windows = WindowPlan(clap.mel.max_length_samples / rate, c.hop_s, rate)
         return c.model_copy(update={"labels": labels, "prompt_template": template,
                                     "top_k": self._top_k})
 
@@ -513,7 +512,7 @@ class LiveSession:
     # -- jobs ----------------------------------------------------------------------------
 
     def _submit_window(self, window: Window, received_at: float) -> None:
-        rate = self.ctx.pipelines["clap"].mel.sample_rate
+        rate = window.rate
         self._submit("classify", window.index, window.start / rate, window.end / rate,
                      received_at, lambda: self._classify(window, due=received_at))
 
@@ -669,7 +668,7 @@ class LiveSession:
         with due_since(due):
             audio = await clap.embed_samples(window.samples)
         scores = clap.score(audio.embedding, self._texts, self._labels, self._top_k)
-        rate = clap.mel.sample_rate
+        rate = window.rate
         return p.ClassifyWindow(
             index=window.index, start_s=_round(window.start / rate),
             end_s=_round(window.end / rate), silent=all(s.silent for s in audio.spans),

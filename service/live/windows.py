@@ -2,7 +2,11 @@
 
 A window is the last `window` samples (CLAP's 10 s) before its end, or everything since
 the stream began while that is shorter: exactly the clip `/classify` would be given, so
-its scores are `/classify`'s. Only the samples the next window needs are kept.
+its scores are `/classify`'s. Windows are cut at the stream's own rate and each is
+resampled to CLAP's on its own, as `/classify` resamples an upload of those samples: a
+window is complete with its last source sample (a streamed resampler would hold its last
+milliseconds back until the next frame came, one frame of lag) and equals the route to
+the bit. Only the samples the next window needs are kept.
 """
 
 from __future__ import annotations
@@ -11,14 +15,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.audio.decode import resample
+
 
 @dataclass(frozen=True)
 class Window:
     index: int
     start: int
-    """Sample offsets in the stream at the model's rate."""
+    """Sample offsets in the stream at its own rate."""
     end: int
+    rate: int
+    """The stream's rate."""
     samples: np.ndarray
+    """The span [start, end), at the model's rate."""
 
 
 class SampleBuffer:
@@ -58,13 +67,17 @@ class SampleBuffer:
 
 
 class SlidingWindows:
-    def __init__(self, window: int, hop: int) -> None:
-        if window <= 0 or hop <= 0:
-            raise ValueError("window and hop must be positive")
-        self.window = window
-        self.hop = hop
+    def __init__(self, window_s: float, hop_s: float, rate: int, model_rate: int) -> None:
+        """Windows of `window_s` every `hop_s` of a stream at `rate`, resampled to
+        `model_rate`."""
+        self.window = round(window_s * rate)
+        self.hop = round(hop_s * rate)
+        if self.window <= 0 or self.hop <= 0:
+            raise ValueError("window and hop must be at least one sample")
+        self.rate = rate
+        self.model_rate = model_rate
         self.buffer = SampleBuffer()
-        self._next_end = hop
+        self._next_end = self.hop
         self._index = 0
         self._last_end = 0
 
@@ -91,7 +104,8 @@ class SlidingWindows:
 
     def _cut(self, end: int) -> Window:
         start = max(0, end - self.window)
-        window = Window(self._index, start, end, self.buffer.span(start, end))
+        samples = resample(self.buffer.span(start, end), self.rate, self.model_rate)
+        window = Window(self._index, start, end, self.rate, samples)
         self._index += 1
         self._last_end = end
         return window
