@@ -1,14 +1,17 @@
 """Live analysis under load: N concurrent WebSocket streams of real speech at real-time pace.
 
 Each stream sends 16 kHz 16-bit speech (the RAVDESS clips of ../shared/data/speech with
-silences between them, each stream rotated to its own phase of that speech) in 100 ms
-frames on a real-time clock, both tasks on (CLAP every
+silences between them, each stream rotated to its own phase of that speech) in frames of
+`--frame-s` (100 ms) on a real-time clock, both tasks on (CLAP every
 `hop_s`, emotion per utterance). Per N: result lag P50/P99 (the client's clock: the frame
 holding a result's last sample sent -> the result received), skipped results, and the
 server's CPU seconds per stream-second (its whole process tree, /proc). The same run is
 repeated with MAX_BATCH_SIZE=1 (no batching), and the model ceiling is measured alone
-(bench.raw_ceiling: windows/s the CLAP audio graph computes at batch 8, no service), so
+(bench.raw_ceiling: the graphs at their best batch and threads, no service), so
 `held / ceiling` says what share of the raw models the service turns into live streams.
+The ceiling is measured beside every N (the servers idle meanwhile) and each point is
+read against its own: this shared host's speed drifts by 10-20 % within minutes, and a
+ceiling taken once at the end made a point's share depend on when it ran.
 
 Two ceilings, both from the graphs alone at the service's threads:
 - CLAP only (`--tasks classify`, the issue's definition): windows/s ÷ windows per
@@ -31,6 +34,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,10 +49,21 @@ from bench.server import REPO, ServerProcess, audioserve, cpu_used_by_role, http
 
 SPEECH = REPO.parent / "shared" / "data" / "speech"
 RATE = 16_000
-FRAME_S = 0.1
 LABELS = ["speech", "music", "dog barking", "rain", "siren", "applause", "laughter",
           "car horn"]
 HELD_P99_S = 1.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What every stream of a point sends."""
+
+    seconds: float
+    hop_s: float
+    """CLAP's hop."""
+    frame_s: float
+    """Audio per binary frame (100 ms: a MediaRecorder timeslice a browser would use)."""
+    speech: Path
 
 
 @dataclass
@@ -62,6 +77,21 @@ class StreamResult:
     errors: list[str] = field(default_factory=list)
     timeline: list[tuple[float, str, float]] = field(default_factory=list)
     """(received, monotonic s; result type; lag s) of every result: when lags cluster."""
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """The graphs alone, at their best (`best_rate`)."""
+
+    clap_windows_s: float
+    emotion_audio_s_s: float
+
+    def streams(self, tasks: str, hop_s: float, speech_fraction: float) -> float:
+        """Streams the graphs alone could keep up with (see the module docstring)."""
+        cost = 1 / (hop_s * self.clap_windows_s)  # graph seconds per stream-second
+        if tasks == "both":
+            cost += speech_fraction / self.emotion_audio_s_s
+        return 1 / cost
 
 
 @dataclass
@@ -87,6 +117,13 @@ class Point:
     """Of all results, those the server itself sent more than HELD_P99_S after their last
     sample arrived (audioserve_live_result_lag_seconds): `late` minus this is time spent
     outside the server's part (socket, client)."""
+    clap_windows_s: float = float("nan")
+    emotion_audio_s_s: float = float("nan")
+    """The graphs' ceiling measured just before this N (`Ceiling`)."""
+
+    @property
+    def ceiling(self) -> Ceiling:
+        return Ceiling(self.clap_windows_s, self.emotion_audio_s_s)
 
     @property
     def held(self) -> bool:
@@ -109,22 +146,22 @@ def speech_audio(seconds: float, folder: Path = SPEECH) -> np.ndarray:
     return np.clip(np.round(audio * 32768), -32768, 32767).astype("<i2")
 
 
-async def one_stream(url: str, audio: np.ndarray, hop_s: float, offset_s: float,
-                     tasks: str) -> StreamResult:
+async def one_stream(url: str, audio: np.ndarray, offset_s: float, tasks: str,
+                     w: Workload) -> StreamResult:
     result = StreamResult()
-    frame = round(FRAME_S * RATE)
+    frame = round(w.frame_s * RATE)
     sent_at: list[tuple[float, float]] = []  # (audio end in s, wall time sent)
     await asyncio.sleep(offset_s)  # streams start spread over one hop
     async with connect(url, max_size=None, open_timeout=60) as ws:
         await ws.send(json.dumps({
             "type": "session.config", "input": {"format": "pcm_s16le", "sample_rate": RATE},
-            "classify": {"labels": LABELS, "hop_s": hop_s},
+            "classify": {"labels": LABELS, "hop_s": w.hop_s},
             "emotion": {} if tasks == "both" else None}))
 
         async def send() -> None:
             start = time.monotonic()
             for k, i in enumerate(range(0, len(audio), frame)):
-                delay = start + k * FRAME_S - time.monotonic()
+                delay = start + k * w.frame_s - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await ws.send(audio[i:i + frame].tobytes())
@@ -155,14 +192,13 @@ async def one_stream(url: str, audio: np.ndarray, hop_s: float, offset_s: float,
     return result
 
 
-async def run_point(url: str, streams: int, seconds: float, hop_s: float, tasks: str,
-                    speech: Path) -> list[StreamResult]:
-    audio = speech_audio(seconds, speech)
+async def run_point(url: str, streams: int, tasks: str, w: Workload) -> list[StreamResult]:
+    audio = speech_audio(w.seconds, w.speech)
     # N independent speakers are not in step: stream i starts i/N of the way into the
     # speech (rotated), so utterances end spread over time, not in one burst per clip.
     # Windows are spread too: stream i starts i/N of a hop late.
-    runs = [one_stream(url, np.roll(audio, -(len(audio) * i // streams)), hop_s,
-                       hop_s * i / streams, tasks) for i in range(streams)]
+    runs = [one_stream(url, np.roll(audio, -(len(audio) * i // streams)),
+                       w.hop_s * i / streams, tasks, w) for i in range(streams)]
     return list(await asyncio.gather(*runs, return_exceptions=False))
 
 
@@ -171,12 +207,12 @@ def metrics(server: ServerProcess) -> dict[prom.Key, float]:
     return prom.snapshot(body.decode()) if status == 200 else {}
 
 
-def measure(server: ServerProcess, config: str, streams: int, seconds: float,
-            hop_s: float, tasks: str, speech: Path, log_dir: Path) -> Point:
+def measure(server: ServerProcess, config: str, streams: int, tasks: str, w: Workload,
+            log_dir: Path) -> Point:
     url = f"ws://127.0.0.1:{server.port}/v1/audio/analysis/stream"
     before = server.cpu_seconds()
     metrics_before = metrics(server)
-    results = asyncio.run(run_point(url, streams, seconds, hop_s, tasks, speech))
+    results = asyncio.run(run_point(url, streams, tasks, w))
     server_late = prom.count_over(prom.delta(metrics_before, metrics(server)),
                                   "audioserve_live_result_lag_seconds", HELD_P99_S, "task",
                                   ("classify", "emotion"))
@@ -193,32 +229,35 @@ def measure(server: ServerProcess, config: str, streams: int, seconds: float,
         return float(np.percentile(values, q)) if values.size else float("nan")
 
     return Point(
-        config=config, streams=streams, seconds=seconds,
+        config=config, streams=streams, seconds=w.seconds,
         p50_s=pct(lags, 50), p99_s=pct(lags, 99),
         emotion_p50_s=pct(emotion, 50), emotion_p99_s=pct(emotion, 99),
         results=int(lags.size + emotion.size), windows=sum(r.windows for r in results),
         utterances=sum(r.utterances for r in results),
         skipped=sum(r.skipped for r in results),
         errors=sum(len(r.errors) for r in results),
-        cpu_s_per_stream_s=used / (streams * seconds),
-        speech_fraction=sum(r.speech_s for r in results) / (streams * seconds),
+        cpu_s_per_stream_s=used / (streams * w.seconds),
+        speech_fraction=sum(r.speech_s for r in results) / (streams * w.seconds),
         late=int((lags > HELD_P99_S).sum() + (emotion > HELD_P99_S).sum()),
         server_late=round(server_late))
 
 
 def sweep(models_dir: Path, configs: dict[str, dict[str, str]], streams: list[int],
-          seconds: float, hop_s: float, log_dir: Path, speech: Path) -> list[Point]:
+          w: Workload, log_dir: Path, ceiling_now: Callable[[], Ceiling]) -> list[Point]:
     """Every config's server up at once (idle while another is measured), the configs
-    measured in turn at each N: a drift of the machine hits them alike."""
+    measured in turn at each N, the ceiling just before: a drift of the machine hits them
+    alike."""
     points = []
     with contextlib.ExitStack() as stack:
         servers = {config: stack.enter_context(audioserve(
             f"live-{config.replace(' ', '-')}", models_dir, settings, log_dir=log_dir).start())
             for config, settings in configs.items()}
         for n in streams:
+            beside = ceiling_now()
             for config, server in servers.items():
-                point = measure(server, config, n, seconds, hop_s, tasks_of(config), speech,
-                                log_dir)
+                point = measure(server, config, n, tasks_of(config), w, log_dir)
+                point.clap_windows_s = beside.clap_windows_s
+                point.emotion_audio_s_s = beside.emotion_audio_s_s
                 print(json.dumps(asdict(point)), flush=True)
                 points.append(point)
     return sorted(points, key=lambda pt: (list(configs).index(pt.config), pt.streams))
@@ -252,21 +291,6 @@ def plot(points: list[Point], out: Path) -> Path | None:
     return path
 
 
-@dataclass(frozen=True)
-class Ceiling:
-    """The graphs alone, at their best (`best_rate`)."""
-
-    clap_windows_s: float
-    emotion_audio_s_s: float
-
-    def streams(self, tasks: str, hop_s: float, speech_fraction: float) -> float:
-        """Streams the graphs alone could keep up with (see the module docstring)."""
-        cost = 1 / (hop_s * self.clap_windows_s)  # graph seconds per stream-second
-        if tasks == "both":
-            cost += speech_fraction / self.emotion_audio_s_s
-        return 1 / cost
-
-
 def best_rate(model: str, pack: Path, seconds: float) -> float:
     """The graph's best rate over batch sizes 1, 2, 8 and both ways the service may run
     it on these cores (one worker with every core, or two single-threaded workers): the
@@ -282,12 +306,13 @@ def tasks_of(config: str) -> str:
     return config.split()[0]
 
 
-def report(points: list[Point], ceiling: Ceiling, hop_s: float, args: argparse.Namespace,
-           out: Path, plot_path: Path | None) -> str:
+def report(points: list[Point], hop_s: float, args: argparse.Namespace, out: Path,
+           plot_path: Path | None) -> str:
     lines = [f"# Live analysis under load ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"`python -m bench.bench_live {' '.join(args.argv)}`; packs: "
              f"{'random weights at real size' if args.random_real else 'tiny test packs'}; "
-             f"{args.seconds:g} s of real speech per stream at real-time pace, 100 ms frames, "
+             f"{args.seconds:g} s of real speech per stream at real-time pace, "
+             f"{args.frame_s * 1000:g} ms frames, "
              f"CLAP hop {hop_s:g} s (+ emotion per utterance where the tasks are `both`); "
              f"held = P99 lag < {HELD_P99_S:g} s and nothing skipped.", "",
              "Lag is the client's: the frame holding a result's last sample sent -> the result "
@@ -300,29 +325,39 @@ def report(points: list[Point], ceiling: Ceiling, hop_s: float, args: argparse.N
              "",
              "| tasks, config | streams | window lag P50 / P99 s | utterance lag P50 / P99 s | "
              "windows | utterances | skipped | errors | server CPU s / stream-s | "
-             "over 1 s: client / server | held |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "over 1 s: client / server | held | ceiling beside (streams) | N / ceiling |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | ---: | ---: |"]
+    speech = [p.speech_fraction for p in points if p.utterances]
+    fraction = float(np.median(speech)) if speech else 0.0
+
+    def limit(p: Point) -> float:
+        return p.ceiling.streams(tasks_of(p.config), hop_s, fraction)
+
     for p in points:
         lines.append(f"| {p.config} | {p.streams} | {p.p50_s:.3f} / {p.p99_s:.3f} | "
                      f"{p.emotion_p50_s:.3f} / {p.emotion_p99_s:.3f} | "
                      f"{p.windows} | {p.utterances} | {p.skipped} | {p.errors} | "
                      f"{p.cpu_s_per_stream_s:.3f} | {p.late} / {p.server_late} | "
-                     f"{'yes' if p.held else 'no'} |")
-    speech = [p.speech_fraction for p in points if p.utterances]
-    fraction = float(np.median(speech)) if speech else 0.0
-    lines += ["", f"Raw ceilings (graphs alone, best of batch 1/2/8 and 1x2 or 2x1 threads): CLAP "
-              f"{ceiling.clap_windows_s:.1f} windows/s, emotion2vec "
-              f"{ceiling.emotion_audio_s_s:.1f} audio s/s; the streams carry "
-              f"{fraction:.2f} s of speech per second.", ""]
+                     f"{'yes' if p.held else 'no'} | {limit(p):.1f} | "
+                     f"{p.streams / limit(p):.2f} |")
+    clap = [p.clap_windows_s for p in points]
+    emotion = [p.emotion_audio_s_s for p in points]
+    lines += ["", f"Raw ceilings (graphs alone, best of batch 1/2/8 and 1x2 or 2x1 threads, "
+              f"measured before each N): CLAP {min(clap):.1f}-{max(clap):.1f} windows/s, "
+              f"emotion2vec {min(emotion):.1f}-{max(emotion):.1f} audio s/s; the streams "
+              f"carry {fraction:.2f} s of speech per second.", ""]
     for config in sorted({p.config for p in points}):
         tasks = tasks_of(config)
-        limit = ceiling.streams(tasks, hop_s, fraction)
-        held = [p.streams for p in points if p.config == config and p.held]
-        best = max(held) if held else 0
+        held = [p for p in points if p.config == config and p.held]
         what = ("CLAP alone: windows/s x hop" if tasks == "classify"
                 else "CLAP windows + emotion2vec speech seconds per stream-second")
-        lines.append(f"- {config}: largest N held {best} of a ceiling of {limit:.1f} streams "
-                     f"({what}) = **{best / limit:.2f}**")
+        if not held:
+            lines.append(f"- {config}: no N held ({what})")
+            continue
+        best = max(held, key=lambda p: p.streams)
+        lines.append(f"- {config}: largest N held {best.streams} of a ceiling of "
+                     f"{limit(best):.1f} streams measured beside it ({what}) = "
+                     f"**{best.streams / limit(best):.2f}**")
     if plot_path is not None:
         lines += ["", f"![lag]({out.name}/{plot_path.name})"]
     return "\n".join(lines) + "\n"
@@ -333,6 +368,8 @@ def main() -> None:
     p.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--hop", type=float, default=2.0)
+    p.add_argument("--frame-s", type=float, default=0.1,
+                   help="audio per binary frame (default 0.1 s)")
     p.add_argument("--tasks", nargs="+", choices=["both", "classify"], default=["both"],
                    help="both: CLAP + emotion per stream; classify: CLAP only")
     p.add_argument("--models-dir", type=Path, default=None)
@@ -367,6 +404,7 @@ def main() -> None:
     live = {"live_max_streams": "1024", "live_max_ahead_s": "1", "live_max_pending": "8",
             "models": "clap,emotion2vec", "ui": "false",
             **dict(item.split("=", 1) for item in args.set)}
+    workload = Workload(args.seconds, args.hop, args.frame_s, args.speech_dir)
     points: list[Point] = []
     for tasks in args.tasks:
         configs = {f"{tasks} batched": live}
@@ -375,16 +413,14 @@ def main() -> None:
         for changed in args.compare:
             configs[f"{tasks} {changed}"] = {
                 **live, **dict(setting.split("=", 1) for setting in changed.split(","))}
-        points += sweep(models_dir, configs, args.streams, args.seconds, args.hop, out,
-                        args.speech_dir)
-    ceiling = Ceiling(
-        clap_windows_s=best_rate("clap", models_dir / "clap", args.ceiling_seconds),
-        emotion_audio_s_s=best_rate("emotion2vec", models_dir / "emotion2vec",
-                                    args.ceiling_seconds))
+        points += sweep(models_dir, configs, args.streams, workload, out, lambda: Ceiling(
+                            clap_windows_s=best_rate("clap", models_dir / "clap",
+                                                     args.ceiling_seconds),
+                            emotion_audio_s_s=best_rate("emotion2vec", models_dir / "emotion2vec",
+                                                        args.ceiling_seconds)))
     (out / "points.json").write_text(json.dumps([asdict(pt) for pt in points], indent=1))
-    (out / "ceiling.json").write_text(json.dumps(asdict(ceiling)))
-    text = report(points, ceiling, args.hop, args, out, plot(points, out))
-    out.with_suffix(".md").write_text(text)
+    text = report(points, args.hop, args, out, plot(points, out))
+    out.parent.joinpath(out.name + ".md").write_text(text)
     print(text)
 
 
