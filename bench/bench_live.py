@@ -243,7 +243,7 @@ def measure(server: ServerProcess, config: str, streams: int, tasks: str, w: Wor
 
 
 def sweep(models_dir: Path, configs: dict[str, dict[str, str]], streams: list[int],
-          w: Workload, log_dir: Path, ceiling_now: Callable[[], Ceiling]) -> list[Point]:
+          w: Workload, log_dir: Path, ceiling_now: Callable[[], Ceiling] | None) -> list[Point]:
     """Every config's server up at once (idle while another is measured), the configs
     measured in turn at each N, the ceiling just before: a drift of the machine hits them
     alike."""
@@ -253,11 +253,12 @@ def sweep(models_dir: Path, configs: dict[str, dict[str, str]], streams: list[in
             f"live-{config.replace(' ', '-')}", models_dir, settings, log_dir=log_dir).start())
             for config, settings in configs.items()}
         for n in streams:
-            beside = ceiling_now()
+            beside = ceiling_now() if ceiling_now is not None else None
             for config, server in servers.items():
                 point = measure(server, config, n, tasks_of(config), w, log_dir)
-                point.clap_windows_s = beside.clap_windows_s
-                point.emotion_audio_s_s = beside.emotion_audio_s_s
+                if beside is not None:
+                    point.clap_windows_s = beside.clap_windows_s
+                    point.emotion_audio_s_s = beside.emotion_audio_s_s
                 print(json.dumps(asdict(point)), flush=True)
                 points.append(point)
     return sorted(points, key=lambda pt: (list(configs).index(pt.config), pt.streams))
@@ -339,11 +340,12 @@ def report(points: list[Point], hop_s: float, args: argparse.Namespace, out: Pat
                      f"{p.windows} | {p.utterances} | {p.skipped} | {p.errors} | "
                      f"{p.cpu_s_per_stream_s:.3f} | {p.late} / {p.server_late} | "
                      f"{'yes' if p.held else 'no'} | {limit(p):.1f} | "
-                     f"{p.streams / limit(p):.2f} |")
+                     f"{p.streams / limit(p):.3g} |")
     clap = [p.clap_windows_s for p in points]
     emotion = [p.emotion_audio_s_s for p in points]
     lines += ["", f"Raw ceilings (graphs alone, best of batch 1/2/8 and 1x2 or 2x1 threads, "
-              f"measured before each N): CLAP {min(clap):.1f}-{max(clap):.1f} windows/s, "
+              f"measured {'before each N' if args.ceiling_at == 'each' else 'once, at the end'}): "
+              f"CLAP {min(clap):.1f}-{max(clap):.1f} windows/s, "
               f"emotion2vec {min(emotion):.1f}-{max(emotion):.1f} audio s/s; the streams "
               f"carry {fraction:.2f} s of speech per second.", ""]
     for config in sorted({p.config for p in points}):
@@ -356,8 +358,8 @@ def report(points: list[Point], hop_s: float, args: argparse.Namespace, out: Pat
             continue
         best = max(held, key=lambda p: p.streams)
         lines.append(f"- {config}: largest N held {best.streams} of a ceiling of "
-                     f"{limit(best):.1f} streams measured beside it ({what}) = "
-                     f"**{best.streams / limit(best):.2f}**")
+                     f"{limit(best):.1f} streams ({what}) = "
+                     f"**{best.streams / limit(best):.3g}**")
     if plot_path is not None:
         lines += ["", f"![lag]({out.name}/{plot_path.name})"]
     return "\n".join(lines) + "\n"
@@ -377,6 +379,9 @@ def main() -> None:
                    help="real speech clips (*.flac; default ../shared/data/speech)")
     p.add_argument("--random-real", action="store_true")
     p.add_argument("--ceiling-seconds", type=float, default=3.0)
+    p.add_argument("--ceiling-at", choices=["each", "end"], default="each",
+                   help="measure the ceiling before every N (default), or once at the end "
+                        "(quicker: the GPU check, whose time is short)")
     p.add_argument("--set", nargs="*", default=[], metavar="SETTING=VALUE",
                    help="more AUDIOSERVE_* settings for the server (without the prefix)")
     p.add_argument("--no-unbatched", action="store_true", help="skip MAX_BATCH_SIZE=1")
@@ -405,6 +410,13 @@ def main() -> None:
             "models": "clap,emotion2vec", "ui": "false",
             **dict(item.split("=", 1) for item in args.set)}
     workload = Workload(args.seconds, args.hop, args.frame_s, args.speech_dir)
+
+    def ceiling_now() -> Ceiling:
+        return Ceiling(
+            clap_windows_s=best_rate("clap", models_dir / "clap", args.ceiling_seconds),
+            emotion_audio_s_s=best_rate("emotion2vec", models_dir / "emotion2vec",
+                                        args.ceiling_seconds))
+
     points: list[Point] = []
     for tasks in args.tasks:
         configs = {f"{tasks} batched": live}
@@ -413,11 +425,13 @@ def main() -> None:
         for changed in args.compare:
             configs[f"{tasks} {changed}"] = {
                 **live, **dict(setting.split("=", 1) for setting in changed.split(","))}
-        points += sweep(models_dir, configs, args.streams, workload, out, lambda: Ceiling(
-                            clap_windows_s=best_rate("clap", models_dir / "clap",
-                                                     args.ceiling_seconds),
-                            emotion_audio_s_s=best_rate("emotion2vec", models_dir / "emotion2vec",
-                                                        args.ceiling_seconds)))
+        points += sweep(models_dir, configs, args.streams, workload, out,
+                        ceiling_now if args.ceiling_at == "each" else None)
+    if args.ceiling_at == "end":
+        once = ceiling_now()
+        for point in points:
+            point.clap_windows_s = once.clap_windows_s
+            point.emotion_audio_s_s = once.emotion_audio_s_s
     (out / "points.json").write_text(json.dumps([asdict(pt) for pt in points], indent=1))
     text = report(points, args.hop, args, out, plot(points, out))
     out.parent.joinpath(out.name + ".md").write_text(text)

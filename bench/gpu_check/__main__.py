@@ -256,7 +256,8 @@ def live_streams(check: Check, packs: dict[str, Path], flavour: str) -> None:
             cmd = [py, "-m", "bench.bench_live", "--models-dir", str(packs["clap"].parent),
                    "--speech-dir", str(speech), "--streams", *streams,
                    "--seconds", "4" if a.quick else "12", "--ceiling-seconds",
-                   "0.5" if a.quick else "3", "--out", str(check.out / "live"),
+                   "0.5" if a.quick else "3", "--ceiling-at", "end",
+                   "--out", str(check.out / "live"),
                    *(["--no-unbatched"] if a.quick else [])]
             check.run(f"live analysis streams {flavour}", cmd, need_s=40 if a.quick else 150,
                       max_s=420)
