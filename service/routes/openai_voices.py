@@ -31,6 +31,7 @@ from service.routes.multipart import parse_multipart, text_field
 from service.routes.openai_speech import OpenAIRoute
 from service.routes.params import describe
 from service.routes.responses import Answer, openai_errors, path_example
+from service.routes.upload_schema import form_schema
 from service.routes.uploads import JSON, MAX_FORM_PARTS, MULTIPART
 from service.routes.voices import pipeline_of
 from service.tts.voices import Voice, VoiceStore
@@ -43,17 +44,22 @@ class VoiceFromSampleUnsupported(ApiError):
 
 
 class CreateVoiceBody(BaseModel):
+    """Both shapes of the body (JSON, and the SDK's form: service.routes.upload_schema)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(json_schema_extra=VOICE_NAME)
-    type: Literal["audio_sample", "prompt"] | None = None
-    prompt: str | None = None
-    """Here: a voice spec (a name, a mix `alloy(2)+echo(1)`, or an `spk_emb` string)."""
+    name: str = Field(examples=["warm-narrator"], json_schema_extra=VOICE_NAME)
+    type: Literal["prompt", "audio_sample"] | None = Field(
+        None, description="`audio_sample` is refused (422): ChatTTS cannot clone.")
+    prompt: str | None = Field(None, examples=["alloy(2)+echo(1)"], description=(
+        "A voice spec: a name, a mix `a(2)+b(1)` or an spk_emb."))
     consent: str | None = None
     model: str | None = None
     script_hint: str | None = None
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    spk_emb: str | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description=(
+        "Extension: a seeded random speaker (instead of `prompt`)."))
+    spk_emb: str | None = Field(None, description=(
+        "Extension: an upstream speaker string (instead of `prompt`)."))
     overwrite: bool = False
 
 
@@ -84,21 +90,6 @@ _SAMPLE = ("ChatTTS cannot make a voice from an audio sample: it has no speaker 
            "voices are sampled speaker vectors). Create one with type 'prompt' and a "
            "`prompt` naming a voice or a mix of voices (alloy(2)+echo(1)), or with `seed` or "
            "`spk_emb` (extensions)")
-_CREATE_FORM = {"type": "object", "required": ["name"], "properties": {
-    "name": {"type": "string", "examples": ["warm-narrator"], **VOICE_NAME},
-    "type": {"type": "string", "enum": ["prompt", "audio_sample"],
-             "description": "`audio_sample` is refused (422): ChatTTS cannot clone."},
-    "prompt": {"type": "string", "examples": ["alloy(2)+echo(1)"],
-               "description": "A voice spec: a name, a mix `a(2)+b(1)` or an spk_emb."},
-    "seed": {"type": "integer", "example": "", "minimum": 0, "maximum": 2**32 - 1,
-             "description": "Extension: a seeded random speaker (instead of `prompt`)."},
-    "spk_emb": {"type": "string", "example": "",
-                "description": "Extension: an upstream speaker string (instead of `prompt`)."},
-    "overwrite": {"type": "boolean", "default": False},
-    "consent": {"type": "string"}, "model": {"type": "string"},
-    "script_hint": {"type": "string"}},
-    "additionalProperties": False}
-"""The form's schema; the JSON body's is CreateVoiceBody's (the same fields, null = unset)."""
 
 
 def voice_object(voice: Voice, created_at: int) -> dict[str, Any]:
@@ -152,7 +143,7 @@ def create(store: VoiceStore, content_type: str, body: bytes) -> dict[str, Any]:
                  "application/json": {"schema": CreateVoiceBody.model_json_schema(), "example": {
                      "name": "warm-narrator", "type": "prompt", "prompt": "alloy(2)+echo(1)",
                      "overwrite": True}},
-                 "multipart/form-data": {"schema": _CREATE_FORM}}}},
+                 "multipart/form-data": {"schema": form_schema(CreateVoiceBody)}}}},
              responses=openai_errors(400, 401, 409, 413, 415, 422, 503))
 async def create_voice(request: Request) -> dict[str, Any]:
     """Save a voice (OpenAI's `audio.voice`); see the module's note for what ChatTTS takes."""

@@ -6,7 +6,8 @@ publishes both shapes the route takes, from the same model that validates them:
 multipart (a binary `file` plus the fields) and JSON (base64 `audio` plus the fields).
 The JSON example carries a real 0.5 s WAV, so Swagger UI's "Try it out" gets a 200 as
 it stands, and the multipart form needs only a file picked (its optional fields start
-empty, which the params read as unset).
+empty, which the params read as unset). `form_schema` does the same for a form of text
+fields only (the voices API's).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+from pydantic import BaseModel
 
 from service.audio.decode import ACCEPTED_FORMATS
 from service.routes.params import UploadParams
@@ -82,6 +84,15 @@ def upload_body(params: type[UploadParams]) -> dict[str, Any]:
     }}}
 
 
+def form_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The multipart/form-data schema of a route whose form fields are `model`'s (a form
+    of text fields, validated by that model as the JSON body is)."""
+    schema = model.model_json_schema()
+    assert "$defs" not in schema, f"{model.__name__}: keep form models flat"
+    return {"type": "object", "properties": _form_fields(schema.get("properties", {})),
+            "required": list(schema.get("required", [])), "additionalProperties": False}
+
+
 def _json_field(spec: dict[str, Any], required: bool, comma_list: bool) -> dict[str, Any]:
     """A field as the JSON body takes it: a list also as one comma-separated string, an
     optional field also as null."""
@@ -106,10 +117,12 @@ def _nullable(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _form_fields(properties: dict[str, Any]) -> dict[str, Any]:
-    """An optional field's form example is empty (unset): Swagger UI fills a form field
-    with a sample of its first type otherwise (`top_k` 1, which asks for one label)."""
-    def optional(spec: dict[str, Any]) -> bool:
-        return any(branch.get("type") == "null" for branch in spec.get("anyOf", ()))
+    """An optional field without an example of its own starts empty (unset) in the form:
+    Swagger UI fills a form field with a sample of its first type otherwise (`top_k` 1,
+    which asks for one label)."""
+    def blank(spec: dict[str, Any]) -> bool:
+        return "examples" not in spec and any(branch.get("type") == "null"
+                                              for branch in spec.get("anyOf", ()))
 
-    return {name: {**spec, "example": ""} if optional(spec) else spec
+    return {name: {**spec, "example": ""} if blank(spec) else spec
             for name, spec in properties.items()}
