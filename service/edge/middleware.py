@@ -44,7 +44,9 @@ class RequestContextMiddleware:
         request_id = sent_id if sent_id and _SAFE_ID.fullmatch(sent_id) else uuid.uuid4().hex[:16]
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
-        status = 500
+        status: int | None = None
+        """What the app answered; None while it has sent nothing."""
+        cut = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -58,17 +60,20 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except asyncio.CancelledError:  # the server stopped (edge.server.cut_at_shutdown)
-            status = 503 if status == 500 else status  # what that answers if nothing was
+            cut = True
             raise
         finally:
+            # with nothing sent, what the edge answers: 503 for a request cut at shutdown
+            # (cut_at_shutdown), 500 for an error that escaped every handler
+            answered = status if status is not None else 503 if cut else 500
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(template, str(status)).inc()
+            self.metrics.requests.labels(template, str(answered)).inc()
             self.metrics.request_seconds.labels(template).observe(elapsed)
             log.info(
                 '%s "%s %s" %d %.1fms id=%s',
-                _client(scope), scope["method"], _printable(scope), status, elapsed * 1e3,
+                _client(scope), scope["method"], _printable(scope), answered, elapsed * 1e3,
                 request_id,
             )
 
