@@ -57,6 +57,9 @@ def test_each_window_is_its_span_resampled_alone(rate: int) -> None:
     assert len(cut[-1].samples) == 10 * CLAP_RATE  # a full window is CLAP's 10 s exactly
 
 
-def test_a_hop_shorter_than_a_sample_is_refused() -> None:
-    with pytest.raises(ValueError, match="one sample"):
-        SlidingWindows(10.0, 1e-6, 16_000, CLAP_RATE)
+def test_a_hop_shorter_than_a_sample_is_one_sample() -> None:
+    """LIVE_MIN_HOP_S may be set below a sample of a slow stream: a window per sample."""
+    windows = SlidingWindows(10.0, 1e-6, 8_000, CLAP_RATE)
+    assert [w.end for w in windows.push(np.zeros(3, np.float32))] == [1, 2, 3]
+    with pytest.raises(ValueError, match="positive"):
+        SlidingWindows(10.0, 0.0, 8_000, CLAP_RATE)

@@ -68,12 +68,12 @@ class SampleBuffer:
 
 class SlidingWindows:
     def __init__(self, window_s: float, hop_s: float, rate: int, model_rate: int) -> None:
-        """Windows of `window_s` every `hop_s` of a stream at `rate`, resampled to
-        `model_rate`."""
-        self.window = round(window_s * rate)
-        self.hop = round(hop_s * rate)
-        if self.window <= 0 or self.hop <= 0:
-            raise ValueError("window and hop must be at least one sample")
+        """Windows of `window_s` every `hop_s` (at least one sample) of a stream at
+        `rate`, resampled to `model_rate`."""
+        if window_s <= 0 or hop_s <= 0:
+            raise ValueError("window and hop must be positive")
+        self.window = max(1, round(window_s * rate))
+        self.hop = max(1, round(hop_s * rate))
         self.rate = rate
         self.model_rate = model_rate
         self.buffer = SampleBuffer()
