@@ -125,6 +125,10 @@ class Point:
     def ceiling(self) -> Ceiling:
         return Ceiling(self.clap_windows_s, self.emotion_audio_s_s)
 
+    def read_against(self, ceiling: Ceiling) -> None:
+        self.clap_windows_s = ceiling.clap_windows_s
+        self.emotion_audio_s_s = ceiling.emotion_audio_s_s
+
     @property
     def held(self) -> bool:
         return (max(self.p99_s, self.emotion_p99_s) < HELD_P99_S and self.skipped == 0
@@ -257,8 +261,7 @@ def sweep(models_dir: Path, configs: dict[str, dict[str, str]], streams: list[in
             for config, server in servers.items():
                 point = measure(server, config, n, tasks_of(config), w, log_dir)
                 if beside is not None:
-                    point.clap_windows_s = beside.clap_windows_s
-                    point.emotion_audio_s_s = beside.emotion_audio_s_s
+                    point.read_against(beside)
                 print(json.dumps(asdict(point)), flush=True)
                 points.append(point)
     return sorted(points, key=lambda pt: (list(configs).index(pt.config), pt.streams))
@@ -430,8 +433,7 @@ def main() -> None:
     if args.ceiling_at == "end":
         once = ceiling_now()
         for point in points:
-            point.clap_windows_s = once.clap_windows_s
-            point.emotion_audio_s_s = once.emotion_audio_s_s
+            point.read_against(once)
     (out / "points.json").write_text(json.dumps([asdict(pt) for pt in points], indent=1))
     text = report(points, args.hop, args, out, plot(points, out))
     out.parent.joinpath(out.name + ".md").write_text(text)

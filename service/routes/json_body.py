@@ -94,8 +94,7 @@ def loads(body: bytes | str, limits: JsonLimits | None = None) -> Any:
         raise BadRequest("body is not valid JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise BadRequest(f"body is not valid JSON: {exc}") from None
-    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
-    if _SURROGATE.search(raw) and (problem := _surrogate_problem(value)) is not None:
+    if _may_hold_surrogate(body) and (problem := _surrogate_problem(value)) is not None:
         raise InvalidInput(problem)
     return value
 
@@ -104,12 +103,19 @@ def lone_surrogate_problem(text: str) -> str | None:
     """What is wrong with a JSON message that a strict parser refused, when the cause is a
     lone surrogate: the field, said as `loads` says it (jiter, which the WebSocket
     protocols parse with, says only "unexpected end of hex escape"). None otherwise."""
-    if not _SURROGATE.search(text.encode("utf-8", "surrogatepass")):
+    if not _may_hold_surrogate(text):
         return None
     try:
         return _surrogate_problem(json.loads(text))
     except (ValueError, RecursionError):
         return None
+
+
+def _may_hold_surrogate(body: bytes | str) -> bool:
+    """Whether the raw text holds a surrogate, escaped or encoded (the cheap test before
+    the parsed value is walked)."""
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    return _SURROGATE.search(raw) is not None
 
 
 def _surrogate_problem(value: Any) -> str | None:
