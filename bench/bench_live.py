@@ -48,7 +48,6 @@ from bench.packs import ensure_pack
 from bench.server import REPO, ServerProcess, audioserve, cpu_used_by_role, http_get
 
 SPEECH = REPO.parent / "shared" / "data" / "speech"
-RATE = 16_000
 LABELS = ["speech", "music", "dog barking", "rain", "siren", "applause", "laughter",
           "car horn"]
 HELD_P99_S = 1.0
@@ -64,6 +63,10 @@ class Workload:
     frame_s: float
     """Audio per binary frame (100 ms: a MediaRecorder timeslice a browser would use)."""
     speech: Path
+    rate: int = 16_000
+    """The streams' sample rate: 16 kHz (a telephony or ASR-style source), or 48 kHz (a
+    browser's microphone), where CLAP's windows need no resampling and share log-mel
+    frames (service.audio.logmel_cache) while emotion's audio is resampled as a stream."""
 
 
 @dataclass
@@ -135,30 +138,30 @@ class Point:
                 and self.errors == 0)
 
 
-def speech_audio(seconds: float, folder: Path = SPEECH) -> np.ndarray:
+def speech_audio(seconds: float, folder: Path = SPEECH, rate: int = 16_000) -> np.ndarray:
     """Real speech clips with 1 s gaps, 16-bit at 16 kHz, repeated to `seconds`."""
     parts: list[np.ndarray] = []
     clips = sorted(folder.glob("*.flac"))
     if not clips:
         raise SystemExit(f"no speech clips (*.flac) in {folder}: give --speech-dir")
     for path in clips:
-        samples, rate = sf.read(path, dtype="float32")
-        parts += [np.zeros(RATE, np.float32), soxr.resample(samples, rate, RATE)]
-        if sum(len(p) for p in parts) >= seconds * RATE:
+        samples, clip_rate = sf.read(path, dtype="float32")
+        parts += [np.zeros(rate, np.float32), soxr.resample(samples, clip_rate, rate)]
+        if sum(len(p) for p in parts) >= seconds * rate:
             break
-    audio = np.concatenate(parts)[:round(seconds * RATE)]
+    audio = np.concatenate(parts)[:round(seconds * rate)]
     return np.clip(np.round(audio * 32768), -32768, 32767).astype("<i2")
 
 
 async def one_stream(url: str, audio: np.ndarray, offset_s: float, tasks: str,
                      w: Workload) -> StreamResult:
     result = StreamResult()
-    frame = round(w.frame_s * RATE)
+    frame = round(w.frame_s * w.rate)
     sent_at: list[tuple[float, float]] = []  # (audio end in s, wall time sent)
     await asyncio.sleep(offset_s)  # streams start spread over one hop
     async with connect(url, max_size=None, open_timeout=60) as ws:
         await ws.send(json.dumps({
-            "type": "session.config", "input": {"format": "pcm_s16le", "sample_rate": RATE},
+            "type": "session.config", "input": {"format": "pcm_s16le", "sample_rate": w.rate},
             "classify": {"labels": LABELS, "hop_s": w.hop_s},
             "emotion": {} if tasks == "both" else None}))
 
@@ -169,7 +172,7 @@ async def one_stream(url: str, audio: np.ndarray, offset_s: float, tasks: str,
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await ws.send(audio[i:i + frame].tobytes())
-                sent_at.append((min(i + frame, len(audio)) / RATE, time.monotonic()))
+                sent_at.append((min(i + frame, len(audio)) / w.rate, time.monotonic()))
             await ws.send(json.dumps({"type": "input.done"}))
 
         sender = asyncio.create_task(send())
@@ -197,7 +200,7 @@ async def one_stream(url: str, audio: np.ndarray, offset_s: float, tasks: str,
 
 
 async def run_point(url: str, streams: int, tasks: str, w: Workload) -> list[StreamResult]:
-    audio = speech_audio(w.seconds, w.speech)
+    audio = speech_audio(w.seconds, w.speech, w.rate)
     # N independent speakers are not in step: stream i starts i/N of the way into the
     # speech (rotated), so utterances end spread over time, not in one burst per clip.
     # Windows are spread too: stream i starts i/N of a hop late.
@@ -316,7 +319,7 @@ def report(points: list[Point], hop_s: float, args: argparse.Namespace, out: Pat
              f"`python -m bench.bench_live {' '.join(args.argv)}`; packs: "
              f"{'random weights at real size' if args.random_real else 'tiny test packs'}; "
              f"{args.seconds:g} s of real speech per stream at real-time pace, "
-             f"{args.frame_s * 1000:g} ms frames, "
+             f"{args.frame_s * 1000:g} ms frames at {args.rate / 1000:g} kHz, "
              f"CLAP hop {hop_s:g} s (+ emotion per utterance where the tasks are `both`); "
              f"held = P99 lag < {HELD_P99_S:g} s and nothing skipped.", "",
              "Lag is the client's: the frame holding a result's last sample sent -> the result "
@@ -373,6 +376,8 @@ def main() -> None:
     p.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--hop", type=float, default=2.0)
+    p.add_argument("--rate", type=int, default=16_000,
+                   help="the streams' sample rate (48000: a browser's microphone)")
     p.add_argument("--frame-s", type=float, default=0.1,
                    help="audio per binary frame (default 0.1 s)")
     p.add_argument("--tasks", nargs="+", choices=["both", "classify"], default=["both"],
@@ -412,7 +417,7 @@ def main() -> None:
     live = {"live_max_streams": "1024", "live_max_ahead_s": "1", "live_max_pending": "8",
             "models": "clap,emotion2vec", "ui": "false",
             **dict(item.split("=", 1) for item in args.set)}
-    workload = Workload(args.seconds, args.hop, args.frame_s, args.speech_dir)
+    workload = Workload(args.seconds, args.hop, args.frame_s, args.speech_dir, args.rate)
 
     def ceiling_now() -> Ceiling:
         return Ceiling(
