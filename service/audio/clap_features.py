@@ -162,19 +162,54 @@ def log_mel(waveform: np.ndarray, cfg: MelConfig) -> np.ndarray:
     All in float32: 5x faster than float64 here (2.8 vs 13.6 ms for 10 s, one thread) and
     within 1.2e-5 dB of it on broadband audio, inside the 1e-3 dB the tests hold us to.
     """
+    waveform = np.asarray(waveform, dtype=np.float32)
+    return mel_db(frame_power(frames(waveform, 0, frame_count(waveform.size, cfg), cfg), cfg),
+                  cfg)
+
+
+def frame_count(n_samples: int, cfg: MelConfig) -> int:
+    """Frames of the reflect-centred framing of `n_samples` samples."""
+    return 1 + (n_samples + 2 * (cfg.n_fft // 2) - cfg.n_fft) // cfg.hop_length
+
+
+def interior_frames(n_samples: int, cfg: MelConfig) -> range:
+    """The frames whose n_fft samples all lie inside the waveform (no reflect padding):
+    they depend on those samples only, wherever the waveform was cut."""
     half = cfg.n_fft // 2
-    padded = np.pad(np.asarray(waveform, dtype=np.float32), (half, half), mode="reflect")
-    count = 1 + (padded.size - cfg.n_fft) // cfg.hop_length
-    frames = np.lib.stride_tricks.as_strided(
-        padded, shape=(count, cfg.n_fft),
-        strides=(padded.strides[0] * cfg.hop_length, padded.strides[0]), writeable=False,
+    first = -(-half // cfg.hop_length)
+    return range(first, (n_samples - (cfg.n_fft - half)) // cfg.hop_length + 1)
+
+
+def frames(waveform: np.ndarray, first: int, stop: int, cfg: MelConfig) -> np.ndarray:
+    """Frames [first, stop) of the waveform's reflect-centred framing, [stop - first, n_fft]
+    (a strided view): only the samples they cover are padded and read."""
+    half, hop, n = cfg.n_fft // 2, cfg.hop_length, waveform.shape[0]
+    lo, hi = first * hop - half, (stop - 1) * hop + cfg.n_fft - half
+    part = waveform[max(lo, 0):min(hi, n)]
+    padded = np.pad(part, (max(-lo, 0), max(hi - n, 0)), mode="reflect")
+    return np.lib.stride_tricks.as_strided(
+        padded, shape=(stop - first, cfg.n_fft),
+        strides=(padded.strides[0] * hop, padded.strides[0]), writeable=False,
     )
-    spectrum = scipy.fft.rfft(frames * _hann(cfg.n_fft), axis=-1)
-    lo, hi, bank = _weighed_bins(cfg)
+
+
+def frame_power(framed: np.ndarray, cfg: MelConfig) -> np.ndarray:
+    """float32 [frames, weighed bins] power spectrum of Hann-windowed frames. Each row
+    depends on its frame only, to the bit (pocketfft transforms rows alike in a batch of
+    any size), which is what lets a live stream reuse its rows (service.audio.logmel_cache)."""
+    spectrum = scipy.fft.rfft(framed * _hann(cfg.n_fft), axis=-1)
+    lo, hi, _ = _weighed_bins(cfg)
     # re and im side by side as float32 (a view): squaring that is 3x faster than
     # .real**2 + .imag**2 on the strided halves
     squares = np.square(spectrum[:, lo:hi].view(np.float32))
-    power = squares[:, 0::2] + squares[:, 1::2]
+    return squares[:, 0::2] + squares[:, 1::2]
+
+
+def mel_db(power: np.ndarray, cfg: MelConfig) -> np.ndarray:
+    """float32 [frames, n_mels] dB of the power rows of one whole waveform (top_db is
+    relative to its loudest). Not row by row: BLAS's product gives a row a different last
+    bit with other rows around it (measured: 1.5e-5 dB on a quarter of them)."""
+    _, _, bank = _weighed_bins(cfg)
     mel = np.maximum(cfg.mel_floor, power @ bank)
     db = 10.0 * np.log10(np.maximum(mel, cfg.db_min_value))
     if cfg.top_db is not None:

@@ -5,13 +5,16 @@ Design note. Each frame is decoded (service.live.decode) and handed to the windo
 upload) and, resampled as a stream, to the endpointer (emotion): a
 `StreamAnalyser` (service.live.analysis) that returns the windows, utterances and partial
 due it found. Each window or utterance becomes one job that calls the same pipeline entry
-points the HTTP routes call (`ClapPipeline.embed_samples` + `score`,
+points the HTTP routes call (`ClapPipeline.embed_window` + `score`,
 `Emotion2vecPipeline.analyse_samples`), through the model's admission gate and its
 batcher: live and HTTP work share forward passes, on one process or through the cluster's
-seam. A stream holds at most `live_max_pending` jobs; a window or utterance beyond that
-is skipped with a `skipped` event. Results go out in order per task through a bounded
-outbox; a client that leaves `live_send_buffer` events unread is cut off (1008) and its
-jobs are cancelled. A stream is read no faster than real time plus `live_max_ahead_s`.
+seam. A window's log-mel reuses the frames it shares with the stream's previous window
+(a stream at CLAP's rate: service.audio.logmel_cache), the same features for less CPU;
+the cache is the stream's, dropped when it ends. A stream holds at most
+`live_max_pending` jobs; a window or utterance beyond that is skipped with a `skipped`
+event. Results go out in order per task through a bounded outbox; a client that leaves
+`live_send_buffer` events unread is cut off (1008) and its jobs are cancelled. A stream
+is read no faster than real time plus `live_max_ahead_s`.
 
 Partials (`emotion.partial_every_s`) are interim and best effort: each time the open
 utterance has grown that much, one job computes it so far through the same entry point,
@@ -60,6 +63,7 @@ from pydantic import BaseModel
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from batcher import BatcherClosed, DeadlineExceeded, Overloaded, due_since
+from service.audio.logmel_cache import LogMelCache
 from service.errors import ApiError, InvalidInput
 from service.live import protocol as p
 from service.live.analysis import Found, StreamAnalyser, WindowPlan
@@ -160,6 +164,8 @@ class LiveSession:
         """Touched by one thread at a time (see the design note), never by the loop."""
         self._emotion_rate = 16_000
         self._texts: np.ndarray | None = None
+        self._logmel: LogMelCache | None = None
+        """CLAP's log-mel frames of the stream's last window, shared with the next."""
         self._labels: list[str] = []
         self._top_k = 0
         self._emotion_options = EmotionOptions()
@@ -217,6 +223,7 @@ class LiveSession:
                                     "this stream (logged); please report it"), force=True)
         finally:
             self._ended = True
+            self._logmel = None
             self._cancel_pending()
             if self._encoded is not None:
                 self._encoded.abort()
@@ -403,6 +410,7 @@ class LiveSession:
         self._top_k = min(c.top_k or len(labels), len(labels))
         rate = clap.mel.sample_rate
         self._windows = WindowPlan(clap.mel.max_length_samples / rate, c.hop_s, rate)
+        self._logmel = clap.window_cache()
         return c.model_copy(update={"labels": labels, "prompt_template": template,
                                     "top_k": self._top_k})
 
@@ -666,7 +674,7 @@ class LiveSession:
         clap: ClapPipeline = self.ctx.pipelines["clap"]
         assert self._texts is not None
         with due_since(due):
-            audio = await clap.embed_samples(window.samples)
+            audio = await clap.embed_window(window.samples, window.model_start, self._logmel)
         scores = clap.score(audio.embedding, self._texts, self._labels, self._top_k)
         rate = window.rate
         return p.ClassifyWindow(

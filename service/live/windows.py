@@ -28,6 +28,10 @@ class Window:
     """The stream's rate."""
     samples: np.ndarray
     """The span [start, end), at the model's rate."""
+    model_start: int | None = None
+    """`start` at the model's rate where `samples` are the stream's own (it is at that
+    rate), so two windows' overlaps hold the same numbers and their log-mel frames can
+    be shared (service.audio.logmel_cache); None where each was resampled alone."""
 
 
 class SampleBuffer:
@@ -105,7 +109,8 @@ class SlidingWindows:
     def _cut(self, end: int) -> Window:
         start = max(0, end - self.window)
         samples = resample(self.buffer.span(start, end), self.rate, self.model_rate)
-        window = Window(self._index, start, end, self.rate, samples)
+        own = self.rate == self.model_rate
+        window = Window(self._index, start, end, self.rate, samples, start if own else None)
         self._index += 1
         self._last_end = end
         return window

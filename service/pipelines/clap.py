@@ -29,6 +29,7 @@ import numpy as np
 
 from service.audio import clap_features as cf
 from service.audio.decode import MinimumAudio, decode_audio
+from service.audio.logmel_cache import LogMelCache
 from service.errors import InvalidInput, PackError
 from service.pipelines.base import LoadContext
 from service.pipelines.clap_text import (
@@ -306,10 +307,12 @@ class ClapPipeline:
                        original_duration_s=audio.original_duration_s,
                        timings_ms={"decode": decode_ms, **prepared.timings_ms})
 
-    def prepare_samples(self, samples: np.ndarray) -> PreparedAudio:
+    def prepare_samples(self, samples: np.ndarray, cache: LogMelCache | None = None,
+                        start: int | None = None) -> PreparedAudio:
         """Window mono float32 samples at the pack's rate and, with host features,
         log-mel them. The stage is timed as `features`, or as `windows` when the log-mel
-        runs in the graph (its time is then part of `audio_embed`)."""
+        runs in the graph (its time is then part of `audio_embed`). `cache` and `start`:
+        a live window's (see embed_window)."""
         t0 = time.perf_counter()
         if self.fused:  # one item for the whole clip (see service.audio.clap_features)
             spans = used = [cf.whole_clip_span(samples, self.mel)]
@@ -317,15 +320,18 @@ class ClapPipeline:
         else:
             spans = cf.plan_windows(samples, self.mel)
             used = cf.select_windows(spans)
-            items = [self._window_item(samples, span) for span in used]
+            items = [self._window_item(samples, span, cache, start) for span in used]
         stage = "windows" if self.features == "graph" else "features"
         return PreparedAudio(spans=spans, used=used, items=items,
                              duration_s=samples.shape[0] / self.mel.sample_rate,
                              timings_ms={stage: _ms(t0)})
 
-    def _window_item(self, samples: np.ndarray, span: cf.WindowSpan) -> AudioItem:
+    def _window_item(self, samples: np.ndarray, span: cf.WindowSpan,
+                     cache: LogMelCache | None = None, start: int | None = None) -> AudioItem:
         if self.features == "graph":
             return AudioItem(waveform=cf.pad_short(samples[span.start:span.end], self.mel))
+        if cache is not None and (span.start, span.end) == (0, samples.shape[0]):
+            return AudioItem(features=cache.window_features(samples, start))
         return AudioItem(features=cf.window_features(samples, span, self.mel))
 
     def _fused_item(self, samples: np.ndarray) -> AudioItem:
@@ -341,6 +347,20 @@ class ClapPipeline:
     async def embed_samples(self, samples: np.ndarray) -> AudioEmbedding:
         """Embed already decoded samples (mono float32 at the pack's sample rate)."""
         return await self._prepare_and_embed(self.prepare_samples, samples)
+
+    def window_cache(self) -> LogMelCache | None:
+        """A live stream's log-mel frame cache for embed_window; None where the host
+        computes no window log-mel (graph features, or a fused pack's whole-clip item)."""
+        return LogMelCache(self.mel) if self.features == "host" and not self.fused else None
+
+    async def embed_window(self, samples: np.ndarray, start: int | None,
+                           cache: LogMelCache | None) -> AudioEmbedding:
+        """embed_samples of one live window, its log-mel reusing the frames it shares with
+        the stream's previous window (`start`: its offset at the pack's rate, None where
+        its samples were resampled; service.audio.logmel_cache). The same answer, to the
+        bit, for less CPU. `cache` None: as embed_samples."""
+        return await self._prepare_and_embed(
+            functools.partial(self.prepare_samples, cache=cache, start=start), samples)
 
     async def _prepare_and_embed(self, prepare: Callable[[T], PreparedAudio], source: T
                                  ) -> AudioEmbedding:
