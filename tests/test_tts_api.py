@@ -7,11 +7,15 @@ import io
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 from service.audio.decode import decode_audio
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
@@ -87,6 +91,25 @@ def test_speaker_string_and_refine(client: TestClient) -> None:
     r = tts(client, seed=None, spk_emb=spk, refine_text=True, sampling_seed=1)
     assert r.status_code == 200, r.text
     assert "refine" in r.headers["x-audioserve-timings-ms"]
+
+
+def test_the_published_schema_refuses_what_the_route_refuses(client: TestClient) -> None:
+    """Two speakers at once, or a format it cannot write: the OpenAPI's request schema
+    says no (so a client generating requests from it never sends them) and so does the
+    route; a speaker field sent as null is no speaker, for both."""
+    spec = client.get("/openapi.json").json()
+    registry: Registry[Any] = Registry().with_resource(
+        "urn:spec", Resource.from_contents(spec, default_specification=DRAFT202012))
+    validator = Draft202012Validator(
+        {"$ref": "urn:spec#/paths/~1tts/post/requestBody/content/application~1json/schema"},
+        registry=registry)
+    for body in ({"text": "hi", "seed": 3, "voice": "alloy"},
+                 {"text": "hi", "spk_emb": "x", "seed": 3}, {"text": "hi", "format": "ogg"}):
+        assert not validator.is_valid(body), body
+        assert client.post("/tts", json=body).status_code == 422, body
+    body = {"text": "hi", "seed": 3, "voice": None, "spk_emb": None, "format": "flac"}
+    assert validator.is_valid(body)
+    assert client.post("/tts", json={**body, "max_new_tokens": 8}).status_code == 200
 
 
 @pytest.mark.parametrize(

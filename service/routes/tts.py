@@ -89,9 +89,21 @@ FORMATS = (AudioFormat.WAV, AudioFormat.FLAC, AudioFormat.MP3, AudioFormat.OPUS,
            AudioFormat.AAC, AudioFormat.PCM)
 
 
+SPEAKER_FIELDS = ("seed", "spk_emb", "voice")
+"""Ways to name the speaker: a request gives at most one of them (`_validate`)."""
+
+
+def _at_most_one_speaker(schema: dict[str, Any]) -> None:
+    """The schema says what `_validate` enforces: no two speaker fields both given."""
+    given = {"not": {"type": "null"}}
+    schema["examples"] = [{"text": "Hello from audioserve.", "voice": "alloy", "format": "wav"}]
+    schema["not"] = {"anyOf": [{"required": [a, b], "properties": {a: given, b: given}}
+                               for i, a in enumerate(SPEAKER_FIELDS)
+                               for b in SPEAKER_FIELDS[i + 1:]]}
+
+
 class TTSBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"text": "Hello from audioserve.", "voice": "alloy", "format": "wav"}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_at_most_one_speaker)
 
     text: str = Field(json_schema_extra=NOT_BLANK)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
@@ -107,7 +119,8 @@ class TTSBody(BaseModel):
     min_new_tokens: int | None = Field(None, ge=0)
     """Upstream's `min_new_token`: no end of speech before this many tokens (per piece)."""
     refine_text: bool = False
-    format: str = "wav"
+    format: str = Field("wav", json_schema_extra={"enum": [str(f) for f in FORMATS]})
+    """The answer's audio format (case-insensitive: `WAV` is taken too)."""
     sample_rate: int = Field(24000, ge=8000, le=48000)
     voice: str | None = Field(None, json_schema_extra=NON_EMPTY)
     """A saved or default voice name, a mix `a(2)+b(1)`, or an `spk_emb` string."""
@@ -144,7 +157,7 @@ def _validate(body: TTSBody, max_chars: int) -> None:
         raise InvalidInput(
             f"format {body.format!r} is not supported; use one of {', '.join(FORMATS)}"
         )
-    if sum(x is not None for x in (body.seed, body.spk_emb, body.voice)) > 1:
+    if sum(getattr(body, name) is not None for name in SPEAKER_FIELDS) > 1:
         raise InvalidInput("send one of `seed`, `spk_emb` or `voice`, not several")
 
 
