@@ -18,7 +18,8 @@ Client -> server (JSON text frames unless said otherwise):
 - `{"type": "session.close"}`: stop now; pending work is cancelled, `session.done`, close 1000.
 
 Server -> client (JSON text frames); every result carries stream time, `start_s`/`end_s`:
-seconds of audio received (at the model's rate), not wall clock.
+seconds of audio received, not wall clock, to the microsecond (`round(start_s * rate)` is
+the first sample at the stream's rate).
 
 - `session.created`: `{"config": <resolved config>, "limits": {...}, "models": {...}}`.
 - `classify.window`: `{"index", "start_s", "end_s", "silent", "labels": [{"label",
