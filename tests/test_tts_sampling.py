@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
+from service.tts.jobs import NO_TOKEN, GenerationJob, LiveSequence, PassKind
 from service.tts.sampling import (
     MIN_TEMPERATURE,
     SamplingParams,
@@ -145,6 +148,8 @@ def test_invalid_params_rejected() -> None:
         SamplingParams(temperature=0)
     with pytest.raises(ValueError):
         SamplingParams(temperature=MIN_TEMPERATURE / 2)
+    with pytest.raises(ValueError, match="window"):
+        SamplingParams(window=0)  # tokens[-0:] would have been the whole history
 
 
 def test_the_smallest_temperature_still_samples_the_best_token() -> None:
@@ -182,3 +187,30 @@ def test_rows_of_a_batch_are_filtered_and_drawn_as_if_alone() -> None:
                           steps[r:r + 1], uniforms[r:r + 1], eos_id=EOS)
         assert ids[r] == one[0]
     assert ids[4] == together[4].argmax()
+
+
+def test_a_sequences_penalty_window_is_its_last_tokens_in_any_order() -> None:
+    """The engine keeps each sequence's window as a ring (`LiveSequence.history`): after
+    any number of tokens it holds exactly the last `window` of them, NO_TOKEN before, and
+    the penalty it gives equals the one of the ordered history."""
+    params = SamplingParams(repetition_penalty=1.3, window=5)
+    job = GenerationJob("r", PassKind.CODE, np.arange(3), None, params, 50, seed=1)
+    loop = asyncio.new_event_loop()
+    try:
+        live = LiveSequence(job, loop.create_future(), loop, 0.0, np.random.default_rng(1))
+    finally:
+        loop.close()
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((4, CODE_VOCAB)).astype(np.float32)
+    assert (live.history() == NO_TOKEN).all()
+    for n in range(1, 13):
+        live.add_token(rng.integers(0, 8, 4))  # few ids: repeats in the window
+        ordered = np.stack(live.tokens[-5:], axis=1)
+        ring = live.history()
+        assert ring.shape == (4, 5) and (ring == NO_TOKEN).sum() == 4 * max(0, 5 - n)
+        for r in range(4):
+            assert sorted(ring[r][ring[r] != NO_TOKEN]) == sorted(ordered[r])
+        penalties = np.full(4, 1.3, np.float32)
+        np.testing.assert_array_equal(
+            apply_repetition_penalty(logits, ring, penalties, 5),
+            apply_repetition_penalty(logits, list(ordered), penalties, 5))

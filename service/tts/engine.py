@@ -479,7 +479,7 @@ class GenerationEngine:
         return self._record(live, *sampled), row
 
     def _record(self, live: LiveSequence, ids: np.ndarray, hidden: np.ndarray | None) -> SeqOutput:
-        live.tokens.append(ids)
+        live.add_token(ids)
         eos = bool((ids == self.stepper.eos(live.job.kind)).any())
         if hidden is not None:
             live.hiddens.append(np.array(hidden, np.float32))

@@ -94,12 +94,12 @@ class GPTStepper:
     def _sample_rows(self, lives: list[LiveSequence], logits: np.ndarray) -> list[np.ndarray]:
         """One vectorised sampler call for sequences of one kind; a row per codebook."""
         per = logits.shape[0] // len(lives)
-        histories, params, steps, uniforms = [], [], [], []
+        params, steps, uniforms = [], [], []
         for live in lives:
-            histories += list(live.history())
             params += [live.job.params] * per
             steps += [len(live.tokens)] * per
             uniforms.append(np.zeros(per) if live.job.params.greedy else live.rng.random(per))
+        histories = np.concatenate([live.history() for live in lives])
         sampler = self.graphs.sampler
         sample = sample_rows if sampler is None else sampler.sample_rows
         ids = sample(logits, histories, params, steps, np.concatenate(uniforms),

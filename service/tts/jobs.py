@@ -79,6 +79,10 @@ class EngineStats:
     """Sequences that got no slot before their `start_by` (never run)."""
 
 
+NO_TOKEN = -1
+"""An empty place in a sequence's penalty window (`LiveSequence.history`)."""
+
+
 @dataclass(eq=False)
 class LiveSequence:
     """Engine-thread state of one sequence; its future belongs to the caller's loop."""
@@ -99,14 +103,21 @@ class LiveSequence:
     def prompt_len(self) -> int:
         return int(self.job.prompt_ids.shape[0])
 
-    def history(self) -> np.ndarray:
-        """The ids the repetition penalty looks at, as [rows, t]: 4 codebook rows (CODE)
-        or 1 (TEXT), at most the penalty's window."""
+    def __post_init__(self) -> None:
         rows = 4 if self.job.kind == PassKind.CODE else 1
-        if not self.tokens:
-            return np.zeros((rows, 0), np.int64)
-        recent = self.tokens[-self.job.params.window:]
-        return np.stack(recent, axis=1).reshape(rows, -1)
+        self._recent = np.full((rows, self.job.params.window), NO_TOKEN, np.int64)
+
+    def add_token(self, ids: np.ndarray) -> None:
+        """A sampled token (one id per codebook row): kept, and in the penalty's window."""
+        self._recent[:, len(self.tokens) % self._recent.shape[1]] = ids
+        self.tokens.append(ids)
+
+    def history(self) -> np.ndarray:
+        """The ids the repetition penalty looks at: [rows, window], 4 codebook rows (CODE)
+        or 1 (TEXT), the last `window` tokens in ring order (the penalty counts them,
+        order does not matter), NO_TOKEN where fewer were sampled. Kept as tokens come,
+        not stacked from the list every step (that was 16 us a row per step)."""
+        return self._recent
 
     def resolve(self, result: GenerationResult | None, error: BaseException | None) -> None:
         def _set() -> None:

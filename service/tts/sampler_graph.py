@@ -31,6 +31,8 @@ from onnx import TensorProto, helper
 from service.tts.sampling import (
     MIN_TOKENS_TO_KEEP,
     REPETITION_WINDOW,
+    Histories,
+    RowParams,
     SamplingParams,
     penalised_ids,
 )
@@ -127,7 +129,7 @@ def sampler_graph() -> bytes:
     return model.SerializeToString()
 
 
-def penalty_slots(histories: Sequence[np.ndarray], penalties: np.ndarray, vocab: int,
+def penalty_slots(histories: Histories, penalties: np.ndarray, vocab: int,
                   window: int = REPETITION_WINDOW) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the distinct ids of its last `window` tokens and `penalty ** count` (numpy
     float32, as sampling.py computes it); unused slots point at the extra column `vocab`
@@ -155,25 +157,25 @@ class GraphSampler:
         self.session = ort.InferenceSession(sampler_graph(), options, providers=providers)
         self.provider = provider
 
-    def sample_rows(self, logits: np.ndarray, histories: Sequence[np.ndarray],
+    def sample_rows(self, logits: np.ndarray, histories: Histories,
                     params: Sequence[SamplingParams], steps: Sequence[int],
                     uniforms: np.ndarray, *, eos_id: int) -> np.ndarray:
         rows, vocab = logits.shape
-        column = np.float32
-        temperature = np.array([[p.temperature] for p in params], column)
-        penalty = np.array([p.repetition_penalty for p in params], column)
-        window = params[0].window if params else REPETITION_WINDOW
-        ids, factors = penalty_slots(histories, penalty, vocab, window)
-        top_p = np.array([[1.0 if p.top_p is None else p.top_p] for p in params], column)
-        top_k = np.array([[vocab if p.top_k is None else p.top_k] for p in params], np.int64)
+        if len(steps) != len(params):
+            raise ValueError(f"{len(steps)} steps for {len(params)} rows")
+        row = RowParams(params)
+        ids, factors = penalty_slots(histories, row.values("repetition_penalty", 1.0), vocab,
+                                     row.window)
         feeds = {
-            "logits": np.ascontiguousarray(logits, np.float32), "temperature": temperature,
-            "penalty_ids": ids, "penalty_factors": factors, "top_p": top_p, "top_k": top_k,
-            "mask_eos": np.array([[s < p.min_new_tokens] for s, p in zip(steps, params,
-                                                                          strict=True)]),
+            "logits": np.ascontiguousarray(logits, np.float32),
+            "temperature": row.values("temperature", 1.0)[:, None],
+            "penalty_ids": ids, "penalty_factors": factors,
+            "top_p": row.values("top_p", 1.0)[:, None],
+            "top_k": row.values("top_k", vocab, np.int64)[:, None],
+            "mask_eos": (np.asarray(steps) < row.values("min_new_tokens", 0, np.int64))[:, None],
             "eos_id": np.full((rows, 1), eos_id, np.int64),
             "uniform": np.asarray(uniforms, np.float64).reshape(rows, 1),
-            "greedy": np.array([[p.greedy] for p in params]),
+            "greedy": row.values("greedy", False, bool)[:, None],
         }
         out: np.ndarray = self.session.run(["ids"], feeds)[0]
         return out

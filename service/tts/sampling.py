@@ -58,30 +58,62 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if not self.repetition_penalty > 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
 
 
-def _row_values(params: Sequence[SamplingParams], attr: str, off: float) -> np.ndarray:
-    return np.array([off if getattr(p, attr) is None else getattr(p, attr) for p in params],
-                    dtype=np.float32)
+Histories = Sequence[np.ndarray] | np.ndarray
+"""Each row's generated ids: a sequence of 1-D arrays (oldest first, any length), or one
+[rows, t] array; ids < 0 are empty places (a sequence's window before it is full)."""
 
 
-def penalised_ids(histories: Sequence[np.ndarray], penalties: np.ndarray, vocab: int,
+class RowParams:
+    """Each row's sampling parameters as arrays. Rows of one request share its params
+    object, so each attribute is read once per distinct object, not once per row."""
+
+    def __init__(self, params: Sequence[SamplingParams]) -> None:
+        distinct: dict[int, int] = {}
+        self._index = np.array([distinct.setdefault(id(p), len(distinct)) for p in params],
+                               dtype=np.int64)
+        self._params = list({id(p): p for p in params}.values())
+
+    @property
+    def window(self) -> int:
+        return self._params[0].window if self._params else REPETITION_WINDOW
+
+    def values(self, attr: str, off: float, dtype: type = np.float32) -> np.ndarray:
+        """`attr` of every row, `off` where it is None."""
+        per: np.ndarray = np.array([off if getattr(p, attr) is None else getattr(p, attr)
+                        for p in self._params], dtype=dtype)
+        return per[self._index] if per.size else per
+
+
+def penalised_ids(histories: Histories, penalties: np.ndarray, vocab: int,
                   window: int = REPETITION_WINDOW
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, token, factor) for every distinct id among each row's last `window` ids, rows
     in order: the only logits the penalty changes (penalty**0 is exactly 1), and
-    `penalty ** count` in float32."""
-    recent = [np.asarray(h[-window:], dtype=np.int64) for h in histories]
-    row_of = np.repeat(np.arange(len(recent)), [len(h) for h in recent])
+    `penalty ** count` in float32. Only counts matter, so a row's ids may come in any
+    order (the engine keeps each window as a ring: `LiveSequence.history`)."""
+    if isinstance(histories, np.ndarray) and histories.ndim == 2:
+        recent = histories[:, -window:].astype(np.int64, copy=False)
+        row_of = np.repeat(np.arange(recent.shape[0]), recent.shape[1])
+        ids = recent.ravel()
+    else:
+        rows = [np.asarray(h[-window:], dtype=np.int64) for h in histories]
+        row_of = np.repeat(np.arange(len(rows)), [len(h) for h in rows])
+        ids = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    given = ids >= 0
+    row_of, ids = row_of[given], ids[given]
     if row_of.size == 0:
         return row_of, row_of, np.ones(0, np.float32)
-    keys, counts = np.unique(row_of * vocab + np.concatenate(recent), return_counts=True)
+    keys, counts = np.unique(row_of * vocab + ids, return_counts=True)
     row, token = keys // vocab, keys % vocab
     return row, token, np.power(penalties[row], counts.astype(np.float32)).astype(np.float32)
 
 
 def apply_repetition_penalty(
-    logits: np.ndarray, histories: Sequence[np.ndarray], penalties: np.ndarray,
+    logits: np.ndarray, histories: Histories, penalties: np.ndarray,
     window: int = REPETITION_WINDOW,
 ) -> np.ndarray:
     """Scale each token's logit by penalty**count, count over the row's last `window` ids.
@@ -178,7 +210,7 @@ def _top_k_best(logits: np.ndarray, top_p: np.ndarray, k: np.ndarray, keep: int
 
 def filter_rows(
     logits: np.ndarray,
-    histories: Sequence[np.ndarray],
+    histories: Histories,
     params: Sequence[SamplingParams],
     steps: Sequence[int],
     *,
@@ -188,17 +220,22 @@ def filter_rows(
 
     Every operation is row-wise, so a row's result does not depend on the other rows.
     """
+    if len(steps) != len(params):
+        raise ValueError(f"{len(steps)} steps for {len(params)} rows")
+    return _filter(logits, histories, RowParams(params), np.asarray(steps), eos_id)
+
+
+def _filter(logits: np.ndarray, histories: Histories, rows: RowParams, steps: np.ndarray,
+            eos_id: int) -> np.ndarray:
     out = logits.astype(np.float32, copy=True)
-    out /= _row_values(params, "temperature", 1.0)[:, None]
-    window = params[0].window if params else REPETITION_WINDOW
-    out = apply_repetition_penalty(out, histories,
-                                   _row_values(params, "repetition_penalty", 1.0), window)
-    top_p = _row_values(params, "top_p", 1.0)
-    top_k = _row_values(params, "top_k", float(out.shape[-1]))
+    out /= rows.values("temperature", 1.0)[:, None]
+    out = apply_repetition_penalty(out, histories, rows.values("repetition_penalty", 1.0),
+                                   rows.window)
+    top_p = rows.values("top_p", 1.0)
+    top_k = rows.values("top_k", float(out.shape[-1]))
     if np.any(top_p < 1.0) or np.any(top_k < out.shape[-1]):
         out = apply_top_p_top_k(out, top_p, top_k)
-    no_eos = np.array([s < p.min_new_tokens for s, p in zip(steps, params, strict=True)])
-    out[no_eos, eos_id] = -np.inf
+    out[steps < rows.values("min_new_tokens", 0, np.int64), eos_id] = -np.inf
     return out
 
 
@@ -216,7 +253,7 @@ def draw_rows(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
 
 def sample_rows(
     logits: np.ndarray,
-    histories: Sequence[np.ndarray],
+    histories: Histories,
     params: Sequence[SamplingParams],
     steps: Sequence[int],
     uniforms: np.ndarray,
@@ -225,9 +262,12 @@ def sample_rows(
 ) -> np.ndarray:
     """Next id of every row; `uniforms[r]` in [0, 1) comes from row r's request RNG
     (ignored for greedy rows)."""
-    filtered = filter_rows(logits, histories, params, steps, eos_id=eos_id)
+    if len(steps) != len(params):
+        raise ValueError(f"{len(steps)} steps for {len(params)} rows")
+    rows = RowParams(params)
+    filtered = _filter(logits, histories, rows, np.asarray(steps), eos_id)
     ids = draw_rows(probabilities(filtered), uniforms)
-    greedy = np.array([p.greedy for p in params])
+    greedy = rows.values("greedy", False, bool)
     if greedy.any():
         ids[greedy] = filtered[greedy].argmax(axis=-1)
     return ids
