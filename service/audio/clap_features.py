@@ -272,7 +272,12 @@ def select_windows(spans: list[WindowSpan]) -> list[WindowSpan]:
 
 def window_features(samples: np.ndarray, span: WindowSpan, cfg: MelConfig) -> np.ndarray:
     """float32 [1, frames, n_mels]: one audio-graph item."""
-    return log_mel(pad_short(samples[span.start:span.end], cfg), cfg)[None, :, :]
+    return item_features(samples[span.start:span.end], cfg)
+
+
+def item_features(window: np.ndarray, cfg: MelConfig) -> np.ndarray:
+    """float32 [1, frames, n_mels]: the audio-graph item of one window's samples."""
+    return log_mel(pad_short(window, cfg), cfg)[None, :, :]
 
 
 # -- fused checkpoints ------------------------------------------------------------------

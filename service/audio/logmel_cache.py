@@ -55,7 +55,7 @@ class LogMelCache:
         are not the stream's own (see the module note)."""
         cfg = self.cfg
         if start is None or samples.shape[0] != cfg.max_length_samples:
-            return cf.log_mel(cf.pad_short(samples, cfg), cfg)[None, :, :]
+            return cf.item_features(samples, cfg)
         samples = np.asarray(samples, dtype=np.float32)
         with self._lock:
             kept_start, kept = self._start, self._power

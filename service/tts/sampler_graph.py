@@ -161,9 +161,7 @@ class GraphSampler:
                     params: Sequence[SamplingParams], steps: Sequence[int],
                     uniforms: np.ndarray, *, eos_id: int) -> np.ndarray:
         rows, vocab = logits.shape
-        if len(steps) != len(params):
-            raise ValueError(f"{len(steps)} steps for {len(params)} rows")
-        row = RowParams(params)
+        row = RowParams(params, steps)
         ids, factors = penalty_slots(histories, row.values("repetition_penalty", 1.0), vocab,
                                      row.window)
         feeds = {
@@ -172,7 +170,7 @@ class GraphSampler:
             "penalty_ids": ids, "penalty_factors": factors,
             "top_p": row.values("top_p", 1.0)[:, None],
             "top_k": row.values("top_k", vocab, np.int64)[:, None],
-            "mask_eos": (np.asarray(steps) < row.values("min_new_tokens", 0, np.int64))[:, None],
+            "mask_eos": row.eos_masked()[:, None],
             "eos_id": np.full((rows, 1), eos_id, np.int64),
             "uniform": np.asarray(uniforms, np.float64).reshape(rows, 1),
             "greedy": row.values("greedy", False, bool)[:, None],

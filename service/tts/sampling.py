@@ -68,10 +68,14 @@ Histories = Sequence[np.ndarray] | np.ndarray
 
 
 class RowParams:
-    """Each row's sampling parameters as arrays. Rows of one request share its params
-    object, so each attribute is read once per distinct object, not once per row."""
+    """Each row's sampling parameters and step as arrays. Rows of one request share its
+    params object, so each attribute is read once per distinct object, not once per row."""
 
-    def __init__(self, params: Sequence[SamplingParams]) -> None:
+    def __init__(self, params: Sequence[SamplingParams], steps: Sequence[int]) -> None:
+        if len(steps) != len(params):
+            raise ValueError(f"{len(steps)} steps for {len(params)} rows")
+        self.steps = np.asarray(steps, dtype=np.int64)
+        """Tokens each row's sequence has generated before this one."""
         distinct: dict[int, int] = {}
         self._index = np.array([distinct.setdefault(id(p), len(distinct)) for p in params],
                                dtype=np.int64)
@@ -86,6 +90,10 @@ class RowParams:
         per: np.ndarray = np.array([off if getattr(p, attr) is None else getattr(p, attr)
                         for p in self._params], dtype=dtype)
         return per[self._index] if per.size else per
+
+    def eos_masked(self) -> np.ndarray:
+        """Rows whose EOS is masked: still under their `min_new_tokens`."""
+        return self.steps < self.values("min_new_tokens", 0, np.int64)
 
 
 def penalised_ids(histories: Histories, penalties: np.ndarray, vocab: int,
@@ -220,12 +228,10 @@ def filter_rows(
 
     Every operation is row-wise, so a row's result does not depend on the other rows.
     """
-    if len(steps) != len(params):
-        raise ValueError(f"{len(steps)} steps for {len(params)} rows")
-    return _filter(logits, histories, RowParams(params), np.asarray(steps), eos_id)
+    return _filter(logits, histories, RowParams(params, steps), eos_id)
 
 
-def _filter(logits: np.ndarray, histories: Histories, rows: RowParams, steps: np.ndarray,
+def _filter(logits: np.ndarray, histories: Histories, rows: RowParams,
             eos_id: int) -> np.ndarray:
     out = logits.astype(np.float32, copy=True)
     out /= rows.values("temperature", 1.0)[:, None]
@@ -235,7 +241,7 @@ def _filter(logits: np.ndarray, histories: Histories, rows: RowParams, steps: np
     top_k = rows.values("top_k", float(out.shape[-1]))
     if np.any(top_p < 1.0) or np.any(top_k < out.shape[-1]):
         out = apply_top_p_top_k(out, top_p, top_k)
-    out[steps < rows.values("min_new_tokens", 0, np.int64), eos_id] = -np.inf
+    out[rows.eos_masked(), eos_id] = -np.inf
     return out
 
 
@@ -262,10 +268,8 @@ def sample_rows(
 ) -> np.ndarray:
     """Next id of every row; `uniforms[r]` in [0, 1) comes from row r's request RNG
     (ignored for greedy rows)."""
-    if len(steps) != len(params):
-        raise ValueError(f"{len(steps)} steps for {len(params)} rows")
-    rows = RowParams(params)
-    filtered = _filter(logits, histories, rows, np.asarray(steps), eos_id)
+    rows = RowParams(params, steps)
+    filtered = _filter(logits, histories, rows, eos_id)
     ids = draw_rows(probabilities(filtered), uniforms)
     greedy = rows.values("greedy", False, bool)
     if greedy.any():
