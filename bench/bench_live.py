@@ -44,10 +44,10 @@ import soxr
 from websockets.asyncio.client import connect
 
 from bench import prom, raw_ceiling
+from bench.bodies import SPEECH_DIR
 from bench.packs import ensure_pack
 from bench.server import REPO, ServerProcess, audioserve, cpu_used_by_role, http_get
 
-SPEECH = REPO.parent / "shared" / "data" / "speech"
 LABELS = ["speech", "music", "dog barking", "rain", "siren", "applause", "laughter",
           "car horn"]
 HELD_P99_S = 1.0
@@ -138,7 +138,7 @@ class Point:
                 and self.errors == 0)
 
 
-def speech_audio(seconds: float, folder: Path = SPEECH, rate: int = 16_000) -> np.ndarray:
+def speech_audio(seconds: float, folder: Path = SPEECH_DIR, rate: int = 16_000) -> np.ndarray:
     """Real speech clips with 1 s gaps, 16-bit at 16 kHz, repeated to `seconds`."""
     parts: list[np.ndarray] = []
     clips = sorted(folder.glob("*.flac"))
@@ -383,7 +383,7 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", choices=["both", "classify"], default=["both"],
                    help="both: CLAP + emotion per stream; classify: CLAP only")
     p.add_argument("--models-dir", type=Path, default=None)
-    p.add_argument("--speech-dir", type=Path, default=SPEECH,
+    p.add_argument("--speech-dir", type=Path, default=SPEECH_DIR,
                    help="real speech clips (*.flac; default ../shared/data/speech)")
     p.add_argument("--random-real", action="store_true")
     p.add_argument("--ceiling-seconds", type=float, default=3.0)

@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from bench.bodies import SPEECH_DIR
 from service.audio import clap_features as cf
 from service.audio.logmel_cache import LogMelCache
-
-SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "speech"
 
 
 def hub_config() -> cf.MelConfig:
@@ -39,7 +37,7 @@ def hub_config() -> cf.MelConfig:
 def stream(seconds: float, rate: int) -> tuple[np.ndarray, str]:
     """Real speech end to end to `seconds`, or noise where the clips are absent."""
     n = round(seconds * rate)
-    files = sorted(SPEECH.glob("*.flac"))
+    files = sorted(SPEECH_DIR.glob("*.flac"))
     if not files:
         rng = np.random.default_rng(0)
         return (0.1 * rng.standard_normal(n)).astype(np.float32), "noise"
