@@ -30,7 +30,8 @@ from service.settings import Settings
 
 PREFIX = "AUDIOSERVE_"
 CLUSTER_PREFIX = "AUDIOSERVE_CLUSTER_"
-OTHER_VARIABLES = frozenset({"AUDIOSERVE_SLOW_TESTS", "AUDIOSERVE_BENCH_CLIENT"})
+OTHER_VARIABLES = frozenset({"AUDIOSERVE_SLOW_TESTS", "AUDIOSERVE_BENCH_CLIENT",
+                             "AUDIOSERVE_TEST_SCREENSHOTS"})
 """Variables of the test suite and the benchmarks, not settings of a server."""
 FLAGS = {"host": "--host", "port": "--port", "models_dir": "--models-dir",
          "models": "--models", "provider": "--provider", "log_level": "--log-level"}

@@ -170,3 +170,17 @@ def test_bodies_share_one_budget_taken_before_reading(budget_server: RunningServ
     while (served := _post(budget_server, small)).status_code == 503:
         assert time.monotonic() < deadline, "the holder's bytes never came back"
     assert served.status_code == 400
+
+
+@pytest.mark.parametrize("route,body", [
+    ("/embed/text", {"input": ["a dog"]}),
+    ("/v1/embeddings", {"model": "clap", "input": "a dog"}),
+])
+def test_a_json_route_given_a_form_says_which_content_type(server: RunningServer, route: str,
+                                                           body: dict[str, Any]) -> None:
+    r = httpx.post(server.url + route, content=json.dumps(body).encode(), timeout=30,
+                   headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415, r.text
+    assert "'application/x-www-form-urlencoded'" in r.json()["error"]["message"]
+    assert "application/json" in r.json()["error"]["message"]
+    assert httpx.post(server.url + route, json=body, timeout=60).status_code == 200

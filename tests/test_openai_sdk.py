@@ -243,3 +243,18 @@ def test_seeds_are_capped_where_javascript_keeps_them_exact(server: RunningServe
     assert ok.status_code == 200 and ok.headers["x-audioserve-sampling-seed"] == str(top)
     over = httpx.post(server.url + "/tts", json={"text": "hi", "sampling_seed": top + 1})
     assert over.status_code == 422 and str(top) in over.json()["error"]["message"]
+
+
+def test_a_drawn_seed_can_be_sent_back(server: RunningServer) -> None:
+    """The seed a reply reports for unseeded sampling is one the routes take again, and
+    gives the same audio (a 63-bit draw used to be refused by the 2^53-1 cap)."""
+    body = {"model": "tts-1", "input": "hi", "voice": "alloy", "response_format": "pcm"}
+    for _ in range(4):
+        first = httpx.post(server.url + "/v1/audio/speech", timeout=60, json=body)
+        seed = int(first.headers["x-audioserve-sampling-seed"])
+        again = httpx.post(server.url + "/v1/audio/speech", timeout=60,
+                           json={**body, "seed": seed})
+        assert again.status_code == 200 and again.content == first.content
+        tts = httpx.post(server.url + "/tts", timeout=60, json={
+            "text": "hi", "voice": "alloy", "format": "pcm", "sampling_seed": seed})
+        assert tts.status_code == 200, tts.text

@@ -145,3 +145,30 @@ def test_openai_client_raises_on_bad_request(client) -> None:  # type: ignore[no
     with pytest.raises(openai.UnprocessableEntityError) as info:
         client.audio.speech.create(model="tts-1", voice="nobody", input=TEXT)
     assert info.value.body["param"] == "voice"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("route,body", [
+    ("/v1/audio/speech", {"model": "tts-1", "input": "hi", "voice": "alloy"}),
+    ("/tts", {"text": "hi"}),
+    ("/v1/voices", {"name": "form-voice", "seed": 1}),
+])
+@pytest.mark.parametrize("content_type", [None, "text/plain", "multipart/form-data; boundary=x"])
+def test_a_json_route_given_another_content_type_says_so(
+        server: RunningServer, route: str, body: dict[str, object],
+        content_type: str | None) -> None:
+    """curl -d without `-H content-type` sends a form: a 415 naming the content type to
+    send, in the route's error shape, not a 422 about dictionaries."""
+    if content_type is None:  # httpx's form encoding, as curl -d sends it
+        r = httpx.post(server.url + route, data={"body": json.dumps(body)}, timeout=30)
+    else:
+        r = httpx.post(server.url + route, content=json.dumps(body).encode(), timeout=30,
+                       headers={"content-type": content_type})
+    assert r.status_code == 415, r.text
+    error = r.json()["error"]
+    assert "application/json" in error["message"]
+    kind = content_type.split(";")[0] if content_type else "application/x-www-form-urlencoded"
+    assert repr(kind) in error["message"]
+    if route.startswith("/v1/audio"):
+        assert set(error) == {"message", "type", "param", "code"}
+    ok = httpx.post(server.url + route, json=body, timeout=60)
+    assert ok.status_code in (200, 201, 409), ok.text  # the same body as JSON is taken

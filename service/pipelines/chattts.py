@@ -436,7 +436,8 @@ class ChatTTSPipeline:
             return req.sampling_seed
         if req.seed is not None:
             return req.seed
-        return secrets.randbits(63)
+        # Within what the routes accept, so the seed a reply reports can be sent back.
+        return secrets.randbelow(MAX_SAMPLING_SEED + 1)
 
     def _code_job(self, req: SpeechRequest, prompt: np.ndarray, spk: np.ndarray | None,
                   seed: int, start_by: float | None = None) -> GenerationJob:

@@ -29,7 +29,7 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from service.errors import BadRequest, InvalidInput
+from service.errors import BadRequest, InvalidInput, UnsupportedMedia
 from service.runtime.admission import CpuWorkers
 from service.settings import Settings
 
@@ -153,18 +153,23 @@ def json_limits(settings: Settings) -> JsonLimits:
     return JsonLimits(settings.json_max_containers, settings.json_max_items)
 
 
-def _is_json(request: Request) -> bool:
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _is_json(media_type: str) -> bool:
     """What FastAPI would parse as JSON: no content type, or a JSON one."""
-    content_type = request.headers.get("content-type")
-    if not content_type:
-        return True
-    main = content_type.split(";")[0].strip().lower()
-    return main == "application/json" or main.endswith("+json")
+    return not media_type or media_type == "application/json" or media_type.endswith("+json")
 
 
 class JsonBodyRoute(APIRoute):
     """An APIRoute whose JSON body is parsed strictly, in the CPU pool, before FastAPI
-    validates it against the route's model (FastAPI then finds it parsed)."""
+    validates it against the route's model (FastAPI then finds it parsed).
+
+    Any other content type is a 415 before the body is read. FastAPI would hand such a
+    body (curl's default form encoding, when `-H content-type` is forgotten) to the model
+    as bytes, and answer 422 "Input should be a valid dictionary", which names nothing the
+    client did wrong."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -172,12 +177,17 @@ class JsonBodyRoute(APIRoute):
             return handler
 
         async def route(request: Request) -> Response:
-            if _is_json(request):
-                body = await request.body()
-                if body:
-                    cpu: CpuWorkers = request.app.state.cpu
-                    limits = json_limits(request.app.state.settings)
-                    request._json = await cpu.run(loads, body, limits)  # request.json()
+            media_type = _media_type(request)
+            if not _is_json(media_type):
+                raise UnsupportedMedia(
+                    f"content type {media_type!r}: this route takes a JSON body; send "
+                    "`Content-Type: application/json` (curl: -H 'content-type: "
+                    "application/json')")
+            body = await request.body()
+            if body:
+                cpu: CpuWorkers = request.app.state.cpu
+                limits = json_limits(request.app.state.settings)
+                request._json = await cpu.run(loads, body, limits)  # request.json()
             return await handler(request)
 
         return route

@@ -90,9 +90,9 @@ def openai_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 UPLOAD_ERRORS = errors(400, 401, 408, 413, 415, 422, 503, 504)
-JSON_ERRORS = errors(400, 401, 408, 413, 422, 503, 504)
+JSON_ERRORS = errors(400, 401, 408, 413, 415, 422, 503, 504)
 TTS_ERRORS = JSON_ERRORS
-OPENAI_TTS_ERRORS = openai_errors(400, 401, 408, 413, 422, 503, 504)
+OPENAI_TTS_ERRORS = openai_errors(400, 401, 408, 413, 415, 422, 503, 504)
 OPENAI_EMBEDDING_ERRORS = openai_errors(400, 401, 408, 413, 415, 422, 503, 504)
 
 

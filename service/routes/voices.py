@@ -49,7 +49,8 @@ async def list_voices(request: Request) -> dict[str, Any]:
             "voices": [v.name for v in listing.voices], "truncated": listing.truncated}
 
 
-@router.post("/v1/voices", status_code=201, responses=errors(400, 401, 409, 413, 422, 503))
+@router.post("/v1/voices", status_code=201,
+             responses=errors(400, 401, 409, 413, 415, 422, 503))
 @router.post("/voices", status_code=201, include_in_schema=False)
 async def save_voice(body: VoiceBody, request: Request) -> JSONResponse:
     pipeline = pipeline_of(request)
