@@ -99,6 +99,7 @@ def test_origins(server: RunningServer) -> None:
     with pytest.raises(InvalidStatus) as refused:
         open_stream(server, origin="https://evil.example", **AUTH)
     assert refused.value.response.status_code == 403
+    assert refused.value.response.headers["x-request-id"]  # a refusal has its id too
     t = _session(server, [_config(classify={"labels": LABELS}),
                           json.dumps({"type": "session.close"})], origin=ORIGIN)
     assert t.close_code == 1000

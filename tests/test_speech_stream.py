@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import random
 import subprocess
 import threading
@@ -24,6 +25,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from service.live.speech_protocol import SERVER_EVENTS
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
+from tests.conftest import wait_until
 from tests.h11_client import post_json
 from tests.tools import require_tool
 from tests.tts_server import RunningServer, serve_app
@@ -147,6 +149,32 @@ def test_utterances_on_one_socket_are_numbered_and_reconfigurable(
                              "total_sentences": 0, "audio_s": 0.0, "first_audio_s": None,
                              "underrun_s": 0.0}]
     assert first.audio and second.audio and first.audio != second.audio  # seed 7 vs 8
+
+
+def test_the_socket_says_its_id_and_that_the_pack_is_a_demo(
+        server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    """As every HTTP answer does: X-Request-ID (the client's, when sane) and, for a
+    random-weight pack, X-Audioserve-Demo on the handshake and `demo` on `audio.start`;
+    and one access log line when the socket ends."""
+    caplog.set_level(logging.INFO, logger="audioserve.access")
+    with connect(ws_url(server), additional_headers={"X-Request-ID": "agent-7"}) as ws:
+        assert ws.response is not None
+        assert ws.response.headers["x-request-id"] == "agent-7"
+        assert ws.response.headers["x-audioserve-demo"] == "true"
+        ws.send(json.dumps(CONFIG))
+        said = speak(ws, ["Just one sentence here."])
+        ws.send(json.dumps({"type": "session.close"}))
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=30)
+    assert [e["demo"] for e in said.events if e["type"] == "audio.start"] == [True]
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.name == "audioserve.access" and "id=agent-7" in r.getMessage()]
+
+    wait_until(logged, "the socket's access log line")
+    assert '"WS /v1/audio/speech/stream" 101 ' in logged()[0]
+    assert " close=1000 " in logged()[0]
 
 
 def test_sse_done_event_states_piece_spans(server: RunningServer) -> None:

@@ -37,12 +37,13 @@ class RequestContextMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        sent_id = _header(scope, b"x-request-id")
-        request_id = sent_id if sent_id and _SAFE_ID.fullmatch(sent_id) else uuid.uuid4().hex[:16]
-        scope.setdefault("state", {})["request_id"] = request_id
+        request_id = _request_id(scope)
         started = time.perf_counter()
         status: int | None = None
         """What the app answered; None while it has sent nothing."""
@@ -76,6 +77,50 @@ class RequestContextMiddleware:
                 _client(scope), scope["method"], _printable(scope), answered, elapsed * 1e3,
                 request_id,
             )
+
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket gets its id in the handshake's answer (accepted or refused) and one
+        log line when it ends: the handshake's status, the close code, how long it lasted.
+        Its traffic is counted by the live routes' own metrics, not as a request."""
+        request_id = _request_id(scope)
+        started = time.perf_counter()
+        status: int | None = None
+        close: int | None = None
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, close
+            kind = message["type"]
+            if kind in ("websocket.accept", "websocket.http.response.start"):
+                status = 101 if kind == "websocket.accept" else message["status"]
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message = {**message, "headers": headers}
+            elif kind == "websocket.close":
+                close = message.get("code", 1000)
+                status = status or 403  # closed before accepting: the server answers 403
+            await send(message)
+
+        async def receive_close() -> Message:
+            nonlocal close
+            message = await receive()
+            if message["type"] == "websocket.disconnect" and close is None:
+                close = message.get("code", 1005)  # the client closed first
+            return message
+
+        try:
+            await self.app(scope, receive_close, send_with_id)
+        finally:
+            log.info('%s "WS %s" %d %.1fms close=%s id=%s', _client(scope), _printable(scope),
+                     status or 500, (time.perf_counter() - started) * 1e3,
+                     "-" if close is None else close, request_id)
+
+
+def _request_id(scope: Scope) -> str:
+    """A sane client-sent X-Request-ID, else a fresh one; kept in the scope's state."""
+    sent_id = _header(scope, b"x-request-id")
+    request_id = sent_id if sent_id and _SAFE_ID.fullmatch(sent_id) else uuid.uuid4().hex[:16]
+    scope.setdefault("state", {})["request_id"] = request_id
+    return request_id
 
 
 class AuthMiddleware:

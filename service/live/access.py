@@ -65,16 +65,20 @@ def origin_error(websocket: WebSocket, settings: Settings) -> str | None:
             f"{', '.join(allowed) or 'this server only'} (AUDIOSERVE_LIVE_ALLOWED_ORIGINS)")
 
 
-async def accept(websocket: WebSocket, settings: Settings, protocol: str) -> bool:
+async def accept(websocket: WebSocket, settings: Settings, protocol: str,
+                 demo: bool = False) -> bool:
     """Accept the handshake (selecting `protocol` where it was offered) if the key and the
-    origin pass; else refuse it (401 / 403) and return False."""
+    origin pass; else refuse it (401 / 403) and return False. `demo`: a model the route
+    serves is a random-weight demo pack, said as the HTTP answers say it
+    (`X-Audioserve-Demo: true`)."""
     for status, code, refusal in ((401, "unauthorized", key_error(websocket, settings)),
                                   (403, "forbidden", origin_error(websocket, settings))):
         if refusal is not None:
             await _deny(websocket, status, code, refusal)
             return False
     offered = websocket.scope.get("subprotocols", [])
-    await websocket.accept(subprotocol=protocol if protocol in offered else None)
+    await websocket.accept(subprotocol=protocol if protocol in offered else None,
+                           headers=[(b"x-audioserve-demo", b"true")] if demo else None)
     return True
 
 

@@ -31,7 +31,7 @@ vLLM-Omni's speech WebSocket protocol, so its clients work unchanged, plus our a
 Server -> client:
 
 - `audio.start` `{"utterance_index", "sentence_index", "sentence_text", "format",
-  "sample_rate", "channels", "ignored"+}` — before the sentence's first audio.
+  "sample_rate", "channels", "demo"+, "ignored"+}` — before the sentence's first audio.
 - binary frames — the utterance's audio, in order: ONE stream per utterance in the
   configured format (pcm: 16-bit LE mono at 24 kHz). Sentences are joined by a 10 ms
   crossfade, which goes out after the next sentence's `audio.start`.
@@ -234,6 +234,9 @@ class AudioStart(_FirstEvent):
     format: str
     sample_rate: int
     channels: int = 1
+    demo: bool = False
+    """A random-weight demo pack made this audio: it means nothing (as the HTTP routes'
+    `X-Audioserve-Demo: true`)."""
 
 
 class AudioDone(_Event):

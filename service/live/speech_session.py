@@ -429,7 +429,8 @@ class SpeechSession:
                     await self._send(p.AudioStart(
                         utterance_index=u.index, sentence_index=item.index,
                         sentence_text=u.texts[item.index], format=u.req.format,
-                        sample_rate=rate, ignored=self._take_ignored(u)))
+                        sample_rate=rate, demo=self.pipeline.pack.manifest.demo,
+                        ignored=self._take_ignored(u)))
                 else:
                     await self._sentence_done(u, item, rate)
         finally:

@@ -29,7 +29,9 @@ async def live_analysis(websocket: WebSocket) -> None:
     app = websocket.app
     settings = app.state.settings
     metrics = app.state.metrics
-    if not await access.accept(websocket, settings, PROTOCOL):
+    demo = any(app.state.pipelines[name].pack.manifest.demo
+               for name in ("clap", "emotion2vec") if name in app.state.pipelines)
+    if not await access.accept(websocket, settings, PROTOCOL, demo=demo):
         return
     streams: dict[str, int] = app.state.live_streams
     if streams["open"] >= settings.live_max_streams:

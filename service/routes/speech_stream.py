@@ -23,10 +23,11 @@ async def speech_stream(websocket: WebSocket) -> None:
     app = websocket.app
     settings = app.state.settings
     metrics = app.state.metrics
-    if not await access.accept(websocket, settings, PROTOCOL):
+    pipeline = app.state.pipelines.get("chattts")
+    demo = pipeline is not None and pipeline.pack.manifest.demo
+    if not await access.accept(websocket, settings, PROTOCOL, demo=demo):
         return
     sessions: dict[str, int] = app.state.speech_sessions
-    pipeline = app.state.pipelines.get("chattts")
     error = None
     if pipeline is None:
         error = ErrorEvent(code="model_not_loaded", message="the chattts model is not loaded")
