@@ -118,6 +118,13 @@ def test_sdk_models_list_and_retrieve(client) -> None:  # type: ignore[no-untype
     assert clap.object == "model" and clap.owned_by == "audioserve" and clap.created > 0
     assert clap.created == listed["clap"].created
     assert clap.model_extra and clap.model_extra["precision"] == "fp32"  # our fields stay
+    for alias in ("tts-1", "gpt-4o-mini-tts"):  # the names /v1/audio/speech takes
+        speech = client.models.retrieve(alias)
+        assert speech.id == alias and speech.model_extra["kind"] == "chattts"
+    source = listed["clap"].model_extra["source"]  # what /v1/embeddings takes as well
+    assert client.models.retrieve(source).model_extra["kind"] == "clap"
+    slashed = httpx.get(f"{client.base_url}models/laion/clap-htsat-unfused")  # a hub id
+    assert slashed.status_code == 404 and "laion/clap" in slashed.json()["error"]["message"]
     with pytest.raises(openai.NotFoundError) as missing:
         client.models.retrieve("whisper-1")
     error = missing.value.body  # OpenAI's shape, as every /v1 route's errors

@@ -16,6 +16,7 @@ from service.routes.openai_speech import OpenAIRoute
 from service.routes.responses import ModelCard, ModelList, openai_errors, path_example
 from service.runtime.packs import MANIFEST
 from service.seam.handoff import Seam
+from service.tts.model_names import unknown_model
 
 router = APIRouter(tags=["models"], route_class=OpenAIRoute)  # OpenAI's error shape
 OWNER = "audioserve"
@@ -37,13 +38,28 @@ async def list_models(request: Request) -> dict[str, Any]:
             "data": [await _card(request, kind, p) for kind, p in pipelines.items()]}
 
 
-@router.get("/v1/models/{model_id}", response_model=ModelCard, responses=openai_errors(401, 404))
+def _kind_named(model_id: str, pipelines: dict[str, Pipeline]) -> str | None:
+    """The loaded model that `model_id` names as the routes take it: its kind, a speech
+    model name `/v1/audio/speech` takes for ChatTTS (`tts-1`, `gpt-4o-mini-tts`, ...), or
+    the checkpoint a pack was exported from (`/v1/embeddings` takes CLAP's)."""
+    if model_id in pipelines:
+        return model_id
+    if "chattts" in pipelines and unknown_model(model_id) is None:
+        return "chattts"
+    return next((kind for kind, p in pipelines.items() if p.info()["source"] == model_id),
+                None)
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard,
+            responses=openai_errors(401, 404))
 async def retrieve_model(model_id: Annotated[str, path_example("clap")],
                          request: Request) -> dict[str, Any]:
-    """One loaded model: `clap`, `emotion2vec` or `chattts`."""
+    """One loaded model: `clap`, `emotion2vec` or `chattts`, or any name a route takes
+    for one (`tts-1`; a checkpoint such as `laion/clap-htsat-unfused`), answered under
+    the name asked for (`kind` says which model it is), as OpenAI answers its aliases."""
     pipelines: dict[str, Pipeline] = request.app.state.pipelines
-    pipeline = pipelines.get(model_id)
-    if pipeline is None:
+    kind = _kind_named(model_id, pipelines)
+    if kind is None:
         loaded = ", ".join(sorted(pipelines)) or "none"
         raise NotFound(f"model {model_id[:80]!r} is not loaded here (loaded: {loaded})")
-    return await _card(request, model_id, pipeline)
+    return {**await _card(request, kind, pipelines[kind]), "id": model_id}
