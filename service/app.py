@@ -140,8 +140,9 @@ def body_limits(settings: Settings) -> Callable[[str], BodyLimit]:
     """Uploads may carry `max_upload_bytes` of audio (base64 JSON adds a third; the
     exact audio limit is checked in service.routes.uploads); every other body is small JSON."""
     upload = BodyLimit(settings.upload_body_bytes,
-                       "AUDIOSERVE_MAX_UPLOAD_BYTES sets the audio part; base64 JSON "
-                       "adds a third")
+                       f"an upload's audio may be {settings.max_upload_bytes} bytes, "
+                       "AUDIOSERVE_MAX_UPLOAD_BYTES; the body may be larger by what base64 "
+                       "JSON adds to it")
     json_only = BodyLimit(settings.max_json_bytes, "AUDIOSERVE_MAX_JSON_BYTES")
 
     def limit_for(path: str) -> BodyLimit:

@@ -160,7 +160,7 @@ class _BodyReader:
         if self.complete:
             return await self._receive()
         if self.declared is not None and self.declared > self.limit.max_bytes:
-            raise _too_large(self.limit)  # refused unread, once something wants the body
+            raise _too_large(self.limit, self.declared)  # unread, once the body is wanted
         if self.declared is not None and not self.held and self.declared:
             self.budget.take(self.declared)  # before a byte of it is read
             self.held = self.declared
@@ -199,8 +199,9 @@ class _BodyReader:
             "AUDIOSERVE_BODY_TIMEOUT_S, AUDIOSERVE_BODY_MIN_RATE)")
 
 
-def _too_large(limit: BodyLimit) -> BodyTooLarge:
-    return BodyTooLarge(f"request body over the limit of {limit.max_bytes} bytes "
+def _too_large(limit: BodyLimit, declared: int | None = None) -> BodyTooLarge:
+    size = f"is {declared} bytes, " if declared is not None else ""
+    return BodyTooLarge(f"request body {size}over the limit of {limit.max_bytes} bytes "
                         f"({limit.setting})")
 
 
