@@ -18,6 +18,7 @@ from service.edge.read_limits import BodyBudget, BodyLimit, ReadLimitsMiddleware
 from service.errors import error_formatters, install_handlers
 from service.pipelines.loader import ModelLoader, packs_to_load
 from service.routes.openapi import install_openapi
+from service.routes.responses import METRICS_ANSWER, OPERATIONS_TAG, READINESS_ANSWERS, Health
 from service.routes.web import (
     DOCS_ASSETS_PREFIX,
     SWAGGER_UI_PARAMETERS,
@@ -120,7 +121,7 @@ def create_app(settings: Settings | None = None, seam: Seam | None = None,
         app.include_router(router)
         formatters.update(error_formatters(router.routes))
     install_handlers(app, formatters)
-    install_openapi(app, settings)
+    install_openapi(app, settings, public_paths(settings))
     return app
 
 
@@ -152,12 +153,12 @@ def body_limits(settings: Settings) -> Callable[[str], BodyLimit]:
 
 
 def _add_health_routes(app: FastAPI) -> None:
-    @app.get("/healthz", include_in_schema=False)
+    @app.get("/healthz", response_model=Health, tags=[OPERATIONS_TAG])
     async def healthz() -> dict[str, str]:
         """The process is alive (it may still be loading)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", include_in_schema=False)
+    @app.get("/readyz", responses=READINESS_ANSWERS, tags=[OPERATIONS_TAG])
     async def readyz(request: Request) -> JSONResponse:
         """200 once every pack this server was asked to serve is loaded and warm and every
         worker is alive (an empty server only with `AUDIOSERVE_MODELS=none`)."""
@@ -167,8 +168,10 @@ def _add_health_routes(app: FastAPI) -> None:
         status = loader.status()
         return JSONResponse(status.as_dict(), status_code=200 if status.ready else 503)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", response_class=Response, responses=METRICS_ANSWER,
+             tags=[OPERATIONS_TAG])
     async def metrics_endpoint(request: Request) -> Response:
+        """The service's metrics (requests, batches, queues, live streams, audio SLOs)."""
         seam: Seam = request.app.state.seam
         data = await seam.metrics(request.app.state.metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -122,3 +122,29 @@ def test_a_405_lists_every_method_of_its_path(server: RunningServer) -> None:
         assert r.status_code == 405, (other, path, r.status_code)
         assert r.headers["allow"] == ", ".join(sorted(listed)), (other, path)
         assert r.json()["error"]["message"].endswith(f"allowed: {r.headers['allow']}")
+
+
+def test_metrics_name_what_answered_without_an_api_route(server: RunningServer) -> None:
+    """The schema, the docs' files and the page's files are counted under their own
+    routes; only what nothing served is `unmatched`."""
+    for path in ("/openapi.json", "/docs/assets/swagger-ui.css", "/ui/app.css", "/nope"):
+        httpx.get(server.url + path)
+    routes = {(line.split('route="')[1].split('"')[0], line.split('status="')[1].split('"')[0])
+              for line in httpx.get(server.url + "/metrics").text.splitlines()
+              if line.startswith("audioserve_requests_total{")}
+    assert {("/openapi.json", "200"), ("/docs/assets/*", "200"), ("/ui/*", "200"),
+            ("unmatched", "404")} <= routes
+    assert ("unmatched", "200") not in routes
+
+
+def test_the_schema_has_the_operations_routes_open_with_a_key(empty_models: Path) -> None:
+    with serve_app(models_dir=empty_models, models="none", api_key="k",
+                   docs_public=True) as s:
+        spec = httpx.get(s.url + "/openapi.json").json()
+        ready = httpx.get(s.url + "/readyz")
+    assert spec["security"] == [{"bearerAuth": []}]
+    for path in ("/healthz", "/readyz", "/metrics"):
+        operation = spec["paths"][path]["get"]
+        assert operation["security"] == [] and "401" not in operation["responses"], path
+    assert "401" in spec["paths"]["/v1/models"]["get"]["responses"]
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"

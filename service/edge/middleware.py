@@ -45,6 +45,7 @@ class RequestContextMiddleware:
             return
         request_id = _request_id(scope)
         started = time.perf_counter()
+        root_path = scope.get("root_path", "")
         status: int | None = None
         """What the app answered; None while it has sent nothing."""
         cut = False
@@ -68,8 +69,7 @@ class RequestContextMiddleware:
             # (cut_at_shutdown), 500 for an error that escaped every handler
             answered = status if status is not None else 503 if cut else 500
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
+            template = _template(scope, root_path)
             self.metrics.requests.labels(template, str(answered)).inc()
             self.metrics.request_seconds.labels(template).observe(elapsed)
             log.info(
@@ -113,6 +113,19 @@ class RequestContextMiddleware:
             log.info('%s "WS %s" %d %.1fms close=%s id=%s', _client(scope), _printable(scope),
                      status or 500, (time.perf_counter() - started) * 1e3,
                      "-" if close is None else close, request_id)
+
+
+def _template(scope: Scope, root_path: str) -> str:
+    """The route's path template for the metrics' label: a mount (static files) as
+    `/prefix/*`, a plain Starlette route (`/openapi.json`) as its path; `unmatched` for
+    what no route took (a bounded label set either way)."""
+    route = scope.get("route")
+    if route is not None:
+        return str(getattr(route, "path", "unmatched"))
+    mounted = scope.get("root_path", "")
+    if mounted != root_path:
+        return f"{mounted[len(root_path):]}/*"
+    return str(scope["path"]) if scope.get("endpoint") is not None else "unmatched"
 
 
 def _request_id(scope: Scope) -> str:

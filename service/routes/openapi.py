@@ -9,6 +9,7 @@ the bearer scheme the auth middleware checks, so Swagger UI's Authorize button w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -44,16 +45,22 @@ def _add_common(operation: dict[str, Any], openai: bool, keyed: bool) -> None:
             "content": {"application/json": {"schema": _ref(model)}}})
 
 
-def build_schema(app: FastAPI, settings: Settings) -> dict[str, Any]:
+def build_schema(app: FastAPI, settings: Settings,
+                 is_public: Callable[[str], bool] = lambda path: False) -> dict[str, Any]:
+    """`is_public(path)`: the paths served without the key (health, metrics): no 401 and
+    no security requirement for them."""
     schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
                          description=app.description)
     openai_paths = set(getattr(app.state, "error_formatters", {}))
+    keyed = settings.api_key is not None
     for path, item in schema.get("paths", {}).items():
         for operation in item.values():
             answer = operation.get("responses", {}).get("422")
             if answer is not None and "HTTPValidationError" in str(answer):
                 operation["responses"]["422"] = _real_422(path, openai_paths)
-            _add_common(operation, path in openai_paths, settings.api_key is not None)
+            _add_common(operation, path in openai_paths, keyed and not is_public(path))
+            if keyed and is_public(path):
+                operation["security"] = []  # overrides the schema-wide bearer scheme
     components = schema.setdefault("components", {})
     for name in _FASTAPI_422:
         components.get("schemas", {}).pop(name, None)
@@ -65,12 +72,13 @@ def build_schema(app: FastAPI, settings: Settings) -> dict[str, Any]:
     return schema
 
 
-def install_openapi(app: FastAPI, settings: Settings) -> None:
+def install_openapi(app: FastAPI, settings: Settings,
+                    is_public: Callable[[str], bool] = lambda path: False) -> None:
     """`app.openapi()` builds `build_schema` once, on the first ask."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = build_schema(app, settings)
+            app.openapi_schema = build_schema(app, settings, is_public)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -10,7 +10,7 @@ validates and serialises it, in the CPU pool when it is large: a 300 s frame tim
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -190,6 +190,33 @@ class ModelCard(Answer):
 class ModelList(BaseModel):
     object: str = "list"
     data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """`/readyz`'s body, 200 or 503 (service.pipelines.loader.LoaderStatus)."""
+
+    status: Literal["ready", "starting", "loading", "failed", "stopped"]
+    models: list[str] | None = Field(None, description="The models loaded.")
+    expected: list[str] | None = Field(
+        None, description="The models this server was asked to serve: ready means all.")
+    unhealthy: list[str] | None = Field(None, description="Models whose worker died.")
+    error: str | None = Field(None, description="Why loading failed.")
+
+
+OPERATIONS_TAG = "operations"
+READINESS_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {"model": Readiness, "description": "Every model asked for is loaded and warm."},
+    503: {"model": Readiness, "description": "Not ready: starting, loading, failed (see "
+                                             "`error`), stopping, or a worker died."},
+}
+METRICS_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Prometheus' text format (README: Operations).",
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+}
 
 
 class EmotionScore(BaseModel):
