@@ -258,8 +258,5 @@ def install_handlers(app: FastAPI, formatters: dict[str, Formatter] | None = Non
                  getattr(request.state, "request_id", None))
         return Response(status_code=CLIENT_CLOSED)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = getattr(request.state, "request_id", None)
-        log.exception("unhandled error (request %s)", request_id)
-        return _response(request, 500, "internal_error", "internal error; see the server log")
+    # A defect (any other exception) is answered by service.edge.middleware, where the
+    # request id and the connection are: see `_send_internal_error` there.

@@ -174,11 +174,12 @@ def best_lag(ref: np.ndarray, got: np.ndarray, max_lag: int) -> int:
 # -- broken and hostile inputs --------------------------------------------------------
 
 def wav_header(*, rate: int, channels: int, bits: int = 16, data_bytes: int,
-               riff_bytes: int | None = None) -> bytes:
-    """A PCM WAV header with whatever (possibly lying) fields a test wants."""
+               riff_bytes: int | None = None, format_tag: int = 1) -> bytes:
+    """A WAV header (PCM unless `format_tag` says otherwise) with whatever (possibly lying)
+    fields a test wants."""
     block = channels * bits // 8
     byte_rate = min(rate * block, 0xFFFFFFFF)
-    fmt = struct.pack("<HHIIHH", 1, channels, rate, byte_rate, block & 0xFFFF, bits)
+    fmt = struct.pack("<HHIIHH", format_tag, channels, rate, byte_rate, block & 0xFFFF, bits)
     riff = riff_bytes if riff_bytes is not None else 4 + 8 + len(fmt) + 8 + data_bytes
     return (b"RIFF" + struct.pack("<I", riff) + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt))
             + fmt + b"data" + struct.pack("<I", data_bytes))

@@ -90,6 +90,9 @@ REFUSED: dict[str, tuple[Callable[[], bytes], type[ApiError], str]] = {
     "no samples": (lambda: wav_header(rate=16000, channels=1, data_bytes=0), InvalidInput,
                    "no samples"),
     "NaN samples": (_float_wav_with_nan, InvalidInput, "non-finite"),
+    "WAV of a codec FFmpeg cannot decode": (
+        lambda: wav_header(rate=16000, channels=1, data_bytes=32000, format_tag=0x1234)
+        + bytes(32000), UnsupportedMedia, "no decoder"),
     "png": (tiny_png, UnsupportedMedia, "accepted"),
     "json": (lambda: json.dumps({"audio": "not really", "labels": ["a", "b"]}).encode(),
              UnsupportedMedia, "accepted"),

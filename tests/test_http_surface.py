@@ -148,3 +148,34 @@ def test_the_schema_has_the_operations_routes_open_with_a_key(empty_models: Path
         assert operation["security"] == [] and "401" not in operation["responses"], path
     assert "401" in spec["paths"]["/v1/models"]["get"]["responses"]
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+@pytest.mark.parametrize(("path", "target", "shape"), [
+    ("/readyz", "service.pipelines.loader.ModelLoader.status", {"code", "message",
+                                                               "request_id"}),
+    ("/v1/models/clap", "service.routes.openai_models._kind_named", {"message", "type",
+                                                                    "param", "code"}),
+])
+def test_a_defect_is_one_500_with_its_id_on_a_connection_that_stays_usable(
+        server: RunningServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, path: str, target: str, shape: set[str]) -> None:
+    """Any exception a route lets out is answered where the request id is: a 500 in the
+    route's error shape carrying X-Request-ID, one traceback in the log, and the kept-alive
+    connection serves the next request (Starlette's own 500 went out without the id, was
+    raised again to uvicorn, which logged it twice and dropped the connection)."""
+
+    def boom(*args: object) -> None:
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(target, boom)
+    caplog.set_level(logging.INFO)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        failed = client.get(path, headers={"X-Request-ID": "defect-1"})
+        assert failed.status_code == 500, failed.text
+        assert failed.headers["x-request-id"] == "defect-1"
+        assert set(failed.json()["error"]) == shape
+        assert client.get("/healthz").status_code == 200  # the same pooled connection
+    access_lines(caplog)  # the server thread has finished that request's logging
+    tracebacks = [r for r in caplog.records if r.exc_info is not None]
+    assert len(tracebacks) == 1 and "defect-1" in tracebacks[0].getMessage()
+    assert not any("Exception in ASGI application" in r.getMessage() for r in caplog.records)

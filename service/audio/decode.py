@@ -356,6 +356,8 @@ def _decode_with_av(data: bytes, collector: _Collector) -> _Raw:
             raise _unsupported("no audio stream found")
         stream = container.streams.audio[0]
         ctx = stream.codec_context
+        if ctx is None:  # FFmpeg parsed the container but has no decoder for the codec
+            raise _unsupported("FFmpeg has no decoder for its audio codec")
         _check_shape(ctx.channels, ctx.sample_rate)
         rate = ctx.sample_rate
         collector.start(rate, _claimed_seconds(container, stream))

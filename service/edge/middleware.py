@@ -64,6 +64,11 @@ class RequestContextMiddleware:
         except asyncio.CancelledError:  # the server stopped (edge.server.cut_at_shutdown)
             cut = True
             raise
+        except Exception:
+            if status is not None:  # mid-answer: only a broken connection can say so
+                raise
+            log.exception("unhandled error (request %s)", request_id)
+            await _send_internal_error(scope, send_with_id)
         finally:
             # with nothing sent, what the edge answers: 503 for a request cut at shutdown
             # (cut_at_shutdown), 500 for an error that escaped every handler
@@ -113,6 +118,20 @@ class RequestContextMiddleware:
             log.info('%s "WS %s" %d %.1fms close=%s id=%s', _client(scope), _printable(scope),
                      status or 500, (time.perf_counter() - started) * 1e3,
                      "-" if close is None else close, request_id)
+
+
+async def _send_internal_error(scope: Scope, send: Send) -> None:
+    """A defect's answer, decided here once for every route: a 500 in the route's error
+    shape, with the request id (the log line has it too), on a connection that stays
+    usable. Starlette's own 500 (a handler for Exception) is sent from outside every
+    middleware and the exception is raised again after it: the answer had no
+    X-Request-ID, uvicorn logged a second traceback and dropped the kept-alive
+    connection, so a pooled client's next request failed."""
+    body = json.dumps(error_body_for(scope, 500, "internal_error",
+                                     "internal error; see the server log")).encode()
+    await send({"type": "http.response.start", "status": 500, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _template(scope: Scope, root_path: str) -> str:
