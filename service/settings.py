@@ -274,6 +274,11 @@ class Settings(BaseSettings):
     """permessage-deflate on the WebSockets. Off: audio frames do not compress, and
     deflating them cost the speech socket's event loop a third of its time at 64 sessions
     (py-spy), plus zlib state for every open connection."""
+    ws_max_pings_per_s: float = Field(10.0, gt=0)
+    """Pings a WebSocket client may send a second (a burst of as many), before its
+    connection is closed 1008. A pong is written outside the app's flow control, so a
+    client that floods pings and reads nothing grew the server's write buffer by 20 MB/s;
+    keepalive pings (one per 20 s) and browsers (none) are far below it."""
     unread_body_linger_s: float = Field(2.0, gt=0)
     """A request answered before its body was read (a refusal, a route that takes no
     body) has its connection closed after the answer; the client gets this long to stop

@@ -440,16 +440,67 @@ def reset_connection(transport: asyncio.Transport) -> None:
 
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol, reset `write_timeout_s` after the route is done if the
-    connection is still open then (its client does not read what is left to send)."""
+    connection is still open then (its client does not read what is left to send), and
+    with pings bounded.
+
+    The app's sends wait while the transport's buffer is over its high-water mark, but
+    uvicorn writes each pong as its ping is parsed, past that flow control: a client that
+    floods pings and reads nothing grew the buffer by ~20 MB/s (0.9 GB in 40 s, never
+    given back) and stalled the event loop. Here a pong is written only while the buffer
+    has room; otherwise the latest one is kept and written when it drains (RFC 6455 5.5.3:
+    a pong may answer only the most recent ping), and pings over `max_pings_per_s`
+    (a token bucket holding one second's worth) close the connection 1008."""
 
     write_timeout_s: ClassVar[float]
     per_message_deflate: ClassVar[bool]
+    max_pings_per_s: ClassVar[float]
     _lost = False
+    _owed_pong: bytes | None = None
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         # the cluster's ingress builds its uvicorn Config itself: the class decides here
         config.ws_per_message_deflate = self.per_message_deflate
         super().__init__(config, *args, **kwargs)
+        self._ping_allowance = self.max_pings_per_s
+        self._ping_counted_at = self.loop.time()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._write_owed_pong()
+
+    def handle_ping(self) -> None:
+        # the parser answered every ping of this read at once: the first call takes them
+        pong = b"".join(self.conn.data_to_send())
+        if self.close_sent or self.transport.is_closing():
+            return
+        if not self._take_ping():
+            self._owed_pong = None
+            self.conn.send_close(1008, "too many pings (AUDIOSERVE_WS_MAX_PINGS_PER_S)")
+            self.handle_parser_exception()  # the app hears 1008; the close goes out
+            return
+        if pong:
+            self._owed_pong = pong  # written after the read, if the buffer has room
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._write_owed_pong()
+
+    def _write_owed_pong(self) -> None:
+        if (self._owed_pong is not None and self.writable.is_set()
+                and not self.transport.is_closing()):
+            self.transport.write(self._owed_pong)
+            self._owed_pong = None
+
+    def _take_ping(self) -> bool:
+        now = self.loop.time()
+        rate = self.max_pings_per_s
+        refill = (now - self._ping_counted_at) * rate
+        self._ping_allowance = min(rate, self._ping_allowance + refill)
+        self._ping_counted_at = now
+        if self._ping_allowance < 1:
+            return False
+        self._ping_allowance -= 1
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -491,11 +542,12 @@ def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
 
 
 def guarded_websocket_protocol(settings: Settings) -> type[GuardedWebSocketProtocol]:
-    """The WebSocket protocol class for one server, with the settings' write timeout and
-    compression."""
+    """The WebSocket protocol class for one server, with the settings' write timeout,
+    compression and ping rate."""
     return type("GuardedWebSocketProtocol", (GuardedWebSocketProtocol,),
                 {"write_timeout_s": settings.write_timeout_s,
-                 "per_message_deflate": settings.ws_compression})
+                 "per_message_deflate": settings.ws_compression,
+                 "max_pings_per_s": settings.ws_max_pings_per_s})
 
 
 PROCESS_PROTOCOL: type[GuardedProtocol] | None = None
