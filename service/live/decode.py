@@ -6,6 +6,8 @@ bit libsndfile's), so a live window equals `/classify` of the same samples as 16
 WebM/Ogg Opus are demuxed and decoded by PyAV (FFmpeg) in a thread of their own, reading
 from a pipe the socket fills (FFmpeg's demuxers pull bytes: a blocking reader is the way to
 feed them incrementally); the frames become mono through the upload decoder's own code.
+An encoded stream is held to what a PCM config may say (rate, channels: checked on its
+header and on every frame, before any window is cut).
 Resampling to each model's rate is soxr HQ streamed (`soxr.ResampleStream`), as the
 upload decoder does it.
 """
@@ -24,7 +26,7 @@ import numpy as np
 import soxr
 
 from service.audio.decode import AV_ERRORS, MAX_SAMPLE_PEAK, from_pcm16, planes_to_mono
-from service.live.protocol import ProtocolError
+from service.live.protocol import ProtocolError, check_shape
 
 log = logging.getLogger("audioserve.live")
 
@@ -116,6 +118,7 @@ class EncodedDecoder:
                  on_error: Callable[[ProtocolError], None], max_buffer: int) -> None:
         self.format = fmt
         self.container_format = "matroska" if fmt == "webm" else "ogg"
+        self.source = f"the {fmt} stream"
         self.loop = loop
         self.sink = sink
         self.on_error = on_error
@@ -142,6 +145,9 @@ class EncodedDecoder:
                 if not container.streams.audio:
                     raise ProtocolError("unsupported_audio", "the stream has no audio track")
                 stream = container.streams.audio[0]
+                ctx = stream.codec_context
+                if ctx.sample_rate:  # the header's claim (0: none), before any decoding
+                    check_shape(ctx.sample_rate, ctx.channels or 1, self.source)
                 for packet in container.demux(stream):
                     for frame in packet.decode():
                         self._emit(frame)
@@ -159,6 +165,9 @@ class EncodedDecoder:
             self.loop.call_soon_threadsafe(self.finished.set)
 
     def _emit(self, frame: av.AudioFrame) -> None:
+        """One frame, checked (each: a stream may change its rate or layout midway), to
+        the sink."""
+        check_shape(frame.sample_rate, frame.layout.nb_channels, self.source)
         arr = frame.to_ndarray()
         if not frame.format.is_planar:
             arr = arr.reshape(-1, frame.layout.nb_channels).T
