@@ -202,6 +202,10 @@ def test_config_twice_and_frame_after_done(server: RunningServer) -> None:
     ({"format": "webm"}, b"\x1aE\xdf\xa3 not really webm" * 50, "webm"),
     ({"format": "ogg"}, b"OggS garbage" * 100, "ogg"),
     ({"format": "pcm_s16le", "sample_rate": 8000}, b"\x00\x01\x02", "sample frame"),
+    ({"format": "webm"}, _matroska("pcm_f32le", 8000, "mono",
+                                   np.full((1, 800), np.nan, np.float32)), "NaN"),
+    ({"format": "webm"}, _matroska("pcm_f32le", 8000, "stereo",
+                                   np.full((2, 800), 1e30, np.float32)), "full scale"),
 ])
 def test_bad_audio(server: RunningServer, config: dict[str, Any], audio: bytes,
                    says: str) -> None:

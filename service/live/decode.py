@@ -7,7 +7,8 @@ WebM/Ogg Opus are demuxed and decoded by PyAV (FFmpeg) in a thread of their own,
 from a pipe the socket fills (FFmpeg's demuxers pull bytes: a blocking reader is the way to
 feed them incrementally); the frames become mono through the upload decoder's own code.
 An encoded stream is held to what a PCM config may say (rate, channels: checked on its
-header and on every frame, before any window is cut).
+header and on every frame, before any window is cut) and its float samples to the upload
+decoder's level check, as PCM float is.
 Resampling to each model's rate is soxr HQ streamed (`soxr.ResampleStream`), as the
 upload decoder does it.
 """
@@ -25,7 +26,9 @@ import av
 import numpy as np
 import soxr
 
-from service.audio.decode import AV_ERRORS, MAX_SAMPLE_PEAK, from_pcm16, planes_to_mono
+from service.audio import decode as upload
+from service.audio.decode import AV_ERRORS, from_pcm16, planes_to_mono
+from service.errors import InvalidInput
 from service.live.protocol import ProtocolError, check_shape
 
 log = logging.getLogger("audioserve.live")
@@ -35,11 +38,24 @@ Sink = Callable[[np.ndarray, int, float], None]
 decoder arrived (monotonic; the block's own came then or before), in order, in the
 decoder's thread."""
 
+_FLOAT_KINDS = ("flt", "dbl")
+"""Sample kinds that can hold NaN, infinity or a peak beyond full scale (integers cannot)."""
+
+
+def check_level(mono: np.ndarray, fmt: str) -> None:
+    """The upload decoder's level check (NaN, infinity, beyond ±MAX_SAMPLE_PEAK: the
+    log-mel overflows into NaN scores) as a live stream's error."""
+    try:
+        upload.check_level(mono)
+    except InvalidInput as exc:
+        raise ProtocolError("unsupported_audio", f"the {fmt} stream: {exc.message}") from None
+
 
 class PcmDecoder:
     """Interleaved little-endian PCM frames -> mono float32 blocks."""
 
     def __init__(self, fmt: str, channels: int) -> None:
+        self.format = fmt
         self.dtype = np.dtype("<i2") if fmt == "pcm_s16le" else np.dtype("<f4")
         self.channels = channels
         self.frame_bytes = self.dtype.itemsize * channels
@@ -50,16 +66,11 @@ class PcmDecoder:
         usable = len(data) - len(data) % self.frame_bytes
         self._rest = data[usable:]
         raw = np.frombuffer(data[:usable], dtype=self.dtype)
-        if self.dtype.kind == "i":
-            samples = from_pcm16(raw)
-        else:
-            samples = raw.astype(np.float32)
-            if samples.size and not float(np.max(np.abs(samples))) <= MAX_SAMPLE_PEAK:
-                raise ProtocolError("unsupported_audio",
-                                    "pcm_f32le audio holds NaN, infinity or samples beyond "
-                                    f"±{MAX_SAMPLE_PEAK:g} (full scale is ±1)")
+        samples = from_pcm16(raw) if self.dtype.kind == "i" else raw.astype(np.float32)
         if self.channels > 1:
-            return planes_to_mono(samples.reshape(-1, self.channels).T, "flt")
+            samples = planes_to_mono(samples.reshape(-1, self.channels).T, "flt")
+        if self.dtype.kind == "f":
+            check_level(samples, self.format)
         return samples
 
     def leftover(self) -> int:
@@ -168,10 +179,13 @@ class EncodedDecoder:
         """One frame, checked (each: a stream may change its rate or layout midway), to
         the sink."""
         check_shape(frame.sample_rate, frame.layout.nb_channels, self.source)
+        kind = frame.format.name.rstrip("p")
         arr = frame.to_ndarray()
         if not frame.format.is_planar:
             arr = arr.reshape(-1, frame.layout.nb_channels).T
-        mono = planes_to_mono(arr, frame.format.name.rstrip("p"))
+        mono = planes_to_mono(arr, kind)
+        if kind in _FLOAT_KINDS:
+            check_level(mono, self.format)
         self.sink(mono, frame.sample_rate, self.pipe.written_at)
 
     def _fail(self, exc: ProtocolError) -> None:
