@@ -25,6 +25,7 @@ from tests.emotion2vec_fixtures import emotion_models_dir, speech_files  # noqa:
 from tests.live_fixtures import (  # noqa: F401  (fixtures)
     LABELS,
     Transcript,
+    frames,
     live_models_dir,
     metric,
     open_stream,
@@ -351,6 +352,41 @@ def test_metrics_after_a_stream(server: RunningServer) -> None:
     assert metric(server, "audioserve_live_streams") == 0
     assert metric(server, "audioserve_live_audio_seconds_total") >= 3.0
     assert metric(server, "audioserve_live_closed_total", reason="done") >= 1
+
+
+def test_encoded_input_is_paced(live_models_dir: Path) -> None:  # noqa: F811
+    """12 s of Ogg/Opus sent at once is decoded and analysed no faster than real time plus
+    LIVE_MAX_AHEAD_S, as PCM is read: with room for 2 windows in flight, a window every
+    second of real time leaves nothing skipped, where decoding it all at once completed
+    every window together and skipped all but 2 (`behind`). Each window comes no sooner
+    than its end minus the allowance after the first frame was sent (a lower bound:
+    a slow host only makes it later)."""
+    from service.audio.encode import encode_audio
+
+    ahead_s, seconds = 0.5, 12
+    tone = np.frombuffer(_tone(seconds, 48_000), "<i2").astype(np.float32) / 32768
+    data = encode_audio(tone, 48_000, "opus")
+    with serve_app(models_dir=live_models_dir, live_max_ahead_s=ahead_s,
+                   live_max_pending=2) as server, open_stream(server) as ws:
+        ws.send(json.dumps({"type": "session.config", "input": {"format": "ogg"},
+                            "classify": {"labels": LABELS, "hop_s": 1.0}}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
+        sent_at = time.monotonic()
+        for frame in frames(data):
+            ws.send(frame)
+        ws.send(json.dumps({"type": "input.done"}))
+        windows: list[tuple[float, float]] = []  # (end_s, seconds after the first frame)
+        events = []
+        for message in ws:
+            event = json.loads(message)
+            events.append(event)
+            if event["type"] == "classify.window":
+                windows.append((event["end_s"], time.monotonic() - sent_at))
+    assert events[-1]["type"] == "session.done", events[-1]
+    assert not [e for e in events if e["type"] == "skipped"], events
+    assert len(windows) >= seconds
+    early = [(end, at) for end, at in windows if at < end - ahead_s - 0.1]
+    assert not early, f"windows received before their audio was due: {early}"
 
 
 # -- a client that does not read ------------------------------------------------------------

@@ -8,7 +8,10 @@ from a pipe the socket fills (FFmpeg's demuxers pull bytes: a blocking reader is
 feed them incrementally); the frames become mono through the upload decoder's own code.
 An encoded stream is held to what a PCM config may say (rate, channels: checked on its
 header and on every frame, before any window is cut) and its float samples to the upload
-decoder's level check, as PCM float is.
+decoder's level check, as PCM float is. It is paced where it is decoded: after each frame
+the decoder thread waits while the stream is ahead of real time plus `live_max_ahead_s`
+(the session says how long), so the pipe fills and the socket is no longer read; what is
+decoded ahead is bounded by that pace, what waits undecoded by the pipe's bytes.
 Resampling to each model's rate is soxr HQ streamed (`soxr.ResampleStream`), as the
 upload decoder does it.
 """
@@ -33,10 +36,13 @@ from service.live.protocol import ProtocolError, check_shape
 
 log = logging.getLogger("audioserve.live")
 
-Sink = Callable[[np.ndarray, int, float], None]
-"""Takes mono float32 blocks, their (source) rate and when the newest bytes fed to the
-decoder arrived (monotonic; the block's own came then or before), in order, in the
-decoder's thread."""
+Sink = Callable[[np.ndarray, int, float], float]
+"""Takes mono float32 blocks, their (source) rate and when they count as received
+(monotonic): when the newest bytes fed to the decoder arrived (the block's own came then
+or before) or, if later, when the pace last let the decoder go on (a PCM frame counts
+from when it is read, after the pace's wait: a block held back is not overdue). Called in
+order, in the decoder's thread; returns how long the decoder waits before it decodes more
+(the stream's pace: > 0 while it is ahead of real time plus live_max_ahead_s)."""
 
 _FLOAT_KINDS = ("flt", "dbl")
 """Sample kinds that can hold NaN, infinity or a peak beyond full scale (integers cannot)."""
@@ -135,11 +141,20 @@ class EncodedDecoder:
         self.on_error = on_error
         self.pipe = _Pipe(max_buffer)
         self.finished = asyncio.Event()
+        self._stop = threading.Event()
+        """Set by abort: decoding, and the pace's wait, end at once."""
+        self._paced_until = 0.0
+        """When the decoder's last wait for the pace ended (monotonic)."""
         self._thread = threading.Thread(target=self._run, name="live-decode", daemon=True)
         self._thread.start()
 
     async def feed(self, data: bytes) -> None:
-        while not self.pipe.write_bytes(data):  # bounded: the demuxer reads it soon
+        """Queue bytes for the demuxer; waits while the pipe is full (the decoder is behind,
+        or paced), so the socket is not read meanwhile. Bytes that come after decoding
+        ended (an error, reported to on_error) are dropped."""
+        while not self.pipe.write_bytes(data):
+            if self.finished.is_set():
+                return
             await asyncio.sleep(0.01)
 
     async def finish(self) -> None:
@@ -147,6 +162,7 @@ class EncodedDecoder:
         await self.finished.wait()
 
     def abort(self) -> None:
+        self._stop.set()
         self.pipe.finish()
 
     def _run(self) -> None:
@@ -161,7 +177,8 @@ class EncodedDecoder:
                     check_shape(ctx.sample_rate, ctx.channels or 1, self.source)
                 for packet in container.demux(stream):
                     for frame in packet.decode():
-                        self._emit(frame)
+                        if not self._emit(frame):
+                            return
         except ProtocolError as exc:
             self._fail(exc)
         except AV_ERRORS as exc:
@@ -175,9 +192,9 @@ class EncodedDecoder:
         finally:
             self.loop.call_soon_threadsafe(self.finished.set)
 
-    def _emit(self, frame: av.AudioFrame) -> None:
+    def _emit(self, frame: av.AudioFrame) -> bool:
         """One frame, checked (each: a stream may change its rate or layout midway), to
-        the sink."""
+        the sink, then the pace's wait; False once aborted."""
         check_shape(frame.sample_rate, frame.layout.nb_channels, self.source)
         kind = frame.format.name.rstrip("p")
         arr = frame.to_ndarray()
@@ -186,7 +203,12 @@ class EncodedDecoder:
         mono = planes_to_mono(arr, kind)
         if kind in _FLOAT_KINDS:
             check_level(mono, self.format)
-        self.sink(mono, frame.sample_rate, self.pipe.written_at)
+        wait = self.sink(mono, frame.sample_rate,
+                         max(self.pipe.written_at, self._paced_until))
+        if wait > 0:
+            self._stop.wait(wait)
+            self._paced_until = time.monotonic()
+        return not self._stop.is_set()
 
     def _fail(self, exc: ProtocolError) -> None:
         self.loop.call_soon_threadsafe(self.on_error, exc)
