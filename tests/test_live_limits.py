@@ -5,6 +5,7 @@ duration, idle, pending work, unread results) -> an `error` event and its close 
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import time
@@ -24,6 +25,7 @@ from tests.emotion2vec_fixtures import emotion_models_dir, speech_files  # noqa:
 from tests.live_fixtures import (  # noqa: F401  (fixtures)
     LABELS,
     Transcript,
+    frames,
     live_models_dir,
     metric,
     open_stream,
@@ -54,6 +56,49 @@ def server(live_models_dir: Path) -> Iterator[RunningServer]:  # noqa: F811
 def _tone(seconds: float, rate: int = 8000) -> bytes:
     t = np.arange(round(seconds * rate)) / rate
     return (3000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
+
+
+def _matroska(codec: str, rate: int, layout: str, planes: np.ndarray) -> bytes:
+    """One Matroska audio track (what `webm` input is demuxed as) of `planes`
+    (channels, samples), as PyAV encodes it."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as container:
+        stream = container.add_stream(codec, rate=rate, layout=layout)
+        fmt = {np.dtype(np.int16): "s16", np.dtype(np.float32): "flt"}[planes.dtype]
+        planar = codec == "wavpack"
+        frame = av.AudioFrame.from_ndarray(
+            planes if planar else planes.T.reshape(1, -1),
+            format=fmt + "p" if planar else fmt, layout=layout)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def _wavpack_rate_change(first: int, then: int) -> bytes:
+    """WavPack in Matroska that changes its rate midway (each WavPack block says its own
+    rate): 1 s of a tone at `first` Hz, then 0.5 s at `then` Hz, in one track."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as container:
+        stream = container.add_stream("wavpack", rate=first, layout="mono")
+        pts = 0
+        for rate, seconds in ((first, 1.0), (then, 0.5)):
+            codec = av.CodecContext.create("wavpack", "w")
+            codec.sample_rate, codec.layout, codec.format = rate, "mono", "s16p"
+            frame = av.AudioFrame.from_ndarray(
+                np.frombuffer(_tone(seconds, rate), "<i2")[None, :], format="s16p",
+                layout="mono")
+            frame.sample_rate = rate
+            for packet in [*codec.encode(frame), *codec.encode(None)]:
+                packet.stream = stream
+                packet.pts = packet.dts = pts
+                pts += packet.duration or 0
+                container.mux(packet)
+    return buf.getvalue()
 
 
 def _session(server: RunningServer, messages: list[str | bytes], **kwargs: Any) -> Transcript:
@@ -158,6 +203,10 @@ def test_config_twice_and_frame_after_done(server: RunningServer) -> None:
     ({"format": "webm"}, b"\x1aE\xdf\xa3 not really webm" * 50, "webm"),
     ({"format": "ogg"}, b"OggS garbage" * 100, "ogg"),
     ({"format": "pcm_s16le", "sample_rate": 8000}, b"\x00\x01\x02", "sample frame"),
+    ({"format": "webm"}, _matroska("pcm_f32le", 8000, "mono",
+                                   np.full((1, 800), np.nan, np.float32)), "NaN"),
+    ({"format": "webm"}, _matroska("pcm_f32le", 8000, "stereo",
+                                   np.full((2, 800), 1e30, np.float32)), "full scale"),
 ])
 def test_bad_audio(server: RunningServer, config: dict[str, Any], audio: bytes,
                    says: str) -> None:
@@ -168,6 +217,31 @@ def test_bad_audio(server: RunningServer, config: dict[str, Any], audio: bytes,
     error = _error(t)
     assert (error["code"], t.close_code) == ("unsupported_audio", 1003), error
     assert says in error["message"]
+
+
+@pytest.mark.parametrize(("audio", "says"), [
+    (_matroska("wavpack", 384_000, "mono", np.zeros((1, 96_000), np.int16)),
+     ["384000 Hz", "8000-192000 Hz"]),
+    (_matroska("pcm_s16le", 16_000, "hexadecagonal", np.zeros((16, 1600), np.int16)),
+     ["16 channels", "1-8"]),
+    (_wavpack_rate_change(16_000, 384_000), ["384000 Hz", "8000-192000 Hz"]),
+    (_wavpack_rate_change(16_000, 48_000), ["changed its sample rate from 16000 to 48000"]),
+], ids=["384kHz", "16-channels", "to-384kHz-midway", "to-48kHz-midway"])
+def test_encoded_input_is_held_to_the_pcm_bounds(server: RunningServer, audio: bytes,
+                                                 says: list[str]) -> None:
+    """A WebM stream's rate and channels (its header's, then each frame's) are held to
+    what a PCM config may say: refused before any window is cut at that rate (a 10 s
+    window of a 16 MHz stream is 640 MB), naming what was found and what is allowed."""
+    assert len(audio) <= FRAME_LIMIT
+    t = _session(server, [
+        json.dumps({"type": "session.config", "input": {"format": "webm"},
+                    "classify": {"labels": LABELS, "hop_s": 0.5}}),
+        audio, json.dumps({"type": "input.done"})])
+    error = _error(t)
+    assert (error["code"], t.close_code) == ("unsupported_audio", 1003), error
+    assert all(part in error["message"] for part in says), error["message"]
+    windows = [e["end_s"] for e in t.of("classify.window") + t.of("skipped")]
+    assert all(end <= 1.0 for end in windows), windows  # none cut after the change
 
 
 def test_frame_too_large(server: RunningServer) -> None:
@@ -278,6 +352,41 @@ def test_metrics_after_a_stream(server: RunningServer) -> None:
     assert metric(server, "audioserve_live_streams") == 0
     assert metric(server, "audioserve_live_audio_seconds_total") >= 3.0
     assert metric(server, "audioserve_live_closed_total", reason="done") >= 1
+
+
+def test_encoded_input_is_paced(live_models_dir: Path) -> None:  # noqa: F811
+    """12 s of Ogg/Opus sent at once is decoded and analysed no faster than real time plus
+    LIVE_MAX_AHEAD_S, as PCM is read: with room for 2 windows in flight, a window every
+    second of real time leaves nothing skipped, where decoding it all at once completed
+    every window together and skipped all but 2 (`behind`). Each window comes no sooner
+    than its end minus the allowance after the first frame was sent (a lower bound:
+    a slow host only makes it later)."""
+    from service.audio.encode import encode_audio
+
+    ahead_s, seconds = 0.5, 12
+    tone = np.frombuffer(_tone(seconds, 48_000), "<i2").astype(np.float32) / 32768
+    data = encode_audio(tone, 48_000, "opus")
+    with serve_app(models_dir=live_models_dir, live_max_ahead_s=ahead_s,
+                   live_max_pending=2) as server, open_stream(server) as ws:
+        ws.send(json.dumps({"type": "session.config", "input": {"format": "ogg"},
+                            "classify": {"labels": LABELS, "hop_s": 1.0}}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
+        sent_at = time.monotonic()
+        for frame in frames(data):
+            ws.send(frame)
+        ws.send(json.dumps({"type": "input.done"}))
+        windows: list[tuple[float, float]] = []  # (end_s, seconds after the first frame)
+        events = []
+        for message in ws:
+            event = json.loads(message)
+            events.append(event)
+            if event["type"] == "classify.window":
+                windows.append((event["end_s"], time.monotonic() - sent_at))
+    assert events[-1]["type"] == "session.done", events[-1]
+    assert not [e for e in events if e["type"] == "skipped"], events
+    assert len(windows) >= seconds
+    early = [(end, at) for end, at in windows if at < end - ahead_s - 0.1]
+    assert not early, f"windows received before their audio was due: {early}"
 
 
 # -- a client that does not read ------------------------------------------------------------

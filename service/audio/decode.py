@@ -131,7 +131,7 @@ class _Collector:
             mono = mono[:room]
             self.truncated = True
         if len(mono):
-            _check_level(mono)  # at the source's rate: before resampling
+            check_level(mono)  # at the source's rate: before resampling
             self.frames += len(mono)
             if self._stream is not None:  # blocks come in runs of >= _BLOCK_FRAMES
                 mono = self._stream.resample_chunk(np.ascontiguousarray(mono, np.float32))
@@ -226,10 +226,11 @@ class MinimumAudio:
                 f"({self.samples / rate:.3f} s): {self.reason}")
 
 
-def _check_level(samples: np.ndarray) -> None:
+def check_level(samples: np.ndarray) -> None:
     """Finite samples within MAX_SAMPLE_PEAK: one pass (np.max propagates NaN). Checked on
     each decoded block at the source's rate, before resampling, which would smear a NaN
-    or an absurd peak over its neighbours (or smooth a single-sample spike away)."""
+    or an absurd peak over its neighbours (or smooth a single-sample spike away). The one
+    check for uploads and live streams (service.live.decode.check_level)."""
     # min and max: two SIMD reductions without the temporary np.abs would make
     peak = max(-float(samples.min()), float(samples.max())) if samples.size else 0.0
     if math.isnan(peak) or math.isinf(peak):

@@ -6,6 +6,12 @@ bit libsndfile's), so a live window equals `/classify` of the same samples as 16
 WebM/Ogg Opus are demuxed and decoded by PyAV (FFmpeg) in a thread of their own, reading
 from a pipe the socket fills (FFmpeg's demuxers pull bytes: a blocking reader is the way to
 feed them incrementally); the frames become mono through the upload decoder's own code.
+An encoded stream is held to what a PCM config may say (rate, channels: checked on its
+header and on every frame, before any window is cut) and its float samples to the upload
+decoder's level check, as PCM float is. It is paced where it is decoded: after each frame
+the decoder thread waits while the stream is ahead of real time plus `live_max_ahead_s`
+(the session says how long), so the pipe fills and the socket is no longer read; what is
+decoded ahead is bounded by that pace, what waits undecoded by the pipe's bytes.
 Resampling to each model's rate is soxr HQ streamed (`soxr.ResampleStream`), as the
 upload decoder does it.
 """
@@ -23,21 +29,39 @@ import av
 import numpy as np
 import soxr
 
-from service.audio.decode import AV_ERRORS, MAX_SAMPLE_PEAK, from_pcm16, planes_to_mono
-from service.live.protocol import ProtocolError
+from service.audio import decode as upload
+from service.audio.decode import AV_ERRORS, from_pcm16, planes_to_mono
+from service.errors import InvalidInput
+from service.live.protocol import ProtocolError, check_shape
 
 log = logging.getLogger("audioserve.live")
 
-Sink = Callable[[np.ndarray, int, float], None]
-"""Takes mono float32 blocks, their (source) rate and when the newest bytes fed to the
-decoder arrived (monotonic; the block's own came then or before), in order, in the
-decoder's thread."""
+Sink = Callable[[np.ndarray, int, float], float]
+"""Takes mono float32 blocks, their (source) rate and when they count as received
+(monotonic): when the newest bytes fed to the decoder arrived (the block's own came then
+or before) or, if later, when the pace last let the decoder go on (a PCM frame counts
+from when it is read, after the pace's wait: a block held back is not overdue). Called in
+order, in the decoder's thread; returns how long the decoder waits before it decodes more
+(the stream's pace: > 0 while it is ahead of real time plus live_max_ahead_s)."""
+
+_FLOAT_KINDS = ("flt", "dbl")
+"""Sample kinds that can hold NaN, infinity or a peak beyond full scale (integers cannot)."""
+
+
+def check_level(mono: np.ndarray, fmt: str) -> None:
+    """The upload decoder's level check (NaN, infinity, beyond ±MAX_SAMPLE_PEAK: the
+    log-mel overflows into NaN scores) as a live stream's error."""
+    try:
+        upload.check_level(mono)
+    except InvalidInput as exc:
+        raise ProtocolError("unsupported_audio", f"the {fmt} stream: {exc.message}") from None
 
 
 class PcmDecoder:
     """Interleaved little-endian PCM frames -> mono float32 blocks."""
 
     def __init__(self, fmt: str, channels: int) -> None:
+        self.format = fmt
         self.dtype = np.dtype("<i2") if fmt == "pcm_s16le" else np.dtype("<f4")
         self.channels = channels
         self.frame_bytes = self.dtype.itemsize * channels
@@ -48,16 +72,11 @@ class PcmDecoder:
         usable = len(data) - len(data) % self.frame_bytes
         self._rest = data[usable:]
         raw = np.frombuffer(data[:usable], dtype=self.dtype)
-        if self.dtype.kind == "i":
-            samples = from_pcm16(raw)
-        else:
-            samples = raw.astype(np.float32)
-            if samples.size and not float(np.max(np.abs(samples))) <= MAX_SAMPLE_PEAK:
-                raise ProtocolError("unsupported_audio",
-                                    "pcm_f32le audio holds NaN, infinity or samples beyond "
-                                    f"±{MAX_SAMPLE_PEAK:g} (full scale is ±1)")
+        samples = from_pcm16(raw) if self.dtype.kind == "i" else raw.astype(np.float32)
         if self.channels > 1:
-            return planes_to_mono(samples.reshape(-1, self.channels).T, "flt")
+            samples = planes_to_mono(samples.reshape(-1, self.channels).T, "flt")
+        if self.dtype.kind == "f":
+            check_level(samples, self.format)
         return samples
 
     def leftover(self) -> int:
@@ -116,16 +135,26 @@ class EncodedDecoder:
                  on_error: Callable[[ProtocolError], None], max_buffer: int) -> None:
         self.format = fmt
         self.container_format = "matroska" if fmt == "webm" else "ogg"
+        self.source = f"the {fmt} stream"
         self.loop = loop
         self.sink = sink
         self.on_error = on_error
         self.pipe = _Pipe(max_buffer)
         self.finished = asyncio.Event()
+        self._stop = threading.Event()
+        """Set by abort: decoding, and the pace's wait, end at once."""
+        self._paced_until = 0.0
+        """When the decoder's last wait for the pace ended (monotonic)."""
         self._thread = threading.Thread(target=self._run, name="live-decode", daemon=True)
         self._thread.start()
 
     async def feed(self, data: bytes) -> None:
-        while not self.pipe.write_bytes(data):  # bounded: the demuxer reads it soon
+        """Queue bytes for the demuxer; waits while the pipe is full (the decoder is behind,
+        or paced), so the socket is not read meanwhile. Bytes that come after decoding
+        ended (an error, reported to on_error) are dropped."""
+        while not self.pipe.write_bytes(data):
+            if self.finished.is_set():
+                return
             await asyncio.sleep(0.01)
 
     async def finish(self) -> None:
@@ -133,6 +162,7 @@ class EncodedDecoder:
         await self.finished.wait()
 
     def abort(self) -> None:
+        self._stop.set()
         self.pipe.finish()
 
     def _run(self) -> None:
@@ -142,9 +172,13 @@ class EncodedDecoder:
                 if not container.streams.audio:
                     raise ProtocolError("unsupported_audio", "the stream has no audio track")
                 stream = container.streams.audio[0]
+                ctx = stream.codec_context
+                if ctx.sample_rate:  # the header's claim (0: none), before any decoding
+                    check_shape(ctx.sample_rate, ctx.channels or 1, self.source)
                 for packet in container.demux(stream):
                     for frame in packet.decode():
-                        self._emit(frame)
+                        if not self._emit(frame):
+                            return
         except ProtocolError as exc:
             self._fail(exc)
         except AV_ERRORS as exc:
@@ -158,12 +192,23 @@ class EncodedDecoder:
         finally:
             self.loop.call_soon_threadsafe(self.finished.set)
 
-    def _emit(self, frame: av.AudioFrame) -> None:
+    def _emit(self, frame: av.AudioFrame) -> bool:
+        """One frame, checked (each: a stream may change its rate or layout midway), to
+        the sink, then the pace's wait; False once aborted."""
+        check_shape(frame.sample_rate, frame.layout.nb_channels, self.source)
+        kind = frame.format.name.rstrip("p")
         arr = frame.to_ndarray()
         if not frame.format.is_planar:
             arr = arr.reshape(-1, frame.layout.nb_channels).T
-        mono = planes_to_mono(arr, frame.format.name.rstrip("p"))
-        self.sink(mono, frame.sample_rate, self.pipe.written_at)
+        mono = planes_to_mono(arr, kind)
+        if kind in _FLOAT_KINDS:
+            check_level(mono, self.format)
+        wait = self.sink(mono, frame.sample_rate,
+                         max(self.pipe.written_at, self._paced_until))
+        if wait > 0:
+            self._stop.wait(wait)
+            self._paced_until = time.monotonic()
+        return not self._stop.is_set()
 
     def _fail(self, exc: ProtocolError) -> None:
         self.loop.call_soon_threadsafe(self.on_error, exc)

@@ -11,7 +11,8 @@ Client -> server (JSON text frames unless said otherwise):
                 "min_speech_ms": 250, "min_silence_ms": 500, "padding_ms": 200,
                 "max_utterance_s": 20.0, "partial_every_s": null} | null}`
   At least one of `classify` and `emotion`. For `webm`/`ogg` (Opus from MediaRecorder)
-  `sample_rate` and `channels` are read from the stream and may be left out.
+  `sample_rate` and `channels` are read from the stream and may be left out; they are
+  held to the same bounds (`check_shape`).
 - binary frames: audio in the configured format, any size up to AUDIOSERVE_LIVE_MAX_FRAME_BYTES.
 - `{"type": "input.done"}`: no more audio; what is pending is flushed (the last partial
   window, the open utterance), then `session.done` and close 1000.
@@ -66,10 +67,17 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+MIN_RATE, MAX_RATE = 8_000, 192_000
+MAX_CHANNELS = 8
+"""What live input may be, PCM as configured or WebM/Ogg as decoded: a window is cut at
+the stream's own rate, so its memory and work grow with the rate (a 10 s window of a
+16 MHz stream is 640 MB of float32)."""
+
+
 class InputConfig(_Message):
     format: InputFormat
-    sample_rate: int | None = Field(None, ge=8000, le=192_000)
-    channels: int | None = Field(None, ge=1, le=8)
+    sample_rate: int | None = Field(None, ge=MIN_RATE, le=MAX_RATE)
+    channels: int | None = Field(None, ge=1, le=MAX_CHANNELS)
 
 
 class ClassifyConfig(_Message):
@@ -244,6 +252,17 @@ class ProtocolError(Exception):
 
     def event(self) -> ErrorEvent:
         return ErrorEvent(code=self.code, message=self.message)
+
+
+def check_shape(rate: int, channels: int, source: str) -> None:
+    """Hold what an encoded stream says of itself (its header, then each decoded frame) to
+    the bounds a PCM config is held to; `source` names it in the message."""
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise ProtocolError("unsupported_audio", f"{source} is at {rate} Hz; live input must "
+                            f"be {MIN_RATE}-{MAX_RATE} Hz: resample it before streaming")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise ProtocolError("unsupported_audio", f"{source} has {channels} channels; live "
+                            f"input may have 1-{MAX_CHANNELS}: downmix it before streaming")
 
 
 def validation_problems(exc: ValidationError, text: str) -> str:

@@ -14,7 +14,10 @@ the cache is the stream's, dropped when it ends. A stream holds at most
 `live_max_pending` jobs; a window or utterance beyond that is skipped with a `skipped`
 event. Results go out in order per task through a bounded outbox; a client that leaves
 `live_send_buffer` events unread is cut off (1008) and its jobs are cancelled. A stream
-is read no faster than real time plus `live_max_ahead_s`.
+is read no faster than real time plus `live_max_ahead_s` (`_ahead_s`, the one measure): PCM
+by the reader, which waits before its next frame; WebM/Ogg by the decoder thread, which
+waits before its next frame while its bounded pipe fills and the reader then waits on it
+(the reader cannot pace by bytes: it does not know what they decode to).
 
 Partials (`emotion.partial_every_s`) are interim and best effort: each time the open
 utterance has grown that much, one job computes it so far through the same entry point,
@@ -56,7 +59,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
@@ -88,6 +91,7 @@ from service.settings import Settings
 log = logging.getLogger("audioserve.live")
 
 _KINDS: dict[str, str] = {"classify": "clap", "emotion": "emotion2vec"}
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -324,23 +328,28 @@ class LiveSession:
             self._first_audio_at = now
         if self._pcm is not None:
             self._apply(await self._analyse(self._analyse_pcm, data, now))
-        elif self._encoded is not None:
-            await self._encoded.feed(data)
-        await self._pace()
+            await self._pace()
+        elif self._encoded is not None:  # paced in its decoder thread (_analyse_decoded)
+            await self._unless_fatal(self._encoded.feed(data))
 
     def _pcm_rate(self) -> int:
         assert self._config is not None and self._config.input.sample_rate is not None
         return self._config.input.sample_rate
 
     async def _pace(self) -> None:
-        """Read no faster than real time plus live_max_ahead_s (the client waits, in TCP)."""
-        if self._first_audio_at is None or self.input_rate is None:
-            return
-        ahead = (self.audio_samples / self.input_rate
-                 - (time.monotonic() - self._first_audio_at))
-        excess = ahead - self.settings.live_max_ahead_s
+        """Read PCM no faster than real time plus live_max_ahead_s (the client waits, in
+        TCP)."""
+        excess = self._ahead_s(self.audio_samples, self.input_rate)
         if excess > 0:
-            await asyncio.sleep(excess)
+            await self._unless_fatal(asyncio.sleep(excess))
+
+    def _ahead_s(self, samples: int, rate: int | None) -> float:
+        """How far `samples` of audio run ahead of real time (since the first frame came)
+        plus live_max_ahead_s: the wait before more is read or decoded (0: none)."""
+        if self._first_audio_at is None or not rate:
+            return 0.0
+        ahead = samples / rate - (time.monotonic() - self._first_audio_at)
+        return max(0.0, ahead - self.settings.live_max_ahead_s)
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -467,19 +476,27 @@ class LiveSession:
         assert self._pcm is not None and self._analyser is not None
         return self._analyser.push(self._pcm.feed(data), self._pcm_rate(), received_at)
 
-    def _analyse_decoded(self, block: np.ndarray, rate: int, received_at: float) -> None:
+    def _analyse_decoded(self, block: np.ndarray, rate: int, received_at: float) -> float:
         """An encoded stream's decoded block, analysed in the decoder's thread; only the
-        result goes to the loop. A ProtocolError ends the decoder (it reports it)."""
+        result goes to the loop. A ProtocolError ends the decoder (it reports it). Returns
+        the decoder's wait: the stream's pace, counted on the samples decoded (the loop's
+        `audio_samples` lag behind them)."""
         if self._ended:
-            return
+            return 0.0
         assert self._analyser is not None
         found = self._analyser.push(block, rate, received_at)
         self._loop.call_soon_threadsafe(self._apply, found)
+        return self._ahead_s(found.samples, found.rate)
 
     async def _analyse(self, fn: Callable[..., Found], *args: object) -> Found:
-        """Run one analysis step in the CPU pool; the stream's fatal error (a client cut
-        off meanwhile) ends the wait at once: the step's result is then dropped."""
-        work: asyncio.Future[Found] = asyncio.ensure_future(self.ctx.cpu.run(fn, *args))
+        """Run one analysis step in the CPU pool (its result is dropped if the stream
+        fails meanwhile)."""
+        return await self._unless_fatal(self.ctx.cpu.run(fn, *args))
+
+    async def _unless_fatal(self, awaitable: Awaitable[_T]) -> _T:
+        """Await `awaitable` unless the stream's fatal error comes first (a client cut
+        off, a decoding error): that is raised at once and the wait cancelled."""
+        work: asyncio.Future[_T] = asyncio.ensure_future(awaitable)
         waits: set[asyncio.Future[Any]] = {work, self._fatal}
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if not work.done():
@@ -508,8 +525,8 @@ class LiveSession:
 
     async def _flush(self) -> None:
         """input.done: the decoder's tail, the last window and utterance, then every job."""
-        if self._encoded is not None:
-            await self._encoded.finish()
+        if self._encoded is not None:  # the pipe's bytes are still decoded at the pace
+            await self._unless_fatal(self._encoded.finish())
             if self._fatal.done():
                 raise self._fatal.result()
         if self._pcm is not None and self._pcm.leftover():
