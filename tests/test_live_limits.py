@@ -207,6 +207,9 @@ def test_config_twice_and_frame_after_done(server: RunningServer) -> None:
                                    np.full((1, 800), np.nan, np.float32)), "NaN"),
     ({"format": "webm"}, _matroska("pcm_f32le", 8000, "stereo",
                                    np.full((2, 800), 1e30, np.float32)), "full scale"),
+    ({"format": "webm"}, _matroska("pcm_s16le", 8000, "mono", np.zeros((1, 800), np.int16)
+                                   ).replace(b"A_PCM/INT/LIT", b"A_XYZ/ABC/DEF"),
+     "FFmpeg cannot decode"),  # a codec id FFmpeg has no decoder for
 ])
 def test_bad_audio(server: RunningServer, config: dict[str, Any], audio: bytes,
                    says: str) -> None:

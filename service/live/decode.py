@@ -173,6 +173,9 @@ class EncodedDecoder:
                     raise ProtocolError("unsupported_audio", "the stream has no audio track")
                 stream = container.streams.audio[0]
                 ctx = stream.codec_context
+                if ctx is None:  # FFmpeg parsed the container, has no decoder for the codec
+                    raise ProtocolError("unsupported_audio", f"{self.source} holds audio in "
+                                        "a codec FFmpeg cannot decode; send Opus or PCM")
                 if ctx.sample_rate:  # the header's claim (0: none), before any decoding
                     check_shape(ctx.sample_rate, ctx.channels or 1, self.source)
                 for packet in container.demux(stream):
