@@ -235,8 +235,8 @@ class Settings(BaseSettings):
     tts_ws_max_message_bytes: int = Field(64 * 1024, ge=1024)
     """Largest client message (error message_too_large, close 1009)."""
     tts_ws_max_pending_sentences: int = Field(16, ge=1)
-    """Sentences of a session given to the engine and not yet sent whole; one more is an
-    error too_many_pending (close 1008): a client must read the audio it asked for."""
+    """Sentences of a session given to the engine and not yet sent whole; later ones wait
+    as text (not an error), so a fast writer cannot flood the engine."""
 
     # -- HTTP -------------------------------------------------------------------------
     host: str = Field("127.0.0.1", min_length=1)
