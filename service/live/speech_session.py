@@ -143,6 +143,8 @@ class SpeechSession:
             sender.cancel()
             with contextlib.suppress(BaseException):
                 await sender
+            self.metrics.tts_ws_utterances.dec(len(self._live))
+            self._live.clear()
         if self.end_reason == "disconnected":
             return
         grace = self.settings.live_close_timeout_s
@@ -269,6 +271,7 @@ class SpeechSession:
             u.feeder = asyncio.create_task(self._feed(u))
             self._open = u
             self._live.append(u)
+            self.metrics.tts_ws_utterances.inc()
             self._queue.put_nowait(u)
         return self._open
 
@@ -347,6 +350,7 @@ class SpeechSession:
             while (u := await self._queue.get()) is not None:
                 await self._send_utterance(u)
                 self._live.remove(u)
+                self.metrics.tts_ws_utterances.dec()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
