@@ -156,6 +156,23 @@ def test_pending_sentences_wait_as_text_and_all_arrive(server: RunningServer) ->
     assert [e["sentence_text"] for e in u.events if e["type"] == "audio.start"] == sentences
 
 
+def test_utterances_sent_ahead_share_the_pending_sentences_in_order(
+        server: RunningServer) -> None:
+    """Three utterances of five sentences sent before reading, two pending sentences
+    allowed: a later utterance's feeder taking the room while an earlier one still had
+    sentences to give left the earlier one waiting forever (the session hung)."""
+    texts = [[f"U{u} part {i}." for i in range(5)] for u in range(3)]
+    with connect(ws_url(server), **AUTH) as ws:  # type: ignore[arg-type]
+        ws.send(json.dumps({**CONFIG, "max_new_tokens": 8}))
+        for sentences in texts:
+            ws.send(text(" ".join(sentences)))
+            ws.send(DONE)
+        got = [read_utterance(ws).events for _ in texts]
+    for sentences, events in zip(texts, got, strict=True):
+        assert events[-1]["type"] == "session.done", events[-1]
+        assert [e["sentence_text"] for e in events if e["type"] == "audio.start"] == sentences
+
+
 def test_a_client_that_stops_reading_loses_its_generation(
         chattts_models_dir: Path) -> None:  # noqa: F811
     with serve_app(send_buffer_bytes=8192, models_dir=chattts_models_dir, models="chattts",

@@ -122,6 +122,10 @@ class SpeechSession:
         """Set when a sentence is sent whole or cancelled (room under the pending limit)."""
         self._finished = asyncio.Event()
         """Set when an utterance is finished (room under the utterance limit)."""
+        self._feeding = asyncio.Lock()
+        """Held by one feeder at a time, taken in utterance order: a later utterance's
+        sentences taking the pending room would wait to be sent behind an earlier one
+        that could then never get room to finish (the session hung)."""
         self._fatal: asyncio.Future[p.ProtocolError | WebSocketDisconnect] = (
             asyncio.get_running_loop().create_future())
         """Why the session must end, from a task beside the receive loop."""
@@ -338,34 +342,38 @@ class SpeechSession:
     async def _feed(self, u: Utterance) -> None:
         """The utterance's sentences, in order, into its stream as engine jobs."""
         try:
-            spk = u.speaker
-            while (sentence := await u.inbox.get()) is not None:
-                while self._pending >= self.settings.tts_ws_max_pending_sentences:
-                    self._room.clear()
-                    await self._room.wait()
-                first = u.stream is None
-                deadline = (time.monotonic() + self.settings.request_timeout_s
-                            if first else None)
-                job = await self.pipeline.piece_job(u.req, spk, sentence, len(u.texts),
-                                                    u.sampling_seed, start_by=deadline)
-                if job is None or u.cancelled.is_set():
-                    continue
-                if u.stream is None:
-                    u.stream = SpeechStream(self.pipeline, u.req,
-                                            PreparedSpeech((), u.sampling_seed, {}),
-                                            open_ended=True, path="ws")
-                    u.ready.set()
-                u.stream.append(job)
-                u.texts.append(sentence)
-                u.appended += 1
-                self._pending += 1
-            if u.stream is not None:
-                u.stream.end_input()
-            u.ready.set()
+            async with self._feeding:
+                await self._feed_sentences(u)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             self._fail(exc)
+
+    async def _feed_sentences(self, u: Utterance) -> None:
+        spk = u.speaker
+        while (sentence := await u.inbox.get()) is not None:
+            while self._pending >= self.settings.tts_ws_max_pending_sentences:
+                self._room.clear()
+                await self._room.wait()
+            first = u.stream is None
+            deadline = (time.monotonic() + self.settings.request_timeout_s
+                        if first else None)
+            job = await self.pipeline.piece_job(u.req, spk, sentence, len(u.texts),
+                                                u.sampling_seed, start_by=deadline)
+            if job is None or u.cancelled.is_set():
+                continue
+            if u.stream is None:
+                u.stream = SpeechStream(self.pipeline, u.req,
+                                        PreparedSpeech((), u.sampling_seed, {}),
+                                        open_ended=True, path="ws")
+                u.ready.set()
+            u.stream.append(job)
+            u.texts.append(sentence)
+            u.appended += 1
+            self._pending += 1
+        if u.stream is not None:
+            u.stream.end_input()
+        u.ready.set()
 
     # -- sending -----------------------------------------------------------------------
 
