@@ -235,8 +235,13 @@ class Settings(BaseSettings):
     tts_ws_max_message_bytes: int = Field(64 * 1024, ge=1024)
     """Largest client message (error message_too_large, close 1009)."""
     tts_ws_max_pending_sentences: int = Field(16, ge=1)
-    """Sentences of a session given to the engine and not yet sent whole; one more is an
-    error too_many_pending (close 1008): a client must read the audio it asked for."""
+    """Sentences of a session given to the engine and not yet sent whole; later ones wait
+    as text (not an error), so a fast writer cannot flood the engine."""
+    tts_ws_max_pending_utterances: int = Field(8, ge=1)
+    """Utterances of a session begun and not yet finished (session.done or audio.cancelled
+    sent), empty ones too. Not an error, as for sentences: a message that would begin one
+    more waits, and the socket is not read meanwhile, so a client that sends without
+    reading stalls itself and the stall timeout ends it."""
 
     # -- HTTP -------------------------------------------------------------------------
     host: str = Field("127.0.0.1", min_length=1)

@@ -17,7 +17,10 @@ slow socket); the sender then drops what is unsent and says `audio.cancelled`.
 
 Bounds: sentences given to the engine and not yet sent whole are at most
 `tts_ws_max_pending_sentences` per session (later ones wait as text, so a fast writer
-cannot flood the engine); every send must complete within `tts_stream_stall_timeout_s`
+cannot flood the engine); utterances begun and not yet finished, empty ones too, at most
+`tts_ws_max_pending_utterances` (a message that would begin one more waits, the socket
+unread: back-pressure, so every per-utterance task, queue and event is bounded whatever
+the client sends); every send must complete within `tts_stream_stall_timeout_s`
 (the buffers behind it are the HTTP stream's: a client that stops reading pauses its
 sequences, then loses them: error slow_reader); text per utterance and per session,
 message size, idle and config time are settings (docs/speech-stream.md).
@@ -116,6 +119,13 @@ class SpeechSession:
         self._session_chars = 0
         self._pending = 0
         self._room = asyncio.Event()
+        """Set when a sentence is sent whole or cancelled (room under the pending limit)."""
+        self._finished = asyncio.Event()
+        """Set when an utterance is finished (room under the utterance limit)."""
+        self._feeding = asyncio.Lock()
+        """Held by one feeder at a time, taken in utterance order: a later utterance's
+        sentences taking the pending room would wait to be sent behind an earlier one
+        that could then never get room to finish (the session hung)."""
         self._fatal: asyncio.Future[p.ProtocolError | WebSocketDisconnect] = (
             asyncio.get_running_loop().create_future())
         """Why the session must end, from a task beside the receive loop."""
@@ -143,6 +153,8 @@ class SpeechSession:
             sender.cancel()
             with contextlib.suppress(BaseException):
                 await sender
+            self.metrics.tts_ws_utterances.dec(len(self._live))
+            self._live.clear()
         if self.end_reason == "disconnected":
             return
         grace = self.settings.live_close_timeout_s
@@ -183,9 +195,9 @@ class SpeechSession:
             if isinstance(message, p.SessionConfig):
                 await self._configure(message)
             elif isinstance(message, p.InputText):
-                self._on_text(message.text)
+                await self._on_text(message.text)
             elif isinstance(message, p.InputDone):
-                self._utterance()  # an empty one too: it gets its session.done
+                await self._utterance()  # an empty one too: it gets its session.done
                 self._end_open()
             elif isinstance(message, p.InputCancel):
                 self._cancel()
@@ -257,8 +269,10 @@ class SpeechSession:
                              format=c.response_format, sample_rate=self.pipeline.c.sample_rate,
                              split=p.GRANULARITY_SPLIT[c.split_granularity])
 
-    def _utterance(self) -> Utterance:
+    async def _utterance(self) -> Utterance:
+        """The open utterance, or a new one once the session has room for it."""
         if self._open is None:
+            await self._room_for_utterance()
             assert self.config is not None
             req = self._request(self.config)
             u = Utterance(self._count, req, self.pipeline.sampling_seed(req),
@@ -269,8 +283,25 @@ class SpeechSession:
             u.feeder = asyncio.create_task(self._feed(u))
             self._open = u
             self._live.append(u)
+            self.metrics.tts_ws_utterances.inc()
             self._queue.put_nowait(u)
         return self._open
+
+    async def _room_for_utterance(self) -> None:
+        """Back-pressure, as for pending sentences: while the limit's utterances are
+        unfinished the socket is not read, so its unread messages stay in the client's
+        and the kernel's buffers, not here. The sender makes the room (or, for a client
+        that does not read, the stall timeout ends the session)."""
+        while len(self._live) >= self.settings.tts_ws_max_pending_utterances:
+            self._finished.clear()
+            finished: asyncio.Future[Any] = asyncio.ensure_future(self._finished.wait())
+            try:
+                await asyncio.wait({finished, self._fatal},
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                finished.cancel()
+            if self._fatal.done():
+                raise self._fatal.result()
 
     def _end_open(self) -> None:
         u, self._open = self._open, None
@@ -279,9 +310,9 @@ class SpeechSession:
                 u.inbox.put_nowait(sentence)
             u.inbox.put_nowait(None)
 
-    def _on_text(self, text: str) -> None:
+    async def _on_text(self, text: str) -> None:
         s = self.settings
-        u = self._utterance()
+        u = await self._utterance()
         u.chars += len(text)
         self._session_chars += len(text)
         if u.chars > s.tts_ws_max_utterance_chars:
@@ -311,34 +342,38 @@ class SpeechSession:
     async def _feed(self, u: Utterance) -> None:
         """The utterance's sentences, in order, into its stream as engine jobs."""
         try:
-            spk = u.speaker
-            while (sentence := await u.inbox.get()) is not None:
-                while self._pending >= self.settings.tts_ws_max_pending_sentences:
-                    self._room.clear()
-                    await self._room.wait()
-                first = u.stream is None
-                deadline = (time.monotonic() + self.settings.request_timeout_s
-                            if first else None)
-                job = await self.pipeline.piece_job(u.req, spk, sentence, len(u.texts),
-                                                    u.sampling_seed, start_by=deadline)
-                if job is None or u.cancelled.is_set():
-                    continue
-                if u.stream is None:
-                    u.stream = SpeechStream(self.pipeline, u.req,
-                                            PreparedSpeech((), u.sampling_seed, {}),
-                                            open_ended=True, path="ws")
-                    u.ready.set()
-                u.stream.append(job)
-                u.texts.append(sentence)
-                u.appended += 1
-                self._pending += 1
-            if u.stream is not None:
-                u.stream.end_input()
-            u.ready.set()
+            async with self._feeding:
+                await self._feed_sentences(u)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             self._fail(exc)
+
+    async def _feed_sentences(self, u: Utterance) -> None:
+        spk = u.speaker
+        while (sentence := await u.inbox.get()) is not None:
+            while self._pending >= self.settings.tts_ws_max_pending_sentences:
+                self._room.clear()
+                await self._room.wait()
+            first = u.stream is None
+            deadline = (time.monotonic() + self.settings.request_timeout_s
+                        if first else None)
+            job = await self.pipeline.piece_job(u.req, spk, sentence, len(u.texts),
+                                                u.sampling_seed, start_by=deadline)
+            if job is None or u.cancelled.is_set():
+                continue
+            if u.stream is None:
+                u.stream = SpeechStream(self.pipeline, u.req,
+                                        PreparedSpeech((), u.sampling_seed, {}),
+                                        open_ended=True, path="ws")
+                u.ready.set()
+            u.stream.append(job)
+            u.texts.append(sentence)
+            u.appended += 1
+            self._pending += 1
+        if u.stream is not None:
+            u.stream.end_input()
+        u.ready.set()
 
     # -- sending -----------------------------------------------------------------------
 
@@ -347,6 +382,9 @@ class SpeechSession:
             while (u := await self._queue.get()) is not None:
                 await self._send_utterance(u)
                 self._live.remove(u)
+                self.metrics.tts_ws_utterances.dec()
+                self._finished.set()
+                del u  # not kept while the next is awaited
         except asyncio.CancelledError:
             raise
         except BaseException as exc:

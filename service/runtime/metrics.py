@@ -128,6 +128,11 @@ class Metrics:
             "audioserve_tts_ws_sessions", "Open WS /v1/audio/speech/stream sessions",
             registry=r,
         )
+        self.tts_ws_utterances = Gauge(
+            "audioserve_tts_ws_utterances", "Utterances of open speech sessions begun and "
+            "not yet finished (session.done or audio.cancelled sent), empty ones too",
+            registry=r,
+        )
         self.tts_ws_closed = Counter(
             "audioserve_tts_ws_closed", "Speech WebSocket sessions ended: done, closed, "
             "disconnected or the error's code", ["reason"], registry=r,
