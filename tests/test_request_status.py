@@ -1,6 +1,6 @@
 """The status the access log and `audioserve_requests_total` record for a request: what the
 app sent, or, when it sent nothing, what the edge answers in its place (503 for a request
-cut at shutdown, 500 for an error that escaped every handler)."""
+cut at shutdown, 500 for an error that escaped every handler: the middleware sends it)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ async def fails_before_answering(scope: Scope, receive: Receive, send: Send) -> 
     raise RuntimeError("a defect")
 
 
+async def sends_200_then_fails(scope: Scope, receive: Receive, send: Send) -> None:
+    await _start(send, 200)
+    raise RuntimeError("a defect mid-answer")
+
+
 async def answers_200(scope: Scope, receive: Receive, send: Send) -> None:
     await _start(send, 200)
     await send({"type": "http.response.body", "body": b"ok"})
@@ -63,7 +68,8 @@ def _recorded(app: App, raises: type[BaseException] | None) -> dict[str, float]:
     (answers_200, None, "200"),
     (sends_500_then_is_cut, asyncio.CancelledError, "500"),  # what it sent, cut after
     (cut_before_answering, asyncio.CancelledError, "503"),
-    (fails_before_answering, RuntimeError, "500"),
+    (fails_before_answering, None, "500"),  # answered here: a 500, nothing raised on
+    (sends_200_then_fails, RuntimeError, "200"),  # mid-answer: the connection must break
 ])
 def test_the_recorded_status_is_what_the_client_got(
         app: App, raises: type[BaseException] | None, status: str) -> None:
