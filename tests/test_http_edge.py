@@ -414,3 +414,25 @@ def test_websocket_compression_is_a_setting_and_off_by_default(compression: bool
         ws.send(b"\x00\x01" * 1000)
         assert ws.recv() == b"\x00\x01" * 1000
     assert ("permessage-deflate" in offered) is compression
+
+
+def _chunked(pieces: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize(("piece", "refused"), [(b" ", True), (b" " * 600, False)])
+def test_a_body_in_thousands_of_tiny_chunks_is_refused(empty_models: Path, piece: bytes,
+                                                       refused: bool) -> None:
+    """Each chunk costs the event loop a parse whatever its size: 1-byte chunks at 160 KB/s
+    held other clients' /healthz at 2 s while passing every rate limit. Past 1024 chunks
+    they must average 512 bytes; a body of 600-byte chunks is read as usual."""
+    pieces = [piece] * 1100 + [b'{"input": "a dog"}']  # JSON, leading white space and all
+    with serve_app(models_dir=empty_models, models="none") as server, connect(server) as sock:
+        sock.sendall(b"POST /embed/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunked(pieces))
+        status, _, answer = read_response(sock)
+        assert healthz_status(server) == 200
+    if refused:
+        assert status == 400 and b"pieces averaging 1 bytes" in answer, answer
+    else:
+        assert status == 503 and b"model_not_loaded" in answer, answer  # read, then routed

@@ -1,7 +1,8 @@
-"""WebSocket pings at the edge (service.edge.server.GuardedWebSocketProtocol), from a raw
-socket: a client that floods pings is closed 1008, and one that sends many pings without
-reading cannot grow the server's write buffer with pongs (they are coalesced into the
-latest one, as RFC 6455 allows)."""
+"""WebSocket control and continuation frames at the edge
+(service.edge.server.GuardedWebSocketProtocol), from a raw socket: a client that floods
+pings is closed 1008, one that sends many pings without reading cannot grow the server's
+write buffer with pongs (they are coalesced into the latest one, as RFC 6455 allows), and
+a message in thousands of tiny fragments is closed 1008."""
 
 from __future__ import annotations
 
@@ -25,12 +26,12 @@ CONFIG = b'{"type": "session.config", "input": {"format": "pcm_s16le", "sample_r
          b'"classify": {"labels": ["a", "b"]}}'
 
 
-def _frame(opcode: int, payload: bytes) -> bytes:
+def _frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     """A client frame (masked, as clients must)."""
     mask = os.urandom(4)
     n = len(payload)
     size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n)
-    return bytes([0x80 | opcode]) + size + mask + bytes(
+    return bytes([(0x80 if fin else 0) | opcode]) + size + mask + bytes(
         b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
@@ -125,3 +126,15 @@ def test_pongs_owed_to_a_client_that_does_not_read_are_coalesced(
     numbers = [int(p[:6]) for p in answered[:-1]]
     assert numbers == sorted(numbers)
     assert len(answered) < count // 2, len(answered)  # every pong written: 100,001
+
+
+def test_a_message_in_thousands_of_tiny_fragments_is_closed_1008(
+        flood_server: RunningServer) -> None:
+    """Each continuation frame costs a parse whatever its size: 1-byte fragments kept the
+    event loop busy while the message stayed under every size limit."""
+    ws = RawSocket(flood_server)
+    ws.sock.sendall(_frame(TEXT, b'{"type": ', fin=False)
+                    + b"".join(_frame(0x0, b" ", fin=False) for _ in range(3000)))
+    closes = [payload for opcode, payload in ws.frames() if opcode == CLOSE]
+    assert closes and struct.unpack(">H", closes[0][:2])[0] == 1008
+    assert b"pieces averaging 1 bytes" in closes[0]

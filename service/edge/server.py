@@ -107,6 +107,24 @@ WRITE_PROGRESS_BYTES = 64 * 1024
 log = logging.getLogger("audioserve.server")
 
 
+FREE_PIECES = 1024
+"""Pieces a request body or a WebSocket message may come in before their size counts."""
+MIN_PIECE_BYTES = 512
+"""Past FREE_PIECES, the least average size of those pieces. Each piece (a chunk of a
+chunked body, a short read, a WebSocket continuation frame) costs the event loop a parse
+whatever its size: a client sending 1-byte chunks at 160 KB/s kept the loop busy (other
+clients' /healthz 2 s, /classify 10 s) while passing every rate limit."""
+
+
+def too_fragmented(pieces: int, size: int) -> str | None:
+    """Why a body or message in `pieces` pieces of `size` bytes in all is refused, or None."""
+    if pieces <= FREE_PIECES or size >= pieces * MIN_PIECE_BYTES:
+        return None
+    return (f"{pieces} pieces averaging {size / pieces:.0f} bytes; past {FREE_PIECES} "
+            f"pieces they must average {MIN_PIECE_BYTES} bytes or more (each piece costs "
+            "the server a parse whatever its size)")
+
+
 class HeadLimitedConnection(h11.Connection):
     """h11's server connection that also refuses (431) a request whose raw head (line
     ends and padding included) or field count is over the caps. h11 itself checks the
@@ -117,16 +135,24 @@ class HeadLimitedConnection(h11.Connection):
         self.max_head_bytes = max_head_bytes
         self.max_fields = max_fields
         self.error: h11.RemoteProtocolError | None = None
+        self._pieces = 0
+        self._body_bytes = 0
 
     def next_event(self) -> Any:
         before = len(self._receive_buffer)
         try:
             event = super().next_event()
-            if type(event) is h11.Request and (
-                    before - len(self._receive_buffer) > self.max_head_bytes
-                    or len(event.headers) > self.max_fields):
-                raise h11.RemoteProtocolError("request head over the caps",
-                                              error_status_hint=431)
+            if type(event) is h11.Request:
+                self._pieces = self._body_bytes = 0
+                if (before - len(self._receive_buffer) > self.max_head_bytes
+                        or len(event.headers) > self.max_fields):
+                    raise h11.RemoteProtocolError("request head over the caps",
+                                                  error_status_hint=431)
+            elif type(event) is h11.Data:
+                self._pieces += 1
+                self._body_bytes += len(event.data)
+                if (why := too_fragmented(self._pieces, self._body_bytes)) is not None:
+                    raise h11.RemoteProtocolError(f"the body came in {why}")
         except h11.RemoteProtocolError as exc:
             self.error = exc
             raise
@@ -467,6 +493,15 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         self._write_owed_pong()
+
+    def handle_cont(self, event: Any) -> None:
+        super().handle_cont(event)
+        pieces = len(self.frames)  # emptied once the message is whole
+        if pieces > FREE_PIECES and pieces % 256 == 1 and not self.close_sent:
+            why = too_fragmented(pieces, sum(len(f) for f in self.frames))
+            if why is not None:
+                self.conn.send_close(1008, f"message in {why}"[:120])
+                self.handle_parser_exception()  # the app hears 1008; the close goes out
 
     def handle_ping(self) -> None:
         # the parser answered every ping of this read at once: the first call takes them
