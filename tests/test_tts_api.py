@@ -177,3 +177,24 @@ def test_disconnect_cancels_generation_and_frees_the_slot(client: TestClient) ->
     assert (busy, rows) == (False, 0)
     assert engine.stats().aborted == before.aborted + 1
     assert engine.stats().decode_rows - before.decode_rows < 3000  # cut off, not finished
+
+
+def test_more_pieces_than_the_engine_holds_is_413_not_a_503_forever(
+        chattts_models_dir: Path) -> None:  # noqa: F811
+    """A request the engine could never admit whole (its pieces over TTS_MAX_ACTIVE +
+    TTS_MAX_WAITING) had a 503 with Retry-After, which a client obeying it retried for
+    ever; it is a 413 saying the limit."""
+    with running_app(models_dir=chattts_models_dir, models="chattts", tts_max_active=2,
+                     tts_max_waiting=3, intra_op_threads=1) as c:
+        over = c.post("/tts", json={"text": "Hi! " * 6, "split": "sentence", "seed": 3,
+                                    "max_new_tokens": 4})
+        fits = c.post("/tts", json={"text": "Hi! " * 5, "split": "sentence", "seed": 3,
+                                    "max_new_tokens": 4})
+        stream = c.post("/v1/audio/speech", json={"model": "tts-1", "voice": "alloy",
+                                                  "input": "Hi! " * 6, "split": "sentence",
+                                                  "stream_format": "sse"})
+    assert over.status_code == 413, over.text
+    message = over.json()["error"]["message"]
+    assert "6 pieces" in message and "TTS_MAX_ACTIVE + AUDIOSERVE_TTS_MAX_WAITING" in message
+    assert fits.status_code == 200, fits.text
+    assert stream.status_code == 413, stream.text

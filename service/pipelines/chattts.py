@@ -143,16 +143,26 @@ def cut_to_budget(counts: list[int], budget: int) -> tuple[list[int], bool]:
     return kept, kept != counts
 
 
+def _max_active(settings: Settings) -> int:
+    return 1 if settings.tts_scheduling == "sequential" else settings.tts_max_active
+
+
+def max_sequences(settings: Settings) -> int:
+    """The most sequences the engine holds at once (decoding and waiting): more pieces
+    than this in one request can never be admitted, however long it retries."""
+    return _max_active(settings) + (settings.tts_max_waiting or settings.max_queue)
+
+
 def engine_config(settings: Settings, max_seq_len: int) -> EngineConfig:
     mode = settings.tts_scheduling
     admission = Admission.STATIC if mode == "static" else Admission.CONTINUOUS
-    max_active = 1 if mode == "sequential" else settings.tts_max_active
+    max_active = _max_active(settings)
     paused = settings.tts_max_paused
     return EngineConfig(
         step=StepConfig(max_active=max_active, max_seq_len=max_seq_len, admission=admission,
                         max_prefills_per_step=settings.tts_max_prefills,
                         max_paused=4 * settings.tts_max_active if paused is None else paused),
-        max_waiting=settings.tts_max_waiting or settings.max_queue,
+        max_waiting=max_sequences(settings) - max_active,
         static_wait_ms=settings.tts_static_wait_ms,
         kv_cache=KVCacheKind(settings.tts_kv_cache),
     )
@@ -323,6 +333,11 @@ class ChatTTSPipeline:
         pieces = [p for p in pieces if p.strip()]
         if not pieces:
             raise InvalidInput("the text has nothing the model can speak after normalisation")
+        if len(pieces) > (most := max_sequences(self.settings)):
+            raise PayloadTooLarge(
+                f"the text splits into {len(pieces)} pieces ({split} split); one request may "
+                f"hold at most {most} (AUDIOSERVE_TTS_MAX_ACTIVE + AUDIOSERVE_TTS_MAX_WAITING): "
+                "send less text per request, or split it coarser")
         return pieces
 
     async def synthesize(self, req: SpeechRequest) -> SpeechResult:
