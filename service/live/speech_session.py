@@ -311,6 +311,8 @@ class SpeechSession:
             u.inbox.put_nowait(None)
 
     async def _on_text(self, text: str) -> None:
+        if not text:  # nothing to speak: not fed to the splitter, which rescans what waits
+            return
         s = self.settings
         u = await self._utterance()
         u.chars += len(text)
