@@ -152,7 +152,8 @@ def test_tts_answer_downloads_as_a_named_file_that_plays(
         "const audio = new Audio(arguments[0]);"
         "audio.onloadedmetadata = () => done(audio.duration);"
         "audio.onerror = () => done(-1);", link.get_attribute("href"))
-    assert duration > 0.05
+    # the example samples unseeded: the demo pack may end after a token or two (32 ms)
+    assert duration > 0
 
 
 def test_classify_form_sends_no_top_k_unless_asked(
