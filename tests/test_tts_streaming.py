@@ -269,6 +269,19 @@ def test_stream_over_capacity_is_refused_before_audio(chattts_models_dir: Path) 
                      warmup=False) as client:
         r = client.post("/tts", json={"text": LONG_TEXT, "seed": 1, "max_new_tokens": 8,
                                       "stream": True})
-        assert r.status_code == 503  # 5 pieces, room for 2 sequences: refused as a whole
-        assert r.json()["error"]["code"] == "overloaded"
-        assert "retry-after" in r.headers
+        # 6 pieces, room for 2 sequences in all: refused as a whole, before any audio, and
+        # as a 413 (it could never fit), not a 503 to retry
+        assert r.status_code == 413
+        assert r.json()["error"]["code"] == "payload_too_large"
+        assert "6 pieces" in r.json()["error"]["message"]
+        engine = client.app.state.pipelines["chattts"].engine
+        engine.reserve(2)  # another client holds every place: a stream that fits waits
+        try:
+            busy = client.post("/tts", json={"text": "Hi.", "seed": 1, "max_new_tokens": 8,
+                                             "stream": True})
+        finally:
+            engine.release()
+            engine.release()
+        assert busy.status_code == 503  # refused before any audio, to be retried
+        assert busy.json()["error"]["code"] == "overloaded"
+        assert "retry-after" in busy.headers
