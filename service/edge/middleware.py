@@ -120,6 +120,17 @@ class RequestContextMiddleware:
                      "-" if close is None else close, request_id)
 
 
+async def _send_error(scope: Scope, send: Send, status: int, code: str, message: str,
+                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """An error answered by a middleware, in the route's error shape (the app's handlers
+    never see it)."""
+    body = json.dumps(error_body_for(scope, status, code, message)).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+        *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def _send_internal_error(scope: Scope, send: Send) -> None:
     """A defect's answer, decided here once for every route: a 500 in the route's error
     shape, with the request id (the log line has it too), on a connection that stays
@@ -127,11 +138,7 @@ async def _send_internal_error(scope: Scope, send: Send) -> None:
     middleware and the exception is raised again after it: the answer had no
     X-Request-ID, uvicorn logged a second traceback and dropped the kept-alive
     connection, so a pooled client's next request failed."""
-    body = json.dumps(error_body_for(scope, 500, "internal_error",
-                                     "internal error; see the server log")).encode()
-    await send({"type": "http.response.start", "status": 500, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
-    await send({"type": "http.response.body", "body": body})
+    await _send_error(scope, send, 500, "internal_error", "internal error; see the server log")
 
 
 def _template(scope: Scope, root_path: str) -> str:
@@ -175,12 +182,9 @@ class AuthMiddleware:
             headers.append((b"connection", b"close"))
         else:
             await drain_body(Request(scope, receive))
-        message = "missing or wrong API key: send `Authorization: Bearer <key>`"
-        body = json.dumps(error_body_for(scope, 401, "unauthorized", message)).encode()
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-            *headers]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_error(scope, send, 401, "unauthorized",
+                          "missing or wrong API key: send `Authorization: Bearer <key>`",
+                          headers)
 
     def _authorised(self, scope: Scope) -> bool:
         scheme, _, token = (_header(scope, b"authorization") or "").partition(" ")
