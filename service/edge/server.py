@@ -500,8 +500,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         if pieces > FREE_PIECES and pieces % 256 == 1 and not self.close_sent:
             why = too_fragmented(pieces, sum(len(f) for f in self.frames))
             if why is not None:
-                self.conn.send_close(1008, f"message in {why}"[:120])
-                self.handle_parser_exception()  # the app hears 1008; the close goes out
+                self._close_for_policy(f"message in {why}")
 
     def handle_ping(self) -> None:
         # the parser answered every ping of this read at once: the first call takes them
@@ -510,11 +509,15 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         if not self._take_ping():
             self._owed_pong = None
-            self.conn.send_close(1008, "too many pings (AUDIOSERVE_WS_MAX_PINGS_PER_S)")
-            self.handle_parser_exception()  # the app hears 1008; the close goes out
+            self._close_for_policy("too many pings (AUDIOSERVE_WS_MAX_PINGS_PER_S)")
             return
         if pong:
             self._owed_pong = pong  # written after the read, if the buffer has room
+
+    def _close_for_policy(self, reason: str) -> None:
+        """Close 1008 now: the app hears it as a disconnect, the close frame goes out."""
+        self.conn.send_close(1008, reason[:120])  # a close frame's reason: 123 bytes
+        self.handle_parser_exception()
 
     def resume_writing(self) -> None:
         super().resume_writing()
