@@ -138,3 +138,15 @@ def test_a_message_in_thousands_of_tiny_fragments_is_closed_1008(
     closes = [payload for opcode, payload in ws.frames() if opcode == CLOSE]
     assert closes and struct.unpack(">H", closes[0][:2])[0] == 1008
     assert b"pieces averaging 1 bytes" in closes[0]
+
+
+def test_a_rate_under_one_ping_a_second_still_answers_a_ping(
+        live_models_dir: Path) -> None:  # noqa: F811
+    with serve_app(models_dir=live_models_dir, ws_max_pings_per_s=0.5, warmup=False) as s:
+        ws = RawSocket(s)
+        ws.sock.sendall(_frame(TEXT, CONFIG) + _frame(PING, b"once"))
+        frames = ws.frames()
+        assert next(f for f in frames if f[0] != TEXT) == (PONG, b"once")
+        ws.sock.sendall(_frame(PING, b"too soon"))
+        closes = [payload for opcode, payload in frames if opcode == CLOSE]
+    assert closes and struct.unpack(">H", closes[0][:2])[0] == 1008

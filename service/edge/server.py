@@ -487,7 +487,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         # the cluster's ingress builds its uvicorn Config itself: the class decides here
         config.ws_per_message_deflate = self.per_message_deflate
         super().__init__(config, *args, **kwargs)
-        self._ping_allowance = self.max_pings_per_s
+        self._ping_allowance = self._ping_burst()
         self._ping_counted_at = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
@@ -529,11 +529,16 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.write(self._owed_pong)
             self._owed_pong = None
 
+    def _ping_burst(self) -> float:
+        """The bucket holds one second's worth, and at least one ping: under 1 ping a
+        second a full bucket under 1 would refuse every ping."""
+        return max(1.0, self.max_pings_per_s)
+
     def _take_ping(self) -> bool:
         now = self.loop.time()
         rate = self.max_pings_per_s
         refill = (now - self._ping_counted_at) * rate
-        self._ping_allowance = min(rate, self._ping_allowance + refill)
+        self._ping_allowance = min(self._ping_burst(), self._ping_allowance + refill)
         self._ping_counted_at = now
         if self._ping_allowance < 1:
             return False
