@@ -147,10 +147,14 @@ def _max_active(settings: Settings) -> int:
     return 1 if settings.tts_scheduling == "sequential" else settings.tts_max_active
 
 
+def _max_waiting(settings: Settings) -> int:
+    return settings.tts_max_waiting or settings.max_queue
+
+
 def max_sequences(settings: Settings) -> int:
     """The most sequences the engine holds at once (decoding and waiting): more pieces
     than this in one request can never be admitted, however long it retries."""
-    return _max_active(settings) + (settings.tts_max_waiting or settings.max_queue)
+    return _max_active(settings) + _max_waiting(settings)
 
 
 def engine_config(settings: Settings, max_seq_len: int) -> EngineConfig:
@@ -162,7 +166,7 @@ def engine_config(settings: Settings, max_seq_len: int) -> EngineConfig:
         step=StepConfig(max_active=max_active, max_seq_len=max_seq_len, admission=admission,
                         max_prefills_per_step=settings.tts_max_prefills,
                         max_paused=4 * settings.tts_max_active if paused is None else paused),
-        max_waiting=max_sequences(settings) - max_active,
+        max_waiting=_max_waiting(settings),
         static_wait_ms=settings.tts_static_wait_ms,
         kv_cache=KVCacheKind(settings.tts_kv_cache),
     )
