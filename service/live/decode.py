@@ -87,11 +87,13 @@ class PcmDecoder:
 class _Pipe(io.RawIOBase):
     """A blocking byte pipe: the socket writes, FFmpeg's demuxer reads (in its thread)."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, on_read: Callable[[], object]) -> None:
         self._buf = bytearray()
         self._closed = False
         self._cond = threading.Condition()
         self.max_bytes = max_bytes
+        self.on_read = on_read
+        """Called (in the reader's thread) after bytes were taken: room for a writer."""
         self.written_at = 0.0
         """When the newest bytes were written (monotonic)."""
 
@@ -106,7 +108,9 @@ class _Pipe(io.RawIOBase):
             target[:n] = self._buf[:n]
             del self._buf[:n]
             self._cond.notify_all()
-            return n
+        if n:
+            self.on_read()
+        return n
 
     def write_bytes(self, data: bytes) -> bool:
         """False when the decoder is that far behind (the caller waits and retries)."""
@@ -139,7 +143,9 @@ class EncodedDecoder:
         self.loop = loop
         self.sink = sink
         self.on_error = on_error
-        self.pipe = _Pipe(max_buffer)
+        self._room = asyncio.Event()
+        """Set (on the loop) when the demuxer took bytes from the pipe."""
+        self.pipe = _Pipe(max_buffer, lambda: loop.call_soon_threadsafe(self._room.set))
         self.finished = asyncio.Event()
         self._stop = threading.Event()
         """Set by abort: decoding, and the pace's wait, end at once."""
@@ -152,10 +158,16 @@ class EncodedDecoder:
         """Queue bytes for the demuxer; waits while the pipe is full (the decoder is behind,
         or paced), so the socket is not read meanwhile. Bytes that come after decoding
         ended (an error, reported to on_error) are dropped."""
-        while not self.pipe.write_bytes(data):
-            if self.finished.is_set():
+        while True:
+            self._room.clear()  # before trying: a read after this sets it again
+            if self.pipe.write_bytes(data) or self.finished.is_set():
                 return
-            await asyncio.sleep(0.01)
+            waits = [asyncio.ensure_future(e.wait()) for e in (self._room, self.finished)]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
 
     async def finish(self) -> None:
         self.pipe.finish()
