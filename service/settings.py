@@ -228,8 +228,11 @@ class Settings(BaseSettings):
     tts_ws_max_session_chars: int = Field(100_000, ge=1)
     """Text of a whole session; error text_too_long, close 1009."""
     tts_ws_idle_timeout_s: float = Field(60.0, gt=0)
-    """Longest time without a client message while no audio is being generated or sent
-    (error idle_timeout, close 1008)."""
+    """Longest time without new text from the client while no audio is being generated
+    or sent (error idle_timeout, close 1008); other messages do not count."""
+    tts_ws_max_session_s: float = Field(3600.0, gt=0)
+    """Longest a session may stay open, whatever it sends (error session_too_long, close
+    1008); a client reconnects for more."""
     tts_ws_config_timeout_s: float = Field(10.0, gt=0)
     """Time to send the first message (session.config) after connecting."""
     tts_ws_max_message_bytes: int = Field(64 * 1024, ge=1024)
@@ -322,9 +325,11 @@ class Settings(BaseSettings):
     live_max_streams: int = Field(64, ge=0)
     """Live streams open at once; one more gets `error` too_many_streams and close 1013."""
     live_max_stream_seconds: float = Field(3600.0, gt=0)
-    """Audio one stream may carry (error stream_too_long, close 1008)."""
+    """Audio one stream may carry, and the longest it may stay open, whatever it sends
+    (error stream_too_long, close 1008)."""
     live_idle_timeout_s: float = Field(20.0, gt=0)
-    """Longest time without a message (audio or control) before the stream is closed."""
+    """Longest time without audio before the stream is closed (error idle_timeout, close
+    1008); empty frames do not count."""
     live_config_timeout_s: float = Field(10.0, gt=0)
     """Time to send session.config after connecting."""
     live_max_frame_bytes: int = Field(512 * 1024, ge=4096)

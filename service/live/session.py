@@ -160,6 +160,7 @@ class LiveSession:
         self.audio_samples = 0
         self.input_rate: int | None = None
         self._loop = asyncio.get_running_loop()
+        self._opened_at = time.monotonic()
         self._outbox: asyncio.Queue[_Outgoing | None] = asyncio.Queue()
         self._fatal: asyncio.Future[p.ProtocolError | WebSocketDisconnect] = (
             asyncio.get_running_loop().create_future())
@@ -306,15 +307,32 @@ class LiveSession:
         return parsed
 
     async def _receive_audio(self) -> bool:
-        """Read frames until input.done (True) or session.close (False)."""
-        idle = self.settings.live_idle_timeout_s
-        timeout = p.ProtocolError("idle_timeout", f"no message for {idle:g} s "
-                                  "(AUDIOSERVE_LIVE_IDLE_TIMEOUT_S); send audio or input.done")
+        """Read frames until input.done (True) or session.close (False).
+
+        Idle means no audio: only a frame that carries some resets the timer, so empty
+        frames cannot hold a stream slot. Whatever a client sends, the stream ends once
+        it has been open `live_max_stream_seconds`, the same bound as on its audio
+        (which cannot run ahead of the wall clock by more than `live_max_ahead_s`)."""
+        s = self.settings
+        ends_at = self._opened_at + s.live_max_stream_seconds
+        heard_at = time.monotonic()
         while True:
-            message = await self._next_message(idle, timeout)
+            if heard_at + s.live_idle_timeout_s < ends_at:
+                deadline, timeout = heard_at + s.live_idle_timeout_s, p.ProtocolError(
+                    "idle_timeout", f"no audio for {s.live_idle_timeout_s:g} s "
+                    "(AUDIOSERVE_LIVE_IDLE_TIMEOUT_S; empty frames do not count); "
+                    "send audio or input.done")
+            else:
+                deadline, timeout = ends_at, p.ProtocolError(
+                    "stream_too_long", f"open for {s.live_max_stream_seconds:g} s "
+                    "(AUDIOSERVE_LIVE_MAX_STREAM_SECONDS, of audio or of wall clock); "
+                    "open a new stream")
+            message = await self._next_message(max(0.0, deadline - time.monotonic()), timeout)
             data = message.get("bytes")
             if data is not None:
-                await self._on_frame(data)
+                if data:
+                    await self._on_frame(data)
+                    heard_at = time.monotonic()
                 continue
             parsed = p.parse_client_message(message.get("text") or "")
             if isinstance(parsed, p.SessionConfig):

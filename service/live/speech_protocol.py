@@ -271,15 +271,15 @@ class AudioCancelled(_FirstEvent):
 
 ErrorCode = Literal[
     "invalid_message", "invalid_config", "message_too_large", "text_too_long",
-    "idle_timeout", "config_timeout", "slow_reader", "too_many_sessions", "overloaded",
-    "timeout", "model_not_loaded", "internal_error",
+    "idle_timeout", "session_too_long", "config_timeout", "slow_reader", "too_many_sessions",
+    "overloaded", "timeout", "model_not_loaded", "internal_error",
 ]
 
 CLOSE_CODES: dict[str, int] = {
     "invalid_message": 4400, "invalid_config": 4400,
     "message_too_large": 1009, "text_too_long": 1009,
-    "idle_timeout": 1008, "config_timeout": 1008, "slow_reader": 1008,
-    "too_many_sessions": 1013, "overloaded": 1013, "timeout": 1013,
+    "idle_timeout": 1008, "session_too_long": 1008, "config_timeout": 1008,
+    "slow_reader": 1008, "too_many_sessions": 1013, "overloaded": 1013, "timeout": 1013,
     "model_not_loaded": 4503,
     "internal_error": 1011,
 }

@@ -23,7 +23,8 @@ unread: back-pressure, so every per-utterance task, queue and event is bounded w
 the client sends); every send must complete within `tts_stream_stall_timeout_s`
 (the buffers behind it are the HTTP stream's: a client that stops reading pauses its
 sequences, then loses them: error slow_reader); text per utterance and per session,
-message size, idle and config time are settings (docs/speech-stream.md).
+message size, idle time (no new text while nothing is made or sent), session time and
+config time are settings (docs/speech-stream.md).
 """
 
 from __future__ import annotations
@@ -129,6 +130,9 @@ class SpeechSession:
         self._fatal: asyncio.Future[p.ProtocolError | WebSocketDisconnect] = (
             asyncio.get_running_loop().create_future())
         """Why the session must end, from a task beside the receive loop."""
+        self._opened_at = time.monotonic()
+        self._progress_at = self._opened_at
+        """When the client last added text, or audio was last being made or sent."""
 
     # -- the whole session -------------------------------------------------------------
 
@@ -182,19 +186,21 @@ class SpeechSession:
 
     async def _receive_loop(self) -> None:
         """Until session.close (the sender then finishes what was asked for)."""
-        s = self.settings
         first = True
         while True:
-            timeout = s.tts_ws_config_timeout_s if first else s.tts_ws_idle_timeout_s
-            text = await self._next_text(timeout, first)
+            text = await self._next_text(first)
             message = p.parse_client_message(text)
             if first and not isinstance(message, p.SessionConfig):
                 raise p.ProtocolError("invalid_message", "the first message must be "
                                       f"session.config, not {message.type}")
+            if first:
+                self._progress_at = time.monotonic()
             first = False
             if isinstance(message, p.SessionConfig):
                 await self._configure(message)
             elif isinstance(message, p.InputText):
+                if message.text:  # text is progress; other messages do not reset idle
+                    self._progress_at = time.monotonic()
                 await self._on_text(message.text)
             elif isinstance(message, p.InputDone):
                 await self._utterance()  # an empty one too: it gets its session.done
@@ -204,25 +210,47 @@ class SpeechSession:
             else:
                 return
 
-    async def _next_text(self, timeout: float, first: bool) -> str:
+    def _deadline(self, first: bool) -> float:
+        s = self.settings
+        if first:
+            return self._opened_at + s.tts_ws_config_timeout_s
+        return min(self._progress_at + s.tts_ws_idle_timeout_s,
+                   self._opened_at + s.tts_ws_max_session_s)
+
+    async def _next_text(self, first: bool) -> str:
+        """The next message's text. Idle is no progress: no new text while nothing is
+        being generated or sent, so messages that change nothing (a config again, a
+        cancel with nothing to cancel, empty text) cannot keep a session open; and none
+        stays open past `tts_ws_max_session_s`, whatever it sends."""
+        s = self.settings
         while True:
             if self._fatal.done():
                 raise self._fatal.result()
             receive: asyncio.Future[Any] = asyncio.ensure_future(self.ws.receive())
             waits: set[asyncio.Future[Any]] = {receive, self._fatal}
-            done, _ = await asyncio.wait(waits, timeout=timeout,
+            wait = max(0.0, self._deadline(first) - time.monotonic())
+            done, _ = await asyncio.wait(waits, timeout=wait,
                                          return_when=asyncio.FIRST_COMPLETED)
             if receive not in done:
                 receive.cancel()
                 if self._fatal.done():
                     raise self._fatal.result()
-                if not first and self._busy():
-                    continue  # audio is being made or sent: the client may be quiet
+                now = time.monotonic()
                 if first:
-                    raise p.ProtocolError("config_timeout", f"no session.config within "
-                                          f"{timeout:g} s (AUDIOSERVE_TTS_WS_CONFIG_TIMEOUT_S)")
-                raise p.ProtocolError("idle_timeout", f"no message for {timeout:g} s and "
-                                      "nothing to send (AUDIOSERVE_TTS_WS_IDLE_TIMEOUT_S)")
+                    raise p.ProtocolError("config_timeout", "no session.config within "
+                                          f"{s.tts_ws_config_timeout_s:g} s "
+                                          "(AUDIOSERVE_TTS_WS_CONFIG_TIMEOUT_S)")
+                if now >= self._opened_at + s.tts_ws_max_session_s:
+                    raise p.ProtocolError("session_too_long", "open for "
+                                          f"{s.tts_ws_max_session_s:g} s "
+                                          "(AUDIOSERVE_TTS_WS_MAX_SESSION_S); open a new "
+                                          "session")
+                if self._busy():
+                    self._progress_at = now  # audio is being made or sent: may be quiet
+                    continue
+                raise p.ProtocolError("idle_timeout", "no new text for "
+                                      f"{s.tts_ws_idle_timeout_s:g} s and nothing to send "
+                                      "(AUDIOSERVE_TTS_WS_IDLE_TIMEOUT_S)")
             message: dict[str, Any] = dict(receive.result())
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", 1000))

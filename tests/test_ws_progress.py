@@ -1,0 +1,130 @@
+"""Both WebSockets, over a real socket: a session is kept open by progress, not by
+messages. Messages that change nothing (empty audio frames; a config again, a cancel with
+nothing to cancel, empty text) do not reset the idle timer, and a client that does make a
+little progress now and then still meets a wall-clock bound (live: LIVE_MAX_STREAM_SECONDS
+also as time open; speech: TTS_WS_MAX_SESSION_S). Each client below keeps sending until
+the server ends it; on code that counted any message as activity none would ever end."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from tests.chattts_fixtures import chattts_models_dir  # noqa: F401  (fixtures)
+from tests.clap_fixtures import clap_models_dir  # noqa: F401
+from tests.emotion2vec_fixtures import emotion_models_dir  # noqa: F401
+from tests.live_fixtures import LABELS, live_models_dir, open_stream  # noqa: F401
+from tests.tts_server import RunningServer, serve_app
+
+IDLE_S = 1.0
+CAP_S = 4.0
+EVERY_S = 0.2
+"""How often the clients below send: several times within every idle period."""
+
+
+@pytest.fixture(scope="module")
+def server(live_models_dir: Path, chattts_models_dir: Path) -> Iterator[RunningServer]:  # noqa: F811
+    (live_models_dir / "chattts").symlink_to(chattts_models_dir / "chattts")
+    with serve_app(models_dir=live_models_dir, intra_op_threads=1, warmup=False,
+                   live_idle_timeout_s=IDLE_S, live_max_stream_seconds=CAP_S,
+                   tts_ws_idle_timeout_s=IDLE_S, tts_ws_max_session_s=CAP_S) as s:
+        yield s
+
+
+def _ended_by_server(ws: ClientConnection, keep_sending: Callable[[int], str | bytes]
+                     ) -> tuple[dict[str, Any], int | None, int]:
+    """Send `keep_sending(i)` every EVERY_S until the server closes; its error event, the
+    close code and how many messages were sent. Fails if nothing ends the session."""
+    stop = threading.Event()
+    sent = 0
+
+    def sender() -> None:
+        nonlocal sent
+        while not stop.wait(EVERY_S):
+            try:
+                ws.send(keep_sending(sent))
+            except ConnectionClosed:
+                return
+            sent += 1
+
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
+    error: dict[str, Any] | None = None
+    try:
+        while True:
+            message = ws.recv(timeout=CAP_S + 20)  # TimeoutError: nothing ended it
+            if isinstance(message, str) and json.loads(message)["type"] == "error":
+                error = json.loads(message)
+    except ConnectionClosed:
+        pass
+    finally:
+        stop.set()
+        thread.join()
+    assert error is not None
+    received = ws.protocol.close_rcvd
+    return error, None if received is None else received.code, sent
+
+
+def _live(server: RunningServer) -> ClientConnection:
+    ws = open_stream(server)
+    ws.send(json.dumps({"type": "session.config",
+                        "input": {"format": "pcm_s16le", "sample_rate": 16000},
+                        "classify": {"labels": LABELS}}))
+    assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
+    return ws
+
+
+def _speech(server: RunningServer) -> ClientConnection:
+    ws = connect(f"ws://{server.host}:{server.port}/v1/audio/speech/stream",
+                 open_timeout=30, close_timeout=30)
+    ws.send(json.dumps({"type": "session.config", "voice": "alloy", "seed": 7,
+                        "response_format": "pcm"}))
+    return ws
+
+
+def test_live_empty_frames_are_not_audio(server: RunningServer) -> None:
+    with _live(server) as ws:
+        error, close, sent = _ended_by_server(ws, lambda i: b"")
+    assert (error["code"], close) == ("idle_timeout", 1008)
+    assert "empty frames do not count" in error["message"]
+    assert sent >= 2  # they kept coming within the idle time
+
+
+def test_live_a_trickle_of_audio_meets_the_wall_clock(server: RunningServer) -> None:
+    """One sample per message: never idle, and far from CAP_S of audio."""
+    with _live(server) as ws:
+        error, close, sent = _ended_by_server(ws, lambda i: b"\x01\x00")
+    assert (error["code"], close) == ("stream_too_long", 1008)
+    assert "wall clock" in error["message"]
+    assert sent >= CAP_S / EVERY_S * 0.5
+
+
+@pytest.mark.parametrize("message", [
+    {"type": "session.config", "voice": "alloy", "seed": 7, "response_format": "pcm"},
+    {"type": "input.cancel"},
+    {"type": "input.text", "text": ""},
+])
+def test_speech_messages_that_change_nothing_are_not_progress(
+        server: RunningServer, message: dict[str, Any]) -> None:
+    with _speech(server) as ws:
+        error, close, sent = _ended_by_server(ws, lambda i: json.dumps(message))
+    assert (error["code"], close) == ("idle_timeout", 1008)
+    assert sent >= 2
+
+
+def test_speech_a_trickle_of_text_meets_the_session_cap(server: RunningServer) -> None:
+    """A word now and then with no sentence end: progress, nothing to speak, never idle;
+    the session still ends at TTS_WS_MAX_SESSION_S."""
+    with _speech(server) as ws:
+        error, close, sent = _ended_by_server(
+            ws, lambda i: json.dumps({"type": "input.text", "text": "word "}))
+    assert (error["code"], close) == ("session_too_long", 1008)
+    assert "AUDIOSERVE_TTS_WS_MAX_SESSION_S" in error["message"]
+    assert sent >= CAP_S / EVERY_S * 0.5
