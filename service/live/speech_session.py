@@ -210,13 +210,6 @@ class SpeechSession:
             else:
                 return
 
-    def _deadline(self, first: bool) -> float:
-        s = self.settings
-        if first:
-            return self._opened_at + s.tts_ws_config_timeout_s
-        return min(self._progress_at + s.tts_ws_idle_timeout_s,
-                   self._opened_at + s.tts_ws_max_session_s)
-
     async def _next_text(self, first: bool) -> str:
         """The next message's text. Idle is no progress: no new text while nothing is
         being generated or sent, so messages that change nothing (a config again, a
@@ -226,27 +219,30 @@ class SpeechSession:
         while True:
             if self._fatal.done():
                 raise self._fatal.result()
+            # Which deadline is nearer decides the error, not the clock afterwards: a
+            # timer may fire a little early (uvloop's by up to 1 ms).
+            capped = self._opened_at + s.tts_ws_max_session_s
+            deadline = (self._opened_at + s.tts_ws_config_timeout_s if first
+                        else min(self._progress_at + s.tts_ws_idle_timeout_s, capped))
             receive: asyncio.Future[Any] = asyncio.ensure_future(self.ws.receive())
             waits: set[asyncio.Future[Any]] = {receive, self._fatal}
-            wait = max(0.0, self._deadline(first) - time.monotonic())
-            done, _ = await asyncio.wait(waits, timeout=wait,
+            done, _ = await asyncio.wait(waits, timeout=max(0.0, deadline - time.monotonic()),
                                          return_when=asyncio.FIRST_COMPLETED)
             if receive not in done:
                 receive.cancel()
                 if self._fatal.done():
                     raise self._fatal.result()
-                now = time.monotonic()
                 if first:
                     raise p.ProtocolError("config_timeout", "no session.config within "
                                           f"{s.tts_ws_config_timeout_s:g} s "
                                           "(AUDIOSERVE_TTS_WS_CONFIG_TIMEOUT_S)")
-                if now >= self._opened_at + s.tts_ws_max_session_s:
+                if deadline == capped:
                     raise p.ProtocolError("session_too_long", "open for "
                                           f"{s.tts_ws_max_session_s:g} s "
                                           "(AUDIOSERVE_TTS_WS_MAX_SESSION_S); open a new "
                                           "session")
                 if self._busy():
-                    self._progress_at = now  # audio is being made or sent: may be quiet
+                    self._progress_at = time.monotonic()  # audio is being made or sent
                     continue
                 raise p.ProtocolError("idle_timeout", "no new text for "
                                       f"{s.tts_ws_idle_timeout_s:g} s and nothing to send "
