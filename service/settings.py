@@ -299,7 +299,9 @@ class Settings(BaseSettings):
     client dripping bytes is cut off (408). Bodies are read before a request takes an
     admission slot, so a slow upload never holds one."""
     body_min_rate: int = Field(65536, ge=1)
-    """Bytes per second that earn a body its extra reading time (see body_timeout_s)."""
+    """Bytes per second that earn a body its extra reading time (see body_timeout_s); a
+    body slower than this since it began loses its share of max_body_bytes_in_flight (408)
+    when another body needs the room."""
     max_json_bytes: int = Field(1024 * 1024, ge=1024)
     """Body limit of the JSON-only routes (/tts, /v1/audio/speech, /v1/voices,
     /embed/text); the upload routes take `max_upload_bytes` of audio."""

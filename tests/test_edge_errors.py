@@ -5,6 +5,7 @@ refusals say what was wrong in the client's terms."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -123,11 +124,16 @@ def test_a_voice_deleted_while_listed_is_skipped(tmp_path: Path,
     assert json.loads((tmp_path / "kept.json").read_text())["name"] == "kept"
 
 
+MIN_RATE = 1000
+"""The budget server's AUDIOSERVE_BODY_MIN_RATE (bytes/s)."""
+
+
 @pytest.fixture(scope="module")
 def budget_server(clap_models_dir: Path) -> Iterator[RunningServer]:
     # a 1 MiB budget holds the largest body the routes then take (start-up checks it)
     with serve_app(models_dir=clap_models_dir, models="clap", warmup=False,
-                   max_body_bytes_in_flight=2**20, max_upload_bytes=700_000) as running:
+                   max_body_bytes_in_flight=2**20, max_upload_bytes=700_000,
+                   body_min_rate=MIN_RATE) as running:
         yield running
 
 
@@ -154,22 +160,32 @@ def test_a_body_larger_than_the_whole_budget_is_413_unread(
 
 
 def test_bodies_share_one_budget_taken_before_reading(budget_server: RunningServer) -> None:
-    """A holds 700 KB of the 1 MiB budget while it trickles; B's 500 KB is refused with
-    503 + Retry-After until A is gone, then served."""
+    """A holds 700 KB of the 1 MiB budget while it is on pace (10 KB sent: 10 s at the
+    minimum rate); B's 500 KB is refused with 503 + Retry-After. Once A falls behind, the
+    next body that needs its room takes it: B is served, and A's next byte gets its 408
+    (eight bodies that declared 35 MB and dripped a byte had held every upload out)."""
     small = b"{" + b" " * 500_000  # malformed JSON: a 400 once it is read and parsed
     with socket.create_connection((budget_server.host, budget_server.port)) as holder:
         holder.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                       b"application/json\r\nContent-Length: 700000\r\n\r\n{")
-        deadline = time.monotonic() + 30
+                       b"application/json\r\nContent-Length: 700000\r\n\r\n{"
+                       + b" " * (10 * MIN_RATE - 1))
+        deadline = time.monotonic() + 10
         while (refused := _post(budget_server, small)).status_code != 503:
             assert refused.status_code == 400, refused.text
             assert time.monotonic() < deadline, "the holder never took its bytes"
         assert refused.headers["retry-after"] == "1"
         assert "AUDIOSERVE_MAX_BODY_BYTES_IN_FLIGHT" in refused.json()["error"]["message"]
-    deadline = time.monotonic() + 30
-    while (served := _post(budget_server, small)).status_code == 503:
-        assert time.monotonic() < deadline, "the holder's bytes never came back"
-    assert served.status_code == 400
+        deadline = time.monotonic() + 60
+        while (served := _post(budget_server, small)).status_code == 503:
+            assert time.monotonic() < deadline, "the slow holder kept its room"
+            with contextlib.suppress(OSError):  # a byte now and then: never idle, behind
+                holder.sendall(b" ")
+        assert served.status_code == 400
+        with contextlib.suppress(OSError):
+            holder.sendall(b" ")
+        status, _, body = read_response(holder)
+    assert status == 408, body[:300]
+    assert b"AUDIOSERVE_BODY_MIN_RATE" in body and b"slower than" in body
 
 
 @pytest.mark.parametrize("route,body", [

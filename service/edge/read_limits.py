@@ -21,7 +21,13 @@ is read, by its Content-Length (a chunked body takes its chunks as they come); n
 -> 503 + Retry-After (its bytes drained unkept, so the client sees the answer), a body
 larger than the whole budget -> 413. They are given back when the response starts. 64
 concurrent 35 MB uploads cost +3.9 GB of RSS before it; per-route limits alone bound one
-request, not how many are read at once.
+request, not how many are read at once. Taken before reading, every body let in can
+finish (taken as the bytes came, a crowd of bodies could fill it halfway each and all be
+refused). But a declared length costs nothing to send: eight connections declaring 35 MB
+each and dripping a byte every few seconds held the whole budget (every upload 503) for
+as long as the read timeouts let them, again on reconnecting. So room held by a body
+that is behind `body_min_rate` since it began is taken back when another body needs it:
+the slow body gets its 408 at its next read, the other its room.
 """
 
 from __future__ import annotations
@@ -66,22 +72,32 @@ class BodyBudget:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.taken = 0
+        self._holders: set[_BodyReader] = set()
 
-    def take(self, size: int) -> None:
-        """Take `size` bytes, or raise: 413 when they can never fit, 503 when not now."""
+    def take(self, size: int, holder: _BodyReader | None = None) -> None:
+        """Take `size` bytes, or raise: 413 when they can never fit, 503 when not now,
+        even after taking back the room of bodies behind their minimum rate."""
         if size > self.capacity:
             raise BodyTooLarge(
                 f"request body of {size} bytes is larger than all the bodies this server "
                 f"reads at once ({self.capacity} bytes, AUDIOSERVE_MAX_BODY_BYTES_IN_FLIGHT)")
+        if self.taken + size > self.capacity:
+            now = time.monotonic()
+            for slow in [h for h in self._holders if h is not holder and h.behind(now)]:
+                self.give(slow.revoke(), slow)
         if self.taken + size > self.capacity:
             raise BodyBudgetFull(
                 f"{self.taken} bytes of request bodies are being read or handled now; "
                 f"this one's {size} would pass the server's {self.capacity} "
                 "(AUDIOSERVE_MAX_BODY_BYTES_IN_FLIGHT): retry shortly")
         self.taken += size
+        if holder is not None:
+            self._holders.add(holder)
 
-    def give(self, size: int) -> None:
+    def give(self, size: int, holder: _BodyReader | None = None) -> None:
         self.taken -= size
+        if holder is not None:
+            self._holders.discard(holder)
 
 
 @dataclass(frozen=True)
@@ -141,10 +157,21 @@ class _BodyReader:
         self.received = 0
         self.complete = False
         self.started = time.monotonic()
+        self.revoked = False
+        """Its room was given to another body (it was behind its minimum rate)."""
 
     def give_back(self) -> None:
-        self.budget.give(self.held)
+        self.budget.give(self.held, self)
         self.held = 0
+
+    def behind(self, now: float) -> bool:
+        """Still arriving, and slower than `min_rate` since it began."""
+        return not self.complete and self.received < (now - self.started) * self.timeouts.min_rate
+
+    def revoke(self) -> int:
+        """Its room, taken back (its next read is a 408)."""
+        held, self.held, self.revoked = self.held, 0, True
+        return held
 
     async def drain(self) -> None:
         """Read the rest of the body unkept (bounded, as `errors.drain_body`), so the
@@ -161,8 +188,8 @@ class _BodyReader:
             return await self._receive()
         if self.declared is not None and self.declared > self.limit.max_bytes:
             raise _too_large(self.limit, self.declared)  # unread, once the body is wanted
-        if self.declared is not None and not self.held and self.declared:
-            self.budget.take(self.declared)  # before a byte of it is read
+        if self.declared and not self.held and not self.revoked:
+            self.budget.take(self.declared, self)  # before a byte of it is read
             self.held = self.declared
         t = self.timeouts
         deadline = self.started + t.total_s + self.received / t.min_rate
@@ -173,18 +200,27 @@ class _BodyReader:
                 message = await self._receive()
         except TimeoutError:
             raise self._timeout(idle) from None
+        if self.revoked:
+            raise self._revoked()
         if message["type"] == "http.request":
             size = len(message.get("body", b""))
             self.received += size
             if self.received > self.limit.max_bytes:
                 raise _too_large(self.limit)
             if self.received > self.held:  # chunked (or more than declared): as it comes
-                self.budget.take(self.received - self.held)
+                self.budget.take(self.received - self.held, self)
                 self.held = self.received
             self.complete = not message.get("more_body", False)
         else:
             self.complete = True  # disconnected
         return message
+
+    def _revoked(self) -> BodyTimeout:
+        elapsed = time.monotonic() - self.started
+        return BodyTimeout(
+            f"the request body came slower than {self.timeouts.min_rate} bytes/s "
+            f"({self.received} bytes in {elapsed:.0f} s) while other bodies waited for the "
+            "room it held (AUDIOSERVE_BODY_MIN_RATE, AUDIOSERVE_MAX_BODY_BYTES_IN_FLIGHT)")
 
     def _timeout(self, idle: bool) -> BodyTimeout:
         t = self.timeouts
