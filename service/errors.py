@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -112,9 +112,35 @@ class ReadLimitExceeded(Exception):
 Formatter = Callable[[int, str, str], dict[str, Any]]
 """(status, code, message) -> a route's own error body (e.g. OpenAI's shape)."""
 
+MAX_PROBLEMS = 5
+"""Problems one error message lists (the rest are counted): 200,000 invalid items had
+made a 34 MB 422."""
+MAX_MESSAGE_CHARS = 2000
+"""The longest error message, HTTP or WebSocket: a message quoting what the client sent
+(a 900 KB `format`) is cut here, saying so."""
+
+
+MAX_PROBLEM_CHARS = 300
+"""The longest of the problems one message lists (an unknown field's 30 KB name)."""
+
+
+def capped(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`message`, cut to `limit` characters with the count of what was cut."""
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}... ({len(message) - limit} more characters)"
+
+
+def join_problems(problems: Sequence[str], total: int) -> str:
+    """The first MAX_PROBLEMS of a request's `total` problems on one line, then how many
+    more (callers build only the first few: pydantic's list of them can be long)."""
+    shown = "; ".join(capped(p, MAX_PROBLEM_CHARS) for p in problems[:MAX_PROBLEMS])
+    more = total - min(len(problems), MAX_PROBLEMS)
+    return f"{shown}; and {more} more" if more > 0 else shown
+
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, **extra}}
+    return {"error": {"code": code, "message": capped(message), **extra}}
 
 
 def error_body_for(scope: Scope, status: int, code: str, message: str) -> dict[str, Any]:
@@ -125,7 +151,7 @@ def error_body_for(scope: Scope, status: int, code: str, message: str) -> dict[s
                                                "error_formatters", {})
     formatter = _formatter_for(formatters, scope.get("path", ""))
     if formatter is not None:
-        return formatter(status, code, message)
+        return formatter(status, code, capped(message))
     request_id = scope.get("state", {}).get("request_id")
     return error_body(code, message, request_id=request_id)
 
@@ -236,10 +262,11 @@ def install_handlers(app: FastAPI, formatters: dict[str, Formatter] | None = Non
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
-        for err in exc.errors():
+        for err in exc.errors()[:MAX_PROBLEMS]:
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-        return _response(request, 422, "invalid_input", "; ".join(parts) or "invalid request")
+        message = join_problems(parts, len(exc.errors())) or "invalid request"
+        return _response(request, 422, "invalid_input", message)
 
     @app.exception_handler(Overloaded)
     @app.exception_handler(DeadlineExceeded)

@@ -53,7 +53,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from service.routes.json_body import lone_surrogate_problem
+from service.errors import MAX_PROBLEMS, capped, join_problems
+from service.routes.json_body import JsonLimits, lone_surrogate_problem, structure_problem
+from service.settings import MAX_LIST_ITEMS
 
 PROTOCOL = "audioserve.live.v1"
 """The subprotocol the server selects; a browser offers it beside its key (see auth)."""
@@ -81,7 +83,7 @@ class InputConfig(_Message):
 
 
 class ClassifyConfig(_Message):
-    labels: list[str] = Field(min_length=1)
+    labels: list[str] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
     prompt_template: str | None = None
     top_k: int | None = Field(None, ge=1)
     hop_s: float = Field(2.0, gt=0, le=10.0)
@@ -244,7 +246,7 @@ class ProtocolError(Exception):
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code: ErrorCode = code
-        self.message = message
+        self.message = capped(message)
 
     @property
     def close_code(self) -> int:
@@ -271,12 +273,18 @@ def validation_problems(exc: ValidationError, text: str) -> str:
     if any(e["type"] == "json_invalid" for e in exc.errors()) and (
             problem := lone_surrogate_problem(text)) is not None:
         return problem
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
-                     for e in exc.errors()[:5])
+    problems = [f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
+                for e in exc.errors()[:MAX_PROBLEMS]]
+    return join_problems(problems, exc.error_count())
 
 
-def parse_client_message(text: str) -> SessionConfig | InputDone | SessionClose:
-    """The one place client JSON is validated; what is wrong comes back as a ProtocolError."""
+def parse_client_message(text: str, limits: JsonLimits
+                         ) -> SessionConfig | InputDone | SessionClose:
+    """The one place client JSON is validated; what is wrong comes back as a ProtocolError.
+    The HTTP bodies' bounds on arrays and elements hold first (a 512 KB config of 100,000
+    nulls held the event loop for a second in validation)."""
+    if (problem := structure_problem(text, limits, "the message")) is not None:
+        raise ProtocolError("invalid_message", problem)
     try:
         return CLIENT_MESSAGES.validate_json(text)
     except ValidationError as exc:

@@ -84,6 +84,7 @@ from service.pipelines.emotion2vec import (
 )
 from service.routes.common import model_fields
 from service.routes.emotion import emotion_body
+from service.routes.json_body import json_limits
 from service.runtime.admission import AdmissionGate, CpuWorkers
 from service.runtime.metrics import Metrics
 from service.settings import Settings
@@ -300,7 +301,7 @@ class LiveSession:
         if text is None:
             raise p.ProtocolError("invalid_message",
                                   "the first message must be a session.config JSON text frame")
-        parsed = p.parse_client_message(text)
+        parsed = p.parse_client_message(text, json_limits(self.settings))
         if not isinstance(parsed, p.SessionConfig):
             raise p.ProtocolError("invalid_message",
                                   f"the first message must be session.config, not {parsed.type}")
@@ -334,7 +335,8 @@ class LiveSession:
                     await self._on_frame(data)
                     heard_at = time.monotonic()
                 continue
-            parsed = p.parse_client_message(message.get("text") or "")
+            parsed = p.parse_client_message(message.get("text") or "",
+                                            json_limits(self.settings))
             if isinstance(parsed, p.SessionConfig):
                 raise p.ProtocolError("invalid_message", "session.config was already sent; "
                                       "a stream has one configuration")

@@ -65,8 +65,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from service.errors import capped
 from service.live.protocol import validation_problems
 from service.pipelines.chattts import MAX_SAMPLING_SEED, token_bounds_problem
+from service.routes.json_body import JsonLimits, structure_problem
+from service.settings import MAX_LIST_ITEMS
 from service.tts.chunking import Split
 from service.tts.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE
 from service.tts.stretch import MAX_SPEED, MIN_SPEED
@@ -87,6 +90,9 @@ _OUR_LANGUAGES = re.compile(r"auto|english|chinese|mandarin|(?:en|zh|cmn)(?:[-_]
                             re.IGNORECASE)
 _SAVED_VOICE = ("use `voice` with a built-in or saved ChatTTS voice (POST /v1/voices saves "
                 "one under any name, e.g. the one this client sends; GET /v1/voices lists them)")
+
+
+_Floats = Annotated[list[float], Field(max_length=MAX_LIST_ITEMS)]
 
 
 class SessionConfig(_Message):
@@ -124,10 +130,11 @@ class SessionConfig(_Message):
     language: str | None = Field(None, max_length=64)
     initial_codec_chunk_frames: int | None = Field(None, ge=0)
     non_streaming_mode: bool | None = None
-    ref_audio: str | list[str] | None = None
+    ref_audio: str | Annotated[list[str], Field(max_length=MAX_LIST_ITEMS)] | None = None
     ref_text: str | None = None
     x_vector_only_mode: bool | None = None
-    speaker_embedding: list[float] | list[list[float]] | None = Field(None, max_length=8192)
+    speaker_embedding: (_Floats | Annotated[list[_Floats], Field(max_length=MAX_LIST_ITEMS)]
+                        | None) = None
     word_timestamps: bool = False
     request_id: str | None = Field(None, max_length=256)
     session_id: str | None = Field(None, max_length=256)
@@ -304,7 +311,7 @@ class ProtocolError(Exception):
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code: ErrorCode = code
-        self.message = message
+        self.message = capped(message)
 
     @property
     def close_code(self) -> int:
@@ -314,8 +321,11 @@ class ProtocolError(Exception):
         return ErrorEvent(code=self.code, message=self.message)
 
 
-def parse_client_message(text: str) -> ClientMessage:
-    """The one place client JSON is validated; what is wrong comes back as a ProtocolError."""
+def parse_client_message(text: str, limits: JsonLimits) -> ClientMessage:
+    """The one place client JSON is validated; what is wrong comes back as a ProtocolError
+    (the structure's bounds first, as on the live socket)."""
+    if (problem := structure_problem(text, limits, "the message")) is not None:
+        raise ProtocolError("invalid_message", problem)
     try:
         return CLIENT_MESSAGES.validate_json(text)
     except ValidationError as exc:

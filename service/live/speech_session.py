@@ -45,6 +45,7 @@ from service.errors import ApiError
 from service.live import speech_protocol as p
 from service.pipelines.chattts import ChatTTSPipeline, PreparedSpeech, SpeechRequest
 from service.pipelines.chattts_stream import PieceMark, SpeechStream
+from service.routes.json_body import json_limits
 from service.runtime.metrics import Metrics
 from service.settings import Settings
 from service.tts.chunking import SentenceSplitter
@@ -130,6 +131,7 @@ class SpeechSession:
         self._fatal: asyncio.Future[p.ProtocolError | WebSocketDisconnect] = (
             asyncio.get_running_loop().create_future())
         """Why the session must end, from a task beside the receive loop."""
+        self._json_limits = json_limits(settings)
         self._opened_at = time.monotonic()
         self._progress_at = self._opened_at
         """When the client last added text, or audio was last being made or sent."""
@@ -189,7 +191,7 @@ class SpeechSession:
         first = True
         while True:
             text = await self._next_text(first)
-            message = p.parse_client_message(text)
+            message = p.parse_client_message(text, self._json_limits)
             if first and not isinstance(message, p.SessionConfig):
                 raise p.ProtocolError("invalid_message", "the first message must be "
                                       f"session.config, not {message.type}")

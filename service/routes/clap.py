@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
@@ -26,7 +26,7 @@ from service.pipelines.clap import (
 from service.pipelines.clap_text import validate_labels, validate_template
 from service.routes.common import model_fields
 from service.routes.deps import admit, check_admission, get_pipeline, get_settings
-from service.routes.field_rules import NotBlank
+from service.routes.field_rules import NotBlank, TextList
 from service.routes.json_body import JsonBodyRoute
 from service.routes.params import (
     UploadParams,
@@ -53,7 +53,7 @@ router = APIRouter(tags=["clap"], route_class=JsonBodyRoute)
 class EmbedTextRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: NotBlank | Annotated[list[NotBlank], Field(json_schema_extra={"minItems": 1})]
+    input: NotBlank | TextList
     model: str | None = None
     encoding_format: str = Field("float", json_schema_extra={"enum": ["float"]})
 
@@ -63,8 +63,7 @@ class EmbedTextRequest(BaseModel):
 class ClassifyParams(UploadParams):
     """The fields of `/classify` besides the audio."""
 
-    labels: list[NotBlank] = Field(
-        json_schema_extra={"minItems": 1},
+    labels: TextList = Field(
         description="Candidate labels: repeated form fields, one comma-separated field, "
                     "or a JSON list (whose items are never split).",
         examples=[["dog barking", "rain", "car horn"]])

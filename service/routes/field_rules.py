@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from service.settings import MAX_LIST_ITEMS
 from service.tts.voice_spec import NAME
 
 NOT_BLANK: dict[str, Any] = {"minLength": 1, "pattern": r"\S"}
@@ -22,3 +23,7 @@ VOICE_NAME: dict[str, Any] = {"pattern": f"^{NAME.pattern}$"}
 """A saved voice's name (`service.tts.voices.check_name`)."""
 
 NotBlank = Annotated[str, Field(json_schema_extra=NOT_BLANK)]
+TextList = Annotated[list[NotBlank], Field(max_length=MAX_LIST_ITEMS,
+                                           json_schema_extra={"minItems": 1})]
+"""A list of texts (labels, inputs): one at least (said by the route), MAX_LIST_ITEMS at
+most (checked by pydantic before the items)."""

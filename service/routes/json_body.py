@@ -70,18 +70,24 @@ _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 def check_structure(body: bytes | str, limits: JsonLimits) -> None:
     """Refuse a body with more arrays/objects or elements than any route takes, before
     it is parsed (see the module's note)."""
+    if (problem := structure_problem(body, limits, "the JSON body")) is not None:
+        raise BadRequest(problem)
+
+
+def structure_problem(body: bytes | str, limits: JsonLimits, what: str) -> str | None:
+    """What is over `limits` in JSON text `body` (`what`, in the message), or None; the
+    WebSocket protocols say it in their own error."""
     data = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     containers = data.count(b"[") + data.count(b"{")
     if containers > limits.max_containers:
-        raise BadRequest(
-            f"the JSON body holds {containers} `[`/`{{` (arrays and objects, counted in "
-            f"strings too); at most {limits.max_containers} are taken "
-            "(AUDIOSERVE_JSON_MAX_CONTAINERS)")
+        return (f"{what} holds {containers} `[`/`{{` (arrays and objects, counted in "
+                f"strings too); at most {limits.max_containers} are taken "
+                "(AUDIOSERVE_JSON_MAX_CONTAINERS)")
     items = data.count(b",")
     if items > limits.max_items:
-        raise BadRequest(
-            f"the JSON body holds {items} commas (elements, counted in strings too); at most "
-            f"{limits.max_items} are taken (AUDIOSERVE_JSON_MAX_ITEMS)")
+        return (f"{what} holds {items} commas (elements, counted in strings too); at most "
+                f"{limits.max_items} are taken (AUDIOSERVE_JSON_MAX_ITEMS)")
+    return None
 
 
 def loads(body: bytes | str, limits: JsonLimits | None = None) -> Any:

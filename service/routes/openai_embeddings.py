@@ -31,7 +31,7 @@ from service.pipelines.clap import AudioEmbedding, ClapPipeline
 from service.routes.clap import embed_texts
 from service.routes.common import model_fields
 from service.routes.deps import admit, get_pipeline, get_settings
-from service.routes.field_rules import NotBlank
+from service.routes.field_rules import NotBlank, TextList
 from service.routes.openai_speech import OpenAIRoute
 from service.routes.responses import (
     OPENAI_EMBEDDING_ERRORS,
@@ -39,7 +39,7 @@ from service.routes.responses import (
     model_response,
 )
 from service.routes.uploads import decode_base64_audio
-from service.settings import Settings
+from service.settings import MAX_LIST_ITEMS, Settings
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 
@@ -53,8 +53,9 @@ class EmbeddingsBody(BaseModel):
          "encoding_format": "float"}]})
 
     model: str
-    input: (NotBlank | Annotated[list[NotBlank], Field(json_schema_extra={"minItems": 1})]
-           | list[int] | list[list[int]])
+    input: (NotBlank | TextList | Annotated[list[int], Field(max_length=MAX_LIST_ITEMS)]
+           | Annotated[list[Annotated[list[int], Field(max_length=MAX_LIST_ITEMS)]],
+                       Field(max_length=MAX_LIST_ITEMS)])
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Self, get_origin
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
 
-from service.errors import InvalidInput
+from service.errors import MAX_PROBLEMS, InvalidInput, join_problems
 from service.routes.uploads import AudioInput
 from service.settings import Settings
 
@@ -108,7 +108,7 @@ class UploadParams(BaseModel):
 def describe(exc: ValidationError, model: type[BaseModel]) -> str:
     """One message for all of a model's errors, each naming its field."""
     parts = []
-    for err in exc.errors(include_url=False):
+    for err in exc.errors(include_url=False)[:MAX_PROBLEMS]:
         where = ".".join(str(p) for p in err["loc"])
         if err["type"] == _OURS:
             parts.append(err["msg"])
@@ -117,4 +117,4 @@ def describe(exc: ValidationError, model: type[BaseModel]) -> str:
             parts.append(f"unknown field {where!r}; this endpoint takes: {known}")
         else:
             parts.append(f"{where}: {err['msg']}" if where else err["msg"])
-    return "; ".join(parts)
+    return join_problems(parts, exc.error_count())
