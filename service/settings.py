@@ -234,7 +234,8 @@ class Settings(BaseSettings):
     """Text of a whole session; error text_too_long, close 1009."""
     tts_ws_idle_timeout_s: float = Field(60.0, gt=0)
     """Longest time without new text from the client while no audio is being generated
-    or sent (error idle_timeout, close 1008); other messages do not count."""
+    or sent (error idle_timeout, close 1008); other messages do not count. Text left
+    without a sentence end waits at most as long (end it or send input.done)."""
     tts_ws_max_session_s: float = Field(3600.0, gt=0)
     """Longest a session may stay open, whatever it sends (error session_too_long, close
     1008); a client reconnects for more."""
@@ -334,11 +335,12 @@ class Settings(BaseSettings):
     live_max_streams: int = Field(64, ge=0)
     """Live streams open at once; one more gets `error` too_many_streams and close 1013."""
     live_max_stream_seconds: float = Field(3600.0, gt=0)
-    """Audio one stream may carry, and the longest it may stay open, whatever it sends
-    (error stream_too_long, close 1008)."""
+    """Audio one stream may carry (error stream_too_long, close 1008)."""
     live_idle_timeout_s: float = Field(20.0, gt=0)
-    """Longest time without audio before the stream is closed (error idle_timeout, close
-    1008); empty frames do not count."""
+    """How far a stream may fall behind real time: the time the server waited for its
+    messages beyond the duration of the audio they brought (5 % drift allowed) adds up to
+    at most this (error idle_timeout, close 1008). Pauses add up; empty frames bring no
+    audio."""
     live_config_timeout_s: float = Field(10.0, gt=0)
     """Time to send session.config after connecting."""
     live_max_frame_bytes: int = Field(512 * 1024, ge=4096)

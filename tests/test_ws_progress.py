@@ -1,14 +1,16 @@
 """Both WebSockets, over a real socket: a session is kept open by progress, not by
 messages. Messages that change nothing (empty audio frames; a config again, a cancel with
-nothing to cancel, empty text) do not reset the idle timer, and a client that does make a
-little progress now and then still meets a wall-clock bound (live: LIVE_MAX_STREAM_SECONDS
-also as time open; speech: TTS_WS_MAX_SESSION_S). Each client below keeps sending until
-the server ends it; on code that counted any message as activity none would ever end."""
+nothing to cancel, empty text) do not reset the idle timer, and a client that makes a
+little progress now and then is idle too: a live stream that falls behind real time, a
+speech session whose text waits unspoken; any speech session meets TTS_WS_MAX_SESSION_S.
+Each client below keeps sending until the server ends it; on code that counted any
+message as activity none would ever end."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -93,17 +95,29 @@ def test_live_empty_frames_are_not_audio(server: RunningServer) -> None:
     with _live(server) as ws:
         error, close, sent = _ended_by_server(ws, lambda i: b"")
     assert (error["code"], close) == ("idle_timeout", 1008)
-    assert "empty frames do not count" in error["message"]
+    assert "empty frames bring none" in error["message"]
     assert sent >= 2  # they kept coming within the idle time
 
 
-def test_live_a_trickle_of_audio_meets_the_wall_clock(server: RunningServer) -> None:
-    """One sample per message: never idle, and far from CAP_S of audio."""
+def test_live_a_trickle_of_audio_falls_behind_real_time(server: RunningServer) -> None:
+    """One sample per message: audio, but far less than the time waited for it."""
     with _live(server) as ws:
         error, close, sent = _ended_by_server(ws, lambda i: b"\x01\x00")
-    assert (error["code"], close) == ("stream_too_long", 1008)
-    assert "wall clock" in error["message"]
-    assert sent >= CAP_S / EVERY_S * 0.5
+    assert (error["code"], close) == ("idle_timeout", 1008)
+    assert "behind real time" in error["message"]
+    assert sent >= 2
+
+
+def test_live_audio_sent_ahead_buys_its_time(server: RunningServer) -> None:
+    """2 s of audio at once, then only empty frames: the stream is behind real time only
+    once those 2 s have passed, so it ends no sooner than 2 s + the idle time."""
+    with _live(server) as ws:
+        started = time.monotonic()
+        ws.send(b"\x00\x00" * 16000 * 2)
+        error, close, _ = _ended_by_server(ws, lambda i: b"")
+        elapsed = time.monotonic() - started
+    assert (error["code"], close) == ("idle_timeout", 1008)
+    assert elapsed >= 2 + IDLE_S
 
 
 @pytest.mark.parametrize("message", [
@@ -119,12 +133,21 @@ def test_speech_messages_that_change_nothing_are_not_progress(
     assert sent >= 2
 
 
-def test_speech_a_trickle_of_text_meets_the_session_cap(server: RunningServer) -> None:
-    """A word now and then with no sentence end: progress, nothing to speak, never idle;
-    the session still ends at TTS_WS_MAX_SESSION_S."""
+def test_speech_a_trickle_of_unfinished_text_is_idle(server: RunningServer) -> None:
+    """A word now and then with no sentence end: progress, but nothing to speak."""
     with _speech(server) as ws:
         error, close, sent = _ended_by_server(
             ws, lambda i: json.dumps({"type": "input.text", "text": "word "}))
+    assert (error["code"], close) == ("idle_timeout", 1008)
+    assert "unspoken" in error["message"] and "input.done" in error["message"]
+    assert sent >= 2
+
+
+def test_speech_sessions_meet_the_session_cap(server: RunningServer) -> None:
+    """Sentences, each spoken, and then the next: never idle, still capped."""
+    with _speech(server) as ws:
+        error, close, sent = _ended_by_server(
+            ws, lambda i: json.dumps({"type": "input.text", "text": "Hi. "}))
     assert (error["code"], close) == ("session_too_long", 1008)
     assert "AUDIOSERVE_TTS_WS_MAX_SESSION_S" in error["message"]
-    assert sent >= CAP_S / EVERY_S * 0.5
+    assert sent >= 2

@@ -92,6 +92,10 @@ from service.settings import Settings
 log = logging.getLogger("audioserve.live")
 
 _KINDS: dict[str, str] = {"classify": "clap", "emotion": "emotion2vec"}
+REAL_TIME_DRIFT = 0.05
+"""How much slower than real time a stream may run without falling behind (the idle
+rule, `_receive_audio`): a client that paces a file with sleep() oversleeps a little on
+every frame, and those would add up over an hour."""
 _T = TypeVar("_T")
 
 
@@ -161,7 +165,6 @@ class LiveSession:
         self.audio_samples = 0
         self.input_rate: int | None = None
         self._loop = asyncio.get_running_loop()
-        self._opened_at = time.monotonic()
         self._outbox: asyncio.Queue[_Outgoing | None] = asyncio.Queue()
         self._fatal: asyncio.Future[p.ProtocolError | WebSocketDisconnect] = (
             asyncio.get_running_loop().create_future())
@@ -310,30 +313,29 @@ class LiveSession:
     async def _receive_audio(self) -> bool:
         """Read frames until input.done (True) or session.close (False).
 
-        Idle means no audio: only a frame that carries some resets the timer, so empty
-        frames cannot hold a stream slot. Whatever a client sends, the stream ends once
-        it has been open `live_max_stream_seconds`, the same bound as on its audio
-        (which cannot run ahead of the wall clock by more than `live_max_ahead_s`)."""
-        s = self.settings
-        ends_at = self._opened_at + s.live_max_stream_seconds
-        heard_at = time.monotonic()
+        Idle is falling behind real time, the mirror of `_ahead_s`: the time spent waiting
+        for the client's messages, beyond the duration of the audio they brought (plus
+        REAL_TIME_DRIFT), adds up to at most `live_idle_timeout_s` (pauses add up). Empty
+        frames, or a byte now and then, bring no audio, so they cannot hold a stream slot;
+        the server's own time (analysis, pacing) is not counted against the client. With
+        the cap on its audio, this bounds how long any stream stays open."""
+        idle = self.settings.live_idle_timeout_s
+        timeout = p.ProtocolError(
+            "idle_timeout", f"the stream fell {idle:g} s behind real time: the server "
+            "waited that much longer for audio than the audio it got lasts "
+            "(AUDIOSERVE_LIVE_IDLE_TIMEOUT_S; pauses add up, empty frames bring none); "
+            "send audio as it is captured, silence included, or input.done")
+        waited = 0.0
         while True:
-            if heard_at + s.live_idle_timeout_s < ends_at:
-                deadline, timeout = heard_at + s.live_idle_timeout_s, p.ProtocolError(
-                    "idle_timeout", f"no audio for {s.live_idle_timeout_s:g} s "
-                    "(AUDIOSERVE_LIVE_IDLE_TIMEOUT_S; empty frames do not count); "
-                    "send audio or input.done")
-            else:
-                deadline, timeout = ends_at, p.ProtocolError(
-                    "stream_too_long", f"open for {s.live_max_stream_seconds:g} s "
-                    "(AUDIOSERVE_LIVE_MAX_STREAM_SECONDS, of audio or of wall clock); "
-                    "open a new stream")
-            message = await self._next_message(max(0.0, deadline - time.monotonic()), timeout)
+            audio_s = self.audio_samples / (self.input_rate or 1)
+            slack = idle + audio_s * (1 + REAL_TIME_DRIFT) - waited
+            asked = time.monotonic()
+            message = await self._next_message(max(0.0, slack), timeout)
+            waited += time.monotonic() - asked
             data = message.get("bytes")
             if data is not None:
                 if data:
                     await self._on_frame(data)
-                    heard_at = time.monotonic()
                 continue
             parsed = p.parse_client_message(message.get("text") or "",
                                             json_limits(self.settings))

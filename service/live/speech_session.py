@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,8 @@ class Utterance:
     sent_samples: int = 0
     ignored: dict[str, str] | None = None
     """The config's fields that have no effect, for the utterance's first event."""
+    unspoken_since: float | None = None
+    """When the text the splitter holds back (no sentence end yet) began to wait."""
 
     def abort(self) -> None:
         self.cancelled.set()
@@ -212,43 +215,64 @@ class SpeechSession:
             else:
                 return
 
+    def _deadline(self, first: bool) -> tuple[float, str]:
+        """When the client's quiet ends the session, and which limit that is (the nearer
+        deadline names the error, not the clock after the wait: a timer may fire a little
+        early, uvloop's by up to 1 ms)."""
+        s = self.settings
+        if first:
+            return self._opened_at + s.tts_ws_config_timeout_s, "config"
+        u = self._open
+        return min((self._progress_at + s.tts_ws_idle_timeout_s, "idle"),
+                   (math.inf if u is None or u.unspoken_since is None
+                    else u.unspoken_since + s.tts_ws_idle_timeout_s, "unspoken"),
+                   (self._opened_at + s.tts_ws_max_session_s, "session"))
+
+    def _quiet_until(self, limit: str) -> None:
+        """The client was quiet until `limit`'s deadline: the error it ends with, unless
+        audio is being made or sent (then the client may wait, and the clock restarts)."""
+        s = self.settings
+        if limit == "config":
+            raise p.ProtocolError("config_timeout", "no session.config within "
+                                  f"{s.tts_ws_config_timeout_s:g} s "
+                                  "(AUDIOSERVE_TTS_WS_CONFIG_TIMEOUT_S)")
+        if limit == "session":
+            raise p.ProtocolError("session_too_long", f"open for {s.tts_ws_max_session_s:g} s "
+                                  "(AUDIOSERVE_TTS_WS_MAX_SESSION_S); open a new session")
+        if self._busy():
+            self._progress_at = time.monotonic()
+            if self._open is not None and self._open.unspoken_since is not None:
+                self._open.unspoken_since = self._progress_at
+            return
+        if limit == "unspoken":
+            raise p.ProtocolError("idle_timeout", "text has waited unspoken for "
+                                  f"{s.tts_ws_idle_timeout_s:g} s with nothing to send "
+                                  "(AUDIOSERVE_TTS_WS_IDLE_TIMEOUT_S): end the sentence or "
+                                  "send input.done")
+        raise p.ProtocolError("idle_timeout", f"no new text for {s.tts_ws_idle_timeout_s:g} s "
+                              "and nothing to send (AUDIOSERVE_TTS_WS_IDLE_TIMEOUT_S)")
+
     async def _next_text(self, first: bool) -> str:
         """The next message's text. Idle is no progress: no new text while nothing is
         being generated or sent, so messages that change nothing (a config again, a
         cancel with nothing to cancel, empty text) cannot keep a session open; and none
-        stays open past `tts_ws_max_session_s`, whatever it sends."""
-        s = self.settings
+        stays open past `tts_ws_max_session_s`, whatever it sends. Text left unspoken (no
+        sentence end yet) counts as idle after as long, so a character a minute, which is
+        progress, cannot hold a session either."""
         while True:
             if self._fatal.done():
                 raise self._fatal.result()
-            # Which deadline is nearer decides the error, not the clock afterwards: a
-            # timer may fire a little early (uvloop's by up to 1 ms).
-            capped = self._opened_at + s.tts_ws_max_session_s
-            deadline = (self._opened_at + s.tts_ws_config_timeout_s if first
-                        else min(self._progress_at + s.tts_ws_idle_timeout_s, capped))
+            deadline = self._deadline(first)
             receive: asyncio.Future[Any] = asyncio.ensure_future(self.ws.receive())
             waits: set[asyncio.Future[Any]] = {receive, self._fatal}
-            done, _ = await asyncio.wait(waits, timeout=max(0.0, deadline - time.monotonic()),
+            done, _ = await asyncio.wait(waits, timeout=max(0.0, deadline[0] - time.monotonic()),
                                          return_when=asyncio.FIRST_COMPLETED)
             if receive not in done:
                 receive.cancel()
                 if self._fatal.done():
                     raise self._fatal.result()
-                if first:
-                    raise p.ProtocolError("config_timeout", "no session.config within "
-                                          f"{s.tts_ws_config_timeout_s:g} s "
-                                          "(AUDIOSERVE_TTS_WS_CONFIG_TIMEOUT_S)")
-                if deadline == capped:
-                    raise p.ProtocolError("session_too_long", "open for "
-                                          f"{s.tts_ws_max_session_s:g} s "
-                                          "(AUDIOSERVE_TTS_WS_MAX_SESSION_S); open a new "
-                                          "session")
-                if self._busy():
-                    self._progress_at = time.monotonic()  # audio is being made or sent
-                    continue
-                raise p.ProtocolError("idle_timeout", "no new text for "
-                                      f"{s.tts_ws_idle_timeout_s:g} s and nothing to send "
-                                      "(AUDIOSERVE_TTS_WS_IDLE_TIMEOUT_S)")
+                self._quiet_until(deadline[1])  # raises unless audio is being made or sent
+                continue
             message: dict[str, Any] = dict(receive.result())
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", 1000))
@@ -352,8 +376,13 @@ class SpeechSession:
             raise p.ProtocolError("text_too_long", f"the session sent {self._session_chars} "
                                   f"characters; the limit is {s.tts_ws_max_session_chars} "
                                   "(AUDIOSERVE_TTS_WS_MAX_SESSION_CHARS)")
-        for sentence in u.splitter.feed(text):
+        sentences = u.splitter.feed(text)
+        for sentence in sentences:
             u.inbox.put_nowait(sentence)
+        if not u.splitter.pending.strip():
+            u.unspoken_since = None
+        elif sentences or u.unspoken_since is None:
+            u.unspoken_since = time.monotonic()
 
     def _cancel(self) -> None:
         """Barge-in: every utterance in progress stops now (the sender reports each)."""
