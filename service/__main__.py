@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 
-from service.cli import add_setting_flags, flag_values, load_settings
+from service.cli import add_setting_flags, fail, flag_values, load_settings
 
 PROG = "python -m service"
 EXIT_CANNOT_SERVE = 1
@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = load_settings(flag_values(args), PROG)  # exits 2 on a bad setting
 
-
     from service.app import create_app
+    from service.edge.open_files import OpenFileShortage, fit_open_file_limit
     from service.edge.server import ServiceServer, uvicorn_config
     from service.errors import PackError
     from service.logs import configure_logging
@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     from service.runtime.sessions import resolve_provider
 
     configure_logging(settings.log_level)
+    try:  # a connection cap the open-file limit cannot hold is a bad setting too
+        fit_open_file_limit(settings.max_connections)
+    except OpenFileShortage as exc:
+        fail(PROG, [str(exc)])
     try:  # what would fail the app's start-up, as one line instead of a traceback
         resolve_provider(settings.provider, log_fallback=False)
         packs = packs_to_load(settings)

@@ -34,8 +34,23 @@ def environment(**variables: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT), **variables}
 
 
-def run_service(args: list[str], cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service", *args], cwd=cwd,
+OpenFiles = tuple[int, int]
+"""An open-file limit to start a command under: (soft, hard), as `ulimit -Sn` / `-Hn`."""
+_LIMITED = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (%d, %d)); "
+            "os.execv(sys.executable, [sys.executable, '-m', *sys.argv[1:]])")
+
+
+def python_m(module: str, open_files: OpenFiles | None = None) -> list[str]:
+    """`python -m module`, under `open_files` if given (set, then exec'd: a preexec_fn is
+    not safe in a process with threads, and the suite's servers are threads)."""
+    if open_files is None:
+        return [sys.executable, "-m", module]
+    return [sys.executable, "-c", _LIMITED % open_files, module]
+
+
+def run_service(args: list[str], cwd: Path, open_files: OpenFiles | None = None,
+                **variables: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*python_m("service", open_files), *args], cwd=cwd,
                           env=environment(**variables), capture_output=True, text=True,
                           timeout=STARTUP_S)
 
@@ -73,8 +88,9 @@ class Server:
 
 
 @contextmanager
-def started(args: list[str], cwd: Path, **variables: str) -> Iterator[Server]:
-    process = subprocess.Popen([sys.executable, "-m", "service", *args], cwd=cwd,
+def started(args: list[str], cwd: Path, open_files: OpenFiles | None = None,
+            **variables: str) -> Iterator[Server]:
+    process = subprocess.Popen([*python_m("service", open_files), *args], cwd=cwd,
                                env=environment(**variables), stderr=subprocess.PIPE, text=True)
     try:
         yield Server(process)
@@ -246,8 +262,61 @@ def test_a_stop_waits_for_requests_in_flight_only_as_long_as_the_setting(
     assert not any("Traceback" in line for line in lines), lines
 
 
-def run_cluster(args: list[str], cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service.cluster", *args], cwd=cwd,
+OPEN_FILES_REFUSED = re.compile(
+    r"python -m service: AUDIOSERVE_MAX_CONNECTIONS=1024: the server needs (\d+) open files "
+    r"\(1024 for the connections, \d+ open now, 128 spare\), over the hard open-file limit "
+    r"of 1024 \(soft 1024\); raise `ulimit -n` \(its hard limit\) to \1 or more, or lower "
+    r"AUDIOSERVE_MAX_CONNECTIONS to (\d+) or less \(docs/hardening.md, \"Open files\"\)")
+
+
+def test_an_open_file_limit_that_cannot_hold_the_connection_cap_is_a_bad_setting(
+        tmp_path: Path) -> None:
+    """`ulimit -n 1024` and the default cap of 1,024 connections: the descriptors ran out
+    before the cap refused anyone (accept() failed: of 1,100 sockets 95 were dropped
+    unanswered, none got the cap's 503). Refused at start-up in one line naming both
+    numbers and both ways out; the smaller cap it names then starts under that limit."""
+    done = run_service(["--port", "0", "--models", "none"], tmp_path, open_files=(1024, 1024))
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    refused = OPEN_FILES_REFUSED.fullmatch(line)
+    assert refused, line
+    fits = refused.group(2)
+    with started(["--port", "0", "--models", "none"], tmp_path, open_files=(1024, 1024),
+                 AUDIOSERVE_MAX_CONNECTIONS=fits) as server:
+        server.wait_for(r"audioserve on http://")
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=STARTUP_S) == 0
+        assert not any("open-file limit" in line for line in server.rest())  # it fits
+
+
+def test_a_low_soft_open_file_limit_is_raised_to_the_hard_one(tmp_path: Path) -> None:
+    """Soft 256, hard 4,096: raised to 4,096 and said so, and used: more connections open
+    at once than the limit it started with, every one answered."""
+    with started(["--port", "0", "--models", "none"], tmp_path, open_files=(256, 4096)) as server:
+        server.wait_for(r"INFO audioserve.server: open-file limit raised from 256 to 4096 "
+                        r"\(the hard limit is 4096\): the server needs \d+ for "
+                        r"AUDIOSERVE_MAX_CONNECTIONS=1024 \(1024 for the connections, ")
+        host, port = server.wait_for(r"audioserve on http://([\d.]+):(\d+)").groups()
+        limits = Path(f"/proc/{server.process.pid}/limits").read_text()
+        assert re.search(r"Max open files\s+4096\s+4096\s", limits), limits
+        sockets = [socket.create_connection((host, int(port)), timeout=STARTUP_S)
+                   for _ in range(400)]
+        try:
+            for sock in sockets:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answers = [sock.recv(65536) for sock in sockets]
+        finally:
+            for sock in sockets:
+                sock.close()
+        assert all(a.startswith(b"HTTP/1.1 200") for a in answers)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=STARTUP_S) == 0
+        assert "Traceback" not in "\n".join(server.rest())
+
+
+def run_cluster(args: list[str], cwd: Path, open_files: OpenFiles | None = None,
+                **variables: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*python_m("service.cluster", open_files), *args], cwd=cwd,
                           env=environment(**variables), capture_output=True, text=True,
                           timeout=STARTUP_S)
 
