@@ -3,6 +3,7 @@ statuses, readiness over a real socket and the start-up log."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import queue
@@ -358,6 +359,20 @@ def test_a_local_cluster_without_the_provider_exits_before_starting_ray(
     assert done.returncode == 1
     assert "cannot serve: AUDIOSERVE_PROVIDER=cuda but onnxruntime offers only" in done.stderr
     assert "starting Ray" not in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="no Ray here")
+def test_a_local_cluster_checks_haproxys_open_files_before_starting_ray(tmp_path: Path) -> None:
+    """HAProxy holds two sockets and half a pipe per connection and inherits this process's
+    hard limit; past it HAProxy only logs an alert in Ray's log folder and runs short."""
+    done = run_cluster(["--address", "local", "--models", "none"], tmp_path,
+                       open_files=(1024, 1024))
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "python -m service.cluster: AUDIOSERVE_MAX_CONNECTIONS=1024: HAProxy needs 2688 open "
+        "files (2560 for the connections at 2.5 each, 128 spare), over the hard open-file "
+        "limit of 1024 (soft 1024); raise `ulimit -n` (its hard limit) to 2688 or more, or "
+        "lower AUDIOSERVE_MAX_CONNECTIONS to 358 or less (docs/hardening.md, \"Open files\")"]
 
 
 _READ_VARIABLE = re.compile(

@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(settings.log_level)
     address = args.address or os.environ.get("RAY_ADDRESS") or "local"
+    if address == "local":
+        fit_local_open_file_limit(settings)  # exits 2 when HAProxy's cannot hold the cap
     try:  # before Ray starts: a missing or broken pack is one line, not a failed deploy
         if address == "local":  # the replicas run here: a provider this machine lacks
             resolve_provider(settings.provider, log_fallback=False)
@@ -97,6 +99,24 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CANNOT_SERVE
     ray_environment(os.environ, settings)  # before ray is imported: some is read at import
     return serve_until_stopped(settings, cluster, packs, address)
+
+
+def fit_local_open_file_limit(settings: Settings) -> None:
+    """The Ray processes a local cluster starts inherit this process's open-file limits,
+    HAProxy among them, which holds every client connection and one to a replica for
+    each: it raises its own soft limit as far as the hard one, and past that only logs an
+    alert in Ray's log folder and runs on with too few. So a hard limit that cannot hold
+    HAProxy's connections is refused here, as one process refuses its own; the soft limit
+    is raised for Ray's other processes. (Each ingress replica checks its own too, on
+    any cluster: `IngressReplica`.)"""
+    from service.cluster.runtime import HAPROXY_DESCRIPTORS_PER_CONNECTION
+    from service.edge.open_files import OpenFileShortage, fit_open_file_limit
+
+    try:
+        fit_open_file_limit(settings.max_connections, held=0, holder="HAProxy",
+                            per_connection=HAPROXY_DESCRIPTORS_PER_CONNECTION)
+    except OpenFileShortage as exc:
+        fail(PROG, [str(exc)])
 
 
 def serve_until_stopped(settings: Settings, cluster: ClusterSettings, packs: list[ModelPack],

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
 from service.cluster.remote import RaySeam, SeamOptions
+from service.edge.open_files import fit_open_file_limit
 from service.edge.server import serve_auto_as_guarded
 from service.settings import Settings
 
@@ -31,6 +32,9 @@ class IngressReplica:
         self.replica = f"{context.deployment}#{context.replica_id.unique_id}"
         app_name, deployment = context.app_name, context.deployment
         self.settings = settings
+        # HAProxy may send this replica every connection it holds: a limit that cannot
+        # hold them fails the replica here, naming both numbers, not its accept() later
+        fit_open_file_limit(settings.max_connections, holder="an ingress replica")
         serve_auto_as_guarded(settings)  # Ray starts this replica's uvicorn after __init__
         self.seam = RaySeam(models, options, replica=self.replica,
                             peers=lambda: serve.get_deployment_handle(deployment, app_name))

@@ -63,6 +63,13 @@ HAPROXY_FILES = {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
 """HAProxy's files (Ray puts them under `/tmp/haproxy-serve/<node id>/`)."""
 
 
+HAPROXY_DESCRIPTORS_PER_CONNECTION = 2.5
+"""Descriptors HAProxy counts per connection (its own `maxsock`): the client's socket, the
+one to an ingress replica, and, with Ray's `option splice-request/response`, a pipe (two
+descriptors) per four connections. At `maxconn 1024` it asks for 2,577 ("Cannot raise FD
+limit to 2577, limit is 1024": an alert, after which it runs on with too few)."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
