@@ -14,22 +14,21 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import h11
 import pytest
-import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from bench.hostile import read_response
-from service.edge.server import bound_socket, guarded_protocol, uvicorn_config
+from service.edge.server import guarded_protocol
 from service.errors import TRAILERS_EXTENSION
 from service.settings import Settings
 from tests.h11_client import exchange
-from tests.tts_server import RunningServer, serve_app
+from tests.tts_server import serve_app, serve_asgi
 
 KEY = "edge-test-key"
 
@@ -60,25 +59,6 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) 
     while not condition():
         assert time.monotonic() < deadline, f"never: {what}"
         time.sleep(0.01)
-
-
-@contextmanager
-def serve_asgi(app: Any, protocol: type | None = None, **overrides: Any) -> Iterator[Any]:
-    """A bare ASGI app behind the service's own server configuration."""
-    settings = Settings(_env_file=None, **overrides)
-    sock = bound_socket("127.0.0.1")
-    options = {"log_level": "warning"} | ({"http": protocol} if protocol else {})
-    server = uvicorn.Server(uvicorn_config(app, settings, **options))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, "server started", 120)
-    try:
-        yield RunningServer(f"http://127.0.0.1:{sock.getsockname()[1]}", app, "127.0.0.1",
-                            sock.getsockname()[1], server)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 def healthz_status(server: Any) -> int:
@@ -315,7 +295,7 @@ def test_a_half_close_after_a_whole_request_gets_its_answer() -> None:
                     "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    with serve_asgi(app, protocol=Probe) as server, connect(server) as sock:
+    with serve_asgi(app, uvicorn_options={"http": Probe}) as server, connect(server) as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
         sock.shutdown(socket.SHUT_WR)
         data = b""

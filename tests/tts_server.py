@@ -2,7 +2,8 @@
 need a real HTTP connection: chunked streaming, a client closing the socket, slow
 clients, the openai client. The server is configured exactly as `python -m service`
 configures it (service.edge.server.uvicorn_config).
-`with serve_app(models_dir=..., ...) as server: httpx.get(server.url + ...)`."""
+`with serve_app(models_dir=..., ...) as server: httpx.get(server.url + ...)`; `serve_asgi`
+serves a bare ASGI app the same way, for tests of the edge alone."""
 
 from __future__ import annotations
 
@@ -43,11 +44,31 @@ def serve_app(send_buffer_bytes: int | None = None, **overrides: Any
     inherit (a small one makes a client that does not read show at once)."""
     settings = Settings(_env_file=None, load_in_background=False, **overrides)
     app = create_app(settings)
+    config = uvicorn_config(app, settings, log_level="warning")
+    with _serving(app, config, send_buffer_bytes) as server:
+        yield server
+
+
+@contextmanager
+def serve_asgi(app: Any, send_buffer_bytes: int | None = None,
+               uvicorn_options: dict[str, Any] | None = None, **overrides: Any
+               ) -> Iterator[RunningServer]:
+    """A bare ASGI app behind the service's own server configuration (`uvicorn_options`
+    over it)."""
+    settings = Settings(_env_file=None, **overrides)
+    config = uvicorn_config(app, settings, **{"log_level": "warning", **(uvicorn_options or {})})
+    with _serving(app, config, send_buffer_bytes) as server:
+        yield server
+
+
+@contextmanager
+def _serving(app: Any, config: uvicorn.Config, send_buffer_bytes: int | None
+             ) -> Iterator[RunningServer]:
     sock = bound_socket("127.0.0.1")
     if send_buffer_bytes is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
