@@ -36,6 +36,7 @@ live-socket tests use it alike.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import json
 import logging
@@ -47,7 +48,9 @@ import h11
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 from service.errors import ABORT_EXTENSION, TRAILERS_EXTENSION, error_body, error_body_for
 from service.settings import Settings
@@ -475,12 +478,20 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     given back) and stalled the event loop. Here a pong is written only while the buffer
     has room; otherwise the latest one is kept and written when it drains (RFC 6455 5.5.3:
     a pong may answer only the most recent ping), and pings over `max_pings_per_s`
-    (a token bucket holding one second's worth) close the connection 1008."""
+    (a token bucket holding one second's worth) close the connection 1008.
+
+    What a client gets wrong (a bad frame, close code or opcode, invalid UTF-8 in a text
+    message) closes its connection with the code for it and logs nothing but the access
+    line: uvicorn logged a traceback for invalid UTF-8, and for any bad frame that came
+    before the route accepted, and the route's next send after such a close raised
+    (another traceback), so any client could fill the log at will. Once the server has
+    failed a connection, the route's sends are a disconnect, as after the client left."""
 
     write_timeout_s: ClassVar[float]
     per_message_deflate: ClassVar[bool]
     max_pings_per_s: ClassVar[float]
     _lost = False
+    _failed = False
     _owed_pong: bytes | None = None
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
@@ -515,9 +526,53 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             self._owed_pong = pong  # written after the read, if the buffer has room
 
     def _close_for_policy(self, reason: str) -> None:
-        """Close 1008 now: the app hears it as a disconnect, the close frame goes out."""
-        self.conn.send_close(1008, reason[:120])  # a close frame's reason: 123 bytes
+        self._fail(1008, reason)
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            why = utf8_error(self.frames)
+            if why is not None:
+                self.frames = []
+                self._fail(1007, f"invalid UTF-8 in a text message ({why})")
+                return
+        super().send_receive_event_to_app()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Close `code` now for the client's fault: the app hears a disconnect, the close
+        frame goes out (before the handshake is answered there is none to send)."""
+        if self.conn.state is State.OPEN:
+            self.conn.send_close(code, reason[:120])  # a close frame's reason: 123 bytes
         self.handle_parser_exception()
+
+    def handle_parser_exception(self) -> None:
+        """uvicorn's close after a bad frame, which asserted (a traceback) when the frame
+        came before the route accepted: no close frame can precede the 101, so then the
+        connection is dropped."""
+        self._mark_failed()
+        if self.conn.close_sent is not None:
+            super().handle_parser_exception()
+            return
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": 1006})
+        self.transport.close()
+
+    def keepalive_timeout(self) -> None:
+        self._mark_failed()  # uvicorn closes it 1011, a failure like the others
+        super().keepalive_timeout()
+
+    def _mark_failed(self) -> None:
+        """From now on the route's sends are a disconnect; those waiting for the buffer to
+        drain are let go too: a client that reads nothing would hold them (and, the route
+        never ending, its connection) for ever."""
+        self._failed = True
+        self.writable.set()
+
+    async def send(self, message: Any) -> None:
+        await self.writable.wait()
+        if self._failed and message["type"] in ("websocket.send", "websocket.close"):
+            if message["type"] == "websocket.send":  # uvicorn: a RuntimeError, a traceback
+                raise ClientDisconnected()
+            return  # closed already
+        await super().send(message)
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -525,7 +580,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _write_owed_pong(self) -> None:
         if (self._owed_pong is not None and self.writable.is_set()
-                and not self.transport.is_closing()):
+                and self.handshake_complete and not self.transport.is_closing()):
             self.transport.write(self._owed_pong)
             self._owed_pong = None
 
@@ -558,6 +613,18 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         if not self._lost:
             log.info("a WebSocket left unread after its route ended: reset")
             reset_connection(self.transport)
+
+
+def utf8_error(pieces: list[bytes]) -> str | None:
+    """Why a message in `pieces` is not UTF-8, or None (checked piece by piece, not joined)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for piece in pieces:
+            decoder.decode(piece)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        return exc.reason
+    return None
 
 
 def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
