@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.edge.middleware import LOGGED_CHARS
 from tests.conftest import wait_until
 from tests.tts_server import RunningServer, serve_app
 
@@ -60,6 +61,16 @@ def test_the_access_log_cannot_be_forged(server: RunningServer, target: str,
     assert "\n" not in line and "\r" not in line and "\x1b" not in line, line
     assert all(c.isprintable() for c in line), line
     assert target.split("%")[0] in line
+
+
+def test_an_access_line_holds_a_bounded_part_of_what_the_client_sent(
+        server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A 60 KB path (and as long a method) had been logged whole on every request: a
+    client wrote the log as fast as it could send."""
+    caplog.set_level(logging.INFO, logger="audioserve.access")
+    assert raw_get(server, "/" + "%0a" * 20_000).startswith(b"HTTP/1.1 404")
+    line = access_lines(caplog)[-1]
+    assert len(line) < 2 * LOGGED_CHARS + 200 and "...(+" in line, line[:300]
 
 
 def test_forwarded_for_is_not_trusted_by_default(server: RunningServer,

@@ -79,7 +79,8 @@ class RequestContextMiddleware:
             self.metrics.request_seconds.labels(template).observe(elapsed)
             log.info(
                 '%s "%s %s" %d %.1fms id=%s',
-                _client(scope), scope["method"], _printable(scope), answered, elapsed * 1e3,
+                _client(scope), _loggable(scope["method"]), _printable(scope), answered,
+                elapsed * 1e3,
                 request_id,
             )
 
@@ -227,12 +228,23 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+LOGGED_CHARS = 200
+"""The most of a client's path or method one access line holds: a 63 KB path per request
+had written the log as fast as the client sent it."""
+
+
 def _printable(scope: Scope) -> str:
     """The path as the client sent it (still percent-encoded: `%0A` cannot start a forged
-    log line), with anything unprintable escaped."""
+    log line), with anything unprintable escaped, cut at LOGGED_CHARS."""
     raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
-    text = raw.decode("ascii", "backslashreplace")
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return _loggable(raw.decode("ascii", "backslashreplace"))
+
+
+def _loggable(text: str) -> str:
+    """`text` escaped where unprintable and cut at LOGGED_CHARS, saying how much was cut."""
+    cut = len(text) - LOGGED_CHARS
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:LOGGED_CHARS])
+    return f"{text}...(+{cut})" if cut > 0 else text
 
 
 def _client(scope: Scope) -> str:
