@@ -13,7 +13,12 @@ from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.edge.middleware import AuthMiddleware, HeadAsGetMiddleware, RequestContextMiddleware
+from service.edge.middleware import (
+    AuthMiddleware,
+    HeadAsGetMiddleware,
+    OriginMiddleware,
+    RequestContextMiddleware,
+)
 from service.edge.read_limits import BodyBudget, BodyLimit, ReadLimitsMiddleware, ReadTimeouts
 from service.errors import error_formatters, install_handlers
 from service.pipelines.loader import ModelLoader, packs_to_load
@@ -96,10 +101,12 @@ def create_app(settings: Settings | None = None, seam: Seam | None = None,
     app.state.cpu = cpu
     app.state.live_streams = {"open": 0}  # service/routes/live_analysis.py
     app.state.speech_sessions = {"open": 0}  # service/routes/speech_stream.py
-    # outermost last: request ids and logs, then the body's limits, then the API key
+    # outermost last: request ids and logs, then the body's limits, the page's origin and
+    # the API key
     if settings.api_key is not None:
         app.add_middleware(AuthMiddleware, key=settings.api_key.get_secret_value(),
                            is_public=public_paths(settings))
+    app.add_middleware(OriginMiddleware, settings=settings)
     app.add_middleware(ReadLimitsMiddleware, limit_for=body_limits(settings),
                        timeouts=ReadTimeouts(idle_s=settings.body_idle_timeout_s,
                                              total_s=settings.body_timeout_s,

@@ -365,9 +365,10 @@ class Settings(BaseSettings):
     live_min_hop_s: float = Field(0.5, gt=0)
     """Smallest classify.hop_s a stream may ask for (each hop costs one CLAP window)."""
     live_allowed_origins: str = ""
-    """Comma-separated origins (`https://app.example`) whose pages may open live streams;
-    `*`: any; empty: only pages served by this server. Clients that send no Origin
-    header (not browsers) are not affected."""
+    """Comma-separated origins (`https://app.example`) whose pages may open the WebSockets
+    and send any HTTP method but GET/HEAD/OPTIONS (403 otherwise: a page elsewhere cannot
+    post forms here); `*`: any; empty: only pages served by this server. Clients that
+    send no Origin header (not browsers) are not affected."""
 
     # -- web page (service/routes/web.py) ------------------------------------------------------
     ui: bool = True

@@ -73,6 +73,25 @@ def test_an_access_line_holds_a_bounded_part_of_what_the_client_sent(
     assert len(line) < 2 * LOGGED_CHARS + 200 and "...(+" in line, line[:300]
 
 
+def test_a_page_of_another_origin_may_only_read(server: RunningServer) -> None:
+    """Browsers POST a form across origins without asking first: such a request (any
+    method but GET/HEAD/OPTIONS) is a 403 unless its Origin is this server or allowed, as
+    for the WebSockets. This server has no models: a request let through gets their 503."""
+    def post(origin: str | None) -> httpx.Response:
+        headers = {} if origin is None else {"origin": origin}
+        return httpx.post(server.url + "/classify", files={"file": ("a.wav", b"RIFF")},
+                          data={"labels": "dog"}, headers=headers, timeout=30)
+
+    refused = post("https://elsewhere.example")
+    assert refused.status_code == 403, refused.text
+    assert "AUDIOSERVE_LIVE_ALLOWED_ORIGINS" in refused.json()["error"]["message"]
+    assert refused.headers["x-request-id"]
+    for origin in (None, f"http://{server.host}:{server.port}"):
+        assert post(origin).status_code != 403
+    read = httpx.get(server.url + "/healthz", headers={"origin": "https://elsewhere.example"})
+    assert read.status_code == 200
+
+
 def test_forwarded_for_is_not_trusted_by_default(server: RunningServer,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="audioserve.access")

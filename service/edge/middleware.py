@@ -14,14 +14,16 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.edge.server import expects_continue
 from service.errors import drain_body, error_body_for
+from service.live.access import origin_refusal
 from service.runtime.metrics import Metrics
+from service.settings import Settings
 
 log = logging.getLogger("audioserve.access")
 
@@ -191,6 +193,35 @@ class AuthMiddleware:
         scheme, _, token = (_header(scope, b"authorization") or "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(
             token.strip().encode("latin-1"), self.expected)
+
+
+class OriginMiddleware:
+    """A browser page of another origin may not send what changes or costs something
+    (any method but GET, HEAD, OPTIONS): the WebSockets' origin rule, at the HTTP layer.
+    Browsers send a multipart form or a plain-text POST across origins without asking
+    first (a "simple request"), so without this any page a user of a keyless server
+    visited could save or overwrite voices there, or spend its models. Clients that send
+    no Origin (not browsers) are not affected; pages this server serves are its own."""
+
+    SAFE: ClassVar[frozenset[str]] = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = (None if scope["type"] != "http" or scope["method"] in self.SAFE
+                   else origin_refusal(_header(scope, b"origin"), _header(scope, b"host"),
+                                       self.settings, f"send {scope['method']} requests here"))
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        headers = []
+        if expects_continue(scope):
+            headers.append((b"connection", b"close"))
+        else:
+            await drain_body(Request(scope, receive))
+        await _send_error(scope, send, 403, "forbidden", refusal, headers)
 
 
 class HeadAsGetMiddleware:

@@ -1,4 +1,6 @@
 """Who may open a live stream: the API key and the page's origin, checked before accept.
+(The origin rule, `origin_refusal`, also holds for the HTTP routes' unsafe methods:
+service.edge.middleware.OriginMiddleware.)
 
 The key is checked as the HTTP routes check it (service.edge.middleware.AuthMiddleware:
 constant time, `Authorization: Bearer <key>`). Browsers cannot set headers on a WebSocket,
@@ -50,19 +52,25 @@ def key_error(websocket: WebSocket, settings: Settings) -> str | None:
             "offer the subprotocols `audioserve.live.v1` and `bearer.<key>`")
 
 
-def origin_error(websocket: WebSocket, settings: Settings) -> str | None:
-    origin = _header(websocket, "origin")
+def origin_refusal(origin: str | None, host: str | None, settings: Settings,
+                   action: str) -> str | None:
+    """Why a page of `origin` may not `action` (None: it may). Browsers always send
+    Origin; clients that send none (not browsers) pass."""
     if origin is None:
         return None
     allowed = [o.strip().rstrip("/") for o in settings.live_allowed_origins.split(",")
                if o.strip()]
     if "*" in allowed or origin.rstrip("/") in allowed:
         return None
-    host = _header(websocket, "host")
     if not allowed and host is not None and origin.split("://", 1)[-1] == host:
         return None
-    return (f"origin {origin!r} may not open live streams; allowed: "
+    return (f"origin {origin[:100]!r} may not {action}; allowed: "
             f"{', '.join(allowed) or 'this server only'} (AUDIOSERVE_LIVE_ALLOWED_ORIGINS)")
+
+
+def origin_error(websocket: WebSocket, settings: Settings) -> str | None:
+    return origin_refusal(_header(websocket, "origin"), _header(websocket, "host"), settings,
+                          "open live streams")
 
 
 async def accept(websocket: WebSocket, settings: Settings, protocol: str,
