@@ -188,6 +188,21 @@ def test_bodies_share_one_budget_taken_before_reading(budget_server: RunningServ
     assert b"AUDIOSERVE_BODY_MIN_RATE" in body and b"slower than" in body
 
 
+def test_a_json_route_says_what_a_body_without_type_or_bytes_lacks(
+        server: RunningServer) -> None:
+    """No content type: 415 naming the one to send (FastAPI's strict content type had made
+    it 422 "Input should be a valid dictionary"); an empty body: 422 saying it is empty
+    ("Field required" named nothing)."""
+    untyped = httpx.post(server.url + "/embed/text", content=b'{"input": "a dog"}',
+                         headers={"content-type": ""}, timeout=30)
+    assert untyped.status_code == 415, untyped.text
+    assert "no content type" in untyped.json()["error"]["message"]
+    empty = httpx.post(server.url + "/embed/text", content=b"", timeout=30,
+                       headers={"content-type": "application/json"})
+    assert empty.status_code == 422, empty.text
+    assert "body is empty" in empty.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("route,body", [
     ("/embed/text", {"input": ["a dog"]}),
     ("/v1/embeddings", {"model": "clap", "input": "a dog"}),

@@ -164,32 +164,37 @@ def _media_type(request: Request) -> str:
 
 
 def _is_json(media_type: str) -> bool:
-    """What FastAPI would parse as JSON: no content type, or a JSON one."""
-    return not media_type or media_type == "application/json" or media_type.endswith("+json")
+    """What FastAPI parses as JSON (with its strict content type, not a body without one)."""
+    return media_type == "application/json" or media_type.endswith("+json")
 
 
 class JsonBodyRoute(APIRoute):
     """An APIRoute whose JSON body is parsed strictly, in the CPU pool, before FastAPI
     validates it against the route's model (FastAPI then finds it parsed).
 
-    Any other content type is a 415 before the body is read. FastAPI would hand such a
-    body (curl's default form encoding, when `-H content-type` is forgotten) to the model
-    as bytes, and answer 422 "Input should be a valid dictionary", which names nothing the
-    client did wrong."""
+    Any other content type, or none, is a 415 before the body is read, and an empty body
+    a 422 that says so. FastAPI would hand such a body (curl's default form encoding, when
+    `-H content-type` is forgotten) to the model as bytes and answer 422 "Input should be
+    a valid dictionary", and an empty one "Field required", which name nothing the client
+    did wrong."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         if self.body_field is None:
             return handler
+        required = self.body_field.field_info.is_required()
 
         async def route(request: Request) -> Response:
             media_type = _media_type(request)
             if not _is_json(media_type):
+                got = f"content type {media_type!r}" if media_type else "no content type"
                 raise UnsupportedMedia(
-                    f"content type {media_type!r}: this route takes a JSON body; send "
+                    f"{got}: this route takes a JSON body; send "
                     "`Content-Type: application/json` (curl: -H 'content-type: "
                     "application/json')")
             body = await request.body()
+            if not body and required:
+                raise InvalidInput("the request body is empty: send a JSON object")
             if body:
                 cpu: CpuWorkers = request.app.state.cpu
                 limits = json_limits(request.app.state.settings)

@@ -144,7 +144,7 @@ def create(store: VoiceStore, content_type: str, body: bytes) -> dict[str, Any]:
                      "name": "warm-narrator", "type": "prompt", "prompt": "alloy(2)+echo(1)",
                      "overwrite": True}},
                  "multipart/form-data": {"schema": form_schema(CreateVoiceBody)}}}},
-             responses=openai_errors(400, 401, 409, 413, 415, 422, 503))
+             responses=openai_errors(400, 401, 403, 409, 413, 415, 422, 503))
 async def create_voice(request: Request) -> dict[str, Any]:
     """Save a voice (OpenAI's `audio.voice`); see the module's note for what ChatTTS takes."""
     pipeline: ChatTTSPipeline = pipeline_of(request)
@@ -167,7 +167,7 @@ async def list_audio_voices(request: Request) -> dict[str, Any]:
 
 
 @router.delete("/v1/audio/voices/{voice_id}", response_model=VoiceDeleted,
-               responses=openai_errors(401, 404, 409, 422, 503))
+               responses=openai_errors(401, 403, 404, 409, 422, 503))
 async def delete_audio_voice(voice_id: Annotated[str, path_example("warm-narrator", VOICE_NAME)],
                              request: Request) -> dict[str, Any]:
     """Delete a saved voice (built-in ones cannot be: 409)."""

@@ -60,6 +60,8 @@ _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: _error("Malformed: not JSON, not multipart, not base64."),
     401: _error("Missing or wrong API key (`Authorization: Bearer <key>`)."),
+    403: _error("A browser page of an origin not allowed (`AUDIOSERVE_LIVE_ALLOWED_ORIGINS`) "
+                "sent a method other than GET, HEAD or OPTIONS."),
     404: _error("No such thing here (a model, a saved voice)."),
     408: _error("The request body paused or took too long (the read limits)."),
     409: _error("Conflicts with what is stored: the name is taken, or the store is full."),
@@ -89,11 +91,11 @@ def openai_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {**ERRORS[status], "model": OpenAIErrorBody} for status in statuses}
 
 
-UPLOAD_ERRORS = errors(400, 401, 408, 413, 415, 422, 503, 504)
-JSON_ERRORS = errors(400, 401, 408, 413, 415, 422, 503, 504)
+UPLOAD_ERRORS = errors(400, 401, 403, 408, 413, 415, 422, 503, 504)
+JSON_ERRORS = errors(400, 401, 403, 408, 413, 415, 422, 503, 504)
 TTS_ERRORS = JSON_ERRORS
-OPENAI_TTS_ERRORS = openai_errors(400, 401, 408, 413, 415, 422, 503, 504)
-OPENAI_EMBEDDING_ERRORS = openai_errors(400, 401, 408, 413, 415, 422, 503, 504)
+OPENAI_TTS_ERRORS = openai_errors(400, 401, 403, 408, 413, 415, 422, 503, 504)
+OPENAI_EMBEDDING_ERRORS = openai_errors(400, 401, 403, 408, 413, 415, 422, 503, 504)
 
 
 class ModelAnswer(Answer):

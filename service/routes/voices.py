@@ -50,7 +50,7 @@ async def list_voices(request: Request) -> dict[str, Any]:
 
 
 @router.post("/v1/voices", status_code=201,
-             responses=errors(400, 401, 409, 413, 415, 422, 503))
+             responses=errors(400, 401, 403, 409, 413, 415, 422, 503))
 @router.post("/voices", status_code=201, include_in_schema=False)
 async def save_voice(body: VoiceBody, request: Request) -> JSONResponse:
     pipeline = pipeline_of(request)
@@ -62,7 +62,7 @@ async def save_voice(body: VoiceBody, request: Request) -> JSONResponse:
 
 
 @router.delete("/v1/voices/{name}", status_code=204,
-                responses=errors(401, 404, 409, 422, 503))
+                responses=errors(401, 403, 404, 409, 422, 503))
 @router.delete("/voices/{name}", status_code=204, include_in_schema=False)
 async def delete_voice(name: Annotated[str, path_example("narrator", VOICE_NAME)],
                        request: Request) -> Response:
