@@ -60,6 +60,12 @@ class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
 
 
+class UpgradeRequired(ApiError):
+    """Plain HTTP to a WebSocket route."""
+
+    status, code = 426, "upgrade_required"
+
+
 class UnsupportedMedia(ApiError):
     """The upload is not audio we can decode."""
 

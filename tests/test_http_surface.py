@@ -92,6 +92,15 @@ def test_a_page_of_another_origin_may_only_read(server: RunningServer) -> None:
     assert read.status_code == 200
 
 
+@pytest.mark.parametrize("path", ["/v1/audio/analysis/stream", "/v1/audio/speech/stream"])
+def test_plain_http_to_a_websocket_route_says_how_to_connect(server: RunningServer,
+                                                             path: str) -> None:
+    r = httpx.get(server.url + path, timeout=30)
+    assert r.status_code == 426, r.text
+    assert r.headers["upgrade"] == "websocket"
+    assert "WebSocket route" in r.json()["error"]["message"]
+
+
 def test_forwarded_for_is_not_trusted_by_default(server: RunningServer,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="audioserve.access")

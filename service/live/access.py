@@ -15,11 +15,13 @@ clients that send no Origin (not browsers) pass that check.
 from __future__ import annotations
 
 import hmac
+from typing import NoReturn
 
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
-from service.errors import error_body
+from service.errors import UpgradeRequired, error_body
+from service.live.protocol import PROTOCOL
 from service.settings import Settings
 
 KEY_PREFIX = "bearer."
@@ -71,6 +73,15 @@ def origin_refusal(origin: str | None, host: str | None, settings: Settings,
 def origin_error(websocket: WebSocket, settings: Settings) -> str | None:
     return origin_refusal(_header(websocket, "origin"), _header(websocket, "host"), settings,
                           "open live streams")
+
+
+def websocket_only(path: str, doc: str) -> NoReturn:
+    """The answer to plain HTTP at a WebSocket route: 426 saying how to connect (a bare
+    404 had said the route did not exist)."""
+    raise UpgradeRequired(
+        f"{path} is a WebSocket route: connect with ws:// or wss:// (a WebSocket client, "
+        f"subprotocol `{PROTOCOL}`); see {doc}",
+        headers={"Upgrade": "websocket", "Connection": "Upgrade"})
 
 
 async def accept(websocket: WebSocket, settings: Settings, protocol: str,

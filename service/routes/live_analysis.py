@@ -22,6 +22,11 @@ router = APIRouter(tags=["live"])
 PATH = "/v1/audio/analysis/stream"
 
 
+@router.get(PATH, include_in_schema=False)
+async def live_analysis_over_http() -> None:
+    access.websocket_only(PATH, "docs/live-analysis.md")
+
+
 @router.websocket(PATH)
 async def live_analysis(websocket: WebSocket) -> None:
     """Stream audio in; CLAP window scores and emotion utterances come back as they are

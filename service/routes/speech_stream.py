@@ -18,6 +18,11 @@ router = APIRouter(tags=["tts"])
 PATH = "/v1/audio/speech/stream"
 
 
+@router.get(PATH, include_in_schema=False)
+async def speech_stream_over_http() -> None:
+    access.websocket_only(PATH, "docs/speech-stream.md")
+
+
 @router.websocket(PATH)
 async def speech_stream(websocket: WebSocket) -> None:
     app = websocket.app
