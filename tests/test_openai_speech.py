@@ -95,6 +95,17 @@ def test_sse_stream_format(server: RunningServer) -> None:
     audio = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
     assert events[-1]["usage"]["output_tokens"] > 0
     assert len(audio) == len(raw(server, response_format="pcm", stream=False).content)
+    assert "content-disposition" not in r.headers  # events, not a speech.pcm file
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_instructions_are_said_to_be_ignored(server: RunningServer, stream: bool) -> None:
+    styled = raw(server, response_format="pcm", stream=stream, instructions="whisper it")
+    assert styled.status_code == 200
+    assert "instructions" in styled.headers["x-audioserve-ignored"]
+    plain = raw(server, response_format="pcm", stream=stream)
+    assert "x-audioserve-ignored" not in plain.headers
+    assert styled.content == plain.content  # the same audio: nothing was used
 
 
 def test_voice_mix_and_raw_speaker_string(server: RunningServer) -> None:

@@ -151,11 +151,23 @@ async def _sse(request: Request, stream: SpeechStream) -> AsyncIterator[bytes]:
 _SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 _SPEECH_ANSWERS = audio_responses(_SPEECH_FORMATS, "Streamed as generated unless "
                                   "`stream: false` (FLAC: whole unless `stream: true`).")
+IGNORED_FIELD = "X-Audioserve-Ignored"
+_SPEECH_ANSWERS[200]["headers"] = {  # a copy: /tts shares the rest
+    **_SPEECH_ANSWERS[200]["headers"],
+    IGNORED_FIELD: {"description": "Fields given that have no effect here, and why "
+                                   "(`instructions`).", "schema": {"type": "string"}}}
 _SPEECH_ANSWERS[200]["content"]["text/event-stream"] = {
     "schema": {"type": "string"},
     "description": "`stream_format: sse`: `speech.audio.delta` events (base64 audio), then "
                    "`speech.audio.done` with `usage` (input: the prompt's tokens, output: "
                    "the audio-code tokens)."}
+
+
+def _ignored(body: SpeechBody) -> dict[str, str]:
+    """The fields given that have no effect here, said in a header (the speech socket says
+    them on `audio.start`): a client is not left to think its `instructions` were used."""
+    return ({IGNORED_FIELD: "instructions (ChatTTS takes no style instructions)"}
+            if body.instructions else {})
 
 
 @router.post("/v1/audio/speech", response_class=Response,
@@ -171,9 +183,10 @@ async def speech(body: SpeechBody, request: Request) -> Response:
         if stream is None:
             return Response(status_code=CLIENT_CLOSED)
         try:
-            headers = stream_headers(pipeline, stream)
+            headers = {**stream_headers(pipeline, stream), **_ignored(body)}
             if body.stream_format != "sse":
                 return streaming_response(request, stream, headers)
+            headers.pop("Content-Disposition")  # events, not a speech.<format> file
             return streaming_response(request, stream, headers, _sse(request, stream),
                                       "text/event-stream")
         except BaseException:
@@ -184,5 +197,5 @@ async def speech(body: SpeechBody, request: Request) -> Response:
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
     return Response(content=result.audio, media_type=MEDIA_TYPES[req.format],
-                    headers={**response_headers(result, pipeline),
+                    headers={**response_headers(result, pipeline), **_ignored(body),
                              **attachment(req.format)})
