@@ -168,6 +168,12 @@ def test_a_prompt_that_describes_a_voice_says_what_prompt_takes(client) -> None:
     assert "takes no description" in info.value.message
 
 
+def test_a_bad_voice_name_is_blamed_on_the_name(client) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(openai.UnprocessableEntityError) as info:
+        client.audio.voices.create(name="a b", type="prompt", prompt="alloy")
+    assert info.value.body["param"] == "name" and "not allowed" in info.value.message
+
+
 def test_sdk_voice_extensions_seed_and_builtin_delete_refused(client) -> None:  # type: ignore[no-untyped-def]
     voice = client.audio.voices.create(name="seeded", type="prompt", prompt="x",
                                        extra_body={"prompt": None, "seed": 99})

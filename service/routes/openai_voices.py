@@ -34,7 +34,7 @@ from service.routes.responses import Answer, openai_errors, path_example
 from service.routes.upload_schema import form_schema
 from service.routes.uploads import JSON, MAX_FORM_PARTS, MULTIPART
 from service.routes.voices import pipeline_of
-from service.tts.voices import Voice, VoiceStore
+from service.tts.voices import Voice, VoiceStore, check_name
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 
@@ -126,6 +126,10 @@ def create(store: VoiceStore, content_type: str, body: bytes) -> dict[str, Any]:
         raise VoiceFromSampleUnsupported(_SAMPLE)
     if sum(given) > 1:
         raise InvalidInput("send one of `prompt`, `seed` or `spk_emb`, not several")
+    try:  # the name first: a bad one is not the prompt's fault
+        check_name(fields.name)
+    except InvalidInput as exc:
+        raise InvalidInput(f"name: {exc.message}") from None
     try:
         voice = store.save(fields.name, seed=fields.seed, spk_emb=fields.spk_emb,
                            mix=fields.prompt, overwrite=fields.overwrite)
