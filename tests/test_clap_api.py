@@ -89,6 +89,22 @@ def test_classify_json_base64(client: TestClient, short_wav: bytes) -> None:
     assert body["labels"] == multipart["labels"][:2]
 
 
+def test_base64_wrapped_in_lines_is_taken_and_a_stray_character_named(
+        client: TestClient, short_wav: bytes) -> None:
+    """What GNU `base64` writes (76-character lines) decodes to the same audio; a character
+    outside the alphabet is named with its place."""
+    flat = base64.b64encode(short_wav).decode()
+    wrapped = "\n".join(flat[i:i + 76] for i in range(0, len(flat), 76)) + "\n"
+    answers = [client.post("/classify", json={"audio": a, "labels": LABELS}) for a in
+               (flat, wrapped)]
+    assert [a.status_code for a in answers] == [200, 200], answers[1].text
+    assert answers[0].json()["labels"] == answers[1].json()["labels"]
+    bad = client.post("/classify", json={"audio": flat[:100] + "$" + flat[100:],
+                                         "labels": LABELS})
+    assert bad.status_code == 422
+    assert "'$' at character 100" in bad.json()["error"]["message"]
+
+
 def test_json_label_list_items_keep_their_commas(client: TestClient, short_wav: bytes) -> None:
     audio = base64.b64encode(short_wav).decode()
     listed = client.post("/classify", json={"audio": audio, "labels": ["dog, barking"]})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, TypeVar
 
@@ -110,14 +111,24 @@ def _from_json(body: bytes, limits: json_body.JsonLimits | None = None) -> Audio
     return AudioInput(data=data, fields=fields)
 
 
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
+
+
 def decode_base64_audio(encoded: str, field: str) -> bytes:
-    """A file's bytes from base64, or from a data: URL as browsers produce it."""
+    """A file's bytes from base64, or from a data: URL as browsers produce it. Line breaks
+    are taken (MIME's base64, what GNU `base64` writes, wraps at 76 characters); any other
+    character outside the alphabet is refused, naming it and where it is."""
     if "," in encoded[:64] and encoded.startswith("data:"):
         encoded = encoded.split(",", 1)[1]
+    if "\n" in encoded:
+        encoded = encoded.replace("\r\n", "").replace("\n", "")
     try:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"{field} is not valid base64: {exc}") from None
+        bad = _NOT_BASE64.search(encoded)
+        where = (f": {bad.group()!r} at character {bad.start()} is not in base64's alphabet"
+                 if bad is not None else f" ({exc})")
+        raise InvalidInput(f"{field} is not valid base64{where}") from None
 
 
 async def read_upload(request: Request, settings: Settings, params: type[P]
