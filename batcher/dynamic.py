@@ -12,7 +12,10 @@ announced: with none on its way no batch-mate can come in time, so waiting would
 latency (a closed-loop client at concurrency 1 paid `max_wait_ms` on every request). The
 oldest live item is always in the next batch (no starvation); the rest of the batch is
 filled with the queued items whose `length` is closest to it, so one batch
-holds similar lengths and the batch function pads little.
+holds similar lengths and the batch function pads little. With `max_padded_units`, an item
+joins only while the batch's padded size (items x the longest length, what the batch
+function allocates for) stays within it, so long items run few at a time; the oldest item
+runs even alone over it (it cannot be split here).
 
 Each item with a deadline holds one event-loop timer: if it fires before the item's batch
 has started, the item fails with `DeadlineExceeded` and is never run; once started, the
@@ -80,6 +83,11 @@ class BatchConfig:
     due work first, instead of all at once."""
     adaptive_size: bool = False
     """Cap batches at the measured best size instead of always filling `max_batch_size`."""
+    max_padded_units: int | None = None
+    """The most `length` units one batch may hold once padded (items x the longest
+    item's length); None: no bound but `max_batch_size`. For batch functions whose memory
+    grows with the padded input: it bounds what one batch allocates, and so what `workers`
+    batches at once do, whatever the callers submit. A lone item over it still runs."""
     cost_clock: Literal["wall", "thread_cpu"] = "wall"
     """What a batch costs, for the sizer. `wall`: its duration (a GPU's time). `thread_cpu`:
     the worker thread's CPU time, right when the batch function computes on that thread
@@ -90,7 +98,8 @@ class BatchConfig:
 
     def __post_init__(self) -> None:
         if (self.max_batch_size < 1 or self.max_queue < 1 or self.max_wait_ms < 0
-                or self.workers < 1 or self.core_slots < 0):
+                or self.workers < 1 or self.core_slots < 0
+                or (self.max_padded_units is not None and self.max_padded_units < 1)):
             raise ValueError(f"invalid batch config: {self}")
 
 
@@ -195,6 +204,8 @@ class DynamicBatcher(Generic[T, R]):
         }
         if self._gate is not None:  # sharing the CPU cores with other models' batches
             described["core_gate_slots"] = self._gate.slots
+        if self.config.max_padded_units is not None:
+            described["max_padded_units"] = self.config.max_padded_units
         if self.sizer is not None:  # what the cap was chosen from
             described["ms_per_unit"] = {str(size): round(cost * 1000, 4)
                                         for size, cost in self.sizer.costs().items()}
@@ -214,6 +225,8 @@ class DynamicBatcher(Generic[T, R]):
         """
         loop = asyncio.get_running_loop()
         sizes = self.sizer.rungs if self.sizer is not None else [self.config.max_batch_size]
+        fit = self._fitting(length)  # never calibrate a batch that serving would not cut
+        sizes = [size for size in sizes if size <= fit] or [fit]
         timings: dict[int, float] = {}
         for size in sizes:
             batch = [item] * size
@@ -384,7 +397,7 @@ class DynamicBatcher(Generic[T, R]):
             oldest_wait = time.monotonic() - self._queue[0].enqueued_at
             remaining = cfg.max_wait_ms / 1000.0 - oldest_wait
             if (
-                len(self._queue) >= self.size_limit
+                self._enough_queued()
                 or remaining <= 0
                 or self._closing
                 or cfg.dispatch_when_idle
@@ -424,25 +437,46 @@ class DynamicBatcher(Generic[T, R]):
             self._queue = live
             self._report_depth()
 
+    def _enough_queued(self) -> bool:
+        """A full batch is queued: `size_limit` items, or as many units as a batch may hold
+        (with long items the units budget fills first; waiting cannot make it larger)."""
+        if len(self._queue) >= self.size_limit:
+            return True
+        budget = self.config.max_padded_units
+        return budget is not None and sum(p.length for p in self._queue) >= budget
+
+    def _fitting(self, length: int) -> int:
+        """The most items of `length` one batch may hold."""
+        budget = self.config.max_padded_units
+        if budget is None:
+            return self.config.max_batch_size
+        return max(1, min(self.config.max_batch_size, budget // max(length, 1)))
+
     def _cut(self) -> list[_Pending[T, R]]:
-        """The oldest item plus the queued items closest to it in length."""
-        queued = len(self._queue)
-        size = self.sizer.size_for(queued) if self.sizer is not None else self.size_limit
+        """The oldest item plus the queued items closest to it in length (or the next ones,
+        without bucketing) that fit the size cap and the padded-units budget."""
+        queue = self._queue
+        size = self.sizer.size_for(len(queue)) if self.sizer is not None else self.size_limit
         # Share a short queue among the idle workers: two items on two idle workers finish
         # sooner than one batch of two on one worker (a lone multi-window request, say).
         idle = self.config.workers - len(self._running)
-        size = min(size, -(-queued // max(idle, 1)))
-        if not self.config.bucket_by_length or len(self._queue) <= size:
-            batch, self._queue = self._queue[:size], self._queue[size:]
-        else:
-            anchor = self._queue[0].length
-            rest = sorted(
-                range(1, len(self._queue)),
-                key=lambda i: (abs(self._queue[i].length - anchor), i),
-            )
-            chosen = {0, *rest[: size - 1]}
-            batch = [p for i, p in enumerate(self._queue) if i in chosen]
-            self._queue = [p for i, p in enumerate(self._queue) if i not in chosen]
+        size = min(size, -(-len(queue) // max(idle, 1)))
+        budget = self.config.max_padded_units
+        candidates: Sequence[int] = range(1, len(queue))
+        if self.config.bucket_by_length and (len(queue) > size or budget is not None):
+            anchor = queue[0].length
+            candidates = sorted(candidates, key=lambda i: (abs(queue[i].length - anchor), i))
+        chosen, longest = {0}, queue[0].length
+        for i in candidates:
+            if len(chosen) == size:
+                break
+            wider = max(longest, queue[i].length)
+            if budget is not None and (len(chosen) + 1) * wider > budget:
+                continue  # a shorter one further on may still fit
+            chosen.add(i)
+            longest = wider
+        batch = [p for i, p in enumerate(queue) if i in chosen]
+        self._queue = [p for i, p in enumerate(queue) if i not in chosen]
         self._report_depth()
         return batch
 

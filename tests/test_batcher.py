@@ -258,6 +258,67 @@ def test_length_bucketing_pads_less_than_fifo_and_never_starves_the_oldest() -> 
             pending -= set(batch)
 
 
+# -- padded-units budget ----------------------------------------------------------------
+
+BUDGET = 30
+"""Units one batch may hold padded (max_padded_units) in the budget tests."""
+
+
+@pytest.mark.parametrize("bucket", [True, False])
+def test_no_batch_holds_more_padded_units_than_the_budget(bucket: bool) -> None:
+    """Long items run one per batch, short ones still fill a batch up to the budget, and an
+    item over the budget runs alone; every result is still the unbatched one."""
+    model = FakeModel()
+    lengths = [30, 30, 30, 30, 5, 5, 5, 5, 5, 5, 40]
+    items = [make_seq(i, n) for i, n in enumerate(lengths)]
+
+    async def scenario(b: DynamicBatcher[Seq, Out]) -> list[Out]:
+        blocker = await start_blocked_batch(b, model)
+        tasks = [asyncio.create_task(submit(b, s)) for s in items]
+        await settle()
+        assert b.queue_depth == len(items)
+        model.gate.set()
+        await blocker
+        return await asyncio.gather(*tasks)
+
+    outs = run_with(model, scenario, max_batch_size=8, max_wait_ms=10,
+                    bucket_by_length=bucket, max_padded_units=BUDGET)
+    assert model.batches[1:] == [[0], [1], [2], [3], [4, 5, 6, 7, 8, 9], [10]]
+    for batch in model.batches[1:]:  # padded: items x the longest, within the budget
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= BUDGET
+    for s, out in zip(items, outs, strict=True):
+        np.testing.assert_array_equal(out.values, unbatched(model, s).values)
+
+
+def test_a_batch_full_by_units_is_cut_without_waiting_max_wait() -> None:
+    model = FakeModel()
+
+    async def scenario(b: DynamicBatcher[Seq, Out]) -> None:
+        await asyncio.gather(submit(b, make_seq(0, 15)), submit(b, make_seq(1, 15)))
+        await submit(b, make_seq(2, 40))  # over the budget alone: due at once, runs alone
+
+    run_with(model, scenario, max_batch_size=8, max_wait_ms=NEVER_MS, max_padded_units=BUDGET)
+    assert model.batches == [[0, 1], [2]]  # done at all: neither waited NEVER_MS
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_calibration_runs_no_batch_over_the_budget(adaptive: bool) -> None:
+    model = FakeModel()
+
+    async def scenario(b: DynamicBatcher[Seq, Out]) -> dict[int, float]:
+        return await b.calibrate(make_seq(0, 12), length=12, repeats=1)
+
+    timings = run_with(model, scenario, max_batch_size=8, adaptive_size=adaptive,
+                       max_padded_units=BUDGET)
+    assert sorted(timings) == ([1, 2] if adaptive else [2])  # 2 x 12 fit in 30, 4 x 12 not
+    assert {len(batch) for batch in model.batches} == set(timings)
+
+
+def test_a_budget_below_one_unit_is_refused() -> None:
+    with pytest.raises(ValueError, match="invalid batch config"):
+        BatchConfig(max_padded_units=0)
+
+
 # -- backpressure, deadlines, cancellation -----------------------------------------------
 
 
