@@ -139,6 +139,11 @@ class Settings(BaseSettings):
     stay within `max_upload_bytes`)."""
     emotion_max_seconds: float = Field(300.0, gt=0)
     emotion_chunk_seconds: float = Field(30.0, gt=1)
+    emotion_max_batch_seconds: float = Field(30.0, gt=0)
+    """Audio one emotion2vec batch may hold once padded (items x the longest), in seconds:
+    the graph's memory grows with it (~15-19 MB a padded second at base size, fp32, CPU),
+    so long chunks run one at a time while short clips still batch. At most
+    `batch_workers` batches run at once; a chunk longer than this runs alone."""
     tts_max_text_chars: int = Field(2000, ge=1)
     """Longer text -> 413 (the text is well-formed, just more than this server takes)."""
 

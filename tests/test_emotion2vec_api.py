@@ -147,6 +147,35 @@ def test_concurrent_requests_match_requests_alone(client: TestClient,
     assert 'audioserve_batch_padding_fraction_count{queue="emotion2vec"}' in metrics
 
 
+def _batch_sizes(metrics: str) -> dict[str, float]:
+    """The emotion2vec queue's batch-size histogram: cumulative counts by bucket (`le`)."""
+    counts = {}
+    for line in metrics.splitlines():
+        if line.startswith("audioserve_batch_size_bucket{") and 'queue="emotion2vec"' in line:
+            counts[line.split('le="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_the_batch_budget_bounds_every_batch_and_changes_no_result(
+        client: TestClient, emotion_models_dir: Path) -> None:  # noqa: F811
+    """With EMOTION_MAX_BATCH_SECONDS at two chunks, five chunks queued at once never run
+    more than two to a batch (the old batcher cut them 3 + 2 on two idle workers), and the
+    answer is the one the unbudgeted service gives."""
+    clip = make_clip(9.5, seed=4)  # 5 chunks of 1.9 s
+    with running_app(models_dir=emotion_models_dir, models="emotion2vec",
+                     emotion_chunk_seconds=CHUNK_S, emotion_max_batch_seconds=2 * CHUNK_S,
+                     adaptive_batch_size=False, max_batch_size=8) as budgeted:
+        body = _post(budgeted, wav_bytes(clip), granularity="frame",
+                     return_embedding=True).json()
+        sizes = _batch_sizes(budgeted.get("/metrics").text)
+    assert body["chunks"] == 5
+    assert sizes["+Inf"] >= 3 and sizes["2.0"] == sizes["+Inf"], sizes  # all within 2
+    free = _post(client, wav_bytes(clip), granularity="frame", return_embedding=True).json()
+    np.testing.assert_allclose(body["embedding"], free["embedding"], atol=1e-5)
+    np.testing.assert_allclose(body["frames"]["scores"], free["frames"]["scores"], atol=1e-5)
+    assert [s["label"] for s in body["scores"]] == [s["label"] for s in free["scores"]]
+
+
 def test_json_base64_with_embedding(client: TestClient) -> None:
     audio = base64.b64encode(wav_bytes(make_clip(1.0, seed=7))).decode()
     response = client.post("/emotion", json={"audio": audio, "return_embedding": True})

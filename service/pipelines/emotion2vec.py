@@ -4,8 +4,10 @@ Design note. A request is decoded to 16 kHz mono, optionally trimmed of silence 
 ends (energy-based, see `emotion2vec_post.trim_silence`), and cut into equal chunks of at
 most `emotion_chunk_seconds` (the attention bias grows with the square of the frames).
 Each chunk is one batcher item with `length` = its samples, so the batcher groups similar
-lengths; the batch function pads to the longest and passes `lengths`, and the graph masks
-every stage, so a padded item gives what it gives alone. The graph returns, per item, the
+lengths and keeps each batch's padded samples within `emotion_max_batch_seconds` (the
+graph's memory grows with them: four 30 s chunks took +1.9 GB, one +0.46 GB); the batch
+function pads to the longest and passes `lengths`, and the graph masks every stage, so a
+padded item gives what it gives alone. The graph returns, per item, the
 utterance logits and embedding (masked mean of frame features, which `proj` maps to the
 logits) and the per-frame logits (the same `proj` per frame, 50 frames/s). Several chunks
 merge as: utterance = frame-count-weighted mean of the chunk embeddings, then the head
@@ -131,9 +133,12 @@ class Emotion2vecPipeline:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        budget = max(1, round(self.settings.emotion_max_batch_seconds
+                              * self.constants.sample_rate))
         self._batcher = self.ctx.seam.queue(  # uploads announce themselves while they decode
             "emotion2vec", "emotion2vec", self._run_batch,
-            replace(self.ctx.batch, announced_arrivals=True),
+            # the graph's memory grows with the padded batch: long chunks run few at a time
+            replace(self.ctx.batch, announced_arrivals=True, max_padded_units=budget),
             self.ctx.metrics.observer("emotion2vec"),
         )
         self._batcher.start()
