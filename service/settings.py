@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     emotion_chunk_seconds: float = Field(30.0, gt=1)
     emotion_max_batch_seconds: float = Field(30.0, gt=0)
     """Audio one emotion2vec batch may hold once padded (items x the longest), in seconds:
-    the graph's memory grows with it (~15-19 MB a padded second at base size, fp32, CPU),
+    the graph's memory grows with it (13-19 MB a padded second at base size, fp32, CPU),
     so long chunks run one at a time while short clips still batch. At most
     `batch_workers` batches run at once; a chunk longer than this runs alone."""
     tts_max_text_chars: int = Field(2000, ge=1)
