@@ -56,6 +56,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def packs_dir(factory: pytest.TempPathFactory, name: str, **exports: Path) -> Path:
+    """A fresh models dir linking one pack per keyword (`clap=clap_models_dir`: the
+    session's export holding a `clap` pack), so a module serves just the models it names
+    without touching another fixture's dir."""
+    root = factory.mktemp(name)
+    for kind, models_dir in exports.items():
+        (root / kind).symlink_to(models_dir / kind)
+    return root
+
+
 @contextmanager
 def running_app(**overrides: Any) -> Iterator[TestClient]:
     """The real app through its lifespan, packs loaded before the first request."""

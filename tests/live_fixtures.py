@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from service.live.protocol import PROTOCOL, SERVER_EVENTS
+from tests.conftest import packs_dir
 from tests.tts_server import RunningServer, serve_app
 
 PATH = "/v1/audio/analysis/stream"
@@ -28,10 +29,8 @@ LABELS = ["speech", "music", "dog barking", "rain"]
 def live_models_dir(tmp_path_factory: pytest.TempPathFactory, clap_models_dir: Path,
                     emotion_models_dir: Path) -> Path:
     """Both tiny packs in one models dir (links to the session's exports)."""
-    root = tmp_path_factory.mktemp("live_models")
-    (root / "clap").symlink_to(clap_models_dir / "clap")
-    (root / "emotion2vec").symlink_to(emotion_models_dir / "emotion2vec")
-    return root
+    return packs_dir(tmp_path_factory, "live_models", clap=clap_models_dir,
+                     emotion2vec=emotion_models_dir)
 
 
 def speech_stream(files: list[Path], gap_s: float = 1.5, count: int = 4) -> np.ndarray:

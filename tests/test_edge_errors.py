@@ -22,6 +22,7 @@ from bench.hostile import multipart, read_response, tone_wav
 from service.edge.read_limits import BodyBudget, BodyTooLarge
 from service.tts.speaker import SpeakerStats
 from service.tts.voices import VoiceStore
+from tests.conftest import packs_dir
 from tests.tts_server import RunningServer, serve_app
 
 pytest_plugins = ("tests.clap_fixtures", "tests.emotion2vec_fixtures")
@@ -30,9 +31,8 @@ pytest_plugins = ("tests.clap_fixtures", "tests.emotion2vec_fixtures")
 @pytest.fixture(scope="module")
 def server(clap_models_dir: Path, emotion_models_dir: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    root = tmp_path_factory.mktemp("edge_models")
-    (root / "clap").symlink_to(clap_models_dir / "clap")
-    (root / "emotion2vec").symlink_to(emotion_models_dir / "emotion2vec")
+    root = packs_dir(tmp_path_factory, "edge_models", clap=clap_models_dir,
+                     emotion2vec=emotion_models_dir)
     with serve_app(models_dir=root, warmup=False) as running:
         yield running
 

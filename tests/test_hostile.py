@@ -20,6 +20,7 @@ import pytest
 from bench.healthz_guard import healthz_guard
 from bench.hostile import Case, send_case
 from bench.hostile_corpus import corpus
+from tests.conftest import packs_dir
 from tests.tts_server import RunningServer, serve_app
 
 pytest_plugins = ("tests.clap_fixtures", "tests.emotion2vec_fixtures")
@@ -31,9 +32,8 @@ KEY = "hostile-test-key"
 @pytest.fixture(scope="module")
 def models_dir(clap_models_dir: Path, emotion_models_dir: Path,
                tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("hostile_models")
-    (root / "clap").symlink_to(clap_models_dir / "clap")
-    (root / "emotion2vec").symlink_to(emotion_models_dir / "emotion2vec")
+    root = packs_dir(tmp_path_factory, "hostile_models", clap=clap_models_dir,
+                     emotion2vec=emotion_models_dir)
     return root
 
 

@@ -17,6 +17,7 @@ from service.tts.model_names import MODEL_NAME
 from service.tts.voices import DEFAULT_VOICE_SEEDS
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401
 from tests.clap_fixtures import clap_models_dir, make_clip, wav_bytes  # noqa: F401
+from tests.conftest import packs_dir
 from tests.tts_server import RunningServer, serve_app
 
 openai = pytest.importorskip("openai")
@@ -28,9 +29,8 @@ TEXTS = ["a dog barking", "rain on a window"]
 @pytest.fixture(scope="module")
 def server(clap_models_dir: Path, chattts_models_dir: Path,  # noqa: F811
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    root = tmp_path_factory.mktemp("sdk_models")
-    (root / "clap").symlink_to(clap_models_dir / "clap")
-    (root / "chattts").symlink_to(chattts_models_dir / "chattts")
+    root = packs_dir(tmp_path_factory, "sdk_models", clap=clap_models_dir,
+                     chattts=chattts_models_dir)
     with serve_app(models_dir=root, intra_op_threads=1, warmup=False, tts_max_text_chars=200,
                    voices_dir=tmp_path_factory.mktemp("voices")) as s:
         yield s

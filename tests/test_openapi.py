@@ -17,7 +17,7 @@ from service.errors import NonFiniteResult
 from service.routes import responses
 from tests import openapi_contract
 from tests.clap_fixtures import make_clip, wav_bytes
-from tests.conftest import running_app
+from tests.conftest import packs_dir, running_app
 
 pytest_plugins = ("tests.clap_fixtures", "tests.emotion2vec_fixtures")
 
@@ -28,9 +28,8 @@ UPLOADS = {"/classify": responses.ClassifyAnswer, "/embed/audio": responses.Embe
 @pytest.fixture(scope="module")
 def client(clap_models_dir: Path, emotion_models_dir: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    root = tmp_path_factory.mktemp("openapi_models")
-    (root / "clap").symlink_to(clap_models_dir / "clap")
-    (root / "emotion2vec").symlink_to(emotion_models_dir / "emotion2vec")
+    root = packs_dir(tmp_path_factory, "openapi_models", clap=clap_models_dir,
+                     emotion2vec=emotion_models_dir)
     with running_app(models_dir=root, warmup=False) as c:
         yield c
 

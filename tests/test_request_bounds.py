@@ -22,6 +22,7 @@ from service.live import speech_protocol
 from service.settings import MAX_LIST_ITEMS, Settings
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401  (fixtures)
 from tests.clap_fixtures import clap_models_dir  # noqa: F401
+from tests.conftest import packs_dir
 from tests.tts_server import RunningServer, serve_app
 
 
@@ -87,9 +88,8 @@ def test_an_error_lists_a_few_problems_and_counts_the_rest() -> None:
 @pytest.fixture(scope="module")
 def server(clap_models_dir: Path, chattts_models_dir: Path,  # noqa: F811
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    root = tmp_path_factory.mktemp("bounds_models")
-    (root / "clap").symlink_to(clap_models_dir / "clap")
-    (root / "chattts").symlink_to(chattts_models_dir / "chattts")
+    root = packs_dir(tmp_path_factory, "bounds_models", clap=clap_models_dir,
+                     chattts=chattts_models_dir)
     with serve_app(models_dir=root, models="clap,chattts", intra_op_threads=1,
                    warmup=False) as s:
         yield s

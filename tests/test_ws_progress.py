@@ -21,8 +21,9 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.chattts_fixtures import chattts_models_dir  # noqa: F401  (fixtures)
 from tests.clap_fixtures import clap_models_dir  # noqa: F401
+from tests.conftest import packs_dir
 from tests.emotion2vec_fixtures import emotion_models_dir  # noqa: F401
-from tests.live_fixtures import LABELS, live_models_dir, open_stream  # noqa: F401
+from tests.live_fixtures import LABELS, open_stream
 from tests.tts_server import RunningServer, serve_app
 
 IDLE_S = 1.0
@@ -32,9 +33,12 @@ EVERY_S = 0.2
 
 
 @pytest.fixture(scope="module")
-def server(live_models_dir: Path, chattts_models_dir: Path) -> Iterator[RunningServer]:  # noqa: F811
-    (live_models_dir / "chattts").symlink_to(chattts_models_dir / "chattts")
-    with serve_app(models_dir=live_models_dir, intra_op_threads=1, warmup=False,
+def server(clap_models_dir: Path, emotion_models_dir: Path,  # noqa: F811
+           chattts_models_dir: Path, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
+           ) -> Iterator[RunningServer]:
+    root = packs_dir(tmp_path_factory, "progress_models", clap=clap_models_dir,
+                     emotion2vec=emotion_models_dir, chattts=chattts_models_dir)
+    with serve_app(models_dir=root, intra_op_threads=1, warmup=False,
                    live_idle_timeout_s=IDLE_S, live_max_stream_seconds=CAP_S,
                    tts_ws_idle_timeout_s=IDLE_S, tts_ws_max_session_s=CAP_S) as s:
         yield s
