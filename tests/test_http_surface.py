@@ -4,6 +4,7 @@ docs follow `docs_public` when a key is set, and auth comes before the body is r
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from collections.abc import Iterator
@@ -99,6 +100,39 @@ def test_plain_http_to_a_websocket_route_says_how_to_connect(server: RunningServ
     assert r.status_code == 426, r.text
     assert r.headers["upgrade"] == "websocket"
     assert "WebSocket route" in r.json()["error"]["message"]
+
+
+def _raw(server: RunningServer, data: bytes) -> bytes:
+    with socket.create_connection((server.host, server.port), timeout=30) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_the_edges_own_answers_carry_a_request_id_and_an_access_line(
+        empty_models: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A malformed head (400), one over the caps (431) and one that never comes (408) are
+    answered before any app runs; each still has its id, in the body and the header, and
+    the access line that finds it."""
+    caplog.set_level(logging.INFO, logger="audioserve.access")
+    with serve_app(models_dir=empty_models, models="none", header_timeout_s=1.0,
+                   max_header_bytes=4096) as server:
+        answers = {
+            400: _raw(server, b"NOT A REQUEST LINE\r\n\r\n"),
+            431: _raw(server, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8000
+                      + b"\r\n\r\n"),
+            408: _raw(server, b"GET / HTTP/1.1\r\n"),  # the rest never comes
+        }
+        for status, answer in answers.items():
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 %d" % status), answer[:200]
+            request_id = json.loads(body)["error"]["request_id"]
+            assert f"x-request-id: {request_id}".encode() in head.lower()
+            wait_until(lambda rid=request_id: any(
+                rid in r.getMessage() for r in caplog.records if r.name == "audioserve.access"),
+                f"the access line of the {status}")
 
 
 def test_forwarded_for_is_not_trusted_by_default(server: RunningServer,

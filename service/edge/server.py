@@ -42,6 +42,8 @@ import json
 import logging
 import socket
 import struct
+import uuid
+from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import h11
@@ -59,14 +61,33 @@ REFUSAL_DRAIN_S = 2.0
 """How long a connection refused at the cap may go on sending before it is closed."""
 
 log = logging.getLogger("audioserve")
+access_log = logging.getLogger("audioserve.access")
 
 
-def _raw_response(status: int, reason: str, code: str, message: str,
-                  extra_headers: str = "") -> bytes:
-    body = json.dumps(error_body(code, message)).encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n{extra_headers}\r\n")
-    return head.encode("latin-1") + body
+@dataclass(frozen=True)
+class EdgeAnswer:
+    """An error the edge answers itself, before any app runs (a malformed or too large
+    head, a head that never came): like every other answer it carries a request id and
+    gets an access line, so a client's report can be found in the log."""
+
+    status: int
+    reason: str
+    code: str
+    message: str
+
+    def send(self, transport: asyncio.BaseTransport, client: str) -> None:
+        request_id = uuid.uuid4().hex
+        body = json.dumps(error_body(self.code, self.message, request_id=request_id)).encode()
+        head = (f"HTTP/1.1 {self.status} {self.reason}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n"
+                f"x-request-id: {request_id}\r\n\r\n")
+        cast(asyncio.Transport, transport).write(head.encode("latin-1") + body)
+        log_edge_answer(client, self.status, self.code, request_id)
+
+
+def log_edge_answer(client: str, status: int, code: str, request_id: str) -> None:
+    """The access line of an answer no app gave (method and path unknown, or not read)."""
+    access_log.info('%s "- -" %d edge=%s id=%s', client, status, code, request_id)
 
 
 def expects_continue(scope: Scope) -> bool:
@@ -81,9 +102,8 @@ class ConnectionRefusal:
     is not lost to a reset), then 503 + Retry-After naming the limit."""
 
     def __init__(self, max_connections: int) -> None:
-        message = (f"the server has {max_connections} open connections, its limit "
-                   "(AUDIOSERVE_MAX_CONNECTIONS); retry shortly")
-        self.body = json.dumps(error_body("too_many_connections", message)).encode()
+        self.message = (f"the server has {max_connections} open connections, its limit "
+                        "(AUDIOSERVE_MAX_CONNECTIONS); retry shortly")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,11 +113,17 @@ class ConnectionRefusal:
                 async with asyncio.timeout(REFUSAL_DRAIN_S):
                     while (await receive()).get("more_body", False):
                         pass
+        request_id = uuid.uuid4().hex
+        body = json.dumps(error_body("too_many_connections", self.message,
+                                     request_id=request_id)).encode()
         await send({"type": "http.response.start", "status": 503, "headers": [
             (b"content-type", b"application/json"),
-            (b"content-length", str(len(self.body)).encode()),
-            (b"retry-after", b"1"), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": self.body})
+            (b"content-length", str(len(body)).encode()), (b"retry-after", b"1"),
+            (b"connection", b"close"), (b"x-request-id", request_id.encode())]})
+        await send({"type": "http.response.body", "body": body})
+        client = scope.get("client")
+        log_edge_answer(f"{client[0]}:{client[1]}" if client else "-", 503,
+                        "too_many_connections", request_id)
 
 
 PEER_PROBE_S = 0.25
@@ -282,8 +308,8 @@ class GuardedProtocol(H11Protocol):
     write_timeout_s: ClassVar[float] = 30.0
     unread_body_linger_s: ClassVar[float] = 2.0
     refusal_app: ClassVar[ConnectionRefusal]
-    timeout_answer: ClassVar[bytes]
-    too_big_answer: ClassVar[bytes]
+    timeout_answer: ClassVar[EdgeAnswer]
+    too_big_answer: ClassVar[EdgeAnswer]
     _header_timer: asyncio.TimerHandle | None = None
     _write_timer: asyncio.TimerHandle | None = None
     _linger_timer: asyncio.TimerHandle | None = None
@@ -336,8 +362,9 @@ class GuardedProtocol(H11Protocol):
         if not started and not self.transport.is_closing():
             error = cast(HeadLimitedConnection, self.conn).error
             hint = error.error_status_hint if error is not None else 400
-            self.transport.write(self.too_big_answer if hint == 431 else _raw_response(
-                400, "Bad Request", "malformed_request", f"malformed HTTP/1.1 request: {error}"))
+            answer = self.too_big_answer if hint == 431 else EdgeAnswer(
+                400, "Bad Request", "malformed_request", f"malformed HTTP/1.1 request: {error}")
+            answer.send(self.transport, self._peer())
         self.transport.close()
 
     def on_response_complete(self) -> None:
@@ -452,8 +479,12 @@ class GuardedProtocol(H11Protocol):
         if self.transport.is_closing():
             return
         if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(self.timeout_answer)
+            self.timeout_answer.send(self.transport, self._peer())
         self.transport.close()
+
+    def _peer(self) -> str:
+        client = self.client
+        return f"{client[0]}:{client[1]}" if client else "-"
 
 
 def reset_connection(transport: asyncio.Transport) -> None:
@@ -629,11 +660,11 @@ def utf8_error(pieces: list[bytes]) -> str | None:
 
 def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
     """The protocol class for one server, with the settings' limits."""
-    timeout_answer = _raw_response(
+    timeout_answer = EdgeAnswer(
         408, "Request Timeout", "header_timeout",
         f"the request line and headers did not arrive within {settings.header_timeout_s:g} s "
         "(AUDIOSERVE_HEADER_TIMEOUT_S)")
-    too_big_answer = _raw_response(
+    too_big_answer = EdgeAnswer(
         431, "Request Header Fields Too Large", "headers_too_large",
         f"the request line and headers exceed {settings.max_header_bytes} bytes "
         f"(AUDIOSERVE_MAX_HEADER_BYTES) or {settings.max_header_fields} fields "
