@@ -270,12 +270,13 @@ def check_shape(rate: int, channels: int, source: str) -> None:
 def validation_problems(exc: ValidationError, text: str) -> str:
     """What was wrong with client message `text`, on one line: each field and why (five
     at most), for the `error` event of every live protocol."""
-    if any(e["type"] == "json_invalid" for e in exc.errors()) and (
+    errors = exc.errors()  # built once: up to JSON_MAX_ITEMS of them
+    if any(e["type"] == "json_invalid" for e in errors) and (
             problem := lone_surrogate_problem(text)) is not None:
         return problem
     problems = [f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
-                for e in exc.errors()[:MAX_PROBLEMS]]
-    return join_problems(problems, exc.error_count())
+                for e in errors[:MAX_PROBLEMS]]
+    return join_problems(problems, len(errors))
 
 
 def parse_client_message(text: str, limits: JsonLimits

@@ -160,6 +160,7 @@ class LiveSession:
         self.ws = websocket
         self.ctx = ctx
         self.settings = ctx.settings
+        self._json_limits = json_limits(ctx.settings)
         self.metrics = ctx.metrics
         self.counts = Counts()
         self.audio_samples = 0
@@ -304,7 +305,7 @@ class LiveSession:
         if text is None:
             raise p.ProtocolError("invalid_message",
                                   "the first message must be a session.config JSON text frame")
-        parsed = p.parse_client_message(text, json_limits(self.settings))
+        parsed = p.parse_client_message(text, self._json_limits)
         if not isinstance(parsed, p.SessionConfig):
             raise p.ProtocolError("invalid_message",
                                   f"the first message must be session.config, not {parsed.type}")
@@ -337,8 +338,7 @@ class LiveSession:
                 if data:
                     await self._on_frame(data)
                 continue
-            parsed = p.parse_client_message(message.get("text") or "",
-                                            json_limits(self.settings))
+            parsed = p.parse_client_message(message.get("text") or "", self._json_limits)
             if isinstance(parsed, p.SessionConfig):
                 raise p.ProtocolError("invalid_message", "session.config was already sent; "
                                       "a stream has one configuration")
